@@ -1,0 +1,1 @@
+/* checkpoint.c: module under construction. */

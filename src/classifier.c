@@ -1,0 +1,1 @@
+/* classifier.c: module under construction. */

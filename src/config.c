@@ -1,0 +1,1 @@
+/* config.c: module under construction. */

@@ -1,0 +1,1 @@
+/* dataset.c: module under construction. */

@@ -1,0 +1,1 @@
+/* evaluate.c: module under construction. */

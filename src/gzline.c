@@ -1,0 +1,1 @@
+/* gzline.c: module under construction. */

@@ -1,0 +1,1 @@
+/* metrics.c: module under construction. */

@@ -1,0 +1,36 @@
+/* metrics.h: XMC metrics with pyxclib's semantics (../shared/docs/xmc-formats-metrics.md §1).
+ * P@k, nDCG@k, PSP@k, PSnDCG@k (normalised, ratios of dataset sums), R@k, PSR@k.
+ * Rows without labels count 0 and stay in the mean unless remove_invalid. */
+#ifndef ELMO_METRICS_H
+#define ELMO_METRICS_H
+
+#include <stdint.h>
+#include "common.h"
+#include "csr.h"
+
+#define ELMO_MAX_K 100
+
+typedef struct elmo_metrics {
+  int k;
+  double P[ELMO_MAX_K], nDCG[ELMO_MAX_K], PSP[ELMO_MAX_K], PSnDCG[ELMO_MAX_K], R[ELMO_MAX_K], PSR[ELMO_MAX_K];
+} elmo_metrics;
+
+/* w[l] = 1 + C (N_l + B)^-A, C = (ln N - 1)(B + 1)^A, N = train rows, N_l = label frequency. */
+void elmo_inv_propensity(const elmo_csr *train_Y, double A, double B, double *w /* [train_Y->cols] */);
+
+/* Top-k of sparse predictions (only stored entries ranked), filter pairs (CSR, may be NULL)
+ * removed first, ties broken by the lower label index. topk[r*k + j] = label, -1 = padding;
+ * scores may be NULL. */
+void elmo_topk_from_csr(const elmo_csr *pred, const elmo_csr *filter, int k, int32_t *topk, float *scores);
+
+/* Metrics @1..k from ranked labels [rows*k] (-1 = padding) against the ground truth (binarised).
+ * w: inverse propensities [truth->cols] (NULL: PS metrics are 0). */
+void elmo_metrics_compute(const elmo_csr *truth, const int32_t *topk, int k, const double *w,
+                          int remove_invalid, elmo_metrics *out);
+
+/* pyxclib xc_metrics.format style: lines "P@k: 50.00,50.00,..." etc. to a FILE*. */
+void elmo_metrics_print(const elmo_metrics *m, void *fp /* FILE* */);
+/* {"P@1":0.5,...,"nDCG@1":...,"PSP@1":...,"PSnDCG@1":...,"R@1":...,"PSR@1":...}; caller frees. */
+char *elmo_metrics_json(const elmo_metrics *m);
+
+#endif

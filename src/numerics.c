@@ -1,0 +1,1 @@
+/* numerics.c: module under construction. */

@@ -1,0 +1,1 @@
+/* optim.c: module under construction. */

@@ -1,0 +1,1 @@
+/* reader.c: module under construction. */

@@ -1,0 +1,1 @@
+/* safetensors.c: module under construction. */

@@ -1,0 +1,1 @@
+/* sparse_encoder.c: module under construction. */

@@ -1,0 +1,1 @@
+/* text.c: module under construction. */

@@ -1,0 +1,1 @@
+/* train.c: module under construction. */

@@ -1,0 +1,1 @@
+/* transformer.c: module under construction. */
