@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 enum { ELMO_OK = 0, ELMO_ERUNTIME = 1, ELMO_EINPUT = 2 };
 

@@ -87,5 +87,8 @@ int elmo_config_parse(elmo_config *c, const char *json, const char *name, const 
 char *elmo_config_to_json(const elmo_config *c);
 /* Propensity A/B by family when not given: Amazon 0.6/2.6, Wiki 0.5/0.4, other 0.55/1.5. */
 void elmo_propensity_defaults(const char *dataset_name, double *A, double *B);
+/* The key reference as a markdown table (key, type, default, allowed, meaning), generated from
+ * the schema; docs/CONFIG.md holds a copy (a test checks they agree). Caller frees. */
+char *elmo_config_markdown(void);
 
 #endif

@@ -10,7 +10,7 @@
 typedef struct elmo_lines elmo_lines;
 
 int elmo_lines_open(elmo_lines **out, const char *path, elmo_err *err);
-/* Next line without its '\n' (and without a trailing '\r'). Returns 1 with *line/*len set,
+/* Next line without its '\n' (and without a trailing '\r'). Returns 1 with *line and *len set,
  * 0 at end of file, or -ELMO_EINPUT / -ELMO_ERUNTIME on error (err filled, naming path:line).
  * The buffer stays valid until the next call and may be modified by the caller. */
 int elmo_lines_next(elmo_lines *r, char **line, size_t *len, elmo_err *err);

@@ -17,6 +17,11 @@ typedef struct elmo_metrics {
 
 /* w[l] = 1 + C (N_l + B)^-A, C = (ln N - 1)(B + 1)^A, N = train rows, N_l = label frequency. */
 void elmo_inv_propensity(const elmo_csr *train_Y, double A, double B, double *w /* [train_Y->cols] */);
+/* Renee/ELMO label-augmented variant: every label's frequency +1 and N + L rows (--psp-train-aug). */
+void elmo_inv_propensity_aug(const elmo_csr *train_Y, double A, double B, double *w /* [train_Y->cols] */);
+/* The formula from label frequencies counts[L] and N training rows. */
+void elmo_inv_propensity_counts(const int64_t *counts, int64_t L, int64_t N, double A, double B,
+                                double *w /* [L] */);
 
 /* Top-k of sparse predictions (only stored entries ranked), filter pairs (CSR, may be NULL)
  * removed first, ties broken by the lower label index. topk[r*k + j] = label, -1 = padding;

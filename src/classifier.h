@@ -1,0 +1,57 @@
+/* classifier.h: the chunked, fused low-precision classifier step (CPU reference, DESIGN.md §5).
+ * Per chunk of labels [l0, l0+n):
+ *   z = Xq W_c^T        FP32 accumulation, stored BF16          z  [B, n]
+ *   G = sigmoid(z) - Y  in place, BF16; padded labels give 0    G  [B, n]
+ *   dX += G W_c         FP32 accumulation (old W)               dX [B, d]
+ *   W_c <- SR(W_c - lr (G^T Xq + wd W_c))  tile by tile, no weight-gradient buffer
+ * Xq is X cast once per step to e4m3 (RN, satfinite, scale 1) or bf16, held as FP32 values.
+ * Random bits for SR: elmo_rand_u32(seed, step, ELMO_RNG_CLS_SR, label * d + k). */
+#ifndef ELMO_CLASSIFIER_H
+#define ELMO_CLASSIFIER_H
+
+#include <stdint.h>
+#include "model.h"
+
+typedef struct elmo_cls_weights {
+  void *W;                    /* [L_pad, d] in dtype */
+  elmo_dtype dtype;           /* ELMO_FP8 | ELMO_BF16 | ELMO_F32 */
+  int64_t L, L_pad, d;        /* real labels, padded rows, input dim */
+  uint16_t *kahan;            /* [n_head, d] bf16 compensation, or NULL */
+  const int32_t *head_slot;   /* [L_pad] row in kahan or -1, or NULL */
+} elmo_cls_weights;
+
+typedef struct elmo_cls_hyper {
+  double lr, weight_decay;
+  uint64_t seed;
+  int64_t step;
+} elmo_cls_hyper;
+
+/* Xq[i] = cast(X[i]) as FP32 values exactly representable in e4m3 (fp8=1) or bf16 (fp8=0). */
+void elmo_cls_cast_input(const float *X, int64_t n, int fp8, float *Xq);
+/* Weight (l, k) as FP32. */
+float elmo_cls_w(const elmo_cls_weights *w, int64_t l, int64_t k);
+/* z[b, j] = bf16(sum_k Xq[b,k] W[l0+j,k]) (store_bf16) or the FP32 sum. */
+void elmo_cls_logits(const elmo_cls_weights *w, const float *Xq, int64_t B, int64_t l0, int64_t n, int store_bf16,
+                     float *z);
+/* In place z -> G = bf16(sigmoid(z) - y); labels >= L get 0. Returns the summed BCE over the
+ * real labels when want_loss (computed from the stored logits), else 0. */
+double elmo_cls_grad(float *z, int64_t B, int64_t l0, int64_t n, int64_t L, const int64_t *y_indptr,
+                     const int32_t *y_indices, int want_loss);
+/* dX[B, d] += G[B, n] W[l0:l0+n] */
+void elmo_cls_dx(const elmo_cls_weights *w, const float *G, int64_t B, int64_t l0, int64_t n, float *dX);
+/* Fused SGD update of rows l0..l0+n with SR (Kahan RN rows for head labels). */
+void elmo_cls_update(elmo_cls_weights *w, const float *G, const float *Xq, int64_t B, int64_t l0, int64_t n,
+                     const elmo_cls_hyper *h);
+/* The whole step over all chunks. zbuf: [B, chunk] scratch. dX [B, d] is overwritten.
+ * Returns the loss as elmo_cls_grad does. */
+double elmo_cls_step(elmo_cls_weights *w, const float *X, int fp8_input, int64_t B, int64_t chunk,
+                     const int64_t *y_indptr, const int32_t *y_indices, const elmo_cls_hyper *h, int want_loss,
+                     float *Xq, float *zbuf, float *dX);
+
+/* Top-k update for prediction: merges scores z[B, n] of labels l0.. into running lists
+ * topk/topv [B, k] sorted by score desc then label asc; entries in filter (rows = dataset row
+ * ids) and labels >= L are skipped. */
+void elmo_topk_merge(const float *z, int64_t B, int64_t l0, int64_t n, int64_t L, int k, const int64_t *rows,
+                     const int64_t *f_indptr, const int32_t *f_indices, int32_t *topk, float *topv);
+
+#endif

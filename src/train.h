@@ -1,0 +1,18 @@
+/* train.h: the training loop: data, backend, schedules, evaluation, checkpoints, logs. */
+#ifndef ELMO_TRAIN_H
+#define ELMO_TRAIN_H
+
+#include "backend.h"
+#include "config.h"
+
+typedef struct elmo_train_opts {
+  const char *device;    /* "auto" | "cpu" | "cuda" */
+  const char *resume;    /* checkpoint directory to resume from, or NULL */
+  int plan_only;         /* print the memory plan and exit */
+} elmo_train_opts;
+
+/* Picks the backend for `device`; logs which one runs. */
+int elmo_pick_backend(const char *device, const elmo_backend **out, elmo_err *err);
+int elmo_train_run(const elmo_config *cfg, const elmo_train_opts *o, elmo_err *err);
+
+#endif
