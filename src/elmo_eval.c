@@ -16,6 +16,7 @@
 #include "csr.h"
 #include "metrics.h"
 #include "reader.h"
+#include "eval_ckpt.h"
 
 static const char *USAGE =
     "usage: elmo-eval --pred FILE --truth FILE --train FILE [-k 5] [-A a -B b]\n"
@@ -70,15 +71,18 @@ static int parse_double(const char *flag, const char *s, double *out, elmo_err *
   return ELMO_OK;
 }
 
-/* Flags that take a value; `*dst` receives it (the caller converts numbers). */
-static const char **value_slot(eval_opts *o, const char *flag, const char **num) {
+/* Where a string-valued flag's value goes; NULL if the flag takes no string. */
+static const char **string_slot(eval_opts *o, const char *flag) {
   if (!strcmp(flag, "--pred")) return &o->pred;
   if (!strcmp(flag, "--truth")) return &o->truth;
   if (!strcmp(flag, "--train")) return &o->train;
   if (!strcmp(flag, "--filter")) return &o->filter;
   if (!strcmp(flag, "--family")) return &o->family;
-  if (!strcmp(flag, "-k") || !strcmp(flag, "--k") || !strcmp(flag, "-A") || !strcmp(flag, "-B")) return num;
   return NULL;
+}
+
+static int is_number_flag(const char *flag) {
+  return !strcmp(flag, "-k") || !strcmp(flag, "--k") || !strcmp(flag, "-A") || !strcmp(flag, "-B");
 }
 
 static int set_switch(eval_opts *o, const char *flag) {
@@ -114,20 +118,20 @@ static int parse_args(int argc, char **argv, eval_opts *o, elmo_err *err) {
   o->k = 5;
   for (int i = 1; i < argc && !o->help; i++) {
     char flag[64];
-    const char *arg = argv[i], *val = NULL, *eq = strchr(arg, '='), *num = NULL;
+    const char *arg = argv[i], *val = NULL, *eq = strchr(arg, '=');
     size_t n = (arg[0] == '-' && arg[1] == '-' && eq) ? (size_t)(eq - arg) : strlen(arg);
     if (arg[0] != '-' || n >= sizeof flag)
       return elmo_fail(err, ELMO_EINPUT, "unexpected argument '%s'", arg);
     memcpy(flag, arg, n);
     flag[n] = '\0';
     if (n == strlen(arg) && set_switch(o, flag)) continue;
-    const char **slot = value_slot(o, flag, &num);
-    if (!slot) return elmo_fail(err, ELMO_EINPUT, "unknown option '%s'", flag);
+    const char **slot = string_slot(o, flag);
+    if (!slot && !is_number_flag(flag)) return elmo_fail(err, ELMO_EINPUT, "unknown option '%s'", flag);
     if (n < strlen(arg)) val = arg + n + 1;
     else if (i + 1 < argc) val = argv[++i];
     else return elmo_fail(err, ELMO_EINPUT, "%s needs a value", flag);
-    *slot = val;
-    if (slot == &num && set_number(o, flag, val, err) != ELMO_OK) return ELMO_EINPUT;
+    if (slot) *slot = val;
+    else if (set_number(o, flag, val, err) != ELMO_OK) return ELMO_EINPUT;
   }
   return check_opts(o, err);
 }
@@ -236,7 +240,7 @@ static int eval_predictions(const eval_opts *o, elmo_err *err) {
 
 /* ---------- checkpoint mode ---------- */
 
-/* Placeholder until the checkpoint evaluator exists: dispatch to elmo_eval_checkpoint_main here. */
+/* A first argument that is a directory: evaluate that checkpoint (eval_ckpt.c). */
 static int checkpoint_mode(int argc, char **argv) {
   struct stat st;
   if (stat(argv[1], &st) != 0 || !S_ISDIR(st.st_mode)) {
@@ -244,9 +248,7 @@ static int checkpoint_mode(int argc, char **argv) {
             argv[1], USAGE);
     return ELMO_EINPUT;
   }
-  (void)argc;
-  fprintf(stderr, "elmo-eval: checkpoint mode is not available yet\n");
-  return ELMO_EINPUT;
+  return elmo_eval_checkpoint_main(argc, argv);
 }
 
 int main(int argc, char **argv) {

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <zlib.h>
 
 enum { GZL_CHUNK = 1 << 20,      /* bytes asked of gzread per refill */
@@ -26,6 +27,9 @@ struct elmo_lines {
 
 int elmo_lines_open(elmo_lines **out, const char *path, elmo_err *err) {
   *out = NULL;
+  struct stat st;
+  if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+    return elmo_fail(err, ELMO_EINPUT, "%s: is a directory (expected a data file)", path);
   gzFile gz = gzopen(path, "rb");
   if (!gz) {
     int e = errno;

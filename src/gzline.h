@@ -10,9 +10,11 @@
 typedef struct elmo_lines elmo_lines;
 
 int elmo_lines_open(elmo_lines **out, const char *path, elmo_err *err);
-/* Next line without its '\n' (and without a trailing '\r'). Returns 1 with *line and *len set,
- * 0 at end of file, or -ELMO_EINPUT / -ELMO_ERUNTIME on error (err filled, naming path:line).
- * The buffer stays valid until the next call and may be modified by the caller. */
+/* Next line, NUL-terminated, without its '\n' and a trailing '\r' (a UTF-8 byte-order mark
+ * opening line 1 is dropped too). Returns 1 with *line and *len set, 0 at end of file, or
+ * -ELMO_EINPUT / -ELMO_ERUNTIME on error (err filled, naming path:line; a truncated or corrupt
+ * gzip stream is -ELMO_EINPUT). The line stays valid until the next call and may be modified
+ * by the caller. */
 int elmo_lines_next(elmo_lines *r, char **line, size_t *len, elmo_err *err);
 int64_t elmo_lines_lineno(const elmo_lines *r);  /* 1-based number of the last line returned */
 const char *elmo_lines_path(const elmo_lines *r);

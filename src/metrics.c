@@ -279,17 +279,17 @@ static void finish_metrics(const sums *s, int k, elmo_metrics *out) {
 
 void elmo_metrics_compute(const elmo_csr *truth, const int32_t *topk, int k, const double *w,
                           int remove_invalid, elmo_metrics *out) {
-  if (k > ELMO_MAX_K) k = ELMO_MAX_K;
+  int kk = k < ELMO_MAX_K ? k : ELMO_MAX_K; /* metrics @1..kk; topk rows keep stride k */
   sums *s = elmo_calloc(1, sizeof *s);
   row_ws ws = {elmo_calloc((size_t)(truth->cols ? truth->cols : 1), 1), NULL, 0};
   double disc[ELMO_MAX_K];
-  for (int j = 0; j < k; j++) disc[j] = 1.0 / log2((double)j + 2.0);
+  for (int j = 0; j < kk; j++) disc[j] = 1.0 / log2((double)j + 2.0);
   for (int64_t r = 0; r < truth->rows; r++) {
     int64_t ny = mark_truth_row(truth, r, w, &ws);
-    if (ny > 0 || !remove_invalid) accumulate_row(topk + r * k, k, ny, truth->cols, w, disc, &ws, s);
+    if (ny > 0 || !remove_invalid) accumulate_row(topk + r * k, kk, ny, truth->cols, w, disc, &ws, s);
     unmark_truth_row(truth, r, &ws);
   }
-  finish_metrics(s, k, out);
+  finish_metrics(s, kk, out);
   free(ws.is_true);
   free(ws.wtrue);
   free(s);

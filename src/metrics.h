@@ -24,12 +24,15 @@ void elmo_inv_propensity_counts(const int64_t *counts, int64_t L, int64_t N, dou
                                 double *w /* [L] */);
 
 /* Top-k of sparse predictions (only stored entries ranked), filter pairs (CSR, may be NULL)
- * removed first, ties broken by the lower label index. topk[r*k + j] = label, -1 = padding;
- * scores may be NULL. */
+ * removed first, ties broken by the lower label index, NaN ranked as -inf.
+ * topk[r*k + j] = label, -1 = padding; scores (may be NULL) [rows*k] the matching scores,
+ * -inf for padding. Any k >= 1 (k <= 16 and larger k take different, equally exact paths). */
 void elmo_topk_from_csr(const elmo_csr *pred, const elmo_csr *filter, int k, int32_t *topk, float *scores);
 
-/* Metrics @1..k from ranked labels [rows*k] (-1 = padding) against the ground truth (binarised).
- * w: inverse propensities [truth->cols] (NULL: PS metrics are 0). */
+/* Metrics @1..k from ranked labels [truth->rows * k] (-1 = padding) against the ground truth
+ * (binarised: value != 0 is a label). w: inverse propensities [truth->cols] (NULL: PS metrics
+ * are 0). remove_invalid: rows without labels are dropped instead of counting 0.
+ * k > ELMO_MAX_K: metrics @1..ELMO_MAX_K only (topk keeps its stride k). */
 void elmo_metrics_compute(const elmo_csr *truth, const int32_t *topk, int k, const double *w,
                           int remove_invalid, elmo_metrics *out);
 

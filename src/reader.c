@@ -60,21 +60,28 @@ typedef struct decimal {
   int neg, any, inexact;
 } decimal;
 
+/* Locals, not d's fields, in the loop: stores through d could alias the characters read. */
 static void scan_digits(char **pp, decimal *d, int fraction) {
   char *p = *pp;
+  uint64_t m = d->m;
+  int exp10 = d->exp10, any = d->any, inexact = d->inexact;
   for (; is_digit(*p); p++) {
     unsigned dig = (unsigned)(*p - '0');
-    d->any = 1;
-    if (d->m == 0 && dig == 0) {
-      d->exp10 -= fraction;          /* leading zero */
-    } else if (d->m < 1000000000000000000ull) {
-      d->m = d->m * 10 + dig;        /* at most 19 digits */
-      d->exp10 -= fraction;
+    any = 1;
+    if (m == 0 && dig == 0) {
+      exp10 -= fraction;             /* leading zero */
+    } else if (m < 1000000000000000000ull) {
+      m = m * 10 + dig;              /* at most 19 digits */
+      exp10 -= fraction;
     } else {
-      d->exp10 += !fraction;         /* digit beyond 19: dropped */
-      d->inexact |= dig != 0;
+      exp10 += !fraction;            /* digit beyond 19: dropped */
+      inexact |= dig != 0;
     }
   }
+  d->m = m;
+  d->exp10 = exp10;
+  d->any = any;
+  d->inexact = inexact;
   *pp = p;
 }
 
@@ -202,6 +209,47 @@ static int cmp_u64(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
+static void insertion_sort_u64(uint64_t *a, size_t n) {
+  for (size_t i = 1; i < n; i++) {
+    uint64_t k = a[i];
+    size_t j = i;
+    for (; j > 0 && a[j - 1] > k; j--) a[j] = a[j - 1];
+    a[j] = k;
+  }
+}
+
+/* Sorts a row's packed keys. Rows are short (top-100 predictions, a few labels), where an
+ * inlined quicksort is several times faster than qsort's callbacks; long rows use qsort. */
+static void sort_u64(uint64_t *a, size_t n) {
+  while (n > 24) {
+    if (n > 4096) {
+      qsort(a, n, sizeof *a, cmp_u64);
+      return;
+    }
+    uint64_t x = a[0], y = a[n / 2], z = a[n - 1];
+    uint64_t pivot = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y));
+    size_t i = 0, j = n - 1;
+    for (;;) {   /* Hoare partition: a[0, j] <= pivot <= a[j + 1, n) */
+      while (a[i] < pivot) i++;
+      while (a[j] > pivot) j--;
+      if (i >= j) break;
+      uint64_t t = a[i];
+      a[i++] = a[j];
+      a[j--] = t;
+    }
+    size_t left = j + 1;
+    if (left < n - left) {   /* recurse into the smaller side, loop on the larger */
+      sort_u64(a, left);
+      a += left;
+      n -= left;
+    } else {
+      sort_u64(a + left, n - left);
+      n = left;
+    }
+  }
+  insertion_sort_u64(a, n);
+}
+
 /* Sorts the builder's current row [start, nnz) by index and rejects repeated indices. */
 static int sort_row(rd *r, elmo_csr_builder *b, int64_t start, const char *what, elmo_err *err) {
   int32_t *idx = b->m.indices + start;
@@ -216,7 +264,7 @@ static int sort_row(rd *r, elmo_csr_builder *b, int64_t start, const char *what,
     memcpy(&bits, &val[j], sizeof bits);
     r->scratch[j] = (uint64_t)(uint32_t)idx[j] << 32 | bits;
   }
-  qsort(r->scratch, n, sizeof(uint64_t), cmp_u64);
+  sort_u64(r->scratch, n);
   for (size_t j = 0; j < n; j++) {
     idx[j] = (int32_t)(r->scratch[j] >> 32);
     uint32_t bits = (uint32_t)r->scratch[j];

@@ -166,6 +166,7 @@ static int evaluate_epoch(run *r, int64_t epoch, int last, elmo_err *err, int *r
     free(p);
     fprintf(stderr, "\ntest metrics after epoch %lld (%s):\n", (long long)epoch + 1, r->be->name);
     elmo_metrics_print(&te.metrics, stdout);
+    fflush(stdout);
   }
   elmo_eval_result_free(&te);
   elmo_eval_result_free(&ve);

@@ -244,22 +244,24 @@ static int cmp_rank(const void *a, const void *b) {
   return (x[1] > y[1]) - (x[1] < y[1]);
 }
 
-/* The heap selection agrees with a full sort on random rows (with many ties) and filters. */
-static void test_topk_random_vs_sort(void **state) {
-  (void)state;
-  uint64_t rng = 12345;
-  const int rows = 300, cols = 500, k = 17;
+/* Random rows of up to 150 entries with many tied scores (and -0 beside +0) and a random filter:
+ * one k on each side of the small/large top-k paths (k <= 16 / k > 16). */
+static void check_topk_random(int k, uint64_t seed) {
+  uint64_t rng = seed;
+  const int rows = 300, cols = 500;
   elmo_csr_builder b, fb;
   elmo_csrb_init(&b, cols);
   elmo_csrb_init(&fb, cols);
   for (int r = 0; r < rows; r++) {
-    int n = (int)(tu_rand_u64(&rng) % 60);
+    int n = (int)(tu_rand_u64(&rng) % 150);
     uint8_t used[500] = {0};
     for (int i = 0; i < n; i++) {
       int l = (int)(tu_rand_u64(&rng) % cols);
       if (used[l]) continue;
       used[l] = 1;
-      elmo_csrb_push(&b, l, (float)(tu_rand_u64(&rng) % 8) * 0.25f - 1.0f);
+      float v = (float)(tu_rand_u64(&rng) % 8) * 0.25f - 1.0f;
+      if (v == 0.0f && tu_rand_u64(&rng) % 2) v = -0.0f;
+      elmo_csrb_push(&b, l, v);
       if (tu_rand_u64(&rng) % 5 == 0) elmo_csrb_push(&fb, l, 1.0f);
     }
     elmo_csrb_end_row(&b);
@@ -269,9 +271,10 @@ static void test_topk_random_vs_sort(void **state) {
   elmo_csrb_finish(&b, &pred);
   elmo_csrb_finish(&fb, &filt);
   int32_t *topk = malloc(sizeof(int32_t) * rows * k);
-  elmo_topk_from_csr(&pred, &filt, k, topk, NULL);
+  float *sc = malloc(sizeof(float) * rows * k);
+  elmo_topk_from_csr(&pred, &filt, k, topk, sc);
   for (int r = 0; r < rows; r++) {
-    float buf[120];
+    float buf[300];
     int n = 0;
     for (int64_t e = pred.indptr[r]; e < pred.indptr[r + 1]; e++) {
       int filtered = 0;
@@ -282,11 +285,24 @@ static void test_topk_random_vs_sort(void **state) {
       n++;
     }
     qsort(buf, (size_t)n, 2 * sizeof(float), cmp_rank);
-    for (int j = 0; j < k; j++) assert_int_equal(topk[r * k + j], j < n ? (int32_t)buf[2 * j + 1] : -1);
+    for (int j = 0; j < k; j++) {
+      if (topk[r * k + j] != (j < n ? (int32_t)buf[2 * j + 1] : -1))
+        fail_msg("k=%d row %d rank %d: label %d, expected %d", k, r, j, topk[r * k + j],
+                 j < n ? (int32_t)buf[2 * j + 1] : -1);
+      assert_true(j < n ? sc[r * k + j] == buf[2 * j] : sc[r * k + j] == -INFINITY);
+    }
   }
   free(topk);
+  free(sc);
   elmo_csr_free(&pred);
   elmo_csr_free(&filt);
+}
+
+/* The top-k selection agrees with a full sort of each row. */
+static void test_topk_random_vs_sort(void **state) {
+  (void)state;
+  const int ks[6] = {1, 5, 16, 17, 40, 100};
+  for (int i = 0; i < 6; i++) check_topk_random(ks[i], 12345 + (uint64_t)i);
 }
 
 static void test_print_and_json(void **state) {

@@ -128,6 +128,46 @@ static void test_sparse_long_line(void **state) {
   free(text);
 }
 
+/* Unsorted rows of many lengths (short, quicksort-sized, qsort-sized) come back sorted with
+ * each value still beside its index. */
+static void test_sparse_unsorted_rows(void **state) {
+  (void)state;
+  enum { ROWS = 120, COLS = 10000 };
+  uint64_t rng = 11;
+  int32_t *perm = malloc(sizeof(int32_t) * COLS);
+  size_t cap = (size_t)ROWS * COLS * 12, n = 0;
+  char *text = malloc(cap);
+  n += (size_t)snprintf(text, cap, "%d %d\n", ROWS, COLS);
+  for (int r = 0; r < ROWS; r++) {
+    int len = r % 3 == 0 ? (int)(tu_rand_u64(&rng) % 30) : (int)(tu_rand_u64(&rng) % (r % 3 == 1 ? 300 : COLS));
+    for (int i = 0; i < COLS; i++) perm[i] = i;
+    for (int i = 0; i < len; i++) {   /* partial Fisher-Yates: len distinct indices */
+      int j = i + (int)(tu_rand_u64(&rng) % (uint64_t)(COLS - i));
+      int32_t t = perm[i];
+      perm[i] = perm[j];
+      perm[j] = t;
+      n += (size_t)snprintf(text + n, cap - n, "%s%d:%d", i ? " " : "", perm[i], perm[i] % 1013 - 500);
+    }
+    text[n++] = '\n';
+  }
+  text[n] = '\0';
+  elmo_csr m;
+  read_sparse_text(text, ".txt", &m);
+  rng = 11;
+  for (int r = 0; r < ROWS; r++) {
+    int len = r % 3 == 0 ? (int)(tu_rand_u64(&rng) % 30) : (int)(tu_rand_u64(&rng) % (r % 3 == 1 ? 300 : COLS));
+    for (int i = 0; i < len; i++) tu_rand_u64(&rng);
+    assert_int_equal(m.indptr[r + 1] - m.indptr[r], len);
+    for (int64_t i = m.indptr[r]; i < m.indptr[r + 1]; i++) {
+      if (i > m.indptr[r]) assert_true(m.indices[i - 1] < m.indices[i]);
+      assert_true(m.data[i] == (float)(m.indices[i] % 1013 - 500));
+    }
+  }
+  elmo_csr_free(&m);
+  free(text);
+  free(perm);
+}
+
 /* ---- sparse text: every bad-input rule --------------------------------------------------- */
 
 static void test_sparse_errors(void **state) {
@@ -164,6 +204,12 @@ static void test_missing_file(void **state) {
   assert_int_equal(rc, ELMO_EINPUT);
   tu_assert_contains(err.msg, "/nonexistent/dir/trn_X_Y.txt");
   tu_assert_contains(err.msg, "cannot open");
+  char *dir = tu_temp_dir();
+  assert_int_equal(elmo_read_sparse(dir, &m, &err), ELMO_EINPUT);
+  tu_assert_contains(err.msg, dir);
+  tu_assert_contains(err.msg, "directory");
+  rmdir(dir);
+  free(dir);
 }
 
 /* Text of `lines` rows "i:1.5 (i+1):2" under a "rows cols" header. */
@@ -625,6 +671,7 @@ int main(void) {
       cmocka_unit_test(test_sparse_small),
       cmocka_unit_test(test_sparse_line_endings),
       cmocka_unit_test(test_sparse_long_line),
+      cmocka_unit_test(test_sparse_unsorted_rows),
       cmocka_unit_test(test_sparse_errors),
       cmocka_unit_test(test_missing_file),
       cmocka_unit_test(test_truncated_gzip),

@@ -1,0 +1,1 @@
+/* blas.cu: under construction. */

@@ -1,0 +1,1 @@
+/* dropout.cu: under construction. */

@@ -1,0 +1,1 @@
+/* embedding.cu: under construction. */

@@ -1,0 +1,1 @@
+/* gelu.cu: under construction. */

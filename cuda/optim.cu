@@ -1,0 +1,1 @@
+/* optim.cu: under construction. */

@@ -1,0 +1,1 @@
+/* pool.cu: under construction. */

@@ -1,0 +1,1 @@
+/* pooling.cu: under construction. */

@@ -1,0 +1,1 @@
+/* sparse_encoder.cu: under construction. */

@@ -1,0 +1,203 @@
+/* test_classifier.c: the CPU reference classifier step (classifier.h) against double-precision
+ * math: dX, loss, the fused update, SR neighbours, chunk invariance, padded rows, head Kahan, top-k. */
+#include "testutil.h"
+#include "classifier.h"
+#include "numerics.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { B = 6, D = 32, L = 37, LP = 48 };
+
+typedef struct fixture {
+  float X[B * D], Xq[B * D], dX[B * D], z[B * LP];
+  float Wf[LP * D];
+  uint8_t W8[LP * D];
+  uint16_t W16[LP * D];
+  int64_t yp[B + 1];
+  int32_t yi[B * 4];
+} fixture;
+
+static void make(fixture *f, uint64_t seed) {
+  uint64_t s = seed;
+  memset(f, 0, sizeof *f);
+  for (int i = 0; i < B * D; i++) f->X[i] = tu_rand_normal(&s);
+  for (int i = 0; i < L * D; i++) {
+    f->Wf[i] = 0.2f * tu_rand_normal(&s);
+    f->W8[i] = elmo_f32_to_fp8(f->Wf[i]);
+    f->W16[i] = elmo_f32_to_bf16(f->Wf[i]);
+  }
+  int n = 0;
+  for (int b = 0; b < B; b++) {
+    f->yp[b] = n;
+    int c = b % 4; /* row 0 has no labels */
+    for (int j = 0; j < c; j++) f->yi[n++] = (int32_t)((b * 7 + j * 11) % L);
+  }
+  f->yp[B] = n;
+  /* labels sorted per row for the reference */
+}
+
+static int is_pos(const fixture *f, int b, int l) {
+  for (int64_t e = f->yp[b]; e < f->yp[b + 1]; e++)
+    if (f->yi[e] == l) return 1;
+  return 0;
+}
+
+static elmo_cls_weights weights(fixture *f, elmo_dtype dt) {
+  elmo_cls_weights w = {.W = dt == ELMO_FP8 ? (void *)f->W8 : dt == ELMO_BF16 ? (void *)f->W16 : (void *)f->Wf,
+                        .dtype = dt, .L = L, .L_pad = LP, .d = D};
+  return w;
+}
+
+/* dX and loss match double precision math on the same cast inputs (bf16 logits/G: ~1e-2). */
+static void test_dx_and_loss(void **state) {
+  fixture *f = malloc(sizeof *f);
+  make(f, 11);
+  elmo_cls_weights w = weights(f, ELMO_F32);
+  float W0[LP * D];
+  memcpy(W0, f->Wf, sizeof W0);
+  elmo_cls_hyper h = {.lr = 0.0, .weight_decay = 0.0, .seed = 1, .step = 0};
+  double loss = elmo_cls_step(&w, f->X, 1, B, 16, f->yp, f->yi, &h, 1, f->Xq, f->z, f->dX);
+  double ref_loss = 0, num = 0, den = 0;
+  for (int b = 0; b < B; b++)
+    for (int k = 0; k < D; k++) {
+      double g = 0;
+      for (int l = 0; l < L; l++) {
+        double zz = 0;
+        for (int kk = 0; kk < D; kk++) zz += (double)f->Xq[b * D + kk] * W0[l * D + kk];
+        double y = is_pos(f, b, l);
+        if (k == 0) ref_loss += fmax(zz, 0) + log1p(exp(-fabs(zz))) - y * zz;
+        g += (1.0 / (1.0 + exp(-zz)) - y) * W0[l * D + k];
+      }
+      num += (f->dX[b * D + k] - g) * (f->dX[b * D + k] - g);
+      den += g * g;
+      assert_false(isnan(f->dX[b * D + k]));
+    }
+  assert_true(sqrt(num / den) < 1e-2);
+  assert_true(fabs(loss - ref_loss) / ref_loss < 1e-2);
+  /* lr 0: fp32 weights unchanged */
+  assert_memory_equal(W0, f->Wf, sizeof W0);
+  free(f);
+}
+
+/* fp32 update: W' = W - lr (G^T Xq + wd W) with G = bf16(sigmoid(bf16(z)) - y). */
+static void test_update_fp32(void **state) {
+  fixture *f = malloc(sizeof *f);
+  make(f, 12);
+  elmo_cls_weights w = weights(f, ELMO_F32);
+  float W0[LP * D];
+  memcpy(W0, f->Wf, sizeof W0);
+  elmo_cls_hyper h = {.lr = 0.1, .weight_decay = 0.01, .seed = 1, .step = 3};
+  elmo_cls_step(&w, f->X, 0, B, LP, f->yp, f->yi, &h, 0, f->Xq, f->z, f->dX);
+  double maxerr = 0;
+  for (int l = 0; l < LP; l++)
+    for (int k = 0; k < D; k++) {
+      double g = 0;
+      if (l < L)
+        for (int b = 0; b < B; b++) {
+          double zz = 0;
+          for (int kk = 0; kk < D; kk++) zz += (double)f->Xq[b * D + kk] * W0[l * D + kk];
+          g += (1.0 / (1.0 + exp(-zz)) - is_pos(f, b, l)) * f->Xq[b * D + k];
+        }
+      double ref = l < L ? W0[l * D + k] - 0.1 * (g + 0.01 * W0[l * D + k]) : 0.0;
+      double e = fabs(f->Wf[l * D + k] - ref);
+      if (e > maxerr) maxerr = e;
+    }
+  assert_true(maxerr < 0.1 * 0.02 * B); /* bf16 logits and G: a few 1e-3 of each gradient term */
+  for (int i = L * D; i < LP * D; i++) assert_true(f->Wf[i] == 0.0f); /* padded rows stay zero */
+  free(f);
+}
+
+/* fp8 and bf16: every updated weight is one of the two neighbours of the fp32 result. */
+static void test_sr_neighbours(void **state) {
+  for (int dt = 0; dt < 2; dt++) {
+    fixture *f = malloc(sizeof *f), *g = malloc(sizeof *g);
+    make(f, 13);
+    elmo_cls_weights w = weights(f, dt ? ELMO_BF16 : ELMO_FP8);
+    /* reference: the same step in fp32 starting from the low-precision weights */
+    *g = *f;
+    for (int i = 0; i < LP * D; i++) g->Wf[i] = elmo_cls_w(&w, i / D, i % D);
+    elmo_cls_weights wr = weights(g, ELMO_F32);
+    elmo_cls_hyper h = {.lr = 0.05, .weight_decay = 0.0, .seed = 7, .step = 1};
+    float before[LP * D];
+    for (int i = 0; i < LP * D; i++) before[i] = g->Wf[i];
+    elmo_cls_step(&w, f->X, 1, B, 16, f->yp, f->yi, &h, 0, f->Xq, f->z, f->dX);
+    elmo_cls_step(&wr, g->X, 1, B, 16, g->yp, g->yi, &h, 0, g->Xq, g->z, g->dX);
+    int moved = 0;
+    for (int i = 0; i < L * D; i++) {
+      float v = g->Wf[i], q = elmo_cls_w(&w, i / D, i % D);
+      float dn = dt ? elmo_bf16_to_f32(elmo_sr_bf16(v, 0)) : elmo_fp8_to_f32(elmo_sr_fp8(v, 0));
+      float up = dt ? elmo_bf16_to_f32(elmo_sr_bf16(v, 0xFFFFFFFFu)) : elmo_fp8_to_f32(elmo_sr_fp8(v, 0xFFFFFFFFu));
+      if (!(q == dn || q == up)) fail_msg("dtype %d element %d: %g not in {%g, %g} (exact %g)", dt, i, q, dn, up, v);
+      moved += q != before[i];
+    }
+    assert_true(moved > 0);
+    free(f);
+    free(g);
+  }
+}
+
+/* Chunking changes nothing: SR bits are keyed by element, accumulation order is per label. */
+static void test_chunk_invariance(void **state) {
+  fixture *a = malloc(sizeof *a), *b = malloc(sizeof *b);
+  make(a, 14);
+  *b = *a;
+  elmo_cls_weights wa = weights(a, ELMO_FP8), wb = weights(b, ELMO_FP8);
+  elmo_cls_hyper h = {.lr = 0.2, .weight_decay = 0.001, .seed = 9, .step = 5};
+  double la = elmo_cls_step(&wa, a->X, 1, B, 16, a->yp, a->yi, &h, 1, a->Xq, a->z, a->dX);
+  double lb = elmo_cls_step(&wb, b->X, 1, B, LP, b->yp, b->yi, &h, 1, b->Xq, b->z, b->dX);
+  assert_memory_equal(a->W8, b->W8, sizeof a->W8);
+  assert_memory_equal(a->dX, b->dX, sizeof a->dX);
+  assert_true(la == lb);
+  /* a different step draws different bits */
+  make(a, 14);
+  h.step = 6;
+  elmo_cls_step(&wa, a->X, 1, B, 16, a->yp, a->yi, &h, 0, a->Xq, a->z, a->dX);
+  assert_memory_not_equal(a->W8, b->W8, sizeof a->W8);
+  free(a);
+  free(b);
+}
+
+/* Head Kahan: updates far below half an ulp still accumulate; plain RN would never move. */
+static void test_head_kahan(void **state) {
+  uint16_t W[16 * 16] = {0}, c[16] = {0};
+  for (int k = 0; k < 16; k++) W[k] = elmo_f32_to_bf16(1.0f);
+  int32_t slot[16];
+  for (int l = 0; l < 16; l++) slot[l] = l == 0 ? 0 : -1;
+  elmo_cls_weights w = {.W = W, .dtype = ELMO_BF16, .L = 1, .L_pad = 16, .d = 16, .kahan = c, .head_slot = slot};
+  float G[1 * 16] = {0}, Xq[16];
+  G[0] = -1.0f; /* gradient -x: the update adds lr * x */
+  for (int k = 0; k < 16; k++) Xq[k] = 1.0f;
+  elmo_cls_hyper h = {.lr = 1e-3, .weight_decay = 0, .seed = 1, .step = 0};
+  for (int s = 0; s < 100; s++) elmo_cls_update(&w, G, Xq, 1, 0, 16, &h);
+  float v = elmo_bf16_to_f32(W[0]) + elmo_bf16_to_f32(c[0]);
+  assert_true(fabsf(v - 1.1f) < 2e-3);
+  assert_true(elmo_bf16_to_f32(W[0]) > 1.09f);
+}
+
+/* Top-k merge: score order, ties to the lower label, filters, padded labels ignored. */
+static void test_topk_merge(void **state) {
+  float z1[8] = {0.5f, 0.9f, 0.9f, 0.1f, /* row 1 */ 2, 2, 2, 2};
+  float z2[8] = {0.9f, 0.2f, 0.95f, 5.0f, 1, 3, 1, 1};
+  int32_t topk[6];
+  float topv[6];
+  for (int i = 0; i < 6; i++) { topk[i] = -1; topv[i] = -INFINITY; }
+  int64_t rows[2] = {0, 1};
+  int64_t fp[3] = {0, 0, 1};
+  int32_t fi[1] = {5}; /* row 1: label 5 filtered */
+  elmo_topk_merge(z1, 2, 0, 4, 7, 3, rows, fp, fi, topk, topv);
+  elmo_topk_merge(z2, 2, 4, 4, 7, 3, rows, fp, fi, topk, topv); /* label 7 is padding */
+  int32_t e0[3] = {6, 1, 2}, e1[3] = {0, 1, 2};
+  assert_memory_equal(topk, e0, sizeof e0);
+  assert_memory_equal(topk + 3, e1, sizeof e1);
+  assert_true(topv[0] == 0.95f && topv[1] == 0.9f);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_dx_and_loss), cmocka_unit_test(test_update_fp32), cmocka_unit_test(test_sr_neighbours),
+    cmocka_unit_test(test_chunk_invariance), cmocka_unit_test(test_head_kahan), cmocka_unit_test(test_topk_merge),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
