@@ -112,9 +112,29 @@ void elmo_model_desc_set_chunks(elmo_model_desc *md, int64_t n_chunks) {
   md->n_chunks = (md->L_pad + per - 1) / per;
 }
 
+/* Options the schema accepts but this build does not implement yet: refuse them loudly. */
+static int check_supported(const elmo_config *cfg, elmo_err *err) {
+  if (!strcmp(cfg->encoder_dtype, "fp8"))
+    return elmo_fail(err, ELMO_EINPUT, "model.encoder.dtype: \"fp8\" (E4M3 encoder GEMMs) is not implemented yet "
+                                       "(use bf16 or fp32)");
+  if (strcmp(cfg->enc_opt.optimizer, "adamw"))
+    return elmo_fail(err, ELMO_EINPUT, "training.encoder.optimizer: only \"adamw\" is implemented for the encoder");
+  if (strcmp(cfg->cls_opt.optimizer, "sgd"))
+    return elmo_fail(err, ELMO_EINPUT, "training.classifier.optimizer: only \"sgd\" (with stochastic rounding) is "
+                                       "implemented for the classifier");
+  if (cfg->cls_opt.kahan)
+    return elmo_fail(err, ELMO_EINPUT, "training.classifier.kahan: the classifier uses stochastic rounding; for "
+                                       "Kahan-compensated head labels set model.classifier.head_ratio");
+  if (cfg->pretrained[0])
+    return elmo_fail(err, ELMO_EINPUT, "model.encoder.pretrained: loading Hugging Face weights is not implemented yet");
+  return ELMO_OK;
+}
+
 int elmo_model_desc_init(elmo_model_desc *md, const elmo_config *cfg, int64_t num_labels, int64_t num_features,
                          int64_t vocab_size, int64_t T, const int64_t *label_freq, elmo_err *err) {
   memset(md, 0, sizeof *md);
+  int rc0 = check_supported(cfg, err);
+  if (rc0) return rc0;
   md->encoder_kind = strcmp(cfg->encoder_kind, "transformer") ? ELMO_ENC_SPARSE : ELMO_ENC_TRANSFORMER;
   md->num_labels = num_labels;
   md->L_pad = (num_labels + 15) / 16 * 16;

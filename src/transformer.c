@@ -239,53 +239,69 @@ static void gemm_portable(int64_t M, int64_t N, int64_t K, const float *restrict
 #if ELMO_TF_HAVE_AVX2_KERNEL
 enum { TILE_M = 6, TILE_N = 16, BLOCK_M = 96, BLOCK_K = 256 };
 
-/* C[6, 16] = (load ? C : 0) + A[6, K] B[K, 16] with 12 AVX accumulators. */
-__attribute__((target("avx2,fma")))
-static void tile_6x16(int64_t K, int load, const float *A, int64_t lda, const float *B, int64_t ldb,
-                      float *C, int64_t ldc) {
+/* C[mr, nr] = (load ? C : 0) + A[mr, K] B[K, nr] for mr <= 6, nr <= 16, in AVX registers; columns
+ * past nr are masked off. Inlined with a constant mr so the accumulators stay in registers. */
+__attribute__((target("avx2,fma"), always_inline))
+static inline void tile_kernel(const int mr, int64_t nr, int64_t K, int load, const float *A,
+                               int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nr), lane);
+  const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nr - 8), lane);
+  const int full = nr == TILE_N;
   __m256 c[TILE_M][2];
-  for (int r = 0; r < TILE_M; r++) {
-    c[r][0] = load ? _mm256_loadu_ps(C + r * ldc) : _mm256_setzero_ps();
-    c[r][1] = load ? _mm256_loadu_ps(C + r * ldc + 8) : _mm256_setzero_ps();
+  for (int r = 0; r < mr; r++) {
+    c[r][0] = !load ? _mm256_setzero_ps() : full ? _mm256_loadu_ps(C + r * ldc)
+                                                 : _mm256_maskload_ps(C + r * ldc, m0);
+    c[r][1] = !load ? _mm256_setzero_ps() : full ? _mm256_loadu_ps(C + r * ldc + 8)
+                                                 : _mm256_maskload_ps(C + r * ldc + 8, m1);
   }
   for (int64_t k = 0; k < K; k++) {
-    const __m256 b0 = _mm256_loadu_ps(B + k * ldb), b1 = _mm256_loadu_ps(B + k * ldb + 8);
-    for (int r = 0; r < TILE_M; r++) {
+    const float *b = B + k * ldb;
+    const __m256 b0 = full ? _mm256_loadu_ps(b) : _mm256_maskload_ps(b, m0);
+    const __m256 b1 = full ? _mm256_loadu_ps(b + 8) : _mm256_maskload_ps(b + 8, m1);
+    for (int r = 0; r < mr; r++) {
       const __m256 a = _mm256_broadcast_ss(A + r * lda + k);
       c[r][0] = _mm256_fmadd_ps(a, b0, c[r][0]);
       c[r][1] = _mm256_fmadd_ps(a, b1, c[r][1]);
     }
   }
-  for (int r = 0; r < TILE_M; r++) {
-    _mm256_storeu_ps(C + r * ldc, c[r][0]);
-    _mm256_storeu_ps(C + r * ldc + 8, c[r][1]);
+  for (int r = 0; r < mr; r++) {
+    if (full) {
+      _mm256_storeu_ps(C + r * ldc, c[r][0]);
+      _mm256_storeu_ps(C + r * ldc + 8, c[r][1]);
+    } else {
+      _mm256_maskstore_ps(C + r * ldc, m0, c[r][0]);
+      _mm256_maskstore_ps(C + r * ldc + 8, m1, c[r][1]);
+    }
   }
 }
 
-/* Edges the tiles do not cover: same fused, in-order sum per element as the tiles. */
+/* One tile of mr rows: dispatch to a register-resident kernel for that row count. */
 __attribute__((target("avx2,fma")))
-static void edge_fma(int64_t i0, int64_t i1, int64_t j0, int64_t j1, int64_t K, int load,
-                     const float *A, int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc) {
-  for (int64_t i = i0; i < i1; i++)
-    for (int64_t j = j0; j < j1; j++) {
-      float s = load ? C[i * ldc + j] : 0.0f;
-      for (int64_t k = 0; k < K; k++) s = fmaf(A[i * lda + k], B[k * ldb + j], s);
-      C[i * ldc + j] = s;
-    }
+static void tile_rows(int mr, int64_t nr, int64_t K, int load, const float *A, int64_t lda,
+                      const float *B, int64_t ldb, float *C, int64_t ldc) {
+  switch (mr) {
+    case 6: tile_kernel(6, nr, K, load, A, lda, B, ldb, C, ldc); break;
+    case 5: tile_kernel(5, nr, K, load, A, lda, B, ldb, C, ldc); break;
+    case 4: tile_kernel(4, nr, K, load, A, lda, B, ldb, C, ldc); break;
+    case 3: tile_kernel(3, nr, K, load, A, lda, B, ldb, C, ldc); break;
+    case 2: tile_kernel(2, nr, K, load, A, lda, B, ldb, C, ldc); break;
+    default: tile_kernel(1, nr, K, load, A, lda, B, ldb, C, ldc); break;
+  }
 }
 
-/* One K block: rows in blocks of BLOCK_M, 16-wide column panels, 6-row tiles. */
+/* One K block: rows in blocks of BLOCK_M, 16-wide column panels, 6-row tiles (edges masked). */
 static void gemm_avx2_kblock(int64_t M, int64_t N, int64_t K, int load, const float *A, int64_t lda,
                              const float *B, int64_t ldb, float *C, int64_t ldc) {
-  const int64_t n_full = N / TILE_N * TILE_N;
   for (int64_t ib = 0; ib < M; ib += BLOCK_M) {
     const int64_t ie = ib + BLOCK_M < M ? ib + BLOCK_M : M;
-    const int64_t i_full = ib + (ie - ib) / TILE_M * TILE_M;
-    for (int64_t j = 0; j < n_full; j += TILE_N)
-      for (int64_t i = ib; i < i_full; i += TILE_M)
-        tile_6x16(K, load, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc);
-    edge_fma(i_full, ie, 0, N, K, load, A, lda, B, ldb, C, ldc);
-    edge_fma(ib, i_full, n_full, N, K, load, A, lda, B, ldb, C, ldc);
+    for (int64_t j = 0; j < N; j += TILE_N) {
+      const int64_t nr = N - j < TILE_N ? N - j : TILE_N;
+      for (int64_t i = ib; i < ie; i += TILE_M) {
+        const int mr = (int)(ie - i < TILE_M ? ie - i : TILE_M);
+        tile_rows(mr, nr, K, load, A + i * lda, lda, B + j, ldb, C + i * ldc + j, ldc);
+      }
+    }
   }
 }
 

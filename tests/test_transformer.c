@@ -235,7 +235,8 @@ static void test_gemm(void **state) {
   (void)state;
   uint64_t rng = 7;
   const int64_t shapes[][3] = {{1, 1, 1}, {6, 16, 8}, {7, 19, 5}, {37, 50, 300}, {100, 33, 600},
-                               {13, 16, 0}, {96 + 7, 48, 257}};
+                               {13, 16, 0}, {96 + 7, 48, 257}, {2, 17, 3}, {3, 40, 33},
+                               {11, 31, 520}, {4, 8, 9}};
   const int simd = elmo_tf_gemm_simd(-1);
   for (int mode = 0; mode < 2; mode++) {
     elmo_tf_gemm_simd(mode);            /* 0: portable kernel, 1: automatic (AVX2 where present) */

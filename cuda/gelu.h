@@ -1,0 +1,39 @@
+/* gelu.h: GELU (exact erf form, as BERT) forward/backward with the bias add, and bias gradients
+ * (column sums) for the CUDA encoder. CPU twins: elmo_tf_gelu_forward/backward and the db part of
+ * elmo_tf_linear_backward. Device pointers, stream s; ELMO_EINPUT on bad shapes. */
+#ifndef ELMO_CUDA_GELU_H
+#define ELMO_CUDA_GELU_H
+
+#include <stdint.h>
+#include <cuda_runtime.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+#include "common.h"
+#include "numerics.h"
+
+/* pre = bf16(a + bias), g = bf16(GELU(pre)): a [M, F] fp32, bias [F] bf16 or NULL, pre and g
+ * [M, F] bf16 (pre may be NULL). GELU is taken of the rounded pre, so elmo_cuda_gelu_recompute
+ * reproduces g exactly. */
+int elmo_cuda_gelu_forward(const float *a, const elmo_bf16 *bias, int64_t M, int F, elmo_bf16 *pre,
+                           elmo_bf16 *g, cudaStream_t s, elmo_err *err);
+/* g[n] = bf16(GELU(pre[n])), bf16 in and out. */
+int elmo_cuda_gelu_recompute(const elmo_bf16 *pre, int64_t n, elmo_bf16 *g, cudaStream_t s, elmo_err *err);
+/* dx = bf16(dy * GELU'(pre)) over n elements, bf16; dx may equal dy. */
+int elmo_cuda_gelu_backward(const elmo_bf16 *pre, const elmo_bf16 *dy, int64_t n, elmo_bf16 *dx,
+                            cudaStream_t s, elmo_err *err);
+
+/* Scratch floats elmo_cuda_colsum needs for `count` matrices of M rows and N columns. */
+int64_t elmo_cuda_colsum_ws_floats(int64_t M, int N, int count);
+/* For i < count: out_i[N] += column sums of x_i[M, N] (fp32 accumulation, rows summed in fixed
+ * blocks in order: deterministic). x_i = x + i * x_stride elements, out_i = out + i * out_stride.
+ * x is bf16 (x_bf16 = 1) or fp32. */
+int elmo_cuda_colsum(const void *x, int x_bf16, int64_t M, int N, int count, int64_t x_stride,
+                     float *out, int64_t out_stride, float *ws, cudaStream_t s, elmo_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,39 @@
+/* layernorm.h: LayerNorm forward/backward kernels of the CUDA encoder (BF16 activations, FP32
+ * statistics and gradients). CPU twins: elmo_tf_layernorm_forward/backward. Pointers are device
+ * pointers; work is enqueued on stream s. Entries return ELMO_EINPUT on bad shapes. */
+#ifndef ELMO_CUDA_LAYERNORM_H
+#define ELMO_CUDA_LAYERNORM_H
+
+#include <stdint.h>
+#include <cuda_runtime.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+#include "common.h"
+#include "numerics.h"
+
+/* Per row of pre = a + bias + res (bias [H] and res [M, H] may be NULL): xhat = (pre - mean) * rstd,
+ * rstd = 1 / sqrt(var + eps), y = bf16(bf16(xhat) * w + b).
+ * a [M, H] fp32; w, b [H] bf16; y, xhat [M, H] bf16; rstd [M] fp32. */
+int elmo_cuda_layernorm_forward(const float *a, const elmo_bf16 *bias, const elmo_bf16 *res,
+                                const elmo_bf16 *w, const elmo_bf16 *b, int64_t M, int H, float eps,
+                                elmo_bf16 *y, elmo_bf16 *xhat, float *rstd, cudaStream_t s, elmo_err *err);
+/* y[M, H] = bf16(xhat * w + b): the forward's output again from the stored xhat. */
+int elmo_cuda_layernorm_apply(const elmo_bf16 *xhat, const elmo_bf16 *w, const elmo_bf16 *b, int64_t M,
+                              int H, elmo_bf16 *y, cudaStream_t s, elmo_err *err);
+
+/* Scratch floats elmo_cuda_layernorm_backward needs for M rows of H. */
+int64_t elmo_cuda_layernorm_ws_floats(int64_t M, int H);
+/* dx = rstd * (dy w - mean(dy w) - xhat mean(dy w xhat)) per row; dw += sum dy xhat, db += sum dy
+ * (deterministic: fixed row blocks summed in order). dy, dx [M, H] fp32 (dx may equal dy); dx16
+ * [M, H] bf16 copy of dx or NULL; dw, db [H] fp32; ws: elmo_cuda_layernorm_ws_floats. */
+int elmo_cuda_layernorm_backward(const float *dy, const elmo_bf16 *xhat, const float *rstd,
+                                 const elmo_bf16 *w, int64_t M, int H, float *dx, elmo_bf16 *dx16,
+                                 float *dw, float *db, float *ws, cudaStream_t s, elmo_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

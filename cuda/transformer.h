@@ -1,0 +1,106 @@
+/* transformer.h: CUDA transformer encoder (BERT-family, post-LN), forward and backward, the GPU twin
+ * of elmo_tf_forward / elmo_tf_backward in src/transformer.h. C-callable.
+ *
+ * Numerics: parameters are read as BF16 (ENC_PARAM, the CPU's flat layout, same offsets and padding)
+ * or FP32 (converted once per forward into a BF16 shadow copy); GEMMs run on BF16 tensor cores with
+ * FP32 accumulation (cuBLASLt); elementwise math is FP32; activations are stored in BF16, LayerNorm
+ * statistics and the residual-stream gradient in FP32. Parameter gradients are FP32, in the same
+ * flat layout as the parameters, and ACCUMULATE (zero them before a step), as on the CPU.
+ *
+ * Layout: batches stay padded, [B, Tp] with Tp = T rounded up to a multiple of 8; masked positions
+ * (mask 0, or t >= T) get a zero embedding, are excluded from attention keys, have zero attention
+ * output and pool to nothing, so padding never reaches the result and gets exactly zero gradient.
+ * Every LayerNorm output is bf16(bf16(xhat) * w + b), a pure function of the stored xhat, so the
+ * backward recomputes layer inputs, h1, GELU outputs and attention probabilities bit for bit
+ * instead of storing them.
+ *
+ * Memory: one device block of elmo_cuda_tf_workspace_bytes(), either given by the caller (the pool)
+ * or allocated by elmo_cuda_tf_create; no allocation in forward/backward. Kept between forward and
+ * backward (elmo_cuda_tf_activation_bytes), per layer with M = B * Tp rows:
+ *   default:   q, k, v [3, M, H] + xhat1 [M, H] + GELU input [M, F] + xhat2 [M, H] in BF16, 2 x [M] FP32
+ *   RECOMPUTE: only xhat2 [M, H] BF16 + rstd2 [M] per layer; the backward reruns each layer's forward
+ *              (about one extra forward pass of compute) into one shared set of buffers.
+ *
+ * Ownership: elmo_cuda_tf_create makes the object (and a cuBLASLt handle); destroy frees what create
+ * allocated (not a caller's block) and NULLs the pointer. The object keeps no pointer to the caller's
+ * ids, mask or parameters between calls.
+ */
+#ifndef ELMO_CUDA_TRANSFORMER_H
+#define ELMO_CUDA_TRANSFORMER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <cuda_runtime.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+#include "common.h"
+#include "numerics.h"
+#include "src/transformer.h"
+
+enum {
+  ELMO_CUDA_TF_F32_PARAMS = 1,   /* allow FP32 parameters (reserves a BF16 shadow copy) */
+  ELMO_CUDA_TF_RECOMPUTE = 2     /* keep only layer outputs; recompute each layer in the backward */
+};
+
+typedef struct elmo_cuda_tf elmo_cuda_tf;
+
+/* Device bytes elmo_cuda_tf_create needs (activations + scratch + cuBLASLt workspace + shadow). */
+size_t elmo_cuda_tf_workspace_bytes(const elmo_tf_config *cfg, int max_batch, int max_len, int flags);
+/* The part of it kept from forward to backward (for --plan and reports). */
+size_t elmo_cuda_tf_activation_bytes(const elmo_tf_config *cfg, int max_batch, int max_len, int flags);
+
+/* dev_mem: NULL (allocate) or a device block of elmo_cuda_tf_workspace_bytes() bytes, 256-byte
+ * aligned, owned by the caller. ELMO_EINPUT for a bad config or sizes. */
+int elmo_cuda_tf_create(const elmo_tf_config *cfg, int max_batch, int max_len, int flags, void *dev_mem,
+                        elmo_cuda_tf **out, elmo_err *err);
+void elmo_cuda_tf_destroy(elmo_cuda_tf **t);
+
+/* pooled[B, H] (FP32, device) = encoder(ids[B, T], mask[B, T]) on stream s; mask NULL = all real.
+ * params: device, the flat layout of elmo_tf_params, BF16 when params_bf16 else FP32 (needs
+ * ELMO_CUDA_TF_F32_PARAMS). Unmasked ids outside [0, V) embed as zeros and raise the flag read by
+ * elmo_cuda_tf_bad_ids. ELMO_EINPUT when B > max_batch, T > max_len or T > max_position. */
+int elmo_cuda_tf_forward(elmo_cuda_tf *t, const void *params, int params_bf16, const int32_t *ids,
+                         const uint8_t *mask, int B, int T, float *pooled, cudaStream_t s, elmo_err *err);
+/* Backward of the last forward from dpooled[B, H] (FP32, device): ACCUMULATES into grads (FP32,
+ * device, flat layout). params must be the ones given to that forward. A second backward of the
+ * same forward is allowed. ELMO_ERUNTIME when no forward ran. */
+int elmo_cuda_tf_backward(elmo_cuda_tf *t, const void *params, int params_bf16, const float *dpooled,
+                          float *grads, cudaStream_t s, elmo_err *err);
+/* Waits for s; 1 when a forward since the last call saw an unmasked id outside [0, V), else 0. */
+int elmo_cuda_tf_bad_ids(elmo_cuda_tf *t, cudaStream_t s);
+
+/* ---- internal to the encoder's .cu files ---- */
+
+/* Fatal CUDA / cuBLASLt error check: prints the statement, file and line, then aborts. */
+void elmo_cuda_tf_fatal(const char *what, const char *detail, const char *file, int line);
+#define ELMO_TF_CUDA(call) do { cudaError_t e_ = (call); \
+  if (e_ != cudaSuccess) elmo_cuda_tf_fatal(#call, cudaGetErrorString(e_), __FILE__, __LINE__); } while (0)
+#define ELMO_TF_LAUNCHED() ELMO_TF_CUDA(cudaGetLastError())
+
+/* Row-major GEMM on BF16 operands with FP32 accumulation (a local cuBLASLt helper until blas.h):
+ * C[m, n] = op(A)[m, k] op(B)[k, n] + beta * C, op = transpose when trans_*; A is stored [m, k]
+ * (or [k, m] transposed) with leading dimension lda, likewise B. C is FP32 when c_f32, else BF16.
+ * batch > 1: matrix i starts stride_* elements after matrix i - 1. */
+typedef struct elmo_tf_mm {
+  int trans_a, trans_b;
+  int64_t m, n, k;
+  const void *a; int64_t lda, stride_a;
+  const void *b; int64_t ldb, stride_b;
+  void *c; int64_t ldc, stride_c;
+  int c_f32;
+  float beta;
+  int batch;
+} elmo_tf_mm;
+typedef struct elmo_tf_gemm elmo_tf_gemm;
+/* workspace: device scratch for cuBLASLt (may be NULL with ws_bytes 0). */
+elmo_tf_gemm *elmo_tf_gemm_create(void *workspace, size_t ws_bytes);
+void elmo_tf_gemm_destroy(elmo_tf_gemm **g);
+void elmo_tf_gemm_run(elmo_tf_gemm *g, const elmo_tf_mm *p, cudaStream_t s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
