@@ -1,1 +1,140 @@
-/* gelu.cu: under construction. */
+/* gelu.cu: GELU (exact erf form) forward with the bias add, its recompute and backward, and the
+ * deterministic column sums that give bias gradients, for the CUDA encoder. CPU twins:
+ * elmo_tf_gelu_forward/backward and the db part of elmo_tf_linear_backward. */
+#include <cuda_bf16.h>
+
+#include "cuda/gelu.h"
+#include "cuda/transformer.h"
+
+typedef __nv_bfloat16 bf16;
+
+enum { EW_THREADS = 256, COL_ROWS = 64, COL_THREADS = 128 };
+
+static __device__ float gelu_f(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+
+static __device__ float gelu_grad(float x) {
+  const float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+  const float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
+  return cdf + x * pdf;
+}
+
+static unsigned grid_for(int64_t n) {
+  const int64_t blocks = (n + EW_THREADS - 1) / EW_THREADS;
+  return (unsigned)(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
+}
+
+static int check_n(const char *what, int64_t n, elmo_err *err) {
+  if (n < 0) return elmo_fail(err, ELMO_EINPUT, "%s: %lld elements (expected >= 0)", what, (long long)n);
+  return ELMO_OK;
+}
+
+/* ------------------------------------------------------------------ forward */
+
+static __global__ void gelu_forward_kernel(const float *a, const bf16 *bias, int64_t n, int F, bf16 *pre,
+                                           bf16 *g) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    float v = a[i];
+    if (bias) v += __bfloat162float(bias[i % F]);
+    const bf16 p = __float2bfloat16_rn(v);
+    if (pre) pre[i] = p;
+    g[i] = __float2bfloat16_rn(gelu_f(__bfloat162float(p)));
+  }
+}
+
+extern "C" int elmo_cuda_gelu_forward(const float *a, const elmo_bf16 *bias, int64_t M, int F, elmo_bf16 *pre,
+                                      elmo_bf16 *g, cudaStream_t s, elmo_err *err) {
+  if (M < 0 || F < 1)
+    return elmo_fail(err, ELMO_EINPUT, "gelu forward: %lld x %d (expected rows >= 0, columns >= 1)",
+                     (long long)M, F);
+  if (M == 0) return ELMO_OK;
+  gelu_forward_kernel<<<grid_for(M * F), EW_THREADS, 0, s>>>(a, (const bf16 *)bias, M * F, F, (bf16 *)pre,
+                                                             (bf16 *)g);
+  ELMO_TF_LAUNCHED();
+  return ELMO_OK;
+}
+
+static __global__ void gelu_recompute_kernel(const bf16 *pre, int64_t n, bf16 *g) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    g[i] = __float2bfloat16_rn(gelu_f(__bfloat162float(pre[i])));
+}
+
+extern "C" int elmo_cuda_gelu_recompute(const elmo_bf16 *pre, int64_t n, elmo_bf16 *g, cudaStream_t s,
+                                        elmo_err *err) {
+  int rc = check_n("gelu recompute", n, err);
+  if (rc || n == 0) return rc;
+  gelu_recompute_kernel<<<grid_for(n), EW_THREADS, 0, s>>>((const bf16 *)pre, n, (bf16 *)g);
+  ELMO_TF_LAUNCHED();
+  return ELMO_OK;
+}
+
+/* ------------------------------------------------------------------ backward */
+
+static __global__ void gelu_backward_kernel(const bf16 *pre, const bf16 *dy, int64_t n, bf16 *dx) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    dx[i] = __float2bfloat16_rn(__bfloat162float(dy[i]) * gelu_grad(__bfloat162float(pre[i])));
+}
+
+extern "C" int elmo_cuda_gelu_backward(const elmo_bf16 *pre, const elmo_bf16 *dy, int64_t n, elmo_bf16 *dx,
+                                       cudaStream_t s, elmo_err *err) {
+  int rc = check_n("gelu backward", n, err);
+  if (rc || n == 0) return rc;
+  gelu_backward_kernel<<<grid_for(n), EW_THREADS, 0, s>>>((const bf16 *)pre, (const bf16 *)dy, n, (bf16 *)dx);
+  ELMO_TF_LAUNCHED();
+  return ELMO_OK;
+}
+
+/* ------------------------------------------------------------------ column sums */
+
+static __device__ float load_f(const float *p, int64_t i) { return p[i]; }
+static __device__ float load_f(const bf16 *p, int64_t i) { return __bfloat162float(p[i]); }
+
+/* Block (column tile, row block, matrix): sum of COL_ROWS rows of one column. part [count, R, N]. */
+template <typename T>
+static __global__ void colsum_partial_kernel(const T *x, int64_t M, int N, int64_t x_stride, float *part) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= N) return;
+  const T *xi = x + (int64_t)blockIdx.z * x_stride;
+  const int64_t r0 = (int64_t)blockIdx.y * COL_ROWS;
+  const int64_t r1 = r0 + COL_ROWS < M ? r0 + COL_ROWS : M;
+  float acc = 0.0f;
+  for (int64_t r = r0; r < r1; r++) acc += load_f(xi, r * N + j);
+  part[((int64_t)blockIdx.z * gridDim.y + blockIdx.y) * N + j] = acc;
+}
+
+/* out_i[j] += sum over row blocks in order. */
+static __global__ void colsum_finish_kernel(const float *part, int R, int N, float *out, int64_t out_stride) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= N) return;
+  const float *p = part + (int64_t)blockIdx.y * R * N;
+  float acc = 0.0f;
+  for (int r = 0; r < R; r++) acc += p[(int64_t)r * N + j];
+  out[(int64_t)blockIdx.y * out_stride + j] += acc;
+}
+
+template <typename T>
+static void colsum_launch(const T *x, int64_t M, int N, int count, int64_t x_stride, float *out,
+                          int64_t out_stride, float *ws, cudaStream_t s) {
+  const int64_t R = (M + COL_ROWS - 1) / COL_ROWS;
+  const unsigned tiles = (unsigned)((N + COL_THREADS - 1) / COL_THREADS);
+  colsum_partial_kernel<T><<<dim3(tiles, (unsigned)R, (unsigned)count), COL_THREADS, 0, s>>>(x, M, N, x_stride, ws);
+  ELMO_TF_LAUNCHED();
+  colsum_finish_kernel<<<dim3(tiles, (unsigned)count), COL_THREADS, 0, s>>>(ws, (int)R, N, out, out_stride);
+  ELMO_TF_LAUNCHED();
+}
+
+extern "C" int64_t elmo_cuda_colsum_ws_floats(int64_t M, int N, int count) {
+  return (M + COL_ROWS - 1) / COL_ROWS * (int64_t)N * count;
+}
+
+extern "C" int elmo_cuda_colsum(const void *x, int x_bf16, int64_t M, int N, int count, int64_t x_stride,
+                                float *out, int64_t out_stride, float *ws, cudaStream_t s, elmo_err *err) {
+  if (M < 0 || N < 1 || count < 1 || count > 65535 || (M + COL_ROWS - 1) / COL_ROWS > 65535)
+    return elmo_fail(err, ELMO_EINPUT, "column sums: %d matrices of %lld x %d (expected 1..65535 "
+                     "matrices, at most %d rows, columns >= 1)", count, (long long)M, N, 65535 * COL_ROWS);
+  if (M == 0) return ELMO_OK;
+  if (x_bf16)
+    colsum_launch((const bf16 *)x, M, N, count, x_stride, out, out_stride, ws, s);
+  else
+    colsum_launch((const float *)x, M, N, count, x_stride, out, out_stride, ws, s);
+  return ELMO_OK;
+}

@@ -1,1 +1,212 @@
-/* layernorm.cu: under construction. */
+/* layernorm.cu: LayerNorm forward/backward for the CUDA encoder. One warp per row; FP32 statistics;
+ * parameter gradients summed deterministically (fixed blocks of rows, then the blocks in order).
+ * CPU twins: elmo_tf_layernorm_forward/backward in src/transformer.c. */
+#include <cuda_bf16.h>
+
+#include "cuda/layernorm.h"
+#include "cuda/transformer.h"
+
+typedef __nv_bfloat16 bf16;
+
+enum {
+  LN_WARPS = 4,          /* rows per block in the row kernels */
+  PART_ROWS = 64,        /* rows per partial sum of the parameter gradients */
+  PART_THREADS = 128
+};
+
+static __device__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+static int64_t part_blocks(int64_t M) { return (M + PART_ROWS - 1) / PART_ROWS; }
+
+/* ------------------------------------------------------------------ forward */
+
+/* Row r: pre (staged in shared memory) -> xhat, y, rstd. */
+static __global__ void ln_forward_kernel(const float *a, const bf16 *bias, const bf16 *res, const bf16 *w,
+                                         const bf16 *b, int64_t M, int H, float eps, bf16 *y, bf16 *xhat,
+                                         float *rstd) {
+  extern __shared__ float ln_row[];                 /* [LN_WARPS, H] */
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t r = (int64_t)blockIdx.x * LN_WARPS + warp;
+  if (r >= M) return;
+  float *pre = ln_row + (int64_t)warp * H;
+  const int64_t base = r * H;
+  float sum = 0.0f;
+  for (int j = lane; j < H; j += 32) {
+    float v = a[base + j];
+    if (bias) v += __bfloat162float(bias[j]);
+    if (res) v += __bfloat162float(res[base + j]);
+    pre[j] = v;
+    sum += v;
+  }
+  const float mean = warp_sum(sum) / (float)H;
+  float var = 0.0f;
+  for (int j = lane; j < H; j += 32) {
+    const float d = pre[j] - mean;
+    var += d * d;
+  }
+  var = warp_sum(var) / (float)H;
+  const float rs = 1.0f / sqrtf(var + eps);
+  for (int j = lane; j < H; j += 32) {
+    const bf16 h = __float2bfloat16_rn((pre[j] - mean) * rs);
+    xhat[base + j] = h;
+    y[base + j] = __float2bfloat16_rn(__bfloat162float(h) * __bfloat162float(w[j]) + __bfloat162float(b[j]));
+  }
+  if (lane == 0) rstd[r] = rs;
+}
+
+static void ln_forward_launch(const float *a, const bf16 *bias, const bf16 *res, const bf16 *w, const bf16 *b,
+                              int64_t M, int H, float eps, bf16 *y, bf16 *xhat, float *rstd, cudaStream_t s) {
+  const size_t smem = (size_t)LN_WARPS * H * sizeof(float);
+  if (smem > 48 * 1024)
+    ELMO_TF_CUDA(cudaFuncSetAttribute(ln_forward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      (int)smem));
+  const unsigned grid = (unsigned)((M + LN_WARPS - 1) / LN_WARPS);
+  ln_forward_kernel<<<grid, LN_WARPS * 32, smem, s>>>(a, bias, res, w, b, M, H, eps, y, xhat, rstd);
+  ELMO_TF_LAUNCHED();
+}
+
+static int check_rows(const char *what, int64_t M, int H, elmo_err *err) {
+  if (M < 0 || H < 1 || H > 16384 || (M + LN_WARPS) / LN_WARPS > 0x7FFFFFFF)
+    return elmo_fail(err, ELMO_EINPUT, "%s: %lld rows x %d columns (expected rows >= 0, "
+                     "1 <= columns <= 16384)", what, (long long)M, H);
+  return ELMO_OK;
+}
+
+extern "C" int elmo_cuda_layernorm_forward(const float *a, const elmo_bf16 *bias, const elmo_bf16 *res,
+                                           const elmo_bf16 *w, const elmo_bf16 *b, int64_t M, int H,
+                                           float eps, elmo_bf16 *y, elmo_bf16 *xhat, float *rstd,
+                                           cudaStream_t s, elmo_err *err) {
+  int rc = check_rows("layernorm forward", M, H, err);
+  if (rc) return rc;
+  if (!(eps > 0.0f))
+    return elmo_fail(err, ELMO_EINPUT, "layernorm forward: eps = %g (expected > 0)", (double)eps);
+  if (M == 0) return ELMO_OK;
+  ln_forward_launch(a, (const bf16 *)bias, (const bf16 *)res, (const bf16 *)w, (const bf16 *)b, M, H, eps,
+                    (bf16 *)y, (bf16 *)xhat, rstd, s);
+  return ELMO_OK;
+}
+
+/* ------------------------------------------------------------------ apply */
+
+static __global__ void ln_apply_kernel(const bf16 *xhat, const bf16 *w, const bf16 *b, int64_t n, int H,
+                                       bf16 *y) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const int j = (int)(i % H);
+    y[i] = __float2bfloat16_rn(__bfloat162float(xhat[i]) * __bfloat162float(w[j]) + __bfloat162float(b[j]));
+  }
+}
+
+static unsigned grid_for(int64_t n, int threads) {
+  const int64_t blocks = (n + threads - 1) / threads;
+  return (unsigned)(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
+}
+
+extern "C" int elmo_cuda_layernorm_apply(const elmo_bf16 *xhat, const elmo_bf16 *w, const elmo_bf16 *b,
+                                         int64_t M, int H, elmo_bf16 *y, cudaStream_t s, elmo_err *err) {
+  int rc = check_rows("layernorm apply", M, H, err);
+  if (rc || M == 0) return rc;
+  ln_apply_kernel<<<grid_for(M * H, 256), 256, 0, s>>>((const bf16 *)xhat, (const bf16 *)w, (const bf16 *)b,
+                                                       M * H, H, (bf16 *)y);
+  ELMO_TF_LAUNCHED();
+  return ELMO_OK;
+}
+
+/* ------------------------------------------------------------------ backward */
+
+/* Row r: dx = rstd * (dy w - mean(dy w) - xhat mean(dy w xhat)); dx may alias dy. */
+static __global__ void ln_backward_kernel(const float *dy, const bf16 *xhat, const float *rstd, const bf16 *w,
+                                          int64_t M, int H, float *dx, bf16 *dx16) {
+  extern __shared__ float ln_row[];                 /* [LN_WARPS, H]: dy * w */
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t r = (int64_t)blockIdx.x * LN_WARPS + warp;
+  if (r >= M) return;
+  float *gw = ln_row + (int64_t)warp * H;
+  const int64_t base = r * H;
+  float sum_g = 0.0f, sum_gh = 0.0f;
+  for (int j = lane; j < H; j += 32) {
+    const float v = dy[base + j] * __bfloat162float(w[j]);
+    gw[j] = v;
+    sum_g += v;
+    sum_gh += v * __bfloat162float(xhat[base + j]);
+  }
+  const float mg = warp_sum(sum_g) / (float)H, mgh = warp_sum(sum_gh) / (float)H, rs = rstd[r];
+  for (int j = lane; j < H; j += 32) {
+    const float d = rs * (gw[j] - mg - __bfloat162float(xhat[base + j]) * mgh);
+    dx[base + j] = d;
+    if (dx16) dx16[base + j] = __float2bfloat16_rn(d);
+  }
+}
+
+/* Block (column tile, row block): partial sums of dy * xhat and dy over PART_ROWS rows. */
+static __global__ void ln_param_partial_kernel(const float *dy, const bf16 *xhat, int64_t M, int H, float *pw,
+                                               float *pb) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= H) return;
+  const int64_t r0 = (int64_t)blockIdx.y * PART_ROWS;
+  const int64_t r1 = r0 + PART_ROWS < M ? r0 + PART_ROWS : M;
+  float sw = 0.0f, sb = 0.0f;
+  for (int64_t r = r0; r < r1; r++) {
+    const float g = dy[r * H + j];
+    sw += g * __bfloat162float(xhat[r * H + j]);
+    sb += g;
+  }
+  pw[(int64_t)blockIdx.y * H + j] = sw;
+  pb[(int64_t)blockIdx.y * H + j] = sb;
+}
+
+/* dw[j] += sum over blocks of pw, db likewise, blocks in order. */
+static __global__ void ln_param_finish_kernel(const float *pw, const float *pb, int R, int H, float *dw,
+                                              float *db) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= H) return;
+  float sw = 0.0f, sb = 0.0f;
+  for (int r = 0; r < R; r++) {
+    sw += pw[(int64_t)r * H + j];
+    sb += pb[(int64_t)r * H + j];
+  }
+  dw[j] += sw;
+  db[j] += sb;
+}
+
+static void ln_params_launch(const float *dy, const bf16 *xhat, int64_t M, int H, float *dw, float *db,
+                             float *ws, cudaStream_t s) {
+  const int64_t R = part_blocks(M);
+  float *pw = ws, *pb = ws + R * H;
+  const dim3 grid((unsigned)((H + PART_THREADS - 1) / PART_THREADS), (unsigned)R);
+  ln_param_partial_kernel<<<grid, PART_THREADS, 0, s>>>(dy, xhat, M, H, pw, pb);
+  ELMO_TF_LAUNCHED();
+  ln_param_finish_kernel<<<(unsigned)((H + PART_THREADS - 1) / PART_THREADS), PART_THREADS, 0, s>>>(
+      pw, pb, (int)R, H, dw, db);
+  ELMO_TF_LAUNCHED();
+}
+
+static void ln_backward_launch(const float *dy, const bf16 *xhat, const float *rstd, const bf16 *w, int64_t M,
+                               int H, float *dx, bf16 *dx16, cudaStream_t s) {
+  const size_t smem = (size_t)LN_WARPS * H * sizeof(float);
+  if (smem > 48 * 1024)
+    ELMO_TF_CUDA(cudaFuncSetAttribute(ln_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      (int)smem));
+  const unsigned grid = (unsigned)((M + LN_WARPS - 1) / LN_WARPS);
+  ln_backward_kernel<<<grid, LN_WARPS * 32, smem, s>>>(dy, xhat, rstd, w, M, H, dx, dx16);
+  ELMO_TF_LAUNCHED();
+}
+
+extern "C" int64_t elmo_cuda_layernorm_ws_floats(int64_t M, int H) { return 2 * part_blocks(M) * H; }
+
+extern "C" int elmo_cuda_layernorm_backward(const float *dy, const elmo_bf16 *xhat, const float *rstd,
+                                            const elmo_bf16 *w, int64_t M, int H, float *dx, elmo_bf16 *dx16,
+                                            float *dw, float *db, float *ws, cudaStream_t s, elmo_err *err) {
+  int rc = check_rows("layernorm backward", M, H, err);
+  if (rc) return rc;
+  if (part_blocks(M) > 65535)
+    return elmo_fail(err, ELMO_EINPUT, "layernorm backward: %lld rows (expected at most %lld)",
+                     (long long)M, (long long)65535 * PART_ROWS);
+  if (M == 0) return ELMO_OK;
+  /* parameter sums read dy before the row kernel may overwrite it in place */
+  ln_params_launch(dy, (const bf16 *)xhat, M, H, dw, db, ws, s);
+  ln_backward_launch(dy, (const bf16 *)xhat, rstd, (const bf16 *)w, M, H, dx, (bf16 *)dx16, s);
+  return ELMO_OK;
+}

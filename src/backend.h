@@ -15,6 +15,11 @@
 #include "csr.h"
 #include "model.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
 /* One mini-batch, host memory, rows already gathered. */
 typedef struct elmo_batch {
   int64_t B;                 /* rows in this batch (<= batch_size) */
@@ -63,5 +68,9 @@ struct elmo_backend {
 const elmo_backend *elmo_backend_cpu(void);
 /* NULL when built without CUDA or when no device is present (reason in err). */
 const elmo_backend *elmo_backend_cuda(elmo_err *err);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

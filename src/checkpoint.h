@@ -16,6 +16,11 @@
 #include "config.h"
 #include "model.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
 typedef struct elmo_train_state {
   int64_t step;        /* next global step to run */
   int64_t epoch;       /* completed epochs */
@@ -31,5 +36,9 @@ int elmo_checkpoint_load(const char *dir, const elmo_backend *be, elmo_model *m,
                          elmo_train_state *st, elmo_err *err);
 /* Reads dir/config.json (with overrides) into cfg. */
 int elmo_checkpoint_config(const char *dir, elmo_config *cfg, const char *const *overrides, int n, elmo_err *err);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -12,6 +12,11 @@
 #include <stdint.h>
 #include "model.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
 typedef struct elmo_cls_weights {
   void *W;                    /* [L_pad, d] in dtype */
   elmo_dtype dtype;           /* ELMO_FP8 | ELMO_BF16 | ELMO_F32 */
@@ -53,5 +58,9 @@ double elmo_cls_step(elmo_cls_weights *w, const float *X, int fp8_input, int64_t
  * ids) and labels >= L are skipped. */
 void elmo_topk_merge(const float *z, int64_t B, int64_t l0, int64_t n, int64_t L, int k, const int64_t *rows,
                      const int64_t *f_indptr, const int32_t *f_indices, int32_t *topk, float *topv);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

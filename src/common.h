@@ -13,6 +13,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
 enum { ELMO_OK = 0, ELMO_ERUNTIME = 1, ELMO_EINPUT = 2 };
 
 typedef struct elmo_err {
@@ -57,5 +62,9 @@ int elmo_rmtree(const char *path);
 
 /* Monotonic wall clock in seconds. */
 double elmo_now(void);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -7,6 +7,11 @@
 #include <stdint.h>
 #include "common.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
 typedef struct elmo_opt_config {   /* training.encoder / training.classifier */
   char optimizer[16];   /* "adamw" (encoder default) | "sgd" (classifier default) */
   double lr;            /* peak learning rate */
@@ -90,5 +95,9 @@ void elmo_propensity_defaults(const char *dataset_name, double *A, double *B);
 /* The key reference as a markdown table (key, type, default, allowed, meaning), generated from
  * the schema; docs/CONFIG.md holds a copy (a test checks they agree). Caller frees. */
 char *elmo_config_markdown(void);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -5,6 +5,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
 typedef struct elmo_csr {
   int64_t rows, cols;
   int64_t *indptr;   /* [rows + 1] */
@@ -32,5 +37,9 @@ void elmo_csrb_init(elmo_csr_builder *b, int64_t cols);
 void elmo_csrb_push(elmo_csr_builder *b, int32_t idx, float val); /* entry in the current row */
 void elmo_csrb_end_row(elmo_csr_builder *b);                       /* closes the current row */
 void elmo_csrb_finish(elmo_csr_builder *b, elmo_csr *out);         /* moves the matrix out */
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

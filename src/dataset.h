@@ -9,6 +9,11 @@
 #include "config.h"
 #include "csr.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
 typedef struct elmo_split {
   int64_t n;
   elmo_csr X;          /* [n, D] BoW features (sparse encoder), else empty */
@@ -45,5 +50,9 @@ typedef struct elmo_batch_buf {
 /* Gathers rows[0..B) of split into a batch (pointers into bb or the split). */
 void elmo_batch_gather(const elmo_split *s, const int64_t *rows, int64_t B, elmo_batch_buf *bb, elmo_batch *out);
 void elmo_batch_buf_free(elmo_batch_buf *bb);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -7,6 +7,11 @@
 #include "dataset.h"
 #include "metrics.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
 typedef struct elmo_eval_result {
   elmo_metrics metrics;
   int k;                /* ranked labels kept per row */
@@ -24,5 +29,9 @@ void elmo_eval_result_free(elmo_eval_result *r);
 double elmo_metric_by_name(const elmo_metrics *m, const char *name);
 /* Propensity parameters: cfg->A/B when >= 0, else by family of the data directory name. */
 void elmo_eval_AB(const elmo_config *cfg, double *A, double *B);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

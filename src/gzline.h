@@ -7,6 +7,11 @@
 #include <stdint.h>
 #include "common.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
 typedef struct elmo_lines elmo_lines;
 
 int elmo_lines_open(elmo_lines **out, const char *path, elmo_err *err);
@@ -19,5 +24,9 @@ int elmo_lines_next(elmo_lines *r, char **line, size_t *len, elmo_err *err);
 int64_t elmo_lines_lineno(const elmo_lines *r);  /* 1-based number of the last line returned */
 const char *elmo_lines_path(const elmo_lines *r);
 void elmo_lines_close(elmo_lines **r);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

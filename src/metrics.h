@@ -8,6 +8,11 @@
 #include "common.h"
 #include "csr.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
 #define ELMO_MAX_K 100
 
 typedef struct elmo_metrics {
@@ -40,5 +45,9 @@ void elmo_metrics_compute(const elmo_csr *truth, const int32_t *topk, int k, con
 void elmo_metrics_print(const elmo_metrics *m, void *fp /* FILE* */);
 /* {"P@1":0.5,...,"nDCG@1":...,"PSP@1":...,"PSnDCG@1":...,"R@1":...,"PSR@1":...}; caller frees. */
 char *elmo_metrics_json(const elmo_metrics *m);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -17,6 +17,11 @@
 #include "common.h"
 #include "config.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
 typedef enum elmo_dtype { ELMO_F32 = 0, ELMO_BF16, ELMO_FP8, ELMO_I32 } elmo_dtype;
 size_t elmo_dtype_size(elmo_dtype t);
 const char *elmo_dtype_st_name(elmo_dtype t);   /* safetensors: "F32", "BF16", "F8_E4M3", "I32" */
@@ -91,6 +96,10 @@ size_t elmo_buf_bytes(const elmo_model_desc *md, int buf);
 /* The transformer configuration of a transformer model. */
 struct elmo_tf_config;
 void elmo_model_tf_config(const elmo_model_desc *md, struct elmo_tf_config *c);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
 

@@ -12,6 +12,11 @@
 #include "config.h"
 #include "model.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
 typedef struct elmo_adamw_hyper {
   float lr, beta1, beta2, eps, weight_decay;
   int64_t t;           /* 1-based step for bias correction */
@@ -26,5 +31,9 @@ void elmo_adamw_update(void *p, void *m, void *v, uint16_t *c, elmo_dtype dtype,
 /* Learning rate at `step` (0-based) of `total` steps: linear warm-up to opt->lr over
  * opt->warmup_steps, then cosine to 0 / linear to 0 / constant. */
 double elmo_lr_at(const elmo_opt_config *opt, int64_t step, int64_t total);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

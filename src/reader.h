@@ -8,6 +8,11 @@
 #include "common.h"
 #include "csr.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
 /* Sparse matrix text: header "rows cols", then one line per row of "idx:val" pairs, 0-based;
  * an empty line is an empty row. Used for trn_X_Y.txt, tst_X_Y.txt and prediction files. */
 int elmo_read_sparse(const char *path, elmo_csr *out, elmo_err *err);
@@ -25,5 +30,9 @@ int elmo_read_filter(const char *path, int64_t rows, int64_t cols, elmo_csr *out
  * Written to a temp name and renamed. */
 int elmo_write_topk(const char *path, int64_t rows, int64_t num_labels, int k, const int32_t *labels,
                     const float *scores, elmo_err *err);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -21,6 +21,11 @@
 
 #include "common.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
 #define ELMO_ST_MAX_DIMS 8
 
 /* Bytes per element of a dtype string, 0 if the dtype is unknown. */
@@ -82,5 +87,9 @@ int elmo_st_expect(const elmo_st_file *f, const char *name, const char *dtype, i
 const char *elmo_st_meta(const elmo_st_file *f, const char *key);
 int elmo_st_meta_count(const elmo_st_file *f);
 const char *elmo_st_meta_key(const elmo_st_file *f, int i);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -7,6 +7,11 @@
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
 typedef struct elmo_sparse_cache {
   float *x;      /* [B, d] normalised bag */
   float *norm;   /* [B] ||h_b|| */
@@ -24,5 +29,9 @@ void elmo_sparse_backward(const float *gamma, int64_t d, int64_t B, const int64_
                           float *dbeta);
 void elmo_sparse_cache_alloc(elmo_sparse_cache *c, int64_t B, int64_t d);
 void elmo_sparse_cache_free(elmo_sparse_cache *c);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -7,6 +7,11 @@
 #include "common.h"
 #include "csr.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
 typedef struct elmo_texts {
   int64_t n;
   char **text;   /* [n] NUL-terminated UTF-8 strings */
@@ -20,5 +25,9 @@ int elmo_read_lines(const char *path, elmo_texts *out, elmo_err *err);
  * fields are errors naming path:line and the field. */
 int elmo_read_jsonl(const char *path, int with_content, int64_t num_labels, elmo_texts *out, elmo_csr *Y,
                     elmo_err *err);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

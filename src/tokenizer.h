@@ -17,6 +17,11 @@
 #include <stdint.h>
 #include "common.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
 /* Bumped whenever the ids produced for some text change; part of elmo_tokenizer_hash. */
 #define ELMO_TOKENIZER_VERSION 1
 
@@ -45,5 +50,9 @@ int elmo_tokenize(const elmo_tokenizer *t, const char *text, int max_len, int32_
 /* The WordPiece ids of text without [CLS]/[SEP]/padding: writes at most cap ids and returns how
  * many were written (tokenizing stops there). */
 int elmo_tokenize_pieces(const elmo_tokenizer *t, const char *text, int32_t *ids, int cap);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -5,6 +5,11 @@
 #include "backend.h"
 #include "config.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
 typedef struct elmo_train_opts {
   const char *device;    /* "auto" | "cpu" | "cuda" */
   const char *resume;    /* checkpoint directory to resume from, or NULL */
@@ -14,5 +19,9 @@ typedef struct elmo_train_opts {
 /* Picks the backend for `device`; logs which one runs. */
 int elmo_pick_backend(const char *device, const elmo_backend **out, elmo_err *err);
 int elmo_train_run(const elmo_config *cfg, const elmo_train_opts *o, elmo_err *err);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

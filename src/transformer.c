@@ -66,12 +66,12 @@ typedef struct layout_builder {
 } layout_builder;
 
 static void add_tensor(layout_builder *lb, elmo_tf_kind kind, int64_t rows, int64_t cols,
-                       const char *fmt, int layer) {
+                       const char *name) {
   elmo_tf_params *p = lb->p;
   elmo_grow((void **)&p->tensors, &lb->cap, (size_t)p->num_tensors + 1, sizeof(elmo_tf_tensor));
   elmo_tf_tensor *t = &p->tensors[p->num_tensors++];
   memset(t, 0, sizeof *t);
-  snprintf(t->name, sizeof t->name, fmt, layer);
+  snprintf(t->name, sizeof t->name, "%s", name);
   t->kind = kind;
   t->ndim = cols > 0 ? 2 : 1;
   t->shape[0] = rows;
@@ -81,38 +81,44 @@ static void add_tensor(layout_builder *lb, elmo_tf_kind kind, int64_t rows, int6
   p->num_params += align_up(t->numel);
 }
 
+/* "encoder.layer.<i>.<suffix>" */
+static void add_layer_tensor(layout_builder *lb, elmo_tf_kind kind, int64_t rows, int64_t cols,
+                             int i, const char *suffix) {
+  char name[ELMO_TF_NAME_MAX];
+  snprintf(name, sizeof name, "encoder.layer.%d.%s", i, suffix);
+  add_tensor(lb, kind, rows, cols, name);
+}
+
 static void add_layer_tensors(layout_builder *lb, int i, int64_t H, int64_t F) {
-  static const char *qkv[3] = {"query", "key", "value"};
-  char fmt[ELMO_TF_NAME_MAX];
-  for (int j = 0; j < 3; j++) {
-    snprintf(fmt, sizeof fmt, "encoder.layer.%%d.attention.self.%s.weight", qkv[j]);
-    add_tensor(lb, ELMO_TF_MATRIX, H, H, fmt, i);
-    snprintf(fmt, sizeof fmt, "encoder.layer.%%d.attention.self.%s.bias", qkv[j]);
-    add_tensor(lb, ELMO_TF_BIAS, H, 0, fmt, i);
-  }
-  add_tensor(lb, ELMO_TF_MATRIX, H, H, "encoder.layer.%d.attention.output.dense.weight", i);
-  add_tensor(lb, ELMO_TF_BIAS, H, 0, "encoder.layer.%d.attention.output.dense.bias", i);
-  add_tensor(lb, ELMO_TF_NORM_WEIGHT, H, 0, "encoder.layer.%d.attention.output.LayerNorm.weight", i);
-  add_tensor(lb, ELMO_TF_NORM_BIAS, H, 0, "encoder.layer.%d.attention.output.LayerNorm.bias", i);
-  add_tensor(lb, ELMO_TF_MATRIX, F, H, "encoder.layer.%d.intermediate.dense.weight", i);
-  add_tensor(lb, ELMO_TF_BIAS, F, 0, "encoder.layer.%d.intermediate.dense.bias", i);
-  add_tensor(lb, ELMO_TF_MATRIX, H, F, "encoder.layer.%d.output.dense.weight", i);
-  add_tensor(lb, ELMO_TF_BIAS, H, 0, "encoder.layer.%d.output.dense.bias", i);
-  add_tensor(lb, ELMO_TF_NORM_WEIGHT, H, 0, "encoder.layer.%d.output.LayerNorm.weight", i);
-  add_tensor(lb, ELMO_TF_NORM_BIAS, H, 0, "encoder.layer.%d.output.LayerNorm.bias", i);
+  add_layer_tensor(lb, ELMO_TF_MATRIX, H, H, i, "attention.self.query.weight");
+  add_layer_tensor(lb, ELMO_TF_BIAS, H, 0, i, "attention.self.query.bias");
+  add_layer_tensor(lb, ELMO_TF_MATRIX, H, H, i, "attention.self.key.weight");
+  add_layer_tensor(lb, ELMO_TF_BIAS, H, 0, i, "attention.self.key.bias");
+  add_layer_tensor(lb, ELMO_TF_MATRIX, H, H, i, "attention.self.value.weight");
+  add_layer_tensor(lb, ELMO_TF_BIAS, H, 0, i, "attention.self.value.bias");
+  add_layer_tensor(lb, ELMO_TF_MATRIX, H, H, i, "attention.output.dense.weight");
+  add_layer_tensor(lb, ELMO_TF_BIAS, H, 0, i, "attention.output.dense.bias");
+  add_layer_tensor(lb, ELMO_TF_NORM_WEIGHT, H, 0, i, "attention.output.LayerNorm.weight");
+  add_layer_tensor(lb, ELMO_TF_NORM_BIAS, H, 0, i, "attention.output.LayerNorm.bias");
+  add_layer_tensor(lb, ELMO_TF_MATRIX, F, H, i, "intermediate.dense.weight");
+  add_layer_tensor(lb, ELMO_TF_BIAS, F, 0, i, "intermediate.dense.bias");
+  add_layer_tensor(lb, ELMO_TF_MATRIX, H, F, i, "output.dense.weight");
+  add_layer_tensor(lb, ELMO_TF_BIAS, H, 0, i, "output.dense.bias");
+  add_layer_tensor(lb, ELMO_TF_NORM_WEIGHT, H, 0, i, "output.LayerNorm.weight");
+  add_layer_tensor(lb, ELMO_TF_NORM_BIAS, H, 0, i, "output.LayerNorm.bias");
 }
 
 static void build_layout(elmo_tf_params *p) {
   const elmo_tf_config *c = &p->cfg;
   layout_builder lb = {p, 0};
-  add_tensor(&lb, ELMO_TF_EMBEDDING, c->vocab_size, c->hidden, "embeddings.word_embeddings.weight", 0);
+  add_tensor(&lb, ELMO_TF_EMBEDDING, c->vocab_size, c->hidden, "embeddings.word_embeddings.weight");
   add_tensor(&lb, ELMO_TF_EMBEDDING, c->max_position, c->hidden,
-             "embeddings.position_embeddings.weight", 0);
+             "embeddings.position_embeddings.weight");
   if (c->type_vocab > 0)
     add_tensor(&lb, ELMO_TF_EMBEDDING, c->type_vocab, c->hidden,
-               "embeddings.token_type_embeddings.weight", 0);
-  add_tensor(&lb, ELMO_TF_NORM_WEIGHT, c->hidden, 0, "embeddings.LayerNorm.weight", 0);
-  add_tensor(&lb, ELMO_TF_NORM_BIAS, c->hidden, 0, "embeddings.LayerNorm.bias", 0);
+               "embeddings.token_type_embeddings.weight");
+  add_tensor(&lb, ELMO_TF_NORM_WEIGHT, c->hidden, 0, "embeddings.LayerNorm.weight");
+  add_tensor(&lb, ELMO_TF_NORM_BIAS, c->hidden, 0, "embeddings.LayerNorm.bias");
   for (int i = 0; i < c->layers; i++) add_layer_tensors(&lb, i, c->hidden, c->ffn);
 }
 

@@ -26,6 +26,11 @@
 
 #include "common.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+
 #define ELMO_TF_ALIGN 16          /* floats: tensor offsets in the flat buffer are multiples of it */
 #define ELMO_TF_NAME_MAX 96
 
@@ -225,5 +230,9 @@ void elmo_tf_pool_backward(const float *dpooled, const int64_t *seq_start, int B
  * `heads`), tok_id[N], tok_pos[N]; returns N. Does not check ids. */
 int64_t elmo_tf_pack(const int32_t *ids, const uint8_t *mask, int B, int T, int heads,
                      int64_t *seq_start, int64_t *prob_start, int32_t *tok_id, int32_t *tok_pos);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

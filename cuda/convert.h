@@ -1,0 +1,31 @@
+/* convert.h: device dtype conversions with the bit-exact rules of numerics.h. All pointers are
+ * device memory; launches go on `s` and return at once. */
+#ifndef ELMO_CUDA_CONVERT_H
+#define ELMO_CUDA_CONVERT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The classifier input cast (elmo_cls_cast_input): v = e4m3(X) when fp8 else bf16(X), RN.
+ * X [B, d] FP32. Writes every non-NULL output for rows < B and zeros for rows B..B_pad:
+ *   q8  [B_pad, d] e4m3 codes (only meaningful when fp8)
+ *   q16 [B_pad, d] bf16 codes of v (exact)
+ *   q32 [B_pad, d] v as FP32 */
+void elmo_cuda_cast_input(const float *X, int64_t B, int64_t B_pad, int64_t d, int fp8, uint8_t *q8, uint16_t *q16,
+                          float *q32, cudaStream_t s);
+/* dst[i] = bf16 code of e4m3 src[i] (exact). n: any. */
+void elmo_cuda_fp8_to_bf16(const uint8_t *src, uint16_t *dst, int64_t n, cudaStream_t s);
+/* dst[i] = bf16 src[i] widened to FP32 (exact). */
+void elmo_cuda_bf16_to_f32(const uint16_t *src, float *dst, int64_t n, cudaStream_t s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
