@@ -1,1 +1,220 @@
-/* embedding.cu: under construction. */
+/* embedding.cu: padded-batch mask and word + position (+ token type 0) embeddings for the CUDA
+ * encoder. The backward is deterministic without float atomics: word rows through a stable radix
+ * sort of the token ids (CUB) and one block per distinct id; positions and the type row through
+ * ordered sums. CPU twins: elmo_tf_embed_forward/backward in src/transformer.c. */
+#include <cub/device/device_radix_sort.cuh>
+#include <cuda_bf16.h>
+
+#include "cuda/embedding.h"
+#include "cuda/transformer.h"
+
+typedef __nv_bfloat16 bf16;
+
+enum { EW_THREADS = 256, COL_THREADS = 128, WORD_THREADS = 128 };
+
+static unsigned grid_for(int64_t n) {
+  const int64_t blocks = (n + EW_THREADS - 1) / EW_THREADS;
+  return (unsigned)(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
+}
+
+static size_t align256(size_t n) { return (n + 255) / 256 * 256; }
+
+/* ------------------------------------------------------------------ mask */
+
+static __global__ void mask_kernel(const uint8_t *mask, int64_t n, int T, int Tp, uint8_t *mask_p) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t b = i / Tp;
+    const int t = (int)(i % Tp);
+    mask_p[i] = t < T && (!mask || mask[b * T + t]) ? 1 : 0;
+  }
+}
+
+extern "C" int elmo_cuda_embed_mask(const uint8_t *mask, int B, int T, int Tp, uint8_t *mask_p, cudaStream_t s,
+                                    elmo_err *err) {
+  if (B < 0 || T < 1 || Tp < T)
+    return elmo_fail(err, ELMO_EINPUT, "embedding mask: B %d, T %d, Tp %d (expected B >= 0, 1 <= T <= Tp)",
+                     B, T, Tp);
+  if (B == 0) return ELMO_OK;
+  mask_kernel<<<grid_for((int64_t)B * Tp), EW_THREADS, 0, s>>>(mask, (int64_t)B * Tp, T, Tp, mask_p);
+  ELMO_TF_LAUNCHED();
+  return ELMO_OK;
+}
+
+/* ------------------------------------------------------------------ forward */
+
+/* Element (row r = b * Tp + t, column j); also the row's sort key (written by column 0). */
+static __global__ void embed_forward_kernel(const bf16 *word, const bf16 *pos, const bf16 *type, int V,
+                                            const int32_t *ids, const uint8_t *mask_p, int64_t n, int T, int Tp,
+                                            int H, float *e, int32_t *keys, int *bad_id) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t r = i / H, b = r / Tp;
+    const int j = (int)(i % H), t = (int)(r % Tp);
+    float v = 0.0f;
+    int key = V;
+    if (mask_p[r]) {
+      const int32_t id = ids[b * T + t];
+      const int ok = id >= 0 && id < V;
+      if (ok) {
+        v = __bfloat162float(word[(int64_t)id * H + j]);
+        key = id;
+      } else if (j == 0 && bad_id) {
+        *bad_id = 1;
+      }
+      v += __bfloat162float(pos[(int64_t)t * H + j]);
+      if (type) v += __bfloat162float(type[j]);
+    }
+    e[i] = v;
+    if (j == 0 && keys) keys[r] = key;
+  }
+}
+
+extern "C" int elmo_cuda_embed_forward(const elmo_bf16 *word, const elmo_bf16 *pos, const elmo_bf16 *type, int V,
+                                       int P, const int32_t *ids, const uint8_t *mask_p, int B, int T, int Tp,
+                                       int H, float *e, int32_t *keys, int *bad_id, cudaStream_t s,
+                                       elmo_err *err) {
+  if (V < 1 || B < 0 || T < 1 || Tp < T || T > P || H < 1)
+    return elmo_fail(err, ELMO_EINPUT, "embedding forward: V %d, P %d, B %d, T %d, Tp %d, H %d (expected "
+                     "V >= 1, B >= 0, 1 <= T <= min(Tp, P), H >= 1)", V, P, B, T, Tp, H);
+  if (B == 0) return ELMO_OK;
+  const int64_t n = (int64_t)B * Tp * H;
+  embed_forward_kernel<<<grid_for(n), EW_THREADS, 0, s>>>((const bf16 *)word, (const bf16 *)pos,
+                                                          (const bf16 *)type, V, ids, mask_p, n, T, Tp, H, e,
+                                                          keys, bad_id);
+  ELMO_TF_LAUNCHED();
+  return ELMO_OK;
+}
+
+/* ------------------------------------------------------------------ backward */
+
+/* Scratch carved from ws: sorted keys, row ids before and after the sort, position partial sums
+ * [max_tp, H] and CUB's temporary storage. */
+typedef struct embed_ws {
+  uint32_t *keys_out;
+  int32_t *rows_in, *rows_out;
+  float *pos_part;
+  void *sort_tmp;
+  size_t sort_bytes;
+} embed_ws;
+
+static size_t sort_tmp_bytes(int64_t rows, int end_bit) {
+  size_t bytes = 0;
+  if (cub::DeviceRadixSort::SortPairs(NULL, bytes, (const uint32_t *)NULL, (uint32_t *)NULL,
+                                      (const int32_t *)NULL, (int32_t *)NULL, (int)rows, 0, end_bit) !=
+      cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return bytes;
+}
+
+static size_t carve_ws(char *base, int64_t rows, int max_tp, int H, size_t sort_bytes, embed_ws *w) {
+  size_t at = 0;
+  w->keys_out = (uint32_t *)(base ? base + at : NULL); at += align256((size_t)rows * 4);
+  w->rows_in = (int32_t *)(base ? base + at : NULL); at += align256((size_t)rows * 4);
+  w->rows_out = (int32_t *)(base ? base + at : NULL); at += align256((size_t)rows * 4);
+  w->pos_part = (float *)(base ? base + at : NULL); at += align256((size_t)max_tp * H * 4);
+  w->sort_tmp = base ? base + at : NULL;
+  w->sort_bytes = sort_bytes;
+  return at + align256(sort_bytes);
+}
+
+extern "C" size_t elmo_cuda_embed_ws_bytes(int64_t rows, int max_tp, int H) {
+  const size_t sb = sort_tmp_bytes(rows > 0 ? rows : 1, 32);
+  if (sb == 0) return 0;
+  embed_ws w;
+  return carve_ws(NULL, rows > 0 ? rows : 1, max_tp, H, sb, &w);
+}
+
+static __global__ void iota_kernel(int64_t n, int32_t *x) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    x[i] = (int32_t)i;
+}
+
+/* Block i of the sorted order: when i starts a run of one id < V, sums the run's rows of de (in row
+ * order) and adds them to that word row. */
+static __global__ void word_grad_kernel(const float *de, const uint32_t *key, const int32_t *row, int64_t n,
+                                        uint32_t V, int H, float *dword) {
+  const int64_t i = blockIdx.x;
+  const uint32_t k = key[i];
+  if (k >= V || (i > 0 && key[i - 1] == k)) return;
+  int64_t end = i + 1;
+  while (end < n && key[end] == k) end++;
+  for (int j = threadIdx.x; j < H; j += blockDim.x) {
+    float acc = 0.0f;
+    for (int64_t m = i; m < end; m++) acc += de[(int64_t)row[m] * H + j];
+    dword[(int64_t)k * H + j] += acc;
+  }
+}
+
+/* Thread (column j, position t): sum over sequences b in order of the real rows. */
+static __global__ void pos_partial_kernel(const float *de, const uint8_t *mask_p, int B, int Tp, int H,
+                                          float *part) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x, t = blockIdx.y;
+  if (j >= H) return;
+  float acc = 0.0f;
+  for (int b = 0; b < B; b++) {
+    const int64_t r = (int64_t)b * Tp + t;
+    if (mask_p[r]) acc += de[r * H + j];
+  }
+  part[(int64_t)t * H + j] = acc;
+}
+
+/* dpos[t] += part[t] for t < P; dtype[0] += sum over t in order. */
+static __global__ void pos_finish_kernel(const float *part, int Tp, int P, int H, float *dpos, float *dtype) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= H) return;
+  float acc = 0.0f;
+  for (int t = 0; t < Tp; t++) {
+    const float v = part[(int64_t)t * H + j];
+    if (t < P) dpos[(int64_t)t * H + j] += v;
+    acc += v;
+  }
+  if (dtype) dtype[j] += acc;
+}
+
+static int bits_for(int V) {
+  int bits = 1;
+  while (bits < 32 && (1ll << bits) <= (long long)V) bits++;
+  return bits;
+}
+
+static int word_grads(const float *de, const int32_t *keys, int V, int64_t rows, int H, float *dword,
+                      const embed_ws *w, cudaStream_t s, elmo_err *err) {
+  const int end_bit = bits_for(V);
+  size_t need = sort_tmp_bytes(rows, end_bit);
+  if (need == 0 || need > w->sort_bytes)
+    return elmo_fail(err, ELMO_ERUNTIME, "embedding backward: sort scratch %zu bytes (have %zu)", need,
+                     w->sort_bytes);
+  iota_kernel<<<grid_for(rows), EW_THREADS, 0, s>>>(rows, w->rows_in);
+  ELMO_TF_LAUNCHED();
+  ELMO_TF_CUDA(cub::DeviceRadixSort::SortPairs(w->sort_tmp, need, (const uint32_t *)keys, w->keys_out,
+                                               (const int32_t *)w->rows_in, w->rows_out, (int)rows, 0, end_bit, s));
+  word_grad_kernel<<<(unsigned)rows, WORD_THREADS, 0, s>>>(de, w->keys_out, w->rows_out, rows, (uint32_t)V, H,
+                                                           dword);
+  ELMO_TF_LAUNCHED();
+  return ELMO_OK;
+}
+
+extern "C" int elmo_cuda_embed_backward(const float *de, const int32_t *keys, const uint8_t *mask_p, int V, int P,
+                                        int B, int Tp, int H, float *dword, float *dpos, float *dtype, void *ws,
+                                        size_t ws_bytes, cudaStream_t s, elmo_err *err) {
+  const int64_t rows = (int64_t)B * Tp;
+  if (V < 1 || P < 1 || B < 0 || Tp < 1 || Tp > 65535 || H < 1 || rows > 0x7FFFFFFF)
+    return elmo_fail(err, ELMO_EINPUT, "embedding backward: V %d, P %d, B %d, Tp %d, H %d (expected "
+                     "positive sizes, Tp <= 65535)", V, P, B, Tp, H);
+  if (B == 0) return ELMO_OK;
+  embed_ws w;
+  const size_t have = carve_ws((char *)ws, rows, Tp, H, 0, &w);
+  if (have > ws_bytes)
+    return elmo_fail(err, ELMO_ERUNTIME, "embedding backward: scratch of %zu bytes (expected >= %zu)",
+                     ws_bytes, have);
+  w.sort_bytes = ws_bytes - have;
+  int rc = word_grads(de, keys, V, rows, H, dword, &w, s, err);
+  if (rc) return rc;
+  const unsigned tiles = (unsigned)((H + COL_THREADS - 1) / COL_THREADS);
+  pos_partial_kernel<<<dim3(tiles, (unsigned)Tp), COL_THREADS, 0, s>>>(de, mask_p, B, Tp, H, w.pos_part);
+  ELMO_TF_LAUNCHED();
+  pos_finish_kernel<<<tiles, COL_THREADS, 0, s>>>(w.pos_part, Tp, P, H, dpos, dtype);
+  ELMO_TF_LAUNCHED();
+  return ELMO_OK;
+}

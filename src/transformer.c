@@ -645,6 +645,15 @@ static void carve_cache(elmo_tf_cache *c, carver *cv) {
   c->ws = carve(cv, elmo_tf_workspace_floats(&c->cfg, c->max_len, N));
 }
 
+int64_t elmo_tf_cache_floats(const elmo_tf_config *cfg, int max_batch, int max_len) {
+  elmo_tf_cache c = {.cfg = *cfg, .max_batch = max_batch, .max_len = max_len};
+  c.layer = elmo_calloc((size_t)(cfg->layers > 0 ? cfg->layers : 1), sizeof(elmo_tf_layer_cache));
+  carver cv = {NULL, 0};
+  carve_cache(&c, &cv);
+  free(c.layer);
+  return cv.used;
+}
+
 int elmo_tf_cache_alloc(elmo_tf_cache *c, const elmo_tf_config *cfg, int max_batch, int max_len,
                         elmo_err *err) {
   memset(c, 0, sizeof *c);
@@ -687,9 +696,10 @@ static int check_batch(const elmo_tf_params *p, const elmo_tf_cache *c, const in
   if (c->cfg.hidden != p->cfg.hidden || c->cfg.layers != p->cfg.layers ||
       c->cfg.heads != p->cfg.heads || c->cfg.ffn != p->cfg.ffn)
     return elmo_fail(err, ELMO_ERUNTIME, "transformer forward: cache was sized for another model");
-  if (B < 0 || B > c->max_batch || T < 1 || T > c->max_len)
+  if (B < 0 || B > c->max_batch || T < 1 || T > c->max_len || T > p->cfg.max_position)
     return elmo_fail(err, ELMO_EINPUT, "transformer forward: batch %d x length %d (expected at most "
-                     "%d x %d)", B, T, c->max_batch, c->max_len);
+                     "%d x %d, length <= max_position = %d)", B, T, c->max_batch, c->max_len,
+                     p->cfg.max_position);
   for (int64_t i = 0; i < (int64_t)B * T; i++) {
     if (mask && !mask[i]) continue;
     if (ids[i] < 0 || ids[i] >= p->cfg.vocab_size)

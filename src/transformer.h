@@ -149,11 +149,14 @@ typedef struct elmo_tf_cache {
 int elmo_tf_cache_alloc(elmo_tf_cache *c, const elmo_tf_config *cfg, int max_batch, int max_len,
                         elmo_err *err);
 void elmo_tf_cache_free(elmo_tf_cache *c);
+/* Floats the cache's activation buffer takes (for memory plans; the small index arrays aside). */
+int64_t elmo_tf_cache_floats(const elmo_tf_config *cfg, int max_batch, int max_len);
 
 /* pooled[B, H] = encoder(ids[B, T], mask[B, T]); mask 1 = real token, 0 = padding (NULL: all real).
  * Ids at masked positions are ignored; unmasked ids must be in [0, V). Position of token t is t.
  * A row without unmasked tokens pools to zeros. CLS pooling takes the first unmasked token.
- * Needs B <= max_batch, T <= max_len, T <= max_position. ELMO_EINPUT otherwise (cache untouched). */
+ * Needs B <= max_batch, T <= max_len, T <= max_position. ELMO_EINPUT otherwise (cache untouched).
+ * Cost: only unmasked tokens are computed; activations of the batch stay in the cache. */
 int elmo_tf_forward(const elmo_tf_params *p, elmo_tf_cache *c, const int32_t *ids,
                     const uint8_t *mask, int B, int T, float *pooled, elmo_err *err);
 /* Backward of the last forward from dpooled[B, H]. ACCUMULATES into grads (same layout as p):

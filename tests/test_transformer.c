@@ -183,8 +183,6 @@ static void test_init(void **state) {
   }
   assert_true(a.layer[0].ff1_b[31] == 0.0f && a.layer[0].ff1_w[100] != 0.0f);
   assert_memory_not_equal(a.layer[0].q_w, a.layer[0].k_w, 16 * 16 * sizeof(float));
-  int64_t used = 0;
-  for (int k = 0; k < elmo_tf_num_tensors(&a); k++) used += elmo_tf_tensor_at(&a, k)->numel;
   int64_t nonzero_pad = 0;
   for (int k = 0; k < elmo_tf_num_tensors(&a); k++) {
     const elmo_tf_tensor *t = elmo_tf_tensor_at(&a, k);
@@ -743,6 +741,7 @@ static void test_forward_errors(void **state) {
                    ELMO_EINPUT);
   tu_assert_contains(err.msg, "batch 4 x length 7");
   assert_int_equal(elmo_tf_forward(&m->p, &m->c, m->ids, NULL, MB, MT, m->pooled, &err), ELMO_OK);
+  assert_true(elmo_tf_cache_floats(&m->p.cfg, MB, MT) >= 2 * (int64_t)MB * MT * (8 * 16 + 2 * 32));
   elmo_tf_params other;
   elmo_tf_config cfg = small_config(ELMO_TF_POOL_MEAN);
   cfg.layers = 1;

@@ -1,0 +1,96 @@
+/* classifier.h: the chunked fused low-precision classifier on the device (the CUDA twin of
+ * src/classifier.c; DESIGN.md §5). Per chunk of labels [l0, l0+n):
+ *   z  = Xq W_c^T               cuBLASLt, FP32 accumulation, stored BF16 (FP32 for fp32 weights)
+ *                               FP8 x FP8 tensor cores when W is e4m3 and the input is cast to e4m3
+ *   G  = bf16(sigmoid(z) - y)   in place; padded labels 0; summed BCE per block, reduced in order
+ *   dX += G W_c                 cuBLASLt BF16 x BF16 -> FP32 (W chunk widened to BF16 when e4m3)
+ *   W_c <- SR(W_c - lr (G^T Xq + wd W_c))  one kernel: each block forms a 64x128 tile of G^T Xq
+ *                               with BF16 tensor cores (WMMA, FP32 accumulation; G and Xq are exact
+ *                               in BF16) and writes the rounded weights: the weight gradient never
+ *                               reaches global memory. SR bits elmo_rand_u32(seed, step,
+ *                               ELMO_RNG_CLS_SR, label * d + k) as on the CPU; head labels get the
+ *                               CPU's Kahan round-to-nearest rows.
+ * Shapes: d a multiple of 16; chunk a multiple of 16; row capacity B_cap a multiple of 16. Rows
+ * B..round16(B) of the input casts are zero, so the FP8 GEMM always sees multiples of 16.
+ * All pointers are device memory; everything runs on the stream passed in. */
+#ifndef ELMO_CUDA_CLASSIFIER_H
+#define ELMO_CUDA_CLASSIFIER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <cuda_runtime_api.h>
+
+#include "blas.h"
+#include "pool.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "../src/classifier.h"   /* elmo_cls_hyper (the host header of the same name) */
+
+#define ELMO_CUDA_GRAD_TILE 2048   /* labels per block of the gradient kernel */
+
+typedef struct elmo_cuda_cls {
+  /* set by the caller */
+  void *W;                    /* [L_pad, d] e4m3 | bf16 | fp32 (model buffer) */
+  elmo_dtype dtype;
+  int64_t L, L_pad, d;
+  uint16_t *kahan;            /* [n_head, d] bf16, or NULL */
+  const int32_t *head_slot;   /* [L_pad] row in kahan or -1, or NULL */
+  int fp8_input;              /* Xq = e4m3(X) (1) or bf16(X) (0) */
+  int64_t chunk;              /* labels per chunk (multiple of 16) */
+  int64_t B_cap;              /* rows the scratch holds (multiple of 16) */
+  elmo_blas *blas;
+  /* scratch from elmo_cuda_cls_layout */
+  uint8_t *Xq8;               /* [B_cap, d] e4m3 codes (fp8 input) */
+  uint16_t *Xq16;             /* [B_cap, d] bf16 codes of Xq */
+  float *Xq32;                /* [B_cap, d] Xq as FP32 (fp32 weights only) */
+  void *z;                    /* [B_cap, chunk] logits / G: bf16, or FP32 for fp32 weights */
+  size_t z_bytes;
+  uint16_t *Wc16;             /* [chunk, d] W chunk widened to bf16 (e4m3 weights only) */
+  double *loss_part;          /* [B_cap * ceil(chunk / ELMO_CUDA_GRAD_TILE)] per-block BCE sums */
+  double *loss;               /* [1] summed BCE of the current step */
+  /* paths, from elmo_cuda_cls_init_paths */
+  int fp8_logits;             /* train logits through FP8 tensor cores */
+  int fp8_logits_f32;         /* prediction logits (FP32 out) through FP8 tensor cores */
+  int64_t widened_l0, widened_n; /* labels currently in Wc16 (l0 = -1: none) */
+} elmo_cuda_cls;
+
+/* Device bytes of the chunk buffers for `chunk` labels (what grows with the chunk size). */
+size_t elmo_cuda_cls_chunk_bytes(elmo_dtype dtype, int64_t d, int64_t B_cap, int64_t chunk);
+/* Takes the scratch buffers from the pool (planning pools give NULL pointers). */
+void elmo_cuda_cls_layout(elmo_cuda_cls *c, elmo_pool *p);
+/* Picks the GEMM paths cuBLASLt can run for these shapes; writes one line per op to `log`
+ * (may be NULL) saying which path runs. */
+void elmo_cuda_cls_init_paths(elmo_cuda_cls *c, FILE *log);
+
+/* The ops (B <= B_cap real rows; n labels from l0, n a multiple of 16). */
+/* Xq* from X [B, d] FP32. */
+void elmo_cuda_cls_cast(elmo_cuda_cls *c, const float *X, int64_t B, cudaStream_t s);
+/* c->z [round16(B), n] = Xq W[l0:l0+n]^T: BF16 (FP32 for fp32 weights), or FP32 when f32_out. */
+void elmo_cuda_cls_logits(elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, int f32_out, cudaStream_t s);
+/* In place z -> G; y rows sorted ascending (CSR over the B rows). Adds the summed BCE of the
+ * chunk to *c->loss when want_loss. */
+void elmo_cuda_cls_grad(elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, const int64_t *y_indptr,
+                        const int32_t *y_indices, int want_loss, cudaStream_t s);
+/* dX [B, d] += G W[l0:l0+n] (old W). */
+void elmo_cuda_cls_dx(elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, float *dX, cudaStream_t s);
+/* W[l0:l0+n] <- SR(W - lr (G^T Xq + wd W)), head rows Kahan RN. */
+void elmo_cuda_cls_update(elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, const elmo_cls_hyper *h,
+                          cudaStream_t s);
+/* The whole step over all chunks: dX [B, d] overwritten; *c->loss = summed BCE (0 unless
+ * want_loss). */
+void elmo_cuda_cls_step(elmo_cuda_cls *c, const float *X, int64_t B, const int64_t *y_indptr,
+                        const int32_t *y_indices, const elmo_cls_hyper *h, int want_loss, float *dX,
+                        cudaStream_t s);
+/* Labels per prediction sub-chunk: FP32 logits of round16(B) rows must fit in c->z. */
+int64_t elmo_cuda_cls_predict_span(const elmo_cuda_cls *c, int64_t B);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
