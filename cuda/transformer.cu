@@ -1,1 +1,655 @@
-/* transformer.cu: under construction. */
+/* transformer.cu: the CUDA encoder (BERT-family, post-LN) forward and backward composed from the op
+ * files (embedding, layernorm, attention, gelu, pooling), its memory plan, and a small cuBLASLt GEMM
+ * helper (row-major, BF16 x BF16 -> FP32/BF16, cached plans) used until cuda/blas.h provides one.
+ * See cuda/transformer.h for numerics, layouts and ownership; the CPU twin is src/transformer.c. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+
+#include "cuda/attention.h"
+#include "cuda/embedding.h"
+#include "cuda/gelu.h"
+#include "cuda/layernorm.h"
+#include "cuda/pooling.h"
+#include "cuda/transformer.h"
+
+typedef __nv_bfloat16 bf16;
+typedef elmo_bf16 h16;      /* bf16 bits as the op entries take them */
+
+enum { LT_WORKSPACE = 32 << 20, MM_CACHE = 128, MEM_ALIGN = 256 };
+
+extern "C" void elmo_cuda_tf_fatal(const char *what, const char *detail, const char *file, int line) {
+  fprintf(stderr, "elmo: fatal CUDA error: %s: %s (%s:%d)\n", what, detail, file, line);
+  abort();
+}
+
+#define LT_CHECK(call) do { cublasStatus_t st_ = (call); \
+  if (st_ != CUBLAS_STATUS_SUCCESS) elmo_cuda_tf_fatal(#call, cublasLtGetStatusString(st_), __FILE__, __LINE__); } while (0)
+
+/* ==================================================================== cuBLASLt GEMM helper */
+
+typedef struct mm_key {
+  int ta, tb, c_f32, batch;
+  int64_t m, n, k, lda, ldb, ldc, sa, sb, sc;
+  uint32_t al_a, al_b, al_c;
+} mm_key;
+
+typedef struct mm_plan {
+  mm_key key;
+  cublasLtMatmulDesc_t desc;
+  cublasLtMatrixLayout_t la, lb, lc;    /* cuBLASLt's A (= our B), B (= our A), C = D */
+  cublasLtMatmulAlgo_t algo;
+} mm_plan;
+
+struct elmo_tf_gemm {
+  cublasLtHandle_t lt;
+  void *ws;
+  size_t ws_bytes;
+  int n_plans, next_evict;
+  mm_plan plans[MM_CACHE];
+};
+
+/* Largest power of two (<= 256) dividing the address and, for batches, the stride in bytes. */
+static uint32_t align_of(const void *p, int64_t stride_bytes, int batch) {
+  uint64_t v = (uint64_t)(uintptr_t)p | 256u;
+  if (batch > 1) v |= (uint64_t)stride_bytes;
+  return (uint32_t)(v & (~v + 1));
+}
+
+static cublasLtMatrixLayout_t make_layout(cudaDataType_t type, int64_t rows, int64_t cols, int64_t ld, int batch,
+                                          int64_t stride) {
+  cublasLtMatrixLayout_t l;
+  LT_CHECK(cublasLtMatrixLayoutCreate(&l, type, (uint64_t)rows, (uint64_t)cols, ld));
+  if (batch > 1) {
+    int32_t count = batch;
+    LT_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count));
+    LT_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
+                                              sizeof stride));
+  }
+  return l;
+}
+
+/* Row-major C[m, n] = op(A) op(B) is column-major C^T[n, m] = op(B)^T op(A)^T: cuBLASLt's A is our B. */
+static void plan_build(elmo_tf_gemm *g, const mm_key *k, mm_plan *pl) {
+  pl->key = *k;
+  LT_CHECK(cublasLtMatmulDescCreate(&pl->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t op_a = k->tb ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = k->ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+  LT_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
+  LT_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
+  pl->la = make_layout(CUDA_R_16BF, k->tb ? k->k : k->n, k->tb ? k->n : k->k, k->ldb, k->batch, k->sb);
+  pl->lb = make_layout(CUDA_R_16BF, k->ta ? k->m : k->k, k->ta ? k->k : k->m, k->lda, k->batch, k->sa);
+  pl->lc = make_layout(k->c_f32 ? CUDA_R_32F : CUDA_R_16BF, k->n, k->m, k->ldc, k->batch, k->sc);
+  cublasLtMatmulPreference_t pref;
+  LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  const uint64_t ws = g->ws_bytes;
+  LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+  LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &k->al_b,
+                                                sizeof k->al_b));
+  LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &k->al_a,
+                                                sizeof k->al_a));
+  LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &k->al_c,
+                                                sizeof k->al_c));
+  LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &k->al_c,
+                                                sizeof k->al_c));
+  cublasLtMatmulHeuristicResult_t res;
+  int found = 0;
+  LT_CHECK(cublasLtMatmulAlgoGetHeuristic(g->lt, pl->desc, pl->la, pl->lb, pl->lc, pl->lc, pref, 1, &res, &found));
+  LT_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+  if (found < 1) {
+    char what[256];
+    snprintf(what, sizeof what, "no cuBLASLt algorithm for %lldx%lldx%lld ta %d tb %d batch %d",
+             (long long)k->m, (long long)k->n, (long long)k->k, k->ta, k->tb, k->batch);
+    elmo_cuda_tf_fatal(what, "cublasLtMatmulAlgoGetHeuristic found nothing", __FILE__, __LINE__);
+  }
+  pl->algo = res.algo;
+}
+
+static void plan_release(mm_plan *pl) {
+  cublasLtMatmulDescDestroy(pl->desc);
+  cublasLtMatrixLayoutDestroy(pl->la);
+  cublasLtMatrixLayoutDestroy(pl->lb);
+  cublasLtMatrixLayoutDestroy(pl->lc);
+}
+
+static const mm_plan *plan_get(elmo_tf_gemm *g, const mm_key *k) {
+  for (int i = 0; i < g->n_plans; i++)
+    if (memcmp(&g->plans[i].key, k, sizeof *k) == 0) return &g->plans[i];
+  mm_plan *pl;
+  if (g->n_plans < MM_CACHE) {
+    pl = &g->plans[g->n_plans++];
+  } else {
+    pl = &g->plans[g->next_evict];
+    g->next_evict = (g->next_evict + 1) % MM_CACHE;
+    plan_release(pl);
+  }
+  plan_build(g, k, pl);
+  return pl;
+}
+
+extern "C" elmo_tf_gemm *elmo_tf_gemm_create(void *workspace, size_t ws_bytes) {
+  elmo_tf_gemm *g = (elmo_tf_gemm *)elmo_calloc(1, sizeof *g);
+  LT_CHECK(cublasLtCreate(&g->lt));
+  g->ws = workspace;
+  g->ws_bytes = workspace ? ws_bytes : 0;
+  return g;
+}
+
+extern "C" void elmo_tf_gemm_destroy(elmo_tf_gemm **g) {
+  if (!g || !*g) return;
+  for (int i = 0; i < (*g)->n_plans; i++) plan_release(&(*g)->plans[i]);
+  cublasLtDestroy((*g)->lt);
+  free(*g);
+  *g = NULL;
+}
+
+extern "C" void elmo_tf_gemm_run(elmo_tf_gemm *g, const elmo_tf_mm *p, cudaStream_t s) {
+  if (p->m <= 0 || p->n <= 0 || p->batch <= 0) return;
+  mm_key k;
+  memset(&k, 0, sizeof k);
+  k.ta = p->trans_a; k.tb = p->trans_b; k.c_f32 = p->c_f32; k.batch = p->batch;
+  k.m = p->m; k.n = p->n; k.k = p->k;
+  k.lda = p->lda; k.ldb = p->ldb; k.ldc = p->ldc;
+  if (p->batch > 1) { k.sa = p->stride_a; k.sb = p->stride_b; k.sc = p->stride_c; }
+  k.al_a = align_of(p->a, p->stride_a * 2, p->batch);
+  k.al_b = align_of(p->b, p->stride_b * 2, p->batch);
+  k.al_c = align_of(p->c, p->stride_c * (p->c_f32 ? 4 : 2), p->batch);
+  const mm_plan *pl = plan_get(g, &k);
+  const float alpha = 1.0f, beta = p->beta;
+  LT_CHECK(cublasLtMatmul(g->lt, pl->desc, &alpha, p->b, pl->la, p->a, pl->lb, &beta, p->c, pl->lc, p->c, pl->lc,
+                          &pl->algo, g->ws, g->ws_bytes, s));
+}
+
+/* ==================================================================== layout and memory plan */
+
+typedef struct layer_off {
+  int64_t q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, ln1_w, ln1_b, ff1_w, ff1_b, ff2_w, ff2_b, ln2_w, ln2_b;
+} layer_off;
+
+/* Per-layer activations kept for the backward (RECOMPUTE: all layers share one set except xhat2/rstd2). */
+typedef struct layer_acts {
+  h16 *qkv;                  /* [3, B, heads, Tp, dh] */
+  h16 *xhat1;                /* [M, H] attention LayerNorm, normalised */
+  float *rstd1;              /* [M] */
+  h16 *ff;                   /* [M, F] GELU input */
+  h16 *xhat2;                /* [M, H] output LayerNorm, normalised: defines the layer output */
+  float *rstd2;              /* [M] */
+} layer_acts;
+
+struct elmo_cuda_tf {
+  elmo_tf_config cfg;
+  int max_batch, max_len, max_tp, flags;
+  int64_t num_params;
+  int64_t word, pos, type, emb_ln_w, emb_ln_b;  /* offsets; type -1 without a table */
+  layer_off *off;            /* [layers] */
+  elmo_tf_gemm *gemm;
+  void *mem;
+  int own_mem;
+  size_t mem_bytes;
+  /* kept from forward to backward */
+  uint8_t *mask;             /* [B, Tp] */
+  int32_t *keys;             /* [M] word id per row (V when masked) */
+  h16 *xhat_e;               /* [M, H] embedding LayerNorm */
+  float *rstd_e;             /* [M] */
+  layer_acts *act;           /* [layers] */
+  /* scratch */
+  float *f32;                /* union: raw q/k/v [3, M, H], GEMM outputs [M, H] / [M, F], scores */
+  h16 *probs;                /* [B * heads, Tp, Tp] */
+  h16 *ctxp;                 /* [B, heads, Tp, dh] attention output / its gradient, split */
+  h16 *ctx;                  /* [M, H] merged */
+  h16 *g16;                  /* [M, max(F, 3H)] GELU output / its gradient / split dq, dk, dv */
+  h16 *xa, *xb, *h1, *d16;   /* [M, H] */
+  float *dx;                 /* [M, H] residual-stream gradient */
+  float *part;               /* partial sums of the parameter gradients */
+  void *emb_ws;
+  size_t emb_ws_bytes;
+  int *bad_id;
+  h16 *shadow;               /* [num_params] BF16 copy of FP32 parameters */
+  void *lt_ws;
+  /* the last forward */
+  int B, T, Tp, have_forward;
+};
+
+typedef struct carver {
+  char *base;
+  size_t used;
+} carver;
+
+static void *carve(carver *cv, size_t bytes) {
+  void *p = cv->base ? cv->base + cv->used : NULL;
+  cv->used += (bytes + MEM_ALIGN - 1) / MEM_ALIGN * MEM_ALIGN;
+  return p;
+}
+
+static int64_t max3(int64_t a, int64_t b, int64_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
+
+static void carve_layer(carver *cv, int64_t M, int64_t H, int64_t F, layer_acts *a, int shared_only) {
+  if (shared_only >= 0) {
+    a->qkv = (h16 *)carve(cv, 3 * M * H * 2);
+    a->xhat1 = (h16 *)carve(cv, M * H * 2);
+    a->rstd1 = (float *)carve(cv, M * 4);
+    a->ff = (h16 *)carve(cv, M * F * 2);
+  }
+  if (shared_only <= 0) {
+    a->xhat2 = (h16 *)carve(cv, M * H * 2);
+    a->rstd2 = (float *)carve(cv, M * 4);
+  }
+}
+
+/* The kept activations: mask, keys, embedding LayerNorm and the layers. */
+static void carve_kept(carver *cv, elmo_cuda_tf *t, int64_t M) {
+  const int64_t H = t->cfg.hidden, F = t->cfg.ffn;
+  t->mask = (uint8_t *)carve(cv, M);
+  t->keys = (int32_t *)carve(cv, M * 4);
+  t->xhat_e = (h16 *)carve(cv, M * H * 2);
+  t->rstd_e = (float *)carve(cv, M * 4);
+  const int rec = t->flags & ELMO_CUDA_TF_RECOMPUTE;
+  for (int i = 0; i < t->cfg.layers; i++) {
+    if (!rec) carve_layer(cv, M, H, F, &t->act[i], 0);
+    else carve_layer(cv, M, H, F, &t->act[i], -1);      /* xhat2, rstd2 only */
+  }
+}
+
+/* Shared layer buffers (RECOMPUTE) and scratch. */
+static void carve_scratch(carver *cv, elmo_cuda_tf *t, int64_t M, size_t emb_ws) {
+  const elmo_tf_config *c = &t->cfg;
+  const int64_t H = c->hidden, F = c->ffn, S = (int64_t)t->max_batch * c->heads * t->max_tp * t->max_tp;
+  if (t->flags & ELMO_CUDA_TF_RECOMPUTE) {
+    layer_acts shared;
+    carve_layer(cv, M, H, F, &shared, 1);
+    for (int i = 0; i < c->layers; i++) {
+      t->act[i].qkv = shared.qkv; t->act[i].xhat1 = shared.xhat1;
+      t->act[i].rstd1 = shared.rstd1; t->act[i].ff = shared.ff;
+    }
+  }
+  t->f32 = (float *)carve(cv, (size_t)max3(3 * M * H, M * F, S) * 4);
+  t->probs = (h16 *)carve(cv, (size_t)S * 2);
+  t->ctxp = (h16 *)carve(cv, M * H * 2);
+  t->ctx = (h16 *)carve(cv, M * H * 2);
+  t->g16 = (h16 *)carve(cv, (size_t)(M * F > 3 * M * H ? M * F : 3 * M * H) * 2);
+  t->xa = (h16 *)carve(cv, M * H * 2);
+  t->xb = (h16 *)carve(cv, M * H * 2);
+  t->h1 = (h16 *)carve(cv, M * H * 2);
+  t->d16 = (h16 *)carve(cv, M * H * 2);
+  t->dx = (float *)carve(cv, M * H * 4);
+  t->part = (float *)carve(cv, (size_t)max3(elmo_cuda_layernorm_ws_floats(M, (int)H),
+                                            elmo_cuda_colsum_ws_floats(M, (int)H, 1),
+                                            elmo_cuda_colsum_ws_floats(M, (int)F, 1)) * 4);
+  t->emb_ws = carve(cv, emb_ws);
+  t->emb_ws_bytes = emb_ws;
+  t->bad_id = (int *)carve(cv, sizeof(int));
+  t->shadow = (t->flags & ELMO_CUDA_TF_F32_PARAMS) ? (h16 *)carve(cv, (size_t)t->num_params * 2) : NULL;
+  t->lt_ws = carve(cv, LT_WORKSPACE);
+}
+
+/* Reads the tensor offsets of the CPU layout (the one source of truth). */
+static int read_layout(elmo_cuda_tf *t, elmo_err *err) {
+  elmo_tf_params p;
+  int rc = elmo_tf_alloc(&p, &t->cfg, err);
+  if (rc) return rc;
+  t->num_params = p.num_params;
+  t->word = p.word_emb - p.flat;
+  t->pos = p.pos_emb - p.flat;
+  t->type = p.type_emb ? p.type_emb - p.flat : -1;
+  t->emb_ln_w = p.emb_ln_w - p.flat;
+  t->emb_ln_b = p.emb_ln_b - p.flat;
+  t->off = (layer_off *)elmo_calloc((size_t)(t->cfg.layers > 0 ? t->cfg.layers : 1), sizeof(layer_off));
+  for (int i = 0; i < t->cfg.layers; i++) {
+    const elmo_tf_layer *l = &p.layer[i];
+    layer_off *o = &t->off[i];
+#define OFF(f) o->f = l->f - p.flat
+    OFF(q_w); OFF(q_b); OFF(k_w); OFF(k_b); OFF(v_w); OFF(v_b); OFF(o_w); OFF(o_b);
+    OFF(ln1_w); OFF(ln1_b); OFF(ff1_w); OFF(ff1_b); OFF(ff2_w); OFF(ff2_b); OFF(ln2_w); OFF(ln2_b);
+#undef OFF
+  }
+  elmo_tf_free(&p);
+  return ELMO_OK;
+}
+
+static int check_sizes(const elmo_tf_config *cfg, int max_batch, int max_len, elmo_err *err) {
+  int rc = elmo_tf_config_check(cfg, err);
+  if (rc) return rc;
+  if (max_batch < 1 || max_len < 1 || max_len > cfg->max_position || max_batch > 65535)
+    return elmo_fail(err, ELMO_EINPUT, "CUDA transformer: batch %d x length %d (expected 1 <= batch <= "
+                     "65535 and 1 <= length <= max_position = %d)", max_batch, max_len, cfg->max_position);
+  return ELMO_OK;
+}
+
+static int tp_of(int T) { return (T + 7) / 8 * 8; }
+
+/* Fills the sizes of t (no memory) and returns the bytes of the whole block; kept = the kept part. */
+static size_t plan(elmo_cuda_tf *t, size_t *kept) {
+  const int64_t M = (int64_t)t->max_batch * t->max_tp;
+  carver cv = {NULL, 0};
+  carve_kept(&cv, t, M);
+  if (kept) *kept = cv.used;
+  const size_t emb_ws = elmo_cuda_embed_ws_bytes(M, t->max_tp, t->cfg.hidden);
+  carve_scratch(&cv, t, M, emb_ws);
+  return cv.used;
+}
+
+static elmo_cuda_tf *shell_new(const elmo_tf_config *cfg, int max_batch, int max_len, int flags) {
+  elmo_cuda_tf *t = (elmo_cuda_tf *)elmo_calloc(1, sizeof *t);
+  t->cfg = *cfg;
+  t->max_batch = max_batch;
+  t->max_len = max_len;
+  t->max_tp = tp_of(max_len);
+  t->flags = flags;
+  t->act = (layer_acts *)elmo_calloc((size_t)(cfg->layers > 0 ? cfg->layers : 1), sizeof(layer_acts));
+  return t;
+}
+
+static void shell_free(elmo_cuda_tf *t) {
+  free(t->act);
+  free(t->off);
+  free(t);
+}
+
+static size_t bytes_of(const elmo_tf_config *cfg, int max_batch, int max_len, int flags, int kept_only) {
+  elmo_err err;
+  if (check_sizes(cfg, max_batch, max_len, &err)) return 0;
+  elmo_cuda_tf *t = shell_new(cfg, max_batch, max_len, flags);
+  size_t kept = 0, total = 0;
+  if (read_layout(t, &err) == ELMO_OK) total = plan(t, &kept);
+  shell_free(t);
+  return kept_only ? kept : total;
+}
+
+extern "C" size_t elmo_cuda_tf_workspace_bytes(const elmo_tf_config *cfg, int max_batch, int max_len, int flags) {
+  return bytes_of(cfg, max_batch, max_len, flags, 0);
+}
+
+extern "C" size_t elmo_cuda_tf_activation_bytes(const elmo_tf_config *cfg, int max_batch, int max_len, int flags) {
+  return bytes_of(cfg, max_batch, max_len, flags, 1);
+}
+
+/* ==================================================================== create / destroy */
+
+extern "C" int elmo_cuda_tf_create(const elmo_tf_config *cfg, int max_batch, int max_len, int flags, void *dev_mem,
+                                   elmo_cuda_tf **out, elmo_err *err) {
+  *out = NULL;
+  int rc = check_sizes(cfg, max_batch, max_len, err);
+  if (rc) return rc;
+  if ((uintptr_t)dev_mem % MEM_ALIGN != 0)
+    return elmo_fail(err, ELMO_EINPUT, "CUDA transformer: workspace %p is not 256-byte aligned", dev_mem);
+  elmo_cuda_tf *t = shell_new(cfg, max_batch, max_len, flags);
+  rc = read_layout(t, err);
+  if (rc) {
+    shell_free(t);
+    return rc;
+  }
+  t->mem_bytes = plan(t, NULL);
+  if (t->emb_ws_bytes == 0) {
+    shell_free(t);
+    return elmo_fail(err, ELMO_ERUNTIME, "CUDA transformer: cannot size the embedding sort (no CUDA device?)");
+  }
+  t->mem = dev_mem;
+  if (!dev_mem) {
+    cudaError_t e = cudaMalloc(&t->mem, t->mem_bytes);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      shell_free(t);
+      return elmo_fail(err, ELMO_ERUNTIME, "CUDA transformer: cannot allocate %.1f MiB of device memory: %s",
+                       t->mem_bytes / 1048576.0, cudaGetErrorString(e));
+    }
+    t->own_mem = 1;
+  }
+  const int64_t M = (int64_t)t->max_batch * t->max_tp;
+  carver cv = {(char *)t->mem, 0};
+  carve_kept(&cv, t, M);
+  carve_scratch(&cv, t, M, t->emb_ws_bytes);
+  ELMO_TF_CUDA(cudaMemset(t->bad_id, 0, sizeof(int)));
+  t->gemm = elmo_tf_gemm_create(t->lt_ws, LT_WORKSPACE);
+  *out = t;
+  return ELMO_OK;
+}
+
+extern "C" void elmo_cuda_tf_destroy(elmo_cuda_tf **pt) {
+  if (!pt || !*pt) return;
+  elmo_cuda_tf *t = *pt;
+  elmo_tf_gemm_destroy(&t->gemm);
+  if (t->own_mem) cudaFree(t->mem);
+  shell_free(t);
+  *pt = NULL;
+}
+
+extern "C" int elmo_cuda_tf_bad_ids(elmo_cuda_tf *t, cudaStream_t s) {
+  int flag = 0;
+  ELMO_TF_CUDA(cudaMemcpyAsync(&flag, t->bad_id, sizeof flag, cudaMemcpyDeviceToHost, s));
+  ELMO_TF_CUDA(cudaStreamSynchronize(s));
+  if (flag) ELMO_TF_CUDA(cudaMemsetAsync(t->bad_id, 0, sizeof(int), s));
+  return flag;
+}
+
+/* ==================================================================== GEMM shorthands */
+
+/* y[M, out] = x[M, in] w^T (+ beta y); w [out, in] bf16. */
+static void linear_fwd(elmo_cuda_tf *t, const h16 *x, const h16 *w, int64_t M, int in, int out, void *y, int y_f32,
+                       float beta, cudaStream_t s) {
+  elmo_tf_mm p = {0, 1, M, out, in, x, in, 0, w, in, 0, y, out, 0, y_f32, beta, 1};
+  elmo_tf_gemm_run(t->gemm, &p, s);
+}
+
+/* dw[out, in] += dy[M, out]^T x[M, in] (FP32). */
+static void linear_dw(elmo_cuda_tf *t, const h16 *dy, const h16 *x, int64_t M, int in, int out, float *dw,
+                      cudaStream_t s) {
+  elmo_tf_mm p = {1, 0, out, in, M, dy, out, 0, x, in, 0, dw, in, 0, 1, 1.0f, 1};
+  elmo_tf_gemm_run(t->gemm, &p, s);
+}
+
+/* dx[M, in] = dy[M, out] w[out, in] (+ beta dx). */
+static void linear_dx(elmo_cuda_tf *t, const h16 *dy, const h16 *w, int64_t M, int in, int out, void *dx,
+                      int dx_f32, float beta, cudaStream_t s) {
+  elmo_tf_mm p = {0, 0, M, in, out, dy, out, 0, w, in, 0, dx, in, 0, dx_f32, beta, 1};
+  elmo_tf_gemm_run(t->gemm, &p, s);
+}
+
+/* ==================================================================== forward */
+
+static __global__ void to_bf16_kernel(const float *x, int64_t n, bf16 *y) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    y[i] = __float2bfloat16_rn(x[i]);
+}
+
+static void params_to_shadow(elmo_cuda_tf *t, const float *params, cudaStream_t s) {
+  const int64_t blocks = (t->num_params + 255) / 256;
+  to_bf16_kernel<<<(unsigned)(blocks < 65536 ? blocks : 65536), 256, 0, s>>>(params, t->num_params,
+                                                                              (bf16 *)t->shadow);
+  ELMO_TF_LAUNCHED();
+}
+
+/* probs and ctx (merged) from the layer's q, k, v. */
+static int attention_core(elmo_cuda_tf *t, const layer_acts *a, cudaStream_t s, elmo_err *err) {
+  const int heads = t->cfg.heads, dh = t->cfg.hidden / heads;
+  int rc = elmo_cuda_attention_forward(t->gemm, a->qkv, t->mask, t->B, t->Tp, heads, dh, t->f32, t->probs,
+                                       t->ctxp, s, err);
+  if (!rc) rc = elmo_cuda_heads_merge(t->ctxp, 1, t->B, t->Tp, heads, dh, t->ctx, s, err);
+  return rc;
+}
+
+/* q, k, v (split, with biases) from x_in. */
+static int qkv_forward(elmo_cuda_tf *t, const h16 *P, const layer_off *o, const h16 *x_in, layer_acts *a,
+                       cudaStream_t s, elmo_err *err) {
+  const int64_t M = (int64_t)t->B * t->Tp;
+  const int H = t->cfg.hidden;
+  const int64_t w[3] = {o->q_w, o->k_w, o->v_w};
+  for (int j = 0; j < 3; j++) linear_fwd(t, x_in, P + w[j], M, H, H, t->f32 + j * M * H, 1, 0.0f, s);
+  const h16 *bias[3] = {P + o->q_b, P + o->k_b, P + o->v_b};
+  return elmo_cuda_heads_split(t->f32, 1, bias, 3, t->B, t->Tp, t->cfg.heads, H / t->cfg.heads, a->qkv, s, err);
+}
+
+/* Layer i: x_in [M, H] -> x_out [M, H]. x_out NULL (backward recompute) stops after the GELU, leaving
+ * probs, ctx, h1, g16 and the layer's kept buffers (except xhat2/rstd2) filled. */
+static int layer_forward(elmo_cuda_tf *t, const h16 *P, int i, const h16 *x_in, h16 *x_out, cudaStream_t s,
+                         elmo_err *err) {
+  const elmo_tf_config *c = &t->cfg;
+  const layer_off *o = &t->off[i];
+  layer_acts *a = &t->act[i];
+  const int64_t M = (int64_t)t->B * t->Tp;
+  const int H = c->hidden, F = c->ffn;
+  int rc = qkv_forward(t, P, o, x_in, a, s, err);
+  if (!rc) rc = attention_core(t, a, s, err);
+  if (rc) return rc;
+  linear_fwd(t, t->ctx, P + o->o_w, M, H, H, t->f32, 1, 0.0f, s);
+  rc = elmo_cuda_layernorm_forward(t->f32, P + o->o_b, x_in, P + o->ln1_w, P + o->ln1_b, M, H, c->ln_eps, t->h1,
+                                   a->xhat1, a->rstd1, s, err);
+  if (rc) return rc;
+  linear_fwd(t, t->h1, P + o->ff1_w, M, H, F, t->f32, 1, 0.0f, s);
+  rc = elmo_cuda_gelu_forward(t->f32, P + o->ff1_b, M, F, a->ff, t->g16, s, err);
+  if (rc || !x_out) return rc;
+  linear_fwd(t, t->g16, P + o->ff2_w, M, F, H, t->f32, 1, 0.0f, s);
+  return elmo_cuda_layernorm_forward(t->f32, P + o->ff2_b, t->h1, P + o->ln2_w, P + o->ln2_b, M, H, c->ln_eps,
+                                     x_out, a->xhat2, a->rstd2, s, err);
+}
+
+/* Embeddings + their LayerNorm into t->xa. */
+static int embed_forward(elmo_cuda_tf *t, const h16 *P, const int32_t *ids, const uint8_t *mask, cudaStream_t s,
+                         elmo_err *err) {
+  const elmo_tf_config *c = &t->cfg;
+  const int64_t M = (int64_t)t->B * t->Tp;
+  int rc = elmo_cuda_embed_mask(mask, t->B, t->T, t->Tp, t->mask, s, err);
+  if (!rc)
+    rc = elmo_cuda_embed_forward(P + t->word, P + t->pos, t->type >= 0 ? P + t->type : NULL, c->vocab_size,
+                                 c->max_position, ids, t->mask, t->B, t->T, t->Tp, c->hidden, t->f32, t->keys,
+                                 t->bad_id, s, err);
+  if (!rc)
+    rc = elmo_cuda_layernorm_forward(t->f32, NULL, NULL, P + t->emb_ln_w, P + t->emb_ln_b, M, c->hidden,
+                                     c->ln_eps, t->xa, t->xhat_e, t->rstd_e, s, err);
+  return rc;
+}
+
+static int check_call(const elmo_cuda_tf *t, const void *params, int params_bf16, elmo_err *err) {
+  if (!params) return elmo_fail(err, ELMO_EINPUT, "CUDA transformer: no parameters given");
+  if (!params_bf16 && !(t->flags & ELMO_CUDA_TF_F32_PARAMS))
+    return elmo_fail(err, ELMO_EINPUT, "CUDA transformer: FP32 parameters given to an encoder created without "
+                     "ELMO_CUDA_TF_F32_PARAMS (expected BF16 parameters)");
+  if ((uintptr_t)params % 16 != 0)
+    return elmo_fail(err, ELMO_EINPUT, "CUDA transformer: parameters at %p are not 16-byte aligned", params);
+  return ELMO_OK;
+}
+
+extern "C" int elmo_cuda_tf_forward(elmo_cuda_tf *t, const void *params, int params_bf16, const int32_t *ids,
+                                    const uint8_t *mask, int B, int T, float *pooled, cudaStream_t s, elmo_err *err) {
+  int rc = check_call(t, params, params_bf16, err);
+  if (rc) return rc;
+  if (B < 1 || B > t->max_batch || T < 1 || T > t->max_len)
+    return elmo_fail(err, ELMO_EINPUT, "CUDA transformer forward: batch %d x length %d (expected at most "
+                     "%d x %d)", B, T, t->max_batch, t->max_len);
+  t->have_forward = 0;
+  t->B = B;
+  t->T = T;
+  t->Tp = tp_of(T);
+  const h16 *P = (const h16 *)params;
+  if (!params_bf16) {
+    params_to_shadow(t, (const float *)params, s);
+    P = t->shadow;
+  }
+  rc = embed_forward(t, P, ids, mask, s, err);
+  h16 *x = t->xa, *y = t->xb;
+  for (int i = 0; i < t->cfg.layers && !rc; i++) {
+    rc = layer_forward(t, P, i, x, y, s, err);
+    h16 *tmp = x; x = y; y = tmp;
+  }
+  if (!rc) rc = elmo_cuda_pool_forward(x, t->mask, B, t->Tp, t->cfg.hidden, t->cfg.pooling, pooled, s, err);
+  if (!rc) t->have_forward = 1;
+  return rc;
+}
+
+/* ==================================================================== backward */
+
+/* x_in of layer i into t->xa: the embedding LayerNorm output or layer i - 1's output. */
+static int layer_input(elmo_cuda_tf *t, const h16 *P, int i, cudaStream_t s, elmo_err *err) {
+  const int64_t M = (int64_t)t->B * t->Tp;
+  const int H = t->cfg.hidden;
+  if (i == 0) return elmo_cuda_layernorm_apply(t->xhat_e, P + t->emb_ln_w, P + t->emb_ln_b, M, H, t->xa, s, err);
+  const layer_off *o = &t->off[i - 1];
+  return elmo_cuda_layernorm_apply(t->act[i - 1].xhat2, P + o->ln2_w, P + o->ln2_b, M, H, t->xa, s, err);
+}
+
+/* Everything the layer backward reads besides the kept buffers: probs, ctx, h1, g16 = GELU(ff). */
+static int layer_recompute(elmo_cuda_tf *t, const h16 *P, int i, cudaStream_t s, elmo_err *err) {
+  const int64_t M = (int64_t)t->B * t->Tp;
+  const layer_off *o = &t->off[i];
+  layer_acts *a = &t->act[i];
+  if (t->flags & ELMO_CUDA_TF_RECOMPUTE) return layer_forward(t, P, i, t->xa, NULL, s, err);
+  int rc = attention_core(t, a, s, err);
+  if (!rc) rc = elmo_cuda_layernorm_apply(a->xhat1, P + o->ln1_w, P + o->ln1_b, M, t->cfg.hidden, t->h1, s, err);
+  if (!rc) rc = elmo_cuda_gelu_recompute(a->ff, M * t->cfg.ffn, t->g16, s, err);
+  return rc;
+}
+
+/* Output LayerNorm, FFN and attention LayerNorm: t->dx from d(out) to d(pre1); t->d16 = bf16 d(pre1). */
+static int ffn_backward(elmo_cuda_tf *t, const h16 *P, int i, float *G, cudaStream_t s, elmo_err *err) {
+  const elmo_tf_config *c = &t->cfg;
+  const layer_off *o = &t->off[i];
+  const layer_acts *a = &t->act[i];
+  const int64_t M = (int64_t)t->B * t->Tp;
+  const int H = c->hidden, F = c->ffn;
+  int rc = elmo_cuda_layernorm_backward(t->dx, a->xhat2, a->rstd2, P + o->ln2_w, M, H, t->dx, t->d16,
+                                        G + o->ln2_w, G + o->ln2_b, t->part, s, err);
+  if (!rc) rc = elmo_cuda_colsum(t->dx, 0, M, H, 1, 0, G + o->ff2_b, 0, t->part, s, err);
+  if (rc) return rc;
+  linear_dw(t, t->d16, t->g16, M, F, H, G + o->ff2_w, s);
+  linear_dx(t, t->d16, P + o->ff2_w, M, F, H, t->g16, 0, 0.0f, s);          /* dGELU (bf16) */
+  rc = elmo_cuda_gelu_backward(a->ff, t->g16, M * F, t->g16, s, err);         /* dff */
+  if (!rc) rc = elmo_cuda_colsum(t->g16, 1, M, F, 1, 0, G + o->ff1_b, 0, t->part, s, err);
+  if (rc) return rc;
+  linear_dw(t, t->g16, t->h1, M, H, F, G + o->ff1_w, s);
+  linear_dx(t, t->g16, P + o->ff1_w, M, H, F, t->dx, 1, 1.0f, s);           /* + residual */
+  return elmo_cuda_layernorm_backward(t->dx, a->xhat1, a->rstd1, P + o->ln1_w, M, H, t->dx, t->d16,
+                                      G + o->ln1_w, G + o->ln1_b, t->part, s, err);
+}
+
+/* Output projection, attention and q/k/v: t->dx from d(pre1) to d(x_in). */
+static int attention_backward(elmo_cuda_tf *t, const h16 *P, int i, float *G, cudaStream_t s, elmo_err *err) {
+  const elmo_tf_config *c = &t->cfg;
+  const layer_off *o = &t->off[i];
+  const layer_acts *a = &t->act[i];
+  const int64_t M = (int64_t)t->B * t->Tp, MH = M * c->hidden;
+  const int H = c->hidden, heads = c->heads, dh = H / heads;
+  int rc = elmo_cuda_colsum(t->dx, 0, M, H, 1, 0, G + o->o_b, 0, t->part, s, err);
+  if (rc) return rc;
+  linear_dw(t, t->d16, t->ctx, M, H, H, G + o->o_w, s);
+  linear_dx(t, t->d16, P + o->o_w, M, H, H, t->ctx, 0, 0.0f, s);             /* dctx, merged */
+  rc = elmo_cuda_heads_split(t->ctx, 0, NULL, 1, t->B, t->Tp, heads, dh, t->ctxp, s, err);
+  if (!rc) rc = elmo_cuda_attention_backward(t->gemm, a->qkv, t->probs, t->ctxp, t->mask, t->B, t->Tp, heads, dh,
+                                             t->f32, t->g16, s, err);
+  h16 *dqkv = (h16 *)t->f32;                                                  /* [3, M, H] merged */
+  if (!rc) rc = elmo_cuda_heads_merge(t->g16, 3, t->B, t->Tp, heads, dh, dqkv, s, err);
+  const int64_t w[3] = {o->q_w, o->k_w, o->v_w}, b[3] = {o->q_b, o->k_b, o->v_b};
+  for (int j = 0; j < 3 && !rc; j++) rc = elmo_cuda_colsum(dqkv + j * MH, 1, M, H, 1, 0, G + b[j], 0, t->part, s, err);
+  if (rc) return rc;
+  for (int j = 0; j < 3; j++) linear_dw(t, dqkv + j * MH, t->xa, M, H, H, G + w[j], s);
+  for (int j = 0; j < 3; j++) linear_dx(t, dqkv + j * MH, P + w[j], M, H, H, t->dx, 1, 1.0f, s);
+  return ELMO_OK;
+}
+
+static int layer_backward(elmo_cuda_tf *t, const h16 *P, int i, float *G, cudaStream_t s, elmo_err *err) {
+  int rc = layer_input(t, P, i, s, err);
+  if (!rc) rc = layer_recompute(t, P, i, s, err);
+  if (!rc) rc = ffn_backward(t, P, i, G, s, err);
+  if (!rc) rc = attention_backward(t, P, i, G, s, err);
+  return rc;
+}
+
+extern "C" int elmo_cuda_tf_backward(elmo_cuda_tf *t, const void *params, int params_bf16, const float *dpooled,
+                                     float *grads, cudaStream_t s, elmo_err *err) {
+  int rc = check_call(t, params, params_bf16, err);
+  if (rc) return rc;
+  if (!t->have_forward)
+    return elmo_fail(err, ELMO_ERUNTIME, "CUDA transformer backward: no forward to differentiate");
+  const elmo_tf_config *c = &t->cfg;
+  const int64_t M = (int64_t)t->B * t->Tp;
+  const h16 *P = params_bf16 ? (const h16 *)params : t->shadow;
+  rc = elmo_cuda_pool_backward(dpooled, t->mask, t->B, t->Tp, c->hidden, c->pooling, t->dx, s, err);
+  for (int i = c->layers - 1; i >= 0 && !rc; i--) rc = layer_backward(t, P, i, grads, s, err);
+  if (!rc)
+    rc = elmo_cuda_layernorm_backward(t->dx, t->xhat_e, t->rstd_e, P + t->emb_ln_w, M, c->hidden, t->dx, NULL,
+                                      grads + t->emb_ln_w, grads + t->emb_ln_b, t->part, s, err);
+  if (!rc)
+    rc = elmo_cuda_embed_backward(t->dx, t->keys, t->mask, c->vocab_size, c->max_position, t->B, t->Tp, c->hidden,
+                                  grads + t->word, grads + t->pos, t->type >= 0 ? grads + t->type : NULL, t->emb_ws,
+                                  t->emb_ws_bytes, s, err);
+  return rc;
+}

@@ -154,8 +154,8 @@ run 2 "$T/out" "$EVAL" "${BASE[@]}" --family books
 run 0 "$T/out" "$EVAL" --help
 has_text "$T/out" "usage: elmo-eval"
 
-# --- checkpoint mode placeholder ---
-run 2 "$T/out" "$EVAL" "$T"
-has_text "$T/out" "checkpoint mode"
+# --- checkpoint mode: a directory that is not a checkpoint (the real mode is in cli_train.sh) ---
+run 2 "$T/out" "$EVAL" "$T" --device cpu
+has_text "$T/out" "not a checkpoint directory"
 
 echo "cli_eval: all checks passed"
