@@ -62,6 +62,28 @@ static __global__ void heads_merge_kernel(const bf16 *in, int64_t n, int64_t per
     out[i] = in[split_index(i, per, Tp, heads, dh)];
 }
 
+/* Plain bf16 permute in 16-byte pieces (dh a multiple of 8, so a piece never straddles heads):
+ * split when to_split, else merge. n8 = elements / 8. */
+static __global__ void heads_permute16_kernel(const uint4 *in, int64_t n8, int64_t per, int Tp, int heads, int dh,
+                                              int to_split, uint4 *out) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t j = split_index(i * 8, per, Tp, heads, dh) / 8;
+    if (to_split) out[j] = in[i];
+    else out[i] = in[j];
+  }
+}
+
+static int permute16_ok(const void *in, const void *out, int dh) {
+  return dh % 8 == 0 && ((uintptr_t)in | (uintptr_t)out) % 16 == 0;
+}
+
+static void permute16_launch(const void *in, int64_t total, int64_t per, int Tp, int heads, int dh, int to_split,
+                             void *out, cudaStream_t s) {
+  heads_permute16_kernel<<<grid_for(total / 8), EW_THREADS, 0, s>>>((const uint4 *)in, total / 8, per, Tp, heads,
+                                                                     dh, to_split, (uint4 *)out);
+  ELMO_TF_LAUNCHED();
+}
+
 static int check_dims(const char *what, int n, int B, int Tp, int heads, int dh, elmo_err *err) {
   if (n < 1 || n > 3 || B < 0 || Tp < 8 || Tp % 8 != 0 || heads < 1 || dh < 1 ||
       (int64_t)B * heads > 0x7FFFFFFF)
@@ -78,6 +100,10 @@ extern "C" int elmo_cuda_heads_split(const void *in, int in_f32, const elmo_bf16
   bias3 bb = {{NULL, NULL, NULL}};
   for (int i = 0; i < n && bias; i++) bb.b[i] = (const bf16 *)bias[i];
   const int64_t per = (int64_t)B * Tp * heads * dh, total = per * n;
+  if (!in_f32 && !bias && permute16_ok(in, out, dh)) {
+    permute16_launch(in, total, per, Tp, heads, dh, 1, out, s);
+    return ELMO_OK;
+  }
   if (in_f32)
     heads_split_kernel<float><<<grid_for(total), EW_THREADS, 0, s>>>((const float *)in, bb, total, per, Tp,
                                                                      heads, dh, (bf16 *)out);
@@ -93,6 +119,10 @@ extern "C" int elmo_cuda_heads_merge(const elmo_bf16 *in, int n, int B, int Tp, 
   int rc = check_dims("heads merge", n, B, Tp, heads, dh, err);
   if (rc || B == 0) return rc;
   const int64_t per = (int64_t)B * Tp * heads * dh, total = per * n;
+  if (permute16_ok(in, out, dh)) {
+    permute16_launch(in, total, per, Tp, heads, dh, 0, out, s);
+    return ELMO_OK;
+  }
   heads_merge_kernel<<<grid_for(total), EW_THREADS, 0, s>>>((const bf16 *)in, total, per, Tp, heads, dh,
                                                             (bf16 *)out);
   ELMO_TF_LAUNCHED();
@@ -146,19 +176,101 @@ static __global__ void softmax_backward_kernel(bf16 *P, const float *dP, int64_t
 
 static unsigned row_grid(int64_t rows) { return (unsigned)((rows + SM_WARPS - 1) / SM_WARPS); }
 
+/* The same two row kernels with the row held in registers (C * 32 >= Tp): one read of S or dP.
+ * Same arithmetic in the same order as above, so the same bits. */
+template <int C>
+static __global__ void softmax_forward_reg_kernel(const float *S, const uint8_t *mask, int64_t rows, int heads,
+                                                  int Tp, float scale, bf16 *P) {
+  const int lane = threadIdx.x % 32;
+  const int64_t row = (int64_t)blockIdx.x * SM_WARPS + threadIdx.x / 32;
+  if (row >= rows) return;
+  const int64_t bh = row / Tp, i = row % Tp;
+  const uint8_t *mk = mask + (bh / heads) * Tp;
+  const float *s = S + row * Tp;
+  bf16 *p = P + row * Tp;
+  if (!mk[i]) {
+    for (int j = lane; j < Tp; j += 32) p[j] = __float2bfloat16_rn(0.0f);
+    return;
+  }
+  float v[C];
+  float mx = -INFINITY;
+#pragma unroll
+  for (int c = 0; c < C; c++) {
+    const int j = lane + 32 * c;
+    v[c] = j < Tp && mk[j] ? s[j] * scale : -INFINITY;
+    mx = fmaxf(mx, v[c]);
+  }
+  mx = warp_max(mx);
+  float sum = 0.0f;
+#pragma unroll
+  for (int c = 0; c < C; c++) {
+    v[c] = v[c] == -INFINITY ? 0.0f : expf(v[c] - mx);
+    sum += v[c];
+  }
+  const float inv = 1.0f / warp_sum(sum);
+#pragma unroll
+  for (int c = 0; c < C; c++) {
+    const int j = lane + 32 * c;
+    if (j < Tp) p[j] = __float2bfloat16_rn(v[c] * inv);
+  }
+}
+
+template <int C>
+static __global__ void softmax_backward_reg_kernel(bf16 *P, const float *dP, int64_t rows, int Tp, float scale) {
+  const int lane = threadIdx.x % 32;
+  const int64_t row = (int64_t)blockIdx.x * SM_WARPS + threadIdx.x / 32;
+  if (row >= rows) return;
+  bf16 *p = P + row * Tp;
+  const float *g = dP + row * Tp;
+  float pv[C], gv[C];
+  float dot = 0.0f;
+#pragma unroll
+  for (int c = 0; c < C; c++) {
+    const int j = lane + 32 * c;
+    pv[c] = j < Tp ? __bfloat162float(p[j]) : 0.0f;
+    gv[c] = j < Tp ? g[j] : 0.0f;
+    if (j < Tp) dot += pv[c] * gv[c];
+  }
+  dot = warp_sum(dot);
+#pragma unroll
+  for (int c = 0; c < C; c++) {
+    const int j = lane + 32 * c;
+    if (j < Tp) p[j] = __float2bfloat16_rn(pv[c] * (gv[c] - dot) * scale);
+  }
+}
+
+/* Softmax forward (dP == NULL) or backward; the register kernels for Tp <= 512. */
+static void softmax_launch(const float *S, const float *dP, const uint8_t *mask, int64_t rows, int heads, int Tp,
+                           float scale, bf16 *P, cudaStream_t s) {
+  const unsigned grid = row_grid(rows), threads = SM_WARPS * 32;
+  const int c = (Tp + 31) / 32;
+#define SM_CASE(C) \
+  if (c <= C) { \
+    if (dP) softmax_backward_reg_kernel<C><<<grid, threads, 0, s>>>(P, dP, rows, Tp, scale); \
+    else softmax_forward_reg_kernel<C><<<grid, threads, 0, s>>>(S, mask, rows, heads, Tp, scale, P); \
+    ELMO_TF_LAUNCHED(); \
+    return; \
+  }
+  SM_CASE(1) SM_CASE(2) SM_CASE(4) SM_CASE(8) SM_CASE(16)
+#undef SM_CASE
+  if (dP) softmax_backward_kernel<<<grid, threads, 0, s>>>(P, dP, rows, Tp, scale);
+  else softmax_forward_kernel<<<grid, threads, 0, s>>>(S, mask, rows, heads, Tp, scale, P);
+  ELMO_TF_LAUNCHED();
+}
+
 /* ------------------------------------------------------------------ batched GEMMs */
 
 /* One GEMM per (sequence, head): C = op(A) op(B) with the given shapes and leading dimensions. */
-static void head_mm(elmo_tf_gemm *g, int ta, int tb, int m, int n, int k, const bf16 *a, int lda, int64_t sa,
+static void head_mm(elmo_cuda_tf_gemm *g, int ta, int tb, int m, int n, int k, const bf16 *a, int lda, int64_t sa,
                     const bf16 *b, int ldb, int64_t sb, void *c, int ldc, int64_t sc, int c_f32, int batch,
                     cudaStream_t s) {
-  elmo_tf_mm p = {ta, tb, m, n, k, a, lda, sa, b, ldb, sb, c, ldc, sc, c_f32, 0.0f, batch};
-  elmo_tf_gemm_run(g, &p, s);
+  elmo_cuda_tf_mm p = {ta, tb, m, n, k, a, lda, sa, b, ldb, sb, c, ldc, sc, c_f32, 0.0f, batch, NULL};
+  elmo_cuda_tf_gemm_run(g, &p, s);
 }
 
 /* ------------------------------------------------------------------ entries */
 
-extern "C" int elmo_cuda_attention_forward(elmo_tf_gemm *g, const elmo_bf16 *qkv, const uint8_t *mask, int B,
+extern "C" int elmo_cuda_attention_forward(elmo_cuda_tf_gemm *g, const elmo_bf16 *qkv, const uint8_t *mask, int B,
                                            int Tp, int heads, int dh, float *scores, elmo_bf16 *probs,
                                            elmo_bf16 *ctx, cudaStream_t s, elmo_err *err) {
   int rc = check_dims("attention forward", 1, B, Tp, heads, dh, err);
@@ -168,14 +280,12 @@ extern "C" int elmo_cuda_attention_forward(elmo_tf_gemm *g, const elmo_bf16 *qkv
   const bf16 *q = (const bf16 *)qkv, *k = q + per, *v = k + per;
   bf16 *P = (bf16 *)probs;
   head_mm(g, 0, 1, Tp, Tp, dh, q, dh, sq, k, dh, sq, scores, Tp, ss, 1, BH, s);          /* S = Q K^T */
-  softmax_forward_kernel<<<row_grid((int64_t)BH * Tp), SM_WARPS * 32, 0, s>>>(
-      scores, mask, (int64_t)BH * Tp, heads, Tp, 1.0f / sqrtf((float)dh), P);
-  ELMO_TF_LAUNCHED();
+  softmax_launch(scores, NULL, mask, (int64_t)BH * Tp, heads, Tp, 1.0f / sqrtf((float)dh), P, s);
   head_mm(g, 0, 0, Tp, dh, Tp, P, Tp, ss, v, dh, sq, ctx, dh, sq, 0, BH, s);             /* ctx = P V */
   return ELMO_OK;
 }
 
-extern "C" int elmo_cuda_attention_backward(elmo_tf_gemm *g, const elmo_bf16 *qkv, elmo_bf16 *probs,
+extern "C" int elmo_cuda_attention_backward(elmo_cuda_tf_gemm *g, const elmo_bf16 *qkv, elmo_bf16 *probs,
                                             const elmo_bf16 *dctx, const uint8_t *mask, int B, int Tp, int heads,
                                             int dh, float *scores, elmo_bf16 *dqkv, cudaStream_t s,
                                             elmo_err *err) {
@@ -188,9 +298,7 @@ extern "C" int elmo_cuda_attention_backward(elmo_tf_gemm *g, const elmo_bf16 *qk
   bf16 *dq = (bf16 *)dqkv, *dk = dq + per, *dv = dk + per, *P = (bf16 *)probs;
   head_mm(g, 1, 0, Tp, dh, Tp, P, Tp, ss, dc, dh, sq, dv, dh, sq, 0, BH, s);             /* dV = P^T dctx */
   head_mm(g, 0, 1, Tp, Tp, dh, dc, dh, sq, v, dh, sq, scores, Tp, ss, 1, BH, s);         /* dP = dctx V^T */
-  softmax_backward_kernel<<<row_grid((int64_t)BH * Tp), SM_WARPS * 32, 0, s>>>(
-      P, scores, (int64_t)BH * Tp, Tp, 1.0f / sqrtf((float)dh));
-  ELMO_TF_LAUNCHED();
+  softmax_launch(NULL, scores, mask, (int64_t)BH * Tp, heads, Tp, 1.0f / sqrtf((float)dh), P, s);
   head_mm(g, 0, 0, Tp, dh, Tp, P, Tp, ss, k, dh, sq, dq, dh, sq, 0, BH, s);              /* dQ = dS K */
   head_mm(g, 1, 0, Tp, dh, Tp, P, Tp, ss, q, dh, sq, dk, dh, sq, 0, BH, s);              /* dK = dS^T Q */
   return ELMO_OK;

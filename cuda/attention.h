@@ -31,12 +31,12 @@ int elmo_cuda_heads_merge(const elmo_bf16 *in, int n, int B, int Tp, int heads, 
 
 /* qkv: split [3, B, heads, Tp, dh] (q, k, v). P = softmax(Q K^T / sqrt(dh)) masked -> probs;
  * ctx (split [B, heads, Tp, dh]) = P V. scores: fp32 scratch [B * heads, Tp, Tp]. */
-int elmo_cuda_attention_forward(elmo_tf_gemm *g, const elmo_bf16 *qkv, const uint8_t *mask, int B, int Tp,
+int elmo_cuda_attention_forward(elmo_cuda_tf_gemm *g, const elmo_bf16 *qkv, const uint8_t *mask, int B, int Tp,
                                 int heads, int dh, float *scores, elmo_bf16 *probs, elmo_bf16 *ctx,
                                 cudaStream_t s, elmo_err *err);
 /* From the forward's probs and dctx (split [B, heads, Tp, dh]): dqkv (split [3, B, heads, Tp, dh]).
  * probs is overwritten with dS; scores is fp32 scratch as above. */
-int elmo_cuda_attention_backward(elmo_tf_gemm *g, const elmo_bf16 *qkv, elmo_bf16 *probs,
+int elmo_cuda_attention_backward(elmo_cuda_tf_gemm *g, const elmo_bf16 *qkv, elmo_bf16 *probs,
                                  const elmo_bf16 *dctx, const uint8_t *mask, int B, int Tp, int heads,
                                  int dh, float *scores, elmo_bf16 *dqkv, cudaStream_t s, elmo_err *err);
 

@@ -1,6 +1,672 @@
-/* backend_cuda.cu: under construction (reports no CUDA backend yet). */
-#include "backend.h"
-extern "C" const elmo_backend *elmo_backend_cuda(elmo_err *err) {
-  elmo_fail(err, ELMO_ERUNTIME, "CUDA backend not available yet");
+/* backend_cuda.cu: the CUDA backend (src/backend.h): one planned device allocation, the training
+ * step (encoder forward -> dropout -> chunked fused classifier -> dropout backward -> encoder
+ * backward -> AdamW), prediction with a running top-k, checkpoint buffer I/O, peak memory.
+ * It follows backend_cpu.c op by op; the kernels live in the other files of cuda/. */
+#include "backend_cuda.h"
+#include "blas.h"
+#include "check.h"
+#include "classifier.h"
+#include "convert.h"
+#include "dropout.h"
+#include "optim.h"
+#include "sparse_encoder.h"
+#include "topk.h"
+#include "transformer.h"
+
+extern "C" {
+#include "../src/backend.h"
+}
+
+#include <math.h>
+#include <string.h>
+
+#define GIB 1073741824.0
+#define MIB 1048576.0
+
+/* Batch inputs: the same layout on the device and in pinned host memory (one copy per part). */
+typedef struct inputs {
+  int64_t *x_indptr, *y_indptr, *f_indptr;  /* [B_cap + 1] */
+  int32_t *x_indices;                       /* [x_cap] */
+  float *x_values;                          /* [x_cap] */
+  int32_t *y_indices;                       /* [y_cap] labels, sorted per row */
+  int32_t *f_indices;                       /* [f_cap] filter labels, sorted per row */
+  int32_t *ids;                             /* [B_cap, T] (transformer) */
+  uint8_t *mask;                            /* [B_cap, T] */
+} inputs;
+
+typedef struct caps {
+  int64_t x, y, f;
+} caps;
+
+struct elmo_model {
+  elmo_model_desc md;            /* private copy; tensor table owned by the caller */
+  elmo_opt_config enc_opt, cls_opt;
+  int64_t B_cap;                 /* batch_size rounded up to 16 */
+  caps cap;
+  cudaStream_t s;
+  elmo_pool pool;                /* the planned allocation */
+  elmo_pool overflow;            /* batch inputs regrown past the plan (rare), else empty */
+  elmo_mem_probe probe;
+  elmo_blas *blas;
+  void *buf[ELMO_NUM_BUFS];      /* model buffers (model.h) */
+  float *enc_grad;               /* [enc_numel] */
+  int32_t *head_slot;            /* [L_pad] or NULL */
+  int64_t *decay;                /* [2, n_enc_tensors]: starts then ends of decayed tensors */
+  elmo_cuda_decay decay_view;
+  float *X, *dX;                 /* [B_cap, d] */
+  int32_t *topk;                 /* [B_cap, ELMO_CUDA_TOPK_MAX] */
+  float *topv;
+  elmo_cuda_cls cls;
+  elmo_cuda_sparse se;
+  elmo_cuda_sparse_sort srt;
+  elmo_cuda_tf *tf;
+  inputs dev, host;
+  void *pinned;                  /* host side of the inputs */
+  double *loss_host;             /* pinned [1] */
+};
+
+/* ---- layout ------------------------------------------------------------------------------ */
+
+static int64_t round16(int64_t x) { return (x + 15) / 16 * 16; }
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+static caps default_caps(const elmo_model_desc *md, int64_t B_cap) {
+  caps c;
+  c.x = md->encoder_kind == ELMO_ENC_SPARSE ? max64(1024, B_cap * min64(md->num_features, 256)) : 0;
+  c.y = max64(1024, B_cap * min64(md->num_labels, 32));
+  c.f = max64(1024, B_cap * 16);
+  return c;
+}
+
+static void transfer_layout(inputs *in, elmo_pool *p, const elmo_model_desc *md, int64_t B_cap, caps c) {
+  size_t ip = sizeof(int64_t) * (size_t)(B_cap + 1);
+  in->x_indptr = (int64_t *)elmo_pool_take(p, ip, ELMO_MEM_INPUTS);
+  in->y_indptr = (int64_t *)elmo_pool_take(p, ip, ELMO_MEM_INPUTS);
+  in->f_indptr = (int64_t *)elmo_pool_take(p, ip, ELMO_MEM_INPUTS);
+  in->x_indices = (int32_t *)elmo_pool_take(p, 4 * (size_t)c.x, ELMO_MEM_INPUTS);
+  in->x_values = (float *)elmo_pool_take(p, 4 * (size_t)c.x, ELMO_MEM_INPUTS);
+  in->y_indices = (int32_t *)elmo_pool_take(p, 4 * (size_t)c.y, ELMO_MEM_INPUTS);
+  in->f_indices = (int32_t *)elmo_pool_take(p, 4 * (size_t)c.f, ELMO_MEM_INPUTS);
+  int64_t tok = md->encoder_kind == ELMO_ENC_TRANSFORMER ? B_cap * md->T : 0;
+  in->ids = (int32_t *)elmo_pool_take(p, 4 * (size_t)tok, ELMO_MEM_INPUTS);
+  in->mask = (uint8_t *)elmo_pool_take(p, (size_t)tok, ELMO_MEM_INPUTS);
+}
+
+static size_t sort_temp_bytes(int64_t x_cap) {
+  if (x_cap <= 0) return 0;
+  size_t b = elmo_cuda_sparse_sort_temp_bytes(x_cap);
+  return b ? b : (size_t)x_cap * 16 + ((size_t)1 << 20); /* no device to ask: a safe estimate */
+}
+
+static void sort_layout(elmo_cuda_sparse_sort *srt, elmo_pool *p, int64_t x_cap) {
+  size_t n = 4 * (size_t)x_cap;
+  srt->entry_row = (int32_t *)elmo_pool_take(p, n, ELMO_MEM_INPUTS);
+  srt->iota = (int32_t *)elmo_pool_take(p, n, ELMO_MEM_INPUTS);
+  srt->feat = (int32_t *)elmo_pool_take(p, n, ELMO_MEM_INPUTS);
+  srt->ent = (int32_t *)elmo_pool_take(p, n, ELMO_MEM_INPUTS);
+  srt->temp_bytes = sort_temp_bytes(x_cap);
+  srt->temp = elmo_pool_take(p, srt->temp_bytes, ELMO_MEM_INPUTS);
+}
+
+static int tf_flags(const elmo_model_desc *md) { return md->enc_dtype == ELMO_F32 ? ELMO_CUDA_TF_F32_PARAMS : 0; }
+
+static size_t tf_bytes(const elmo_model_desc *md, int64_t B_cap) {
+  if (md->encoder_kind != ELMO_ENC_TRANSFORMER) return 0;
+  elmo_tf_config tc;
+  elmo_model_tf_config(md, &tc);
+  return elmo_cuda_tf_workspace_bytes(&tc, (int)B_cap, (int)md->T, tf_flags(md));
+}
+
+static void *tensor_ptr(const elmo_model *m, const char *name) {
+  for (int t = 0; t < m->md.n_enc_tensors; t++)
+    if (!strcmp(m->md.enc_tensors[t].name, name))
+      return (char *)m->buf[ELMO_BUF_ENC_PARAM] + (size_t)m->md.enc_tensors[t].offset * elmo_dtype_size(m->md.enc_dtype);
   return NULL;
+}
+
+static float *grad_ptr(const elmo_model *m, const char *name) {
+  for (int t = 0; t < m->md.n_enc_tensors; t++)
+    if (!strcmp(m->md.enc_tensors[t].name, name)) return m->enc_grad + m->md.enc_tensors[t].offset;
+  return NULL;
+}
+
+static void model_layout(elmo_model *m, elmo_pool *p, void **tf_mem) {
+  const elmo_model_desc *md = &m->md;
+  static const elmo_mem_cat buf_cat[ELMO_NUM_BUFS] = {ELMO_MEM_ENC_PARAMS, ELMO_MEM_OPT_STATE, ELMO_MEM_OPT_STATE,
+                                                      ELMO_MEM_OPT_STATE, ELMO_MEM_CLS_WEIGHTS, ELMO_MEM_CLS_WEIGHTS,
+                                                      ELMO_MEM_CLS_WEIGHTS};
+  for (int b = 0; b < ELMO_NUM_BUFS; b++) m->buf[b] = elmo_pool_take(p, elmo_buf_bytes(md, b), buf_cat[b]);
+  m->head_slot = md->n_head ? (int32_t *)elmo_pool_take(p, 4 * (size_t)md->L_pad, ELMO_MEM_CLS_WEIGHTS) : NULL;
+  m->decay = (int64_t *)elmo_pool_take(p, 16 * (size_t)max64(md->n_enc_tensors, 1), ELMO_MEM_OPT_STATE);
+  m->enc_grad = (float *)elmo_pool_take(p, 4 * (size_t)md->enc_numel, ELMO_MEM_ENC_GRADS);
+  size_t bd = 4 * (size_t)(m->B_cap * md->d);
+  m->X = (float *)elmo_pool_take(p, bd, ELMO_MEM_ACTIVATIONS);
+  m->dX = (float *)elmo_pool_take(p, bd, ELMO_MEM_ACTIVATIONS);
+  if (md->encoder_kind == ELMO_ENC_SPARSE) {
+    m->se.x = (float *)elmo_pool_take(p, bd, ELMO_MEM_ACTIVATIONS);
+    m->se.norm = (float *)elmo_pool_take(p, 4 * (size_t)m->B_cap, ELMO_MEM_ACTIVATIONS);
+    m->se.xhat = md->sparse_layernorm ? (float *)elmo_pool_take(p, bd, ELMO_MEM_ACTIVATIONS) : NULL;
+    m->se.rstd = md->sparse_layernorm ? (float *)elmo_pool_take(p, 4 * (size_t)m->B_cap, ELMO_MEM_ACTIVATIONS) : NULL;
+  }
+  *tf_mem = elmo_pool_take(p, tf_bytes(md, m->B_cap), ELMO_MEM_ACTIVATIONS);
+  size_t tk = (size_t)(m->B_cap * ELMO_CUDA_TOPK_MAX);
+  m->topk = (int32_t *)elmo_pool_take(p, 4 * tk, ELMO_MEM_ACTIVATIONS);
+  m->topv = (float *)elmo_pool_take(p, 4 * tk, ELMO_MEM_ACTIVATIONS);
+  m->cls.dtype = md->cls_dtype;
+  m->cls.d = md->d;
+  m->cls.chunk = md->chunk_labels;
+  m->cls.B_cap = m->B_cap;
+  m->cls.fp8_input = md->cls_input_fp8;
+  elmo_cuda_cls_layout(&m->cls, p);
+  size_t ws = elmo_blas_workspace_bytes();
+  void *w = elmo_pool_take(p, ws, ELMO_MEM_WORKSPACE);
+  if (p->base) m->blas = elmo_blas_create(w, ws);
+  transfer_layout(&m->dev, p, md, m->B_cap, m->cap);
+  sort_layout(&m->srt, p, m->cap.x);
+}
+
+/* ---- the plan ----------------------------------------------------------------------------- */
+
+static size_t plan_model(elmo_model *m, elmo_cuda_plan_t *out) {
+  elmo_pool p;
+  elmo_pool_plan_init(&p);
+  void *tf_mem;
+  model_layout(m, &p, &tf_mem);
+  if (out) {
+    memset(out, 0, sizeof *out);
+    memcpy(out->bytes, p.by_cat, sizeof out->bytes);
+    out->total = p.used;
+    out->chunk_labels = m->md.chunk_labels;
+    out->n_chunks = m->md.n_chunks;
+    out->batch_rows = m->B_cap;
+    out->x_nnz_cap = m->cap.x;
+    out->y_nnz_cap = m->cap.y;
+    out->f_nnz_cap = m->cap.f;
+  }
+  return p.used;
+}
+
+extern "C" size_t elmo_cuda_plan(const elmo_model_desc *md, elmo_cuda_plan_t *out) {
+  elmo_model m;
+  memset(&m, 0, sizeof m);
+  m.md = *md;
+  m.B_cap = round16(md->batch_size);
+  m.cap = default_caps(md, m.B_cap);
+  return plan_model(&m, out);
+}
+
+extern "C" void elmo_cuda_plan_print(const elmo_cuda_plan_t *p, const elmo_model_desc *md, FILE *fp) {
+  fprintf(fp, "CUDA memory plan (one device allocation)\n");
+  fprintf(fp, "  %-22s %12s %10s\n", "part", "MiB", "GiB");
+  for (int c = 0; c < ELMO_MEM_NCAT; c++)
+    fprintf(fp, "  %-22s %12.1f %10.3f\n", elmo_mem_cat_name((elmo_mem_cat)c), (double)p->bytes[c] / MIB,
+            (double)p->bytes[c] / GIB);
+  fprintf(fp, "  %-22s %12.1f %10.3f\n", "total", (double)p->total / MIB, (double)p->total / GIB);
+  fprintf(fp, "  classifier [%lld, %lld] %s in %lld chunk(s) of %lld labels; %lld batch rows\n", (long long)md->L_pad,
+          (long long)md->d, elmo_dtype_st_name(md->cls_dtype), (long long)p->n_chunks, (long long)p->chunk_labels,
+          (long long)p->batch_rows);
+  fprintf(fp, "  batch input capacity: %lld feature, %lld label, %lld filter entries (grows if a batch needs more)\n",
+          (long long)p->x_nnz_cap, (long long)p->y_nnz_cap, (long long)p->f_nnz_cap);
+}
+
+static int budget_bytes(const elmo_config *cfg, size_t *out, elmo_err *err) {
+  if (cfg->memory_budget_gib > 0) {
+    *out = (size_t)(cfg->memory_budget_gib * GIB);
+    return ELMO_OK;
+  }
+  size_t fr = 0, tot = 0;
+  cudaError_t e = cudaMemGetInfo(&fr, &tot);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return elmo_fail(err, ELMO_ERUNTIME, "model.classifier.chunks is 0 and no CUDA device answers to measure free "
+                     "memory (%s); set model.classifier.chunks or model.classifier.memory_budget_gib",
+                     cudaGetErrorString(e));
+  }
+  *out = fr > ((size_t)1 << 30) ? fr - ((size_t)1 << 30) : 0;
+  return ELMO_OK;
+}
+
+extern "C" int elmo_cuda_choose_chunks(const elmo_config *cfg, elmo_model_desc *md, elmo_err *err) {
+  if (cfg->chunks > 0) return ELMO_OK;
+  size_t budget = 0;
+  int rc = budget_bytes(cfg, &budget, err);
+  if (rc) return rc;
+  const int64_t n0 = md->n_chunks;
+  int64_t n = (md->L_pad + ELMO_CUDA_CHUNK_MAX - 1) / ELMO_CUDA_CHUNK_MAX;
+  elmo_model_desc_set_chunks(md, n);
+  elmo_cuda_plan_t p;
+  while (elmo_cuda_plan(md, &p) > budget && md->chunk_labels > 16) {
+    /* the chunk buffers scale with the chunk: shrink them by the ratio still missing */
+    size_t over = p.total - budget, chunk = p.bytes[ELMO_MEM_CHUNK];
+    int64_t next = over >= chunk ? md->L_pad / 16 : (int64_t)((double)n * (double)chunk / (double)(chunk - over)) + 1;
+    n = max64(next, n + 1);
+    elmo_model_desc_set_chunks(md, n);
+  }
+  if (p.total <= budget) return ELMO_OK;
+  elmo_model_desc_set_chunks(md, n0);
+  return elmo_fail(err, ELMO_ERUNTIME,
+                   "the model does not fit the device memory budget of %.2f GiB even with 16-label chunks: it needs "
+                   "%.2f GiB (classifier weights %.2f, encoder %.2f + gradients %.2f + optimiser %.2f, activations "
+                   "%.2f, batch inputs %.2f GiB); lower training.batch_size%s or raise "
+                   "model.classifier.memory_budget_gib",
+                   (double)budget / GIB, (double)p.total / GIB, (double)p.bytes[ELMO_MEM_CLS_WEIGHTS] / GIB,
+                   (double)p.bytes[ELMO_MEM_ENC_PARAMS] / GIB, (double)p.bytes[ELMO_MEM_ENC_GRADS] / GIB,
+                   (double)p.bytes[ELMO_MEM_OPT_STATE] / GIB, (double)p.bytes[ELMO_MEM_ACTIVATIONS] / GIB,
+                   (double)p.bytes[ELMO_MEM_INPUTS] / GIB,
+                   md->cls_dtype == ELMO_FP8 ? "" : ", use model.classifier.dtype fp8");
+}
+
+/* ---- create / destroy ----------------------------------------------------------------------- */
+
+static void cuda_destroy(elmo_model **pm);
+
+static int check_desc(const elmo_model_desc *md, elmo_err *err) {
+  if (md->d % 16)
+    return elmo_fail(err, ELMO_EINPUT, "model.encoder.dim %lld: the CUDA backend needs a multiple of 16 "
+                     "(FP8 GEMMs and tensor-core tiles)", (long long)md->d);
+  if (md->batch_size > 65535)
+    return elmo_fail(err, ELMO_EINPUT, "training.batch_size %lld: the CUDA backend takes at most 65535 rows",
+                     (long long)md->batch_size);
+  if (md->chunk_labels % 16)
+    return elmo_fail(err, ELMO_EINPUT, "classifier chunk of %lld labels is not a multiple of 16",
+                     (long long)md->chunk_labels);
+  return ELMO_OK;
+}
+
+/* Host-side initial values (the same as every backend's), uploaded once. */
+static void upload_init(elmo_model *m) {
+  void *host[ELMO_NUM_BUFS];
+  for (int b = 0; b < ELMO_NUM_BUFS; b++) host[b] = elmo_malloc(elmo_buf_bytes(&m->md, b) + 1);
+  elmo_model_init_host(&m->md, host);
+  for (int b = 0; b < ELMO_NUM_BUFS; b++) {
+    if (elmo_buf_bytes(&m->md, b))
+      ELMO_CUDA_CHECK(cudaMemcpy(m->buf[b], host[b], elmo_buf_bytes(&m->md, b), cudaMemcpyHostToDevice));
+    free(host[b]);
+  }
+  if (m->head_slot) {
+    int32_t *hs = (int32_t *)elmo_malloc(4 * (size_t)m->md.L_pad);
+    elmo_model_head_slots(&m->md, hs);
+    ELMO_CUDA_CHECK(cudaMemcpy(m->head_slot, hs, 4 * (size_t)m->md.L_pad, cudaMemcpyHostToDevice));
+    free(hs);
+  }
+}
+
+/* Weight decay as [start, end) element ranges of the decayed tensors (model.c's mask). */
+static void upload_decay(elmo_model *m) {
+  const elmo_model_desc *md = &m->md;
+  uint8_t *mask = (uint8_t *)elmo_calloc(1, (size_t)md->enc_numel + 1);
+  elmo_model_decay_mask(md, mask);
+  int nt = md->n_enc_tensors, n = 0;
+  int64_t *r = (int64_t *)elmo_malloc(16 * (size_t)(nt + 1));
+  int64_t *start = r, *end = r + nt;
+  for (int t = 0; t < nt; t++) { /* tensors are laid out in increasing offset order */
+    const elmo_tensor_slot *s = &md->enc_tensors[t];
+    if (!s->numel || !mask[s->offset]) continue;
+    if (n && end[n - 1] == s->offset) end[n - 1] = s->offset + s->numel;
+    else { start[n] = s->offset; end[n] = s->offset + s->numel; n++; }
+  }
+  ELMO_CUDA_CHECK(cudaMemcpy(m->decay, start, 8 * (size_t)n, cudaMemcpyHostToDevice));
+  ELMO_CUDA_CHECK(cudaMemcpy(m->decay + nt, end, 8 * (size_t)n, cudaMemcpyHostToDevice));
+  m->decay_view.start = m->decay;
+  m->decay_view.end = m->decay + nt;
+  m->decay_view.n = n;
+  free(r);
+  free(mask);
+}
+
+static void pinned_alloc(elmo_model *m) {
+  elmo_pool p;
+  elmo_pool_plan_init(&p);
+  transfer_layout(&m->host, &p, &m->md, m->B_cap, m->cap);
+  ELMO_CUDA_CHECK(cudaMallocHost(&m->pinned, p.used + 256));
+  p.base = (char *)m->pinned;
+  p.size = p.used + 256;
+  p.used = 0;
+  transfer_layout(&m->host, &p, &m->md, m->B_cap, m->cap);
+}
+
+static int encoder_setup(elmo_model *m, void *tf_mem, elmo_err *err) {
+  if (m->md.encoder_kind == ELMO_ENC_TRANSFORMER) {
+    elmo_tf_config tc;
+    elmo_model_tf_config(&m->md, &tc);
+    return elmo_cuda_tf_create(&tc, (int)m->B_cap, (int)m->md.T, tf_flags(&m->md), tf_mem, &m->tf, err);
+  }
+  m->se.E = tensor_ptr(m, "encoder.embedding.weight");
+  m->se.gamma = tensor_ptr(m, "encoder.LayerNorm.weight");
+  m->se.beta = tensor_ptr(m, "encoder.LayerNorm.bias");
+  m->se.dtype = m->md.enc_dtype;
+  m->se.D = m->md.num_features;
+  m->se.d = m->md.d;
+  return ELMO_OK;
+}
+
+static void log_create(const elmo_model *m) {
+  cudaDeviceProp prop;
+  int dev = 0;
+  ELMO_CUDA_CHECK(cudaGetDevice(&dev));
+  ELMO_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+  fprintf(stderr, "elmo cuda: %s (sm_%d%d, %.1f GiB); plan %.2f GiB, classifier in %lld chunk(s) of %lld labels\n",
+          prop.name, prop.major, prop.minor, (double)prop.totalGlobalMem / GIB, (double)m->pool.size / GIB,
+          (long long)m->md.n_chunks, (long long)m->md.chunk_labels);
+}
+
+static int cuda_create(const elmo_config *cfg, const elmo_model_desc *md, elmo_model **out, elmo_err *err) {
+  *out = NULL;
+  int ndev = 0;
+  if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+    cudaGetLastError();
+    return elmo_fail(err, ELMO_ERUNTIME, "no CUDA device");
+  }
+  elmo_model *m = (elmo_model *)elmo_calloc(1, sizeof *m);
+  m->md = *md;
+  m->enc_opt = cfg->enc_opt;
+  m->cls_opt = cfg->cls_opt;
+  m->B_cap = round16(md->batch_size);
+  m->cap = default_caps(md, m->B_cap);
+  int rc = elmo_cuda_choose_chunks(cfg, &m->md, err);
+  if (!rc) rc = check_desc(&m->md, err);
+  if (rc) {
+    free(m);
+    return rc;
+  }
+  ELMO_CUDA_CHECK(cudaStreamCreateWithFlags(&m->s, cudaStreamNonBlocking));
+  elmo_mem_probe_start(&m->probe);
+  elmo_cuda_plan_t plan;
+  size_t total = plan_model(m, &plan);
+  rc = elmo_pool_alloc(&m->pool, total, err);
+  if (rc) {
+    size_t n = strlen(err->msg);
+    snprintf(err->msg + n, sizeof err->msg - n, "; plan: classifier weights %.2f GiB, chunk buffers %.2f GiB "
+             "(%lld chunk(s)), activations %.2f GiB: raise model.classifier.chunks, lower training.batch_size "
+             "or model.classifier.memory_budget_gib", (double)plan.bytes[ELMO_MEM_CLS_WEIGHTS] / GIB,
+             (double)plan.bytes[ELMO_MEM_CHUNK] / GIB, (long long)plan.n_chunks,
+             (double)plan.bytes[ELMO_MEM_ACTIVATIONS] / GIB);
+    ELMO_CUDA_CHECK(cudaStreamDestroy(m->s));
+    free(m);
+    return rc;
+  }
+  void *tf_mem = NULL;
+  model_layout(m, &m->pool, &tf_mem);
+  m->cls.W = m->buf[ELMO_BUF_CLS_W];
+  m->cls.L = md->num_labels;
+  m->cls.L_pad = md->L_pad;
+  m->cls.kahan = md->n_head ? (uint16_t *)m->buf[ELMO_BUF_CLS_KAHAN] : NULL;
+  m->cls.head_slot = m->head_slot;
+  m->cls.blas = m->blas;
+  upload_init(m);
+  upload_decay(m);
+  pinned_alloc(m);
+  ELMO_CUDA_CHECK(cudaMallocHost((void **)&m->loss_host, sizeof(double)));
+  rc = encoder_setup(m, tf_mem, err);
+  if (rc) {
+    cuda_destroy(&m);
+    return rc;
+  }
+  log_create(m);
+  elmo_cuda_cls_init_paths(&m->cls, stderr);
+  ELMO_CUDA_CHECK(cudaDeviceSynchronize());
+  elmo_mem_probe_sample(&m->probe);
+  *out = m;
+  return ELMO_OK;
+}
+
+static void cuda_destroy(elmo_model **pm) {
+  elmo_model *m = *pm;
+  if (!m) return;
+  if (m->s) ELMO_CUDA_CHECK(cudaStreamSynchronize(m->s));
+  if (m->tf) elmo_cuda_tf_destroy(&m->tf);
+  elmo_blas_destroy(&m->blas);
+  elmo_pool_free(&m->overflow);
+  elmo_pool_free(&m->pool);
+  if (m->pinned) ELMO_CUDA_CHECK(cudaFreeHost(m->pinned));
+  if (m->loss_host) ELMO_CUDA_CHECK(cudaFreeHost(m->loss_host));
+  if (m->s) ELMO_CUDA_CHECK(cudaStreamDestroy(m->s));
+  free(m);
+  *pm = NULL;
+}
+
+/* ---- batch upload ---------------------------------------------------------------------------- */
+
+static void sort_i32(int32_t *a, int64_t n) {
+  for (int64_t i = 1; i < n; i++) { /* rows are short and usually sorted already */
+    int32_t v = a[i];
+    int64_t j = i;
+    while (j > 0 && a[j - 1] > v) {
+      a[j] = a[j - 1];
+      j--;
+    }
+    a[j] = v;
+  }
+}
+
+/* Makes room for a batch larger than planned: a new input group in its own allocation. */
+static int grow_inputs(elmo_model *m, caps need, elmo_err *err) {
+  caps c = m->cap;
+  if (need.x > c.x) c.x = need.x + need.x / 2;
+  if (need.y > c.y) c.y = need.y + need.y / 2;
+  if (need.f > c.f) c.f = need.f + need.f / 2;
+  ELMO_CUDA_CHECK(cudaStreamSynchronize(m->s));
+  elmo_pool p;
+  elmo_pool_plan_init(&p);
+  inputs tmp;
+  elmo_cuda_sparse_sort ts;
+  transfer_layout(&tmp, &p, &m->md, m->B_cap, c);
+  sort_layout(&ts, &p, c.x);
+  elmo_pool_free(&m->overflow);
+  int rc = elmo_pool_alloc(&m->overflow, p.used, err);
+  if (rc) return rc;
+  m->cap = c;
+  transfer_layout(&m->dev, &m->overflow, &m->md, m->B_cap, c);
+  sort_layout(&m->srt, &m->overflow, c.x);
+  ELMO_CUDA_CHECK(cudaFreeHost(m->pinned));
+  pinned_alloc(m);
+  fprintf(stderr, "elmo cuda: batch inputs grew to %.1f MiB (capacity %lld feature, %lld label, %lld filter entries)\n",
+          (double)p.used / MIB, (long long)c.x, (long long)c.y, (long long)c.f);
+  return ELMO_OK;
+}
+
+static void copy_up(void *dst, const void *src, size_t n, cudaStream_t s) {
+  if (n) ELMO_CUDA_CHECK(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, s));
+}
+
+/* Filter rows of the batch re-based to batch rows (dataset row ids in b->rows). */
+static int64_t filter_nnz(const elmo_batch *b, const elmo_csr *f) {
+  int64_t n = 0;
+  for (int64_t i = 0; f && i < b->B; i++) {
+    int64_t r = b->rows ? b->rows[i] : i;
+    if (r >= 0 && r < f->rows) n += f->indptr[r + 1] - f->indptr[r];
+  }
+  return n;
+}
+
+static void fill_filter(elmo_model *m, const elmo_batch *b, const elmo_csr *f) {
+  int64_t *ip = m->host.f_indptr, n = 0;
+  ip[0] = 0;
+  for (int64_t i = 0; i < b->B; i++) {
+    int64_t r = b->rows ? b->rows[i] : i;
+    if (r >= 0 && r < f->rows) {
+      int64_t len = f->indptr[r + 1] - f->indptr[r];
+      memcpy(m->host.f_indices + n, f->indices + f->indptr[r], 4 * (size_t)len);
+      sort_i32(m->host.f_indices + n, len);
+      n += len;
+    }
+    ip[i + 1] = n;
+  }
+  copy_up(m->dev.f_indptr, ip, 8 * (size_t)(b->B + 1), m->s);
+  copy_up(m->dev.f_indices, m->host.f_indices, 4 * (size_t)n, m->s);
+}
+
+static void fill_labels(elmo_model *m, const elmo_batch *b) {
+  int64_t base = b->y_indptr[0], n = b->y_indptr[b->B] - base;
+  for (int64_t i = 0; i <= b->B; i++) m->host.y_indptr[i] = b->y_indptr[i] - base;
+  memcpy(m->host.y_indices, b->y_indices + base, 4 * (size_t)n);
+  for (int64_t i = 0; i < b->B; i++)
+    sort_i32(m->host.y_indices + m->host.y_indptr[i], m->host.y_indptr[i + 1] - m->host.y_indptr[i]);
+  copy_up(m->dev.y_indptr, m->host.y_indptr, 8 * (size_t)(b->B + 1), m->s);
+  copy_up(m->dev.y_indices, m->host.y_indices, 4 * (size_t)n, m->s);
+}
+
+static void fill_features(elmo_model *m, const elmo_batch *b) {
+  if (m->md.encoder_kind == ELMO_ENC_TRANSFORMER) {
+    size_t tok = (size_t)(b->B * b->T);
+    memcpy(m->host.ids, b->ids, 4 * tok);
+    if (b->mask) memcpy(m->host.mask, b->mask, tok);
+    copy_up(m->dev.ids, m->host.ids, 4 * tok, m->s);
+    copy_up(m->dev.mask, m->host.mask, b->mask ? tok : 0, m->s);
+    return;
+  }
+  int64_t base = b->x_indptr[0], n = b->x_indptr[b->B] - base;
+  for (int64_t i = 0; i <= b->B; i++) m->host.x_indptr[i] = b->x_indptr[i] - base;
+  memcpy(m->host.x_indices, b->x_indices + base, 4 * (size_t)n);
+  memcpy(m->host.x_values, b->x_values + base, 4 * (size_t)n);
+  copy_up(m->dev.x_indptr, m->host.x_indptr, 8 * (size_t)(b->B + 1), m->s);
+  copy_up(m->dev.x_indices, m->host.x_indices, 4 * (size_t)n, m->s);
+  copy_up(m->dev.x_values, m->host.x_values, 4 * (size_t)n, m->s);
+}
+
+static int upload_batch(elmo_model *m, const elmo_batch *b, int labels, const elmo_csr *filter, elmo_err *err) {
+  if (b->B < 1 || b->B > m->md.batch_size)
+    return elmo_fail(err, ELMO_EINPUT, "batch of %lld rows (the model was planned for 1..%lld)", (long long)b->B,
+                     (long long)m->md.batch_size);
+  if (m->md.encoder_kind == ELMO_ENC_TRANSFORMER && b->T > m->md.T)
+    return elmo_fail(err, ELMO_EINPUT, "batch of %lld tokens per row (the model was planned for %lld)",
+                     (long long)b->T, (long long)m->md.T);
+  caps need = {0, 0, 0};
+  if (m->md.encoder_kind == ELMO_ENC_SPARSE) need.x = b->x_indptr[b->B] - b->x_indptr[0];
+  if (labels) need.y = b->y_indptr[b->B] - b->y_indptr[0];
+  need.f = filter_nnz(b, filter);
+  if (need.x > m->cap.x || need.y > m->cap.y || need.f > m->cap.f) {
+    int rc = grow_inputs(m, need, err);
+    if (rc) return rc;
+  }
+  ELMO_CUDA_CHECK(cudaStreamSynchronize(m->s)); /* the pinned buffers are free to overwrite */
+  fill_features(m, b);
+  if (labels) fill_labels(m, b);
+  if (filter) fill_filter(m, b, filter);
+  return ELMO_OK;
+}
+
+/* ---- the step ------------------------------------------------------------------------------- */
+
+static int encoder_forward(elmo_model *m, const elmo_batch *b, elmo_err *err) {
+  if (m->md.encoder_kind == ELMO_ENC_TRANSFORMER)
+    return elmo_cuda_tf_forward(m->tf, m->buf[ELMO_BUF_ENC_PARAM], m->md.enc_dtype == ELMO_BF16, m->dev.ids,
+                                b->mask ? m->dev.mask : NULL, (int)b->B, (int)b->T, m->X, m->s, err);
+  elmo_cuda_sparse_forward(&m->se, b->B, m->dev.x_indptr, m->dev.x_indices, m->dev.x_values, m->X, m->s);
+  return ELMO_OK;
+}
+
+static int encoder_backward(elmo_model *m, const elmo_batch *b, elmo_err *err) {
+  ELMO_CUDA_CHECK(cudaMemsetAsync(m->enc_grad, 0, 4 * (size_t)m->md.enc_numel, m->s));
+  if (m->md.encoder_kind == ELMO_ENC_TRANSFORMER)
+    return elmo_cuda_tf_backward(m->tf, m->buf[ELMO_BUF_ENC_PARAM], m->md.enc_dtype == ELMO_BF16, m->dX,
+                                 m->enc_grad, m->s, err);
+  int64_t nnz = b->x_indptr[b->B] - b->x_indptr[0];
+  elmo_cuda_sparse_prepare(&m->srt, b->B, nnz, m->dev.x_indptr, m->dev.x_indices, m->s);
+  elmo_cuda_sparse_backward(&m->se, b->B, nnz, m->dev.x_values, &m->srt, m->dX, grad_ptr(m, "encoder.embedding.weight"),
+                            grad_ptr(m, "encoder.LayerNorm.weight"), grad_ptr(m, "encoder.LayerNorm.bias"), m->s);
+  return ELMO_OK;
+}
+
+static void encoder_update(elmo_model *m, const elmo_step *s) {
+  elmo_adamw_hyper ah;
+  ah.lr = (float)s->lr_encoder;
+  ah.beta1 = (float)m->enc_opt.beta1;
+  ah.beta2 = (float)m->enc_opt.beta2;
+  ah.eps = (float)m->enc_opt.eps;
+  ah.weight_decay = (float)m->enc_opt.weight_decay;
+  ah.t = s->step + 1;
+  elmo_cuda_adamw(m->buf[ELMO_BUF_ENC_PARAM], m->buf[ELMO_BUF_ENC_M], m->buf[ELMO_BUF_ENC_V],
+                  m->md.enc_kahan ? (uint16_t *)m->buf[ELMO_BUF_ENC_KAHAN] : NULL, m->md.enc_dtype, m->enc_grad,
+                  m->md.enc_numel, &m->decay_view, &ah, m->s);
+}
+
+static int cuda_train_step(elmo_model *m, const elmo_batch *b, const elmo_step *s, double *loss, elmo_err *err) {
+  *loss = NAN;
+  int rc = upload_batch(m, b, 1, NULL, err);
+  if (!rc) rc = encoder_forward(m, b, err);
+  if (rc) return rc;
+  const int64_t n = b->B * m->md.d;
+  elmo_cuda_dropout(m->X, n, m->md.dropout, m->md.seed, s->step, m->s);
+  elmo_cls_hyper h;
+  h.lr = s->lr_classifier;
+  h.weight_decay = m->cls_opt.weight_decay;
+  h.seed = m->md.seed;
+  h.step = s->step;
+  elmo_cuda_cls_step(&m->cls, m->X, b->B, m->dev.y_indptr, m->dev.y_indices, &h, s->compute_loss, m->dX, m->s);
+  if (s->compute_loss)
+    ELMO_CUDA_CHECK(cudaMemcpyAsync(m->loss_host, m->cls.loss, sizeof(double), cudaMemcpyDeviceToHost, m->s));
+  elmo_cuda_dropout(m->dX, n, m->md.dropout, m->md.seed, s->step, m->s); /* the same mask */
+  rc = encoder_backward(m, b, err);
+  if (rc) return rc;
+  encoder_update(m, s);
+  ELMO_CUDA_CHECK(cudaStreamSynchronize(m->s));
+  elmo_mem_probe_sample(&m->probe);
+  if (s->compute_loss) {
+    *loss = *m->loss_host;
+    if (!isfinite(*loss))
+      return elmo_fail(err, ELMO_ERUNTIME, "step %lld: loss is not finite (%g); lower the learning rates",
+                       (long long)s->step, *loss);
+  }
+  return ELMO_OK;
+}
+
+static int cuda_predict(elmo_model *m, const elmo_batch *b, int k, const elmo_csr *filter, int32_t *topk,
+                        float *scores, elmo_err *err) {
+  if (k < 1 || k > ELMO_CUDA_TOPK_MAX)
+    return elmo_fail(err, ELMO_EINPUT, "top-k of %d: the CUDA backend ranks 1..%d labels per row (eval.topk)", k,
+                     ELMO_CUDA_TOPK_MAX);
+  int rc = upload_batch(m, b, 0, filter, err);
+  if (!rc) rc = encoder_forward(m, b, err);
+  if (rc) return rc;
+  elmo_cuda_cls_cast(&m->cls, m->X, b->B, m->s);
+  elmo_cuda_topk_init(m->topk, m->topv, b->B, k, m->s);
+  const int64_t span = elmo_cuda_cls_predict_span(&m->cls, b->B);
+  m->cls.widened_l0 = -1;
+  for (int64_t l0 = 0; l0 < m->md.L_pad; l0 += span) {
+    int64_t n = min64(span, m->md.L_pad - l0);
+    elmo_cuda_cls_logits(&m->cls, b->B, l0, n, 1, m->s);
+    elmo_cuda_topk_merge((const float *)m->cls.z, n, b->B, l0, n, m->md.num_labels, k,
+                         filter ? m->dev.f_indptr : NULL, m->dev.f_indices, m->topk, m->topv, m->s);
+  }
+  m->cls.widened_l0 = -1;
+  size_t nk = (size_t)(b->B * k);
+  ELMO_CUDA_CHECK(cudaMemcpyAsync(topk, m->topk, 4 * nk, cudaMemcpyDeviceToHost, m->s));
+  ELMO_CUDA_CHECK(cudaMemcpyAsync(scores, m->topv, 4 * nk, cudaMemcpyDeviceToHost, m->s));
+  ELMO_CUDA_CHECK(cudaStreamSynchronize(m->s));
+  elmo_mem_probe_sample(&m->probe);
+  return ELMO_OK;
+}
+
+static int cuda_buffer_io(elmo_model *m, int buf, int write, size_t offset, void *host, size_t nbytes, elmo_err *err) {
+  if (buf < 0 || buf >= ELMO_NUM_BUFS || offset + nbytes > elmo_buf_bytes(&m->md, buf))
+    return elmo_fail(err, ELMO_ERUNTIME, "buffer %d: access [%zu, %zu) out of range", buf, offset, offset + nbytes);
+  if (!nbytes) return ELMO_OK;
+  ELMO_CUDA_CHECK(cudaStreamSynchronize(m->s));
+  char *p = (char *)m->buf[buf] + offset;
+  if (write) ELMO_CUDA_CHECK(cudaMemcpy(p, host, nbytes, cudaMemcpyHostToDevice));
+  else ELMO_CUDA_CHECK(cudaMemcpy(host, p, nbytes, cudaMemcpyDeviceToHost));
+  if (write) m->cls.widened_l0 = -1;
+  return ELMO_OK;
+}
+
+static size_t cuda_peak_bytes(elmo_model *m) {
+  size_t own = m->pool.size + m->overflow.size;
+  return m->probe.peak > own ? m->probe.peak : own;
+}
+
+static const elmo_backend cuda_backend = {
+  "cuda", cuda_create, cuda_destroy, cuda_train_step, cuda_predict, cuda_buffer_io, cuda_peak_bytes,
+};
+
+extern "C" const elmo_backend *elmo_backend_cuda(elmo_err *err) {
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess || n == 0) {
+    cudaGetLastError();
+    elmo_fail(err, ELMO_ERUNTIME, "no CUDA device (%s)", e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+    return NULL;
+  }
+  return &cuda_backend;
 }

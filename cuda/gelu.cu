@@ -58,11 +58,59 @@ static __global__ void gelu_recompute_kernel(const bf16 *pre, int64_t n, bf16 *g
     g[i] = __float2bfloat16_rn(gelu_f(__bfloat162float(pre[i])));
 }
 
+/* 8 bf16 in one 16-byte word, to and from floats. */
+static __device__ void unpack8(uint4 u, float f[8]) {
+  const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    const float2 t = __bfloat1622float2(h[k]);
+    f[2 * k] = t.x;
+    f[2 * k + 1] = t.y;
+  }
+}
+
+static __device__ uint4 pack8(const float f[8]) {
+  uint4 u;
+  __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&u);
+#pragma unroll
+  for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
+  return u;
+}
+
+/* The same maths 8 elements at a time (n8 = n / 8, 16-byte aligned pointers). */
+static __global__ void gelu_recompute8_kernel(const uint4 *pre, int64_t n8, uint4 *g) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += (int64_t)gridDim.x * blockDim.x) {
+    float f[8];
+    unpack8(pre[i], f);
+#pragma unroll
+    for (int k = 0; k < 8; k++) f[k] = gelu_f(f[k]);
+    g[i] = pack8(f);
+  }
+}
+
+static __global__ void gelu_backward8_kernel(const uint4 *pre, const uint4 *dy, int64_t n8, uint4 *dx) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += (int64_t)gridDim.x * blockDim.x) {
+    float x[8], g[8];
+    unpack8(pre[i], x);
+    unpack8(dy[i], g);
+#pragma unroll
+    for (int k = 0; k < 8; k++) g[k] *= gelu_grad(x[k]);
+    dx[i] = pack8(g);
+  }
+}
+
+static int vec8_ok(int64_t n, const void *a, const void *b, const void *c) {
+  return n % 8 == 0 && ((uintptr_t)a | (uintptr_t)b | (uintptr_t)c) % 16 == 0;
+}
+
 extern "C" int elmo_cuda_gelu_recompute(const elmo_bf16 *pre, int64_t n, elmo_bf16 *g, cudaStream_t s,
                                         elmo_err *err) {
   int rc = check_n("gelu recompute", n, err);
   if (rc || n == 0) return rc;
-  gelu_recompute_kernel<<<grid_for(n), EW_THREADS, 0, s>>>((const bf16 *)pre, n, (bf16 *)g);
+  if (vec8_ok(n, pre, g, g))
+    gelu_recompute8_kernel<<<grid_for(n / 8), EW_THREADS, 0, s>>>((const uint4 *)pre, n / 8, (uint4 *)g);
+  else
+    gelu_recompute_kernel<<<grid_for(n), EW_THREADS, 0, s>>>((const bf16 *)pre, n, (bf16 *)g);
   ELMO_TF_LAUNCHED();
   return ELMO_OK;
 }
@@ -78,7 +126,11 @@ extern "C" int elmo_cuda_gelu_backward(const elmo_bf16 *pre, const elmo_bf16 *dy
                                        cudaStream_t s, elmo_err *err) {
   int rc = check_n("gelu backward", n, err);
   if (rc || n == 0) return rc;
-  gelu_backward_kernel<<<grid_for(n), EW_THREADS, 0, s>>>((const bf16 *)pre, (const bf16 *)dy, n, (bf16 *)dx);
+  if (vec8_ok(n, pre, dy, dx))
+    gelu_backward8_kernel<<<grid_for(n / 8), EW_THREADS, 0, s>>>((const uint4 *)pre, (const uint4 *)dy, n / 8,
+                                                                 (uint4 *)dx);
+  else
+    gelu_backward_kernel<<<grid_for(n), EW_THREADS, 0, s>>>((const bf16 *)pre, (const bf16 *)dy, n, (bf16 *)dx);
   ELMO_TF_LAUNCHED();
   return ELMO_OK;
 }

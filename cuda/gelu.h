@@ -14,11 +14,12 @@ extern "C" {
 #include "numerics.h"
 
 /* pre = bf16(a + bias), g = bf16(GELU(pre)): a [M, F] fp32, bias [F] bf16 or NULL, pre and g
- * [M, F] bf16 (pre may be NULL). GELU is taken of the rounded pre, so elmo_cuda_gelu_recompute
- * reproduces g exactly. */
+ * [M, F] bf16 (pre may be NULL). GELU is taken of the rounded pre, as elmo_cuda_gelu_recompute does.
+ * (The encoder gets pre from its GEMM's bias epilogue and calls elmo_cuda_gelu_recompute.) */
 int elmo_cuda_gelu_forward(const float *a, const elmo_bf16 *bias, int64_t M, int F, elmo_bf16 *pre,
                            elmo_bf16 *g, cudaStream_t s, elmo_err *err);
-/* g[n] = bf16(GELU(pre[n])), bf16 in and out. */
+/* g[n] = bf16(GELU(pre[n])), bf16 in and out; deterministic (the encoder's forward and backward
+ * both use it, so they see the same bits). */
 int elmo_cuda_gelu_recompute(const elmo_bf16 *pre, int64_t n, elmo_bf16 *g, cudaStream_t s, elmo_err *err);
 /* dx = bf16(dy * GELU'(pre)) over n elements, bf16; dx may equal dy. */
 int elmo_cuda_gelu_backward(const elmo_bf16 *pre, const elmo_bf16 *dy, int64_t n, elmo_bf16 *dx,

@@ -31,7 +31,7 @@ extern "C" void elmo_cuda_tf_fatal(const char *what, const char *detail, const c
 /* ==================================================================== cuBLASLt GEMM helper */
 
 typedef struct mm_key {
-  int ta, tb, c_f32, batch;
+  int ta, tb, c_f32, batch, bias;
   int64_t m, n, k, lda, ldb, ldc, sa, sb, sc;
   uint32_t al_a, al_b, al_c;
 } mm_key;
@@ -43,7 +43,7 @@ typedef struct mm_plan {
   cublasLtMatmulAlgo_t algo;
 } mm_plan;
 
-struct elmo_tf_gemm {
+struct elmo_cuda_tf_gemm {
   cublasLtHandle_t lt;
   void *ws;
   size_t ws_bytes;
@@ -72,12 +72,16 @@ static cublasLtMatrixLayout_t make_layout(cudaDataType_t type, int64_t rows, int
 }
 
 /* Row-major C[m, n] = op(A) op(B) is column-major C^T[n, m] = op(B)^T op(A)^T: cuBLASLt's A is our B. */
-static void plan_build(elmo_tf_gemm *g, const mm_key *k, mm_plan *pl) {
+static void plan_build(elmo_cuda_tf_gemm *g, const mm_key *k, mm_plan *pl) {
   pl->key = *k;
   LT_CHECK(cublasLtMatmulDescCreate(&pl->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t op_a = k->tb ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = k->ta ? CUBLAS_OP_T : CUBLAS_OP_N;
   LT_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
   LT_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
+  if (k->bias) {
+    const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+    LT_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+  }
   pl->la = make_layout(CUDA_R_16BF, k->tb ? k->k : k->n, k->tb ? k->n : k->k, k->ldb, k->batch, k->sb);
   pl->lb = make_layout(CUDA_R_16BF, k->ta ? k->m : k->k, k->ta ? k->k : k->m, k->lda, k->batch, k->sa);
   pl->lc = make_layout(k->c_f32 ? CUDA_R_32F : CUDA_R_16BF, k->n, k->m, k->ldc, k->batch, k->sc);
@@ -113,7 +117,7 @@ static void plan_release(mm_plan *pl) {
   cublasLtMatrixLayoutDestroy(pl->lc);
 }
 
-static const mm_plan *plan_get(elmo_tf_gemm *g, const mm_key *k) {
+static const mm_plan *plan_get(elmo_cuda_tf_gemm *g, const mm_key *k) {
   for (int i = 0; i < g->n_plans; i++)
     if (memcmp(&g->plans[i].key, k, sizeof *k) == 0) return &g->plans[i];
   mm_plan *pl;
@@ -128,15 +132,15 @@ static const mm_plan *plan_get(elmo_tf_gemm *g, const mm_key *k) {
   return pl;
 }
 
-extern "C" elmo_tf_gemm *elmo_tf_gemm_create(void *workspace, size_t ws_bytes) {
-  elmo_tf_gemm *g = (elmo_tf_gemm *)elmo_calloc(1, sizeof *g);
+extern "C" elmo_cuda_tf_gemm *elmo_cuda_tf_gemm_create(void *workspace, size_t ws_bytes) {
+  elmo_cuda_tf_gemm *g = (elmo_cuda_tf_gemm *)elmo_calloc(1, sizeof *g);
   LT_CHECK(cublasLtCreate(&g->lt));
   g->ws = workspace;
   g->ws_bytes = workspace ? ws_bytes : 0;
   return g;
 }
 
-extern "C" void elmo_tf_gemm_destroy(elmo_tf_gemm **g) {
+extern "C" void elmo_cuda_tf_gemm_destroy(elmo_cuda_tf_gemm **g) {
   if (!g || !*g) return;
   for (int i = 0; i < (*g)->n_plans; i++) plan_release(&(*g)->plans[i]);
   cublasLtDestroy((*g)->lt);
@@ -144,11 +148,13 @@ extern "C" void elmo_tf_gemm_destroy(elmo_tf_gemm **g) {
   *g = NULL;
 }
 
-extern "C" void elmo_tf_gemm_run(elmo_tf_gemm *g, const elmo_tf_mm *p, cudaStream_t s) {
+extern "C" void elmo_cuda_tf_gemm_run(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_mm *p, cudaStream_t s) {
   if (p->m <= 0 || p->n <= 0 || p->batch <= 0) return;
   mm_key k;
   memset(&k, 0, sizeof k);
-  k.ta = p->trans_a; k.tb = p->trans_b; k.c_f32 = p->c_f32; k.batch = p->batch;
+  if (p->bias && (p->c_f32 || p->batch > 1))
+    elmo_cuda_tf_fatal("elmo_cuda_tf_gemm_run", "a bias needs a BF16 output and batch 1", __FILE__, __LINE__);
+  k.ta = p->trans_a; k.tb = p->trans_b; k.c_f32 = p->c_f32; k.batch = p->batch; k.bias = p->bias != NULL;
   k.m = p->m; k.n = p->n; k.k = p->k;
   k.lda = p->lda; k.ldb = p->ldb; k.ldc = p->ldc;
   if (p->batch > 1) { k.sa = p->stride_a; k.sb = p->stride_b; k.sc = p->stride_c; }
@@ -156,6 +162,8 @@ extern "C" void elmo_tf_gemm_run(elmo_tf_gemm *g, const elmo_tf_mm *p, cudaStrea
   k.al_b = align_of(p->b, p->stride_b * 2, p->batch);
   k.al_c = align_of(p->c, p->stride_c * (p->c_f32 ? 4 : 2), p->batch);
   const mm_plan *pl = plan_get(g, &k);
+  if (p->bias)
+    LT_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p->bias, sizeof p->bias));
   const float alpha = 1.0f, beta = p->beta;
   LT_CHECK(cublasLtMatmul(g->lt, pl->desc, &alpha, p->b, pl->la, p->a, pl->lb, &beta, p->c, pl->lc, p->c, pl->lc,
                           &pl->algo, g->ws, g->ws_bytes, s));
@@ -183,7 +191,7 @@ struct elmo_cuda_tf {
   int64_t num_params;
   int64_t word, pos, type, emb_ln_w, emb_ln_b;  /* offsets; type -1 without a table */
   layer_off *off;            /* [layers] */
-  elmo_tf_gemm *gemm;
+  elmo_cuda_tf_gemm *gemm;
   void *mem;
   int own_mem;
   size_t mem_bytes;
@@ -194,11 +202,11 @@ struct elmo_cuda_tf {
   float *rstd_e;             /* [M] */
   layer_acts *act;           /* [layers] */
   /* scratch */
-  float *f32;                /* union: raw q/k/v [3, M, H], GEMM outputs [M, H] / [M, F], scores */
+  float *f32;                /* union: fp32 [M, H] GEMM outputs, scores, bf16 merged dq/dk/dv [3, M, H] */
   h16 *probs;                /* [B * heads, Tp, Tp] */
   h16 *ctxp;                 /* [B, heads, Tp, dh] attention output / its gradient, split */
   h16 *ctx;                  /* [M, H] merged */
-  h16 *g16;                  /* [M, max(F, 3H)] GELU output / its gradient / split dq, dk, dv */
+  h16 *g16;                  /* [M, max(F, 3H)] merged q/k/v, GELU output / its gradient, split dq/dk/dv */
   h16 *xa, *xb, *h1, *d16;   /* [M, H] */
   float *dx;                 /* [M, H] residual-stream gradient */
   float *part;               /* partial sums of the parameter gradients */
@@ -263,7 +271,7 @@ static void carve_scratch(carver *cv, elmo_cuda_tf *t, int64_t M, size_t emb_ws)
       t->act[i].rstd1 = shared.rstd1; t->act[i].ff = shared.ff;
     }
   }
-  t->f32 = (float *)carve(cv, (size_t)max3(3 * M * H, M * F, S) * 4);
+  t->f32 = (float *)carve(cv, (size_t)max3(M * H * 4, 3 * M * H * 2, S * 4));   /* fp32 or merged dq/dk/dv */
   t->probs = (h16 *)carve(cv, (size_t)S * 2);
   t->ctxp = (h16 *)carve(cv, M * H * 2);
   t->ctx = (h16 *)carve(cv, M * H * 2);
@@ -389,9 +397,10 @@ extern "C" int elmo_cuda_tf_create(const elmo_tf_config *cfg, int max_batch, int
     cudaError_t e = cudaMalloc(&t->mem, t->mem_bytes);
     if (e != cudaSuccess) {
       cudaGetLastError();
+      const double mib = t->mem_bytes / 1048576.0;
       shell_free(t);
       return elmo_fail(err, ELMO_ERUNTIME, "CUDA transformer: cannot allocate %.1f MiB of device memory: %s",
-                       t->mem_bytes / 1048576.0, cudaGetErrorString(e));
+                       mib, cudaGetErrorString(e));
     }
     t->own_mem = 1;
   }
@@ -400,7 +409,7 @@ extern "C" int elmo_cuda_tf_create(const elmo_tf_config *cfg, int max_batch, int
   carve_kept(&cv, t, M);
   carve_scratch(&cv, t, M, t->emb_ws_bytes);
   ELMO_TF_CUDA(cudaMemset(t->bad_id, 0, sizeof(int)));
-  t->gemm = elmo_tf_gemm_create(t->lt_ws, LT_WORKSPACE);
+  t->gemm = elmo_cuda_tf_gemm_create(t->lt_ws, LT_WORKSPACE);
   *out = t;
   return ELMO_OK;
 }
@@ -408,7 +417,7 @@ extern "C" int elmo_cuda_tf_create(const elmo_tf_config *cfg, int max_batch, int
 extern "C" void elmo_cuda_tf_destroy(elmo_cuda_tf **pt) {
   if (!pt || !*pt) return;
   elmo_cuda_tf *t = *pt;
-  elmo_tf_gemm_destroy(&t->gemm);
+  elmo_cuda_tf_gemm_destroy(&t->gemm);
   if (t->own_mem) cudaFree(t->mem);
   shell_free(t);
   *pt = NULL;
@@ -424,25 +433,25 @@ extern "C" int elmo_cuda_tf_bad_ids(elmo_cuda_tf *t, cudaStream_t s) {
 
 /* ==================================================================== GEMM shorthands */
 
-/* y[M, out] = x[M, in] w^T (+ beta y); w [out, in] bf16. */
-static void linear_fwd(elmo_cuda_tf *t, const h16 *x, const h16 *w, int64_t M, int in, int out, void *y, int y_f32,
-                       float beta, cudaStream_t s) {
-  elmo_tf_mm p = {0, 1, M, out, in, x, in, 0, w, in, 0, y, out, 0, y_f32, beta, 1};
-  elmo_tf_gemm_run(t->gemm, &p, s);
+/* y[M, out] = x[M, in] w^T: FP32 y, or BF16 y = bf16(x w^T + bias) (bias [out] or NULL); w [out, in]. */
+static void linear_fwd(elmo_cuda_tf *t, const h16 *x, const h16 *w, const h16 *bias, int64_t M, int in, int out,
+                       void *y, int y_f32, cudaStream_t s) {
+  elmo_cuda_tf_mm p = {0, 1, M, out, in, x, in, 0, w, in, 0, y, out, 0, y_f32, 0.0f, 1, bias};
+  elmo_cuda_tf_gemm_run(t->gemm, &p, s);
 }
 
 /* dw[out, in] += dy[M, out]^T x[M, in] (FP32). */
 static void linear_dw(elmo_cuda_tf *t, const h16 *dy, const h16 *x, int64_t M, int in, int out, float *dw,
                       cudaStream_t s) {
-  elmo_tf_mm p = {1, 0, out, in, M, dy, out, 0, x, in, 0, dw, in, 0, 1, 1.0f, 1};
-  elmo_tf_gemm_run(t->gemm, &p, s);
+  elmo_cuda_tf_mm p = {1, 0, out, in, M, dy, out, 0, x, in, 0, dw, in, 0, 1, 1.0f, 1, NULL};
+  elmo_cuda_tf_gemm_run(t->gemm, &p, s);
 }
 
 /* dx[M, in] = dy[M, out] w[out, in] (+ beta dx). */
 static void linear_dx(elmo_cuda_tf *t, const h16 *dy, const h16 *w, int64_t M, int in, int out, void *dx,
                       int dx_f32, float beta, cudaStream_t s) {
-  elmo_tf_mm p = {0, 0, M, in, out, dy, out, 0, w, in, 0, dx, in, 0, dx_f32, beta, 1};
-  elmo_tf_gemm_run(t->gemm, &p, s);
+  elmo_cuda_tf_mm p = {0, 0, M, in, out, dy, out, 0, w, in, 0, dx, in, 0, dx_f32, beta, 1, NULL};
+  elmo_cuda_tf_gemm_run(t->gemm, &p, s);
 }
 
 /* ==================================================================== forward */
@@ -468,15 +477,14 @@ static int attention_core(elmo_cuda_tf *t, const layer_acts *a, cudaStream_t s, 
   return rc;
 }
 
-/* q, k, v (split, with biases) from x_in. */
+/* q, k, v (split) from x_in: bf16(x_in W^T + b) merged [3, M, H] in g16, then split. */
 static int qkv_forward(elmo_cuda_tf *t, const h16 *P, const layer_off *o, const h16 *x_in, layer_acts *a,
                        cudaStream_t s, elmo_err *err) {
   const int64_t M = (int64_t)t->B * t->Tp;
   const int H = t->cfg.hidden;
-  const int64_t w[3] = {o->q_w, o->k_w, o->v_w};
-  for (int j = 0; j < 3; j++) linear_fwd(t, x_in, P + w[j], M, H, H, t->f32 + j * M * H, 1, 0.0f, s);
-  const h16 *bias[3] = {P + o->q_b, P + o->k_b, P + o->v_b};
-  return elmo_cuda_heads_split(t->f32, 1, bias, 3, t->B, t->Tp, t->cfg.heads, H / t->cfg.heads, a->qkv, s, err);
+  const int64_t w[3] = {o->q_w, o->k_w, o->v_w}, b[3] = {o->q_b, o->k_b, o->v_b};
+  for (int j = 0; j < 3; j++) linear_fwd(t, x_in, P + w[j], P + b[j], M, H, H, t->g16 + j * M * H, 0, s);
+  return elmo_cuda_heads_split(t->g16, 0, NULL, 3, t->B, t->Tp, t->cfg.heads, H / t->cfg.heads, a->qkv, s, err);
 }
 
 /* Layer i: x_in [M, H] -> x_out [M, H]. x_out NULL (backward recompute) stops after the GELU, leaving
@@ -491,14 +499,14 @@ static int layer_forward(elmo_cuda_tf *t, const h16 *P, int i, const h16 *x_in, 
   int rc = qkv_forward(t, P, o, x_in, a, s, err);
   if (!rc) rc = attention_core(t, a, s, err);
   if (rc) return rc;
-  linear_fwd(t, t->ctx, P + o->o_w, M, H, H, t->f32, 1, 0.0f, s);
+  linear_fwd(t, t->ctx, P + o->o_w, NULL, M, H, H, t->f32, 1, s);
   rc = elmo_cuda_layernorm_forward(t->f32, P + o->o_b, x_in, P + o->ln1_w, P + o->ln1_b, M, H, c->ln_eps, t->h1,
                                    a->xhat1, a->rstd1, s, err);
   if (rc) return rc;
-  linear_fwd(t, t->h1, P + o->ff1_w, M, H, F, t->f32, 1, 0.0f, s);
-  rc = elmo_cuda_gelu_forward(t->f32, P + o->ff1_b, M, F, a->ff, t->g16, s, err);
+  linear_fwd(t, t->h1, P + o->ff1_w, P + o->ff1_b, M, H, F, a->ff, 0, s);      /* GELU input, bf16 */
+  rc = elmo_cuda_gelu_recompute(a->ff, M * F, t->g16, s, err);
   if (rc || !x_out) return rc;
-  linear_fwd(t, t->g16, P + o->ff2_w, M, F, H, t->f32, 1, 0.0f, s);
+  linear_fwd(t, t->g16, P + o->ff2_w, NULL, M, F, H, t->f32, 1, s);
   return elmo_cuda_layernorm_forward(t->f32, P + o->ff2_b, t->h1, P + o->ln2_w, P + o->ln2_b, M, H, c->ln_eps,
                                      x_out, a->xhat2, a->rstd2, s, err);
 }

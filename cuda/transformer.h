@@ -82,8 +82,9 @@ void elmo_cuda_tf_fatal(const char *what, const char *detail, const char *file, 
 /* Row-major GEMM on BF16 operands with FP32 accumulation (a local cuBLASLt helper until blas.h):
  * C[m, n] = op(A)[m, k] op(B)[k, n] + beta * C, op = transpose when trans_*; A is stored [m, k]
  * (or [k, m] transposed) with leading dimension lda, likewise B. C is FP32 when c_f32, else BF16.
- * batch > 1: matrix i starts stride_* elements after matrix i - 1. */
-typedef struct elmo_tf_mm {
+ * batch > 1: matrix i starts stride_* elements after matrix i - 1. bias (BF16 C only, batch 1):
+ * NULL or a BF16 [n] added to every row before the one rounding to BF16 (cuBLASLt epilogue). */
+typedef struct elmo_cuda_tf_mm {
   int trans_a, trans_b;
   int64_t m, n, k;
   const void *a; int64_t lda, stride_a;
@@ -92,12 +93,13 @@ typedef struct elmo_tf_mm {
   int c_f32;
   float beta;
   int batch;
-} elmo_tf_mm;
-typedef struct elmo_tf_gemm elmo_tf_gemm;
+  const void *bias;
+} elmo_cuda_tf_mm;
+typedef struct elmo_cuda_tf_gemm elmo_cuda_tf_gemm;
 /* workspace: device scratch for cuBLASLt (may be NULL with ws_bytes 0). */
-elmo_tf_gemm *elmo_tf_gemm_create(void *workspace, size_t ws_bytes);
-void elmo_tf_gemm_destroy(elmo_tf_gemm **g);
-void elmo_tf_gemm_run(elmo_tf_gemm *g, const elmo_tf_mm *p, cudaStream_t s);
+elmo_cuda_tf_gemm *elmo_cuda_tf_gemm_create(void *workspace, size_t ws_bytes);
+void elmo_cuda_tf_gemm_destroy(elmo_cuda_tf_gemm **g);
+void elmo_cuda_tf_gemm_run(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_mm *p, cudaStream_t s);
 
 #ifdef __cplusplus
 }

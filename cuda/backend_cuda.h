@@ -1,0 +1,52 @@
+/* backend_cuda.h: the CUDA backend's memory plan, for `elmo-train --plan` and for choosing the
+ * classifier's chunk count from a memory budget. The backend itself is reached through
+ * elmo_backend_cuda() in src/backend.h. Plain C declarations (no CUDA types).
+ *
+ * Everything a model needs on the device is laid out by one function, run once on a counting
+ * pool (this plan) and once on the real allocation (create), so the plan is exactly what create
+ * allocates. Libraries may add a little on top (cuBLASLt handles); peak_bytes measures that. */
+#ifndef ELMO_CUDA_BACKEND_CUDA_H
+#define ELMO_CUDA_BACKEND_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "pool.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "../src/config.h"
+#include "../src/model.h"
+
+/* Chunks are never larger than this many labels: GEMMs are efficient long before, and larger
+ * chunks only raise peak memory (the widened W chunk and the logits grow with it). */
+#define ELMO_CUDA_CHUNK_MAX 262144
+
+typedef struct elmo_cuda_plan_t {
+  size_t bytes[ELMO_MEM_NCAT];  /* per category (pool.h), bytes */
+  size_t total;                 /* the one device allocation */
+  int64_t chunk_labels, n_chunks;
+  int64_t batch_rows;           /* rows planned for: batch_size rounded up to 16 */
+  int64_t x_nnz_cap, y_nnz_cap, f_nnz_cap;  /* batch input capacities (grow if exceeded) */
+} elmo_cuda_plan_t;
+
+/* Plans md as it stands (its chunk_labels). Returns out->total. Needs no device, except that
+ * the sort scratch of the sparse encoder is estimated when no device answers. */
+size_t elmo_cuda_plan(const elmo_model_desc *md, elmo_cuda_plan_t *out);
+/* The plan as a table (one row per category, GiB and MiB, then the total and the chunking). */
+void elmo_cuda_plan_print(const elmo_cuda_plan_t *p, const elmo_model_desc *md, FILE *fp);
+/* When cfg->chunks is 0: sets md's chunks (elmo_model_desc_set_chunks) to the fewest chunks of at
+ * most ELMO_CUDA_CHUNK_MAX labels whose plan fits the budget: model.classifier.memory_budget_gib,
+ * or (0) the device's free memory minus 1 GiB. ELMO_ERUNTIME naming the plan when even 16-label
+ * chunks do not fit, or (budget 0) when no device answers. cfg->chunks > 0: md unchanged. */
+int elmo_cuda_choose_chunks(const elmo_config *cfg, elmo_model_desc *md, elmo_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

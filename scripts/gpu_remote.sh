@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# gpu_remote.sh: runs on the lent GPU machine from the repository root, over what
+# scripts/gpu_run.sh packed into .dev/gpu/: the card, the gpu test programs, then the classifier
+# benchmarks. Full logs go to $OUT (card.txt, <test>.log, bench.log); a summary prints last.
+#   TESTS="test_gpu_ops ..."  which test programs (default: all packed)
+#   BENCH=0                   skip the benchmarks; BENCH_ARGS="L B d chunk dtype input steps;..."
+set -u
+PACK=.dev/gpu
+OUT=${OUT:-/tmp/elmo-gpu-out}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=$PWD/$PACK/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+export ELMO_TEST_DATA=$PWD/$PACK/data ELMO_SOURCE_ROOT=$PWD
+{ date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; } | tee "$OUT/card.txt"
+summary=()
+for t in ${TESTS:-test_gpu_ops test_gpu_train test_gpu_tf}; do
+  [ -x "$PACK/bin/$t" ] || continue
+  t0=$(date +%s%N)
+  timeout 300 "$PACK/bin/$t" >"$OUT/$t.log" 2>&1
+  rc=$?
+  t1=$(date +%s%N)
+  tail -n 25 "$OUT/$t.log"
+  summary+=("$(printf '%-16s rc=%-3s %6ss  %s' "$t" "$rc" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) / 1e9 }')" \
+    "$(grep -E '^\[  (PASSED|FAILED) \]' "$OUT/$t.log" | tr '\n' ' ')")")
+done
+if [ "${BENCH:-1}" != 0 ]; then
+  IFS=';' read -r -a runs <<<"${BENCH_ARGS:-131072 512 768 0 fp8 fp8 20;131072 512 768 0 fp8 bf16 10;131072 512 768 0 bf16 fp8 10;2812281 128 768 262144 fp8 fp8 8;2812281 128 768 0 fp8 fp8 5}"
+  for a in "${runs[@]}"; do
+    # shellcheck disable=SC2086
+    timeout 180 "$PACK/bin/bench_cls" $a >>"$OUT/bench.log" 2>&1 || echo "bench $a: exit $?" >>"$OUT/bench.log"
+  done
+  grep -E 'elmo cuda:' "$OUT/bench.log" | sort -u | head -8
+fi
+echo "==== summary ($(head -1 "$OUT/card.txt"); $(sed -n 3p "$OUT/card.txt"))"
+for s in "${summary[@]}"; do echo "$s"; done
+[ -f "$OUT/bench.log" ] && grep -E '^RESULT|exit' "$OUT/bench.log"
+exit 0

@@ -1,0 +1,715 @@
+/* test_gpu_ops.c: every CUDA op against its CPU twin on fresh seeded random inputs (suite gpu;
+ * exit 77 without a device). Device outputs are poisoned (all bytes 0xFF: NaN in fp32, bf16 and
+ * e4m3) before each run, so an unwritten element fails, and NaN never passes a comparison.
+ * Tolerances, per dtype:
+ *   exact (bit for bit): input casts, e4m3 widening, dropout, AdamW (same non-contracted float
+ *     operations in the same order), top-k on the same scores, sparse-encoder backward scatter
+ *     given equal inputs;
+ *   logits: GEMM vs sequential FP32 sums differ by summation order: |gpu - cpu| <= 1e-5 * sum|x w|
+ *     before rounding; stored bf16 logits may then differ by one bf16 step;
+ *   G = bf16(sigmoid(z) - y): device expf differs from glibc by <= 2 ulp, so G may differ by one
+ *     bf16 step (counted; at most 1% of elements); the summed loss to 1e-5 relative;
+ *   dX: 1e-5 * sum|g w| + 1e-6 (summation order);
+ *   SR update: given the same G and Xq the rounded weights are equal except where G^T Xq differs
+ *     by FP32 rounding (tensor-core vs sequential order) and the SR threshold falls between: such
+ *     mismatches must be one step (adjacent codes) and rare (<= 0.5% of weights; typically 0);
+ *     fp32 weights: 1e-6 relative;
+ *   sparse encoder forward: 1e-6 relative (double reductions in another order). */
+#include "testutil.h"
+#include "classifier.h"
+#include "numerics.h"
+#include "optim.h"
+#include "sparse_encoder.h"
+
+#include "cuda/blas.h"
+#include "cuda/classifier.h"
+#include "cuda/convert.h"
+#include "cuda/dropout.h"
+#include "cuda/optim.h"
+#include "cuda/pool.h"
+#include "cuda/sparse_encoder.h"
+#include "cuda/topk.h"
+
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static cudaStream_t S;
+static elmo_blas *BL;
+static void *WS;
+
+/* ---- device helpers ------------------------------------------------------------------------ */
+
+#define CK(x) assert_int_equal((int)(x), (int)cudaSuccess)
+
+static void *dpoison(size_t n) {
+  void *p = NULL;
+  CK(cudaMalloc(&p, n ? n : 1));
+  CK(cudaMemset(p, 0xFF, n ? n : 1));
+  return p;
+}
+
+static void *dup_up(const void *h, size_t n) {
+  void *p = dpoison(n);
+  if (n) CK(cudaMemcpy(p, h, n, cudaMemcpyHostToDevice));
+  return p;
+}
+
+static void down(void *h, const void *d, size_t n) {
+  CK(cudaStreamSynchronize(S));
+  CK(cudaGetLastError());
+  CK(cudaMemcpy(h, d, n, cudaMemcpyDeviceToHost));
+}
+
+/* Sign-magnitude code -> ordered integer, so adjacent representable values differ by 1. */
+static int32_t code_key(uint32_t c, int bits) {
+  uint32_t sign = 1u << (bits - 1), mag = c & (sign - 1);
+  return (c & sign) ? -(int32_t)mag : (int32_t)mag;
+}
+
+/* Compares weights: counts mismatches; fails on NaN, on a non-adjacent code, or fp32 beyond 1e-6. */
+static int64_t compare_weights(const void *a, const void *b, int64_t n, elmo_dtype dt, const char *what) {
+  int64_t mism = 0;
+  for (int64_t i = 0; i < n; i++) {
+    if (dt == ELMO_F32) {
+      float x = ((const float *)a)[i], y = ((const float *)b)[i];
+      if (!(fabsf(x - y) <= 1e-6f * fabsf(y) + 1e-9f)) fail_msg("%s[%lld]: gpu %g cpu %g", what, (long long)i, x, y);
+      mism += x != y;
+      continue;
+    }
+    int bits = dt == ELMO_FP8 ? 8 : 16;
+    uint32_t x = dt == ELMO_FP8 ? ((const uint8_t *)a)[i] : ((const uint16_t *)a)[i];
+    uint32_t y = dt == ELMO_FP8 ? ((const uint8_t *)b)[i] : ((const uint16_t *)b)[i];
+    float fx = dt == ELMO_FP8 ? elmo_fp8_to_f32((uint8_t)x) : elmo_bf16_to_f32((uint16_t)x);
+    if (isnan(fx)) fail_msg("%s[%lld]: NaN on the device", what, (long long)i);
+    if (x == y) continue;
+    mism++;
+    if (abs(code_key(x, bits) - code_key(y, bits)) > 1)
+      fail_msg("%s[%lld]: gpu code 0x%x cpu 0x%x are not neighbours", what, (long long)i, x, y);
+  }
+  return mism;
+}
+
+static int group_setup(void **state) {
+  CK(cudaStreamCreate(&S));
+  CK(cudaMalloc(&WS, elmo_blas_workspace_bytes()));
+  BL = elmo_blas_create(WS, elmo_blas_workspace_bytes());
+  return 0;
+}
+
+static int group_teardown(void **state) {
+  elmo_blas_destroy(&BL);
+  cudaFree(WS);
+  cudaStreamDestroy(S);
+  return 0;
+}
+
+/* ---- classifier fixture ----------------------------------------------------------------------- */
+
+typedef struct cls_case {
+  elmo_dtype dt;
+  int fp8_input;
+  int64_t L, d, B, chunk, n_head;
+  uint64_t seed;
+} cls_case;
+
+typedef struct cls_fix {
+  cls_case cc;
+  int64_t L_pad;
+  float *X;           /* [B, d] */
+  void *W;            /* [L_pad, d] host, dtype */
+  uint16_t *kahan;    /* [n_head, d] */
+  int32_t *head_slot; /* [L_pad] */
+  int64_t *yp;        /* [B+1] */
+  int32_t *yi;
+  /* device */
+  elmo_pool pool;
+  elmo_cuda_cls c;
+  float *dX;
+  int64_t *d_yp;
+  int32_t *d_yi;
+} cls_fix;
+
+static size_t wsize(elmo_dtype dt) { return elmo_dtype_size(dt); }
+
+static void store_w(void *W, elmo_dtype dt, int64_t i, float v) {
+  if (dt == ELMO_FP8) ((uint8_t *)W)[i] = elmo_f32_to_fp8(v);
+  else if (dt == ELMO_BF16) ((uint16_t *)W)[i] = elmo_f32_to_bf16(v);
+  else ((float *)W)[i] = v;
+}
+
+/* Random inputs with planted large logits: for each row two labels whose weights follow the
+ * signs of the row, so |z| reaches 10..40; two planted large inputs per row. */
+static void fix_host(cls_fix *f) {
+  const cls_case *c = &f->cc;
+  uint64_t s = c->seed;
+  f->L_pad = (c->L + 15) / 16 * 16;
+  f->X = malloc(sizeof(float) * (size_t)(c->B * c->d));
+  for (int64_t i = 0; i < c->B * c->d; i++) f->X[i] = tu_rand_normal(&s);
+  for (int64_t b = 0; b < c->B; b++) {
+    f->X[b * c->d + (b * 7) % c->d] = 9.0f;
+    f->X[b * c->d + (b * 5 + 3) % c->d] = -7.5f;
+  }
+  f->W = calloc((size_t)(f->L_pad * c->d), wsize(c->dt));
+  for (int64_t i = 0; i < c->L * c->d; i++) store_w(f->W, c->dt, i, 0.15f * tu_rand_normal(&s));
+  for (int64_t b = 0; b < c->B; b++)
+    for (int r = 0; r < 2; r++) {
+      int64_t l = (b * 13 + r * 29 + 5) % c->L;
+      for (int64_t k = 0; k < c->d; k++) store_w(f->W, c->dt, l * c->d + k, (r ? -0.4f : 0.5f) * (f->X[b * c->d + k] > 0 ? 1.f : -1.f));
+    }
+  f->kahan = calloc((size_t)(c->n_head * c->d) + 1, 2);
+  for (int64_t i = 0; i < c->n_head * c->d; i++) f->kahan[i] = elmo_f32_to_bf16(1e-4f * tu_rand_normal(&s));
+  f->head_slot = malloc(sizeof(int32_t) * (size_t)f->L_pad);
+  for (int64_t l = 0; l < f->L_pad; l++) f->head_slot[l] = -1;
+  for (int64_t h = 0; h < c->n_head; h++) f->head_slot[(h * 7 + 1) % c->L] = (int32_t)h;
+  f->yp = malloc(sizeof(int64_t) * (size_t)(c->B + 1));
+  f->yi = malloc(sizeof(int32_t) * (size_t)(c->B * 6 + 1));
+  int64_t n = 0;
+  for (int64_t b = 0; b < c->B; b++) {
+    f->yp[b] = n;
+    int cnt = (int)(tu_rand_u64(&s) % 6), last = -1;
+    for (int j = 0; j < cnt; j++) { /* sorted, unique */
+      int64_t room = c->L - 1 - last - (cnt - 1 - j);
+      if (room <= 0) break;
+      int lab = last + 1 + (int)(tu_rand_u64(&s) % (uint64_t)(room < 40 ? room : 40));
+      f->yi[n++] = lab;
+      last = lab;
+    }
+  }
+  f->yp[c->B] = n;
+}
+
+static void fix_device(cls_fix *f) {
+  const cls_case *cc = &f->cc;
+  elmo_cuda_cls *c = &f->c;
+  memset(c, 0, sizeof *c);
+  c->dtype = cc->dt;
+  c->L = cc->L;
+  c->L_pad = f->L_pad;
+  c->d = cc->d;
+  c->fp8_input = cc->fp8_input;
+  c->chunk = cc->chunk;
+  c->B_cap = (cc->B + 15) / 16 * 16;
+  c->blas = BL;
+  elmo_pool p;
+  elmo_pool_plan_init(&p);
+  elmo_cuda_cls_layout(c, &p);
+  elmo_err err = {0};
+  assert_int_equal(elmo_pool_alloc(&f->pool, p.used, &err), ELMO_OK);
+  CK(cudaMemset(f->pool.base, 0xFF, f->pool.size));
+  elmo_cuda_cls_layout(c, &f->pool);
+  c->W = dup_up(f->W, (size_t)(f->L_pad * cc->d) * wsize(cc->dt));
+  c->kahan = cc->n_head ? dup_up(f->kahan, (size_t)(cc->n_head * cc->d) * 2) : NULL;
+  c->head_slot = cc->n_head ? dup_up(f->head_slot, sizeof(int32_t) * (size_t)f->L_pad) : NULL;
+  elmo_cuda_cls_init_paths(c, stderr);
+  f->dX = dpoison(sizeof(float) * (size_t)(cc->B * cc->d));
+  f->d_yp = dup_up(f->yp, sizeof(int64_t) * (size_t)(cc->B + 1));
+  f->d_yi = dup_up(f->yi, sizeof(int32_t) * (size_t)(f->yp[cc->B] + 1));
+}
+
+static void fix_free(cls_fix *f) {
+  cudaFree(f->c.W);
+  cudaFree(f->c.kahan);
+  cudaFree((void *)f->c.head_slot);
+  cudaFree(f->dX);
+  cudaFree(f->d_yp);
+  cudaFree(f->d_yi);
+  elmo_pool_free(&f->pool);
+  free(f->X);
+  free(f->W);
+  free(f->kahan);
+  free(f->head_slot);
+  free(f->yp);
+  free(f->yi);
+}
+
+static elmo_cls_weights cpu_weights(cls_fix *f, void *W, uint16_t *kahan) {
+  elmo_cls_weights w = {.W = W, .dtype = f->cc.dt, .L = f->cc.L, .L_pad = f->L_pad, .d = f->cc.d,
+                        .kahan = f->cc.n_head ? kahan : NULL, .head_slot = f->cc.n_head ? f->head_slot : NULL};
+  return w;
+}
+
+/* z of the device ([B16, n] bf16 or fp32) as FP32 [B, n]. */
+static void down_z(cls_fix *f, int64_t n, float *z) {
+  int64_t B = f->cc.B;
+  if (f->cc.dt == ELMO_F32) {
+    down(z, f->c.z, sizeof(float) * (size_t)(B * n));
+    return;
+  }
+  uint16_t *h = malloc(2 * (size_t)(B * n));
+  down(h, f->c.z, 2 * (size_t)(B * n));
+  for (int64_t i = 0; i < B * n; i++) z[i] = elmo_bf16_to_f32(h[i]);
+  free(h);
+}
+
+/* ---- tests: casts ------------------------------------------------------------------------------ */
+
+static void test_cast_input(void **state) {
+  const int64_t B = 37, Bp = 48, d = 64;
+  uint64_t s = 101;
+  float *X = malloc(sizeof(float) * B * d), *ref = malloc(sizeof(float) * B * d);
+  for (int64_t i = 0; i < B * d; i++) X[i] = tu_rand_normal(&s) * (i % 17 == 0 ? 300.0f : 1.0f);
+  X[3] = 1000.0f; /* saturates in e4m3 */
+  X[4] = 1e-4f;   /* below the e4m3 subnormals */
+  float *dXin = dup_up(X, sizeof(float) * B * d), *q32 = dpoison(sizeof(float) * Bp * d);
+  uint8_t *q8 = dpoison(Bp * d), *h8 = malloc(Bp * d);
+  uint16_t *q16 = dpoison(2 * Bp * d), *h16 = malloc(2 * Bp * d);
+  float *h32 = malloc(sizeof(float) * Bp * d);
+  for (int fp8 = 0; fp8 <= 1; fp8++) {
+    elmo_cuda_cast_input(dXin, B, Bp, d, fp8, q8, q16, q32, S);
+    down(h8, q8, Bp * d);
+    down(h16, q16, 2 * Bp * d);
+    down(h32, q32, sizeof(float) * Bp * d);
+    elmo_cls_cast_input(X, B * d, fp8, ref);
+    for (int64_t i = 0; i < Bp * d; i++) {
+      float r = i < B * d ? ref[i] : 0.0f;
+      if (memcmp(&h32[i], &r, 4)) fail_msg("fp8=%d q32[%lld] %g != %g", fp8, (long long)i, h32[i], r);
+      assert_int_equal(h16[i], elmo_f32_to_bf16(r));
+      if (fp8) assert_int_equal(h8[i], i < B * d ? elmo_f32_to_fp8(X[i]) : 0);
+    }
+  }
+  /* e4m3 -> bf16 widening over every code */
+  uint8_t codes[256];
+  for (int i = 0; i < 256; i++) codes[i] = (uint8_t)i;
+  uint8_t *dc = dup_up(codes, 256);
+  uint16_t *dw = dpoison(512), hw[256];
+  elmo_cuda_fp8_to_bf16(dc, dw, 256, S);
+  down(hw, dw, 512);
+  for (int i = 0; i < 256; i++) {
+    uint32_t bits;
+    float v = elmo_fp8_to_f32((uint8_t)i);
+    memcpy(&bits, &v, 4);
+    assert_int_equal(hw[i], bits >> 16);
+  }
+  cudaFree(dXin); cudaFree(q32); cudaFree(q8); cudaFree(q16); cudaFree(dc); cudaFree(dw);
+  free(X); free(ref); free(h8); free(h16); free(h32);
+}
+
+/* ---- tests: the classifier ops one by one, chunk by chunk -------------------------------------- */
+
+static void check_logits(cls_fix *f, const float *Xq, int64_t l0, int64_t n, const float *zg, int f32_out) {
+  const int64_t B = f->cc.B, d = f->cc.d;
+  elmo_cls_weights w = cpu_weights(f, f->W, f->kahan);
+  float *zc = malloc(sizeof(float) * (size_t)(B * n));
+  elmo_cls_logits(&w, Xq, B, l0, n, 0, zc);
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t j = 0; j < n; j++) {
+      double mag = 0;
+      for (int64_t k = 0; k < d; k++) mag += fabs((double)Xq[b * d + k] * elmo_cls_w(&w, l0 + j, k));
+      float ref = zc[b * n + j], g = zg[b * n + j];
+      double tol = 1e-5 * mag + 1e-6;
+      if (!f32_out) tol += fabs(ref) / 128.0; /* one bf16 step */
+      if (!(fabs((double)g - ref) <= tol))
+        fail_msg("logits [%lld, %lld] (l0 %lld): gpu %g cpu %g tol %g", (long long)b, (long long)j, (long long)l0, g,
+                 ref, tol);
+    }
+  free(zc);
+}
+
+/* Runs grad on the device logits and compares with the CPU on the same logits; returns the
+ * device G as FP32 [B, n]. */
+static void check_grad(cls_fix *f, int64_t l0, int64_t n, float *G) {
+  const int64_t B = f->cc.B;
+  float *zc = malloc(sizeof(float) * (size_t)(B * n));
+  down_z(f, n, zc);
+  if (f->cc.dt == ELMO_F32) /* the CPU step stores logits in bf16 whatever the weights */
+    for (int64_t i = 0; i < B * n; i++) zc[i] = elmo_bf16_to_f32(elmo_f32_to_bf16(zc[i]));
+  CK(cudaMemset(f->c.loss, 0, sizeof(double)));
+  elmo_cuda_cls_grad(&f->c, B, l0, n, f->d_yp, f->d_yi, 1, S);
+  double lg = 0, lc = elmo_cls_grad(zc, B, l0, n, f->cc.L, f->yp, f->yi, 1);
+  down(&lg, f->c.loss, sizeof(double));
+  down_z(f, n, G);
+  if (!(fabs(lg - lc) <= 1e-5 * fabs(lc) + 1e-6)) fail_msg("loss chunk %lld: gpu %.9g cpu %.9g", (long long)l0, lg, lc);
+  int64_t mism = 0;
+  for (int64_t i = 0; i < B * n; i++) {
+    if (isnan(G[i])) fail_msg("G[%lld] NaN", (long long)i);
+    if (G[i] == zc[i]) continue;
+    mism++;
+    if (abs(code_key(elmo_f32_to_bf16(G[i]), 16) - code_key(elmo_f32_to_bf16(zc[i]), 16)) > 1)
+      fail_msg("G[%lld]: gpu %g cpu %g", (long long)i, G[i], zc[i]);
+  }
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t j = 0; j < n; j++)
+      if (l0 + j >= f->cc.L && G[b * n + j] != 0.0f) fail_msg("padded label %lld has G %g", (long long)(l0 + j), G[b * n + j]);
+  if (mism * 100 > B * n) fail_msg("G differs in %lld of %lld elements", (long long)mism, (long long)(B * n));
+  free(zc);
+}
+
+static void check_dx(cls_fix *f, const float *G, int64_t l0, int64_t n, float *dXc) {
+  const int64_t B = f->cc.B, d = f->cc.d;
+  elmo_cls_weights w = cpu_weights(f, f->W, f->kahan);
+  elmo_cuda_cls_dx(&f->c, B, l0, n, f->dX, S);
+  elmo_cls_dx(&w, G, B, l0, n, dXc);
+  float *dg = malloc(sizeof(float) * (size_t)(B * d));
+  down(dg, f->dX, sizeof(float) * (size_t)(B * d));
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t k = 0; k < d; k++) {
+      double mag = 1.0; /* |dX| before this chunk is O(1) */
+      for (int64_t j = 0; j < n; j++) mag += fabs((double)G[b * n + j] * elmo_cls_w(&w, l0 + j, k));
+      float a = dg[b * d + k], c = dXc[b * d + k];
+      if (!(fabs((double)a - c) <= 1e-5 * mag + 1e-6)) fail_msg("dX[%lld, %lld]: gpu %g cpu %g", (long long)b, (long long)k, a, c);
+    }
+  memcpy(dXc, dg, sizeof(float) * (size_t)(B * d)); /* continue from the device's values */
+  free(dg);
+}
+
+static int64_t check_update(cls_fix *f, const float *G, const float *Xq, int64_t l0, int64_t n, const elmo_cls_hyper *h) {
+  const int64_t d = f->cc.d;
+  elmo_cuda_cls_update(&f->c, f->cc.B, l0, n, h, S);
+  elmo_cls_weights w = cpu_weights(f, f->W, f->kahan);
+  elmo_cls_update(&w, G, Xq, f->cc.B, l0, n, h);
+  size_t wb = (size_t)(f->L_pad * d) * wsize(f->cc.dt);
+  void *Wg = malloc(wb);
+  down(Wg, f->c.W, wb);
+  int64_t mism = compare_weights(Wg, f->W, f->L_pad * d, f->cc.dt, "W");
+  memcpy(f->W, Wg, wb); /* both continue from the device's weights */
+  if (f->cc.n_head) {
+    uint16_t *kg = malloc(2 * (size_t)(f->cc.n_head * d));
+    down(kg, f->c.kahan, 2 * (size_t)(f->cc.n_head * d));
+    mism += compare_weights(kg, f->kahan, f->cc.n_head * d, ELMO_BF16, "kahan");
+    memcpy(f->kahan, kg, 2 * (size_t)(f->cc.n_head * d));
+    free(kg);
+  }
+  free(Wg);
+  return mism;
+}
+
+static void run_cls_ops(cls_case cc) {
+  cls_fix f;
+  memset(&f, 0, sizeof f);
+  f.cc = cc;
+  fix_host(&f);
+  fix_device(&f);
+  const int64_t B = cc.B, d = cc.d;
+  float *Xq = malloc(sizeof(float) * (size_t)(B * d)), *dXc = calloc((size_t)(B * d), sizeof(float));
+  float *zg = malloc(sizeof(float) * (size_t)(B * cc.chunk)), *G = malloc(sizeof(float) * (size_t)(B * cc.chunk));
+  float *dXin = dup_up(f.X, sizeof(float) * (size_t)(B * d));
+  elmo_cls_cast_input(f.X, B * d, cc.fp8_input, Xq);
+  elmo_cuda_cls_cast(&f.c, dXin, B, S);
+  CK(cudaMemset(f.dX, 0, sizeof(float) * (size_t)(B * d)));
+  elmo_cls_hyper h = {.lr = 0.5, .weight_decay = 0.01, .seed = cc.seed, .step = 3};
+  int64_t mism = 0, total = 0;
+  for (int64_t l0 = 0; l0 < f.L_pad; l0 += cc.chunk) {
+    int64_t n = f.L_pad - l0 < cc.chunk ? f.L_pad - l0 : cc.chunk;
+    elmo_cuda_cls_logits(&f.c, B, l0, n, 1, S); /* prediction logits, FP32 */
+    down(zg, f.c.z, sizeof(float) * (size_t)(B * n));
+    check_logits(&f, Xq, l0, n, zg, 1);
+    elmo_cuda_cls_logits(&f.c, B, l0, n, 0, S); /* training logits, stored bf16 */
+    down_z(&f, n, zg);
+    check_logits(&f, Xq, l0, n, zg, 0);
+    check_grad(&f, l0, n, G);
+    check_dx(&f, G, l0, n, dXc);
+    mism += check_update(&f, G, Xq, l0, n, &h);
+    total += n * d;
+    f.c.widened_l0 = -1; /* W changed */
+  }
+  print_message("dtype %d input %s: %lld of %lld weights differ by one step\n", cc.dt, cc.fp8_input ? "fp8" : "bf16",
+                (long long)mism, (long long)total);
+  if (mism * 200 > total) fail_msg("too many SR mismatches: %lld of %lld", (long long)mism, (long long)total);
+  cudaFree(dXin);
+  free(Xq); free(dXc); free(zg); free(G);
+  fix_free(&f);
+}
+
+static void test_cls_ops_fp8(void **state) {
+  run_cls_ops((cls_case){.dt = ELMO_FP8, .fp8_input = 1, .L = 300, .d = 64, .B = 37, .chunk = 128, .n_head = 5, .seed = 1});
+  run_cls_ops((cls_case){.dt = ELMO_FP8, .fp8_input = 0, .L = 77, .d = 48, .B = 16, .chunk = 32, .n_head = 0, .seed = 2});
+}
+
+static void test_cls_ops_bf16(void **state) {
+  run_cls_ops((cls_case){.dt = ELMO_BF16, .fp8_input = 1, .L = 300, .d = 64, .B = 37, .chunk = 96, .n_head = 4, .seed = 3});
+  run_cls_ops((cls_case){.dt = ELMO_BF16, .fp8_input = 0, .L = 130, .d = 160, .B = 70, .chunk = 144, .n_head = 0, .seed = 4});
+}
+
+static void test_cls_ops_fp32(void **state) {
+  run_cls_ops((cls_case){.dt = ELMO_F32, .fp8_input = 1, .L = 200, .d = 64, .B = 21, .chunk = 64, .n_head = 3, .seed = 5});
+}
+
+/* ---- the whole step ---------------------------------------------------------------------------- */
+
+static void run_cls_step(cls_case cc) {
+  cls_fix f;
+  memset(&f, 0, sizeof f);
+  f.cc = cc;
+  fix_host(&f);
+  fix_device(&f);
+  const int64_t B = cc.B, d = cc.d;
+  float *Xq = malloc(sizeof(float) * (size_t)(B * d)), *dXc = malloc(sizeof(float) * (size_t)(B * d));
+  float *zc = malloc(sizeof(float) * (size_t)(B * cc.chunk)), *dg = malloc(sizeof(float) * (size_t)(B * d));
+  float *dXin = dup_up(f.X, sizeof(float) * (size_t)(B * d));
+  elmo_cls_hyper h = {.lr = 0.3, .weight_decay = 0.001, .seed = 99, .step = 12};
+  elmo_cuda_cls_step(&f.c, dXin, B, f.d_yp, f.d_yi, &h, 1, f.dX, S);
+  elmo_cls_weights w = cpu_weights(&f, f.W, f.kahan);
+  double lc = elmo_cls_step(&w, f.X, cc.fp8_input, B, cc.chunk, f.yp, f.yi, &h, 1, Xq, zc, dXc), lg = 0;
+  down(&lg, f.c.loss, sizeof(double));
+  down(dg, f.dX, sizeof(float) * (size_t)(B * d));
+  if (!(fabs(lg - lc) <= 1e-4 * fabs(lc))) fail_msg("step loss gpu %.9g cpu %.9g", lg, lc);
+  double scale = 0;
+  for (int64_t i = 0; i < B * d; i++) scale = fmax(scale, fabs(dXc[i]));
+  for (int64_t i = 0; i < B * d; i++)
+    if (!(fabs(dg[i] - dXc[i]) <= 1e-3 * scale + 1e-5)) fail_msg("step dX[%lld]: gpu %g cpu %g", (long long)i, dg[i], dXc[i]);
+  size_t wb = (size_t)(f.L_pad * d) * wsize(cc.dt);
+  void *Wg = malloc(wb);
+  down(Wg, f.c.W, wb);
+  int64_t mism = compare_weights(Wg, f.W, f.L_pad * d, cc.dt, "step W");
+  print_message("step dtype %d: loss gpu %.6f cpu %.6f, %lld weights one step apart\n", cc.dt, lg, lc, (long long)mism);
+  if (mism * 100 > f.L_pad * d) fail_msg("step: %lld weights differ", (long long)mism);
+  cudaFree(dXin);
+  free(Wg); free(Xq); free(dXc); free(zc); free(dg);
+  fix_free(&f);
+}
+
+static void test_cls_step(void **state) {
+  run_cls_step((cls_case){.dt = ELMO_FP8, .fp8_input = 1, .L = 500, .d = 128, .B = 64, .chunk = 160, .n_head = 6, .seed = 7});
+  run_cls_step((cls_case){.dt = ELMO_BF16, .fp8_input = 1, .L = 250, .d = 64, .B = 33, .chunk = 256, .n_head = 0, .seed = 8});
+  run_cls_step((cls_case){.dt = ELMO_F32, .fp8_input = 0, .L = 120, .d = 32, .B = 20, .chunk = 64, .n_head = 2, .seed = 9});
+}
+
+/* ---- top-k --------------------------------------------------------------------------------- */
+
+static void run_topk(int k, uint64_t seed) {
+  const int64_t B = 23, L = 1000, Lp = 1008, span = 336;
+  uint64_t s = seed;
+  float *z = malloc(sizeof(float) * B * Lp);
+  for (int64_t i = 0; i < B * Lp; i++) z[i] = roundf(tu_rand_normal(&s) * 8.0f) / 4.0f; /* many exact ties */
+  for (int64_t b = 0; b < B; b++) {
+    z[b * Lp + (b * 37) % L] = 50.0f + (float)b; /* planted large scores */
+    z[b * Lp + (b * 11 + 400) % L] = 50.0f + (float)b; /* a tie among them */
+    z[b * Lp + 1003] = 1e9f;                     /* a padded label: never ranked */
+    z[b * Lp + 5] = -INFINITY;
+  }
+  /* filter: a few labels per row, including a planted winner */
+  int64_t *fp = malloc(sizeof(int64_t) * (B + 1));
+  int32_t *fi = malloc(sizeof(int32_t) * B * 4);
+  int64_t n = 0;
+  for (int64_t b = 0; b < B; b++) {
+    fp[b] = n;
+    int32_t a = (int32_t)((b * 37) % L), c = (int32_t)((b * 3 + 1) % L);
+    if (b % 3 == 0) { fi[n++] = a < c ? a : c; if (a != c) fi[n++] = a < c ? c : a; }
+  }
+  fp[B] = n;
+  int32_t *tk = malloc(sizeof(int32_t) * B * k), *gk = malloc(sizeof(int32_t) * B * k);
+  float *tv = malloc(sizeof(float) * B * k), *gv = malloc(sizeof(float) * B * k);
+  for (int64_t i = 0; i < B * k; i++) { tk[i] = -1; tv[i] = -INFINITY; }
+  int32_t *dk = dpoison(sizeof(int32_t) * B * k);
+  float *dv = dpoison(sizeof(float) * B * k), *dz = dpoison(sizeof(float) * B * span);
+  int64_t *dfp = dup_up(fp, sizeof(int64_t) * (B + 1));
+  int32_t *dfi = dup_up(fi, sizeof(int32_t) * (size_t)(n + 1));
+  elmo_cuda_topk_init(dk, dv, B, k, S);
+  float *zc = malloc(sizeof(float) * B * span);
+  for (int64_t l0 = 0; l0 < Lp; l0 += span) {
+    int64_t m = Lp - l0 < span ? Lp - l0 : span;
+    for (int64_t b = 0; b < B; b++) memcpy(zc + b * m, z + b * Lp + l0, sizeof(float) * m);
+    CK(cudaMemcpy(dz, zc, sizeof(float) * B * m, cudaMemcpyHostToDevice));
+    elmo_cuda_topk_merge(dz, m, B, l0, m, L, k, dfp, dfi, dk, dv, S);
+    elmo_topk_merge(zc, B, l0, m, L, k, NULL, fp, fi, tk, tv);
+    CK(cudaStreamSynchronize(S));
+  }
+  down(gk, dk, sizeof(int32_t) * B * k);
+  down(gv, dv, sizeof(float) * B * k);
+  for (int64_t i = 0; i < B * k; i++) {
+    if (gk[i] != tk[i] || memcmp(&gv[i], &tv[i], 4))
+      fail_msg("k=%d entry %lld: gpu (%d, %g) cpu (%d, %g)", k, (long long)i, gk[i], gv[i], tk[i], tv[i]);
+    assert_true(gk[i] < L);
+  }
+  cudaFree(dk); cudaFree(dv); cudaFree(dz); cudaFree(dfp); cudaFree(dfi);
+  free(z); free(fp); free(fi); free(tk); free(gk); free(tv); free(gv); free(zc);
+}
+
+static void test_topk(void **state) {
+  run_topk(1, 21);
+  run_topk(5, 22);
+  run_topk(100, 23);
+  run_topk(700, 24); /* more than one chunk's worth of candidates per merge */
+}
+
+/* ---- sparse encoder -------------------------------------------------------------------------- */
+
+typedef struct bow {
+  int64_t B, D, d, nnz;
+  int64_t *ip;
+  int32_t *ix;
+  float *v;
+} bow;
+
+static void make_bow(bow *w, uint64_t seed) {
+  uint64_t s = seed;
+  w->ip = malloc(sizeof(int64_t) * (w->B + 1));
+  w->ix = malloc(sizeof(int32_t) * w->B * 40);
+  w->v = malloc(sizeof(float) * w->B * 40);
+  int64_t n = 0;
+  for (int64_t b = 0; b < w->B; b++) {
+    w->ip[b] = n;
+    int c = b == 3 ? 0 : 1 + (int)(tu_rand_u64(&s) % 39); /* row 3 is empty: norm clamps */
+    for (int j = 0; j < c; j++) {
+      w->ix[n] = j < 3 ? (int32_t)(j * 5) : (int32_t)(tu_rand_u64(&s) % (uint64_t)w->D); /* popular features */
+      w->v[n++] = 0.1f + tu_rand_uniform(&s);
+    }
+  }
+  w->ip[w->B] = n;
+  w->nnz = n;
+}
+
+static void run_sparse(int layernorm, elmo_dtype dt, uint64_t seed) {
+  bow w = {.B = 29, .D = 300, .d = 96};
+  make_bow(&w, seed);
+  const int64_t B = w.B, D = w.D, d = w.d;
+  uint64_t s = seed * 7 + 1;
+  size_t es = elmo_dtype_size(dt);
+  size_t np = (size_t)(D * d + 2 * d);
+  void *P = malloc(np * es);
+  float *Pf = malloc(np * sizeof(float));
+  for (size_t i = 0; i < np; i++) {
+    float x = i >= (size_t)(D * d) ? 1.0f + 0.1f * tu_rand_normal(&s) : 0.05f * tu_rand_normal(&s);
+    if (dt == ELMO_BF16) { ((uint16_t *)P)[i] = elmo_f32_to_bf16(x); Pf[i] = elmo_bf16_to_f32(((uint16_t *)P)[i]); }
+    else { ((float *)P)[i] = x; Pf[i] = x; }
+  }
+  const float *gam = layernorm ? Pf + D * d : NULL, *bet = layernorm ? Pf + D * d + d : NULL;
+  elmo_sparse_cache sc;
+  elmo_sparse_cache_alloc(&sc, B, d);
+  float *out = malloc(sizeof(float) * B * d), *gout = malloc(sizeof(float) * B * d);
+  elmo_sparse_forward(Pf, gam, bet, d, B, w.ip, w.ix, w.v, &sc, out);
+  /* device */
+  void *dP = dup_up(P, np * es);
+  elmo_cuda_sparse e = {.E = dP, .dtype = dt, .D = D, .d = d};
+  if (layernorm) { e.gamma = (char *)dP + (size_t)(D * d) * es; e.beta = (char *)dP + (size_t)(D * d + d) * es; }
+  e.x = dpoison(sizeof(float) * B * d);
+  e.norm = dpoison(sizeof(float) * B);
+  e.xhat = dpoison(sizeof(float) * B * d);
+  e.rstd = dpoison(sizeof(float) * B);
+  int64_t *dip = dup_up(w.ip, sizeof(int64_t) * (B + 1));
+  int32_t *dix = dup_up(w.ix, sizeof(int32_t) * w.nnz);
+  float *dv = dup_up(w.v, sizeof(float) * w.nnz), *dout = dpoison(sizeof(float) * B * d);
+  elmo_cuda_sparse_forward(&e, B, dip, dix, dv, dout, S);
+  down(gout, dout, sizeof(float) * B * d);
+  for (int64_t i = 0; i < B * d; i++)
+    if (!(fabsf(gout[i] - out[i]) <= 1e-6f * fabsf(out[i]) + 1e-7f)) fail_msg("forward[%lld]: gpu %g cpu %g", (long long)i, gout[i], out[i]);
+  /* backward from the same dout on both sides */
+  float *dy = malloc(sizeof(float) * B * d);
+  for (int64_t i = 0; i < B * d; i++) dy[i] = tu_rand_normal(&s);
+  float *dyg = dup_up(dy, sizeof(float) * B * d);
+  float *dE = calloc((size_t)(D * d + 2 * d), sizeof(float));
+  elmo_sparse_backward(gam, d, B, w.ip, w.ix, w.v, &sc, dy, dE, dE + D * d, dE + D * d + d);
+  float *ddE = dpoison(sizeof(float) * (D * d + 2 * d));
+  CK(cudaMemset(ddE, 0, sizeof(float) * D * d)); /* rows outside the batch: the caller zeroes */
+  elmo_cuda_sparse_sort srt;
+  srt.entry_row = dpoison(4 * w.nnz); srt.iota = dpoison(4 * w.nnz);
+  srt.feat = dpoison(4 * w.nnz); srt.ent = dpoison(4 * w.nnz);
+  srt.temp_bytes = elmo_cuda_sparse_sort_temp_bytes(w.nnz);
+  assert_true(srt.temp_bytes > 0);
+  srt.temp = dpoison(srt.temp_bytes);
+  elmo_cuda_sparse_prepare(&srt, B, w.nnz, dip, dix, S);
+  elmo_cuda_sparse_backward(&e, B, w.nnz, dv, &srt, dyg, ddE, layernorm ? ddE + D * d : NULL,
+                            layernorm ? ddE + D * d + d : NULL, S);
+  float *gE = malloc(sizeof(float) * (D * d + 2 * d));
+  down(gE, ddE, sizeof(float) * (D * d + (layernorm ? 2 * d : 0)));
+  for (int64_t i = 0; i < D * d + (layernorm ? 2 * d : 0); i++)
+    if (!(fabsf(gE[i] - dE[i]) <= 2e-5f * fabsf(dE[i]) + 1e-6f))
+      fail_msg("backward ln=%d dtype %d [%lld]: gpu %g cpu %g", layernorm, dt, (long long)i, gE[i], dE[i]);
+  cudaFree(dP); cudaFree((void *)e.x); cudaFree(e.norm); cudaFree(e.xhat); cudaFree(e.rstd); cudaFree(dip);
+  cudaFree(dix); cudaFree(dv); cudaFree(dout); cudaFree(dyg); cudaFree(ddE); cudaFree(srt.entry_row);
+  cudaFree(srt.iota); cudaFree(srt.feat); cudaFree(srt.ent); cudaFree(srt.temp);
+  elmo_sparse_cache_free(&sc);
+  free(P); free(Pf); free(out); free(gout); free(dy); free(dE); free(gE);
+  free(w.ip); free(w.ix); free(w.v);
+}
+
+static void test_sparse_encoder(void **state) {
+  run_sparse(0, ELMO_BF16, 31);
+  run_sparse(1, ELMO_BF16, 32);
+  run_sparse(1, ELMO_F32, 33);
+}
+
+/* ---- AdamW and dropout ---------------------------------------------------------------------- */
+
+static void run_adamw(elmo_dtype dt, int kahan, uint64_t seed) {
+  const int64_t n = 5000;
+  uint64_t s = seed;
+  size_t es = elmo_dtype_size(dt);
+  void *p = malloc(n * es), *m = malloc(n * es), *v = malloc(n * es);
+  uint16_t *c = calloc(n, 2);
+  float *g = malloc(sizeof(float) * n);
+  uint8_t *mask = malloc(n);
+  for (int64_t i = 0; i < n; i++) {
+    float x = tu_rand_normal(&s) * 0.05f, mm = tu_rand_normal(&s) * 1e-3f, vv = tu_rand_uniform(&s) * 1e-5f;
+    if (dt == ELMO_BF16) {
+      ((uint16_t *)p)[i] = elmo_f32_to_bf16(x); ((uint16_t *)m)[i] = elmo_f32_to_bf16(mm); ((uint16_t *)v)[i] = elmo_f32_to_bf16(vv);
+    } else {
+      ((float *)p)[i] = x; ((float *)m)[i] = mm; ((float *)v)[i] = vv;
+    }
+    c[i] = kahan ? elmo_f32_to_bf16(tu_rand_normal(&s) * 1e-6f) : 0;
+    g[i] = tu_rand_normal(&s) * (i % 97 == 0 ? 100.0f : 0.01f);
+    mask[i] = (i >= 1000 && i < 3000) || i >= 4000;
+  }
+  int64_t ranges[4] = {1000, 4000, 3000, 5000}; /* starts, then ends */
+  void *dp = dup_up(p, n * es), *dm = dup_up(m, n * es), *dv = dup_up(v, n * es);
+  uint16_t *dc = kahan ? dup_up(c, 2 * n) : NULL;
+  float *dg = dup_up(g, sizeof(float) * n);
+  int64_t *dr = dup_up(ranges, sizeof ranges);
+  elmo_cuda_decay dec = {.start = dr, .end = dr + 2, .n = 2};
+  for (int t = 1; t <= 3; t++) {
+    elmo_adamw_hyper h = {.lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.01f, .t = t};
+    elmo_cuda_adamw(dp, dm, dv, dc, dt, dg, n, &dec, &h, S);
+    elmo_adamw_update(p, m, v, kahan ? c : NULL, dt, g, n, mask, &h);
+  }
+  void *hp = malloc(n * es), *hm = malloc(n * es), *hv = malloc(n * es);
+  uint16_t *hc = malloc(2 * n);
+  down(hp, dp, n * es);
+  down(hm, dm, n * es);
+  down(hv, dv, n * es);
+  if (kahan) down(hc, dc, 2 * n);
+  for (int64_t i = 0; i < n; i++) {
+    if (memcmp((char *)hp + i * es, (char *)p + i * es, es)) fail_msg("adamw p[%lld] differs", (long long)i);
+    if (memcmp((char *)hm + i * es, (char *)m + i * es, es)) fail_msg("adamw m[%lld] differs", (long long)i);
+    if (memcmp((char *)hv + i * es, (char *)v + i * es, es)) fail_msg("adamw v[%lld] differs", (long long)i);
+    if (kahan && hc[i] != c[i]) fail_msg("adamw kahan[%lld] differs", (long long)i);
+  }
+  cudaFree(dp); cudaFree(dm); cudaFree(dv); cudaFree(dc); cudaFree(dg); cudaFree(dr);
+  free(p); free(m); free(v); free(c); free(g); free(mask); free(hp); free(hm); free(hv); free(hc);
+}
+
+static void test_adamw(void **state) {
+  run_adamw(ELMO_BF16, 1, 41);
+  run_adamw(ELMO_BF16, 0, 42);
+  run_adamw(ELMO_F32, 0, 43);
+}
+
+static void test_dropout(void **state) {
+  const int64_t n = 4099;
+  const double p = 0.65;
+  const uint64_t seed = 77;
+  const int64_t step = 5;
+  uint64_t s = 51;
+  float *x = malloc(sizeof(float) * n), *g = malloc(sizeof(float) * n);
+  for (int64_t i = 0; i < n; i++) x[i] = tu_rand_normal(&s);
+  float *dx = dup_up(x, sizeof(float) * n);
+  elmo_cuda_dropout(dx, n, p, seed, step, S);
+  down(g, dx, sizeof(float) * n);
+  uint32_t thr = (uint32_t)(p * 4294967296.0);
+  float scale = (float)(1.0 / (1.0 - p));
+  int64_t dropped = 0;
+  for (int64_t i = 0; i < n; i++) {
+    float ref = elmo_rand_u32(seed, (uint64_t)step, ELMO_RNG_DROPOUT, (uint64_t)i) < thr ? 0.0f : x[i] * scale;
+    if (memcmp(&g[i], &ref, 4)) fail_msg("dropout[%lld]: gpu %g cpu %g", (long long)i, g[i], ref);
+    dropped += ref == 0.0f;
+  }
+  assert_true(dropped > n / 2 && dropped < n * 3 / 4); /* about p of them */
+  cudaFree(dx);
+  free(x); free(g);
+}
+
+int main(void) {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+    fprintf(stderr, "test_gpu_ops: no CUDA device, skipped\n");
+    return 77;
+  }
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_cast_input), cmocka_unit_test(test_cls_ops_fp8), cmocka_unit_test(test_cls_ops_bf16),
+    cmocka_unit_test(test_cls_ops_fp32), cmocka_unit_test(test_cls_step), cmocka_unit_test(test_topk),
+    cmocka_unit_test(test_sparse_encoder), cmocka_unit_test(test_adamw), cmocka_unit_test(test_dropout),
+  };
+  return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}

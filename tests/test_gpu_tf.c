@@ -1,0 +1,836 @@
+/* test_gpu_tf.c: parity of the CUDA transformer encoder ops and the whole encoder against their CPU
+ * twins in src/transformer.h, on fresh seeded random inputs with padding. Device outputs are poisoned
+ * with NaN (all-ones bytes) before each run; NaN never passes. Errors are ||gpu - cpu|| / ||cpu||:
+ * FP32 outputs from identical inputs within 1e-5, BF16 outputs within 1e-2 (2e-2 for the attention
+ * backward, whose dS is BF16), the whole encoder (BF16 activations vs the FP32 CPU) within 3e-2 on the
+ * pooled output and 5e-2 per gradient tensor. Padding: masked rows must be exactly zero and garbage at
+ * masked positions must change nothing. Exits 77 (skipped) without a CUDA device.
+ *
+ * ELMO_BENCH_TF=1 also times BERT-base forward+backward (B 128, T 128) and prints the memory plan;
+ * that is a benchmark print, never an assertion. ELMO_BENCH_TF=2 runs one BERT-base forward+backward
+ * alone, for a profiler (ncu). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cuda_runtime.h>
+
+#include "cuda/attention.h"
+#include "cuda/embedding.h"
+#include "cuda/gelu.h"
+#include "cuda/layernorm.h"
+#include "cuda/pooling.h"
+#include "cuda/transformer.h"
+#include "numerics.h"
+#include "src/transformer.h"
+#include "testutil.h"
+
+#define CK(call) assert_int_equal((int)(call), (int)cudaSuccess)
+
+/* ------------------------------------------------------------------ host/device helpers */
+
+static void *dev_poisoned(size_t bytes) {
+  void *d = NULL;
+  CK(cudaMalloc(&d, bytes > 0 ? bytes : 1));
+  CK(cudaMemset(d, 0xFF, bytes > 0 ? bytes : 1));   /* NaN in fp32 and bf16 */
+  return d;
+}
+
+static void *dev_upload(const void *h, size_t bytes) {
+  void *d = dev_poisoned(bytes);
+  CK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
+  return d;
+}
+
+static void download(void *h, const void *d, size_t bytes) {
+  CK(cudaDeviceSynchronize());
+  CK(cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost));
+}
+
+static float *randn(size_t n, uint64_t *rng, float scale, float shift) {
+  float *x = malloc(n * sizeof *x);
+  for (size_t i = 0; i < n; i++) x[i] = shift + scale * tu_rand_normal(rng);
+  return x;
+}
+
+static void quantize(float *x, size_t n) {
+  for (size_t i = 0; i < n; i++) x[i] = elmo_bf16_to_f32(elmo_f32_to_bf16(x[i]));
+}
+
+static void *dev_bf16(const float *x, size_t n) {
+  elmo_bf16 *h = malloc(n * sizeof *h);
+  elmo_f32_to_bf16_n(h, x, n);
+  void *d = dev_upload(h, n * sizeof *h);
+  free(h);
+  return d;
+}
+
+static float *host_from_bf16(const void *d, size_t n) {
+  elmo_bf16 *h = malloc(n * sizeof *h);
+  float *x = malloc(n * sizeof *x);
+  download(h, d, n * sizeof *h);
+  elmo_bf16_to_f32_n(x, h, n);
+  free(h);
+  return x;
+}
+
+static float *host_from_f32(const void *d, size_t n) {
+  float *x = malloc(n * sizeof *x);
+  download(x, d, n * sizeof *x);
+  return x;
+}
+
+/* ||a - b|| / ||b||; infinity when a holds a NaN or inf. */
+static double rel_err(const float *a, const float *b, size_t n) {
+  double num = 0.0, den = 0.0;
+  for (size_t i = 0; i < n; i++) {
+    if (!isfinite(a[i])) return INFINITY;
+    const double d = (double)a[i] - (double)b[i];
+    num += d * d;
+    den += (double)b[i] * b[i];
+  }
+  return den > 0.0 ? sqrt(num / den) : sqrt(num);
+}
+
+static void expect_close(const float *gpu, const float *cpu, size_t n, double tol, const char *what) {
+  const double e = rel_err(gpu, cpu, n);
+  if (!(e <= tol)) fail_msg("%s: relative error %.3e > %.1e", what, e, tol);
+}
+
+/* Rows of x[B * Tp, H] whose mask_p is set, in order (the CPU's packed rows). */
+static float *gather_rows(const float *x, const uint8_t *mask_p, int64_t rows, int H, int64_t *N) {
+  float *out = malloc((size_t)rows * H * sizeof *out);
+  int64_t n = 0;
+  for (int64_t r = 0; r < rows; r++)
+    if (mask_p[r]) memcpy(out + (n++) * H, x + r * H, (size_t)H * sizeof *out);
+  *N = n;
+  return out;
+}
+
+static void expect_masked_zero(const float *x, const uint8_t *mask_p, int64_t rows, int H, const char *what) {
+  for (int64_t r = 0; r < rows; r++)
+    if (!mask_p[r])
+      for (int j = 0; j < H; j++)
+        if (x[r * H + j] != 0.0f) fail_msg("%s: masked row %lld column %d = %g (expected 0)", what, (long long)r, j,
+                                            (double)x[r * H + j]);
+}
+
+/* mask [B, T] with given real lengths (prefix), and one hole in row `hole_row` (or -1). */
+static uint8_t *make_mask(int B, int T, const int *len, int hole_row) {
+  uint8_t *m = calloc((size_t)B * T, 1);
+  for (int b = 0; b < B; b++)
+    for (int t = 0; t < len[b]; t++) m[b * T + t] = 1;
+  if (hole_row >= 0 && len[hole_row] > 2) m[hole_row * T + 1] = 0;
+  return m;
+}
+
+/* The padded mask [B, Tp] as the GPU builds it. */
+static uint8_t *pad_mask(const uint8_t *m, int B, int T, int Tp) {
+  uint8_t *p = calloc((size_t)B * Tp, 1);
+  for (int b = 0; b < B; b++)
+    for (int t = 0; t < T; t++) p[b * Tp + t] = m[b * T + t];
+  return p;
+}
+
+/* ------------------------------------------------------------------ layernorm */
+
+static void test_layernorm_forward(void **state) {
+  (void)state;
+  uint64_t rng = 101;
+  const int64_t M = 37;
+  const int H = 80;
+  const float eps = 1e-12f;
+  float *a = randn((size_t)M * H, &rng, 2.0f, 0.5f), *res = randn((size_t)M * H, &rng, 1.0f, 0.0f);
+  float *bias = randn(H, &rng, 0.1f, 0.0f), *w = randn(H, &rng, 0.2f, 1.0f), *b = randn(H, &rng, 0.1f, 0.0f);
+  quantize(res, (size_t)M * H); quantize(bias, H); quantize(w, H); quantize(b, H);
+  float *pre = malloc((size_t)M * H * sizeof *pre), *y = malloc((size_t)M * H * sizeof *y);
+  float *xhat = malloc((size_t)M * H * sizeof *xhat), *rstd = malloc((size_t)M * sizeof *rstd);
+  for (int64_t i = 0; i < M * H; i++) pre[i] = a[i] + bias[i % H] + res[i];
+  elmo_tf_layernorm_forward(pre, w, b, M, H, eps, y, xhat, rstd);
+
+  float *d_a = dev_upload(a, (size_t)M * H * 4);
+  void *d_res = dev_bf16(res, (size_t)M * H), *d_bias = dev_bf16(bias, H), *d_w = dev_bf16(w, H), *d_b = dev_bf16(b, H);
+  void *d_y = dev_poisoned((size_t)M * H * 2), *d_xhat = dev_poisoned((size_t)M * H * 2);
+  float *d_rstd = dev_poisoned((size_t)M * 4);
+  elmo_err err;
+  assert_int_equal(elmo_cuda_layernorm_forward(d_a, d_bias, d_res, d_w, d_b, M, H, eps, d_y, d_xhat, d_rstd, 0, &err),
+                   ELMO_OK);
+  float *g_y = host_from_bf16(d_y, (size_t)M * H), *g_xhat = host_from_bf16(d_xhat, (size_t)M * H);
+  float *g_rstd = host_from_f32(d_rstd, (size_t)M);
+  expect_close(g_y, y, (size_t)M * H, 1e-2, "layernorm y (bf16)");
+  expect_close(g_xhat, xhat, (size_t)M * H, 1e-2, "layernorm xhat (bf16)");
+  expect_close(g_rstd, rstd, (size_t)M, 1e-5, "layernorm rstd (fp32)");
+
+  /* apply reproduces y exactly from the stored xhat */
+  void *d_y2 = dev_poisoned((size_t)M * H * 2);
+  assert_int_equal(elmo_cuda_layernorm_apply(d_xhat, d_w, d_b, M, H, d_y2, 0, &err), ELMO_OK);
+  float *g_y2 = host_from_bf16(d_y2, (size_t)M * H);
+  assert_memory_equal(g_y2, g_y, (size_t)M * H * sizeof(float));
+  assert_int_equal(elmo_cuda_layernorm_forward(d_a, NULL, NULL, d_w, d_b, M, 0, eps, d_y, d_xhat, d_rstd, 0, &err),
+                   ELMO_EINPUT);
+
+  cudaFree(d_a); cudaFree(d_res); cudaFree(d_bias); cudaFree(d_w); cudaFree(d_b); cudaFree(d_y); cudaFree(d_xhat);
+  cudaFree(d_rstd); cudaFree(d_y2);
+  free(a); free(res); free(bias); free(w); free(b); free(pre); free(y); free(xhat); free(rstd);
+  free(g_y); free(g_xhat); free(g_rstd); free(g_y2);
+}
+
+static void test_layernorm_backward(void **state) {
+  (void)state;
+  uint64_t rng = 202;
+  const int64_t M = 150;   /* three partial-sum blocks */
+  const int H = 72;
+  float *dy = randn((size_t)M * H, &rng, 1.0f, 0.0f), *xhat = randn((size_t)M * H, &rng, 1.0f, 0.0f);
+  float *w = randn(H, &rng, 0.2f, 1.0f), *rstd = malloc((size_t)M * sizeof *rstd);
+  float *dw = randn(H, &rng, 1.0f, 0.0f), *db = randn(H, &rng, 1.0f, 0.0f);
+  for (int64_t r = 0; r < M; r++) rstd[r] = 0.5f + tu_rand_uniform(&rng);
+  quantize(xhat, (size_t)M * H); quantize(w, H);
+  float *d_dy = dev_upload(dy, (size_t)M * H * 4), *d_rstd = dev_upload(rstd, (size_t)M * 4);
+  float *d_dw = dev_upload(dw, H * 4), *d_db = dev_upload(db, H * 4);
+  void *d_xhat = dev_bf16(xhat, (size_t)M * H), *d_w = dev_bf16(w, H), *d_dx16 = dev_poisoned((size_t)M * H * 2);
+  float *d_ws = dev_poisoned((size_t)elmo_cuda_layernorm_ws_floats(M, H) * 4);
+  float *dx = malloc((size_t)M * H * sizeof *dx);
+  elmo_tf_layernorm_backward(dy, xhat, rstd, w, M, H, dx, dw, db);
+
+  elmo_err err;
+  assert_int_equal(elmo_cuda_layernorm_backward(d_dy, d_xhat, d_rstd, d_w, M, H, d_dy, d_dx16, d_dw, d_db, d_ws, 0,
+                                                &err), ELMO_OK);   /* in place over dy */
+  float *g_dx = host_from_f32(d_dy, (size_t)M * H), *g_dx16 = host_from_bf16(d_dx16, (size_t)M * H);
+  float *g_dw = host_from_f32(d_dw, H), *g_db = host_from_f32(d_db, H);
+  expect_close(g_dx, dx, (size_t)M * H, 1e-5, "layernorm dx (fp32)");
+  expect_close(g_dx16, dx, (size_t)M * H, 1e-2, "layernorm dx (bf16 copy)");
+  expect_close(g_dw, dw, H, 1e-5, "layernorm dw (accumulated)");
+  expect_close(g_db, db, H, 1e-5, "layernorm db (accumulated)");
+
+  cudaFree(d_dy); cudaFree(d_rstd); cudaFree(d_dw); cudaFree(d_db); cudaFree(d_xhat); cudaFree(d_w);
+  cudaFree(d_dx16); cudaFree(d_ws);
+  free(dy); free(xhat); free(w); free(rstd); free(dw); free(db); free(dx);
+  free(g_dx); free(g_dx16); free(g_dw); free(g_db);
+}
+
+/* ------------------------------------------------------------------ gelu and column sums */
+
+static void test_gelu(void **state) {
+  (void)state;
+  uint64_t rng = 303;
+  const int64_t M = 29;
+  const int F = 112;
+  const size_t n = (size_t)M * F;
+  float *a = randn(n, &rng, 2.0f, 0.0f), *bias = randn(F, &rng, 0.5f, 0.0f), *dy = randn(n, &rng, 1.0f, 0.0f);
+  quantize(bias, F); quantize(dy, n);
+  float *pre = malloc(n * sizeof *pre), *g = malloc(n * sizeof *g), *dx = malloc(n * sizeof *dx);
+  for (size_t i = 0; i < n; i++) pre[i] = a[i] + bias[i % F];
+  float *pre_q = malloc(n * sizeof *pre_q);
+  memcpy(pre_q, pre, n * sizeof *pre_q);
+  quantize(pre_q, n);
+  elmo_tf_gelu_forward(pre_q, (int64_t)n, g);
+  elmo_tf_gelu_backward(pre_q, dy, (int64_t)n, dx);
+
+  float *d_a = dev_upload(a, n * 4);
+  void *d_bias = dev_bf16(bias, F), *d_dy = dev_bf16(dy, n), *d_pre = dev_poisoned(n * 2), *d_g = dev_poisoned(n * 2);
+  void *d_g2 = dev_poisoned(n * 2);
+  elmo_err err;
+  assert_int_equal(elmo_cuda_gelu_forward(d_a, d_bias, M, F, d_pre, d_g, 0, &err), ELMO_OK);
+  assert_int_equal(elmo_cuda_gelu_recompute(d_pre, (int64_t)n, d_g2, 0, &err), ELMO_OK);
+  float *g_pre = host_from_bf16(d_pre, n), *g_g = host_from_bf16(d_g, n), *g_g2 = host_from_bf16(d_g2, n);
+  expect_close(g_pre, pre, n, 1e-2, "gelu pre-activation (bf16)");
+  expect_close(g_g, g, n, 1e-2, "gelu forward (bf16)");
+  expect_close(g_g2, g, n, 1e-2, "gelu recompute (bf16)");
+  assert_int_equal(elmo_cuda_gelu_backward(d_pre, d_dy, (int64_t)n, d_dy, 0, &err), ELMO_OK);   /* in place */
+  float *g_dx = host_from_bf16(d_dy, n);
+  /* CPU from the GPU's own rounded pre-activations */
+  elmo_tf_gelu_backward(g_pre, dy, (int64_t)n, dx);
+  expect_close(g_dx, dx, n, 1e-2, "gelu backward (bf16)");
+
+  cudaFree(d_a); cudaFree(d_bias); cudaFree(d_dy); cudaFree(d_pre); cudaFree(d_g); cudaFree(d_g2);
+  free(a); free(bias); free(dy); free(pre); free(g); free(dx); free(pre_q); free(g_pre); free(g_g); free(g_g2);
+  free(g_dx);
+}
+
+static void test_colsum(void **state) {
+  (void)state;
+  uint64_t rng = 404;
+  const int64_t M = 300;
+  const int N = 150, count = 2;
+  const int64_t x_stride = M * N + 16, out_stride = N + 8;
+  float *x = randn((size_t)(count * x_stride), &rng, 1.0f, 0.0f);
+  quantize(x, (size_t)(count * x_stride));
+  float *out = randn((size_t)(count * out_stride), &rng, 1.0f, 0.0f);
+  float *ref = malloc((size_t)(count * out_stride) * sizeof *ref);
+  memcpy(ref, out, (size_t)(count * out_stride) * sizeof *ref);
+  for (int i = 0; i < count; i++)
+    for (int64_t r = 0; r < M; r++)
+      for (int j = 0; j < N; j++) ref[i * out_stride + j] += x[i * x_stride + r * N + j];
+  float *d_ws = dev_poisoned((size_t)elmo_cuda_colsum_ws_floats(M, N, count) * 4);
+  elmo_err err;
+  for (int as_bf16 = 0; as_bf16 < 2; as_bf16++) {
+    void *d_x = as_bf16 ? dev_bf16(x, (size_t)(count * x_stride)) : dev_upload(x, (size_t)(count * x_stride) * 4);
+    float *d_out = dev_upload(out, (size_t)(count * out_stride) * 4);
+    assert_int_equal(elmo_cuda_colsum(d_x, as_bf16, M, N, count, x_stride, d_out, out_stride, d_ws, 0, &err), ELMO_OK);
+    float *g = host_from_f32(d_out, (size_t)(count * out_stride));
+    expect_close(g, ref, (size_t)(count * out_stride), 1e-5, as_bf16 ? "column sums of bf16" : "column sums of fp32");
+    free(g);
+    cudaFree(d_x); cudaFree(d_out);
+  }
+  cudaFree(d_ws);
+  free(x); free(out); free(ref);
+}
+
+/* ------------------------------------------------------------------ attention */
+
+typedef struct attn_case {
+  int B, T, Tp, heads, dh, H;
+  int64_t rows, N;
+  uint8_t *mask, *mask_p;
+  int64_t *seq_start, *prob_start;
+} attn_case;
+
+static void attn_case_init(attn_case *c) {
+  static const int len[3] = {13, 7, 0};
+  c->B = 3; c->T = 13; c->Tp = 16; c->heads = 2; c->dh = 16; c->H = 32;
+  c->rows = (int64_t)c->B * c->Tp;
+  c->mask = make_mask(c->B, c->T, len, 0);
+  c->mask_p = pad_mask(c->mask, c->B, c->T, c->Tp);
+  c->seq_start = malloc((size_t)(c->B + 1) * sizeof(int64_t));
+  c->prob_start = malloc((size_t)(c->B + 1) * sizeof(int64_t));
+  int32_t *ids = calloc((size_t)c->B * c->T, sizeof *ids), *tid = malloc((size_t)c->B * c->T * 4);
+  int32_t *tpos = malloc((size_t)c->B * c->T * 4);
+  c->N = elmo_tf_pack(ids, c->mask, c->B, c->T, c->heads, c->seq_start, c->prob_start, tid, tpos);
+  free(ids); free(tid); free(tpos);
+}
+
+static void attn_case_free(attn_case *c) {
+  free(c->mask); free(c->mask_p); free(c->seq_start); free(c->prob_start);
+}
+
+/* Random merged [rows, H] with garbage (large) values at masked rows; quantized to bf16. */
+static float *attn_input(const attn_case *c, uint64_t *rng) {
+  float *x = randn((size_t)c->rows * c->H, rng, 1.0f, 0.0f);
+  for (int64_t r = 0; r < c->rows; r++)
+    if (!c->mask_p[r])
+      for (int j = 0; j < c->H; j++) x[r * c->H + j] = 40.0f + (float)j;
+  quantize(x, (size_t)c->rows * c->H);
+  return x;
+}
+
+static void test_attention(void **state) {
+  (void)state;
+  attn_case c;
+  attn_case_init(&c);
+  uint64_t rng = 505;
+  const size_t per = (size_t)c.rows * c.H;
+  float *qkv = malloc(3 * per * sizeof *qkv);
+  for (int j = 0; j < 3; j++) {
+    float *x = attn_input(&c, &rng);
+    memcpy(qkv + j * per, x, per * sizeof *x);
+    free(x);
+  }
+  float *dctx = attn_input(&c, &rng);
+  /* CPU on packed rows */
+  int64_t N;
+  float *q = gather_rows(qkv, c.mask_p, c.rows, c.H, &N), *k = gather_rows(qkv + per, c.mask_p, c.rows, c.H, &N);
+  float *v = gather_rows(qkv + 2 * per, c.mask_p, c.rows, c.H, &N), *dc = gather_rows(dctx, c.mask_p, c.rows, c.H, &N);
+  assert_int_equal(N, c.N);
+  float *probs = malloc((size_t)c.prob_start[c.B] * sizeof *probs), *ctx = malloc((size_t)N * c.H * sizeof *ctx);
+  float *dq = malloc((size_t)N * c.H * 4), *dk = malloc((size_t)N * c.H * 4), *dv = malloc((size_t)N * c.H * 4);
+  float *ws = malloc((size_t)(2 * c.T * c.T + c.dh * c.T) * 4);
+  elmo_tf_attention_forward(q, k, v, c.seq_start, c.prob_start, c.B, c.H, c.heads, probs, ctx, ws);
+  elmo_tf_attention_backward(q, k, v, probs, dc, c.seq_start, c.prob_start, c.B, c.H, c.heads, dq, dk, dv, ws);
+
+  /* GPU: fp32 merged -> split -> attention -> merge */
+  elmo_err err;
+  elmo_cuda_tf_gemm *g = elmo_cuda_tf_gemm_create(NULL, 0);
+  float *d_in = dev_upload(qkv, 3 * per * 4);
+  uint8_t *d_mask = dev_upload(c.mask, (size_t)c.B * c.T), *d_mask_p = dev_poisoned((size_t)c.rows);
+  void *d_qkv = dev_poisoned(3 * per * 2), *d_probs = dev_poisoned((size_t)c.B * c.heads * c.Tp * c.Tp * 2);
+  float *d_scores = dev_poisoned((size_t)c.B * c.heads * c.Tp * c.Tp * 4);
+  void *d_ctxp = dev_poisoned(per * 2), *d_ctx = dev_poisoned(per * 2);
+  assert_int_equal(elmo_cuda_embed_mask(d_mask, c.B, c.T, c.Tp, d_mask_p, 0, &err), ELMO_OK);
+  uint8_t *g_mask = malloc((size_t)c.rows);
+  download(g_mask, d_mask_p, (size_t)c.rows);
+  assert_memory_equal(g_mask, c.mask_p, (size_t)c.rows);
+  assert_int_equal(elmo_cuda_heads_split(d_in, 1, NULL, 3, c.B, c.Tp, c.heads, c.dh, d_qkv, 0, &err), ELMO_OK);
+  assert_int_equal(elmo_cuda_attention_forward(g, d_qkv, d_mask_p, c.B, c.Tp, c.heads, c.dh, d_scores, d_probs, d_ctxp,
+                                               0, &err), ELMO_OK);
+  assert_int_equal(elmo_cuda_heads_merge(d_ctxp, 1, c.B, c.Tp, c.heads, c.dh, d_ctx, 0, &err), ELMO_OK);
+  float *g_ctx_all = host_from_bf16(d_ctx, per);
+  float *g_ctx = gather_rows(g_ctx_all, c.mask_p, c.rows, c.H, &N);
+  expect_close(g_ctx, ctx, (size_t)N * c.H, 1e-2, "attention forward ctx (bf16)");
+  expect_masked_zero(g_ctx_all, c.mask_p, c.rows, c.H, "attention forward ctx");
+
+  /* backward: dctx (bf16, merged, garbage on masked rows) -> split -> backward -> merge */
+  void *d_dctx = dev_bf16(dctx, per), *d_dqkv = dev_poisoned(3 * per * 2), *d_dqkv_m = dev_poisoned(3 * per * 2);
+  assert_int_equal(elmo_cuda_heads_split(d_dctx, 0, NULL, 1, c.B, c.Tp, c.heads, c.dh, d_ctxp, 0, &err), ELMO_OK);
+  assert_int_equal(elmo_cuda_attention_backward(g, d_qkv, d_probs, d_ctxp, d_mask_p, c.B, c.Tp, c.heads, c.dh,
+                                                d_scores, d_dqkv, 0, &err), ELMO_OK);
+  assert_int_equal(elmo_cuda_heads_merge(d_dqkv, 3, c.B, c.Tp, c.heads, c.dh, d_dqkv_m, 0, &err), ELMO_OK);
+  float *g_d = host_from_bf16(d_dqkv_m, 3 * per);
+  const float *ref[3] = {dq, dk, dv};
+  static const char *names[3] = {"attention backward dq", "attention backward dk", "attention backward dv"};
+  for (int j = 0; j < 3; j++) {
+    float *gj = gather_rows(g_d + j * per, c.mask_p, c.rows, c.H, &N);
+    expect_close(gj, ref[j], (size_t)N * c.H, 2e-2, names[j]);
+    expect_masked_zero(g_d + j * per, c.mask_p, c.rows, c.H, names[j]);
+    free(gj);
+  }
+  assert_int_equal(elmo_cuda_attention_forward(g, d_qkv, d_mask_p, c.B, 12, c.heads, c.dh, d_scores, d_probs, d_ctxp,
+                                               0, &err), ELMO_EINPUT);   /* Tp not a multiple of 8 */
+
+  elmo_cuda_tf_gemm_destroy(&g);
+  assert_null(g);
+  cudaFree(d_in); cudaFree(d_mask); cudaFree(d_mask_p); cudaFree(d_qkv); cudaFree(d_probs); cudaFree(d_scores);
+  cudaFree(d_ctxp); cudaFree(d_ctx); cudaFree(d_dctx); cudaFree(d_dqkv); cudaFree(d_dqkv_m);
+  free(qkv); free(dctx); free(q); free(k); free(v); free(dc); free(probs); free(ctx); free(dq); free(dk); free(dv);
+  free(ws); free(g_mask); free(g_ctx_all); free(g_ctx); free(g_d);
+  attn_case_free(&c);
+}
+
+/* ------------------------------------------------------------------ embedding */
+
+static void test_embedding(void **state) {
+  (void)state;
+  uint64_t rng = 606;
+  const int V = 11, P = 20, H = 48, B = 4, T = 17, Tp = 24;
+  static const int len[4] = {17, 5, 0, 12};
+  const int64_t rows = (int64_t)B * Tp;
+  uint8_t *mask = make_mask(B, T, len, 3), *mask_p = pad_mask(mask, B, T, Tp);
+  int32_t *ids = malloc((size_t)B * T * sizeof *ids);
+  for (int i = 0; i < B * T; i++)
+    ids[i] = mask[i] ? (int32_t)(tu_rand_u64(&rng) % (uint64_t)V) : (i % 2 ? -7 : 100000);  /* garbage when masked */
+  float *word = randn((size_t)V * H, &rng, 1.0f, 0.0f), *pos = randn((size_t)P * H, &rng, 1.0f, 0.0f);
+  float *type = randn((size_t)2 * H, &rng, 1.0f, 0.0f);
+  quantize(word, (size_t)V * H); quantize(pos, (size_t)P * H); quantize(type, (size_t)2 * H);
+  int64_t *ss = malloc((size_t)(B + 1) * 8), *ps = malloc((size_t)(B + 1) * 8);
+  int32_t *tid = malloc((size_t)B * T * 4), *tpos = malloc((size_t)B * T * 4);
+  const int64_t N = elmo_tf_pack(ids, mask, B, T, 1, ss, ps, tid, tpos);
+  float *e = malloc((size_t)N * H * 4);
+  elmo_tf_embed_forward(word, pos, type, tid, tpos, N, H, e);
+
+  elmo_err err;
+  void *d_word = dev_bf16(word, (size_t)V * H), *d_pos = dev_bf16(pos, (size_t)P * H), *d_type = dev_bf16(type, 2 * H);
+  int32_t *d_ids = dev_upload(ids, (size_t)B * T * 4), *d_keys = dev_poisoned((size_t)rows * 4);
+  uint8_t *d_mask_p = dev_upload(mask_p, (size_t)rows);
+  float *d_e = dev_poisoned((size_t)rows * H * 4);
+  int *d_bad = dev_upload(&(int){0}, sizeof(int));
+  assert_int_equal(elmo_cuda_embed_forward(d_word, d_pos, d_type, V, P, d_ids, d_mask_p, B, T, Tp, H, d_e, d_keys, d_bad,
+                                           0, &err), ELMO_OK);
+  float *g_e_all = host_from_f32(d_e, (size_t)rows * H);
+  int64_t n2;
+  float *g_e = gather_rows(g_e_all, mask_p, rows, H, &n2);
+  assert_int_equal(n2, N);
+  expect_close(g_e, e, (size_t)N * H, 1e-6, "embedding forward (fp32)");
+  expect_masked_zero(g_e_all, mask_p, rows, H, "embedding forward");
+  int32_t *keys = malloc((size_t)rows * 4);
+  int bad = -1;
+  download(keys, d_keys, (size_t)rows * 4);
+  download(&bad, d_bad, sizeof bad);
+  assert_int_equal(bad, 0);
+  for (int64_t r = 0; r < rows; r++) {
+    const int t = (int)(r % Tp);
+    assert_int_equal(keys[r], mask_p[r] ? ids[(r / Tp) * T + t] : V);
+  }
+
+  /* backward, accumulating onto random gradients; garbage in masked rows of de */
+  float *de = randn((size_t)rows * H, &rng, 1.0f, 0.0f);
+  for (int64_t r = 0; r < rows; r++)
+    if (!mask_p[r]) de[r * H] = 1e6f;
+  int64_t n3;
+  float *de_p = gather_rows(de, mask_p, rows, H, &n3);
+  float *dword = randn((size_t)V * H, &rng, 1.0f, 0.0f), *dpos = randn((size_t)P * H, &rng, 1.0f, 0.0f);
+  float *dtype = randn((size_t)2 * H, &rng, 1.0f, 0.0f);
+  float *d_dword = dev_upload(dword, (size_t)V * H * 4), *d_dpos = dev_upload(dpos, (size_t)P * H * 4);
+  float *d_dtype = dev_upload(dtype, (size_t)2 * H * 4), *d_de = dev_upload(de, (size_t)rows * H * 4);
+  elmo_tf_embed_backward(de_p, tid, tpos, N, H, dword, dpos, dtype);
+  const size_t wsb = elmo_cuda_embed_ws_bytes(rows, Tp, H);
+  assert_true(wsb > 0);
+  void *d_ws = dev_poisoned(wsb);
+  assert_int_equal(elmo_cuda_embed_backward(d_de, d_keys, d_mask_p, V, P, B, Tp, H, d_dword, d_dpos, d_dtype, d_ws, wsb,
+                                            0, &err), ELMO_OK);
+  float *g_dword = host_from_f32(d_dword, (size_t)V * H), *g_dpos = host_from_f32(d_dpos, (size_t)P * H);
+  float *g_dtype = host_from_f32(d_dtype, (size_t)2 * H);
+  expect_close(g_dword, dword, (size_t)V * H, 1e-5, "embedding backward word (fp32)");
+  expect_close(g_dpos, dpos, (size_t)P * H, 1e-5, "embedding backward position (fp32)");
+  expect_close(g_dtype, dtype, (size_t)2 * H, 1e-5, "embedding backward type (fp32)");
+
+  /* an unmasked id outside [0, V) raises the flag */
+  ids[0] = V;
+  CK(cudaMemcpy(d_ids, ids, (size_t)B * T * 4, cudaMemcpyHostToDevice));
+  assert_int_equal(elmo_cuda_embed_forward(d_word, d_pos, d_type, V, P, d_ids, d_mask_p, B, T, Tp, H, d_e, d_keys, d_bad,
+                                           0, &err), ELMO_OK);
+  download(&bad, d_bad, sizeof bad);
+  assert_int_equal(bad, 1);
+  assert_int_equal(elmo_cuda_embed_forward(d_word, d_pos, d_type, V, T - 1, d_ids, d_mask_p, B, T, Tp, H, d_e, d_keys,
+                                           d_bad, 0, &err), ELMO_EINPUT);   /* T > P */
+
+  cudaFree(d_word); cudaFree(d_pos); cudaFree(d_type); cudaFree(d_ids); cudaFree(d_keys); cudaFree(d_mask_p);
+  cudaFree(d_e); cudaFree(d_bad); cudaFree(d_dword); cudaFree(d_dpos); cudaFree(d_dtype); cudaFree(d_de); cudaFree(d_ws);
+  free(mask); free(mask_p); free(ids); free(word); free(pos); free(type); free(ss); free(ps); free(tid); free(tpos);
+  free(e); free(g_e_all); free(g_e); free(keys); free(de); free(de_p); free(dword); free(dpos); free(dtype);
+  free(g_dword); free(g_dpos); free(g_dtype);
+}
+
+/* ------------------------------------------------------------------ pooling */
+
+static void pooling_case(elmo_tf_pooling mode) {
+  uint64_t rng = 707 + (uint64_t)mode;
+  const int B = 4, T = 11, Tp = 16, H = 40;
+  static const int len[4] = {11, 0, 4, 9};
+  const int64_t rows = (int64_t)B * Tp;
+  uint8_t *mask = make_mask(B, T, len, 3), *mask_p = pad_mask(mask, B, T, Tp);
+  float *x = randn((size_t)rows * H, &rng, 1.0f, 0.0f);
+  quantize(x, (size_t)rows * H);
+  int64_t N, ss[5];
+  float *xp = gather_rows(x, mask_p, rows, H, &N);
+  ss[0] = 0;
+  for (int b = 0; b < B; b++) {
+    int n = 0;
+    for (int t = 0; t < Tp; t++) n += mask_p[b * Tp + t];
+    ss[b + 1] = ss[b] + n;
+  }
+  float *pooled = malloc((size_t)B * H * 4), *dpooled = randn((size_t)B * H, &rng, 1.0f, 0.0f);
+  float *dx = malloc((size_t)N * H * 4);
+  elmo_tf_pool_forward(xp, ss, B, H, mode, pooled);
+  elmo_tf_pool_backward(dpooled, ss, B, H, mode, dx);
+
+  elmo_err err;
+  void *d_x = dev_bf16(x, (size_t)rows * H);
+  uint8_t *d_mask_p = dev_upload(mask_p, (size_t)rows);
+  float *d_pooled = dev_poisoned((size_t)B * H * 4), *d_dp = dev_upload(dpooled, (size_t)B * H * 4);
+  float *d_dx = dev_poisoned((size_t)rows * H * 4);
+  assert_int_equal(elmo_cuda_pool_forward(d_x, d_mask_p, B, Tp, H, mode, d_pooled, 0, &err), ELMO_OK);
+  assert_int_equal(elmo_cuda_pool_backward(d_dp, d_mask_p, B, Tp, H, mode, d_dx, 0, &err), ELMO_OK);
+  float *g_pooled = host_from_f32(d_pooled, (size_t)B * H), *g_dx_all = host_from_f32(d_dx, (size_t)rows * H);
+  int64_t n2;
+  float *g_dx = gather_rows(g_dx_all, mask_p, rows, H, &n2);
+  expect_close(g_pooled, pooled, (size_t)B * H, 1e-5, mode == ELMO_TF_POOL_CLS ? "cls pool forward" : "mean pool forward");
+  expect_close(g_dx, dx, (size_t)N * H, 1e-6, mode == ELMO_TF_POOL_CLS ? "cls pool backward" : "mean pool backward");
+  expect_masked_zero(g_dx_all, mask_p, rows, H, "pool backward");
+  for (int j = 0; j < H; j++) assert_true(g_pooled[1 * H + j] == 0.0f);   /* the empty row */
+
+  cudaFree(d_x); cudaFree(d_mask_p); cudaFree(d_pooled); cudaFree(d_dp); cudaFree(d_dx);
+  free(mask); free(mask_p); free(x); free(xp); free(pooled); free(dpooled); free(dx); free(g_pooled); free(g_dx_all);
+  free(g_dx);
+}
+
+static void test_pooling_mean(void **state) { (void)state; pooling_case(ELMO_TF_POOL_MEAN); }
+static void test_pooling_cls(void **state) { (void)state; pooling_case(ELMO_TF_POOL_CLS); }
+
+/* ------------------------------------------------------------------ whole encoder */
+
+typedef struct enc_case {
+  elmo_tf_config cfg;
+  int B, T;
+  elmo_tf_params p;          /* bf16-representable values */
+  int32_t *ids;
+  uint8_t *mask;
+  float *dpooled;
+} enc_case;
+
+static void enc_case_init(enc_case *c, elmo_tf_pooling mode, uint64_t seed) {
+  static const int len[5] = {17, 9, 1, 0, 13};
+  elmo_tf_config_init(&c->cfg);
+  c->cfg.vocab_size = 100; c->cfg.max_position = 32; c->cfg.type_vocab = 2; c->cfg.hidden = 64;
+  c->cfg.layers = 2; c->cfg.heads = 4; c->cfg.ffn = 128; c->cfg.pooling = mode;
+  c->B = 5; c->T = 17;
+  elmo_err err;
+  assert_int_equal(elmo_tf_alloc(&c->p, &c->cfg, &err), ELMO_OK);
+  elmo_tf_init_random(&c->p, seed);
+  uint64_t rng = seed * 7 + 1;
+  for (int i = 0; i < c->p.num_tensors; i++) {   /* non-trivial LayerNorm weights and biases */
+    const elmo_tf_tensor *t = elmo_tf_tensor_at(&c->p, i);
+    float *x = elmo_tf_tensor_data(&c->p, i);
+    for (int64_t j = 0; j < t->numel; j++) {
+      if (t->kind == ELMO_TF_NORM_WEIGHT) x[j] += 0.1f * tu_rand_normal(&rng);
+      if (t->kind == ELMO_TF_BIAS || t->kind == ELMO_TF_NORM_BIAS) x[j] = 0.05f * tu_rand_normal(&rng);
+    }
+  }
+  quantize(c->p.flat, (size_t)c->p.num_params);
+  c->mask = make_mask(c->B, c->T, len, 4);
+  c->ids = malloc((size_t)c->B * c->T * sizeof *c->ids);
+  for (int i = 0; i < c->B * c->T; i++)
+    c->ids[i] = c->mask[i] ? (int32_t)(tu_rand_u64(&rng) % 100) : -3;
+  c->dpooled = randn((size_t)c->B * c->cfg.hidden, &rng, 1.0f, 0.0f);
+}
+
+static void enc_case_free(enc_case *c) {
+  elmo_tf_free(&c->p);
+  free(c->ids); free(c->mask); free(c->dpooled);
+}
+
+typedef struct enc_result {
+  float *pooled;             /* [B, H] */
+  float *grads;              /* [num_params] */
+} enc_result;
+
+static void enc_result_free(enc_result *r) { free(r->pooled); free(r->grads); }
+
+static void run_cpu(const enc_case *c, enc_result *r) {
+  elmo_tf_cache cache;
+  elmo_tf_params g;
+  elmo_err err;
+  assert_int_equal(elmo_tf_cache_alloc(&cache, &c->cfg, c->B, c->T, &err), ELMO_OK);
+  assert_int_equal(elmo_tf_alloc(&g, &c->cfg, &err), ELMO_OK);
+  r->pooled = malloc((size_t)c->B * c->cfg.hidden * 4);
+  assert_int_equal(elmo_tf_forward(&c->p, &cache, c->ids, c->mask, c->B, c->T, r->pooled, &err), ELMO_OK);
+  assert_int_equal(elmo_tf_backward(&c->p, &cache, c->dpooled, &g, &err), ELMO_OK);
+  r->grads = malloc((size_t)g.num_params * 4);
+  memcpy(r->grads, g.flat, (size_t)g.num_params * 4);
+  elmo_tf_free(&g);
+  elmo_tf_cache_free(&cache);
+}
+
+/* GPU forward + backward (twice: the second backward accumulates) with the given flags. */
+static void run_gpu(const enc_case *c, int flags, int f32_params, enc_result *r, enc_result *twice) {
+  elmo_err err;
+  elmo_cuda_tf *t = NULL;
+  const size_t np = (size_t)c->p.num_params, H = (size_t)c->cfg.hidden;
+  assert_int_equal(elmo_cuda_tf_create(&c->cfg, c->B + 2, c->T + 3, flags, NULL, &t, &err), ELMO_OK);
+  void *d_params = f32_params ? dev_upload(c->p.flat, np * 4) : dev_bf16(c->p.flat, np);
+  int32_t *d_ids = dev_upload(c->ids, (size_t)c->B * c->T * 4);
+  uint8_t *d_mask = dev_upload(c->mask, (size_t)c->B * c->T);
+  float *d_pooled = dev_poisoned((size_t)c->B * H * 4), *d_dp = dev_upload(c->dpooled, (size_t)c->B * H * 4);
+  float *d_grads = dev_poisoned(np * 4);
+  CK(cudaMemset(d_grads, 0, np * 4));
+  assert_int_equal(elmo_cuda_tf_forward(t, d_params, !f32_params, d_ids, d_mask, c->B, c->T, d_pooled, 0, &err), ELMO_OK);
+  assert_int_equal(elmo_cuda_tf_backward(t, d_params, !f32_params, d_dp, d_grads, 0, &err), ELMO_OK);
+  r->pooled = host_from_f32(d_pooled, (size_t)c->B * H);
+  r->grads = host_from_f32(d_grads, np);
+  assert_int_equal(elmo_cuda_tf_bad_ids(t, 0), 0);     /* garbage ids sit only at masked positions */
+  if (twice) {
+    assert_int_equal(elmo_cuda_tf_backward(t, d_params, !f32_params, d_dp, d_grads, 0, &err), ELMO_OK);
+    twice->pooled = NULL;
+    twice->grads = host_from_f32(d_grads, np);
+  }
+  elmo_cuda_tf_destroy(&t);
+  assert_null(t);
+  cudaFree(d_params); cudaFree(d_ids); cudaFree(d_mask); cudaFree(d_pooled); cudaFree(d_dp); cudaFree(d_grads);
+}
+
+/* Per tensor: ||g - c|| <= 5e-2 ||c|| + 2e-3 ||c_all|| sqrt(numel / numel_all) (the floor covers
+ * gradients that vanish in exact arithmetic, e.g. the key bias); whole vector within 3e-2. */
+static void expect_grads_close(const enc_case *c, const float *gpu, const float *cpu) {
+  const size_t np = (size_t)c->p.num_params;
+  double all = 0.0;
+  for (size_t i = 0; i < np; i++) all += (double)cpu[i] * cpu[i];
+  all = sqrt(all);
+  double worst = 0.0;
+  const char *worst_name = "";
+  for (int i = 0; i < c->p.num_tensors; i++) {
+    const elmo_tf_tensor *t = elmo_tf_tensor_at(&c->p, i);
+    const float *g = gpu + t->offset, *r = cpu + t->offset;
+    double num = 0.0, den = 0.0;
+    for (int64_t j = 0; j < t->numel; j++) {
+      if (!isfinite(g[j])) fail_msg("%s: gradient %lld is not finite", t->name, (long long)j);
+      num += ((double)g[j] - r[j]) * ((double)g[j] - r[j]);
+      den += (double)r[j] * r[j];
+    }
+    num = sqrt(num);
+    den = sqrt(den);
+    const double floor = 2e-3 * all * sqrt((double)t->numel / (double)np), bound = 5e-2 * den + floor;
+    if (den > 10.0 * floor && num / den > worst) { worst = num / den; worst_name = t->name; }
+    if (!(num <= bound)) fail_msg("%s: gradient error %.3e (norm %.3e, bound %.3e)", t->name, num, den, bound);
+  }
+  print_message("worst per-tensor gradient error %.3e (%s; tensors well above the floor)\n", worst, worst_name);
+  expect_close(gpu, cpu, np, 3e-2, "encoder gradients (whole vector)");
+}
+
+static void encoder_case(elmo_tf_pooling mode) {
+  enc_case c;
+  enc_case_init(&c, mode, 808 + (uint64_t)mode);
+  enc_result cpu, gpu, twice;
+  run_cpu(&c, &cpu);
+  run_gpu(&c, 0, 0, &gpu, &twice);
+  const size_t ph = (size_t)c.B * c.cfg.hidden, np = (size_t)c.p.num_params;
+  print_message("pooled error %.3e\n", rel_err(gpu.pooled, cpu.pooled, ph));
+  expect_close(gpu.pooled, cpu.pooled, ph, 3e-2, "encoder pooled output");
+  for (int j = 0; j < c.cfg.hidden; j++) assert_true(gpu.pooled[3 * c.cfg.hidden + j] == 0.0f);  /* empty row */
+  expect_grads_close(&c, gpu.grads, cpu.grads);
+  float *doubled = malloc(np * 4);
+  for (size_t i = 0; i < np; i++) doubled[i] = 2.0f * gpu.grads[i];
+  expect_close(twice.grads, doubled, np, 1e-6, "second backward accumulates");
+  for (size_t i = 0; i < np; i++)     /* alignment padding keeps a zero gradient */
+    if (cpu.grads[i] == 0.0f && gpu.grads[i] != 0.0f) {
+      int in_tensor = 0;
+      for (int k = 0; k < c.p.num_tensors && !in_tensor; k++) {
+        const elmo_tf_tensor *t = elmo_tf_tensor_at(&c.p, k);
+        in_tensor = (int64_t)i >= t->offset && (int64_t)i < t->offset + t->numel;
+      }
+      if (!in_tensor) fail_msg("padding float %zu got gradient %g", i, (double)gpu.grads[i]);
+    }
+  free(doubled);
+  enc_result_free(&cpu); enc_result_free(&gpu); free(twice.grads);
+  enc_case_free(&c);
+}
+
+static void test_encoder_mean(void **state) { (void)state; encoder_case(ELMO_TF_POOL_MEAN); }
+static void test_encoder_cls(void **state) { (void)state; encoder_case(ELMO_TF_POOL_CLS); }
+
+/* Recompute mode, FP32 parameters and a repeated run all give the same bits as the default. */
+static void test_encoder_modes_bitwise(void **state) {
+  (void)state;
+  enc_case c;
+  enc_case_init(&c, ELMO_TF_POOL_MEAN, 909);
+  const size_t ph = (size_t)c.B * c.cfg.hidden * 4, gb = (size_t)c.p.num_params * 4;
+  enc_result base, again, rec, f32;
+  run_gpu(&c, 0, 0, &base, NULL);
+  run_gpu(&c, 0, 0, &again, NULL);
+  run_gpu(&c, ELMO_CUDA_TF_RECOMPUTE, 0, &rec, NULL);
+  run_gpu(&c, ELMO_CUDA_TF_F32_PARAMS, 1, &f32, NULL);
+  assert_memory_equal(again.pooled, base.pooled, ph);
+  assert_memory_equal(again.grads, base.grads, gb);
+  assert_memory_equal(rec.pooled, base.pooled, ph);
+  assert_memory_equal(rec.grads, base.grads, gb);
+  assert_memory_equal(f32.pooled, base.pooled, ph);
+  assert_memory_equal(f32.grads, base.grads, gb);
+  enc_result_free(&base); enc_result_free(&again); enc_result_free(&rec); enc_result_free(&f32);
+  enc_case_free(&c);
+}
+
+static void test_encoder_errors(void **state) {
+  (void)state;
+  enc_case c;
+  enc_case_init(&c, ELMO_TF_POOL_MEAN, 1001);
+  elmo_err err;
+  elmo_cuda_tf *t = NULL;
+  assert_int_equal(elmo_cuda_tf_create(&c.cfg, 4, 33, 0, NULL, &t, &err), ELMO_EINPUT);   /* > max_position */
+  tu_assert_contains(err.msg, "max_position");
+  assert_null(t);
+  assert_int_equal(elmo_cuda_tf_create(&c.cfg, 4, 16, 0, NULL, &t, &err), ELMO_OK);
+  void *d_params = dev_bf16(c.p.flat, (size_t)c.p.num_params);
+  float *d_pooled = dev_poisoned((size_t)8 * c.cfg.hidden * 4), *d_grads = dev_poisoned((size_t)c.p.num_params * 4);
+  int32_t *d_ids = dev_upload(c.ids, (size_t)c.B * c.T * 4);
+  assert_int_equal(elmo_cuda_tf_backward(t, d_params, 1, d_pooled, d_grads, 0, &err), ELMO_ERUNTIME);
+  assert_int_equal(elmo_cuda_tf_forward(t, d_params, 1, d_ids, NULL, 5, 16, d_pooled, 0, &err), ELMO_EINPUT);
+  assert_int_equal(elmo_cuda_tf_forward(t, d_params, 1, d_ids, NULL, 4, 17, d_pooled, 0, &err), ELMO_EINPUT);
+  assert_int_equal(elmo_cuda_tf_forward(t, d_params, 0, d_ids, NULL, 4, 16, d_pooled, 0, &err), ELMO_EINPUT);
+  tu_assert_contains(err.msg, "ELMO_CUDA_TF_F32_PARAMS");
+  assert_true(elmo_cuda_tf_activation_bytes(&c.cfg, 4, 16, ELMO_CUDA_TF_RECOMPUTE) <
+              elmo_cuda_tf_activation_bytes(&c.cfg, 4, 16, 0));
+  assert_true(elmo_cuda_tf_activation_bytes(&c.cfg, 4, 16, 0) < elmo_cuda_tf_workspace_bytes(&c.cfg, 4, 16, 0));
+  elmo_cuda_tf_destroy(&t);
+  cudaFree(d_params); cudaFree(d_pooled); cudaFree(d_grads); cudaFree(d_ids);
+  enc_case_free(&c);
+}
+
+/* ------------------------------------------------------------------ benchmark (ELMO_BENCH_TF=1) */
+
+static int cmp_float(const void *a, const void *b) {
+  const float x = *(const float *)a, y = *(const float *)b;
+  return (x > y) - (x < y);
+}
+
+/* Median milliseconds of `reps` forward(+backward) runs. */
+static float bench_time(elmo_cuda_tf *t, const void *params, const int32_t *ids, const uint8_t *mask, int B, int T,
+                        float *pooled, float *dp, float *grads, int backward, int reps) {
+  elmo_err err;
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  float ms[32];
+  for (int r = 0; r < reps + 3; r++) {
+    CK(cudaEventRecord(e0, 0));
+    assert_int_equal(elmo_cuda_tf_forward(t, params, 1, ids, mask, B, T, pooled, 0, &err), ELMO_OK);
+    if (backward) assert_int_equal(elmo_cuda_tf_backward(t, params, 1, dp, grads, 0, &err), ELMO_OK);
+    CK(cudaEventRecord(e1, 0));
+    CK(cudaEventSynchronize(e1));
+    if (r >= 3) CK(cudaEventElapsedTime(&ms[r - 3], e0, e1));
+  }
+  qsort(ms, (size_t)reps, sizeof ms[0], cmp_float);
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return ms[reps / 2];
+}
+
+/* profile = 1: one forward+backward of the default mode only (for a profiler), no timing. */
+static void bench_bert_base(int profile) {
+  elmo_tf_config cfg;
+  elmo_tf_config_init(&cfg);
+  const int B = 128, T = 128;
+  elmo_tf_params p;
+  elmo_err err;
+  assert_int_equal(elmo_tf_alloc(&p, &cfg, &err), ELMO_OK);
+  const size_t np = (size_t)p.num_params;
+  uint64_t rng = 4242;
+  elmo_bf16 *hp = malloc(np * 2);
+  for (size_t i = 0; i < np; i++) hp[i] = elmo_f32_to_bf16(0.04f * (tu_rand_uniform(&rng) - 0.5f));
+  for (int i = 0; i < p.num_tensors; i++) {
+    const elmo_tf_tensor *t = elmo_tf_tensor_at(&p, i);
+    if (t->kind == ELMO_TF_NORM_WEIGHT)
+      for (int64_t j = 0; j < t->numel; j++) hp[t->offset + j] = elmo_f32_to_bf16(1.0f);
+  }
+  int32_t *ids = malloc((size_t)B * T * 4);
+  uint8_t *mask = malloc((size_t)B * T);
+  for (int i = 0; i < B * T; i++) {
+    ids[i] = (int32_t)(tu_rand_u64(&rng) % (uint64_t)cfg.vocab_size);
+    mask[i] = 1;
+  }
+  void *d_params = dev_upload(hp, np * 2);
+  int32_t *d_ids = dev_upload(ids, (size_t)B * T * 4);
+  uint8_t *d_mask = dev_upload(mask, (size_t)B * T);
+  float *dp = randn((size_t)B * cfg.hidden, &rng, 1e-3f, 0.0f);
+  float *d_dp = dev_upload(dp, (size_t)B * cfg.hidden * 4), *d_pooled = dev_poisoned((size_t)B * cfg.hidden * 4);
+  float *d_grads = dev_poisoned(np * 4);
+  CK(cudaMemset(d_grads, 0, np * 4));
+  for (int mode = 0; mode < (profile ? 1 : 2); mode++) {
+    const int flags = mode ? ELMO_CUDA_TF_RECOMPUTE : 0;
+    elmo_cuda_tf *t = NULL;
+    assert_int_equal(elmo_cuda_tf_create(&cfg, B, T, flags, NULL, &t, &err), ELMO_OK);
+    if (profile) {
+      assert_int_equal(elmo_cuda_tf_forward(t, d_params, 1, d_ids, d_mask, B, T, d_pooled, 0, &err), ELMO_OK);
+      assert_int_equal(elmo_cuda_tf_backward(t, d_params, 1, d_dp, d_grads, 0, &err), ELMO_OK);
+      CK(cudaDeviceSynchronize());
+      elmo_cuda_tf_destroy(&t);
+      continue;
+    }
+    const float f = bench_time(t, d_params, d_ids, d_mask, B, T, d_pooled, d_dp, d_grads, 0, 10);
+    const float fb = bench_time(t, d_params, d_ids, d_mask, B, T, d_pooled, d_dp, d_grads, 1, 10);
+    float *g = host_from_f32(d_grads, np);
+    const double e = rel_err(g, g, np);   /* finite check only */
+    size_t free_b, total_b;
+    CK(cudaMemGetInfo(&free_b, &total_b));
+    printf("bench BERT-base B %d T %d %s: forward %.2f ms, forward+backward %.2f ms (%.1f TFLOP/s model), "
+           "activations kept %.1f MiB, workspace %.1f MiB, device used %.1f MiB%s\n", B, T,
+           mode ? "recompute" : "default", f, fb, 6.0 * 85.0e6 * B * T / (fb * 1e-3) / 1e12,
+           elmo_cuda_tf_activation_bytes(&cfg, B, T, flags) / 1048576.0,
+           elmo_cuda_tf_workspace_bytes(&cfg, B, T, flags) / 1048576.0, (total_b - free_b) / 1048576.0,
+           isfinite(e) ? "" : " NON-FINITE GRADIENTS");
+    free(g);
+    elmo_cuda_tf_destroy(&t);
+  }
+  cudaFree(d_params); cudaFree(d_ids); cudaFree(d_mask); cudaFree(d_dp); cudaFree(d_pooled); cudaFree(d_grads);
+  free(hp); free(ids); free(mask); free(dp);
+  elmo_tf_free(&p);
+}
+
+static void test_bench(void **state) {
+  (void)state;
+  const char *b = getenv("ELMO_BENCH_TF");
+  if (!b || (strcmp(b, "1") != 0 && strcmp(b, "2") != 0)) skip();
+  bench_bert_base(strcmp(b, "2") == 0);
+}
+
+int main(void) {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n < 1) {
+    printf("no CUDA device: skipping the GPU transformer tests\n");
+    return 77;
+  }
+  const char *b = getenv("ELMO_BENCH_TF");
+  if (b && strcmp(b, "2") == 0) cmocka_set_test_filter("test_bench");   /* profiling: the benchmark alone */
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_layernorm_forward),
+    cmocka_unit_test(test_layernorm_backward),
+    cmocka_unit_test(test_gelu),
+    cmocka_unit_test(test_colsum),
+    cmocka_unit_test(test_attention),
+    cmocka_unit_test(test_embedding),
+    cmocka_unit_test(test_pooling_mean),
+    cmocka_unit_test(test_pooling_cls),
+    cmocka_unit_test(test_encoder_mean),
+    cmocka_unit_test(test_encoder_cls),
+    cmocka_unit_test(test_encoder_modes_bitwise),
+    cmocka_unit_test(test_encoder_errors),
+    cmocka_unit_test(test_bench),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
