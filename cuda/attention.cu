@@ -6,6 +6,7 @@
 #include <cuda_bf16.h>
 
 #include "cuda/attention.h"
+#include "cuda/check.h"
 #include "cuda/transformer.h"
 
 typedef __nv_bfloat16 bf16;
@@ -81,7 +82,7 @@ static void permute16_launch(const void *in, int64_t total, int64_t per, int Tp,
                              void *out, cudaStream_t s) {
   heads_permute16_kernel<<<grid_for(total / 8), EW_THREADS, 0, s>>>((const uint4 *)in, total / 8, per, Tp, heads,
                                                                      dh, to_split, (uint4 *)out);
-  ELMO_TF_LAUNCHED();
+  ELMO_LAUNCH_CHECK();
 }
 
 static int check_dims(const char *what, int n, int B, int Tp, int heads, int dh, elmo_err *err) {
@@ -110,7 +111,7 @@ extern "C" int elmo_cuda_heads_split(const void *in, int in_f32, const elmo_bf16
   else
     heads_split_kernel<bf16><<<grid_for(total), EW_THREADS, 0, s>>>((const bf16 *)in, bb, total, per, Tp,
                                                                     heads, dh, (bf16 *)out);
-  ELMO_TF_LAUNCHED();
+  ELMO_LAUNCH_CHECK();
   return ELMO_OK;
 }
 
@@ -125,7 +126,7 @@ extern "C" int elmo_cuda_heads_merge(const elmo_bf16 *in, int n, int B, int Tp, 
   }
   heads_merge_kernel<<<grid_for(total), EW_THREADS, 0, s>>>((const bf16 *)in, total, per, Tp, heads, dh,
                                                             (bf16 *)out);
-  ELMO_TF_LAUNCHED();
+  ELMO_LAUNCH_CHECK();
   return ELMO_OK;
 }
 
@@ -176,10 +177,10 @@ static __global__ void softmax_backward_kernel(bf16 *P, const float *dP, int64_t
 
 static unsigned row_grid(int64_t rows) { return (unsigned)((rows + SM_WARPS - 1) / SM_WARPS); }
 
-/* The same two row kernels with the row held in registers (C * 32 >= Tp): one read of S or dP.
- * Same arithmetic in the same order as above, so the same bits. */
+/* The same two row kernels with the row in registers, 16-byte loads: lane owns columns
+ * 128 c + 4 lane .. + 3 of chunk c (C * 128 >= Tp, Tp a multiple of 4). One read of S or dP. */
 template <int C>
-static __global__ void softmax_forward_reg_kernel(const float *S, const uint8_t *mask, int64_t rows, int heads,
+static __global__ void softmax_forward_vec_kernel(const float *S, const uint8_t *mask, int64_t rows, int heads,
                                                   int Tp, float scale, bf16 *P) {
   const int lane = threadIdx.x % 32;
   const int64_t row = (int64_t)blockIdx.x * SM_WARPS + threadIdx.x / 32;
@@ -192,70 +193,99 @@ static __global__ void softmax_forward_reg_kernel(const float *S, const uint8_t 
     for (int j = lane; j < Tp; j += 32) p[j] = __float2bfloat16_rn(0.0f);
     return;
   }
-  float v[C];
+  float v[C][4];
   float mx = -INFINITY;
 #pragma unroll
   for (int c = 0; c < C; c++) {
-    const int j = lane + 32 * c;
-    v[c] = j < Tp && mk[j] ? s[j] * scale : -INFINITY;
-    mx = fmaxf(mx, v[c]);
+    const int j = c * 128 + lane * 4;
+    const float4 x = j < Tp ? *reinterpret_cast<const float4 *>(s + j) : make_float4(0.f, 0.f, 0.f, 0.f);
+    const uchar4 m = j < Tp ? *reinterpret_cast<const uchar4 *>(mk + j) : make_uchar4(0, 0, 0, 0);
+    v[c][0] = m.x ? x.x * scale : -INFINITY;
+    v[c][1] = m.y ? x.y * scale : -INFINITY;
+    v[c][2] = m.z ? x.z * scale : -INFINITY;
+    v[c][3] = m.w ? x.w * scale : -INFINITY;
+#pragma unroll
+    for (int k = 0; k < 4; k++) mx = fmaxf(mx, v[c][k]);
   }
   mx = warp_max(mx);
   float sum = 0.0f;
 #pragma unroll
-  for (int c = 0; c < C; c++) {
-    v[c] = v[c] == -INFINITY ? 0.0f : expf(v[c] - mx);
-    sum += v[c];
-  }
+  for (int c = 0; c < C; c++)
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+      v[c][k] = v[c][k] == -INFINITY ? 0.0f : expf(v[c][k] - mx);
+      sum += v[c][k];
+    }
   const float inv = 1.0f / warp_sum(sum);
 #pragma unroll
   for (int c = 0; c < C; c++) {
-    const int j = lane + 32 * c;
-    if (j < Tp) p[j] = __float2bfloat16_rn(v[c] * inv);
+    const int j = c * 128 + lane * 4;
+    if (j >= Tp) continue;
+    __nv_bfloat162 h[2] = {__floats2bfloat162_rn(v[c][0] * inv, v[c][1] * inv),
+                           __floats2bfloat162_rn(v[c][2] * inv, v[c][3] * inv)};
+    *reinterpret_cast<uint2 *>(p + j) = *reinterpret_cast<const uint2 *>(h);
   }
 }
 
 template <int C>
-static __global__ void softmax_backward_reg_kernel(bf16 *P, const float *dP, int64_t rows, int Tp, float scale) {
+static __global__ void softmax_backward_vec_kernel(bf16 *P, const float *dP, int64_t rows, int Tp, float scale) {
   const int lane = threadIdx.x % 32;
   const int64_t row = (int64_t)blockIdx.x * SM_WARPS + threadIdx.x / 32;
   if (row >= rows) return;
   bf16 *p = P + row * Tp;
   const float *g = dP + row * Tp;
-  float pv[C], gv[C];
+  float pv[C][4], gv[C][4];
   float dot = 0.0f;
 #pragma unroll
   for (int c = 0; c < C; c++) {
-    const int j = lane + 32 * c;
-    pv[c] = j < Tp ? __bfloat162float(p[j]) : 0.0f;
-    gv[c] = j < Tp ? g[j] : 0.0f;
-    if (j < Tp) dot += pv[c] * gv[c];
+    const int j = c * 128 + lane * 4;
+    if (j < Tp) {
+      const uint2 pu = *reinterpret_cast<const uint2 *>(p + j);
+      const __nv_bfloat162 *ph = reinterpret_cast<const __nv_bfloat162 *>(&pu);
+      const float2 p01 = __bfloat1622float2(ph[0]), p23 = __bfloat1622float2(ph[1]);
+      const float4 x = *reinterpret_cast<const float4 *>(g + j);
+      pv[c][0] = p01.x; pv[c][1] = p01.y; pv[c][2] = p23.x; pv[c][3] = p23.y;
+      gv[c][0] = x.x; gv[c][1] = x.y; gv[c][2] = x.z; gv[c][3] = x.w;
+    } else {
+#pragma unroll
+      for (int k = 0; k < 4; k++) pv[c][k] = gv[c][k] = 0.0f;
+    }
+#pragma unroll
+    for (int k = 0; k < 4; k++) dot += pv[c][k] * gv[c][k];
   }
   dot = warp_sum(dot);
 #pragma unroll
   for (int c = 0; c < C; c++) {
-    const int j = lane + 32 * c;
-    if (j < Tp) p[j] = __float2bfloat16_rn(pv[c] * (gv[c] - dot) * scale);
+    const int j = c * 128 + lane * 4;
+    if (j >= Tp) continue;
+    float d[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) d[k] = pv[c][k] * (gv[c][k] - dot) * scale;
+    __nv_bfloat162 h[2] = {__floats2bfloat162_rn(d[0], d[1]), __floats2bfloat162_rn(d[2], d[3])};
+    *reinterpret_cast<uint2 *>(p + j) = *reinterpret_cast<const uint2 *>(h);
   }
 }
 
-/* Softmax forward (dP == NULL) or backward; the register kernels for Tp <= 512. */
+/* Softmax forward (dP == NULL) or backward: the vector kernels for Tp <= 512 (a multiple of 8, so
+ * every row is 16-byte aligned in S / dP and 8-byte aligned in P), else the plain ones. */
 static void softmax_launch(const float *S, const float *dP, const uint8_t *mask, int64_t rows, int heads, int Tp,
                            float scale, bf16 *P, cudaStream_t s) {
   const unsigned grid = row_grid(rows), threads = SM_WARPS * 32;
-  const int c = (Tp + 31) / 32;
+  const int c = (Tp + 127) / 128;
+  const int aligned = Tp % 8 == 0 && ((uintptr_t)S | (uintptr_t)dP) % 16 == 0 && (uintptr_t)P % 8 == 0 &&
+                      (uintptr_t)mask % 4 == 0;
 #define SM_CASE(C) \
-  if (c <= C) { \
-    if (dP) softmax_backward_reg_kernel<C><<<grid, threads, 0, s>>>(P, dP, rows, Tp, scale); \
-    else softmax_forward_reg_kernel<C><<<grid, threads, 0, s>>>(S, mask, rows, heads, Tp, scale, P); \
-    ELMO_TF_LAUNCHED(); \
+  if (aligned && c <= C) { \
+    if (dP) softmax_backward_vec_kernel<C><<<grid, threads, 0, s>>>(P, dP, rows, Tp, scale); \
+    else softmax_forward_vec_kernel<C><<<grid, threads, 0, s>>>(S, mask, rows, heads, Tp, scale, P); \
+    ELMO_LAUNCH_CHECK(); \
     return; \
   }
-  SM_CASE(1) SM_CASE(2) SM_CASE(4) SM_CASE(8) SM_CASE(16)
+  SM_CASE(1) SM_CASE(2) SM_CASE(4)
 #undef SM_CASE
   if (dP) softmax_backward_kernel<<<grid, threads, 0, s>>>(P, dP, rows, Tp, scale);
   else softmax_forward_kernel<<<grid, threads, 0, s>>>(S, mask, rows, heads, Tp, scale, P);
-  ELMO_TF_LAUNCHED();
+  ELMO_LAUNCH_CHECK();
 }
 
 /* ------------------------------------------------------------------ batched GEMMs */

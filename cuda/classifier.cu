@@ -139,6 +139,12 @@ static void widen_chunk(elmo_cuda_cls *c, int64_t l0, int64_t n, cudaStream_t s)
 }
 
 extern "C" void elmo_cuda_cls_logits(elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, int f32_out, cudaStream_t s) {
+  size_t need = (size_t)(round16(B) * n) * (f32_out ? 4 : z_elem(c->dtype));
+  if (need > c->z_bytes || n > c->chunk || B > c->B_cap) {
+    fprintf(stderr, "elmo: internal error: logits of %lld rows x %lld labels do not fit the chunk buffer (%zu bytes)\n",
+            (long long)B, (long long)n, c->z_bytes);
+    abort();
+  }
   int fp8 = f32_out ? c->fp8_logits_f32 : c->fp8_logits;
   if (!fp8) widen_chunk(c, l0, n, s);
   elmo_gemm g = logits_gemm(c, round16(B), l0, n, fp8, f32_out);
@@ -261,11 +267,12 @@ extern "C" void elmo_cuda_cls_grad(elmo_cuda_cls *c, int64_t B, int64_t l0, int6
 
 #define UT_L 64        /* labels per block */
 #define UT_K 128       /* features per block */
-#define UT_B 16        /* batch rows per stage */
+#define UT_B 32        /* batch rows per stage */
 #define UT_THREADS 256 /* 8 warps: 2 (labels) x 4 (features), each 32 x 32 */
 #define SG_LD (UT_L + 8)
 #define SX_LD (UT_K + 8)
 #define ACC_LD (UT_K + 4)
+#define X_VECS (UT_B * UT_K / 8 / UT_THREADS) /* 16-byte pieces of Xq per thread and stage */
 
 struct update_args {
   void *W;
@@ -276,44 +283,64 @@ struct update_args {
   const uint16_t *Xq16;         /* [B, d] */
   float lr, wd;
   uint64_t seed, step;
+  int k_tiles;                  /* feature tiles per label tile */
 };
 
-/* Stage rows b0..b0+15 of G (labels j0..j0+63) and Xq (features k0..k0+127) as bf16. */
-static __device__ void stage_g(const uint16_t *G, const update_args &a, int64_t b0, int64_t j0,
-                               __nv_bfloat16 (*sG)[SG_LD]) {
-  int t = threadIdx.x;
-  if (t >= UT_B * UT_L / 8) return;
-  int r = t / (UT_L / 8), v = t % (UT_L / 8);
-  int64_t b = b0 + r, j = j0 + v * 8;
-  uint4 q = make_uint4(0, 0, 0, 0);
-  if (b < a.B && j < a.n) q = *(const uint4 *)(G + b * a.n + j);
-  *(uint4 *)&sG[r][v * 8] = q;
+/* The stage buffers (rows b0..b0+UT_B of G^T and Xq, bf16) share memory with the accumulator
+ * tile, which is only written after the last stage. */
+union update_smem {
+  struct {
+    __nv_bfloat16 g[UT_B][SG_LD];   /* G^T tile, stored [b][label]: column-major for WMMA a */
+    __nv_bfloat16 x[UT_B][SX_LD];   /* Xq tile [b][feature] */
+  } st;
+  float acc[UT_L][ACC_LD];
+};
+
+/* One thread's share of a stage, fetched into registers ahead of use: 8 labels of one row of G
+ * and X_VECS x 8 features of Xq, all as bf16 codes. */
+struct stage_regs {
+  uint4 g;
+  uint4 x[X_VECS];
+};
+
+static __device__ __forceinline__ uint4 fetch_g8(const uint16_t *G, const update_args &a, int64_t b, int64_t j) {
+  return *(const uint4 *)(G + b * a.n + j);
 }
 
-static __device__ void stage_g(const float *G, const update_args &a, int64_t b0, int64_t j0,
-                               __nv_bfloat16 (*sG)[SG_LD]) {
-  int t = threadIdx.x;
-  if (t >= UT_B * UT_L / 4) return;
-  int r = t / (UT_L / 4), v = t % (UT_L / 4);
-  int64_t b = b0 + r, j = j0 + v * 4;
-  float4 q = make_float4(0.f, 0.f, 0.f, 0.f);
-  if (b < a.B && j < a.n) q = *(const float4 *)(G + b * a.n + j);
-  /* G holds bf16-exact values: the top halves are the bf16 codes */
-  ushort4 h;
-  h.x = (uint16_t)(elmo_f32_bits(q.x) >> 16);
-  h.y = (uint16_t)(elmo_f32_bits(q.y) >> 16);
-  h.z = (uint16_t)(elmo_f32_bits(q.z) >> 16);
-  h.w = (uint16_t)(elmo_f32_bits(q.w) >> 16);
-  *(ushort4 *)&sG[r][v * 4] = h;
+static __device__ __forceinline__ uint4 fetch_g8(const float *G, const update_args &a, int64_t b, int64_t j) {
+  /* FP32 G holds bf16-exact values: their top halves are the bf16 codes */
+  const float4 p = *(const float4 *)(G + b * a.n + j), q = *(const float4 *)(G + b * a.n + j + 4);
+  uint4 r;
+  r.x = (elmo_f32_bits(p.x) >> 16) | (elmo_f32_bits(p.y) & 0xFFFF0000u);
+  r.y = (elmo_f32_bits(p.z) >> 16) | (elmo_f32_bits(p.w) & 0xFFFF0000u);
+  r.z = (elmo_f32_bits(q.x) >> 16) | (elmo_f32_bits(q.y) & 0xFFFF0000u);
+  r.w = (elmo_f32_bits(q.z) >> 16) | (elmo_f32_bits(q.w) & 0xFFFF0000u);
+  return r;
 }
 
-static __device__ void stage_x(const update_args &a, int64_t b0, int64_t k0, __nv_bfloat16 (*sX)[SX_LD]) {
-  int t = threadIdx.x; /* UT_B * UT_K / 8 == UT_THREADS */
-  int r = t / (UT_K / 8), v = t % (UT_K / 8);
-  int64_t b = b0 + r, k = k0 + v * 8;
-  uint4 q = make_uint4(0, 0, 0, 0);
-  if (b < a.B && k < a.d) q = *(const uint4 *)(a.Xq16 + b * a.d + k);
-  *(uint4 *)&sX[r][v * 8] = q;
+/* Rows >= B, labels >= n and features >= d read as zeros (n and d are multiples of 8). */
+template <typename GT>
+static __device__ void fetch_stage(const update_args &a, int64_t b0, int64_t j0, int64_t k0, stage_regs &r) {
+  const int t = threadIdx.x;
+  const int gr = t / (UT_L / 8), gv = t % (UT_L / 8);
+  const int64_t gb = b0 + gr, gj = j0 + gv * 8;
+  r.g = gb < a.B && gj < a.n ? fetch_g8((const GT *)a.G, a, gb, gj) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+  for (int q = 0; q < X_VECS; q++) {
+    const int i = t + q * UT_THREADS, xr = i / (UT_K / 8), xv = i % (UT_K / 8);
+    const int64_t xb = b0 + xr, xk = k0 + xv * 8;
+    r.x[q] = xb < a.B && xk < a.d ? *(const uint4 *)(a.Xq16 + xb * a.d + xk) : make_uint4(0, 0, 0, 0);
+  }
+}
+
+static __device__ void put_stage(const stage_regs &r, update_smem &sm) {
+  const int t = threadIdx.x;
+  *(uint4 *)&sm.st.g[t / (UT_L / 8)][(t % (UT_L / 8)) * 8] = r.g;
+#pragma unroll
+  for (int q = 0; q < X_VECS; q++) {
+    const int i = t + q * UT_THREADS;
+    *(uint4 *)&sm.st.x[i / (UT_K / 8)][(i % (UT_K / 8)) * 8] = r.x[q];
+  }
 }
 
 /* Four consecutive weights (l, k..k+3) as FP32, and their store with SR / RN. */
@@ -379,39 +406,43 @@ template <int DT> static __device__ void update4(const update_args &a, int64_t l
   store4<DT>(a.W, i, v, r, q);
 }
 
-/* grid (labels / UT_L, d / UT_K). */
+/* 1-D grid: block i takes label tile i / k_tiles and feature tile i % k_tiles, so the blocks
+ * that share a tile of G run together and find it in L2. */
 template <typename GT, int DT>
-static __global__ void __launch_bounds__(UT_THREADS) update_kernel(update_args a) {
+static __global__ void __launch_bounds__(UT_THREADS, 3) update_kernel(update_args a) {
   using namespace nvcuda;
-  __shared__ __align__(32) __nv_bfloat16 sG[UT_B][SG_LD];
-  __shared__ __align__(32) __nv_bfloat16 sX[UT_B][SX_LD];
-  __shared__ __align__(32) float sAcc[UT_L][ACC_LD];
-  const int64_t j0 = (int64_t)blockIdx.x * UT_L, k0 = (int64_t)blockIdx.y * UT_K;
+  __shared__ __align__(32) update_smem sm;
+  const int64_t j0 = (int64_t)(blockIdx.x / a.k_tiles) * UT_L, k0 = (int64_t)(blockIdx.x % a.k_tiles) * UT_K;
   const int warp = threadIdx.x / 32, wl = warp / 4, wk = warp % 4;
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
   for (int i = 0; i < 2; i++)
     for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[i][j], 0.0f);
+  stage_regs r;
+  fetch_stage<GT>(a, 0, j0, k0, r);
   for (int64_t b0 = 0; b0 < a.B; b0 += UT_B) {
-    stage_g((const GT *)a.G, a, b0, j0, sG);
-    stage_x(a, b0, k0, sX);
+    put_stage(r, sm);
     __syncthreads();
-    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::col_major> fa[2];
-    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb[2];
-    for (int i = 0; i < 2; i++) wmma::load_matrix_sync(fa[i], &sG[0][wl * 32 + i * 16], SG_LD);
-    for (int j = 0; j < 2; j++) wmma::load_matrix_sync(fb[j], &sX[0][wk * 32 + j * 16], SX_LD);
-    for (int i = 0; i < 2; i++)
-      for (int j = 0; j < 2; j++) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+    if (b0 + UT_B < a.B) fetch_stage<GT>(a, b0 + UT_B, j0, k0, r); /* in flight during the MMAs */
+#pragma unroll
+    for (int kb = 0; kb < UT_B; kb += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::col_major> fa[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb[2];
+      for (int i = 0; i < 2; i++) wmma::load_matrix_sync(fa[i], &sm.st.g[kb][wl * 32 + i * 16], SG_LD);
+      for (int j = 0; j < 2; j++) wmma::load_matrix_sync(fb[j], &sm.st.x[kb][wk * 32 + j * 16], SX_LD);
+      for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 2; j++) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+    }
     __syncthreads();
   }
   for (int i = 0; i < 2; i++)
     for (int j = 0; j < 2; j++)
-      wmma::store_matrix_sync(&sAcc[wl * 32 + i * 16][wk * 32 + j * 16], acc[i][j], ACC_LD, wmma::mem_row_major);
+      wmma::store_matrix_sync(&sm.acc[wl * 32 + i * 16][wk * 32 + j * 16], acc[i][j], ACC_LD, wmma::mem_row_major);
   __syncthreads();
   for (int g = threadIdx.x; g < UT_L * UT_K / 4; g += UT_THREADS) {
     const int li = g / (UT_K / 4), kk = (g % (UT_K / 4)) * 4;
     const int64_t j = j0 + li, l = a.l0 + j, k = k0 + kk;
     if (j >= a.n || l >= a.L || k >= a.d) continue; /* padded rows stay zero */
-    const float4 gr = *(const float4 *)&sAcc[li][kk];
+    const float4 gr = *(const float4 *)&sm.acc[li][kk];
     const float grad[4] = {gr.x, gr.y, gr.z, gr.w};
     update4<DT>(a, l, k, grad);
   }
@@ -435,7 +466,13 @@ extern "C" void elmo_cuda_cls_update(elmo_cuda_cls *c, int64_t B, int64_t l0, in
   a.wd = (float)h->weight_decay;
   a.seed = h->seed;
   a.step = (uint64_t)h->step;
-  dim3 grid((unsigned)((n + UT_L - 1) / UT_L), (unsigned)((c->d + UT_K - 1) / UT_K));
+  a.k_tiles = (int)((c->d + UT_K - 1) / UT_K);
+  const int64_t blocks = (n + UT_L - 1) / UT_L * a.k_tiles;
+  if (blocks > 0x7FFFFFFF) {
+    fprintf(stderr, "elmo: internal error: classifier chunk of %lld labels is too large for one launch\n", (long long)n);
+    abort();
+  }
+  const unsigned grid = (unsigned)blocks;
   switch (c->dtype) {
     case ELMO_FP8: update_kernel<uint16_t, ELMO_FP8><<<grid, UT_THREADS, 0, s>>>(a); break;
     case ELMO_BF16: update_kernel<uint16_t, ELMO_BF16><<<grid, UT_THREADS, 0, s>>>(a); break;

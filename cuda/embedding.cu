@@ -6,6 +6,7 @@
 #include <cuda_bf16.h>
 
 #include "cuda/embedding.h"
+#include "cuda/check.h"
 #include "cuda/transformer.h"
 
 typedef __nv_bfloat16 bf16;
@@ -36,7 +37,7 @@ extern "C" int elmo_cuda_embed_mask(const uint8_t *mask, int B, int T, int Tp, u
                      B, T, Tp);
   if (B == 0) return ELMO_OK;
   mask_kernel<<<grid_for((int64_t)B * Tp), EW_THREADS, 0, s>>>(mask, (int64_t)B * Tp, T, Tp, mask_p);
-  ELMO_TF_LAUNCHED();
+  ELMO_LAUNCH_CHECK();
   return ELMO_OK;
 }
 
@@ -80,7 +81,7 @@ extern "C" int elmo_cuda_embed_forward(const elmo_bf16 *word, const elmo_bf16 *p
   embed_forward_kernel<<<grid_for(n), EW_THREADS, 0, s>>>((const bf16 *)word, (const bf16 *)pos,
                                                           (const bf16 *)type, V, ids, mask_p, n, T, Tp, H, e,
                                                           keys, bad_id);
-  ELMO_TF_LAUNCHED();
+  ELMO_LAUNCH_CHECK();
   return ELMO_OK;
 }
 
@@ -159,17 +160,27 @@ static __global__ void pos_partial_kernel(const float *de, const uint8_t *mask_p
   part[(int64_t)t * H + j] = acc;
 }
 
-/* dpos[t] += part[t] for t < P; dtype[0] += sum over t in order. */
-static __global__ void pos_finish_kernel(const float *part, int Tp, int P, int H, float *dpos, float *dtype) {
-  const int j = blockIdx.x * blockDim.x + threadIdx.x;
-  if (j >= H) return;
+/* dpos[t] += part[t] for t < P: thread (column j, position t). */
+static __global__ void pos_add_kernel(const float *part, int P, int H, float *dpos) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x, t = blockIdx.y;
+  if (j < H && t < P) dpos[(int64_t)t * H + j] += part[(int64_t)t * H + j];
+}
+
+enum { FIN_COLS = 32, FIN_SLICES = 8 };
+
+/* dtype[0][j] += sum over positions of part: slice y sums t = y, y + 8, ... in order, then slice 0
+ * adds the 8 slice sums in order (a fixed order). Block (32 columns) x (8 slices). */
+static __global__ void type_finish_kernel(const float *part, int Tp, int H, float *dtype) {
+  __shared__ float acc_s[FIN_SLICES][FIN_COLS];
+  const int x = threadIdx.x, y = threadIdx.y, j = blockIdx.x * FIN_COLS + x;
   float acc = 0.0f;
-  for (int t = 0; t < Tp; t++) {
-    const float v = part[(int64_t)t * H + j];
-    if (t < P) dpos[(int64_t)t * H + j] += v;
-    acc += v;
-  }
-  if (dtype) dtype[j] += acc;
+  if (j < H)
+    for (int t = y; t < Tp; t += FIN_SLICES) acc += part[(int64_t)t * H + j];
+  acc_s[y][x] = acc;
+  __syncthreads();
+  if (y != 0 || j >= H) return;
+  for (int k = 1; k < FIN_SLICES; k++) acc += acc_s[k][x];
+  dtype[j] += acc;
 }
 
 static int bits_for(int V) {
@@ -186,12 +197,12 @@ static int word_grads(const float *de, const int32_t *keys, int V, int64_t rows,
     return elmo_fail(err, ELMO_ERUNTIME, "embedding backward: sort scratch %zu bytes (have %zu)", need,
                      w->sort_bytes);
   iota_kernel<<<grid_for(rows), EW_THREADS, 0, s>>>(rows, w->rows_in);
-  ELMO_TF_LAUNCHED();
-  ELMO_TF_CUDA(cub::DeviceRadixSort::SortPairs(w->sort_tmp, need, (const uint32_t *)keys, w->keys_out,
+  ELMO_LAUNCH_CHECK();
+  ELMO_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(w->sort_tmp, need, (const uint32_t *)keys, w->keys_out,
                                                (const int32_t *)w->rows_in, w->rows_out, (int)rows, 0, end_bit, s));
   word_grad_kernel<<<(unsigned)rows, WORD_THREADS, 0, s>>>(de, w->keys_out, w->rows_out, rows, (uint32_t)V, H,
                                                            dword);
-  ELMO_TF_LAUNCHED();
+  ELMO_LAUNCH_CHECK();
   return ELMO_OK;
 }
 
@@ -213,8 +224,13 @@ extern "C" int elmo_cuda_embed_backward(const float *de, const int32_t *keys, co
   if (rc) return rc;
   const unsigned tiles = (unsigned)((H + COL_THREADS - 1) / COL_THREADS);
   pos_partial_kernel<<<dim3(tiles, (unsigned)Tp), COL_THREADS, 0, s>>>(de, mask_p, B, Tp, H, w.pos_part);
-  ELMO_TF_LAUNCHED();
-  pos_finish_kernel<<<tiles, COL_THREADS, 0, s>>>(w.pos_part, Tp, P, H, dpos, dtype);
-  ELMO_TF_LAUNCHED();
+  ELMO_LAUNCH_CHECK();
+  pos_add_kernel<<<dim3(tiles, (unsigned)Tp), COL_THREADS, 0, s>>>(w.pos_part, P, H, dpos);
+  ELMO_LAUNCH_CHECK();
+  if (dtype) {
+    type_finish_kernel<<<(unsigned)((H + FIN_COLS - 1) / FIN_COLS), dim3(FIN_COLS, FIN_SLICES), 0, s>>>(
+        w.pos_part, Tp, H, dtype);
+    ELMO_LAUNCH_CHECK();
+  }
   return ELMO_OK;
 }

@@ -33,7 +33,8 @@ size_t elmo_cuda_embed_ws_bytes(int64_t rows, int max_tp, int H);
 /* Adds de[B * Tp, H] (fp32) of the real tokens into dword[key] (keys from the forward; [V, H]),
  * dpos[t] ([P, H]; positions t >= P must be masked) and dtype[0] (dtype may be NULL).
  * Deterministic: tokens are sorted by id (stable), each word row is
- * summed by one block in row order, positions and type are summed over b, then t, in order.
+ * summed by one block in row order, positions are summed over b in order, the type row over those
+ * position sums in a fixed order.
  * ws: elmo_cuda_embed_ws_bytes, 256-byte aligned. */
 int elmo_cuda_embed_backward(const float *de, const int32_t *keys, const uint8_t *mask_p, int V, int P,
                              int B, int Tp, int H, float *dword, float *dpos, float *dtype, void *ws,

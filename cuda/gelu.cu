@@ -4,6 +4,7 @@
 #include <cuda_bf16.h>
 
 #include "cuda/gelu.h"
+#include "cuda/check.h"
 #include "cuda/transformer.h"
 
 typedef __nv_bfloat16 bf16;
@@ -49,7 +50,7 @@ extern "C" int elmo_cuda_gelu_forward(const float *a, const elmo_bf16 *bias, int
   if (M == 0) return ELMO_OK;
   gelu_forward_kernel<<<grid_for(M * F), EW_THREADS, 0, s>>>(a, (const bf16 *)bias, M * F, F, (bf16 *)pre,
                                                              (bf16 *)g);
-  ELMO_TF_LAUNCHED();
+  ELMO_LAUNCH_CHECK();
   return ELMO_OK;
 }
 
@@ -111,7 +112,7 @@ extern "C" int elmo_cuda_gelu_recompute(const elmo_bf16 *pre, int64_t n, elmo_bf
     gelu_recompute8_kernel<<<grid_for(n / 8), EW_THREADS, 0, s>>>((const uint4 *)pre, n / 8, (uint4 *)g);
   else
     gelu_recompute_kernel<<<grid_for(n), EW_THREADS, 0, s>>>((const bf16 *)pre, n, (bf16 *)g);
-  ELMO_TF_LAUNCHED();
+  ELMO_LAUNCH_CHECK();
   return ELMO_OK;
 }
 
@@ -131,7 +132,7 @@ extern "C" int elmo_cuda_gelu_backward(const elmo_bf16 *pre, const elmo_bf16 *dy
                                                                  (uint4 *)dx);
   else
     gelu_backward_kernel<<<grid_for(n), EW_THREADS, 0, s>>>((const bf16 *)pre, (const bf16 *)dy, n, (bf16 *)dx);
-  ELMO_TF_LAUNCHED();
+  ELMO_LAUNCH_CHECK();
   return ELMO_OK;
 }
 
@@ -153,13 +154,21 @@ static __global__ void colsum_partial_kernel(const T *x, int64_t M, int N, int64
   part[((int64_t)blockIdx.z * gridDim.y + blockIdx.y) * N + j] = acc;
 }
 
-/* out_i[j] += sum over row blocks in order. */
+enum { FIN_COLS = 32, FIN_SLICES = 8 };
+
+/* out_i[j] += sum over the R row blocks. Block (32 columns) x (8 slices), matrix blockIdx.y: slice y
+ * sums blocks y, y + 8, ... in order, then slice 0 adds the 8 slice sums in order (a fixed order). */
 static __global__ void colsum_finish_kernel(const float *part, int R, int N, float *out, int64_t out_stride) {
-  const int j = blockIdx.x * blockDim.x + threadIdx.x;
-  if (j >= N) return;
+  __shared__ float acc_s[FIN_SLICES][FIN_COLS];
+  const int x = threadIdx.x, y = threadIdx.y, j = blockIdx.x * FIN_COLS + x;
   const float *p = part + (int64_t)blockIdx.y * R * N;
   float acc = 0.0f;
-  for (int r = 0; r < R; r++) acc += p[(int64_t)r * N + j];
+  if (j < N)
+    for (int r = y; r < R; r += FIN_SLICES) acc += p[(int64_t)r * N + j];
+  acc_s[y][x] = acc;
+  __syncthreads();
+  if (y != 0 || j >= N) return;
+  for (int k = 1; k < FIN_SLICES; k++) acc += acc_s[k][x];
   out[(int64_t)blockIdx.y * out_stride + j] += acc;
 }
 
@@ -169,9 +178,11 @@ static void colsum_launch(const T *x, int64_t M, int N, int count, int64_t x_str
   const int64_t R = (M + COL_ROWS - 1) / COL_ROWS;
   const unsigned tiles = (unsigned)((N + COL_THREADS - 1) / COL_THREADS);
   colsum_partial_kernel<T><<<dim3(tiles, (unsigned)R, (unsigned)count), COL_THREADS, 0, s>>>(x, M, N, x_stride, ws);
-  ELMO_TF_LAUNCHED();
-  colsum_finish_kernel<<<dim3(tiles, (unsigned)count), COL_THREADS, 0, s>>>(ws, (int)R, N, out, out_stride);
-  ELMO_TF_LAUNCHED();
+  ELMO_LAUNCH_CHECK();
+  const unsigned fin_tiles = (unsigned)((N + FIN_COLS - 1) / FIN_COLS);
+  colsum_finish_kernel<<<dim3(fin_tiles, (unsigned)count), dim3(FIN_COLS, FIN_SLICES), 0, s>>>(ws, (int)R, N, out,
+                                                                                              out_stride);
+  ELMO_LAUNCH_CHECK();
 }
 
 extern "C" int64_t elmo_cuda_colsum_ws_floats(int64_t M, int N, int count) {

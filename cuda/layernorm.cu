@@ -4,6 +4,7 @@
 #include <cuda_bf16.h>
 
 #include "cuda/layernorm.h"
+#include "cuda/check.h"
 #include "cuda/transformer.h"
 
 typedef __nv_bfloat16 bf16;
@@ -61,11 +62,11 @@ static void ln_forward_launch(const float *a, const bf16 *bias, const bf16 *res,
                               int64_t M, int H, float eps, bf16 *y, bf16 *xhat, float *rstd, cudaStream_t s) {
   const size_t smem = (size_t)LN_WARPS * H * sizeof(float);
   if (smem > 48 * 1024)
-    ELMO_TF_CUDA(cudaFuncSetAttribute(ln_forward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    ELMO_CUDA_CHECK(cudaFuncSetAttribute(ln_forward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       (int)smem));
   const unsigned grid = (unsigned)((M + LN_WARPS - 1) / LN_WARPS);
   ln_forward_kernel<<<grid, LN_WARPS * 32, smem, s>>>(a, bias, res, w, b, M, H, eps, y, xhat, rstd);
-  ELMO_TF_LAUNCHED();
+  ELMO_LAUNCH_CHECK();
 }
 
 static int check_rows(const char *what, int64_t M, int H, elmo_err *err) {
@@ -99,6 +100,23 @@ static __global__ void ln_apply_kernel(const bf16 *xhat, const bf16 *w, const bf
   }
 }
 
+/* The same 8 columns at a time (H a multiple of 8, 16-byte aligned pointers); n8 = M * H / 8. */
+static __global__ void ln_apply8_kernel(const uint4 *xhat, const uint4 *w, const uint4 *b, int64_t n8, int H8,
+                                        uint4 *y) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += (int64_t)gridDim.x * blockDim.x) {
+    const int j8 = (int)(i % H8);
+    const uint4 xu = xhat[i], wu = w[j8], bu = b[j8];
+    const bf16 *xv = reinterpret_cast<const bf16 *>(&xu), *wv = reinterpret_cast<const bf16 *>(&wu);
+    const bf16 *bv = reinterpret_cast<const bf16 *>(&bu);
+    uint4 out;
+    bf16 *ov = reinterpret_cast<bf16 *>(&out);
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+      ov[k] = __float2bfloat16_rn(__bfloat162float(xv[k]) * __bfloat162float(wv[k]) + __bfloat162float(bv[k]));
+    y[i] = out;
+  }
+}
+
 static unsigned grid_for(int64_t n, int threads) {
   const int64_t blocks = (n + threads - 1) / threads;
   return (unsigned)(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
@@ -108,9 +126,13 @@ extern "C" int elmo_cuda_layernorm_apply(const elmo_bf16 *xhat, const elmo_bf16 
                                          int64_t M, int H, elmo_bf16 *y, cudaStream_t s, elmo_err *err) {
   int rc = check_rows("layernorm apply", M, H, err);
   if (rc || M == 0) return rc;
-  ln_apply_kernel<<<grid_for(M * H, 256), 256, 0, s>>>((const bf16 *)xhat, (const bf16 *)w, (const bf16 *)b,
-                                                       M * H, H, (bf16 *)y);
-  ELMO_TF_LAUNCHED();
+  if (H % 8 == 0 && ((uintptr_t)xhat | (uintptr_t)w | (uintptr_t)b | (uintptr_t)y) % 16 == 0)
+    ln_apply8_kernel<<<grid_for(M * H / 8, 256), 256, 0, s>>>((const uint4 *)xhat, (const uint4 *)w,
+                                                              (const uint4 *)b, M * H / 8, H / 8, (uint4 *)y);
+  else
+    ln_apply_kernel<<<grid_for(M * H, 256), 256, 0, s>>>((const bf16 *)xhat, (const bf16 *)w, (const bf16 *)b,
+                                                         M * H, H, (bf16 *)y);
+  ELMO_LAUNCH_CHECK();
   return ELMO_OK;
 }
 
@@ -157,15 +179,27 @@ static __global__ void ln_param_partial_kernel(const float *dy, const bf16 *xhat
   pb[(int64_t)blockIdx.y * H + j] = sb;
 }
 
-/* dw[j] += sum over blocks of pw, db likewise, blocks in order. */
+enum { FIN_COLS = 32, FIN_SLICES = 8 };
+
+/* dw[j] += sum over the R row blocks of pw, db likewise. Block (32 columns) x (8 slices): slice y sums
+ * blocks y, y + 8, ... in order, then slice 0 adds the 8 slice sums in order: a fixed order. */
 static __global__ void ln_param_finish_kernel(const float *pw, const float *pb, int R, int H, float *dw,
                                               float *db) {
-  const int j = blockIdx.x * blockDim.x + threadIdx.x;
-  if (j >= H) return;
+  __shared__ float sw_s[FIN_SLICES][FIN_COLS], sb_s[FIN_SLICES][FIN_COLS];
+  const int x = threadIdx.x, y = threadIdx.y, j = blockIdx.x * FIN_COLS + x;
   float sw = 0.0f, sb = 0.0f;
-  for (int r = 0; r < R; r++) {
-    sw += pw[(int64_t)r * H + j];
-    sb += pb[(int64_t)r * H + j];
+  if (j < H)
+    for (int r = y; r < R; r += FIN_SLICES) {
+      sw += pw[(int64_t)r * H + j];
+      sb += pb[(int64_t)r * H + j];
+    }
+  sw_s[y][x] = sw;
+  sb_s[y][x] = sb;
+  __syncthreads();
+  if (y != 0 || j >= H) return;
+  for (int k = 1; k < FIN_SLICES; k++) {
+    sw += sw_s[k][x];
+    sb += sb_s[k][x];
   }
   dw[j] += sw;
   db[j] += sb;
@@ -177,21 +211,21 @@ static void ln_params_launch(const float *dy, const bf16 *xhat, int64_t M, int H
   float *pw = ws, *pb = ws + R * H;
   const dim3 grid((unsigned)((H + PART_THREADS - 1) / PART_THREADS), (unsigned)R);
   ln_param_partial_kernel<<<grid, PART_THREADS, 0, s>>>(dy, xhat, M, H, pw, pb);
-  ELMO_TF_LAUNCHED();
-  ln_param_finish_kernel<<<(unsigned)((H + PART_THREADS - 1) / PART_THREADS), PART_THREADS, 0, s>>>(
+  ELMO_LAUNCH_CHECK();
+  ln_param_finish_kernel<<<(unsigned)((H + FIN_COLS - 1) / FIN_COLS), dim3(FIN_COLS, FIN_SLICES), 0, s>>>(
       pw, pb, (int)R, H, dw, db);
-  ELMO_TF_LAUNCHED();
+  ELMO_LAUNCH_CHECK();
 }
 
 static void ln_backward_launch(const float *dy, const bf16 *xhat, const float *rstd, const bf16 *w, int64_t M,
                                int H, float *dx, bf16 *dx16, cudaStream_t s) {
   const size_t smem = (size_t)LN_WARPS * H * sizeof(float);
   if (smem > 48 * 1024)
-    ELMO_TF_CUDA(cudaFuncSetAttribute(ln_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    ELMO_CUDA_CHECK(cudaFuncSetAttribute(ln_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       (int)smem));
   const unsigned grid = (unsigned)((M + LN_WARPS - 1) / LN_WARPS);
   ln_backward_kernel<<<grid, LN_WARPS * 32, smem, s>>>(dy, xhat, rstd, w, M, H, dx, dx16);
-  ELMO_TF_LAUNCHED();
+  ELMO_LAUNCH_CHECK();
 }
 
 extern "C" int64_t elmo_cuda_layernorm_ws_floats(int64_t M, int H) { return 2 * part_blocks(M) * H; }

@@ -3,6 +3,7 @@
 #include <cuda_bf16.h>
 
 #include "cuda/pooling.h"
+#include "cuda/check.h"
 #include "cuda/transformer.h"
 
 typedef __nv_bfloat16 bf16;
@@ -72,7 +73,7 @@ extern "C" int elmo_cuda_pool_forward(const elmo_bf16 *x, const uint8_t *mask_p,
   const dim3 grid((unsigned)((H + POOL_THREADS - 1) / POOL_THREADS), (unsigned)B);
   pool_forward_kernel<<<grid, POOL_THREADS, 0, s>>>((const bf16 *)x, mask_p, Tp, H, mode == ELMO_TF_POOL_CLS,
                                                     pooled);
-  ELMO_TF_LAUNCHED();
+  ELMO_LAUNCH_CHECK();
   return ELMO_OK;
 }
 
@@ -82,6 +83,6 @@ extern "C" int elmo_cuda_pool_backward(const float *dpooled, const uint8_t *mask
   if (rc || B == 0) return rc;
   const dim3 grid((unsigned)((H + POOL_THREADS - 1) / POOL_THREADS), (unsigned)B);
   pool_backward_kernel<<<grid, POOL_THREADS, 0, s>>>(dpooled, mask_p, Tp, H, mode == ELMO_TF_POOL_CLS, dx);
-  ELMO_TF_LAUNCHED();
+  ELMO_LAUNCH_CHECK();
   return ELMO_OK;
 }

@@ -13,6 +13,7 @@
 #include "cuda/gelu.h"
 #include "cuda/layernorm.h"
 #include "cuda/pooling.h"
+#include "cuda/check.h"
 #include "cuda/transformer.h"
 
 typedef __nv_bfloat16 bf16;
@@ -20,13 +21,6 @@ typedef elmo_bf16 h16;      /* bf16 bits as the op entries take them */
 
 enum { LT_WORKSPACE = 32 << 20, MM_CACHE = 128, MEM_ALIGN = 256 };
 
-extern "C" void elmo_cuda_tf_fatal(const char *what, const char *detail, const char *file, int line) {
-  fprintf(stderr, "elmo: fatal CUDA error: %s: %s (%s:%d)\n", what, detail, file, line);
-  abort();
-}
-
-#define LT_CHECK(call) do { cublasStatus_t st_ = (call); \
-  if (st_ != CUBLAS_STATUS_SUCCESS) elmo_cuda_tf_fatal(#call, cublasLtGetStatusString(st_), __FILE__, __LINE__); } while (0)
 
 /* ==================================================================== cuBLASLt GEMM helper */
 
@@ -61,11 +55,11 @@ static uint32_t align_of(const void *p, int64_t stride_bytes, int batch) {
 static cublasLtMatrixLayout_t make_layout(cudaDataType_t type, int64_t rows, int64_t cols, int64_t ld, int batch,
                                           int64_t stride) {
   cublasLtMatrixLayout_t l;
-  LT_CHECK(cublasLtMatrixLayoutCreate(&l, type, (uint64_t)rows, (uint64_t)cols, ld));
+  ELMO_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&l, type, (uint64_t)rows, (uint64_t)cols, ld));
   if (batch > 1) {
     int32_t count = batch;
-    LT_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count));
-    LT_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
+    ELMO_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count));
+    ELMO_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
                                               sizeof stride));
   }
   return l;
@@ -74,38 +68,40 @@ static cublasLtMatrixLayout_t make_layout(cudaDataType_t type, int64_t rows, int
 /* Row-major C[m, n] = op(A) op(B) is column-major C^T[n, m] = op(B)^T op(A)^T: cuBLASLt's A is our B. */
 static void plan_build(elmo_cuda_tf_gemm *g, const mm_key *k, mm_plan *pl) {
   pl->key = *k;
-  LT_CHECK(cublasLtMatmulDescCreate(&pl->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  ELMO_CUBLAS_CHECK(cublasLtMatmulDescCreate(&pl->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t op_a = k->tb ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = k->ta ? CUBLAS_OP_T : CUBLAS_OP_N;
-  LT_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
-  LT_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
+  ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
+  ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
   if (k->bias) {
     const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-    LT_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+    ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
   }
   pl->la = make_layout(CUDA_R_16BF, k->tb ? k->k : k->n, k->tb ? k->n : k->k, k->ldb, k->batch, k->sb);
   pl->lb = make_layout(CUDA_R_16BF, k->ta ? k->m : k->k, k->ta ? k->k : k->m, k->lda, k->batch, k->sa);
   pl->lc = make_layout(k->c_f32 ? CUDA_R_32F : CUDA_R_16BF, k->n, k->m, k->ldc, k->batch, k->sc);
   cublasLtMatmulPreference_t pref;
-  LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  ELMO_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   const uint64_t ws = g->ws_bytes;
-  LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
-  LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &k->al_b,
+  ELMO_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                                         sizeof ws));
+  ELMO_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &k->al_b,
                                                 sizeof k->al_b));
-  LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &k->al_a,
+  ELMO_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &k->al_a,
                                                 sizeof k->al_a));
-  LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &k->al_c,
+  ELMO_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &k->al_c,
                                                 sizeof k->al_c));
-  LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &k->al_c,
+  ELMO_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &k->al_c,
                                                 sizeof k->al_c));
   cublasLtMatmulHeuristicResult_t res;
   int found = 0;
-  LT_CHECK(cublasLtMatmulAlgoGetHeuristic(g->lt, pl->desc, pl->la, pl->lb, pl->lc, pl->lc, pref, 1, &res, &found));
-  LT_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+  ELMO_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(g->lt, pl->desc, pl->la, pl->lb, pl->lc, pl->lc, pref, 1, &res,
+                                                   &found));
+  ELMO_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
   if (found < 1) {
     char what[256];
     snprintf(what, sizeof what, "no cuBLASLt algorithm for %lldx%lldx%lld ta %d tb %d batch %d",
              (long long)k->m, (long long)k->n, (long long)k->k, k->ta, k->tb, k->batch);
-    elmo_cuda_tf_fatal(what, "cublasLtMatmulAlgoGetHeuristic found nothing", __FILE__, __LINE__);
+    elmo_cuda_die("cublasLtMatmulAlgoGetHeuristic found no algorithm", what, __FILE__, __LINE__);
   }
   pl->algo = res.algo;
 }
@@ -134,7 +130,7 @@ static const mm_plan *plan_get(elmo_cuda_tf_gemm *g, const mm_key *k) {
 
 extern "C" elmo_cuda_tf_gemm *elmo_cuda_tf_gemm_create(void *workspace, size_t ws_bytes) {
   elmo_cuda_tf_gemm *g = (elmo_cuda_tf_gemm *)elmo_calloc(1, sizeof *g);
-  LT_CHECK(cublasLtCreate(&g->lt));
+  ELMO_CUBLAS_CHECK(cublasLtCreate(&g->lt));
   g->ws = workspace;
   g->ws_bytes = workspace ? ws_bytes : 0;
   return g;
@@ -153,7 +149,7 @@ extern "C" void elmo_cuda_tf_gemm_run(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_m
   mm_key k;
   memset(&k, 0, sizeof k);
   if (p->bias && (p->c_f32 || p->batch > 1))
-    elmo_cuda_tf_fatal("elmo_cuda_tf_gemm_run", "a bias needs a BF16 output and batch 1", __FILE__, __LINE__);
+    elmo_cuda_die("a bias needs a BF16 output and batch 1", "elmo_cuda_tf_gemm_run", __FILE__, __LINE__);
   k.ta = p->trans_a; k.tb = p->trans_b; k.c_f32 = p->c_f32; k.batch = p->batch; k.bias = p->bias != NULL;
   k.m = p->m; k.n = p->n; k.k = p->k;
   k.lda = p->lda; k.ldb = p->ldb; k.ldc = p->ldc;
@@ -163,10 +159,11 @@ extern "C" void elmo_cuda_tf_gemm_run(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_m
   k.al_c = align_of(p->c, p->stride_c * (p->c_f32 ? 4 : 2), p->batch);
   const mm_plan *pl = plan_get(g, &k);
   if (p->bias)
-    LT_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p->bias, sizeof p->bias));
+    ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p->bias,
+                                                     sizeof p->bias));
   const float alpha = 1.0f, beta = p->beta;
-  LT_CHECK(cublasLtMatmul(g->lt, pl->desc, &alpha, p->b, pl->la, p->a, pl->lb, &beta, p->c, pl->lc, p->c, pl->lc,
-                          &pl->algo, g->ws, g->ws_bytes, s));
+  ELMO_CUBLAS_CHECK(cublasLtMatmul(g->lt, pl->desc, &alpha, p->b, pl->la, p->a, pl->lb, &beta, p->c, pl->lc, p->c,
+                                   pl->lc, &pl->algo, g->ws, g->ws_bytes, s));
 }
 
 /* ==================================================================== layout and memory plan */
@@ -408,7 +405,7 @@ extern "C" int elmo_cuda_tf_create(const elmo_tf_config *cfg, int max_batch, int
   carver cv = {(char *)t->mem, 0};
   carve_kept(&cv, t, M);
   carve_scratch(&cv, t, M, t->emb_ws_bytes);
-  ELMO_TF_CUDA(cudaMemset(t->bad_id, 0, sizeof(int)));
+  ELMO_CUDA_CHECK(cudaMemset(t->bad_id, 0, sizeof(int)));
   t->gemm = elmo_cuda_tf_gemm_create(t->lt_ws, LT_WORKSPACE);
   *out = t;
   return ELMO_OK;
@@ -425,9 +422,9 @@ extern "C" void elmo_cuda_tf_destroy(elmo_cuda_tf **pt) {
 
 extern "C" int elmo_cuda_tf_bad_ids(elmo_cuda_tf *t, cudaStream_t s) {
   int flag = 0;
-  ELMO_TF_CUDA(cudaMemcpyAsync(&flag, t->bad_id, sizeof flag, cudaMemcpyDeviceToHost, s));
-  ELMO_TF_CUDA(cudaStreamSynchronize(s));
-  if (flag) ELMO_TF_CUDA(cudaMemsetAsync(t->bad_id, 0, sizeof(int), s));
+  ELMO_CUDA_CHECK(cudaMemcpyAsync(&flag, t->bad_id, sizeof flag, cudaMemcpyDeviceToHost, s));
+  ELMO_CUDA_CHECK(cudaStreamSynchronize(s));
+  if (flag) ELMO_CUDA_CHECK(cudaMemsetAsync(t->bad_id, 0, sizeof(int), s));
   return flag;
 }
 
@@ -465,7 +462,7 @@ static void params_to_shadow(elmo_cuda_tf *t, const float *params, cudaStream_t 
   const int64_t blocks = (t->num_params + 255) / 256;
   to_bf16_kernel<<<(unsigned)(blocks < 65536 ? blocks : 65536), 256, 0, s>>>(params, t->num_params,
                                                                               (bf16 *)t->shadow);
-  ELMO_TF_LAUNCHED();
+  ELMO_LAUNCH_CHECK();
 }
 
 /* probs and ctx (merged) from the layer's q, k, v. */

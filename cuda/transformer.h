@@ -73,13 +73,8 @@ int elmo_cuda_tf_bad_ids(elmo_cuda_tf *t, cudaStream_t s);
 
 /* ---- internal to the encoder's .cu files ---- */
 
-/* Fatal CUDA / cuBLASLt error check: prints the statement, file and line, then aborts. */
-void elmo_cuda_tf_fatal(const char *what, const char *detail, const char *file, int line);
-#define ELMO_TF_CUDA(call) do { cudaError_t e_ = (call); \
-  if (e_ != cudaSuccess) elmo_cuda_tf_fatal(#call, cudaGetErrorString(e_), __FILE__, __LINE__); } while (0)
-#define ELMO_TF_LAUNCHED() ELMO_TF_CUDA(cudaGetLastError())
-
-/* Row-major GEMM on BF16 operands with FP32 accumulation (a local cuBLASLt helper until blas.h):
+/* Row-major GEMM on BF16 operands with FP32 accumulation: a local cuBLASLt helper, because the
+ * encoder needs strided batches (attention) and a bias epilogue, which cuda/blas.h lacks so far:
  * C[m, n] = op(A)[m, k] op(B)[k, n] + beta * C, op = transpose when trans_*; A is stored [m, k]
  * (or [k, m] transposed) with leading dimension lda, likewise B. C is FP32 when c_f32, else BF16.
  * batch > 1: matrix i starts stride_* elements after matrix i - 1. bias (BF16 C only, batch 1):

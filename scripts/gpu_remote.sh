@@ -4,6 +4,7 @@
 # benchmarks. Full logs go to $OUT (card.txt, <test>.log, bench.log); a summary prints last.
 #   TESTS="test_gpu_ops ..."  which test programs (default: all packed)
 #   BENCH=0                   skip the benchmarks; BENCH_ARGS="L B d chunk dtype input steps;..."
+#   NCU=1                     also profile the classifier kernels once with Nsight Compute (ncu.txt)
 set -u
 PACK=.dev/gpu
 OUT=${OUT:-/tmp/elmo-gpu-out}
@@ -29,6 +30,17 @@ if [ "${BENCH:-1}" != 0 ]; then
     timeout 180 "$PACK/bin/bench_cls" $a >>"$OUT/bench.log" 2>&1 || echo "bench $a: exit $?" >>"$OUT/bench.log"
   done
   grep -E 'elmo cuda:' "$OUT/bench.log" | sort -u | head -8
+fi
+if [ "${NCU:-0}" = 1 ]; then
+  NCU_BIN=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+  if [ -n "$NCU_BIN" ]; then
+    timeout 240 "$NCU_BIN" --kernel-name regex:'update_kernel|grad_kernel|fp8_to_bf16' --launch-skip 3 --launch-count 3 \
+      --section SpeedOfLight --section Occupancy --section LaunchStats \
+      "$PACK/bin/bench_cls" 2812281 128 768 262144 fp8 fp8 1 >"$OUT/ncu.txt" 2>&1 || echo "ncu exit $?" >>"$OUT/ncu.txt"
+    grep -E '^  [a-z_]+.*\(|Duration|Throughput|Achieved Occupancy|Registers Per' "$OUT/ncu.txt" | head -40
+  else
+    echo "ncu not found"
+  fi
 fi
 echo "==== summary ($(head -1 "$OUT/card.txt"); $(sed -n 3p "$OUT/card.txt"))"
 for s in "${summary[@]}"; do echo "$s"; done

@@ -11,6 +11,10 @@ BUILD=${BUILD:-$ROOT/build-cuda}
 PACK=$ROOT/.dev/gpu
 cd "$ROOT"
 [ -d "$BUILD" ] || meson setup "$BUILD" -Dcuda=enabled
+# Meson's nvcc rule gets no depfile (ninja -t deps shows 0 deps for .cu objects), so a changed
+# header does not rebuild CUDA objects: drop the ones older than any header first.
+newest=$(ls -t src/*.h cuda/*.h | head -1)
+find "$BUILD/cuda" -name '*.cu.o' ! -newer "$newest" -print -delete | sed 's/^/stale: /'
 ninja -C "$BUILD"
 rm -rf "$PACK"
 mkdir -p "$PACK/bin" "$PACK/lib" "$PACK/data"
@@ -21,7 +25,7 @@ done
 for p in elmo-train elmo-eval; do cp "$BUILD/$p" "$PACK/bin/"; bins+=("$PACK/bin/$p"); done
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 gcc -O2 -std=c11 -D_POSIX_C_SOURCE=200809L -I. -Isrc -Icuda -I"$BUILD" -I"$CUDA_HOME/include" scripts/bench_cls.c \
-  "$BUILD/cuda/libelmo_cuda.a" "$BUILD/src/libelmo.a" -L"$CUDA_HOME/lib64" -lcudart -lcublasLt -lstdc++ -lm \
+  "$BUILD/cuda/libelmo_cuda.a" "$BUILD/src/libelmo.a" -L"$CUDA_HOME/lib64" -lcudart -lcublasLt -lcjson -lz -lpthread -lstdc++ -lm \
   -o "$PACK/bin/bench_cls"
 bins+=("$PACK/bin/bench_cls")
 # libraries outside the CUDA toolkit that the device image may not have

@@ -1,6 +1,7 @@
 /* dataset.c: dataset loading (per config), validation split, tokenisation, batch gathering. */
 #include "dataset.h"
 #include "numerics.h"
+#include "pretrained.h"
 #include "model.h"
 #include "reader.h"
 #include "text.h"
@@ -164,11 +165,21 @@ static int prepare_text(elmo_dataset *ds, const elmo_config *cfg, elmo_texts *tr
     elmo_csr_free(&ds->train.X);
     elmo_csr_free(&ds->test.X);
   }
-  ds->vocab_path = cfg->vocab[0] ? elmo_path_join(NULL, cfg->vocab) : NULL;
-  if (!ds->vocab_path)
-    return elmo_fail(err, ELMO_EINPUT, "data.vocab: a WordPiece vocab.txt is needed for the transformer encoder");
+  int lowercase = 1;
+  if (cfg->vocab[0]) {
+    ds->vocab_path = elmo_path_join(NULL, cfg->vocab);
+  } else if (cfg->pretrained[0]) {
+    elmo_hf_info hf;
+    rc = elmo_hf_read_config(cfg->pretrained, &hf, err);
+    if (rc) return rc;
+    lowercase = hf.lowercase;
+    ds->vocab_path = elmo_path_join(cfg->pretrained, "vocab.txt");
+  } else {
+    return elmo_fail(err, ELMO_EINPUT, "data.vocab: a WordPiece vocab.txt is needed for the transformer encoder "
+                                       "(or model.encoder.pretrained)");
+  }
   elmo_tokenizer *tok = NULL;
-  rc = elmo_tokenizer_load(&tok, ds->vocab_path, 1, err);
+  rc = elmo_tokenizer_load(&tok, ds->vocab_path, lowercase, err);
   if (rc) return rc;
   ds->vocab_size = elmo_tokenizer_vocab_size(tok);
   ds->T = cfg->max_len;

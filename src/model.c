@@ -1,6 +1,7 @@
 /* model.c: derive shapes, dtypes, buffers and tensor names of a model from config + data. */
 #include "model.h"
 #include "numerics.h"
+#include "pretrained.h"
 #include "transformer.h"
 
 #include <math.h>
@@ -125,8 +126,8 @@ static int check_supported(const elmo_config *cfg, elmo_err *err) {
   if (cfg->cls_opt.kahan)
     return elmo_fail(err, ELMO_EINPUT, "training.classifier.kahan: the classifier uses stochastic rounding; for "
                                        "Kahan-compensated head labels set model.classifier.head_ratio");
-  if (cfg->pretrained[0])
-    return elmo_fail(err, ELMO_EINPUT, "model.encoder.pretrained: loading Hugging Face weights is not implemented yet");
+  if (cfg->pretrained[0] && strcmp(cfg->encoder_kind, "transformer"))
+    return elmo_fail(err, ELMO_EINPUT, "model.encoder.pretrained: needs model.encoder.kind \"transformer\"");
   return ELMO_OK;
 }
 
@@ -159,9 +160,32 @@ int elmo_model_desc_init(elmo_model_desc *md, const elmo_config *cfg, int64_t nu
   if (md->encoder_kind == ELMO_ENC_TRANSFORMER && T > md->max_position)
     return elmo_fail(err, ELMO_EINPUT, "data.max_len %lld exceeds model.encoder.max_position %lld",
                      (long long)T, (long long)md->max_position);
+  elmo_hf_info hf;
+  if (cfg->pretrained[0]) { /* sizes come from the Hugging Face config */
+    int rc = elmo_hf_read_config(cfg->pretrained, &hf, err);
+    if (rc) return rc;
+    md->d = hf.hidden;
+    md->layers = hf.layers;
+    md->heads = hf.heads;
+    md->ffn = hf.ffn;
+    md->max_position = hf.max_position;
+    md->type_vocab = hf.type_vocab;
+    if (hf.vocab_size != vocab_size)
+      return elmo_fail(err, ELMO_EINPUT, "model.encoder.pretrained: %s has vocab_size %lld but the tokenizer's "
+                       "vocab has %lld tokens (expected the model's own vocab.txt)", cfg->pretrained,
+                       (long long)hf.vocab_size, (long long)vocab_size);
+    if (T > md->max_position)
+      return elmo_fail(err, ELMO_EINPUT, "data.max_len %lld exceeds the pretrained model's %lld positions",
+                       (long long)T, (long long)md->max_position);
+  }
   if (md->encoder_kind == ELMO_ENC_SPARSE) sparse_layout(md);
   else {
     int rc = transformer_layout(md, err);
+    if (rc) return rc;
+  }
+  if (cfg->pretrained[0]) {
+    md->pretrained_params = elmo_calloc((size_t)md->enc_numel, elmo_dtype_size(md->enc_dtype));
+    int rc = elmo_hf_load_params(cfg->pretrained, md, md->pretrained_params, err);
     if (rc) return rc;
   }
   pick_head(md, cfg->head_ratio, label_freq);
@@ -183,6 +207,7 @@ int elmo_model_desc_init(elmo_model_desc *md, const elmo_config *cfg, int64_t nu
 void elmo_model_desc_free(elmo_model_desc *md) {
   ELMO_FREE(md->enc_tensors);
   ELMO_FREE(md->head_labels);
+  ELMO_FREE(md->pretrained_params);
   md->n_enc_tensors = 0;
 }
 
@@ -214,7 +239,9 @@ static void store_enc(const elmo_model_desc *md, void *buf, int64_t i, float x) 
 void elmo_model_init_host(const elmo_model_desc *md, void *host[ELMO_NUM_BUFS]) {
   for (int b = 0; b < ELMO_NUM_BUFS; b++)
     if (host[b]) memset(host[b], 0, elmo_buf_bytes(md, b));
-  for (int t = 0; t < md->n_enc_tensors; t++) {
+  if (md->pretrained_params)
+    memcpy(host[ELMO_BUF_ENC_PARAM], md->pretrained_params, elmo_buf_bytes(md, ELMO_BUF_ENC_PARAM));
+  for (int t = 0; t < md->n_enc_tensors && !md->pretrained_params; t++) {
     const elmo_tensor_slot *s = &md->enc_tensors[t];
     int one = strstr(s->name, "LayerNorm") && ends_with(s->name, ".weight");
     int zero = is_norm_or_bias(s->name) && !one;

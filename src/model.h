@@ -81,6 +81,7 @@ typedef struct elmo_model_desc {
   elmo_dtype buf_dtype[ELMO_NUM_BUFS];
   int64_t buf_numel[ELMO_NUM_BUFS];
   int32_t *head_labels;      /* [n_head] host copy of CLS_HEAD contents */
+  void *pretrained_params;   /* [enc_numel] in enc_dtype: Hugging Face weights to start from, or NULL */
 } elmo_model_desc;
 
 /* Derives the model from the config and the data's shape. label_freq [num_labels] (training
@@ -104,7 +105,7 @@ void elmo_model_tf_config(const elmo_model_desc *md, struct elmo_tf_config *c);
 #endif
 
 /* Host-side initial values (the same on every backend): encoder tensors by name (LayerNorm
- * weights 1, biases 0, other tensors normal(0, 0.02)), classifier U(-1/sqrt(d), 1/sqrt(d))
+ * weights 1, biases 0, other tensors normal(0, 0.02)) or the pretrained weights, classifier U(-1/sqrt(d), 1/sqrt(d))
  * rounded to its dtype, padded rows 0; optimiser buffers 0; CLS_HEAD = head labels.
  * host[b] must hold elmo_buf_bytes(md, b) bytes for every buffer. */
 void elmo_model_init_host(const elmo_model_desc *md, void *host[ELMO_NUM_BUFS]);

@@ -6,14 +6,18 @@
  *     operations in the same order), top-k on the same scores, sparse-encoder backward scatter
  *     given equal inputs;
  *   logits: GEMM vs sequential FP32 sums differ by summation order: |gpu - cpu| <= 1e-5 * sum|x w|
- *     before rounding; stored bf16 logits may then differ by one bf16 step;
+ *     for BF16 / FP32 GEMMs, 1e-3 * sum|x w| for FP8 tensor cores (they accumulate with about 14
+ *     bits); stored bf16 logits may then differ by one more bf16 step;
  *   G = bf16(sigmoid(z) - y): device expf differs from glibc by <= 2 ulp, so G may differ by one
  *     bf16 step (counted; at most 1% of elements); the summed loss to 1e-5 relative;
  *   dX: 1e-5 * sum|g w| + 1e-6 (summation order);
  *   SR update: given the same G and Xq the rounded weights are equal except where G^T Xq differs
  *     by FP32 rounding (tensor-core vs sequential order) and the SR threshold falls between: such
  *     mismatches must be one step (adjacent codes) and rare (<= 0.5% of weights; typically 0);
- *     fp32 weights: 1e-6 relative;
+ *     fp32 weights: within 1e-6 (1 + lr max sum|G x|);
+ *   whole step: G may differ by a bf16 step where device expf or FP8 logits round differently,
+ *     which moves that label's row by lr G x: at most 2 + L/50 rows may differ by more than one
+ *     code step (1e-4 for fp32), and at most 2% of the fp8/bf16 weights differ at all;
  *   sparse encoder forward: 1e-6 relative (double reductions in another order). */
 #include "testutil.h"
 #include "classifier.h"
@@ -69,25 +73,32 @@ static int32_t code_key(uint32_t c, int bits) {
   return (c & sign) ? -(int32_t)mag : (int32_t)mag;
 }
 
-/* Compares weights: counts mismatches; fails on NaN, on a non-adjacent code, or fp32 beyond 1e-6. */
-static int64_t compare_weights(const void *a, const void *b, int64_t n, elmo_dtype dt, const char *what) {
+/* Distance between two weights: code steps (fp8, bf16) or absolute difference (fp32). */
+static double weight_dist(const void *a, const void *b, int64_t i, elmo_dtype dt) {
+  if (dt == ELMO_F32) return fabs((double)((const float *)a)[i] - ((const float *)b)[i]);
+  int bits = dt == ELMO_FP8 ? 8 : 16;
+  uint32_t x = dt == ELMO_FP8 ? ((const uint8_t *)a)[i] : ((const uint16_t *)a)[i];
+  uint32_t y = dt == ELMO_FP8 ? ((const uint8_t *)b)[i] : ((const uint16_t *)b)[i];
+  return abs(code_key(x, bits) - code_key(y, bits));
+}
+
+static int weight_nan(const void *a, int64_t i, elmo_dtype dt) {
+  switch (dt) {
+    case ELMO_FP8: return elmo_fp8_is_nan(((const uint8_t *)a)[i]);
+    case ELMO_BF16: return isnan(elmo_bf16_to_f32(((const uint16_t *)a)[i]));
+    default: return isnan(((const float *)a)[i]);
+  }
+}
+
+/* Given the same G and Xq: counts mismatches; fails on NaN, on codes that are not neighbours,
+ * or on fp32 weights further apart than f32_tol. */
+static int64_t compare_weights(const void *a, const void *b, int64_t n, elmo_dtype dt, const char *what, double f32_tol) {
   int64_t mism = 0;
   for (int64_t i = 0; i < n; i++) {
-    if (dt == ELMO_F32) {
-      float x = ((const float *)a)[i], y = ((const float *)b)[i];
-      if (!(fabsf(x - y) <= 1e-6f * fabsf(y) + 1e-9f)) fail_msg("%s[%lld]: gpu %g cpu %g", what, (long long)i, x, y);
-      mism += x != y;
-      continue;
-    }
-    int bits = dt == ELMO_FP8 ? 8 : 16;
-    uint32_t x = dt == ELMO_FP8 ? ((const uint8_t *)a)[i] : ((const uint16_t *)a)[i];
-    uint32_t y = dt == ELMO_FP8 ? ((const uint8_t *)b)[i] : ((const uint16_t *)b)[i];
-    float fx = dt == ELMO_FP8 ? elmo_fp8_to_f32((uint8_t)x) : elmo_bf16_to_f32((uint16_t)x);
-    if (isnan(fx)) fail_msg("%s[%lld]: NaN on the device", what, (long long)i);
-    if (x == y) continue;
-    mism++;
-    if (abs(code_key(x, bits) - code_key(y, bits)) > 1)
-      fail_msg("%s[%lld]: gpu code 0x%x cpu 0x%x are not neighbours", what, (long long)i, x, y);
+    if (weight_nan(a, i, dt)) fail_msg("%s[%lld]: NaN on the device", what, (long long)i);
+    double dist = weight_dist(a, b, i, dt);
+    if (dist > (dt == ELMO_F32 ? f32_tol : 1.0)) fail_msg("%s[%lld]: gpu and cpu %g apart", what, (long long)i, dist);
+    mism += dist > 0;
   }
   return mism;
 }
@@ -290,6 +301,10 @@ static void test_cast_input(void **state) {
 /* ---- tests: the classifier ops one by one, chunk by chunk -------------------------------------- */
 
 static void check_logits(cls_fix *f, const float *Xq, int64_t l0, int64_t n, const float *zg, int f32_out) {
+  /* FP8 tensor cores accumulate with less than FP32 precision (about 14 bits, as DeepSeek-V3
+   * reports for H800; errors up to 2.7e-4 of sum|x w| were seen on H100 at k = 64): 1e-3 of
+   * sum|x w| there, 1e-5 for BF16 / FP32 GEMMs. An indexing error would be O(1). */
+  const double rel = (f32_out ? f->c.fp8_logits_f32 : f->c.fp8_logits) ? 1e-3 : 1e-5;
   const int64_t B = f->cc.B, d = f->cc.d;
   elmo_cls_weights w = cpu_weights(f, f->W, f->kahan);
   float *zc = malloc(sizeof(float) * (size_t)(B * n));
@@ -299,7 +314,7 @@ static void check_logits(cls_fix *f, const float *Xq, int64_t l0, int64_t n, con
       double mag = 0;
       for (int64_t k = 0; k < d; k++) mag += fabs((double)Xq[b * d + k] * elmo_cls_w(&w, l0 + j, k));
       float ref = zc[b * n + j], g = zg[b * n + j];
-      double tol = 1e-5 * mag + 1e-6;
+      double tol = rel * mag + 1e-6;
       if (!f32_out) tol += fabs(ref) / 128.0; /* one bf16 step */
       if (!(fabs((double)g - ref) <= tol))
         fail_msg("logits [%lld, %lld] (l0 %lld): gpu %g cpu %g tol %g", (long long)b, (long long)j, (long long)l0, g,
@@ -363,12 +378,19 @@ static int64_t check_update(cls_fix *f, const float *G, const float *Xq, int64_t
   size_t wb = (size_t)(f->L_pad * d) * wsize(f->cc.dt);
   void *Wg = malloc(wb);
   down(Wg, f->c.W, wb);
-  int64_t mism = compare_weights(Wg, f->W, f->L_pad * d, f->cc.dt, "W");
+  double gmax = 0; /* largest sum_b |G x|: the fp32 weights may differ by its FP32 rounding */
+  for (int64_t j = 0; j < n; j++)
+    for (int64_t k = 0; k < d; k++) {
+      double m = 0;
+      for (int64_t b = 0; b < f->cc.B; b++) m += fabs((double)G[b * n + j] * Xq[b * d + k]);
+      gmax = fmax(gmax, m);
+    }
+  int64_t mism = compare_weights(Wg, f->W, f->L_pad * d, f->cc.dt, "W", 1e-6 * (1.0 + h->lr * gmax));
   memcpy(f->W, Wg, wb); /* both continue from the device's weights */
   if (f->cc.n_head) {
     uint16_t *kg = malloc(2 * (size_t)(f->cc.n_head * d));
     down(kg, f->c.kahan, 2 * (size_t)(f->cc.n_head * d));
-    mism += compare_weights(kg, f->kahan, f->cc.n_head * d, ELMO_BF16, "kahan");
+    mism += compare_weights(kg, f->kahan, f->cc.n_head * d, ELMO_BF16, "kahan", 0);
     memcpy(f->kahan, kg, 2 * (size_t)(f->cc.n_head * d));
     free(kg);
   }
@@ -393,9 +415,13 @@ static void run_cls_ops(cls_case cc) {
   int64_t mism = 0, total = 0;
   for (int64_t l0 = 0; l0 < f.L_pad; l0 += cc.chunk) {
     int64_t n = f.L_pad - l0 < cc.chunk ? f.L_pad - l0 : cc.chunk;
-    elmo_cuda_cls_logits(&f.c, B, l0, n, 1, S); /* prediction logits, FP32 */
-    down(zg, f.c.z, sizeof(float) * (size_t)(B * n));
-    check_logits(&f, Xq, l0, n, zg, 1);
+    const int64_t span = elmo_cuda_cls_predict_span(&f.c, B); /* prediction logits, FP32 */
+    for (int64_t p0 = l0; p0 < l0 + n; p0 += span) {
+      int64_t m = l0 + n - p0 < span ? l0 + n - p0 : span;
+      elmo_cuda_cls_logits(&f.c, B, p0, m, 1, S);
+      down(zg, f.c.z, sizeof(float) * (size_t)(B * m));
+      check_logits(&f, Xq, p0, m, zg, 1);
+    }
     elmo_cuda_cls_logits(&f.c, B, l0, n, 0, S); /* training logits, stored bf16 */
     down_z(&f, n, zg);
     check_logits(&f, Xq, l0, n, zg, 0);
@@ -407,7 +433,10 @@ static void run_cls_ops(cls_case cc) {
   }
   print_message("dtype %d input %s: %lld of %lld weights differ by one step\n", cc.dt, cc.fp8_input ? "fp8" : "bf16",
                 (long long)mism, (long long)total);
-  if (mism * 200 > total) fail_msg("too many SR mismatches: %lld of %lld", (long long)mism, (long long)total);
+  /* SR / RN codes: a flip needs the threshold between two values one FP32 rounding apart, so
+   * flips are rare. FP32 weights differ by that rounding itself (checked by tolerance above). */
+  if (cc.dt != ELMO_F32 && mism * 200 > total)
+    fail_msg("too many SR mismatches: %lld of %lld", (long long)mism, (long long)total);
   cudaFree(dXin);
   free(Xq); free(dXc); free(zg); free(G);
   fix_free(&f);
@@ -453,9 +482,23 @@ static void run_cls_step(cls_case cc) {
   size_t wb = (size_t)(f.L_pad * d) * wsize(cc.dt);
   void *Wg = malloc(wb);
   down(Wg, f.c.W, wb);
-  int64_t mism = compare_weights(Wg, f.W, f.L_pad * d, cc.dt, "step W");
-  print_message("step dtype %d: loss gpu %.6f cpu %.6f, %lld weights one step apart\n", cc.dt, lg, lc, (long long)mism);
-  if (mism * 100 > f.L_pad * d) fail_msg("step: %lld weights differ", (long long)mism);
+  /* A label whose G differs by one bf16 step (device expf) moves its whole row by lr G x: such
+   * rows may differ by more than one step; they must be rare. Other rows: neighbours only. */
+  int64_t mism = 0, far_rows = 0;
+  for (int64_t l = 0; l < f.L_pad; l++) {
+    int far = 0;
+    for (int64_t k = 0; k < d; k++) {
+      if (weight_nan(Wg, l * d + k, cc.dt)) fail_msg("step W[%lld, %lld]: NaN", (long long)l, (long long)k);
+      double dist = weight_dist(Wg, f.W, l * d + k, cc.dt);
+      mism += dist > 0;
+      far |= dist > (cc.dt == ELMO_F32 ? 1e-4 : 1.0);
+    }
+    far_rows += far;
+  }
+  print_message("step dtype %d: loss gpu %.6f cpu %.6f, %lld weights differ, %lld rows by more than one step\n",
+                cc.dt, lg, lc, (long long)mism, (long long)far_rows);
+  if (far_rows > 2 + f.L_pad / 50) fail_msg("step: %lld label rows differ", (long long)far_rows);
+  if (cc.dt != ELMO_F32 && mism * 50 > f.L_pad * d) fail_msg("step: %lld weights differ", (long long)mism);
   cudaFree(dXin);
   free(Wg); free(Xq); free(dXc); free(zc); free(dg);
   fix_free(&f);

@@ -285,9 +285,9 @@ typedef struct attn_case {
   int64_t *seq_start, *prob_start;
 } attn_case;
 
-static void attn_case_init(attn_case *c) {
-  static const int len[3] = {13, 7, 0};
-  c->B = 3; c->T = 13; c->Tp = 16; c->heads = 2; c->dh = 16; c->H = 32;
+/* B sequences of real lengths len[] (row 0 with a hole at t = 1), T tokens padded to Tp. */
+static void attn_case_init(attn_case *c, int B, int T, int Tp, int heads, int dh, const int *len) {
+  c->B = B; c->T = T; c->Tp = Tp; c->heads = heads; c->dh = dh; c->H = heads * dh;
   c->rows = (int64_t)c->B * c->Tp;
   c->mask = make_mask(c->B, c->T, len, 0);
   c->mask_p = pad_mask(c->mask, c->B, c->T, c->Tp);
@@ -313,11 +313,10 @@ static float *attn_input(const attn_case *c, uint64_t *rng) {
   return x;
 }
 
-static void test_attention(void **state) {
-  (void)state;
+static void attention_case(int B, int T, int Tp, int heads, int dh, const int *len, uint64_t seed) {
   attn_case c;
-  attn_case_init(&c);
-  uint64_t rng = 505;
+  attn_case_init(&c, B, T, Tp, heads, dh, len);
+  uint64_t rng = seed;
   const size_t per = (size_t)c.rows * c.H;
   float *qkv = malloc(3 * per * sizeof *qkv);
   for (int j = 0; j < 3; j++) {
@@ -385,6 +384,19 @@ static void test_attention(void **state) {
   attn_case_free(&c);
 }
 
+static void test_attention(void **state) {
+  (void)state;
+  static const int len[3] = {13, 7, 0};
+  attention_case(3, 13, 16, 2, 16, len, 505);
+}
+
+/* Rows longer than 128 keys (the softmax's two-chunk path) and a head size of 8. */
+static void test_attention_long(void **state) {
+  (void)state;
+  static const int len[2] = {150, 77};
+  attention_case(2, 150, 152, 3, 8, len, 515);
+}
+
 /* ------------------------------------------------------------------ embedding */
 
 static void test_embedding(void **state) {
@@ -412,8 +424,8 @@ static void test_embedding(void **state) {
   uint8_t *d_mask_p = dev_upload(mask_p, (size_t)rows);
   float *d_e = dev_poisoned((size_t)rows * H * 4);
   int *d_bad = dev_upload(&(int){0}, sizeof(int));
-  assert_int_equal(elmo_cuda_embed_forward(d_word, d_pos, d_type, V, P, d_ids, d_mask_p, B, T, Tp, H, d_e, d_keys, d_bad,
-                                           0, &err), ELMO_OK);
+  assert_int_equal(elmo_cuda_embed_forward(d_word, d_pos, d_type, V, P, d_ids, d_mask_p, B, T, Tp, H, d_e, d_keys,
+                                           d_bad, 0, &err), ELMO_OK);
   float *g_e_all = host_from_f32(d_e, (size_t)rows * H);
   int64_t n2;
   float *g_e = gather_rows(g_e_all, mask_p, rows, H, &n2);
@@ -455,15 +467,16 @@ static void test_embedding(void **state) {
   /* an unmasked id outside [0, V) raises the flag */
   ids[0] = V;
   CK(cudaMemcpy(d_ids, ids, (size_t)B * T * 4, cudaMemcpyHostToDevice));
-  assert_int_equal(elmo_cuda_embed_forward(d_word, d_pos, d_type, V, P, d_ids, d_mask_p, B, T, Tp, H, d_e, d_keys, d_bad,
-                                           0, &err), ELMO_OK);
+  assert_int_equal(elmo_cuda_embed_forward(d_word, d_pos, d_type, V, P, d_ids, d_mask_p, B, T, Tp, H, d_e, d_keys,
+                                           d_bad, 0, &err), ELMO_OK);
   download(&bad, d_bad, sizeof bad);
   assert_int_equal(bad, 1);
   assert_int_equal(elmo_cuda_embed_forward(d_word, d_pos, d_type, V, T - 1, d_ids, d_mask_p, B, T, Tp, H, d_e, d_keys,
                                            d_bad, 0, &err), ELMO_EINPUT);   /* T > P */
 
   cudaFree(d_word); cudaFree(d_pos); cudaFree(d_type); cudaFree(d_ids); cudaFree(d_keys); cudaFree(d_mask_p);
-  cudaFree(d_e); cudaFree(d_bad); cudaFree(d_dword); cudaFree(d_dpos); cudaFree(d_dtype); cudaFree(d_de); cudaFree(d_ws);
+  cudaFree(d_e); cudaFree(d_bad); cudaFree(d_dword); cudaFree(d_dpos); cudaFree(d_dtype); cudaFree(d_de);
+  cudaFree(d_ws);
   free(mask); free(mask_p); free(ids); free(word); free(pos); free(type); free(ss); free(ps); free(tid); free(tpos);
   free(e); free(g_e_all); free(g_e); free(keys); free(de); free(de_p); free(dword); free(dpos); free(dtype);
   free(g_dword); free(g_dpos); free(g_dtype);
@@ -502,7 +515,8 @@ static void pooling_case(elmo_tf_pooling mode) {
   float *g_pooled = host_from_f32(d_pooled, (size_t)B * H), *g_dx_all = host_from_f32(d_dx, (size_t)rows * H);
   int64_t n2;
   float *g_dx = gather_rows(g_dx_all, mask_p, rows, H, &n2);
-  expect_close(g_pooled, pooled, (size_t)B * H, 1e-5, mode == ELMO_TF_POOL_CLS ? "cls pool forward" : "mean pool forward");
+  expect_close(g_pooled, pooled, (size_t)B * H, 1e-5,
+               mode == ELMO_TF_POOL_CLS ? "cls pool forward" : "mean pool forward");
   expect_close(g_dx, dx, (size_t)N * H, 1e-6, mode == ELMO_TF_POOL_CLS ? "cls pool backward" : "mean pool backward");
   expect_masked_zero(g_dx_all, mask_p, rows, H, "pool backward");
   for (int j = 0; j < H; j++) assert_true(g_pooled[1 * H + j] == 0.0f);   /* the empty row */
@@ -591,7 +605,8 @@ static void run_gpu(const enc_case *c, int flags, int f32_params, enc_result *r,
   float *d_pooled = dev_poisoned((size_t)c->B * H * 4), *d_dp = dev_upload(c->dpooled, (size_t)c->B * H * 4);
   float *d_grads = dev_poisoned(np * 4);
   CK(cudaMemset(d_grads, 0, np * 4));
-  assert_int_equal(elmo_cuda_tf_forward(t, d_params, !f32_params, d_ids, d_mask, c->B, c->T, d_pooled, 0, &err), ELMO_OK);
+  assert_int_equal(elmo_cuda_tf_forward(t, d_params, !f32_params, d_ids, d_mask, c->B, c->T, d_pooled, 0, &err),
+                   ELMO_OK);
   assert_int_equal(elmo_cuda_tf_backward(t, d_params, !f32_params, d_dp, d_grads, 0, &err), ELMO_OK);
   r->pooled = host_from_f32(d_pooled, (size_t)c->B * H);
   r->grads = host_from_f32(d_grads, np);
@@ -823,6 +838,7 @@ int main(void) {
     cmocka_unit_test(test_gelu),
     cmocka_unit_test(test_colsum),
     cmocka_unit_test(test_attention),
+    cmocka_unit_test(test_attention_long),
     cmocka_unit_test(test_embedding),
     cmocka_unit_test(test_pooling_mean),
     cmocka_unit_test(test_pooling_cls),

@@ -1,9 +1,12 @@
 /* test_gpu_train.c: the CUDA backend end to end against the CPU reference on real data (Bibtex,
  * sparse encoder; suite gpu, exit 77 without a device).
- *  1. 20 training steps from the same seed and batches on both backends, for FP8 (ELMO), BF16 and
- *     FP32 classifiers: the summed BCE of every step agrees within 1e-3 relative. The two runs
- *     differ only by summation order (GEMMs, reductions) and device expf, which moves a rare SR
- *     decision, so the trajectories stay close but not bit-identical.
+ *  1. 20 training steps from the same seed and batches on both backends, for FP8 (ELMO), BF16 with
+ *     the encoder LayerNorm, and FP32 classifiers: the summed BCE of every step agrees within
+ *     2e-3 relative (2e-4 for FP32 weights). The runs differ by summation order (GEMMs,
+ *     reductions), the FP8 tensor cores' reduced accumulation precision and device expf, which
+ *     move rare SR decisions, so the trajectories stay close but not bit-identical. Learning
+ *     rates are chosen where training is stable (LayerNorm on this data diverges at lr 0.1 on
+ *     both backends, and chaos would amplify any rounding difference).
  *  2. An FP8 checkpoint written from the GPU model loads on the CPU backend and both give the
  *     same top-5 on the first 256 test rows. Rule for rare swaps: at a rank where the labels
  *     differ, the two scores at that rank must be a near tie (|a - b| <= 1e-3 (1 + |b|)); at most
@@ -45,6 +48,8 @@ typedef struct variant {
   int layernorm;
   double head_ratio;
   int chunks;
+  double lr_cls, lr_enc;   /* small enough for a stable run: chaos would amplify rounding */
+  double tol;              /* loss agreement, relative */
 } variant;
 
 typedef struct run {
@@ -63,10 +68,11 @@ static void setup_run(run *r, const variant *v) {
            " \"model\": {\"encoder\": {\"kind\": \"sparse\", \"dim\": 64, \"layernorm\": %s},"
            "  \"classifier\": {\"dtype\": \"%s\", \"input_dtype\": \"%s\", \"chunks\": %d, \"head_ratio\": %g}},"
            " \"training\": {\"batch_size\": %d, \"seed\": 3, \"dropout\": 0.5,"
-           "  \"encoder\": {\"lr\": 3e-3, \"warmup_steps\": 5, \"weight_decay\": 0.01},"
-           "  \"classifier\": {\"lr\": 0.1, \"warmup_steps\": 5, \"weight_decay\": 1e-4}},"
+           "  \"encoder\": {\"lr\": %g, \"warmup_steps\": 5, \"weight_decay\": 0.01},"
+           "  \"classifier\": {\"lr\": %g, \"warmup_steps\": 5, \"weight_decay\": 1e-4}},"
            " \"output\": {\"dir\": \"/tmp/elmo-gpu-train\"}}",
-           dir, v->layernorm ? "true" : "false", v->cls_dtype, v->input, v->chunks, v->head_ratio, BATCH);
+           dir, v->layernorm ? "true" : "false", v->cls_dtype, v->input, v->chunks, v->head_ratio, BATCH, v->lr_enc,
+           v->lr_cls);
   free(dir);
   elmo_err err = {0};
   if (elmo_config_parse(&r->cfg, json, "gpu_train.json", NULL, 0, &err)) fail_msg("config: %s", err.msg);
@@ -93,7 +99,7 @@ static void step_rows(const run *r, int64_t s, int64_t *rows) {
   for (int64_t i = 0; i < BATCH; i++) rows[i] = (s * BATCH + i * 7) % r->ds.train.n;
 }
 
-static void train_both(run *r, const char *name) {
+static void train_both(run *r, const char *name, double tol) {
   elmo_batch_buf bb = {0};
   int64_t rows[BATCH];
   double worst = 0;
@@ -108,7 +114,9 @@ static void train_both(run *r, const char *name) {
     if (r->cpu->train_step(r->mc, &b, &st, &lc, &err)) fail_msg("cpu step %lld: %s", (long long)s, err.msg);
     if (r->gpu->train_step(r->mg, &b, &st, &lg, &err)) fail_msg("gpu step %lld: %s", (long long)s, err.msg);
     double rel = fabs(lg - lc) / fabs(lc);
-    if (!(rel <= 1e-3)) fail_msg("%s step %lld: loss gpu %.9g cpu %.9g (rel %.2e)", name, (long long)s, lg, lc, rel);
+    if (s % 5 == 0 || s == STEPS - 1)
+      print_message("  step %2lld: loss/row gpu %.6f cpu %.6f\n", (long long)s, lg / BATCH, lc / BATCH);
+    if (!(rel <= tol)) fail_msg("%s step %lld: loss gpu %.9g cpu %.9g (rel %.2e)", name, (long long)s, lg, lc, rel);
     if (rel > worst) worst = rel;
   }
   print_message("%s: %d steps, losses agree to %.2e relative; peak device memory %.1f MiB\n", name, STEPS, worst,
@@ -118,25 +126,25 @@ static void train_both(run *r, const char *name) {
 
 static void test_train_fp8(void **state) {
   run r = {0};
-  variant v = {"fp8", "fp8", 0, 0.05, 2};
+  variant v = {"fp8", "fp8", 0, 0.05, 2, 0.1, 3e-3, 2e-3};
   setup_run(&r, &v);
-  train_both(&r, "fp8");
+  train_both(&r, "fp8", v.tol);
   teardown_run(&r);
 }
 
 static void test_train_bf16_layernorm(void **state) {
   run r = {0};
-  variant v = {"bf16", "bf16", 1, 0.0, 3};
+  variant v = {"bf16", "bf16", 1, 0.0, 3, 0.002, 3e-4, 2e-3};
   setup_run(&r, &v);
-  train_both(&r, "bf16+layernorm");
+  train_both(&r, "bf16+layernorm", v.tol);
   teardown_run(&r);
 }
 
 static void test_train_fp32(void **state) {
   run r = {0};
-  variant v = {"fp32", "fp8", 0, 0.02, 1};
+  variant v = {"fp32", "fp8", 0, 0.02, 1, 0.1, 3e-3, 2e-4};
   setup_run(&r, &v);
-  train_both(&r, "fp32");
+  train_both(&r, "fp32", v.tol);
   teardown_run(&r);
 }
 
@@ -155,9 +163,9 @@ static int64_t compare_topk(const int32_t *ka, const float *sa, const int32_t *k
 
 static void test_checkpoint_to_cpu(void **state) {
   run r = {0};
-  variant v = {"fp8", "fp8", 0, 0.05, 2};
+  variant v = {"fp8", "fp8", 0, 0.05, 2, 0.1, 3e-3, 2e-3};
   setup_run(&r, &v);
-  train_both(&r, "fp8 (checkpoint)");
+  train_both(&r, "fp8 (checkpoint)", v.tol);
   char *dir = tu_temp_dir(), *ck = elmo_path_join(dir, "ck");
   elmo_err err = {0};
   elmo_train_state st = {.step = STEPS, .epoch = 0, .best = -1};
