@@ -5,6 +5,8 @@
 #   TESTS="test_gpu_ops ..."  which test programs (default: all packed)
 #   BENCH=0                   skip the benchmarks; BENCH_ARGS="L B d chunk dtype input steps;..."
 #   NCU=1                     also profile the classifier kernels once with Nsight Compute (ncu.txt)
+#   E2E=1                     also train configs/bibtex.json end to end with elmo-train on cuda and
+#                             cpu (E2E_SETS: extra --set options) and print both test metric tables
 set -u
 PACK=.dev/gpu
 OUT=${OUT:-/tmp/elmo-gpu-out}
@@ -30,6 +32,19 @@ if [ "${BENCH:-1}" != 0 ]; then
     timeout 180 "$PACK/bin/bench_cls" $a >>"$OUT/bench.log" 2>&1 || echo "bench $a: exit $?" >>"$OUT/bench.log"
   done
   grep -E 'elmo cuda:' "$OUT/bench.log" | sort -u | head -8
+fi
+if [ "${E2E:-0}" = 1 ]; then
+  for dev in cuda cpu; do
+    t0=$(date +%s%N)
+    # shellcheck disable=SC2086
+    "$PACK/bin/elmo-train" configs/bibtex.json --device $dev --set data.dir="$ELMO_TEST_DATA/bibtex" \
+      ${E2E_SETS:-} --out "/tmp/e2e-$dev" >"$OUT/e2e-$dev.log" 2>&1
+    rc=$?
+    t1=$(date +%s%N)
+    summary+=("$(printf 'elmo-train %-5s rc=%-3s %6ss  %s' "$dev" "$rc" \
+      "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) / 1e9 }')" "$(grep -E '^P@k' "$OUT/e2e-$dev.log")")")
+    grep -E 'elmo cuda: [A-Z]|^model:|^eval epoch|^best|error' "$OUT/e2e-$dev.log" | head -12
+  done
 fi
 if [ "${NCU:-0}" = 1 ]; then
   NCU_BIN=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)

@@ -2,6 +2,7 @@
  * any step reproduces it), batches through the backend, LR schedules per part, evaluation every
  * eval.every_epochs with metrics.jsonl, best and last checkpoints, early stopping. */
 #include "train.h"
+#include "elmo_config.h"
 #include "checkpoint.h"
 #include "dataset.h"
 #include "evaluate.h"
@@ -15,6 +16,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#if ELMO_HAVE_CUDA
+#include "cuda/backend_cuda.h"
+#endif
 
 int elmo_pick_backend(const char *device, const elmo_backend **out, elmo_err *err) {
   if (!strcmp(device, "cpu")) {
@@ -262,7 +267,31 @@ static void teardown(run *r) {
   free(r->loss_path);
 }
 
+/* elmo-train --plan: the CUDA backend's memory plan for this config and data, no training. */
+static int print_plan(const elmo_config *cfg, elmo_err *err) {
+#if ELMO_HAVE_CUDA
+  elmo_dataset ds;
+  int rc = elmo_dataset_load(&ds, cfg, 1, err);
+  if (rc) return rc;
+  elmo_model_desc md;
+  rc = elmo_model_desc_init(&md, cfg, ds.num_labels, ds.num_features, ds.vocab_size, ds.T, ds.label_freq, err);
+  if (!rc) rc = elmo_cuda_choose_chunks(cfg, &md, err);
+  if (!rc) {
+    elmo_cuda_plan_t p;
+    elmo_cuda_plan(&md, &p);
+    elmo_cuda_plan_print(&p, &md, stdout);
+  }
+  elmo_model_desc_free(&md);
+  elmo_dataset_free(&ds);
+  return rc;
+#else
+  (void)cfg;
+  return elmo_fail(err, ELMO_EINPUT, "--plan: this elmo was built without CUDA (meson setup -Dcuda=enabled)");
+#endif
+}
+
 int elmo_train_run(const elmo_config *cfg, const elmo_train_opts *o, elmo_err *err) {
+  if (o->plan_only) return print_plan(cfg, err);
   run r = {0};
   r.t_start = elmo_now();
   int rc = setup(&r, cfg, o, err);

@@ -431,8 +431,8 @@ static void run_cls_ops(cls_case cc) {
     total += n * d;
     f.c.widened_l0 = -1; /* W changed */
   }
-  print_message("dtype %d input %s: %lld of %lld weights differ by one step\n", cc.dt, cc.fp8_input ? "fp8" : "bf16",
-                (long long)mism, (long long)total);
+  print_message("dtype %d input %s: %lld of %lld weights differ (%s)\n", cc.dt, cc.fp8_input ? "fp8" : "bf16",
+                (long long)mism, (long long)total, cc.dt == ELMO_F32 ? "by FP32 rounding" : "by one code step");
   /* SR / RN codes: a flip needs the threshold between two values one FP32 rounding apart, so
    * flips are rare. FP32 weights differ by that rounding itself (checked by tolerance above). */
   if (cc.dt != ELMO_F32 && mism * 200 > total)
