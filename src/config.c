@@ -86,6 +86,8 @@ static const key_spec SCHEMA[] = {
       "Hugging Face directory (config.json, model.safetensors, vocab.txt) to start from (\"\" = random init)"),
   ENUM("model.encoder.pooling", pooling, "mean", "mean|cls", "mean over unmasked tokens, or the [CLS] vector"),
   BOOL("model.encoder.layernorm", encoder_layernorm, "false", "LayerNorm after the sparse encoder"),
+  BOOL("model.encoder.recompute", encoder_recompute, "false",
+       "transformer on CUDA: keep only each layer's output and recompute the layer in the backward (less memory, ~13% more time)"),
   ENUM("model.encoder.dtype", encoder_dtype, "bf16", "bf16|fp32|fp8",
        "encoder parameters and GEMMs (fp8 = E4M3 forward GEMMs, BF16 parameters)"),
 

@@ -45,6 +45,7 @@ typedef struct elmo_config {
   char pretrained[1024];      /* model.encoder.pretrained: Hugging Face directory ("" = random init) */
   char pooling[8];            /* model.encoder.pooling: "mean" | "cls" */
   int encoder_layernorm;      /* model.encoder.layernorm: LayerNorm after the sparse encoder (0) */
+  int encoder_recompute;      /* model.encoder.recompute: recompute transformer layers in the backward (0) */
   char encoder_dtype[8];      /* model.encoder.dtype: "bf16" | "fp32" | "fp8" (fp8 = E4M3 forward GEMMs) */
 
   /* model.classifier.* */

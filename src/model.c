@@ -151,6 +151,7 @@ int elmo_model_desc_init(elmo_model_desc *md, const elmo_config *cfg, int64_t nu
   md->T = T;
   md->type_vocab = 2;
   md->pooling_cls = !strcmp(cfg->pooling, "cls");
+  md->recompute = cfg->encoder_recompute;
   md->enc_dtype = strcmp(cfg->encoder_dtype, "fp32") ? ELMO_BF16 : ELMO_F32;
   md->cls_dtype = parse_dtype(cfg->classifier_dtype);
   md->cls_input_fp8 = !strcmp(cfg->classifier_input, "fp8");

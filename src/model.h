@@ -65,6 +65,7 @@ typedef struct elmo_model_desc {
   /* transformer */
   int64_t vocab_size, max_position, layers, heads, ffn, T, type_vocab;
   int pooling_cls;
+  int recompute;             /* recompute layer activations in the backward (CUDA transformer) */
   /* numerics */
   elmo_dtype enc_dtype;      /* ELMO_BF16 | ELMO_F32 */
   elmo_dtype cls_dtype;      /* ELMO_FP8 | ELMO_BF16 | ELMO_F32 */
