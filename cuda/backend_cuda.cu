@@ -109,7 +109,9 @@ static void sort_layout(elmo_cuda_sparse_sort *srt, elmo_pool *p, int64_t x_cap)
   srt->temp = elmo_pool_take(p, srt->temp_bytes, ELMO_MEM_INPUTS);
 }
 
-static int tf_flags(const elmo_model_desc *md) { return md->enc_dtype == ELMO_F32 ? ELMO_CUDA_TF_F32_PARAMS : 0; }
+static int tf_flags(const elmo_model_desc *md) {
+  return (md->enc_dtype == ELMO_F32 ? ELMO_CUDA_TF_F32_PARAMS : 0) | (md->recompute ? ELMO_CUDA_TF_RECOMPUTE : 0);
+}
 
 static size_t tf_bytes(const elmo_model_desc *md, int64_t B_cap) {
   if (md->encoder_kind != ELMO_ENC_TRANSFORMER) return 0;

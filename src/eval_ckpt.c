@@ -80,6 +80,7 @@ static int ck_eval(ck_run *r, const ck_opts *o, elmo_err *err) {
   if (!rc) rc = elmo_dataset_load(&r->ds, &r->cfg, 0, err);
   if (!rc) rc = elmo_model_desc_init(&r->md, &r->cfg, r->ds.num_labels, r->ds.num_features, r->ds.vocab_size,
                                      r->ds.T, r->ds.label_freq, err);
+  if (!rc) rc = elmo_prepare_desc(r->be, &r->cfg, &r->md, err);
   if (!rc) rc = r->be->create(&r->cfg, &r->md, &r->m, err);
   if (!rc) rc = elmo_checkpoint_load(o->dir, r->be, r->m, &r->md, NULL, err);
   if (rc) return rc;

@@ -5,6 +5,8 @@
 #include "transformer.h"
 
 #include <math.h>
+#include <pthread.h>
+#include <unistd.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -237,6 +239,49 @@ static void store_enc(const elmo_model_desc *md, void *buf, int64_t i, float x) 
   else ((float *)buf)[i] = x;
 }
 
+/* Classifier weights U(-1/sqrt(d), 1/sqrt(d)) from (seed, 0, INIT_CLS, element), rounded to the
+ * dtype. Four elements per Philox block (the same bits as elmo_rand_u32 per element), split over
+ * threads: this is 2 G elements at L = 2.8M, d = 768. */
+typedef struct init_job { const elmo_model_desc *md; void *W; int64_t b0, b1; } init_job;
+
+static void *init_classifier_part(void *arg) {
+  const init_job *j = arg;
+  const elmo_model_desc *md = j->md;
+  const float a = 1.0f / sqrtf((float)md->d);
+  const int64_t n = md->num_labels * md->d;
+  for (int64_t blk = j->b0; blk < j->b1; blk++) {
+    uint32_t r[4];
+    elmo_rand_block(md->seed, 0, ELMO_RNG_INIT_CLS, (uint64_t)blk, r);
+    for (int w = 0; w < 4 && 4 * blk + w < n; w++) {
+      int64_t i = 4 * blk + w;
+      float x = a * (2.0f * ((float)r[w] * (1.0f / 4294967296.0f)) - 1.0f);
+      switch (md->cls_dtype) {
+        case ELMO_FP8: ((uint8_t *)j->W)[i] = elmo_f32_to_fp8(x); break;
+        case ELMO_BF16: ((uint16_t *)j->W)[i] = elmo_f32_to_bf16(x); break;
+        default: ((float *)j->W)[i] = x; break;
+      }
+    }
+  }
+  return NULL;
+}
+
+static void init_classifier(const elmo_model_desc *md, void *W) {
+  int64_t blocks = (md->num_labels * md->d + 3) / 4;
+  long nt = sysconf(_SC_NPROCESSORS_ONLN);
+  int T = blocks < (1 << 20) ? 1 : (int)(nt < 1 ? 1 : nt > 32 ? 32 : nt);
+  pthread_t th[32];
+  init_job jobs[32];
+  for (int t = 0; t < T; t++) {
+    jobs[t] = (init_job){md, W, blocks * t / T, blocks * (t + 1) / T};
+    if (T == 1 || pthread_create(&th[t], NULL, init_classifier_part, &jobs[t]) != 0) {
+      init_classifier_part(&jobs[t]);
+      th[t] = 0;
+    }
+  }
+  for (int t = 0; t < T; t++)
+    if (T > 1 && th[t]) pthread_join(th[t], NULL);
+}
+
 void elmo_model_init_host(const elmo_model_desc *md, void *host[ELMO_NUM_BUFS]) {
   for (int b = 0; b < ELMO_NUM_BUFS; b++)
     if (host[b]) memset(host[b], 0, elmo_buf_bytes(md, b));
@@ -251,17 +296,7 @@ void elmo_model_init_host(const elmo_model_desc *md, void *host[ELMO_NUM_BUFS]) 
       store_enc(md, host[ELMO_BUF_ENC_PARAM], s->offset + i, x);
     }
   }
-  float a = 1.0f / sqrtf((float)md->d);
-  int64_t n = md->num_labels * md->d;
-  for (int64_t i = 0; i < n; i++) {
-    float u = (float)elmo_rand_u32(md->seed, 0, ELMO_RNG_INIT_CLS, (uint64_t)i) * (1.0f / 4294967296.0f);
-    float x = a * (2.0f * u - 1.0f);
-    switch (md->cls_dtype) {
-      case ELMO_FP8: ((uint8_t *)host[ELMO_BUF_CLS_W])[i] = elmo_f32_to_fp8(x); break;
-      case ELMO_BF16: ((uint16_t *)host[ELMO_BUF_CLS_W])[i] = elmo_f32_to_bf16(x); break;
-      default: ((float *)host[ELMO_BUF_CLS_W])[i] = x; break;
-    }
-  }
+  init_classifier(md, host[ELMO_BUF_CLS_W]);
   if (md->n_head)
     memcpy(host[ELMO_BUF_CLS_HEAD], md->head_labels, sizeof(int32_t) * (size_t)md->n_head);
 }

@@ -40,6 +40,15 @@ int elmo_pick_backend(const char *device, const elmo_backend **out, elmo_err *er
   return ELMO_OK;
 }
 
+int elmo_prepare_desc(const elmo_backend *be, const elmo_config *cfg, elmo_model_desc *md, elmo_err *err) {
+#if ELMO_HAVE_CUDA
+  if (!strcmp(be->name, "cuda")) return elmo_cuda_choose_chunks(cfg, md, err);
+#else
+  (void)be; (void)cfg; (void)md; (void)err;
+#endif
+  return ELMO_OK;
+}
+
 /* The epoch's row order: Fisher-Yates driven by (seed, epoch, SHUFFLE, i). */
 static void epoch_perm(uint64_t seed, int64_t epoch, int64_t n, int64_t *perm) {
   for (int64_t i = 0; i < n; i++) perm[i] = i;
@@ -231,6 +240,7 @@ static int setup(run *r, const elmo_config *cfg, const elmo_train_opts *o, elmo_
   if (rc) return rc;
   rc = elmo_model_desc_init(&r->md, cfg, r->ds.num_labels, r->ds.num_features, r->ds.vocab_size, r->ds.T,
                             r->ds.label_freq, err);
+  if (!rc) rc = elmo_prepare_desc(r->be, cfg, &r->md, err);
   if (!rc) rc = r->be->create(cfg, &r->md, &r->m, err);
   if (rc) return rc;
   fprintf(stderr, "model: %s encoder (%lld parameters, %s), classifier [%lld, %lld] %s in %lld chunk(s), backend %s\n",
