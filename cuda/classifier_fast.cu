@@ -1,0 +1,1 @@
+/* classifier_fast.cu: placeholder for the fast classifier kernels. */
