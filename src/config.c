@@ -126,6 +126,7 @@ static const key_spec SCHEMA[] = {
 
   STR("output.dir", out_dir, "", 0, "run directory (\"\" = runs/NAME, NAME = the config file name without .json)"),
   INT("output.checkpoint_every", checkpoint_every, "1", 1, NO_MAX, 1, "epochs between checkpoints"),
+  BOOL("output.checkpoints", save_checkpoints, "true", "write the best/ and last/ checkpoints (false: metrics only, e.g. benchmarks)"),
 };
 
 #define N_KEYS ((int)(sizeof SCHEMA / sizeof SCHEMA[0]))

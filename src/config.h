@@ -78,6 +78,7 @@ typedef struct elmo_config {
   /* output.* */
   char out_dir[1024];         /* output.dir (default "runs/<config name>") */
   int64_t checkpoint_every;   /* output.checkpoint_every: epochs between checkpoints (default 1) */
+  int save_checkpoints;       /* output.checkpoints: write checkpoints at all (default 1) */
 } elmo_config;
 
 /* Fills every field with its default. */

@@ -73,7 +73,26 @@ typedef struct run {
   int64_t spe, total, samples;
   double last_loss;
   int tty;
+  double *step_ms;             /* [total] wall time of each step run in this process, ms */
+  int64_t n_step_ms;
 } run;
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+/* Median step time over this process's steps, skipping the first 5 (warm-up); 0 if none. */
+static double median_step_ms(const run *r) {
+  int64_t skip = r->n_step_ms > 10 ? 5 : 0, n = r->n_step_ms - skip;
+  if (n <= 0) return 0;
+  double *v = elmo_malloc(sizeof(double) * (size_t)n);
+  memcpy(v, r->step_ms + skip, sizeof(double) * (size_t)n);
+  qsort(v, (size_t)n, sizeof(double), cmp_double);
+  double m = v[n / 2];
+  free(v);
+  return m;
+}
 
 static void progress(run *r, int64_t epoch, double sps) {
   double eta = sps > 0 ? (double)(r->total - r->st.step) * (double)r->cfg->batch_size / sps : 0;
@@ -147,6 +166,7 @@ static int evaluate_epoch(run *r, int64_t epoch, int last, elmo_err *err, int *r
   }
   cJSON_AddNumberToObject(j, "loss", isfinite(r->last_loss) ? r->last_loss : -1);
   cJSON_AddNumberToObject(j, "samples_per_s", r->train_seconds > 0 ? (double)r->samples / r->train_seconds : 0);
+  cJSON_AddNumberToObject(j, "step_ms_median", median_step_ms(r));
   cJSON_AddNumberToObject(j, "seconds", elmo_now() - r->t_start);
   cJSON_AddNumberToObject(j, "eval_seconds", te.seconds);
   cJSON_AddNumberToObject(j, "peak_mem_gib", (double)r->be->peak_bytes(r->m) / (1024.0 * 1024.0 * 1024.0));
@@ -163,9 +183,11 @@ static int evaluate_epoch(run *r, int64_t epoch, int last, elmo_err *err, int *r
     r->st.best = sel;
     r->st.best_epoch = epoch + 1;
     r->st.bad_evals = 0;
-    char *dir = elmo_path_join(cfg->out_dir, "best");
-    *rc = elmo_checkpoint_save(dir, r->be, r->m, &r->md, cfg, &r->st, r->ds.vocab_path, err);
-    free(dir);
+    if (cfg->save_checkpoints) {
+      char *dir = elmo_path_join(cfg->out_dir, "best");
+      *rc = elmo_checkpoint_save(dir, r->be, r->m, &r->md, cfg, &r->st, r->ds.vocab_path, err);
+      free(dir);
+    }
   } else if (!*rc) {
     r->st.bad_evals++;
     if (cfg->patience > 0 && r->st.bad_evals >= cfg->patience) {
@@ -188,6 +210,7 @@ static int evaluate_epoch(run *r, int64_t epoch, int last, elmo_err *err, int *r
 }
 
 static int save_last(run *r, elmo_err *err) {
+  if (!r->cfg->save_checkpoints) return ELMO_OK;
   char *dir = elmo_path_join(r->cfg->out_dir, "last");
   int rc = elmo_checkpoint_save(dir, r->be, r->m, &r->md, r->cfg, &r->st, r->ds.vocab_path, err);
   free(dir);
@@ -212,7 +235,9 @@ static int train_epoch(run *r, int64_t epoch, int64_t *perm, elmo_batch_buf *bb,
     double t0 = elmo_now(), loss;
     int rc = r->be->train_step(r->m, &b, &step, &loss, err);
     if (rc) return rc;
-    r->train_seconds += elmo_now() - t0;
+    double dt = elmo_now() - t0;
+    r->train_seconds += dt;
+    r->step_ms[r->n_step_ms++] = 1e3 * dt;
     r->samples += B;
     r->st.step++;
     if (step.compute_loss) {
@@ -265,6 +290,7 @@ static int setup(run *r, const elmo_config *cfg, const elmo_train_opts *o, elmo_
   }
   r->spe = (r->ds.train.n + cfg->batch_size - 1) / cfg->batch_size;
   r->total = r->spe * cfg->epochs;
+  r->step_ms = elmo_calloc((size_t)r->total + 1, sizeof(double));
   return rc;
 }
 
@@ -273,6 +299,7 @@ static void teardown(run *r) {
   elmo_model_desc_free(&r->md);
   elmo_dataset_free(&r->ds);
   free(r->inv_prop);
+  free(r->step_ms);
   free(r->metrics_path);
   free(r->loss_path);
 }

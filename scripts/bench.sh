@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# bench.sh: elmo's speed and memory benchmark (issue #5): for every row of the baseline table,
+# ms/step, peak device GiB, the roofline and the ratio to it, and the ratio to ELMO's own
+# implementation measured on an H100 80GB (PyTorch 2.11 + Triton 3.6, median of 10 steps).
+# Classifier rows time the chunked classifier step alone (scripts/bench_cls.c); full-step rows
+# train on synthetic data with the model's shape (scripts/make_synthetic.sh) and read throughput
+# and measured peak memory from metrics.jsonl. Usable on any CUDA card (rooflines use the H100's
+# measured ceilings; pass others with PEAK_TBS / PEAK_TFLOPS).
+#
+#   scripts/bench.sh [cls|full|all]      (default all)
+#   ELMO_BIN=dir    prebuilt elmo-train + bench_cls (e.g. .dev/gpu/bin from scripts/gpu_run.sh);
+#                   otherwise builds build-bench with -Dcuda=enabled
+#   STEPS=n         training steps per full-step row (default 40)
+#   RECOMPUTE=false full-step rows keep all encoder activations (faster, more memory)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-all}
+PEAK_TBS=${PEAK_TBS:-2.88}        # device-to-device copy, TB/s (H100 80GB HBM3, measured)
+PEAK_TFLOPS=${PEAK_TFLOPS:-764}   # BF16 dense GEMM 8192^3, TFLOP/s (H100, measured)
+STEPS=${STEPS:-40}
+if [ -z "${ELMO_BIN:-}" ]; then
+  [ -f build-bench/build.ninja ] || meson setup build-bench -Dcuda=enabled >/dev/null
+  ninja -C build-bench >/dev/null || exit 1
+  CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+  gcc -O2 -std=c11 -D_POSIX_C_SOURCE=200809L -I. -Isrc -Icuda -Ibuild-bench -I"$CUDA_HOME/include" scripts/bench_cls.c \
+    build-bench/cuda/libelmo_cuda.a build-bench/src/libelmo.a -L"$CUDA_HOME/lib64" -lcudart -lcublasLt -lcjson -lz \
+    -lpthread -lstdc++ -lm -o build-bench/bench_cls || exit 1
+  ELMO_BIN=build-bench
+  cp build-bench/elmo-train build-bench/elmo-train 2>/dev/null
+fi
+TMP=${TMPDIR:-/tmp}/elmo-bench
+mkdir -p "$TMP"
+rows=()
+
+# roofline ms: max(bytes / bandwidth, flops / tensor rate)
+roof() { awk -v b="$1" -v f="$2" -v bw="$PEAK_TBS" -v fl="$PEAK_TFLOPS" 'BEGIN {
+  m = b / (bw * 1e9); c = f / (fl * 1e9); printf "%.3f", (m > c ? m : c) }'; }
+
+row() { # name mode ms gib roof elmo_ms elmo_gib
+  rows+=("$(awk -v n="$1" -v mo="$2" -v ms="$3" -v g="$4" -v r="$5" -v em="$6" -v eg="$7" 'BEGIN {
+    printf "%-44s %-5s %9.2f %7.2f %9.2f %7.0f%% %9.1f %7.2fx %7.2f %6.2fx", n, mo, ms, g, r, (ms > 0 ? 100 * r / ms : 0),
+      em, (em > 0 ? ms / em : 0), eg, (eg > 0 ? g / eg : 0) }')")
+}
+
+cls_row() { # L B chunks dtype elmo_ms elmo_gib
+  local L=$1 B=$2 n=$3 dt=$4 d=768
+  local chunk=$(( ((L + n - 1) / n + 15) / 16 * 16 ))
+  local out
+  out=$("$ELMO_BIN/bench_cls" "$L" "$B" $d $chunk "$dt" fp8 10 2>&1 | grep '^RESULT')
+  local ms gib
+  ms=$(sed -n 's/.*step \([0-9.]*\) ms.*/\1/p' <<<"$out")
+  gib=$(sed -n 's/.*device memory \([0-9.]*\) GiB.*/\1/p' <<<"$out")
+  local wb=1; [ "$dt" = bf16 ] && wb=2
+  row "classifier L=$L B=$B d=$d $n chunks" "$dt" "${ms:-0}" "${gib:-0}" \
+    "$(roof $((2 * wb * L * d)) $((6 * B * L * d)))" "$5" "$6"
+}
+
+full_row() { # name layers T B L elmo_ms elmo_gib dtype
+  local name=$1 layers=$2 T=$3 B=$4 L=$5 dt=$8 d=768 ffn=3072
+  local data=$TMP/synth-$L-$B
+  [ -f "$data/trn_X.txt" ] || bash scripts/make_synthetic.sh "$data" $((B * STEPS)) 64 "$L" 5 $((T / 2)) 1 >/dev/null
+  local run=$TMP/run-$name-$dt
+  "$ELMO_BIN/elmo-train" configs/synth-amazon3m-bert.json --device cuda --set data.dir="$data" --set data.max_len=$T \
+    --set model.encoder.layers=$layers --set training.batch_size=$B --set training.max_steps=$STEPS \
+    --set model.classifier.dtype=$dt --set model.encoder.recompute=${RECOMPUTE:-true} --set output.checkpoints=false \
+    --set eval.every_epochs=1 --out "$run" >"$run.log" 2>&1
+  local sps gib
+  sps=$(grep -o '"samples_per_s":[0-9.e+]*' "$run/metrics.jsonl" 2>/dev/null | tail -1 | cut -d: -f2)
+  gib=$(grep -o '"peak_mem_gib":[0-9.e+]*' "$run/metrics.jsonl" 2>/dev/null | tail -1 | cut -d: -f2)
+  local ms
+  ms=$(awk -v s="${sps:-0}" -v b=$B 'BEGIN { printf "%.3f", s > 0 ? 1000 * b / s : 0 }')
+  # FLOPs: classifier 6BLd + encoder 6 * tokens * layer weights + attention 12 B T^2 d per layer
+  local flops bytes
+  flops=$(awk -v B=$B -v L=$L -v d=$d -v T=$T -v n=$layers -v f=$ffn 'BEGIN {
+    printf "%.0f", 6 * B * L * d + 6 * B * T * n * (4 * d * d + 2 * d * f) + 12 * n * B * T * T * d }')
+  bytes=$(awk -v L=$L -v d=$d -v n=$layers -v f=$ffn -v w=$([ "$dt" = bf16 ] && echo 2 || echo 1) 'BEGIN {
+    printf "%.0f", 2 * w * L * d + 20 * (n * (4 * d * d + 2 * d * f) + 30522 * d) }')
+  row "full $name seq $T B=$B L=$L" "$dt" "$ms" "${gib:-0}" "$(roof "$bytes" "$flops")" "$6" "$7"
+  [ -n "$sps" ] || echo "full $name $dt failed: $(tail -3 "$run.log")" >&2
+}
+
+if [ "$what" = cls ] || [ "$what" = all ]; then
+  cls_row 131072 512 2 fp8 3.54 0.22
+  cls_row 670091 128 2 fp8 6.23 0.64
+  cls_row 2812281 128 8 fp8 26.0 2.18
+  cls_row 8623847 128 8 fp8 69.2 6.69
+  cls_row 2812281 128 8 bf16 15.3 5.11
+fi
+if [ "$what" = full ] || [ "$what" = all ]; then
+  full_row bert-base 12 128 128 2812281 63.7 7.72 fp8
+  full_row distilbert 6 32 512 1305265 48.6 4.94 fp8
+  full_row distilbert 6 128 128 8623847 90.9 9.45 fp8
+fi
+echo
+echo "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), $(date -u +%F); roofline: ${PEAK_TBS} TB/s, ${PEAK_TFLOPS} TFLOP/s BF16"
+printf '%-44s %-5s %9s %7s %9s %8s %9s %8s %7s %7s\n' shape mode ms/step GiB roof_ms of_roof elmo_ms x_elmo elmo_GiB x_mem
+for r in "${rows[@]}"; do echo "$r"; done
