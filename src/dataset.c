@@ -59,12 +59,71 @@ static char *bow_text(const elmo_csr *X, int64_t r, const elmo_texts *words) {
   return s;
 }
 
-static int tokenize_all(elmo_split *s, const elmo_tokenizer *tok, int64_t T, char **texts) {
+/* FNV-1a over the texts, the tokenizer and max_len: the key of the token cache. */
+static uint64_t token_key(const elmo_tokenizer *tok, int64_t T, char **texts, int64_t n) {
+  uint64_t h = 1469598103934665603ull ^ elmo_tokenizer_hash(tok);
+  h = (h ^ (uint64_t)T) * 1099511628211ull;
+  for (int64_t i = 0; i < n; i++) {
+    for (const unsigned char *p = (const unsigned char *)texts[i]; *p; p++) h = (h ^ *p) * 1099511628211ull;
+    h = (h ^ 0x0a) * 1099511628211ull;
+  }
+  return h;
+}
+
+/* Token cache file: "ELMOTOK1", n, T, ids [n*T] int32, mask [n*T] uint8. */
+static int cache_read(const char *path, elmo_split *s, int64_t T) {
+  FILE *fp = fopen(path, "rb");
+  if (!fp) return 0;
+  char magic[8];
+  int64_t hdr[2];
+  int ok = fread(magic, 1, 8, fp) == 8 && !memcmp(magic, "ELMOTOK1", 8) && fread(hdr, sizeof hdr, 1, fp) == 1 &&
+           hdr[0] == s->n && hdr[1] == T;
+  if (ok) {
+    s->ids = elmo_malloc(sizeof(int32_t) * (size_t)(s->n * T));
+    s->mask = elmo_malloc((size_t)(s->n * T));
+    ok = fread(s->ids, sizeof(int32_t), (size_t)(s->n * T), fp) == (size_t)(s->n * T) &&
+         fread(s->mask, 1, (size_t)(s->n * T), fp) == (size_t)(s->n * T);
+    if (!ok) { ELMO_FREE(s->ids); ELMO_FREE(s->mask); }
+  }
+  fclose(fp);
+  return ok;
+}
+
+static void cache_write(const char *path, const elmo_split *s, int64_t T) {
+  elmo_outfile o;
+  elmo_err e;
+  if (elmo_open_out(&o, path, &e)) return; /* the cache is an optimisation: never fatal */
+  int64_t hdr[2] = {s->n, T};
+  fwrite("ELMOTOK1", 1, 8, o.fp);
+  fwrite(hdr, sizeof hdr, 1, o.fp);
+  fwrite(s->ids, sizeof(int32_t), (size_t)(s->n * T), o.fp);
+  fwrite(s->mask, 1, (size_t)(s->n * T), o.fp);
+  elmo_commit(&o, &e);
+}
+
+/* Tokenizes a split, or reads the ids from the cache in cache_dir (NULL: no cache) when the
+ * same texts were tokenized with the same vocab and max_len before. */
+static int tokenize_all(elmo_split *s, const elmo_tokenizer *tok, int64_t T, char **texts, const char *cache_dir) {
   s->T = T;
+  char *path = NULL;
+  if (cache_dir && cache_dir[0]) {
+    char name[64];
+    snprintf(name, sizeof name, "tokens-%016llx.bin", (unsigned long long)token_key(tok, T, texts, s->n));
+    path = elmo_path_join(cache_dir, name);
+    if (cache_read(path, s, T)) {
+      free(path);
+      return 1;
+    }
+  }
   s->ids = elmo_malloc(sizeof(int32_t) * (size_t)(s->n * T));
   s->mask = elmo_malloc((size_t)(s->n * T));
   for (int64_t i = 0; i < s->n; i++) elmo_tokenize(tok, texts[i], (int)T, s->ids + i * T, s->mask + i * T);
-  return ELMO_OK;
+  if (path) {
+    elmo_err e;
+    if (elmo_mkdirs(cache_dir, &e) == ELMO_OK) cache_write(path, s, T);
+    free(path);
+  }
+  return 0;
 }
 
 /* Reads one split's inputs and labels. texts_out receives raw texts (transformer) or NULL. */
@@ -183,8 +242,11 @@ static int prepare_text(elmo_dataset *ds, const elmo_config *cfg, elmo_texts *tr
   if (rc) return rc;
   ds->vocab_size = elmo_tokenizer_vocab_size(tok);
   ds->T = cfg->max_len;
-  tokenize_all(&ds->train, tok, ds->T, trt->text);
-  tokenize_all(&ds->test, tok, ds->T, tet->text);
+  char *cache = cfg->out_dir[0] ? elmo_path_join(cfg->out_dir, "cache") : NULL;
+  int hits = tokenize_all(&ds->train, tok, ds->T, trt->text, cache);
+  hits += tokenize_all(&ds->test, tok, ds->T, tet->text, cache);
+  ds->token_cache_hits = hits;
+  free(cache);
   elmo_tokenizer_free(&tok);
   return ELMO_OK;
 }
@@ -227,7 +289,7 @@ int elmo_dataset_load(elmo_dataset *ds, const elmo_config *cfg, int verbose, elm
   if (verbose)
     fprintf(stderr, "data: %s: train %lld rows, val %lld, test %lld, %lld labels, %s\n", cfg->data_dir,
             (long long)ds->train.n, (long long)ds->val.n, (long long)ds->test.n, (long long)ds->num_labels,
-            ds->train.ids ? "tokenized" : "bow features");
+            ds->train.ids ? (ds->token_cache_hits == 2 ? "token ids from the cache" : "tokenized") : "bow features");
 done:
   elmo_texts_free(&trt);
   elmo_texts_free(&tet);

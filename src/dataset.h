@@ -30,6 +30,7 @@ typedef struct elmo_dataset {
   int64_t *label_freq; /* [L] label counts over all training rows (before the validation split) */
   elmo_csr train_Y_all;/* [N_train, L] all training labels: inverse propensities */
   char *vocab_path;    /* resolved vocab.txt (transformer) or NULL */
+  int token_cache_hits;/* splits whose token ids came from output.dir/cache */
 } elmo_dataset;
 
 int elmo_dataset_load(elmo_dataset *ds, const elmo_config *cfg, int verbose, elmo_err *err);

@@ -76,6 +76,19 @@ else
   echo "skip python safetensors check (python3 safetensors/numpy not importable)"
 fi
 
+# --- 4b. transformer on pseudo-text: tokenized ids are cached and reused bit for bit ---------
+TX=(--device cpu --set training.max_steps=2 --set training.log_every=1 --set training.batch_size=16 --set eval.topk=5
+    --set model.encoder.dim=32 --set model.encoder.heads=2 --set model.encoder.ffn_dim=64 --set model.encoder.layers=1)
+"$TRAIN" configs/bibtex-text.json "${TX[@]}" --out "$T/tx" >/dev/null 2>"$T/tx1.err" || bad "text run: $(tail -2 "$T/tx1.err")"
+cp "$T/tx/loss.tsv" "$T/tx-loss1.tsv"
+"$TRAIN" configs/bibtex-text.json "${TX[@]}" --out "$T/tx" >/dev/null 2>"$T/tx2.err" || bad "text rerun: $(tail -2 "$T/tx2.err")"
+if grep -q "train 4880 rows.*tokenized" "$T/tx1.err" && grep -q "token ids from the cache" "$T/tx2.err" &&
+   cmp -s "$T/tx-loss1.tsv" "$T/tx/loss.tsv"; then
+  ok "token cache: second run reads the cached ids and reproduces the losses"
+else
+  bad "token cache: $(grep '^data' "$T/tx1.err" "$T/tx2.err")"
+fi
+
 # --- 5. bad input exits 2 naming the JSON path or file:line ---------------------------------
 expect2() { # name, needle, command...
   local name=$1 needle=$2
