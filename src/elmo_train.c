@@ -72,7 +72,11 @@ int main(int argc, char **argv) {
   args a = {0};
   char *out_override = NULL;
   int rc = parse_args(argc, argv, &a, &out_override);
-  if (rc) return rc;
+  if (rc) {
+    free(a.sets);
+    free(out_override);
+    return rc;
+  }
   elmo_config cfg;
   elmo_err err = {0};
   rc = elmo_config_load(&cfg, a.config, a.sets, a.n_sets, &err);

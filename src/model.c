@@ -68,6 +68,7 @@ void elmo_model_tf_config(const elmo_model_desc *md, elmo_tf_config *c) {
   c->heads = (int)md->heads;
   c->ffn = (int)md->ffn;
   c->pooling = md->pooling_cls ? ELMO_TF_POOL_CLS : ELMO_TF_POOL_MEAN;
+  c->fp8_forward = md->enc_fp8_gemm;
 }
 
 /* Takes the transformer's own layout (Hugging Face names, aligned offsets) as the slots. */
@@ -117,9 +118,10 @@ void elmo_model_desc_set_chunks(elmo_model_desc *md, int64_t n_chunks) {
 
 /* Options the schema accepts but this build does not implement yet: refuse them loudly. */
 static int check_supported(const elmo_config *cfg, elmo_err *err) {
-  if (!strcmp(cfg->encoder_dtype, "fp8"))
-    return elmo_fail(err, ELMO_EINPUT, "model.encoder.dtype: \"fp8\" (E4M3 encoder GEMMs) is not implemented yet "
-                                       "(use bf16 or fp32)");
+  if (!strcmp(cfg->encoder_dtype, "fp8") && strcmp(cfg->encoder_kind, "transformer"))
+    return elmo_fail(err, ELMO_EINPUT, "model.encoder.dtype: \"fp8\" runs the transformer's linear layers in E4M3; "
+                                       "the sparse encoder has none (use bf16 or fp32, or model.encoder.kind "
+                                       "\"transformer\")");
   if (strcmp(cfg->enc_opt.optimizer, "adamw"))
     return elmo_fail(err, ELMO_EINPUT, "training.encoder.optimizer: only \"adamw\" is implemented for the encoder");
   if (strcmp(cfg->cls_opt.optimizer, "sgd"))
@@ -154,7 +156,8 @@ int elmo_model_desc_init(elmo_model_desc *md, const elmo_config *cfg, int64_t nu
   md->type_vocab = 2;
   md->pooling_cls = !strcmp(cfg->pooling, "cls");
   md->recompute = cfg->encoder_recompute;
-  md->enc_dtype = strcmp(cfg->encoder_dtype, "fp32") ? ELMO_BF16 : ELMO_F32;
+  md->enc_dtype = strcmp(cfg->encoder_dtype, "fp32") ? ELMO_BF16 : ELMO_F32;   /* fp8: BF16 parameters */
+  md->enc_fp8_gemm = !strcmp(cfg->encoder_dtype, "fp8");
   md->cls_dtype = parse_dtype(cfg->classifier_dtype);
   md->cls_input_fp8 = !strcmp(cfg->classifier_input, "fp8");
   md->enc_kahan = md->enc_dtype == ELMO_BF16 && cfg->enc_opt.kahan;

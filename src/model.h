@@ -67,7 +67,8 @@ typedef struct elmo_model_desc {
   int pooling_cls;
   int recompute;             /* recompute layer activations in the backward (CUDA transformer) */
   /* numerics */
-  elmo_dtype enc_dtype;      /* ELMO_BF16 | ELMO_F32 */
+  elmo_dtype enc_dtype;      /* ELMO_BF16 | ELMO_F32 (also BF16 when model.encoder.dtype is "fp8") */
+  int enc_fp8_gemm;          /* model.encoder.dtype "fp8": transformer forward GEMMs in E4M3 (elmo_tf_config.fp8_forward) */
   elmo_dtype cls_dtype;      /* ELMO_FP8 | ELMO_BF16 | ELMO_F32 */
   int cls_input_fp8;         /* classifier input cast to e4m3 (1) or bf16 (0) */
   int enc_kahan;

@@ -2,6 +2,7 @@
  * names, init, FP32 ops (GEMM, linear, LayerNorm, GELU, attention, embeddings, pooling) and the
  * packed-batch forward/backward built from them. See transformer.h for shapes and ownership. */
 #include "transformer.h"
+#include "numerics.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -30,6 +31,7 @@ void elmo_tf_config_init(elmo_tf_config *c) {
   c->ffn = 3072;
   c->ln_eps = 1e-12f;
   c->pooling = ELMO_TF_POOL_MEAN;
+  c->fp8_forward = 0;
 }
 
 static int check_at_least(const char *field, int v, int lo, elmo_err *err) {
@@ -55,6 +57,13 @@ int elmo_tf_config_check(const elmo_tf_config *c, elmo_err *err) {
   if (c->pooling != ELMO_TF_POOL_MEAN && c->pooling != ELMO_TF_POOL_CLS)
     return elmo_fail(err, ELMO_EINPUT, "transformer config: pooling = %d (expected mean or cls)",
                      (int)c->pooling);
+  if (c->fp8_forward != 0 && c->fp8_forward != 1)
+    return elmo_fail(err, ELMO_EINPUT, "transformer config: fp8_forward = %d (expected 0 or 1)",
+                     c->fp8_forward);
+  if (c->fp8_forward && (c->hidden % 16 != 0 || c->ffn % 16 != 0))
+    return elmo_fail(err, ELMO_EINPUT, "transformer config: FP8 encoder GEMMs need hidden and ffn "
+                     "multiples of 16 (got hidden = %d, ffn = %d); use model.encoder.dtype bf16 or "
+                     "change the sizes", c->hidden, c->ffn);
   return ELMO_OK;
 }
 
@@ -371,6 +380,7 @@ int64_t elmo_tf_workspace_floats(const elmo_tf_config *cfg, int max_len, int64_t
   int64_t n = max64(H * H, H * F);                  /* linear forward: w^T */
   n = max64(n, max64(H, F) * N);                    /* linear backward: dy^T */
   n = max64(n, 2 * T * T + dh * T);                 /* attention backward */
+  if (cfg->fp8_forward) n = max64(n, H * F + N * max64(H, F)); /* fp8 linear forward: wq^T, xq */
   return n;
 }
 
@@ -382,6 +392,51 @@ void elmo_tf_linear_forward(const float *x, const float *w, const float *b, int6
   for (int64_t n = 0; n < N; n++) {
     float *restrict yr = y + n * out;
     for (int o = 0; o < out; o++) yr[o] += b[o];
+  }
+}
+
+/* |x| as a bit pattern: for non-negative floats the integer order is the float order, and NaN
+ * patterns lie above infinity, so the maximum is NaN when any element is NaN. */
+static uint32_t abs_bits(float x) {
+  uint32_t u;
+  memcpy(&u, &x, sizeof u);
+  return u & 0x7FFFFFFFu;
+}
+
+float elmo_tf_amax(const float *x, int64_t n) {
+  uint32_t m = 0;
+  for (int64_t i = 0; i < n; i++) {
+    const uint32_t a = abs_bits(x[i]);
+    if (a > m) m = a;
+  }
+  float r;
+  memcpy(&r, &m, sizeof r);
+  return r;
+}
+
+float elmo_tf_fp8_scale(float amax) {
+  const double a = (double)amax;
+  return (float)((double)ELMO_TF_FP8_MAX / (a > ELMO_TF_FP8_AMAX_EPS ? a : isnan(a) ? a : ELMO_TF_FP8_AMAX_EPS));
+}
+
+void elmo_tf_fp8_quantize(const float *x, int64_t n, float scale, float *q) {
+  for (int64_t i = 0; i < n; i++) q[i] = elmo_fp8_to_f32(elmo_f32_to_fp8(x[i] * scale));
+}
+
+void elmo_tf_linear_forward_fp8(const float *x, const float *w, const float *b, int64_t N, int in,
+                                int out, float *y, float *ws) {
+  const int64_t nw = (int64_t)in * out;
+  float *wq = ws, *xq = ws + nw;                    /* [in, out] (transposed), [N, in] */
+  const float sw = elmo_tf_fp8_scale(elmo_tf_amax(w, nw));
+  const float sx = elmo_tf_fp8_scale(elmo_tf_amax(x, N * in));
+  elmo_tf_transpose(w, out, in, in, wq);
+  elmo_tf_fp8_quantize(wq, nw, sw, wq);
+  elmo_tf_fp8_quantize(x, N * in, sx, xq);
+  elmo_tf_gemm(N, out, in, xq, in, wq, out, y, out, 0);
+  const float deq = (1.0f / sx) * (1.0f / sw);
+  for (int64_t n = 0; n < N; n++) {
+    float *restrict yr = y + n * out;
+    for (int o = 0; o < out; o++) yr[o] = yr[o] * deq + (b ? b[o] : 0.0f);
   }
 }
 
@@ -714,23 +769,30 @@ static void add_inplace(float *y, const float *x, int64_t n) {
   for (int64_t i = 0; i < n; i++) y[i] += x[i];
 }
 
+/* The layer's linear forward: FP32, or FP8 GEMMs when cfg->fp8_forward. */
+static void linear_fwd(const elmo_tf_config *cfg, const float *x, const float *w, const float *b,
+                       int64_t N, int in, int out, float *y, float *ws) {
+  if (cfg->fp8_forward) elmo_tf_linear_forward_fp8(x, w, b, N, in, out, y, ws);
+  else elmo_tf_linear_forward(x, w, b, N, in, out, y, ws);
+}
+
 /* One encoder layer: in[N, H] -> lc->out[N, H]; c->d_x is the scratch for pre-LayerNorm sums. */
 static void layer_forward(const elmo_tf_config *cfg, const elmo_tf_layer *w, elmo_tf_layer_cache *lc,
                           const elmo_tf_cache *c, const float *in) {
   const int64_t N = c->ntok;
   const int H = cfg->hidden, F = cfg->ffn;
   float *pre = c->d_x;                                                   /* [N, H] */
-  elmo_tf_linear_forward(in, w->q_w, w->q_b, N, H, H, lc->q, c->ws);
-  elmo_tf_linear_forward(in, w->k_w, w->k_b, N, H, H, lc->k, c->ws);
-  elmo_tf_linear_forward(in, w->v_w, w->v_b, N, H, H, lc->v, c->ws);
+  linear_fwd(cfg, in, w->q_w, w->q_b, N, H, H, lc->q, c->ws);
+  linear_fwd(cfg, in, w->k_w, w->k_b, N, H, H, lc->k, c->ws);
+  linear_fwd(cfg, in, w->v_w, w->v_b, N, H, H, lc->v, c->ws);
   elmo_tf_attention_forward(lc->q, lc->k, lc->v, c->seq_start, c->prob_start, c->B, H, cfg->heads,
                             lc->probs, lc->ctx, c->ws);
-  elmo_tf_linear_forward(lc->ctx, w->o_w, w->o_b, N, H, H, pre, c->ws);
+  linear_fwd(cfg, lc->ctx, w->o_w, w->o_b, N, H, H, pre, c->ws);
   add_inplace(pre, in, N * H);
   elmo_tf_layernorm_forward(pre, w->ln1_w, w->ln1_b, N, H, cfg->ln_eps, lc->h1, lc->xhat1, lc->rstd1);
-  elmo_tf_linear_forward(lc->h1, w->ff1_w, w->ff1_b, N, H, F, lc->ff, c->ws);
+  linear_fwd(cfg, lc->h1, w->ff1_w, w->ff1_b, N, H, F, lc->ff, c->ws);
   elmo_tf_gelu_forward(lc->ff, N * F, lc->gelu);
-  elmo_tf_linear_forward(lc->gelu, w->ff2_w, w->ff2_b, N, F, H, pre, c->ws);
+  linear_fwd(cfg, lc->gelu, w->ff2_w, w->ff2_b, N, F, H, pre, c->ws);
   add_inplace(pre, lc->h1, N * H);
   elmo_tf_layernorm_forward(pre, w->ln2_w, w->ln2_b, N, H, cfg->ln_eps, lc->out, lc->xhat2, lc->rstd2);
 }

@@ -16,6 +16,14 @@
  * the output. Activations [N, H] below mean packed rows. A sequence's output does not depend on the
  * other sequences in its batch (bitwise: every GEMM element is summed over k in order).
  *
+ * FP8 forward (cfg.fp8_forward = 1, model.encoder.dtype "fp8"): the six linear layers of every encoder
+ * layer (query, key, value, attention output, intermediate, output) run their forward GEMM on E4M3
+ * operands with per-tensor dynamic scaling, as torchao's Float8Linear forward does
+ * (elmo_tf_linear_forward_fp8). Everything else, and the whole backward, is unchanged: the backward
+ * uses the saved unquantised layer inputs (layer input, attention context, h1, GELU output) and the
+ * unquantised weights, i.e. the quantiser is passed straight through. The activation scale is taken
+ * over the whole packed batch, so in this mode a sequence's output depends (slightly) on its batch.
+ *
  * Ownership: elmo_tf_alloc / elmo_tf_cache_alloc allocate, the matching _free releases and zeroes
  * the struct. Views (word_emb, layer[i].q_w, ...) point into `flat` and are not freed separately.
  */
@@ -46,9 +54,11 @@ typedef struct elmo_tf_config {
   int ffn;                   /* F (intermediate size) */
   float ln_eps;              /* LayerNorm epsilon (BERT 1e-12) */
   elmo_tf_pooling pooling;
+  int fp8_forward;           /* 1: linear-layer forward GEMMs in FP8 E4M3 (needs H, F multiples of 16) */
 } elmo_tf_config;
 
-/* BERT-base defaults: V 30522, P 512, type 2, H 768, 12 layers, 12 heads, F 3072, eps 1e-12, mean. */
+/* BERT-base defaults: V 30522, P 512, type 2, H 768, 12 layers, 12 heads, F 3072, eps 1e-12, mean,
+ * fp8_forward 0. */
 void elmo_tf_config_init(elmo_tf_config *c);
 /* ELMO_EINPUT with a message naming the field when a size is out of range. */
 int elmo_tf_config_check(const elmo_tf_config *c, elmo_err *err);
@@ -185,6 +195,24 @@ int64_t elmo_tf_workspace_floats(const elmo_tf_config *cfg, int max_len, int64_t
 /* y[N, out] = x[N, in] w^T + b; w [out, in], b [out] or NULL. ws: [in * out]. */
 void elmo_tf_linear_forward(const float *x, const float *w, const float *b, int64_t N, int in,
                             int out, float *y, float *ws);
+/* ---- FP8 forward GEMMs (per-tensor dynamic scaling, torchao Float8Linear's forward) ----
+ *   scale_x = elmo_tf_fp8_scale(amax(x)), scale_w = elmo_tf_fp8_scale(amax(w)),
+ *   xq = e4m3(x * scale_x), wq = e4m3(w * scale_w)   (FP32 product, round to nearest even, saturate
+ *                                                     to +-448: elmo_f32_to_fp8),
+ *   y[n, o] = (sum_k xq[n, k] wq[o, k]) * ((1 / scale_x) * (1 / scale_w)) + b[o]
+ * with the sum in FP32 over k in order (e4m3 products are exact in FP32). NaN in x or w gives NaN. */
+#define ELMO_TF_FP8_MAX 448.0f
+#define ELMO_TF_FP8_AMAX_EPS 1e-12
+/* max |x[i]| over n floats; NaN when any x[i] is NaN (compared as bit patterns, as the GPU does). */
+float elmo_tf_amax(const float *x, int64_t n);
+/* (float)(448 / max(amax, 1e-12)), the division in double (torchao's amax_to_scale); NaN for NaN. */
+float elmo_tf_fp8_scale(float amax);
+/* q[i] = the E4M3 value nearest x[i] * scale (saturated), as a float. q may equal x. */
+void elmo_tf_fp8_quantize(const float *x, int64_t n, float scale, float *q);
+/* The FP8 twin of elmo_tf_linear_forward (formula above). ws: [in * out + N * in]. */
+void elmo_tf_linear_forward_fp8(const float *x, const float *w, const float *b, int64_t N, int in,
+                                int out, float *y, float *ws);
+
 /* dw[out, in] += dy^T x, db[out] += column sums of dy (db may be NULL); dx[N, in] = dy w, or
  * dx += dy w when accumulate_dx (dx may be NULL). ws: [out * N]. */
 void elmo_tf_linear_backward(const float *x, const float *w, const float *dy, int64_t N, int in,
