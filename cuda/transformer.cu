@@ -1,12 +1,14 @@
 /* transformer.cu: the CUDA encoder (BERT-family, post-LN) forward and backward composed from the op
- * files (embedding, layernorm, attention, gelu, pooling), its memory plan, and a small cuBLASLt GEMM
- * helper (row-major, BF16 x BF16 -> FP32/BF16, cached plans) used until cuda/blas.h provides one.
+ * files (embedding, layernorm, attention, gelu, pooling), its memory plan, a small cuBLASLt GEMM
+ * helper (row-major, BF16 x BF16 or E4M3 x E4M3 -> FP32/BF16, cached plans) used until cuda/blas.h
+ * provides one, and the FP8 forward GEMMs (per-tensor amax, scale and E4M3 cast kernels).
  * See cuda/transformer.h for numerics, layouts and ownership; the CPU twin is src/transformer.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <cublasLt.h>
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 
 #include "cuda/attention.h"
 #include "cuda/embedding.h"
@@ -25,7 +27,7 @@ enum { LT_WORKSPACE = 32 << 20, MM_CACHE = 128, MEM_ALIGN = 256 };
 /* ==================================================================== cuBLASLt GEMM helper */
 
 typedef struct mm_key {
-  int ta, tb, c_f32, batch, bias;
+  int ta, tb, c_f32, batch, bias, fp8;
   int64_t m, n, k, lda, ldb, ldc, sa, sb, sc;
   uint32_t al_a, al_b, al_c;
 } mm_key;
@@ -76,8 +78,13 @@ static void plan_build(elmo_cuda_tf_gemm *g, const mm_key *k, mm_plan *pl) {
     const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
     ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
   }
-  pl->la = make_layout(CUDA_R_16BF, k->tb ? k->k : k->n, k->tb ? k->n : k->k, k->ldb, k->batch, k->sb);
-  pl->lb = make_layout(CUDA_R_16BF, k->ta ? k->m : k->k, k->ta ? k->k : k->m, k->lda, k->batch, k->sa);
+  if (k->fp8) {   /* as torchao's forward GEMM: fast accumulation */
+    const int8_t fast = 1;
+    ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast));
+  }
+  const cudaDataType_t in_type = k->fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
+  pl->la = make_layout(in_type, k->tb ? k->k : k->n, k->tb ? k->n : k->k, k->ldb, k->batch, k->sb);
+  pl->lb = make_layout(in_type, k->ta ? k->m : k->k, k->ta ? k->k : k->m, k->lda, k->batch, k->sa);
   pl->lc = make_layout(k->c_f32 ? CUDA_R_32F : CUDA_R_16BF, k->n, k->m, k->ldc, k->batch, k->sc);
   cublasLtMatmulPreference_t pref;
   ELMO_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -99,8 +106,8 @@ static void plan_build(elmo_cuda_tf_gemm *g, const mm_key *k, mm_plan *pl) {
   ELMO_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
   if (found < 1) {
     char what[256];
-    snprintf(what, sizeof what, "no cuBLASLt algorithm for %lldx%lldx%lld ta %d tb %d batch %d",
-             (long long)k->m, (long long)k->n, (long long)k->k, k->ta, k->tb, k->batch);
+    snprintf(what, sizeof what, "no cuBLASLt algorithm for %lldx%lldx%lld ta %d tb %d batch %d fp8 %d",
+             (long long)k->m, (long long)k->n, (long long)k->k, k->ta, k->tb, k->batch, k->fp8);
     elmo_cuda_die("cublasLtMatmulAlgoGetHeuristic found no algorithm", what, __FILE__, __LINE__);
   }
   pl->algo = res.algo;
@@ -144,26 +151,42 @@ extern "C" void elmo_cuda_tf_gemm_destroy(elmo_cuda_tf_gemm **g) {
   *g = NULL;
 }
 
-extern "C" void elmo_cuda_tf_gemm_run(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_mm *p, cudaStream_t s) {
+/* Runs p; fp8: a and b are E4M3 and scale_a/scale_b (device floats) multiply the product. */
+static void gemm_run(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_mm *p, int fp8, const float *scale_a,
+                     const float *scale_b, cudaStream_t s) {
   if (p->m <= 0 || p->n <= 0 || p->batch <= 0) return;
   mm_key k;
   memset(&k, 0, sizeof k);
   if (p->bias && (p->c_f32 || p->batch > 1))
     elmo_cuda_die("a bias needs a BF16 output and batch 1", "elmo_cuda_tf_gemm_run", __FILE__, __LINE__);
+  if (fp8 && (p->trans_a || !p->trans_b || p->batch > 1 || p->beta != 0.0f))
+    elmo_cuda_die("FP8 GEMMs need x[m, k] w[n, k]^T, batch 1, beta 0", "gemm_run", __FILE__, __LINE__);
+  const int64_t es = fp8 ? 1 : 2;
   k.ta = p->trans_a; k.tb = p->trans_b; k.c_f32 = p->c_f32; k.batch = p->batch; k.bias = p->bias != NULL;
+  k.fp8 = fp8;
   k.m = p->m; k.n = p->n; k.k = p->k;
   k.lda = p->lda; k.ldb = p->ldb; k.ldc = p->ldc;
   if (p->batch > 1) { k.sa = p->stride_a; k.sb = p->stride_b; k.sc = p->stride_c; }
-  k.al_a = align_of(p->a, p->stride_a * 2, p->batch);
-  k.al_b = align_of(p->b, p->stride_b * 2, p->batch);
+  k.al_a = align_of(p->a, p->stride_a * es, p->batch);
+  k.al_b = align_of(p->b, p->stride_b * es, p->batch);
   k.al_c = align_of(p->c, p->stride_c * (p->c_f32 ? 4 : 2), p->batch);
   const mm_plan *pl = plan_get(g, &k);
   if (p->bias)
     ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p->bias,
                                                      sizeof p->bias));
+  if (fp8) {   /* cuBLASLt's A is our b, its B our a */
+    ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &scale_b,
+                                                     sizeof scale_b));
+    ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &scale_a,
+                                                     sizeof scale_a));
+  }
   const float alpha = 1.0f, beta = p->beta;
   ELMO_CUBLAS_CHECK(cublasLtMatmul(g->lt, pl->desc, &alpha, p->b, pl->la, p->a, pl->lb, &beta, p->c, pl->lc, p->c,
                                    pl->lc, &pl->algo, g->ws, g->ws_bytes, s));
+}
+
+extern "C" void elmo_cuda_tf_gemm_run(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_mm *p, cudaStream_t s) {
+  gemm_run(g, p, 0, NULL, NULL, s);
 }
 
 /* ==================================================================== layout and memory plan */
@@ -211,6 +234,7 @@ struct elmo_cuda_tf {
   size_t emb_ws_bytes;
   int *bad_id;
   h16 *shadow;               /* [num_params] BF16 copy of FP32 parameters */
+  elmo_cuda_tf_fp8 fp8;      /* fp8 forward scratch: xq [M, max(H, F)], wq [max(3 H, F) * H] */
   void *lt_ws;
   /* the last forward */
   int B, T, Tp, have_forward;
@@ -285,6 +309,12 @@ static void carve_scratch(carver *cv, elmo_cuda_tf *t, int64_t M, size_t emb_ws)
   t->emb_ws_bytes = emb_ws;
   t->bad_id = (int *)carve(cv, sizeof(int));
   t->shadow = (t->flags & ELMO_CUDA_TF_F32_PARAMS) ? (h16 *)carve(cv, (size_t)t->num_params * 2) : NULL;
+  if (c->fp8_forward) {
+    t->fp8.xq = (uint8_t *)carve(cv, (size_t)(M * (H > F ? H : F)));
+    t->fp8.wq = (uint8_t *)carve(cv, (size_t)((3 * H > F ? 3 * H : F) * H));
+    t->fp8.amax = (unsigned *)carve(cv, ELMO_CUDA_TF_FP8_SEGS * sizeof(unsigned));
+    t->fp8.inv = (float *)carve(cv, ELMO_CUDA_TF_FP8_SEGS * sizeof(float));
+  }
   t->lt_ws = carve(cv, LT_WORKSPACE);
 }
 
@@ -451,6 +481,139 @@ static void linear_dx(elmo_cuda_tf *t, const h16 *dy, const h16 *w, int64_t M, i
   elmo_cuda_tf_gemm_run(t->gemm, &p, s);
 }
 
+
+/* ==================================================================== FP8 forward GEMMs */
+
+/* Per-tensor dynamic scaling (src/transformer.h, elmo_tf_linear_forward_fp8): for each tensor of a job,
+ * amax = max |x| over its rows (masked rows of the padded batch left out, so padding never moves the
+ * scale), scale = 448 / max(amax, 1e-12) (double division, as the CPU), q = e4m3_satfinite(x * scale),
+ * inv = 1 / scale for the GEMM. amax is an integer max of |x| bit patterns (exact and order-free, so
+ * deterministic; a NaN wins and propagates). Two kernels per job, each tensor one blockIdx.y. */
+
+enum { FP8_SEGS = ELMO_CUDA_TF_FP8_SEGS, FP8_THREADS = 256, FP8_MAX_BLOCKS = 512 };
+
+typedef struct fp8_seg {
+  const h16 *x;              /* [rows, cols] bf16, cols a multiple of 16 */
+  int64_t rows;
+  int cols;
+  const uint8_t *row_mask;   /* [rows] (0 = padding, left out of amax) or NULL */
+  uint8_t *q;                /* [rows, cols] e4m3 */
+} fp8_seg;
+
+typedef struct fp8_job {
+  fp8_seg seg[FP8_SEGS];     /* segment i uses amax[i], inv[i] */
+  int n;
+} fp8_job;
+
+static __device__ unsigned bf16_abs_max8(uint4 v) {
+  const unsigned w[4] = {v.x, v.y, v.z, v.w};
+  unsigned m = 0;
+#pragma unroll
+  for (int j = 0; j < 4; j++) m = max(m, max(w[j] & 0x7FFFu, (w[j] >> 16) & 0x7FFFu));
+  return m;
+}
+
+static __global__ void fp8_amax_kernel(fp8_job job, unsigned *amax) {
+  const fp8_seg sg = job.seg[blockIdx.y];
+  const int64_t chunks = sg.rows * sg.cols / 8;   /* 8 bf16 = 16 bytes, never across a row */
+  unsigned m = 0;
+  for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += (int64_t)gridDim.x * blockDim.x) {
+    if (sg.row_mask && !sg.row_mask[c * 8 / sg.cols]) continue;
+    m = max(m, bf16_abs_max8(((const uint4 *)sg.x)[c]));
+  }
+  for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(0xFFFFFFFFu, m, o));
+  __shared__ unsigned warp_max[FP8_THREADS / 32];
+  if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = m;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < (int)(blockDim.x >> 5); w++) m = max(m, warp_max[w]);
+    atomicMax(&amax[blockIdx.y], m << 16);        /* float bits of |x|max: integer order = float order */
+  }
+}
+
+static __device__ float fp8_scale_of(unsigned amax_bits) {
+  const double a = (double)__uint_as_float(amax_bits);
+  return (float)(448.0 / (a > 1e-12 ? a : isnan(a) ? a : 1e-12));
+}
+
+static __global__ void fp8_cast_kernel(fp8_job job, const unsigned *amax, float *inv) {
+  const fp8_seg sg = job.seg[blockIdx.y];
+  const float scale = fp8_scale_of(amax[blockIdx.y]);
+  if (blockIdx.x == 0 && threadIdx.x == 0) inv[blockIdx.y] = 1.0f / scale;
+  const int64_t chunks = sg.rows * sg.cols / 8;
+  for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += (int64_t)gridDim.x * blockDim.x) {
+    const uint4 v = ((const uint4 *)sg.x)[c];
+    const unsigned w[4] = {v.x, v.y, v.z, v.w};
+    unsigned short pair[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const float2 f = make_float2(__uint_as_float(w[j] << 16) * scale, __uint_as_float(w[j] & 0xFFFF0000u) * scale);
+      pair[j] = __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
+    }
+    ((uint2 *)sg.q)[c] = make_uint2(pair[0] | ((unsigned)pair[1] << 16), pair[2] | ((unsigned)pair[3] << 16));
+  }
+}
+
+/* Quantises the job's tensors: q->amax[i], q->inv[i] and seg[i].q for i < job->n. */
+static void fp8_quantize(const elmo_cuda_tf_fp8 *q, const fp8_job *job, cudaStream_t s) {
+  int64_t most = 0;
+  for (int i = 0; i < job->n; i++) {
+    const int64_t c = job->seg[i].rows * job->seg[i].cols / 8;
+    most = c > most ? c : most;
+  }
+  int64_t blocks = (most + FP8_THREADS - 1) / FP8_THREADS;
+  blocks = blocks < 1 ? 1 : blocks > (int64_t)FP8_MAX_BLOCKS ? (int64_t)FP8_MAX_BLOCKS : blocks;
+  const dim3 grid((unsigned)blocks, (unsigned)job->n);
+  ELMO_CUDA_CHECK(cudaMemsetAsync(q->amax, 0, FP8_SEGS * sizeof(unsigned), s));
+  fp8_amax_kernel<<<grid, FP8_THREADS, 0, s>>>(*job, q->amax);
+  ELMO_LAUNCH_CHECK();
+  fp8_cast_kernel<<<grid, FP8_THREADS, 0, s>>>(*job, q->amax, q->inv);
+  ELMO_LAUNCH_CHECK();
+}
+
+static int misaligned(const void *p) { return (uintptr_t)p % 16 != 0; }
+
+extern "C" int elmo_cuda_tf_fp8_prepare(const elmo_cuda_tf_fp8 *q, const elmo_bf16 *x, const uint8_t *row_mask,
+                                        int64_t M, int in, const elmo_bf16 *const *w, int count, int out,
+                                        cudaStream_t s, elmo_err *err) {
+  if (M < 1 || in < 16 || out < 16 || in % 16 || out % 16 || count < 1 || count >= FP8_SEGS)
+    return elmo_fail(err, ELMO_EINPUT, "CUDA fp8 linear: M %lld, in %d, out %d, %d weights (expected M >= 1, in and "
+                     "out multiples of 16, 1 to %d weights)", (long long)M, in, out, count, FP8_SEGS - 1);
+  int bad = misaligned(x) || misaligned(q->xq) || misaligned(q->wq);
+  for (int j = 0; j < count; j++) bad |= misaligned(w[j]);
+  if (bad) return elmo_fail(err, ELMO_EINPUT, "CUDA fp8 linear: operands must be 16-byte aligned");
+  fp8_job job;
+  memset(&job, 0, sizeof job);
+  const fp8_seg in_seg = {x, M, in, row_mask, q->xq};
+  job.seg[0] = in_seg;
+  for (int j = 0; j < count; j++) {
+    const fp8_seg w_seg = {w[j], out, in, NULL, q->wq + (int64_t)j * out * in};
+    job.seg[1 + j] = w_seg;
+  }
+  job.n = 1 + count;
+  fp8_quantize(q, &job, s);
+  return ELMO_OK;
+}
+
+extern "C" void elmo_cuda_tf_fp8_linear(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_fp8 *q, int j, const elmo_bf16 *bias,
+                                        int64_t M, int in, int out, void *y, int y_f32, cudaStream_t s) {
+  elmo_cuda_tf_mm p = {0, 1, M, out, in, q->xq, in, 0, q->wq + (int64_t)j * out * in, in, 0, y, out, 0, y_f32, 0.0f,
+                       1, bias};
+  gemm_run(g, &p, 1, q->inv, q->inv + 1 + j, s);
+}
+
+/* The forward's linear layer: BF16 GEMM, or FP8 with per-tensor scaling when cfg.fp8_forward. */
+static int linear_fwd_any(elmo_cuda_tf *t, const h16 *x, const h16 *w, const h16 *bias, int64_t M, int in, int out,
+                          void *y, int y_f32, cudaStream_t s, elmo_err *err) {
+  if (!t->cfg.fp8_forward) {
+    linear_fwd(t, x, w, bias, M, in, out, y, y_f32, s);
+    return ELMO_OK;
+  }
+  int rc = elmo_cuda_tf_fp8_prepare(&t->fp8, x, t->mask, M, in, &w, 1, out, s, err);
+  if (!rc) elmo_cuda_tf_fp8_linear(t->gemm, &t->fp8, 0, bias, M, in, out, y, y_f32, s);
+  return rc;
+}
+
 /* ==================================================================== forward */
 
 static __global__ void to_bf16_kernel(const float *x, int64_t n, bf16 *y) {
@@ -480,7 +643,14 @@ static int qkv_forward(elmo_cuda_tf *t, const h16 *P, const layer_off *o, const 
   const int64_t M = (int64_t)t->B * t->Tp;
   const int H = t->cfg.hidden;
   const int64_t w[3] = {o->q_w, o->k_w, o->v_w}, b[3] = {o->q_b, o->k_b, o->v_b};
-  for (int j = 0; j < 3; j++) linear_fwd(t, x_in, P + w[j], P + b[j], M, H, H, t->g16 + j * M * H, 0, s);
+  if (t->cfg.fp8_forward) {   /* one scale for the shared input, one per weight */
+    const h16 *ws[3] = {P + w[0], P + w[1], P + w[2]};
+    int rc = elmo_cuda_tf_fp8_prepare(&t->fp8, x_in, t->mask, M, H, ws, 3, H, s, err);
+    if (rc) return rc;
+    for (int j = 0; j < 3; j++) elmo_cuda_tf_fp8_linear(t->gemm, &t->fp8, j, P + b[j], M, H, H, t->g16 + j * M * H, 0, s);
+  } else {
+    for (int j = 0; j < 3; j++) linear_fwd(t, x_in, P + w[j], P + b[j], M, H, H, t->g16 + j * M * H, 0, s);
+  }
   return elmo_cuda_heads_split(t->g16, 0, NULL, 3, t->B, t->Tp, t->cfg.heads, H / t->cfg.heads, a->qkv, s, err);
 }
 
@@ -496,14 +666,15 @@ static int layer_forward(elmo_cuda_tf *t, const h16 *P, int i, const h16 *x_in, 
   int rc = qkv_forward(t, P, o, x_in, a, s, err);
   if (!rc) rc = attention_core(t, a, s, err);
   if (rc) return rc;
-  linear_fwd(t, t->ctx, P + o->o_w, NULL, M, H, H, t->f32, 1, s);
-  rc = elmo_cuda_layernorm_forward(t->f32, P + o->o_b, x_in, P + o->ln1_w, P + o->ln1_b, M, H, c->ln_eps, t->h1,
+  rc = linear_fwd_any(t, t->ctx, P + o->o_w, NULL, M, H, H, t->f32, 1, s, err);
+  if (!rc) rc = elmo_cuda_layernorm_forward(t->f32, P + o->o_b, x_in, P + o->ln1_w, P + o->ln1_b, M, H, c->ln_eps, t->h1,
                                    a->xhat1, a->rstd1, s, err);
   if (rc) return rc;
-  linear_fwd(t, t->h1, P + o->ff1_w, P + o->ff1_b, M, H, F, a->ff, 0, s);      /* GELU input, bf16 */
-  rc = elmo_cuda_gelu_recompute(a->ff, M * F, t->g16, s, err);
+  rc = linear_fwd_any(t, t->h1, P + o->ff1_w, P + o->ff1_b, M, H, F, a->ff, 0, s, err);  /* GELU input, bf16 */
+  if (!rc) rc = elmo_cuda_gelu_recompute(a->ff, M * F, t->g16, s, err);
   if (rc || !x_out) return rc;
-  linear_fwd(t, t->g16, P + o->ff2_w, NULL, M, F, H, t->f32, 1, s);
+  rc = linear_fwd_any(t, t->g16, P + o->ff2_w, NULL, M, F, H, t->f32, 1, s, err);
+  if (rc) return rc;
   return elmo_cuda_layernorm_forward(t->f32, P + o->ff2_b, t->h1, P + o->ln2_w, P + o->ln2_b, M, H, c->ln_eps,
                                      x_out, a->xhat2, a->rstd2, s, err);
 }

@@ -34,8 +34,7 @@ int elmo_pick_backend(const char *device, const elmo_backend **out, elmo_err *er
   }
   if (!strcmp(device, "cuda"))
     return elmo_fail(err, ELMO_ERUNTIME, "--device cuda: %s", cerr.msg[0] ? cerr.msg : "CUDA backend unavailable");
-  fprintf(stderr, "elmo: no CUDA device (%s); using the CPU reference backend\n",
-          cerr.msg[0] ? cerr.msg : "built without CUDA");
+  fprintf(stderr, "elmo: %s; using the CPU reference backend\n", cerr.msg[0] ? cerr.msg : "no CUDA backend");
   *out = elmo_backend_cpu();
   return ELMO_OK;
 }
