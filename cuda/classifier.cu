@@ -1,13 +1,12 @@
-/* classifier.cu: chunked fused classifier step on the device: logits and dX through cuBLASLt,
- * the gradient kernel (BCE partials), and the fused tensor-core SGD + SR update (classifier.h). */
+/* classifier.cu: chunked fused classifier step on the device (classifier.h): scratch layout, the
+ * logits through cuBLASLt, the gradient kernel (BCE partials), and the step that runs the ops
+ * piece by piece; the tensor-core update and dX kernels are in classifier_fast.cu. */
 #include "classifier.h"
 #include "check.h"
+#include "classifier_fast.h"
 #include "convert.h"
 
 #include "numerics.h"
-
-#include <cuda_bf16.h>
-#include <mma.h>
 
 /* ---- sizes and layout ------------------------------------------------------------------- */
 
@@ -21,9 +20,15 @@ static size_t z_bytes_for(elmo_dtype t, int64_t B_cap, int64_t chunk) {
   return a > b ? a : b;
 }
 
+/* The dX partial sums (e4m3 / bf16 weights; fp32 weights accumulate through cuBLASLt). */
+static size_t dx_part_bytes(elmo_dtype t, int64_t B_cap, int64_t d) {
+  return t == ELMO_F32 ? 0 : sizeof(float) * (size_t)(elmo_cuda_cls_dx_slices(B_cap, d) * B_cap * d);
+}
+
 extern "C" size_t elmo_cuda_cls_chunk_bytes(elmo_dtype dtype, int64_t d, int64_t B_cap, int64_t chunk) {
   size_t n = elmo_pool_round(z_bytes_for(dtype, B_cap, chunk));
   if (dtype == ELMO_FP8) n += elmo_pool_round((size_t)(chunk * d) * 2);
+  if (dtype != ELMO_F32) n += elmo_pool_round(dx_part_bytes(dtype, B_cap, d));
   n += elmo_pool_round(sizeof(double) * (size_t)(B_cap * grad_tiles(chunk))) + elmo_pool_round(sizeof(double));
   return n;
 }
@@ -38,6 +43,9 @@ extern "C" void elmo_cuda_cls_layout(elmo_cuda_cls *c, elmo_pool *p) {
   c->Wc16 = c->dtype == ELMO_FP8 ? (uint16_t *)elmo_pool_take(p, (size_t)(c->chunk * c->d) * 2, ELMO_MEM_CHUNK) : NULL;
   c->loss_part = (double *)elmo_pool_take(p, sizeof(double) * (size_t)(c->B_cap * grad_tiles(c->chunk)), ELMO_MEM_CHUNK);
   c->loss = (double *)elmo_pool_take(p, sizeof(double), ELMO_MEM_CHUNK);
+  c->dx_slices = elmo_cuda_cls_dx_slices(c->B_cap, c->d);
+  c->dx_part = c->dtype != ELMO_F32 ? (float *)elmo_pool_take(p, dx_part_bytes(c->dtype, c->B_cap, c->d), ELMO_MEM_CHUNK)
+                                    : NULL;
   c->widened_l0 = -1;
 }
 
@@ -73,7 +81,8 @@ static elmo_gemm logits_gemm(const elmo_cuda_cls *c, int64_t Bp, int64_t l0, int
   return g;
 }
 
-/* dX^T [d, B] += W_c^T [d, n] . G^T [n, B]: W row-major [n, d] is column-major [d, n]. */
+/* dX^T [d, B] += W_c^T [d, n] . G^T [n, B] for fp32 weights: W row-major [n, d] is column-major
+ * [d, n]. (e4m3 / bf16 weights take the tensor-core kernel of classifier_fast.cu.) */
 static elmo_gemm dx_gemm(const elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, float *dX) {
   elmo_gemm g;
   memset(&g, 0, sizeof g);
@@ -83,19 +92,15 @@ static elmo_gemm dx_gemm(const elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t 
   g.lda = c->d;
   g.ldb = n;
   g.ldd = c->d;
+  g.A = (const float *)c->W + l0 * c->d;
   g.B = c->z;
   g.D = dX;
-  g.td = ELMO_F32;
+  g.ta = g.tb = g.td = ELMO_F32;
   g.accumulate = 1;
-  if (c->dtype == ELMO_F32) {
-    g.ta = g.tb = ELMO_F32;
-    g.A = (const float *)c->W + l0 * c->d;
-  } else {
-    g.ta = g.tb = ELMO_BF16;
-    g.A = c->dtype == ELMO_FP8 ? (const void *)c->Wc16 : (const void *)((const uint16_t *)c->W + l0 * c->d);
-  }
   return g;
 }
+
+static void init_piece(elmo_cuda_cls *c, FILE *log);
 
 static void log_path(FILE *log, const char *op, const elmo_gemm *g, const char *how) {
   if (log) fprintf(log, "elmo cuda: %-22s %-22s %s\n", op, elmo_blas_types(g), how);
@@ -116,12 +121,34 @@ extern "C" void elmo_cuda_cls_init_paths(elmo_cuda_cls *c, FILE *log) {
   log_path(log, "classifier logits", &gt, tc);
   log_path(log, "prediction logits", &gp, c->fp8_logits_f32 ? "FP8 tensor cores, FP32 out"
                                           : want_fp8 ? "BF16 FALLBACK (W chunk widened), FP32 out" : "FP32 out");
-  elmo_gemm gd = dx_gemm(c, c->B_cap, 0, c->chunk, NULL);
-  log_path(log, "classifier dX", &gd, c->dtype == ELMO_FP8 ? "BF16 tensor cores (W chunk widened from e4m3)"
-                                      : c->dtype == ELMO_F32 ? "FP32 reference GEMM" : "BF16 tensor cores");
+  if (c->dtype == ELMO_F32) {
+    elmo_gemm gd = dx_gemm(c, c->B_cap, 0, c->chunk, NULL);
+    log_path(log, "classifier dX", &gd, "FP32 reference GEMM");
+  } else if (log) {
+    fprintf(log, "elmo cuda: %-22s %-22s %s\n", "classifier dX", c->dtype == ELMO_FP8 ? "bf16 x e4m3 -> fp32" : "bf16 x bf16 -> fp32",
+            c->dtype == ELMO_FP8 ? "BF16 tensor cores (mma.sync), W tiles widened in shared memory, split over labels"
+                                 : "BF16 tensor cores (mma.sync), split over labels");
+  }
   if (log)
     fprintf(log, "elmo cuda: %-22s %-22s %s\n", "classifier update", "G^T Xq bf16 -> fp32",
-            "fused WMMA tiles (BF16 tensor cores) + SGD + stochastic rounding, no gradient buffer");
+            "fused mma.sync tiles (BF16 tensor cores) + SGD + stochastic rounding, no gradient buffer");
+  init_piece(c, log);
+}
+
+/* Labels per piece: whole chunks unless c->piece asks for less. Pieces small enough for a piece
+ * of W and its logits to stay in L2 (about 30K labels at d = 768, B = 128 on an H100) were
+ * measured slower (docs/PERFORMANCE.md, issue #5): the smaller launches and the dX slices written
+ * per piece cost more than the second read of W saves. */
+static void init_piece(elmo_cuda_cls *c, FILE *log) {
+  if (c->piece <= 0) c->piece = c->chunk;
+  if (log && elmo_cuda_cls_piece(c) < c->chunk)
+    fprintf(log, "elmo cuda: classifier chunks of %lld labels run in pieces of %lld labels\n", (long long)c->chunk,
+            (long long)elmo_cuda_cls_piece(c));
+}
+
+extern "C" int64_t elmo_cuda_cls_piece(const elmo_cuda_cls *c) {
+  const int64_t p = c->piece <= 0 || c->piece >= c->chunk ? c->chunk : c->piece / 16 * 16;
+  return p < 16 ? 16 : p;
 }
 
 /* ---- cast and widen ----------------------------------------------------------------------- */
@@ -152,22 +179,50 @@ extern "C" void elmo_cuda_cls_logits(elmo_cuda_cls *c, int64_t B, int64_t l0, in
 }
 
 extern "C" void elmo_cuda_cls_dx(elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, float *dX, cudaStream_t s) {
-  widen_chunk(c, l0, n, s);
-  elmo_gemm g = dx_gemm(c, B, l0, n, dX);
-  elmo_blas_run(c->blas, &g, s);
+  if (c->dtype == ELMO_F32) {
+    elmo_gemm g = dx_gemm(c, B, l0, n, dX);
+    elmo_blas_run(c->blas, &g, s);
+    return;
+  }
+  elmo_cuda_cls_dx_part(c, B, l0, n, 0, s);
+  elmo_cuda_cls_dx_reduce(c, B, dX, s);
 }
 
 /* ---- gradient: G = bf16(sigmoid(z) - y) and BCE partials ---------------------------------- */
 
 #define GRAD_THREADS 256
+#define GRAD_VEC 8 /* labels per thread: one 16-byte load of bf16 logits */
+static_assert(GRAD_THREADS * GRAD_VEC == ELMO_CUDA_GRAD_TILE, "one label tile per block pass");
 
-static __device__ __forceinline__ float z_load(const uint16_t *z, int64_t i) { return elmo_bf16_to_f32(z[i]); }
-static __device__ __forceinline__ float z_load(const float *z, int64_t i) {
-  return elmo_bf16_to_f32(elmo_f32_to_bf16(z[i])); /* the CPU stores logits in bf16 */
+/* Eight logits as FP32 (FP32 logits are rounded to bf16 first: the CPU stores them in bf16),
+ * and eight gradients stored back. */
+static __device__ __forceinline__ void z_load8(const uint16_t *z, float v[8]) {
+  const uint4 q = *(const uint4 *)z;
+  const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+  for (int e = 0; e < 4; e++) {
+    v[2 * e] = elmo_bits_f32(w[e] << 16);
+    v[2 * e + 1] = elmo_bits_f32(w[e] & 0xFFFF0000u);
+  }
 }
-static __device__ __forceinline__ void z_store(uint16_t *z, int64_t i, float g) { z[i] = elmo_f32_to_bf16(g); }
-static __device__ __forceinline__ void z_store(float *z, int64_t i, float g) {
-  z[i] = elmo_bf16_to_f32(elmo_f32_to_bf16(g));
+static __device__ __forceinline__ void z_load8(const float *z, float v[8]) {
+  const float4 p = *(const float4 *)z, q = *(const float4 *)(z + 4);
+  const float r[8] = {p.x, p.y, p.z, p.w, q.x, q.y, q.z, q.w};
+#pragma unroll
+  for (int e = 0; e < 8; e++) v[e] = elmo_bf16_to_f32(elmo_f32_to_bf16(r[e]));
+}
+static __device__ __forceinline__ void z_store8(uint16_t *z, const float g[8]) {
+  uint32_t w[4];
+#pragma unroll
+  for (int e = 0; e < 4; e++) w[e] = (uint32_t)elmo_f32_to_bf16(g[2 * e]) | ((uint32_t)elmo_f32_to_bf16(g[2 * e + 1]) << 16);
+  *(uint4 *)z = make_uint4(w[0], w[1], w[2], w[3]);
+}
+static __device__ __forceinline__ void z_store8(float *z, const float g[8]) {
+  float r[8];
+#pragma unroll
+  for (int e = 0; e < 8; e++) r[e] = elmo_bf16_to_f32(elmo_f32_to_bf16(g[e]));
+  *(float4 *)z = make_float4(r[0], r[1], r[2], r[3]);
+  *(float4 *)(z + 4) = make_float4(r[4], r[5], r[6], r[7]);
 }
 
 /* Is `label` among y[lo, hi) (sorted)? */
@@ -200,7 +255,8 @@ static __device__ double block_sum(double v, double *sh) {
   return sh[0];
 }
 
-/* grid (tiles of ELMO_CUDA_GRAD_TILE labels, B rows). */
+/* grid (tiles of ELMO_CUDA_GRAD_TILE labels, B rows); each thread takes GRAD_VEC consecutive
+ * labels (n is a multiple of 16, so a vector is all in or all out). */
 template <typename ZT>
 static __global__ void __launch_bounds__(GRAD_THREADS)
 grad_kernel(ZT *z, int64_t n, int64_t l0, int64_t L, const int64_t *y_indptr, const int32_t *y_indices,
@@ -215,21 +271,26 @@ grad_kernel(ZT *z, int64_t n, int64_t l0, int64_t L, const int64_t *y_indptr, co
     range[1] = lower_bound(y_indices, range[0], e, l0 + t1);
   }
   __syncthreads();
-  const int64_t lo = range[0], hi = range[1];
+  const int64_t lo = range[0], hi = range[1], j = t0 + (int64_t)threadIdx.x * GRAD_VEC;
   double loss = 0.0;
-  ZT *zr = z + b * n;
-  for (int64_t j = t0 + threadIdx.x; j < t1; j += GRAD_THREADS) {
-    const int64_t label = l0 + j;
-    if (label >= L) { z_store(zr, j, 0.0f); continue; }
-    const float v = z_load(zr, j);
-    const int pos = hi > lo && is_positive(y_indices, lo, hi, label);
-    if (want_loss) {
-      loss += (double)(fmaxf(v, 0.0f) + log1pf(expf(-fabsf(v))));
-      if (pos) loss -= (double)v;
+  if (j < t1) {
+    ZT *zr = z + b * n + j;
+    float v[GRAD_VEC], g[GRAD_VEC];
+    z_load8(zr, v);
+#pragma unroll
+    for (int e = 0; e < GRAD_VEC; e++) {
+      const int64_t label = l0 + j + e;
+      g[e] = 0.0f;
+      if (label >= L) continue;
+      const int pos = hi > lo && is_positive(y_indices, lo, hi, label);
+      if (want_loss) {
+        loss += (double)(fmaxf(v[e], 0.0f) + log1pf(expf(-fabsf(v[e]))));
+        if (pos) loss -= (double)v[e];
+      }
+      g[e] = 1.0f / (1.0f + expf(-v[e]));
+      if (pos) g[e] -= 1.0f;
     }
-    float g = 1.0f / (1.0f + expf(-v));
-    if (pos) g -= 1.0f;
-    z_store(zr, j, g);
+    z_store8(zr, g);
   }
   if (want_loss) {
     double sum = block_sum(loss, sh);
@@ -265,220 +326,9 @@ extern "C" void elmo_cuda_cls_grad(elmo_cuda_cls *c, int64_t B, int64_t l0, int6
 
 /* ---- fused update: W <- SR(W - lr (G^T Xq + wd W)) ---------------------------------------- */
 
-#define UT_L 64        /* labels per block */
-#define UT_K 128       /* features per block */
-#define UT_B 32        /* batch rows per stage */
-#define UT_THREADS 256 /* 8 warps: 2 (labels) x 4 (features), each 32 x 32 */
-#define SG_LD (UT_L + 8)
-#define SX_LD (UT_K + 8)
-#define ACC_LD (UT_K + 4)
-#define X_VECS (UT_B * UT_K / 8 / UT_THREADS) /* 16-byte pieces of Xq per thread and stage */
-
-struct update_args {
-  void *W;
-  int64_t d, L, l0, n, B;
-  uint16_t *kahan;
-  const int32_t *head_slot;
-  const void *G;                /* [B, n] bf16 codes or FP32 */
-  const uint16_t *Xq16;         /* [B, d] */
-  float lr, wd;
-  uint64_t seed, step;
-  int k_tiles;                  /* feature tiles per label tile */
-};
-
-/* The stage buffers (rows b0..b0+UT_B of G^T and Xq, bf16) share memory with the accumulator
- * tile, which is only written after the last stage. */
-union update_smem {
-  struct {
-    __nv_bfloat16 g[UT_B][SG_LD];   /* G^T tile, stored [b][label]: column-major for WMMA a */
-    __nv_bfloat16 x[UT_B][SX_LD];   /* Xq tile [b][feature] */
-  } st;
-  float acc[UT_L][ACC_LD];
-};
-
-/* One thread's share of a stage, fetched into registers ahead of use: 8 labels of one row of G
- * and X_VECS x 8 features of Xq, all as bf16 codes. */
-struct stage_regs {
-  uint4 g;
-  uint4 x[X_VECS];
-};
-
-static __device__ __forceinline__ uint4 fetch_g8(const uint16_t *G, const update_args &a, int64_t b, int64_t j) {
-  return *(const uint4 *)(G + b * a.n + j);
-}
-
-static __device__ __forceinline__ uint4 fetch_g8(const float *G, const update_args &a, int64_t b, int64_t j) {
-  /* FP32 G holds bf16-exact values: their top halves are the bf16 codes */
-  const float4 p = *(const float4 *)(G + b * a.n + j), q = *(const float4 *)(G + b * a.n + j + 4);
-  uint4 r;
-  r.x = (elmo_f32_bits(p.x) >> 16) | (elmo_f32_bits(p.y) & 0xFFFF0000u);
-  r.y = (elmo_f32_bits(p.z) >> 16) | (elmo_f32_bits(p.w) & 0xFFFF0000u);
-  r.z = (elmo_f32_bits(q.x) >> 16) | (elmo_f32_bits(q.y) & 0xFFFF0000u);
-  r.w = (elmo_f32_bits(q.z) >> 16) | (elmo_f32_bits(q.w) & 0xFFFF0000u);
-  return r;
-}
-
-/* Rows >= B, labels >= n and features >= d read as zeros (n and d are multiples of 8). */
-template <typename GT>
-static __device__ void fetch_stage(const update_args &a, int64_t b0, int64_t j0, int64_t k0, stage_regs &r) {
-  const int t = threadIdx.x;
-  const int gr = t / (UT_L / 8), gv = t % (UT_L / 8);
-  const int64_t gb = b0 + gr, gj = j0 + gv * 8;
-  r.g = gb < a.B && gj < a.n ? fetch_g8((const GT *)a.G, a, gb, gj) : make_uint4(0, 0, 0, 0);
-#pragma unroll
-  for (int q = 0; q < X_VECS; q++) {
-    const int i = t + q * UT_THREADS, xr = i / (UT_K / 8), xv = i % (UT_K / 8);
-    const int64_t xb = b0 + xr, xk = k0 + xv * 8;
-    r.x[q] = xb < a.B && xk < a.d ? *(const uint4 *)(a.Xq16 + xb * a.d + xk) : make_uint4(0, 0, 0, 0);
-  }
-}
-
-static __device__ void put_stage(const stage_regs &r, update_smem &sm) {
-  const int t = threadIdx.x;
-  *(uint4 *)&sm.st.g[t / (UT_L / 8)][(t % (UT_L / 8)) * 8] = r.g;
-#pragma unroll
-  for (int q = 0; q < X_VECS; q++) {
-    const int i = t + q * UT_THREADS;
-    *(uint4 *)&sm.st.x[i / (UT_K / 8)][(i % (UT_K / 8)) * 8] = r.x[q];
-  }
-}
-
-/* Four consecutive weights (l, k..k+3) as FP32, and their store with SR / RN. */
-template <int DT> static __device__ void load4(const void *W, int64_t i, float p[4]);
-template <> __device__ void load4<ELMO_FP8>(const void *W, int64_t i, float p[4]) {
-  uchar4 q = *(const uchar4 *)((const uint8_t *)W + i);
-  p[0] = elmo_fp8_to_f32(q.x); p[1] = elmo_fp8_to_f32(q.y); p[2] = elmo_fp8_to_f32(q.z); p[3] = elmo_fp8_to_f32(q.w);
-}
-template <> __device__ void load4<ELMO_BF16>(const void *W, int64_t i, float p[4]) {
-  ushort4 q = *(const ushort4 *)((const uint16_t *)W + i);
-  p[0] = elmo_bf16_to_f32(q.x); p[1] = elmo_bf16_to_f32(q.y); p[2] = elmo_bf16_to_f32(q.z); p[3] = elmo_bf16_to_f32(q.w);
-}
-template <> __device__ void load4<ELMO_F32>(const void *W, int64_t i, float p[4]) {
-  float4 q = *(const float4 *)((const float *)W + i);
-  p[0] = q.x; p[1] = q.y; p[2] = q.z; p[3] = q.w;
-}
-
-/* Stores v[0..3]; sr: stochastic with bits r, else round to nearest. Returns the stored values in q. */
-template <int DT> static __device__ void store4(void *W, int64_t i, const float v[4], const uint32_t *r, float q[4]);
-template <> __device__ void store4<ELMO_FP8>(void *W, int64_t i, const float v[4], const uint32_t *r, float q[4]) {
-  uint8_t c[4];
-  for (int e = 0; e < 4; e++) {
-    c[e] = r ? elmo_sr_fp8(v[e], r[e]) : elmo_f32_to_fp8(v[e]);
-    q[e] = elmo_fp8_to_f32(c[e]);
-  }
-  *(uchar4 *)((uint8_t *)W + i) = make_uchar4(c[0], c[1], c[2], c[3]);
-}
-template <> __device__ void store4<ELMO_BF16>(void *W, int64_t i, const float v[4], const uint32_t *r, float q[4]) {
-  uint16_t c[4];
-  for (int e = 0; e < 4; e++) {
-    c[e] = r ? elmo_sr_bf16(v[e], r[e]) : elmo_f32_to_bf16(v[e]);
-    q[e] = elmo_bf16_to_f32(c[e]);
-  }
-  *(ushort4 *)((uint16_t *)W + i) = make_ushort4(c[0], c[1], c[2], c[3]);
-}
-template <> __device__ void store4<ELMO_F32>(void *W, int64_t i, const float v[4], const uint32_t *r, float q[4]) {
-  for (int e = 0; e < 4; e++) q[e] = v[e];
-  *(float4 *)((float *)W + i) = make_float4(v[0], v[1], v[2], v[3]);
-}
-
-/* Applies the update to weights (l, k..k+3) given their gradient sums. Non-contracted float
- * operations in the CPU's order, so equal gradients give equal bits. */
-template <int DT> static __device__ void update4(const update_args &a, int64_t l, int64_t k, const float grad[4]) {
-  const int64_t i = l * a.d + k;
-  float p[4], delta[4], v[4], q[4];
-  load4<DT>(a.W, i, p);
-  for (int e = 0; e < 4; e++) delta[e] = __fmul_rn(-a.lr, __fadd_rn(grad[e], __fmul_rn(a.wd, p[e])));
-  const int32_t slot = a.head_slot ? a.head_slot[l] : -1;
-  if (slot >= 0 && a.kahan) {
-    uint16_t *c = a.kahan + (int64_t)slot * a.d + k;
-    float u[4];
-    for (int e = 0; e < 4; e++) {
-      u[e] = __fadd_rn(delta[e], elmo_bf16_to_f32(c[e]));
-      v[e] = __fadd_rn(p[e], u[e]);
-    }
-    store4<DT>(a.W, i, v, NULL, q);
-    for (int e = 0; e < 4; e++) c[e] = elmo_f32_to_bf16(__fsub_rn(u[e], __fsub_rn(q[e], p[e])));
-    return;
-  }
-  uint32_t r[4];
-  elmo_rand_block(a.seed, a.step, ELMO_RNG_CLS_SR, (uint64_t)i >> 2, r);
-  for (int e = 0; e < 4; e++) v[e] = __fadd_rn(p[e], delta[e]);
-  store4<DT>(a.W, i, v, r, q);
-}
-
-/* 1-D grid: block i takes label tile i / k_tiles and feature tile i % k_tiles, so the blocks
- * that share a tile of G run together and find it in L2. */
-template <typename GT, int DT>
-static __global__ void __launch_bounds__(UT_THREADS, 3) update_kernel(update_args a) {
-  using namespace nvcuda;
-  __shared__ __align__(32) update_smem sm;
-  const int64_t j0 = (int64_t)(blockIdx.x / a.k_tiles) * UT_L, k0 = (int64_t)(blockIdx.x % a.k_tiles) * UT_K;
-  const int warp = threadIdx.x / 32, wl = warp / 4, wk = warp % 4;
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
-  for (int i = 0; i < 2; i++)
-    for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[i][j], 0.0f);
-  stage_regs r;
-  fetch_stage<GT>(a, 0, j0, k0, r);
-  for (int64_t b0 = 0; b0 < a.B; b0 += UT_B) {
-    put_stage(r, sm);
-    __syncthreads();
-    if (b0 + UT_B < a.B) fetch_stage<GT>(a, b0 + UT_B, j0, k0, r); /* in flight during the MMAs */
-#pragma unroll
-    for (int kb = 0; kb < UT_B; kb += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::col_major> fa[2];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb[2];
-      for (int i = 0; i < 2; i++) wmma::load_matrix_sync(fa[i], &sm.st.g[kb][wl * 32 + i * 16], SG_LD);
-      for (int j = 0; j < 2; j++) wmma::load_matrix_sync(fb[j], &sm.st.x[kb][wk * 32 + j * 16], SX_LD);
-      for (int i = 0; i < 2; i++)
-        for (int j = 0; j < 2; j++) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
-    }
-    __syncthreads();
-  }
-  for (int i = 0; i < 2; i++)
-    for (int j = 0; j < 2; j++)
-      wmma::store_matrix_sync(&sm.acc[wl * 32 + i * 16][wk * 32 + j * 16], acc[i][j], ACC_LD, wmma::mem_row_major);
-  __syncthreads();
-  for (int g = threadIdx.x; g < UT_L * UT_K / 4; g += UT_THREADS) {
-    const int li = g / (UT_K / 4), kk = (g % (UT_K / 4)) * 4;
-    const int64_t j = j0 + li, l = a.l0 + j, k = k0 + kk;
-    if (j >= a.n || l >= a.L || k >= a.d) continue; /* padded rows stay zero */
-    const float4 gr = *(const float4 *)&sm.acc[li][kk];
-    const float grad[4] = {gr.x, gr.y, gr.z, gr.w};
-    update4<DT>(a, l, k, grad);
-  }
-}
-
 extern "C" void elmo_cuda_cls_update(elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, const elmo_cls_hyper *h,
                                      cudaStream_t s) {
-  if (n <= 0) return;
-  update_args a;
-  a.W = c->W;
-  a.d = c->d;
-  a.L = c->L;
-  a.l0 = l0;
-  a.n = n;
-  a.B = B;
-  a.kahan = c->kahan;
-  a.head_slot = c->head_slot;
-  a.G = c->z;
-  a.Xq16 = c->Xq16;
-  a.lr = (float)h->lr;
-  a.wd = (float)h->weight_decay;
-  a.seed = h->seed;
-  a.step = (uint64_t)h->step;
-  a.k_tiles = (int)((c->d + UT_K - 1) / UT_K);
-  const int64_t blocks = (n + UT_L - 1) / UT_L * a.k_tiles;
-  if (blocks > 0x7FFFFFFF) {
-    fprintf(stderr, "elmo: internal error: classifier chunk of %lld labels is too large for one launch\n", (long long)n);
-    abort();
-  }
-  const unsigned grid = (unsigned)blocks;
-  switch (c->dtype) {
-    case ELMO_FP8: update_kernel<uint16_t, ELMO_FP8><<<grid, UT_THREADS, 0, s>>>(a); break;
-    case ELMO_BF16: update_kernel<uint16_t, ELMO_BF16><<<grid, UT_THREADS, 0, s>>>(a); break;
-    default: update_kernel<float, ELMO_F32><<<grid, UT_THREADS, 0, s>>>(a); break;
-  }
-  ELMO_LAUNCH_CHECK();
+  elmo_cuda_cls_update_mma(c, B, l0, n, h, s);
 }
 
 /* ---- the step ------------------------------------------------------------------------------ */
@@ -490,13 +340,22 @@ extern "C" void elmo_cuda_cls_step(elmo_cuda_cls *c, const float *X, int64_t B, 
   ELMO_CUDA_CHECK(cudaMemsetAsync(dX, 0, sizeof(float) * (size_t)(B * c->d), s));
   ELMO_CUDA_CHECK(cudaMemsetAsync(c->loss, 0, sizeof(double), s));
   c->widened_l0 = -1; /* W changed since the last widening */
+  const int64_t piece = elmo_cuda_cls_piece(c);
+  const int split_dx = c->dtype != ELMO_F32;
+  int first = 1;
   for (int64_t l0 = 0; l0 < c->L_pad; l0 += c->chunk) {
-    int64_t n = c->L_pad - l0 < c->chunk ? c->L_pad - l0 : c->chunk;
-    elmo_cuda_cls_logits(c, B, l0, n, 0, s);
-    elmo_cuda_cls_grad(c, B, l0, n, y_indptr, y_indices, want_loss, s);
-    elmo_cuda_cls_dx(c, B, l0, n, dX, s);
-    elmo_cuda_cls_update(c, B, l0, n, h, s);
+    const int64_t n = c->L_pad - l0 < c->chunk ? c->L_pad - l0 : c->chunk;
+    for (int64_t p0 = l0; p0 < l0 + n; p0 += piece) {
+      const int64_t m = l0 + n - p0 < piece ? l0 + n - p0 : piece;
+      elmo_cuda_cls_logits(c, B, p0, m, 0, s);
+      elmo_cuda_cls_grad(c, B, p0, m, y_indptr, y_indices, want_loss, s);
+      if (split_dx) elmo_cuda_cls_dx_part(c, B, p0, m, !first, s); /* slices summed once, below */
+      else elmo_cuda_cls_dx(c, B, p0, m, dX, s);
+      elmo_cuda_cls_update(c, B, p0, m, h, s);
+      first = 0;
+    }
   }
+  if (split_dx && !first) elmo_cuda_cls_dx_reduce(c, B, dX, s);
   c->widened_l0 = -1;
 }
 

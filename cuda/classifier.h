@@ -1,15 +1,20 @@
 /* classifier.h: the chunked fused low-precision classifier on the device (the CUDA twin of
- * src/classifier.c; DESIGN.md §5). Per chunk of labels [l0, l0+n):
+ * src/classifier.c; DESIGN.md §5). Each chunk of labels runs whole, or in pieces of `piece`
+ * labels when asked (elmo_cuda_cls_piece; pieces that keep W in L2 between the ops were measured
+ * slower on the H100). Per piece [l0, l0+n):
  *   z  = Xq W_c^T               cuBLASLt, FP32 accumulation, stored BF16 (FP32 for fp32 weights)
  *                               FP8 x FP8 tensor cores when W is e4m3 and the input is cast to e4m3
  *   G  = bf16(sigmoid(z) - y)   in place; padded labels 0; summed BCE per block, reduced in order
- *   dX += G W_c                 cuBLASLt BF16 x BF16 -> FP32 (W chunk widened to BF16 when e4m3)
- *   W_c <- SR(W_c - lr (G^T Xq + wd W_c))  one kernel: each block forms a 64x128 tile of G^T Xq
- *                               with BF16 tensor cores (WMMA, FP32 accumulation; G and Xq are exact
- *                               in BF16) and writes the rounded weights: the weight gradient never
- *                               reaches global memory. SR bits elmo_rand_u32(seed, step,
- *                               ELMO_RNG_CLS_SR, label * d + k) as on the CPU; head labels get the
- *                               CPU's Kahan round-to-nearest rows.
+ *   dX += G W_c                 e4m3/bf16 W: BF16 tensor-core kernel split over labels into
+ *                               dx_part slices (e4m3 tiles widened in shared memory), the slices
+ *                               summed in order into dX once per step (classifier_fast.h);
+ *                               fp32 W: cuBLASLt FP32
+ *   W_c <- SR(W_c - lr (G^T Xq + wd W_c))  one kernel (classifier_fast.h): each block forms a
+ *                               128x128 tile of G^T Xq with BF16 tensor cores (FP32 accumulation;
+ *                               G and Xq are exact in BF16) and rounds the weights in registers:
+ *                               the weight gradient never reaches global memory. SR bits
+ *                               elmo_rand_u32(seed, step, ELMO_RNG_CLS_SR, label * d + k) as on
+ *                               the CPU; head labels get the CPU's Kahan round-to-nearest rows.
  * Shapes: d a multiple of 16; chunk a multiple of 16; row capacity B_cap a multiple of 16. Rows
  * B..round16(B) of the input casts are zero, so the FP8 GEMM always sees multiples of 16.
  * All pointers are device memory; everything runs on the stream passed in. */
@@ -33,6 +38,9 @@ extern "C" {
 
 #define ELMO_CUDA_GRAD_TILE 2048   /* labels per block of the gradient kernel */
 
+/* elmo_cuda_cls.bench_flags (benchmarks only; 0 in training and tests) */
+#define ELMO_CLS_BENCH_CONST_BITS 1 /* update draws cheap stand-in bits instead of Philox (wrong SR) */
+
 typedef struct elmo_cuda_cls {
   /* set by the caller */
   void *W;                    /* [L_pad, d] e4m3 | bf16 | fp32 (model buffer) */
@@ -43,6 +51,9 @@ typedef struct elmo_cuda_cls {
   int fp8_input;              /* Xq = e4m3(X) (1) or bf16(X) (0) */
   int64_t chunk;              /* labels per chunk (multiple of 16) */
   int64_t B_cap;              /* rows the scratch holds (multiple of 16) */
+  int64_t piece;              /* labels per piece of a chunk in the step; 0 or >= chunk: whole
+                                 chunks (init_paths sets 0 to chunk) */
+  int bench_flags;            /* ELMO_CLS_BENCH_* (benchmarks only) */
   elmo_blas *blas;
   /* scratch from elmo_cuda_cls_layout */
   uint8_t *Xq8;               /* [B_cap, d] e4m3 codes (fp8 input) */
@@ -53,6 +64,8 @@ typedef struct elmo_cuda_cls {
   uint16_t *Wc16;             /* [chunk, d] W chunk widened to bf16 (e4m3 weights only) */
   double *loss_part;          /* [B_cap * ceil(chunk / ELMO_CUDA_GRAD_TILE)] per-block BCE sums */
   double *loss;               /* [1] summed BCE of the current step */
+  float *dx_part;             /* [dx_slices, B_cap, d] dX partial sums (e4m3 / bf16 weights) */
+  int64_t dx_slices;
   /* paths, from elmo_cuda_cls_init_paths */
   int fp8_logits;             /* train logits through FP8 tensor cores */
   int fp8_logits_f32;         /* prediction logits (FP32 out) through FP8 tensor cores */
@@ -63,9 +76,11 @@ typedef struct elmo_cuda_cls {
 size_t elmo_cuda_cls_chunk_bytes(elmo_dtype dtype, int64_t d, int64_t B_cap, int64_t chunk);
 /* Takes the scratch buffers from the pool (planning pools give NULL pointers). */
 void elmo_cuda_cls_layout(elmo_cuda_cls *c, elmo_pool *p);
-/* Picks the GEMM paths cuBLASLt can run for these shapes; writes one line per op to `log`
- * (may be NULL) saying which path runs. */
+/* Picks the GEMM paths cuBLASLt can run for these shapes (and the piece size: whole chunks when
+ * c->piece is 0); writes one line per op to `log` (may be NULL) saying which path runs. */
 void elmo_cuda_cls_init_paths(elmo_cuda_cls *c, FILE *log);
+/* Labels per piece of a chunk in elmo_cuda_cls_step (a multiple of 16, <= chunk). */
+int64_t elmo_cuda_cls_piece(const elmo_cuda_cls *c);
 
 /* The ops (B <= B_cap real rows; n labels from l0, n a multiple of 16). */
 /* Xq* from X [B, d] FP32. */
@@ -81,7 +96,7 @@ void elmo_cuda_cls_dx(elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, float 
 /* W[l0:l0+n] <- SR(W - lr (G^T Xq + wd W)), head rows Kahan RN. */
 void elmo_cuda_cls_update(elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, const elmo_cls_hyper *h,
                           cudaStream_t s);
-/* The whole step over all chunks: dX [B, d] overwritten; *c->loss = summed BCE (0 unless
+/* The whole step over all chunks, piece by piece: dX [B, d] overwritten; *c->loss = summed BCE (0 unless
  * want_loss). */
 void elmo_cuda_cls_step(elmo_cuda_cls *c, const float *X, int64_t B, const int64_t *y_indptr,
                         const int32_t *y_indices, const elmo_cls_hyper *h, int want_loss, float *dX,

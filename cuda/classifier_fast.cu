@@ -1,1 +1,890 @@
-/* classifier_fast.cu: placeholder for the fast classifier kernels. */
+/* classifier_fast.cu: tensor-core kernels of the classifier step: the fused SGD + SR update and
+ * the split-K dX = G W (classifier_fast.h). BF16 mma.sync m16n8k16 with FP32 accumulation;
+ * operands staged by cp.async (zero-filled outside the matrices) and read with ldmatrix from
+ * padded rows (16 bytes of padding per row: conflict-free). */
+#include "classifier_fast.h"
+#include "check.h"
+
+#include "numerics.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+/* ---- PTX helpers ------------------------------------------------------------------------- */
+
+static __device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+/* 16 bytes global -> shared without waiting; writes zeros (reads nothing) when !valid. */
+static __device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(valid ? 16 : 0));
+}
+static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> static __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+/* Four 8x8 b16 matrices; lanes 8i..8i+7 give the row addresses of matrix i. */
+static __device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void *p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+/* The same, each matrix transposed. */
+static __device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const void *p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+/* d += a b: a 16x16 (row), b 16x8 (col), BF16, FP32 accumulators. */
+static __device__ __forceinline__ void mma_bf16(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+               "{%0, %1, %2, %3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* Two e4m3 codes (low byte first) -> two FP32 values, exact (hardware e4m3 -> f16). */
+static __device__ __forceinline__ float2 fp8x2_to_f32(uint32_t pair) {
+  __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)pair, __NV_E4M3);
+  return __half22float2(*(const __half2 *)&h);
+}
+
+/* Two e4m3 codes -> their two bf16 codes (low half first), exact. */
+static __device__ __forceinline__ uint32_t fp8x2_to_bf16x2(uint32_t pair) {
+  const float2 f = fp8x2_to_f32(pair);
+  return (elmo_f32_bits(f.x) >> 16) | (elmo_f32_bits(f.y) & 0xFFFF0000u);
+}
+
+static __device__ __forceinline__ int64_t min64d(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* The warp's place in a 128 x 128 tile of 8 warps: 2 along the rows (64 each) by 4 along the
+ * columns (32 each); per warp 4 x 4 mma tiles of 16 x 8. */
+#define WARP_M0(w) (((w) >> 2) * 64)
+#define WARP_N0(w) (((w) & 3) * 32)
+
+/* B fragments of 4 n8 tiles from a [k][n] bf16 tile (row length ld) at (kk, n0). */
+static __device__ __forceinline__ void load_b_frags(uint32_t bf[4][2], const uint16_t *s, int ld, int kk, int n0,
+                                                    int lane) {
+#pragma unroll
+  for (int jj = 0; jj < 2; jj++) {
+    uint32_t r[4];
+    ldsm_x4_t(r, s + (kk + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + n0 + 16 * jj + (lane >> 4) * 8);
+    bf[2 * jj][0] = r[0];
+    bf[2 * jj][1] = r[1];
+    bf[2 * jj + 1][0] = r[2];
+    bf[2 * jj + 1][1] = r[3];
+  }
+}
+
+/* ---- SR bits and rounding, bit-identical to numerics.h, cheaper on the device ---------------- */
+
+/* elmo_rand_block with the round keys precomputed (rk[2r], rk[2r+1] = the keys of round r, kept
+ * in the kernel's parameter space): four multiply-and-XOR steps per round. */
+static __host__ __device__ __forceinline__ uint32_t mulhi32(uint32_t a, uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __umulhi(a, b);
+#else
+  return (uint32_t)(((uint64_t)a * b) >> 32);
+#endif
+}
+
+static __host__ __device__ __forceinline__ void philox_rk(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
+                                                          const uint32_t rk[20], uint32_t out[4]) {
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int r = 0; r < 10; r++) {
+    const uint32_t hi0 = mulhi32(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
+    const uint32_t hi1 = mulhi32(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
+    c0 = hi1 ^ c1 ^ rk[2 * r];
+    c2 = hi0 ^ c3 ^ rk[2 * r + 1];
+    c1 = lo1;
+    c3 = lo0;
+  }
+  out[0] = c0;
+  out[1] = c1;
+  out[2] = c2;
+  out[3] = c3;
+}
+
+/* The round keys of elmo_rand_block(seed, step, ...). */
+static void philox_round_keys(uint64_t seed, uint64_t step, uint32_t rk[20]) {
+  uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32) ^ (uint32_t)(step >> 32);
+  for (int r = 0; r < 10; r++) {
+    rk[2 * r] = k0;
+    rk[2 * r + 1] = k1;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+}
+
+/* elmo_sr_fp8 without branches (checked against it bit for bit): normal and subnormal targets
+ * share one shift-and-add (normal: 20 dropped bits above a base of (e - 121) * 8 codes;
+ * subnormal: 141 - e dropped bits, at most 31 of them random), then saturation, sign and NaN by
+ * selects. */
+static __host__ __device__ __forceinline__ uint32_t shr_clamped(uint32_t x, uint32_t n) { /* 0 when n >= 32 */
+#if defined(__CUDA_ARCH__)
+  uint32_t y;
+  asm("shr.b32 %0, %1, %2;" : "=r"(y) : "r"(x), "r"(n)); /* PTX clamps shifts above 32 */
+  return y;
+#else
+  return n >= 32u ? 0u : x >> n;
+#endif
+}
+
+static __host__ __device__ __forceinline__ uint32_t sr_fp8_flat(float x, uint32_t r) {
+#if defined(__CUDA_ARCH__)
+  const uint32_t u = __float_as_uint(x);
+#else
+  const uint32_t u = elmo_f32_bits(x);
+#endif
+  const uint32_t a = u & 0x7FFFFFFFu, e = a >> 23;
+  const uint32_t es = e > 1u ? e : 1u, en = es < 121u ? es : 121u;
+  const uint32_t m0 = a - ((es - 1u) << 23); /* significand with its implicit bit (none for e = 0) */
+  const uint32_t s = 141u - en, sc = s < 31u ? s : 31u;
+  /* normal targets: sc = 20 and (es - en) << 23 adds the (e - 121) * 8 codes below the binade */
+  uint32_t code = (shr_clamped(m0, s - sc) + (r & ((1u << sc) - 1u)) + ((es - en) << 23)) >> sc;
+  code = a >= 0x43E00000u ? (uint32_t)ELMO_FP8_MAX_CODE : code;
+  code |= (u >> 24) & 0x80u;
+  return a > 0x7F800000u ? (uint32_t)ELMO_FP8_NAN : code;
+}
+
+/* ---- weight codecs: codes <-> FP32 for the update epilogue ---------------------------------- */
+
+template <int DT> struct wcodec;
+template <> struct wcodec<ELMO_FP8> {
+  static constexpr int es = 1;
+  static __device__ __forceinline__ void get2(const uint8_t *p, float v[2]) {
+    const float2 f = fp8x2_to_f32(*(const uint16_t *)p);
+    v[0] = f.x;
+    v[1] = f.y;
+  }
+  static __device__ __forceinline__ uint32_t rn(float v) { return elmo_f32_to_fp8(v); }
+  static __device__ __forceinline__ uint32_t sr(float v, uint32_t r) { return sr_fp8_flat(v, r); }
+  static __device__ __forceinline__ float dec(uint32_t c) { return elmo_fp8_to_f32((uint8_t)c); }
+  static __device__ __forceinline__ void put2(uint8_t *p, uint32_t c0, uint32_t c1) {
+    *(uint16_t *)p = (uint16_t)(c0 | (c1 << 8));
+  }
+};
+template <> struct wcodec<ELMO_BF16> {
+  static constexpr int es = 2;
+  static __device__ __forceinline__ void get2(const uint8_t *p, float v[2]) {
+    const uint32_t u = *(const uint32_t *)p;
+    v[0] = elmo_bits_f32(u << 16);
+    v[1] = elmo_bits_f32(u & 0xFFFF0000u);
+  }
+  static __device__ __forceinline__ uint32_t rn(float v) { return elmo_f32_to_bf16(v); }
+  static __device__ __forceinline__ uint32_t sr(float v, uint32_t r) { return elmo_sr_bf16(v, r); }
+  static __device__ __forceinline__ float dec(uint32_t c) { return elmo_bf16_to_f32((uint16_t)c); }
+  static __device__ __forceinline__ void put2(uint8_t *p, uint32_t c0, uint32_t c1) {
+    *(uint32_t *)p = c0 | (c1 << 16);
+  }
+};
+template <> struct wcodec<ELMO_F32> {
+  static constexpr int es = 4;
+  static __device__ __forceinline__ void get2(const uint8_t *p, float v[2]) {
+    const float2 f = *(const float2 *)p;
+    v[0] = f.x;
+    v[1] = f.y;
+  }
+  static __device__ __forceinline__ uint32_t rn(float v) { return elmo_f32_bits(v); }
+  static __device__ __forceinline__ uint32_t sr(float v, uint32_t) { return elmo_f32_bits(v); }
+  static __device__ __forceinline__ float dec(uint32_t c) { return elmo_bits_f32(c); }
+  static __device__ __forceinline__ void put2(uint8_t *p, uint32_t c0, uint32_t c1) {
+    *(float2 *)p = make_float2(elmo_bits_f32(c0), elmo_bits_f32(c1));
+  }
+};
+
+/* ==== fused update ============================================================================ */
+
+/* Persistent blocks (two per SM) walk the 128 x 128 tiles; while a block rounds one tile, the
+ * weights and first batch stages of its next tile are already on their way (two weight buffers). */
+#define U_TL 128                 /* labels per tile */
+#define U_TD 128                 /* features per tile */
+#define U_BK 32                  /* batch rows per stage */
+#define U_THREADS 256
+#define U_LDG (U_TL + 8)         /* bf16 per row of a G^T stage [b][label] */
+#define U_LDX (U_TD + 8)         /* bf16 per row of an Xq stage [b][feature] */
+#define U_STAGE_BYTES (U_BK * (U_LDG + U_LDX) * 2)
+#define U_LDW(es) (U_TD * (es) + 16) /* bytes per row of a weight tile */
+
+/* Stages in flight: three for e4m3, two for the wider weights (two blocks per SM still fit). */
+static constexpr __host__ __device__ int u_nst(int dt) { return dt == ELMO_FP8 ? 3 : 2; }
+static constexpr __host__ __device__ size_t u_w_off(int dt) { return (size_t)u_nst(dt) * U_STAGE_BYTES; }
+static constexpr __host__ __device__ size_t u_w_bytes(int es) { return (size_t)U_TL * U_LDW(es); }
+static constexpr size_t update_smem_bytes(int dt, int es) { return u_w_off(dt) + 2 * u_w_bytes(es) + 2 * 4 * U_TL; }
+
+struct update_args {
+  void *W;                 /* [L_pad, d] */
+  int64_t d, L, l0, n, B;
+  uint16_t *kahan;         /* [n_head, d] or NULL */
+  const int32_t *head_slot;
+  const void *G;           /* [round16(B), n]: bf16 codes, or FP32 (fp32 weights) */
+  const uint16_t *Xq16;    /* [B_cap, d] bf16 codes */
+  float lr, wd;
+  uint32_t step_lo;        /* counter word 2 of the SR bits */
+  uint32_t rk[20];         /* Philox round keys of (seed, step) */
+  int64_t tiles;           /* label tiles x feature tiles */
+  int d_tiles;
+};
+
+/* Eight labels (j..j+7) of G row b into shared memory as bf16 codes. */
+static __device__ __forceinline__ void g_chunk(const update_args &a, const uint16_t *G, int64_t b, int64_t j,
+                                               uint16_t *dst) {
+  const bool v = b < a.B && j < a.n;
+  cp_async16(dst, v ? G + b * a.n + j : G, v);
+}
+static __device__ __forceinline__ void g_chunk(const update_args &a, const float *G, int64_t b, int64_t j,
+                                               uint16_t *dst) {
+  uint4 r = make_uint4(0, 0, 0, 0);
+  if (b < a.B && j < a.n) { /* FP32 G holds bf16 values: their top halves are the codes */
+    const float4 p = *(const float4 *)(G + b * a.n + j), q = *(const float4 *)(G + b * a.n + j + 4);
+    r.x = (elmo_f32_bits(p.x) >> 16) | (elmo_f32_bits(p.y) & 0xFFFF0000u);
+    r.y = (elmo_f32_bits(p.z) >> 16) | (elmo_f32_bits(p.w) & 0xFFFF0000u);
+    r.z = (elmo_f32_bits(q.x) >> 16) | (elmo_f32_bits(q.y) & 0xFFFF0000u);
+    r.w = (elmo_f32_bits(q.z) >> 16) | (elmo_f32_bits(q.w) & 0xFFFF0000u);
+  }
+  *(uint4 *)dst = r;
+}
+
+/* Batch rows b0..b0+U_BK of G^T (labels j0..) and Xq (features k0..) into one stage. */
+template <typename GT>
+static __device__ __forceinline__ void u_load_stage(const update_args &a, int64_t b0, int64_t j0, int64_t k0,
+                                                    uint16_t *sg, uint16_t *sx) {
+#pragma unroll
+  for (int q = 0; q < U_BK * (U_TL / 8) / U_THREADS; q++) {
+    const int i = threadIdx.x + q * U_THREADS, r = i / (U_TL / 8), c = (i % (U_TL / 8)) * 8;
+    g_chunk(a, (const GT *)a.G, b0 + r, j0 + c, sg + r * U_LDG + c);
+  }
+#pragma unroll
+  for (int q = 0; q < U_BK * (U_TD / 8) / U_THREADS; q++) {
+    const int i = threadIdx.x + q * U_THREADS, r = i / (U_TD / 8), c = (i % (U_TD / 8)) * 8;
+    const int64_t b = b0 + r, k = k0 + c;
+    const bool v = b < a.B && k < a.d;
+    cp_async16(sx + r * U_LDX + c, v ? a.Xq16 + b * a.d + k : a.Xq16, v);
+  }
+}
+
+/* The weight tile (labels j0.., features k0..) and the head slots of its rows. */
+template <int ES>
+static __device__ __forceinline__ void u_load_w(const update_args &a, int64_t j0, int64_t k0, uint8_t *sw,
+                                                int32_t *sslot) {
+  constexpr int CPR = U_TD * ES / 16; /* 16-byte pieces per row */
+#pragma unroll
+  for (int q = 0; q < U_TL * CPR / U_THREADS; q++) {
+    const int i = threadIdx.x + q * U_THREADS, r = i / CPR, c = i % CPR;
+    const int64_t j = j0 + r, k = k0 + c * (16 / ES);
+    const bool v = j < a.n && k < a.d;
+    cp_async16(sw + r * U_LDW(ES) + c * 16, v ? (const uint8_t *)a.W + ((a.l0 + j) * a.d + k) * ES : a.W, v);
+  }
+  if (threadIdx.x < U_TL) {
+    const int64_t j = j0 + threadIdx.x, l = a.l0 + j;
+    sslot[threadIdx.x] = a.head_slot && a.kahan && j < a.n && l < a.L ? a.head_slot[l] : -1;
+  }
+}
+
+/* Starts a tile: its weights, head slots and first NST-1 stages (NST-1 cp.async groups). */
+template <typename GT, int DT>
+static __device__ __forceinline__ void u_start_tile(const update_args &a, int64_t tile, int nk, uint8_t *smem,
+                                                    uint8_t *sw, int32_t *sslot) {
+  const int64_t j0 = tile / a.d_tiles * U_TL, k0 = tile % a.d_tiles * U_TD;
+  u_load_w<wcodec<DT>::es>(a, j0, k0, sw, sslot);
+#pragma unroll
+  for (int s = 0; s < u_nst(DT) - 1; s++) {
+    uint16_t *sg = (uint16_t *)(smem + s * U_STAGE_BYTES);
+    if (s < nk) u_load_stage<GT>(a, (int64_t)s * U_BK, j0, k0, sg, sg + U_BK * U_LDG);
+    cp_async_commit();
+  }
+}
+
+/* acc += G^T Xq over one stage (U_BK batch rows). */
+static __device__ __forceinline__ void u_mma_stage(float acc[4][4][4], const uint16_t *sg, const uint16_t *sx) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, m0 = WARP_M0(warp), n0 = WARP_N0(warp);
+#pragma unroll
+  for (int kk = 0; kk < U_BK; kk += 16) {
+    uint32_t af[4][4], bf[4][2];
+#pragma unroll
+    for (int i = 0; i < 4; i++) /* A = G^T stored [k = b][m = label]: transposed loads */
+      ldsm_x4_t(af[i], sg + (kk + (lane & 7) + ((lane >> 4) & 1) * 8) * U_LDG + m0 + 16 * i + ((lane >> 3) & 1) * 8);
+    load_b_frags(bf, sx, U_LDX, kk, n0, lane);
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+      for (int j = 0; j < 4; j++) mma_bf16(acc[i][j], af[i], bf[j][0], bf[j][1]);
+  }
+}
+
+/* The four random words of elements 4 * block .. 4 * block + 3; CONST_BITS: a cheap stand-in
+ * for timing the rest of the epilogue (benchmarks only, wrong numerics). */
+template <bool CONST_BITS>
+static __device__ __forceinline__ void u_bits(const update_args &a, uint64_t block, uint32_t w[4]) {
+  if (CONST_BITS) {
+    const uint32_t x = (uint32_t)block * 0x9E3779B9u;
+    w[0] = x;
+    w[1] = x ^ 0x5555u;
+    w[2] = x ^ 0xAAAAu;
+    w[3] = ~x;
+  } else {
+    philox_rk((uint32_t)block, (uint32_t)(block >> 32), a.step_lo, ELMO_RNG_CLS_SR, a.rk, w);
+  }
+}
+
+/* Weights (row r, features cc, cc+1) of the tile in shared memory get their update from the
+ * gradient sums g0, g1 (the CPU's non-contracted operations, in its order) and bits r01; slot:
+ * the row's head slot (-1: SR). */
+template <int DT>
+static __device__ __forceinline__ void u_apply(const update_args &a, int64_t k0, int r, int cc, int32_t slot,
+                                               float g0, float g1, const uint32_t r01[2], uint8_t *sw) {
+  using C = wcodec<DT>;
+  uint8_t *pw = sw + r * U_LDW(C::es) + cc * C::es;
+  float p[2], delta[2];
+  C::get2(pw, p);
+  delta[0] = __fmul_rn(-a.lr, __fadd_rn(g0, __fmul_rn(a.wd, p[0])));
+  delta[1] = __fmul_rn(-a.lr, __fadd_rn(g1, __fmul_rn(a.wd, p[1])));
+  if (slot >= 0) { /* head row: round to nearest with the bf16 Kahan compensation */
+    const int64_t k = k0 + cc;
+    if (k >= a.d) return;
+    uint32_t *pc = (uint32_t *)(a.kahan + (int64_t)slot * a.d + k);
+    const uint32_t cw = *pc;
+    const float u0 = __fadd_rn(delta[0], elmo_bits_f32(cw << 16)), u1 = __fadd_rn(delta[1], elmo_bits_f32(cw & 0xFFFF0000u));
+    const uint32_t c0 = C::rn(__fadd_rn(p[0], u0)), c1 = C::rn(__fadd_rn(p[1], u1));
+    const float q0 = C::dec(c0), q1 = C::dec(c1);
+    *pc = (uint32_t)elmo_f32_to_bf16(__fsub_rn(u0, __fsub_rn(q0, p[0]))) |
+          ((uint32_t)elmo_f32_to_bf16(__fsub_rn(u1, __fsub_rn(q1, p[1]))) << 16);
+    C::put2(pw, c0, c1);
+    return;
+  }
+  C::put2(pw, C::sr(__fadd_rn(p[0], delta[0]), r01[0]), C::sr(__fadd_rn(p[1], delta[1]), r01[1]));
+}
+
+/* The SGD + SR epilogue on the accumulators. Lane (g, t) holds rows r0 = g, r1 = g + 8 of each
+ * m16 tile and features 2t, 2t+1 of each n8 tile; lanes t and t^1 cover one Philox block (4
+ * features) in both rows: the even lane draws the block of r0, the odd lane that of r1, and they
+ * swap the halves the other needs. The m16 tiles go through acc[0..1] two at a time (a rolled
+ * loop that shifts the accumulators down), which keeps the code half of the unrolled size. */
+template <int DT, bool CONST_BITS>
+static __device__ __forceinline__ void u_epilogue(const update_args &a, int64_t j0, int64_t k0, float acc[4][4][4],
+                                                  uint8_t *sw, const int32_t *sslot) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3, odd = t & 1;
+  const int m0 = WARP_M0(warp), n0 = WARP_N0(warp);
+#pragma unroll 1
+  for (int i = 0; i < 4; i += 2) {
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int r0 = m0 + 16 * (i + h) + g, r1 = r0 + 8;
+      const int32_t slot0 = sslot[r0], slot1 = sslot[r1];
+      const int64_t base = (a.l0 + j0 + (odd ? r1 : r0)) * a.d + k0; /* element index of the drawn row */
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        const int cg = n0 + 8 * j + 4 * (t >> 1); /* first feature of the Philox block */
+        uint32_t w[4];
+        u_bits<CONST_BITS>(a, (uint64_t)(base + cg) >> 2, w);
+        const uint32_t s0 = odd ? w[0] : w[2], s1 = odd ? w[1] : w[3];
+        const uint32_t q0 = __shfl_xor_sync(0xFFFFFFFFu, s0, 1), q1 = __shfl_xor_sync(0xFFFFFFFFu, s1, 1);
+        const uint32_t ra[2] = {odd ? q0 : w[0], odd ? q1 : w[1]}; /* row r0, features 2t, 2t+1 */
+        const uint32_t rb[2] = {odd ? w[2] : q0, odd ? w[3] : q1}; /* row r1 */
+        const int cc = n0 + 8 * j + 2 * t;
+        u_apply<DT>(a, k0, r0, cc, slot0, acc[h][j][0], acc[h][j][1], ra, sw);
+        u_apply<DT>(a, k0, r1, cc, slot1, acc[h][j][2], acc[h][j][3], rb, sw);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        acc[0][j][e] = acc[2][j][e];
+        acc[1][j][e] = acc[3][j][e];
+      }
+  }
+}
+
+/* The rounded tile back to W, 16 bytes per thread and row piece; padded labels stay zero. */
+template <int ES>
+static __device__ __forceinline__ void u_store_w(const update_args &a, int64_t j0, int64_t k0, const uint8_t *sw) {
+  constexpr int CPR = U_TD * ES / 16;
+#pragma unroll
+  for (int q = 0; q < U_TL * CPR / U_THREADS; q++) {
+    const int i = threadIdx.x + q * U_THREADS, r = i / CPR, c = i % CPR;
+    const int64_t j = j0 + r, l = a.l0 + j, k = k0 + c * (16 / ES);
+    if (j < a.n && l < a.L && k < a.d)
+      *(uint4 *)((uint8_t *)a.W + (l * a.d + k) * ES) = *(const uint4 *)(sw + r * U_LDW(ES) + c * 16);
+  }
+}
+
+/* Tile t: label tile t / d_tiles, feature tile t % d_tiles, so the blocks that share a tile of G
+ * run together and find it in L2. Block i takes tiles i, i + gridDim.x, ... */
+template <typename GT, int DT, bool CONST_BITS>
+static __global__ void __launch_bounds__(U_THREADS, DT == ELMO_F32 ? 1 : 2) update_mma_kernel(update_args a) {
+  constexpr int ES = wcodec<DT>::es, NST = u_nst(DT);
+  extern __shared__ __align__(16) uint8_t smem[];
+  uint8_t *wbuf = smem + u_w_off(DT);
+  int32_t *slots = (int32_t *)(wbuf + 2 * u_w_bytes(ES));
+  const int nk = (int)((a.B + U_BK - 1) / U_BK);
+  int64_t tile = blockIdx.x;
+  if (tile < a.tiles) u_start_tile<GT, DT>(a, tile, nk, smem, wbuf, slots);
+  for (int buf = 0; tile < a.tiles; tile += gridDim.x, buf ^= 1) {
+    const int64_t j0 = tile / a.d_tiles * U_TL, k0 = tile % a.d_tiles * U_TD;
+    uint8_t *sw = wbuf + buf * u_w_bytes(ES);
+    float acc[4][4][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+      for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+    for (int kt = 0; kt < nk; kt++) {
+      cp_async_wait<NST - 2>();
+      __syncthreads();
+      const int nx = kt + NST - 1;
+      uint16_t *sg = (uint16_t *)(smem + (nx % NST) * U_STAGE_BYTES);
+      if (nx < nk) u_load_stage<GT>(a, (int64_t)nx * U_BK, j0, k0, sg, sg + U_BK * U_LDG);
+      cp_async_commit();
+      sg = (uint16_t *)(smem + (kt % NST) * U_STAGE_BYTES);
+      u_mma_stage(acc, sg, sg + U_BK * U_LDG);
+    }
+    cp_async_wait<0>();
+    __syncthreads(); /* stages free, this tile's weights here */
+    if (tile + gridDim.x < a.tiles)
+      u_start_tile<GT, DT>(a, tile + gridDim.x, nk, smem, wbuf + (buf ^ 1) * u_w_bytes(ES), slots + (buf ^ 1) * U_TL);
+    u_epilogue<DT, CONST_BITS>(a, j0, k0, acc, sw, slots + buf * U_TL);
+    __syncthreads();
+    u_store_w<ES>(a, j0, k0, sw);
+  }
+}
+
+/* ---- batches of up to 128 rows: Xq resident, 64-label tiles, three blocks per SM ------------ */
+
+/* Block (feature tile f, q) keeps Xq[:, f] in shared memory and walks label tiles q, q + Q, ...
+ * (Q blocks per feature tile), so Xq is read once per block and G^T once per label tile and
+ * feature tile. Per tile the whole batch (K <= 128) is one cp.async group; the next tile's G^T and
+ * weights load while this tile is rounded. 8 warps as 2 (labels) x 4 (features) of 32 x 32. */
+#define R_TL 64                  /* labels per tile */
+#define R_BMAX 128               /* largest batch (rows of Xq kept in shared memory) */
+#define R_LDG (R_TL + 8)         /* bf16 per row of the G^T tile [b][label] */
+#define R_X_BYTES (R_BMAX * U_LDX * 2)
+#define R_G_BYTES (R_BMAX * R_LDG * 2)
+
+static constexpr __host__ __device__ size_t r_w_bytes(int es) { return (size_t)R_TL * U_LDW(es); }
+static constexpr size_t r_smem_bytes(int es) { return R_X_BYTES + R_G_BYTES + 2 * r_w_bytes(es) + 2 * 4 * R_TL; }
+static constexpr __host__ __device__ int r_blocks_per_sm(int dt) { return dt == ELMO_FP8 ? 3 : dt == ELMO_BF16 ? 2 : 1; }
+
+/* Xq[0:bp, k0:k0+128] into sx (rows >= B and features >= d as zeros). */
+static __device__ __forceinline__ void r_load_x(const update_args &a, int bp, int64_t k0, uint16_t *sx) {
+  for (int i = threadIdx.x; i < bp * (U_TD / 8); i += U_THREADS) {
+    const int r = i / (U_TD / 8), c = (i % (U_TD / 8)) * 8;
+    const bool v = r < a.B && k0 + c < a.d;
+    cp_async16(sx + r * U_LDX + c, v ? a.Xq16 + r * a.d + k0 + c : a.Xq16, v);
+  }
+}
+
+/* Label tile j0..j0+64: G^T rows 0..bp into sg, the weights into sw, the head slots. */
+template <typename GT, int ES>
+static __device__ __forceinline__ void r_start(const update_args &a, int64_t j0, int64_t k0, int bp, uint16_t *sg,
+                                               uint8_t *sw, int32_t *sslot) {
+  for (int i = threadIdx.x; i < bp * (R_TL / 8); i += U_THREADS) {
+    const int r = i / (R_TL / 8), c = (i % (R_TL / 8)) * 8;
+    g_chunk(a, (const GT *)a.G, r, j0 + c, sg + r * R_LDG + c);
+  }
+  constexpr int CPR = U_TD * ES / 16;
+#pragma unroll
+  for (int q = 0; q < R_TL * CPR / U_THREADS; q++) {
+    const int i = threadIdx.x + q * U_THREADS, r = i / CPR, c = i % CPR;
+    const int64_t j = j0 + r, k = k0 + c * (16 / ES);
+    const bool v = j < a.n && k < a.d;
+    cp_async16(sw + r * U_LDW(ES) + c * 16, v ? (const uint8_t *)a.W + ((a.l0 + j) * a.d + k) * ES : a.W, v);
+  }
+  if (threadIdx.x < R_TL) {
+    const int64_t j = j0 + threadIdx.x, l = a.l0 + j;
+    sslot[threadIdx.x] = a.head_slot && a.kahan && j < a.n && l < a.L ? a.head_slot[l] : -1;
+  }
+  cp_async_commit();
+}
+
+/* acc = G^T Xq for the tile, K = bp batch rows. */
+static __device__ __forceinline__ void r_mma(float acc[2][4][4], const uint16_t *sg, const uint16_t *sx, int bp) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, m0 = (warp >> 2) * 32, n0 = (warp & 3) * 32;
+#pragma unroll
+  for (int i = 0; i < 2; i++)
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+#pragma unroll 2
+  for (int kk = 0; kk < bp; kk += 16) {
+    uint32_t af[2][4], bf[4][2];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+      ldsm_x4_t(af[i], sg + (kk + (lane & 7) + ((lane >> 4) & 1) * 8) * R_LDG + m0 + 16 * i + ((lane >> 3) & 1) * 8);
+    load_b_frags(bf, sx, U_LDX, kk, n0, lane);
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+      for (int j = 0; j < 4; j++) mma_bf16(acc[i][j], af[i], bf[j][0], bf[j][1]);
+  }
+}
+
+/* The SGD + SR epilogue (as u_epilogue, for the 32 x 32 warp tiles). */
+template <int DT, bool CONST_BITS>
+static __device__ __forceinline__ void r_epilogue(const update_args &a, int64_t j0, int64_t k0, float acc[2][4][4],
+                                                  uint8_t *sw, const int32_t *sslot) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3, odd = t & 1;
+  const int m0 = (warp >> 2) * 32, n0 = (warp & 3) * 32;
+#pragma unroll
+  for (int i = 0; i < 2; i++) {
+    const int r0 = m0 + 16 * i + g, r1 = r0 + 8;
+    const int32_t slot0 = sslot[r0], slot1 = sslot[r1];
+    const int64_t base = (a.l0 + j0 + (odd ? r1 : r0)) * a.d + k0;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const int cg = n0 + 8 * j + 4 * (t >> 1);
+      uint32_t w[4];
+      u_bits<CONST_BITS>(a, (uint64_t)(base + cg) >> 2, w);
+      const uint32_t s0 = odd ? w[0] : w[2], s1 = odd ? w[1] : w[3];
+      const uint32_t q0 = __shfl_xor_sync(0xFFFFFFFFu, s0, 1), q1 = __shfl_xor_sync(0xFFFFFFFFu, s1, 1);
+      const uint32_t ra[2] = {odd ? q0 : w[0], odd ? q1 : w[1]};
+      const uint32_t rb[2] = {odd ? w[2] : q0, odd ? w[3] : q1};
+      const int cc = n0 + 8 * j + 2 * t;
+      u_apply<DT>(a, k0, r0, cc, slot0, acc[i][j][0], acc[i][j][1], ra, sw);
+      u_apply<DT>(a, k0, r1, cc, slot1, acc[i][j][2], acc[i][j][3], rb, sw);
+    }
+  }
+}
+
+template <int ES>
+static __device__ __forceinline__ void r_store_w(const update_args &a, int64_t j0, int64_t k0, const uint8_t *sw) {
+  constexpr int CPR = U_TD * ES / 16;
+#pragma unroll
+  for (int q = 0; q < R_TL * CPR / U_THREADS; q++) {
+    const int i = threadIdx.x + q * U_THREADS, r = i / CPR, c = i % CPR;
+    const int64_t j = j0 + r, l = a.l0 + j, k = k0 + c * (16 / ES);
+    if (j < a.n && l < a.L && k < a.d)
+      *(uint4 *)((uint8_t *)a.W + (l * a.d + k) * ES) = *(const uint4 *)(sw + r * U_LDW(ES) + c * 16);
+  }
+}
+
+/* grid: d_tiles x Q blocks; block i: feature tile i % d_tiles, label tiles i / d_tiles + Q k. */
+template <typename GT, int DT, bool CONST_BITS>
+static __global__ void __launch_bounds__(U_THREADS, r_blocks_per_sm(DT)) update_res_kernel(update_args a) {
+  constexpr int ES = wcodec<DT>::es;
+  extern __shared__ __align__(16) uint8_t smem[];
+  uint16_t *sx = (uint16_t *)smem, *sg = (uint16_t *)(smem + R_X_BYTES);
+  uint8_t *wbuf = smem + R_X_BYTES + R_G_BYTES;
+  int32_t *slots = (int32_t *)(wbuf + 2 * r_w_bytes(ES));
+  const int bp = (int)((a.B + 15) / 16 * 16);
+  const int64_t k0 = (int64_t)(blockIdx.x % a.d_tiles) * U_TD, qs = gridDim.x / a.d_tiles;
+  const int64_t ltiles = (a.n + R_TL - 1) / R_TL;
+  int64_t lt = blockIdx.x / a.d_tiles;
+  if (lt >= ltiles) return;
+  r_load_x(a, bp, k0, sx); /* joins the first tile's group */
+  r_start<GT, ES>(a, lt * R_TL, k0, bp, sg, wbuf, slots);
+  for (int buf = 0; lt < ltiles; lt += qs, buf ^= 1) {
+    cp_async_wait<0>();
+    __syncthreads(); /* this tile's G^T and weights (and Xq) are here */
+    float acc[2][4][4];
+    r_mma(acc, sg, sx, bp);
+    __syncthreads(); /* G^T read by all warps */
+    if (lt + qs < ltiles)
+      r_start<GT, ES>(a, (lt + qs) * R_TL, k0, bp, sg, wbuf + (buf ^ 1) * r_w_bytes(ES), slots + (buf ^ 1) * R_TL);
+    uint8_t *sw = wbuf + buf * r_w_bytes(ES);
+    r_epilogue<DT, CONST_BITS>(a, lt * R_TL, k0, acc, sw, slots + buf * R_TL);
+    __syncthreads();
+    r_store_w<ES>(a, lt * R_TL, k0, sw);
+  }
+}
+
+static int sm_count(void) {
+  static int sms = 0;
+  if (!sms) {
+    int dev = 0;
+    ELMO_CUDA_CHECK(cudaGetDevice(&dev));
+    ELMO_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  }
+  return sms;
+}
+
+template <typename GT, int DT, bool CONST_BITS>
+static void launch_update(const update_args &a, cudaStream_t s) {
+  static bool attr_set = false; /* one instantiation per (GT, DT, CONST_BITS) */
+  if (a.B <= R_BMAX) {
+    const size_t smem = r_smem_bytes(wcodec<DT>::es);
+    if (!attr_set) {
+      ELMO_CUDA_CHECK(cudaFuncSetAttribute(update_res_kernel<GT, DT, CONST_BITS>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+      ELMO_CUDA_CHECK(cudaFuncSetAttribute(update_mma_kernel<GT, DT, CONST_BITS>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)update_smem_bytes(DT, wcodec<DT>::es)));
+      attr_set = true;
+    }
+    const int64_t ltiles = (a.n + R_TL - 1) / R_TL, per_tile = r_blocks_per_sm(DT) * sm_count() / a.d_tiles;
+    const int64_t q = per_tile < 1 ? 1 : per_tile < ltiles ? per_tile : ltiles;
+    update_res_kernel<GT, DT, CONST_BITS><<<(unsigned)(q * a.d_tiles), U_THREADS, smem, s>>>(a);
+    ELMO_LAUNCH_CHECK();
+    return;
+  }
+  const size_t smem = update_smem_bytes(DT, wcodec<DT>::es);
+  if (!attr_set) {
+    ELMO_CUDA_CHECK(cudaFuncSetAttribute(update_res_kernel<GT, DT, CONST_BITS>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)r_smem_bytes(wcodec<DT>::es)));
+    ELMO_CUDA_CHECK(cudaFuncSetAttribute(update_mma_kernel<GT, DT, CONST_BITS>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    attr_set = true;
+  }
+  const int64_t per_sm = DT == ELMO_F32 ? 1 : 2, blocks = a.tiles < per_sm * sm_count() ? a.tiles : per_sm * sm_count();
+  update_mma_kernel<GT, DT, CONST_BITS><<<(unsigned)blocks, U_THREADS, smem, s>>>(a);
+  ELMO_LAUNCH_CHECK();
+}
+
+extern "C" void elmo_cuda_cls_update_mma(const elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n,
+                                         const elmo_cls_hyper *h, cudaStream_t s) {
+  if (n <= 0) return;
+  update_args a;
+  a.W = c->W;
+  a.d = c->d;
+  a.L = c->L;
+  a.l0 = l0;
+  a.n = n;
+  a.B = B;
+  a.kahan = c->kahan;
+  a.head_slot = c->head_slot;
+  a.G = c->z;
+  a.Xq16 = c->Xq16;
+  a.lr = (float)h->lr;
+  a.wd = (float)h->weight_decay;
+  a.step_lo = (uint32_t)h->step;
+  philox_round_keys(h->seed, (uint64_t)h->step, a.rk);
+  a.d_tiles = (int)((c->d + U_TD - 1) / U_TD);
+  a.tiles = (n + U_TL - 1) / U_TL * a.d_tiles;
+  const int cb = (c->bench_flags & ELMO_CLS_BENCH_CONST_BITS) != 0;
+  switch (c->dtype) {
+    case ELMO_FP8:
+      if (cb) launch_update<uint16_t, ELMO_FP8, true>(a, s);
+      else launch_update<uint16_t, ELMO_FP8, false>(a, s);
+      break;
+    case ELMO_BF16:
+      if (cb) launch_update<uint16_t, ELMO_BF16, true>(a, s);
+      else launch_update<uint16_t, ELMO_BF16, false>(a, s);
+      break;
+    default: launch_update<float, ELMO_F32, false>(a, s); break;
+  }
+}
+
+/* ==== dX = G W, split over labels ============================================================ */
+
+#define X_TB 128                 /* batch rows per block */
+#define X_TD 128                 /* features per block */
+#define X_BK 64                  /* labels per stage */
+#define X_NST 3
+#define X_THREADS 256
+#define X_CTAS 264               /* blocks to aim for: two per SM of an H100 (132 SMs) */
+#define X_LDG (X_BK + 8)         /* bf16 per row of a G stage [b][label] */
+#define X_LDW (X_TD + 8)         /* bf16 per row of a bf16 W tile [label][feature] */
+#define X_G_BYTES (X_TB * X_LDG * 2)
+#define X_WB_BYTES (X_BK * X_LDW * 2)
+#define X_W8_BYTES (X_BK * X_TD)
+
+static constexpr size_t dx_stage_bytes(int dt) { return X_G_BYTES + (dt == ELMO_FP8 ? X_W8_BYTES : X_WB_BYTES); }
+static constexpr size_t dx_smem_bytes(int dt) {
+  return X_NST * dx_stage_bytes(dt) + (dt == ELMO_FP8 ? X_WB_BYTES : 0);
+}
+
+struct dx_args {
+  const void *W;           /* [L_pad, d] e4m3 | bf16 */
+  const uint16_t *G;       /* [round16(B), n] bf16 codes */
+  float *part;             /* [slices, B_cap, d] */
+  int64_t d, n, l0, B, B_cap;
+  int64_t per;             /* labels per slice (a multiple of X_BK) */
+  int d_tiles, accumulate;
+};
+
+extern "C" int64_t elmo_cuda_cls_dx_slices(int64_t B_cap, int64_t d) {
+  const int64_t tiles = (B_cap + X_TB - 1) / X_TB * ((d + X_TD - 1) / X_TD);
+  const int64_t s = X_CTAS / tiles;
+  return s < 1 ? 1 : s;
+}
+
+/* Labels j..j+X_BK (below jend) of G rows b0.. and W rows l0+j.. (features k0..) into a stage. */
+template <int DT>
+static __device__ __forceinline__ void x_load_stage(const dx_args &a, int64_t b0, int64_t j, int64_t jend, int64_t k0,
+                                                    uint16_t *sg, uint8_t *sw) {
+#pragma unroll
+  for (int q = 0; q < X_TB * (X_BK / 8) / X_THREADS; q++) {
+    const int i = threadIdx.x + q * X_THREADS, r = i / (X_BK / 8), c = (i % (X_BK / 8)) * 8;
+    const int64_t b = b0 + r;
+    const bool v = b < a.B && j + c < jend;
+    cp_async16(sg + r * X_LDG + c, v ? a.G + b * a.n + j + c : a.G, v);
+  }
+  constexpr int ES = DT == ELMO_FP8 ? 1 : 2, CPR = X_TD * ES / 16, LDB = DT == ELMO_FP8 ? X_TD : X_LDW * 2;
+#pragma unroll
+  for (int q = 0; q < X_BK * CPR / X_THREADS; q++) {
+    const int i = threadIdx.x + q * X_THREADS, r = i / CPR, c = i % CPR;
+    const int64_t k = k0 + c * (16 / ES);
+    const bool v = j + r < jend && k < a.d;
+    cp_async16(sw + r * LDB + c * 16, v ? (const uint8_t *)a.W + ((a.l0 + j + r) * a.d + k) * ES : a.W, v);
+  }
+}
+
+/* The e4m3 tile [X_BK][X_TD] widened to bf16 [X_BK][X_LDW]. */
+static __device__ __forceinline__ void x_widen(const uint8_t *sw8, uint16_t *swb) {
+#pragma unroll
+  for (int q = 0; q < X_BK * X_TD / 16 / X_THREADS; q++) {
+    const int i = threadIdx.x + q * X_THREADS, r = i / (X_TD / 16), c = (i % (X_TD / 16)) * 16;
+    const uint4 v = *(const uint4 *)(sw8 + r * X_TD + c);
+    uint4 lo, hi;
+    lo.x = fp8x2_to_bf16x2(v.x & 0xFFFFu);
+    lo.y = fp8x2_to_bf16x2(v.x >> 16);
+    lo.z = fp8x2_to_bf16x2(v.y & 0xFFFFu);
+    lo.w = fp8x2_to_bf16x2(v.y >> 16);
+    hi.x = fp8x2_to_bf16x2(v.z & 0xFFFFu);
+    hi.y = fp8x2_to_bf16x2(v.z >> 16);
+    hi.z = fp8x2_to_bf16x2(v.w & 0xFFFFu);
+    hi.w = fp8x2_to_bf16x2(v.w >> 16);
+    *(uint4 *)(swb + r * X_LDW + c) = lo;
+    *(uint4 *)(swb + r * X_LDW + c + 8) = hi;
+  }
+}
+
+/* acc += G W over one stage (X_BK labels). */
+static __device__ __forceinline__ void x_mma_stage(float acc[4][4][4], const uint16_t *sg, const uint16_t *swb) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, m0 = WARP_M0(warp), n0 = WARP_N0(warp);
+#pragma unroll
+  for (int kk = 0; kk < X_BK; kk += 16) {
+    uint32_t af[4][4], bf[4][2];
+#pragma unroll
+    for (int i = 0; i < 4; i++) /* A = G stored [m = b][k = label] */
+      ldsm_x4(af[i], sg + (m0 + 16 * i + (lane & 15)) * X_LDG + kk + (lane >> 4) * 8);
+    load_b_frags(bf, swb, X_LDW, kk, n0, lane);
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+      for (int j = 0; j < 4; j++) mma_bf16(acc[i][j], af[i], bf[j][0], bf[j][1]);
+  }
+}
+
+/* grid (batch tiles x feature tiles, slices). */
+template <int DT>
+static __global__ void __launch_bounds__(X_THREADS, 2) dx_part_kernel(dx_args a) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  const int64_t b0 = (int64_t)(blockIdx.x / a.d_tiles) * X_TB, k0 = (int64_t)(blockIdx.x % a.d_tiles) * X_TD;
+  const int64_t jb = (int64_t)blockIdx.y * a.per, je = min64d(a.n, jb + a.per);
+  const int nk = je > jb ? (int)((je - jb + X_BK - 1) / X_BK) : 0;
+  uint16_t *swb = (uint16_t *)(smem + X_NST * dx_stage_bytes(DT)); /* e4m3 only */
+#define X_SG(s) ((uint16_t *)(smem + (s) * dx_stage_bytes(DT)))
+#define X_SW(s) (smem + (s) * dx_stage_bytes(DT) + X_G_BYTES)
+#pragma unroll
+  for (int s = 0; s < X_NST - 1; s++) {
+    if (s < nk) x_load_stage<DT>(a, b0, jb + (int64_t)s * X_BK, je, k0, X_SG(s), X_SW(s));
+    cp_async_commit();
+  }
+  float acc[4][4][4];
+#pragma unroll
+  for (int i = 0; i < 4; i++)
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+  for (int kt = 0; kt < nk; kt++) {
+    cp_async_wait<X_NST - 2>();
+    __syncthreads();
+    const int nx = kt + X_NST - 1;
+    if (nx < nk) x_load_stage<DT>(a, b0, jb + (int64_t)nx * X_BK, je, k0, X_SG(nx % X_NST), X_SW(nx % X_NST));
+    cp_async_commit();
+    const uint16_t *wt = (const uint16_t *)X_SW(kt % X_NST);
+    if (DT == ELMO_FP8) {
+      x_widen(X_SW(kt % X_NST), swb);
+      __syncthreads();
+      wt = swb;
+    }
+    x_mma_stage(acc, X_SG(kt % X_NST), wt);
+  }
+#undef X_SG
+#undef X_SW
+  cp_async_wait<0>();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  float *part = a.part + (int64_t)blockIdx.y * a.B_cap * a.d;
+#pragma unroll
+  for (int i = 0; i < 4; i++)
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int64_t b = b0 + WARP_M0(warp) + 16 * i + g + 8 * h;
+      if (b >= a.B) continue;
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        const int64_t k = k0 + WARP_N0(warp) + 8 * j + 2 * t;
+        if (k >= a.d) continue;
+        float2 *p = (float2 *)(part + b * a.d + k), v = make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
+        if (a.accumulate) {
+          const float2 o = *p;
+          v.x = o.x + v.x;
+          v.y = o.y + v.y;
+        }
+        *p = v;
+      }
+    }
+}
+
+/* dX[i] += part[0][i] + part[1][i] + ... (in this order), four floats per thread. */
+static __global__ void __launch_bounds__(256) dx_reduce_kernel(const float4 *part, int64_t n4, int64_t stride4,
+                                                               int64_t slices, float4 *dX) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n4; i += (int64_t)gridDim.x * blockDim.x) {
+    float4 s = part[i];
+    for (int64_t q = 1; q < slices; q++) {
+      const float4 v = part[q * stride4 + i];
+      s.x += v.x;
+      s.y += v.y;
+      s.z += v.z;
+      s.w += v.w;
+    }
+    float4 o = dX[i];
+    o.x += s.x;
+    o.y += s.y;
+    o.z += s.z;
+    o.w += s.w;
+    dX[i] = o;
+  }
+}
+
+template <int DT>
+static void launch_dx(const dx_args &a, dim3 grid, cudaStream_t s) {
+  const size_t smem = dx_smem_bytes(DT);
+  static bool attr_set = false;
+  if (!attr_set) {
+    ELMO_CUDA_CHECK(cudaFuncSetAttribute(dx_part_kernel<DT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    attr_set = true;
+  }
+  dx_part_kernel<DT><<<grid, X_THREADS, smem, s>>>(a);
+  ELMO_LAUNCH_CHECK();
+}
+
+extern "C" void elmo_cuda_cls_dx_part(const elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, int accumulate,
+                                      cudaStream_t s) {
+  if (B <= 0) return;
+  dx_args a;
+  a.W = c->W;
+  a.G = (const uint16_t *)c->z;
+  a.part = c->dx_part;
+  a.d = c->d;
+  a.n = n;
+  a.l0 = l0;
+  a.B = B;
+  a.B_cap = c->B_cap;
+  a.d_tiles = (int)((c->d + X_TD - 1) / X_TD);
+  a.accumulate = accumulate;
+  const int64_t steps = (n + X_BK - 1) / X_BK;
+  a.per = (steps + c->dx_slices - 1) / c->dx_slices * X_BK;
+  if (a.per < X_BK) a.per = X_BK;
+  dim3 grid((unsigned)((B + X_TB - 1) / X_TB * a.d_tiles), (unsigned)c->dx_slices);
+  if (c->dtype == ELMO_FP8) launch_dx<ELMO_FP8>(a, grid, s);
+  else launch_dx<ELMO_BF16>(a, grid, s);
+}
+
+extern "C" void elmo_cuda_cls_dx_reduce(const elmo_cuda_cls *c, int64_t B, float *dX, cudaStream_t s) {
+  const int64_t n4 = B * c->d / 4;
+  if (n4 <= 0) return;
+  int64_t blocks = (n4 + 255) / 256;
+  if (blocks > 4096) blocks = 4096;
+  dx_reduce_kernel<<<(unsigned)blocks, 256, 0, s>>>((const float4 *)c->dx_part, n4, c->B_cap * c->d / 4,
+                                                    c->dx_slices, (float4 *)dX);
+  ELMO_LAUNCH_CHECK();
+}

@@ -67,25 +67,47 @@ static cublasLtMatrixLayout_t make_layout(cudaDataType_t type, int64_t rows, int
   return l;
 }
 
-/* Row-major C[m, n] = op(A) op(B) is column-major C^T[n, m] = op(B)^T op(A)^T: cuBLASLt's A is our B. */
-static void plan_build(elmo_cuda_tf_gemm *g, const mm_key *k, mm_plan *pl) {
-  pl->key = *k;
-  ELMO_CUBLAS_CHECK(cublasLtMatmulDescCreate(&pl->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+/* Pointers a plan's descriptor holds: set before the heuristic (as cuBLASLt's FP8 sample and PyTorch's
+ * scaled GEMM do) and again before each run. scale_a / scale_b multiply our a / b (FP8 only). */
+typedef struct mm_ptrs {
+  const void *bias;
+  const float *scale_a, *scale_b;
+} mm_ptrs;
+
+static void desc_set_ptrs(cublasLtMatmulDesc_t d, const mm_key *k, const mm_ptrs *p) {
+  if (k->bias)
+    ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p->bias, sizeof p->bias));
+  if (k->fp8 && p->scale_a) {   /* cuBLASLt's A is our b, its B our a */
+    ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &p->scale_b,
+                                                     sizeof p->scale_b));
+    ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &p->scale_a,
+                                                     sizeof p->scale_a));
+  }
+}
+
+static cublasLtMatmulDesc_t desc_create(const mm_key *k, int fast_accum, const mm_ptrs *p) {
+  cublasLtMatmulDesc_t d;
+  ELMO_CUBLAS_CHECK(cublasLtMatmulDescCreate(&d, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t op_a = k->tb ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = k->ta ? CUBLAS_OP_T : CUBLAS_OP_N;
-  ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
-  ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
+  ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
+  ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
   if (k->bias) {
     const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-    ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+    const cudaDataType_t bias_type = CUDA_R_16BF;
+    ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+    if (k->fp8)
+      ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+                                                       sizeof bias_type));
   }
-  if (k->fp8) {   /* as torchao's forward GEMM: fast accumulation */
-    const int8_t fast = 1;
-    ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast));
+  if (k->fp8) {   /* the BF16 plans stay as they were measured: pointers set per run only */
+    const int8_t fast = (int8_t)fast_accum;
+    ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast));
+    desc_set_ptrs(d, k, p);
   }
-  const cudaDataType_t in_type = k->fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
-  pl->la = make_layout(in_type, k->tb ? k->k : k->n, k->tb ? k->n : k->k, k->ldb, k->batch, k->sb);
-  pl->lb = make_layout(in_type, k->ta ? k->m : k->k, k->ta ? k->k : k->m, k->lda, k->batch, k->sa);
-  pl->lc = make_layout(k->c_f32 ? CUDA_R_32F : CUDA_R_16BF, k->n, k->m, k->ldc, k->batch, k->sc);
+  return d;
+}
+
+static cublasLtMatmulPreference_t pref_create(const elmo_cuda_tf_gemm *g, const mm_key *k) {
   cublasLtMatmulPreference_t pref;
   ELMO_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   const uint64_t ws = g->ws_bytes;
@@ -99,18 +121,53 @@ static void plan_build(elmo_cuda_tf_gemm *g, const mm_key *k, mm_plan *pl) {
                                                 sizeof k->al_c));
   ELMO_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &k->al_c,
                                                 sizeof k->al_c));
-  cublasLtMatmulHeuristicResult_t res;
+  return pref;
+}
+
+/* The first heuristic algorithm (checked: the first that cuBLASLt's own check accepts for pl->desc);
+ * 0 when none. */
+static int pick_algo(elmo_cuda_tf_gemm *g, mm_plan *pl, cublasLtMatmulPreference_t pref, int checked) {
+  enum { TRIES = 8 };
+  cublasLtMatmulHeuristicResult_t res[TRIES];
   int found = 0;
-  ELMO_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(g->lt, pl->desc, pl->la, pl->lb, pl->lc, pl->lc, pref, 1, &res,
-                                                   &found));
-  ELMO_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
-  if (found < 1) {
-    char what[256];
-    snprintf(what, sizeof what, "no cuBLASLt algorithm for %lldx%lldx%lld ta %d tb %d batch %d fp8 %d",
-             (long long)k->m, (long long)k->n, (long long)k->k, k->ta, k->tb, k->batch, k->fp8);
-    elmo_cuda_die("cublasLtMatmulAlgoGetHeuristic found no algorithm", what, __FILE__, __LINE__);
+  if (cublasLtMatmulAlgoGetHeuristic(g->lt, pl->desc, pl->la, pl->lb, pl->lc, pl->lc, pref, TRIES, res, &found) !=
+      CUBLAS_STATUS_SUCCESS)
+    return 0;
+  for (int i = 0; i < found; i++) {
+    cublasLtMatmulHeuristicResult_t chk;
+    if (!checked || cublasLtMatmulAlgoCheck(g->lt, pl->desc, pl->la, pl->lb, pl->lc, pl->lc, &res[i].algo, &chk) ==
+        CUBLAS_STATUS_SUCCESS) {
+      pl->algo = res[i].algo;
+      return 1;
+    }
   }
-  pl->algo = res.algo;
+  return 0;
+}
+
+/* Row-major C[m, n] = op(A) op(B) is column-major C^T[n, m] = op(B)^T op(A)^T: cuBLASLt's A is our B.
+ * FP8: fast accumulation (as torchao's forward GEMM) when cuBLASLt offers it for the shape, else the
+ * default accumulation. */
+static void plan_build(elmo_cuda_tf_gemm *g, const mm_key *k, const mm_ptrs *ptrs, mm_plan *pl) {
+  pl->key = *k;
+  const cudaDataType_t in_type = k->fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
+  pl->la = make_layout(in_type, k->tb ? k->k : k->n, k->tb ? k->n : k->k, k->ldb, k->batch, k->sb);
+  pl->lb = make_layout(in_type, k->ta ? k->m : k->k, k->ta ? k->k : k->m, k->lda, k->batch, k->sa);
+  pl->lc = make_layout(k->c_f32 ? CUDA_R_32F : CUDA_R_16BF, k->n, k->m, k->ldc, k->batch, k->sc);
+  cublasLtMatmulPreference_t pref = pref_create(g, k);
+  int ok = 0;
+  for (int fast = k->fp8; fast >= 0 && !ok; fast--) {
+    pl->desc = desc_create(k, fast, ptrs);
+    ok = pick_algo(g, pl, pref, k->fp8);
+    if (!ok) cublasLtMatmulDescDestroy(pl->desc);
+  }
+  ELMO_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+  if (!ok) {
+    char what[256];
+    snprintf(what, sizeof what, "no cuBLASLt algorithm for %lldx%lldx%lld ta %d tb %d batch %d bias %d fp8 %d "
+             "out %s", (long long)k->m, (long long)k->n, (long long)k->k, k->ta, k->tb, k->batch, k->bias, k->fp8,
+             k->c_f32 ? "fp32" : "bf16");
+    elmo_cuda_die("cublasLtMatmulAlgoGetHeuristic/AlgoCheck found no algorithm", what, __FILE__, __LINE__);
+  }
 }
 
 static void plan_release(mm_plan *pl) {
@@ -120,7 +177,7 @@ static void plan_release(mm_plan *pl) {
   cublasLtMatrixLayoutDestroy(pl->lc);
 }
 
-static const mm_plan *plan_get(elmo_cuda_tf_gemm *g, const mm_key *k) {
+static const mm_plan *plan_get(elmo_cuda_tf_gemm *g, const mm_key *k, const mm_ptrs *ptrs) {
   for (int i = 0; i < g->n_plans; i++)
     if (memcmp(&g->plans[i].key, k, sizeof *k) == 0) return &g->plans[i];
   mm_plan *pl;
@@ -131,7 +188,7 @@ static const mm_plan *plan_get(elmo_cuda_tf_gemm *g, const mm_key *k) {
     g->next_evict = (g->next_evict + 1) % MM_CACHE;
     plan_release(pl);
   }
-  plan_build(g, k, pl);
+  plan_build(g, k, ptrs, pl);
   return pl;
 }
 
@@ -170,16 +227,9 @@ static void gemm_run(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_mm *p, int fp8, co
   k.al_a = align_of(p->a, p->stride_a * es, p->batch);
   k.al_b = align_of(p->b, p->stride_b * es, p->batch);
   k.al_c = align_of(p->c, p->stride_c * (p->c_f32 ? 4 : 2), p->batch);
-  const mm_plan *pl = plan_get(g, &k);
-  if (p->bias)
-    ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p->bias,
-                                                     sizeof p->bias));
-  if (fp8) {   /* cuBLASLt's A is our b, its B our a */
-    ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &scale_b,
-                                                     sizeof scale_b));
-    ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &scale_a,
-                                                     sizeof scale_a));
-  }
+  const mm_ptrs ptrs = {p->bias, scale_a, scale_b};
+  const mm_plan *pl = plan_get(g, &k, &ptrs);
+  desc_set_ptrs(pl->desc, &k, &ptrs);
   const float alpha = 1.0f, beta = p->beta;
   ELMO_CUBLAS_CHECK(cublasLtMatmul(g->lt, pl->desc, &alpha, p->b, pl->la, p->a, pl->lb, &beta, p->c, pl->lc, p->c,
                                    pl->lc, &pl->algo, g->ws, g->ws_bytes, s));
@@ -314,6 +364,7 @@ static void carve_scratch(carver *cv, elmo_cuda_tf *t, int64_t M, size_t emb_ws)
     t->fp8.wq = (uint8_t *)carve(cv, (size_t)((3 * H > F ? 3 * H : F) * H));
     t->fp8.amax = (unsigned *)carve(cv, ELMO_CUDA_TF_FP8_SEGS * sizeof(unsigned));
     t->fp8.inv = (float *)carve(cv, ELMO_CUDA_TF_FP8_SEGS * sizeof(float));
+    t->fp8.acc = (float *)carve(cv, (size_t)(M * (H > F ? H : F)) * sizeof(float));
   }
   t->lt_ws = carve(cv, LT_WORKSPACE);
 }
@@ -595,11 +646,31 @@ extern "C" int elmo_cuda_tf_fp8_prepare(const elmo_cuda_tf_fp8 *q, const elmo_bf
   return ELMO_OK;
 }
 
+/* y[m, c] = acc[m, c] * (inv_x * inv_w) + bias[c], rounded once to the output type; the multiplies
+ * and the add are separate roundings, in the CPU reference's order (no contraction). */
+static __global__ void fp8_epilogue_kernel(const float *acc, int64_t M, int out, const float *inv_x,
+                                           const float *inv_w, const bf16 *bias, void *y, int y_f32) {
+  const float t = __fmul_rn(*inv_x, *inv_w);
+  const int64_t n = M * out;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    float v = __fmul_rn(acc[i], t);
+    if (bias) v = __fadd_rn(v, __bfloat162float(bias[i % out]));
+    if (y_f32) ((float *)y)[i] = v;
+    else ((bf16 *)y)[i] = __float2bfloat16_rn(v);
+  }
+}
+
+/* The FP8 GEMM runs unscaled with FP32 output (the form cuBLASLt serves for every shape, as the
+ * classifier's prediction logits use), then one pass applies the per-tensor scales and the bias. */
 extern "C" void elmo_cuda_tf_fp8_linear(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_fp8 *q, int j, const elmo_bf16 *bias,
                                         int64_t M, int in, int out, void *y, int y_f32, cudaStream_t s) {
-  elmo_cuda_tf_mm p = {0, 1, M, out, in, q->xq, in, 0, q->wq + (int64_t)j * out * in, in, 0, y, out, 0, y_f32, 0.0f,
-                       1, bias};
-  gemm_run(g, &p, 1, q->inv, q->inv + 1 + j, s);
+  elmo_cuda_tf_mm p = {0, 1, M, out, in, q->xq, in, 0, q->wq + (int64_t)j * out * in, in, 0, q->acc, out, 0, 1, 0.0f,
+                       1, NULL};
+  gemm_run(g, &p, 1, NULL, NULL, s);
+  const int64_t n = M * out, blocks = (n + 255) / 256;
+  fp8_epilogue_kernel<<<(unsigned)(blocks < 65536 ? blocks : 65536), 256, 0, s>>>(
+      q->acc, M, out, q->inv, q->inv + 1 + j, (const bf16 *)bias, y, y_f32);
+  ELMO_LAUNCH_CHECK();
 }
 
 /* The forward's linear layer: BF16 GEMM, or FP8 with per-tensor scaling when cfg.fp8_forward. */

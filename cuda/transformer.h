@@ -114,6 +114,7 @@ typedef struct elmo_cuda_tf_fp8 {
   uint8_t *xq, *wq;
   unsigned *amax;            /* |x| maxima as FP32 bit patterns */
   float *inv;                /* 1 / scale */
+  float *acc;                /* [M, max(H, F)] FP32 products before scaling and bias */
 } elmo_cuda_tf_fp8;
 /* Quantises x [M, in] BF16 (rows with row_mask 0 are left out of its amax; row_mask [M] or NULL) and
  * count (1..3) BF16 weights w[j] [out, in], each with its own per-tensor scale. ELMO_EINPUT unless in

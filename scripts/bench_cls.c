@@ -1,12 +1,17 @@
 /* bench_cls.c: times the CUDA classifier step (cuda/classifier.h) at a given shape: the whole
  * chunked step (logits, gradient, dX, fused SR update) and each op summed over the chunks, with
  * CUDA events, median of the timed steps after warm-up; prints ms, effective TFLOP/s (3 GEMM-shaped
- * products of 2 B L d each) and device memory. Weights are random e4m3/bf16 codes, inputs random.
- * Built by scripts/gpu_run.sh against build-cuda's static libraries (not part of the test suites).
+ * products of 2 B L d each), the share of the roofline and device memory. Roofline: the weights
+ * read once and written once (2 L d bytes per element size) at 2.88 TB/s, or 6 B L d FLOPs at
+ * 764 TFLOP/s (BF16 dense), whichever is longer. Weights are random e4m3/bf16 codes, inputs
+ * random. Built by scripts/gpu_run.sh against the static libraries (not part of the test suites).
  *
- *   bench_cls L B d chunk dtype(fp8|bf16|fp32) input(fp8|bf16) steps */
+ *   bench_cls L B d chunk dtype(fp8|bf16|fp32) input(fp8|bf16) steps [piece [flags]]
+ *   piece: labels per L2-resident piece (0: from the L2 size; >= chunk: none);
+ *   flags: ELMO_CLS_BENCH_* (1: constant SR bits, timing only) */
 #include "cuda/blas.h"
 #include "cuda/classifier.h"
+#include "cuda/classifier_fast.h"
 #include "cuda/pool.h"
 #include "numerics.h"
 
@@ -56,7 +61,7 @@ static elmo_dtype parse_dt(const char *s) {
 
 int main(int argc, char **argv) {
   if (argc < 8) {
-    fprintf(stderr, "usage: %s L B d chunk fp8|bf16|fp32 fp8|bf16 steps\n", argv[0]);
+    fprintf(stderr, "usage: %s L B d chunk fp8|bf16|fp32 fp8|bf16 steps [piece [flags]]\n", argv[0]);
     return 2;
   }
   const int64_t L = atoll(argv[1]), B = atoll(argv[2]), d = atoll(argv[3]);
@@ -104,6 +109,8 @@ int main(int argc, char **argv) {
   c.fp8_input = fp8_in;
   c.chunk = chunk;
   c.B_cap = (B + 15) / 16 * 16;
+  c.piece = argc > 8 ? atoll(argv[8]) : 0;
+  c.bench_flags = argc > 9 ? atoi(argv[9]) : 0;
   elmo_pool plan, pool;
   elmo_pool_plan_init(&plan);
   elmo_cuda_cls_layout(&c, &plan);
@@ -134,33 +141,55 @@ int main(int argc, char **argv) {
   CK(cudaMemGetInfo(&free1, &tot));
   qsort(ms, (size_t)steps, sizeof(float), cmp_f);
   float med = ms[steps / 2];
-  /* per op, summed over the chunks, one instrumented step */
+  /* per op, summed over the pieces, one instrumented step (events around each launch) */
   float t_op[4] = {0, 0, 0, 0};
+  const int64_t piece = elmo_cuda_cls_piece(&c);
+  const int split_dx = dt != ELMO_F32;
+  int first = 1;
   elmo_cuda_cls_cast(&c, X, B, s);
+  CK(cudaMemsetAsync(dX, 0, sizeof(float) * (size_t)(B * d), s));
   c.widened_l0 = -1;
   for (int64_t l0 = 0; l0 < L_pad; l0 += chunk) {
     int64_t n = L_pad - l0 < chunk ? L_pad - l0 : chunk;
-    for (int op = 0; op < 4; op++) {
-      float t;
-      CK(cudaEventRecord(e0, s));
-      if (op == 0) elmo_cuda_cls_logits(&c, B, l0, n, 0, s);
-      if (op == 1) elmo_cuda_cls_grad(&c, B, l0, n, yp, yi, 0, s);
-      if (op == 2) elmo_cuda_cls_dx(&c, B, l0, n, dX, s);
-      if (op == 3) elmo_cuda_cls_update(&c, B, l0, n, &h, s);
-      CK(cudaEventRecord(e1, s));
-      CK(cudaEventSynchronize(e1));
-      CK(cudaEventElapsedTime(&t, e0, e1));
-      t_op[op] += t;
+    for (int64_t p0 = l0; p0 < l0 + n; p0 += piece) {
+      const int64_t m = l0 + n - p0 < piece ? l0 + n - p0 : piece;
+      for (int op = 0; op < 4; op++) {
+        float t;
+        CK(cudaEventRecord(e0, s));
+        if (op == 0) elmo_cuda_cls_logits(&c, B, p0, m, 0, s);
+        if (op == 1) elmo_cuda_cls_grad(&c, B, p0, m, yp, yi, 0, s);
+        if (op == 2 && split_dx) elmo_cuda_cls_dx_part(&c, B, p0, m, !first, s);
+        if (op == 2 && !split_dx) elmo_cuda_cls_dx(&c, B, p0, m, dX, s);
+        if (op == 3) elmo_cuda_cls_update(&c, B, p0, m, &h, s);
+        CK(cudaEventRecord(e1, s));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaEventElapsedTime(&t, e0, e1));
+        t_op[op] += t;
+      }
+      first = 0;
     }
-    c.widened_l0 = -1;
   }
+  if (split_dx) {
+    float t;
+    CK(cudaEventRecord(e0, s));
+    elmo_cuda_cls_dx_reduce(&c, B, dX, s);
+    CK(cudaEventRecord(e1, s));
+    CK(cudaEventSynchronize(e1));
+    CK(cudaEventElapsedTime(&t, e0, e1));
+    t_op[2] += t;
+  }
+  c.widened_l0 = -1;
+  CK(cudaGetLastError());
   double flop = 3.0 * 2.0 * (double)B * (double)L_pad * (double)d;
-  printf("RESULT L=%lld B=%lld d=%lld dtype=%s input=%s chunks=%lld (of %lld labels): step %.3f ms (min %.3f, max %.3f, "
-         "%d steps), %.1f TFLOP/s effective; logits %.3f grad %.3f dX %.3f update %.3f ms (widening inside logits/dX); "
-         "device memory %.2f GiB (weights %.2f GiB)\n",
+  double roof_ms = 1e3 * (2.0 * (double)wb / 2.88e12), flop_ms = 1e3 * flop / 764e12;
+  if (flop_ms > roof_ms) roof_ms = flop_ms;
+  printf("RESULT L=%lld B=%lld d=%lld dtype=%s input=%s chunks=%lld (of %lld labels) pieces of %lld flags=%d: "
+         "step %.3f ms (min %.3f, max %.3f, %d steps), %.1f TFLOP/s effective, %.0f%% of roofline (%.3f ms); "
+         "logits %.3f grad %.3f dX %.3f update %.3f ms; device memory %.2f GiB (weights %.2f GiB)\n",
          (long long)L, (long long)B, (long long)d, argv[5], argv[6], (long long)((L_pad + chunk - 1) / chunk),
-         (long long)chunk, med, ms[0], ms[steps - 1], steps, flop / (med * 1e-3) / 1e12, t_op[0], t_op[1], t_op[2],
-         t_op[3], (double)(free0 - free1) / 1073741824.0, (double)wb / 1073741824.0);
+         (long long)chunk, (long long)piece, c.bench_flags, med, ms[0], ms[steps - 1], steps,
+         flop / (med * 1e-3) / 1e12, 100.0 * roof_ms / med, roof_ms, t_op[0], t_op[1], t_op[2], t_op[3],
+         (double)(free0 - free1) / 1073741824.0, (double)wb / 1073741824.0);
   elmo_blas_destroy(&c.blas);
   elmo_pool_free(&pool);
   cudaFree(W);

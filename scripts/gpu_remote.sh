@@ -8,7 +8,7 @@
 #   E2E=1                     also train configs/bibtex.json end to end with elmo-train on cuda and
 #                             cpu (E2E_SETS: extra --set options) and print both test metric tables
 set -u
-PACK=.dev/gpu
+PACK=${PACK:-.dev/gpu}
 OUT=${OUT:-/tmp/elmo-gpu-out}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH=$PWD/$PACK/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}

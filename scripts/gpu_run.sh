@@ -8,7 +8,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${BUILD:-$ROOT/build-cuda}
-PACK=$ROOT/.dev/gpu
+PACK=${PACK:-$ROOT/.dev/gpu}
 cd "$ROOT"
 [ -d "$BUILD" ] || meson setup "$BUILD" -Dcuda=enabled
 # Meson's nvcc rule gets no depfile (ninja -t deps shows 0 deps for .cu objects), so a changed

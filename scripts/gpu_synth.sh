@@ -5,7 +5,7 @@
 # BERT-base (12 layers, hidden 768, 12 heads, max_len 128, batch 128, FP8 classifier) with the
 # measured peak device memory. Logs to $OUT.
 set -u
-PACK=.dev/gpu
+PACK=${PACK:-.dev/gpu}
 OUT=${OUT:-/tmp/elmo-gpu-out}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH=$PWD/$PACK/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}

@@ -124,6 +124,7 @@ typedef struct cls_case {
   int fp8_input;
   int64_t L, d, B, chunk, n_head;
   uint64_t seed;
+  int64_t piece; /* labels per piece in the step (0: the device's choice) */
 } cls_case;
 
 typedef struct cls_fix {
@@ -203,6 +204,7 @@ static void fix_device(cls_fix *f) {
   c->fp8_input = cc->fp8_input;
   c->chunk = cc->chunk;
   c->B_cap = (cc->B + 15) / 16 * 16;
+  c->piece = cc->piece;
   c->blas = BL;
   elmo_pool p;
   elmo_pool_plan_init(&p);
@@ -445,6 +447,9 @@ static void run_cls_ops(cls_case cc) {
 static void test_cls_ops_fp8(void **state) {
   run_cls_ops((cls_case){.dt = ELMO_FP8, .fp8_input = 1, .L = 300, .d = 64, .B = 37, .chunk = 128, .n_head = 5, .seed = 1});
   run_cls_ops((cls_case){.dt = ELMO_FP8, .fp8_input = 0, .L = 77, .d = 48, .B = 16, .chunk = 32, .n_head = 0, .seed = 2});
+  /* whole and partial 128 x 128 tiles of the tensor-core kernels: two batch tiles (130 rows),
+   * three feature tiles, a partial label tile, several dX slices */
+  run_cls_ops((cls_case){.dt = ELMO_FP8, .fp8_input = 1, .L = 700, .d = 384, .B = 130, .chunk = 512, .n_head = 3, .seed = 11});
 }
 
 static void test_cls_ops_bf16(void **state) {
@@ -508,6 +513,11 @@ static void test_cls_step(void **state) {
   run_cls_step((cls_case){.dt = ELMO_FP8, .fp8_input = 1, .L = 500, .d = 128, .B = 64, .chunk = 160, .n_head = 6, .seed = 7});
   run_cls_step((cls_case){.dt = ELMO_BF16, .fp8_input = 1, .L = 250, .d = 64, .B = 33, .chunk = 256, .n_head = 0, .seed = 8});
   run_cls_step((cls_case){.dt = ELMO_F32, .fp8_input = 0, .L = 120, .d = 32, .B = 20, .chunk = 64, .n_head = 2, .seed = 9});
+  /* chunks in pieces (dX slices accumulated over pieces and chunks, summed once) */
+  run_cls_step((cls_case){.dt = ELMO_FP8, .fp8_input = 0, .L = 2000, .d = 256, .B = 128, .chunk = 1024, .n_head = 4,
+                          .seed = 10, .piece = 384});
+  run_cls_step((cls_case){.dt = ELMO_BF16, .fp8_input = 0, .L = 900, .d = 160, .B = 48, .chunk = 512, .n_head = 2,
+                          .seed = 12, .piece = 256});
 }
 
 /* ---- top-k --------------------------------------------------------------------------------- */

@@ -3,11 +3,14 @@
  * with NaN (all-ones bytes) before each run; NaN never passes. Errors are ||gpu - cpu|| / ||cpu||:
  * FP32 outputs from identical inputs within 1e-5, BF16 outputs within 1e-2 (2e-2 for the attention
  * backward, whose dS is BF16), the whole encoder (BF16 activations vs the FP32 CPU) within 3e-2 on the
- * pooled output and 5e-2 per gradient tensor. Padding: masked rows must be exactly zero and garbage at
+ * pooled output and 5e-2 per gradient tensor. FP8 forward GEMMs: scales and E4M3 bytes equal the CPU's
+ * bit for bit on the same BF16 inputs, and the FP8 encoder meets the encoder tolerances against the
+ * CPU's FP8 forward. Padding: masked rows must be exactly zero and garbage at
  * masked positions must change nothing. Exits 77 (skipped) without a CUDA device.
  *
- * ELMO_BENCH_TF=1 also times BERT-base forward+backward (B 128, T 128) and prints the memory plan;
- * that is a benchmark print, never an assertion. ELMO_BENCH_TF=2 runs one BERT-base forward+backward
+ * ELMO_BENCH_TF=1 also times BERT-base forward+backward (B 128, T 128; BF16 and FP8 forward GEMMs,
+ * each with and without recompute), one linear layer's BF16 GEMM, FP8 GEMM and FP8 quantisation at
+ * BERT-base shapes, and prints the memory plan; those are benchmark prints, never assertions. ELMO_BENCH_TF=2 runs one BERT-base forward+backward
  * alone, for a profiler (ncu). */
 #include <math.h>
 #include <stdio.h>
@@ -397,6 +400,95 @@ static void test_attention_long(void **state) {
   attention_case(2, 150, 152, 3, 8, len, 515);
 }
 
+/* ------------------------------------------------------------------ FP8 linear (forward GEMMs) */
+
+/* A device scratch for elmo_cuda_tf_fp8_* of x [M, in] and one weight [out, in]. */
+static elmo_cuda_tf_fp8 fp8_scratch(int64_t M, int in, int out) {
+  elmo_cuda_tf_fp8 q;
+  q.xq = dev_poisoned((size_t)(M * in));
+  q.wq = dev_poisoned((size_t)out * in);
+  q.amax = dev_poisoned(ELMO_CUDA_TF_FP8_SEGS * sizeof(unsigned));
+  q.inv = dev_poisoned(ELMO_CUDA_TF_FP8_SEGS * sizeof(float));
+  q.acc = dev_poisoned((size_t)(M * out) * sizeof(float));
+  return q;
+}
+
+static void fp8_scratch_free(elmo_cuda_tf_fp8 *q) {
+  cudaFree(q->xq); cudaFree(q->wq); cudaFree(q->amax); cudaFree(q->inv); cudaFree(q->acc);
+}
+
+/* Same BF16 inputs on both sides: the scales and E4M3 bytes must equal the CPU's exactly, the
+ * outputs within BF16 rounding / FP8 fast accumulation; masked rows (garbage 900) must not move the
+ * activation scale. */
+static void test_fp8_linear(void **state) {
+  (void)state;
+  uint64_t rng = 1111;
+  enum { M = 37, IN = 48, OUT = 80 };
+  static const int masked[3] = {5, 6, 20};
+  uint8_t mask[M];
+  memset(mask, 1, sizeof mask);
+  for (int i = 0; i < 3; i++) mask[masked[i]] = 0;
+  float *x = randn((size_t)M * IN, &rng, 1.0f, 0.0f), *w = randn((size_t)OUT * IN, &rng, 0.05f, 0.0f);
+  float *b = randn(OUT, &rng, 0.1f, 0.0f);
+  x[3 * IN + 7] = -29.0f;                              /* the activation amax */
+  for (int r = 0; r < M; r++)
+    if (!mask[r]) for (int j = 0; j < IN; j++) x[r * IN + j] = 900.0f;
+  quantize(x, (size_t)M * IN); quantize(w, (size_t)OUT * IN); quantize(b, OUT);
+  /* CPU on the unmasked rows */
+  int64_t N;
+  float *xs = gather_rows(x, mask, M, IN, &N);
+  float *ws = malloc((size_t)(IN * OUT + N * IN) * 4), *y = malloc((size_t)N * OUT * 4), *y0 = malloc((size_t)N * OUT * 4);
+  elmo_tf_linear_forward_fp8(xs, w, b, N, IN, OUT, y, ws);
+  elmo_tf_linear_forward_fp8(xs, w, NULL, N, IN, OUT, y0, ws);
+  const float sx = elmo_tf_fp8_scale(elmo_tf_amax(xs, N * IN)), sw = elmo_tf_fp8_scale(elmo_tf_amax(w, OUT * IN));
+  /* GPU */
+  elmo_err err;
+  void *lt_ws = dev_poisoned((size_t)32 << 20);
+  elmo_cuda_tf_gemm *g = elmo_cuda_tf_gemm_create(lt_ws, (size_t)32 << 20);
+  elmo_cuda_tf_fp8 q = fp8_scratch(M, IN, OUT);
+  void *d_x = dev_bf16(x, (size_t)M * IN), *d_w = dev_bf16(w, (size_t)OUT * IN), *d_b = dev_bf16(b, OUT);
+  uint8_t *d_mask = dev_upload(mask, M);
+  void *d_y = dev_poisoned((size_t)M * OUT * 2);
+  float *d_y0 = dev_poisoned((size_t)M * OUT * 4);
+  const elmo_bf16 *wl[1] = {d_w};
+  assert_int_equal(elmo_cuda_tf_fp8_prepare(&q, d_x, d_mask, M, IN, wl, 1, OUT, 0, &err), ELMO_OK);
+  elmo_cuda_tf_fp8_linear(g, &q, 0, d_b, M, IN, OUT, d_y, 0, 0);
+  elmo_cuda_tf_fp8_linear(g, &q, 0, NULL, M, IN, OUT, d_y0, 1, 0);
+  float inv[2];
+  uint8_t *xq = malloc((size_t)M * IN), *wq = malloc((size_t)OUT * IN);
+  download(inv, q.inv, sizeof inv);
+  download(xq, q.xq, (size_t)M * IN);
+  download(wq, q.wq, (size_t)OUT * IN);
+  assert_true(inv[0] == 1.0f / sx && inv[1] == 1.0f / sw);
+  for (int64_t r = 0, n = 0; r < M; r++) {
+    if (!mask[r]) continue;
+    for (int j = 0; j < IN; j++)
+      if (xq[r * IN + j] != elmo_f32_to_fp8(xs[n * IN + j] * sx))
+        fail_msg("xq[%lld, %d] = 0x%02x, expected 0x%02x", (long long)r, j, xq[r * IN + j],
+                 elmo_f32_to_fp8(xs[n * IN + j] * sx));
+    n++;
+  }
+  for (int i = 0; i < OUT * IN; i++) assert_int_equal(wq[i], elmo_f32_to_fp8(w[i] * sw));
+  float *gy_all = host_from_bf16(d_y, (size_t)M * OUT), *gy0_all = host_from_f32(d_y0, (size_t)M * OUT);
+  float *gy = gather_rows(gy_all, mask, M, OUT, &N), *gy0 = gather_rows(gy0_all, mask, M, OUT, &N);
+  print_message("fp8 linear: bf16+bias error %.3e, fp32 error %.3e\n", rel_err(gy, y, (size_t)N * OUT),
+                rel_err(gy0, y0, (size_t)N * OUT));
+  expect_close(gy, y, (size_t)N * OUT, 4e-3, "fp8 linear, bf16 output with bias");
+  expect_close(gy0, y0, (size_t)N * OUT, 1e-3, "fp8 linear, fp32 output");
+  /* without the mask the garbage rows set the scale */
+  assert_int_equal(elmo_cuda_tf_fp8_prepare(&q, d_x, NULL, M, IN, wl, 1, OUT, 0, &err), ELMO_OK);
+  download(inv, q.inv, sizeof inv);
+  assert_true(inv[0] == 1.0f / elmo_tf_fp8_scale(900.0f));
+  assert_int_equal(elmo_cuda_tf_fp8_prepare(&q, d_x, NULL, M, 40, wl, 1, OUT, 0, &err), ELMO_EINPUT);
+  tu_assert_contains(err.msg, "multiples of 16");
+
+  elmo_cuda_tf_gemm_destroy(&g);
+  fp8_scratch_free(&q);
+  cudaFree(lt_ws); cudaFree(d_x); cudaFree(d_w); cudaFree(d_b); cudaFree(d_mask); cudaFree(d_y); cudaFree(d_y0);
+  free(x); free(w); free(b); free(xs); free(ws); free(y); free(y0); free(xq); free(wq);
+  free(gy_all); free(gy0_all); free(gy); free(gy0);
+}
+
 /* ------------------------------------------------------------------ embedding */
 
 static void test_embedding(void **state) {
@@ -701,6 +793,42 @@ static void test_encoder_modes_bitwise(void **state) {
   enc_case_free(&c);
 }
 
+/* FP8 forward GEMMs (cfg.fp8_forward): the GPU matches the CPU's FP8 forward within the encoder
+ * tolerances; the gradients stay finite and close to the BF16 path's; FP8 really runs (its output
+ * differs from BF16's); recompute and a repeated run give the same bits. */
+static void test_encoder_fp8(void **state) {
+  (void)state;
+  enc_case c;
+  enc_case_init(&c, ELMO_TF_POOL_MEAN, 1202);
+  enc_result bf, cpu, gpu, again, rec;
+  run_gpu(&c, 0, 0, &bf, NULL);                         /* BF16 GEMMs */
+  c.cfg.fp8_forward = c.p.cfg.fp8_forward = 1;
+  run_cpu(&c, &cpu);
+  run_gpu(&c, 0, 0, &gpu, NULL);
+  run_gpu(&c, 0, 0, &again, NULL);
+  run_gpu(&c, ELMO_CUDA_TF_RECOMPUTE, 0, &rec, NULL);
+  const size_t ph = (size_t)c.B * c.cfg.hidden, np = (size_t)c.p.num_params;
+  const double e_cpu = rel_err(gpu.pooled, cpu.pooled, ph), e_bf = rel_err(gpu.pooled, bf.pooled, ph);
+  const double g_bf = rel_err(gpu.grads, bf.grads, np);
+  print_message("fp8 pooled: vs CPU fp8 %.3e, vs GPU bf16 %.3e; gradients vs GPU bf16 %.3e\n", e_cpu, e_bf, g_bf);
+  expect_close(gpu.pooled, cpu.pooled, ph, 3e-2, "fp8 encoder pooled output vs CPU fp8");
+  expect_grads_close(&c, gpu.grads, cpu.grads);
+  assert_true(e_bf > 1e-4);                             /* the FP8 path ran */
+  expect_close(gpu.pooled, bf.pooled, ph, 3e-2, "fp8 encoder pooled output vs bf16");
+  expect_close(gpu.grads, bf.grads, np, 5e-2, "fp8 encoder gradients vs bf16");
+  for (int j = 0; j < c.cfg.hidden; j++) assert_true(gpu.pooled[3 * c.cfg.hidden + j] == 0.0f);  /* empty row */
+  assert_memory_equal(again.pooled, gpu.pooled, ph * 4);
+  assert_memory_equal(again.grads, gpu.grads, np * 4);
+  assert_memory_equal(rec.pooled, gpu.pooled, ph * 4);
+  assert_memory_equal(rec.grads, gpu.grads, np * 4);
+  elmo_tf_config plain = c.cfg;
+  plain.fp8_forward = 0;
+  assert_true(elmo_cuda_tf_workspace_bytes(&c.cfg, 8, 32, 0) > elmo_cuda_tf_workspace_bytes(&plain, 8, 32, 0));
+  assert_true(elmo_cuda_tf_activation_bytes(&c.cfg, 8, 32, 0) == elmo_cuda_tf_activation_bytes(&plain, 8, 32, 0));
+  enc_result_free(&bf); enc_result_free(&cpu); enc_result_free(&gpu); enc_result_free(&again); enc_result_free(&rec);
+  enc_case_free(&c);
+}
+
 static void test_encoder_errors(void **state) {
   (void)state;
   enc_case c;
@@ -786,8 +914,10 @@ static void bench_bert_base(int profile) {
   float *d_dp = dev_upload(dp, (size_t)B * cfg.hidden * 4), *d_pooled = dev_poisoned((size_t)B * cfg.hidden * 4);
   float *d_grads = dev_poisoned(np * 4);
   CK(cudaMemset(d_grads, 0, np * 4));
-  for (int mode = 0; mode < (profile ? 1 : 2); mode++) {
-    const int flags = mode ? ELMO_CUDA_TF_RECOMPUTE : 0;
+  static const char *const mode_name[4] = {"default", "recompute", "fp8", "fp8 recompute"};
+  for (int mode = 0; mode < (profile ? 1 : 4); mode++) {
+    const int flags = mode & 1 ? ELMO_CUDA_TF_RECOMPUTE : 0;
+    cfg.fp8_forward = mode >= 2;
     elmo_cuda_tf *t = NULL;
     assert_int_equal(elmo_cuda_tf_create(&cfg, B, T, flags, NULL, &t, &err), ELMO_OK);
     if (profile) {
@@ -805,7 +935,7 @@ static void bench_bert_base(int profile) {
     CK(cudaMemGetInfo(&free_b, &total_b));
     printf("bench BERT-base B %d T %d %s: forward %.2f ms, forward+backward %.2f ms (%.1f TFLOP/s model), "
            "activations kept %.1f MiB, workspace %.1f MiB, device used %.1f MiB%s\n", B, T,
-           mode ? "recompute" : "default", f, fb, 6.0 * 85.0e6 * B * T / (fb * 1e-3) / 1e12,
+           mode_name[mode], f, fb, 6.0 * 85.0e6 * B * T / (fb * 1e-3) / 1e12,
            elmo_cuda_tf_activation_bytes(&cfg, B, T, flags) / 1048576.0,
            elmo_cuda_tf_workspace_bytes(&cfg, B, T, flags) / 1048576.0, (total_b - free_b) / 1048576.0,
            isfinite(e) ? "" : " NON-FINITE GRADIENTS");
@@ -817,11 +947,67 @@ static void bench_bert_base(int profile) {
   elmo_tf_free(&p);
 }
 
+/* Median ms of `reps` runs of one linear layer's forward at BERT-base shapes: the BF16 GEMM, the FP8
+ * GEMM alone, and the FP8 quantisation (amax + cast of input and weight) alone. */
+static void bench_linear_shape(int64_t M, int in, int out) {
+  uint64_t rng = 77;
+  const size_t nx = (size_t)M * in, nw = (size_t)out * in;
+  elmo_bf16 *hx = malloc(nx * 2), *hw = malloc(nw * 2);
+  for (size_t i = 0; i < nx; i++) hx[i] = elmo_f32_to_bf16(tu_rand_normal(&rng));
+  for (size_t i = 0; i < nw; i++) hw[i] = elmo_f32_to_bf16(0.02f * tu_rand_normal(&rng));
+  void *d_x = dev_upload(hx, nx * 2), *d_w = dev_upload(hw, nw * 2), *d_y = dev_poisoned((size_t)M * out * 4);
+  void *lt_ws = dev_poisoned((size_t)32 << 20);
+  elmo_cuda_tf_gemm *g = elmo_cuda_tf_gemm_create(lt_ws, (size_t)32 << 20);
+  elmo_cuda_tf_fp8 q = fp8_scratch(M, in, out);
+  const elmo_bf16 *wl[1] = {d_w};
+  elmo_err err;
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  float med[3];
+  for (int what = 0; what < 3; what++) {
+    float ms[20];
+    for (int r = 0; r < 23; r++) {
+      CK(cudaEventRecord(e0, 0));
+      for (int k = 0; k < 10; k++) {
+        if (what == 0) {
+          elmo_cuda_tf_mm p = {0, 1, M, out, in, d_x, in, 0, d_w, in, 0, d_y, out, 0, 1, 0.0f, 1, NULL};
+          elmo_cuda_tf_gemm_run(g, &p, 0);
+        } else if (what == 1) {
+          elmo_cuda_tf_fp8_linear(g, &q, 0, NULL, M, in, out, d_y, 1, 0);
+        } else {
+          assert_int_equal(elmo_cuda_tf_fp8_prepare(&q, d_x, NULL, M, in, wl, 1, out, 0, &err), ELMO_OK);
+        }
+      }
+      CK(cudaEventRecord(e1, 0));
+      CK(cudaEventSynchronize(e1));
+      if (r >= 3) CK(cudaEventElapsedTime(&ms[r - 3], e0, e1));
+    }
+    qsort(ms, 20, sizeof ms[0], cmp_float);
+    med[what] = ms[10] / 10.0f;
+  }
+  const double flop = 2.0 * (double)M * in * out;
+  printf("bench linear forward M %lld, %d -> %d: bf16 GEMM %.1f us (%.0f TFLOP/s), fp8 GEMM %.1f us (%.0f TFLOP/s), "
+         "fp8 quantisation %.1f us, fp8 total %.1f us\n", (long long)M, in, out, med[0] * 1e3, flop / (med[0] * 1e-3) / 1e12,
+         med[1] * 1e3, flop / (med[1] * 1e-3) / 1e12, med[2] * 1e3, (med[1] + med[2]) * 1e3);
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  elmo_cuda_tf_gemm_destroy(&g);
+  fp8_scratch_free(&q);
+  cudaFree(d_x); cudaFree(d_w); cudaFree(d_y); cudaFree(lt_ws);
+  free(hx); free(hw);
+}
+
 static void test_bench(void **state) {
   (void)state;
   const char *b = getenv("ELMO_BENCH_TF");
   if (!b || (strcmp(b, "1") != 0 && strcmp(b, "2") != 0)) skip();
   bench_bert_base(strcmp(b, "2") == 0);
+  if (strcmp(b, "1") == 0) {
+    bench_linear_shape(128 * 128, 768, 768);
+    bench_linear_shape(128 * 128, 768, 3072);
+    bench_linear_shape(128 * 128, 3072, 768);
+  }
 }
 
 int main(void) {
@@ -846,6 +1032,8 @@ int main(void) {
     cmocka_unit_test(test_encoder_cls),
     cmocka_unit_test(test_encoder_modes_bitwise),
     cmocka_unit_test(test_encoder_errors),
+    cmocka_unit_test(test_fp8_linear),
+    cmocka_unit_test(test_encoder_fp8),
     cmocka_unit_test(test_bench),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

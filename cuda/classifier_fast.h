@@ -1,0 +1,41 @@
+/* classifier_fast.h: the tensor-core kernels of the classifier step (cuda/classifier.h), internal
+ * to the CUDA backend. BF16 mma.sync (m16n8k16, FP32 accumulation) on tiles staged in shared
+ * memory by cp.async; no widened copy of W and no weight gradient in global memory.
+ *
+ *   update: W[l0:l0+n] <- SR(W - lr (G^T Xq + wd W)), head rows Kahan RN. One block per tile of
+ *           128 labels x 128 features; G^T Xq (K = the batch) accumulates in registers and the
+ *           SGD + SR epilogue runs on those registers: SR bits elmo_rand_u32(seed, step,
+ *           ELMO_RNG_CLS_SR, label * d + k), one Philox block per 4 elements, shared between
+ *           neighbouring lanes. The new codes go back through shared memory for 16-byte stores.
+ *   dX:     split over labels (K): block (batch tile, feature tile, slice s) sums G W over its
+ *           labels into dx_part[s] (overwrites or adds, a fixed assignment, no atomics); e4m3
+ *           tiles are widened to BF16 in shared memory. elmo_cuda_cls_dx_reduce then adds the
+ *           slices in order into dX, so the result does not depend on scheduling.
+ * Weights e4m3 or bf16 (fp32 reference weights take the cuBLASLt path in classifier.cu); the
+ * update also takes fp32 weights (G in FP32 holding bf16 values). */
+#ifndef ELMO_CUDA_CLASSIFIER_FAST_H
+#define ELMO_CUDA_CLASSIFIER_FAST_H
+
+#include "classifier.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Slices of the dX kernel for this batch capacity and width: about two blocks per SM of an
+ * H100 over all (batch, feature) tiles. c->dx_part holds [slices, B_cap, d] FP32. */
+int64_t elmo_cuda_cls_dx_slices(int64_t B_cap, int64_t d);
+/* dx_part[s] (+ when accumulate) = G[:, slice s] W[l0 + slice s] for the n labels from l0. */
+void elmo_cuda_cls_dx_part(const elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, int accumulate,
+                           cudaStream_t s);
+/* dX[B, d] += sum over s in order of dx_part[s]. */
+void elmo_cuda_cls_dx_reduce(const elmo_cuda_cls *c, int64_t B, float *dX, cudaStream_t s);
+/* W[l0:l0+n] <- SR(W - lr (G^T Xq + wd W)) with G in c->z [round16(B), n]. */
+void elmo_cuda_cls_update_mma(const elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, const elmo_cls_hyper *h,
+                              cudaStream_t s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
