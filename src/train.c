@@ -195,7 +195,15 @@ static int evaluate_epoch(run *r, int64_t epoch, int last, elmo_err *err, int *r
       stop = 1;
     }
   }
-  if (!*rc && last) {
+  if (!*rc && stop && !last) { /* early stop: the final predictions need all eval.topk ranks */
+    elmo_eval_result_free(&te);
+    *rc = elmo_evaluate(r->be, r->m, cfg, &r->ds.test, &r->ds.filter, r->inv_prop, (int)cfg->topk, &te, err);
+    if (*rc) {
+      elmo_eval_result_free(&ve);
+      return 1;
+    }
+  }
+  if (!*rc && (last || stop)) {
     char *p = elmo_path_join(cfg->out_dir, "predictions.txt");
     *rc = elmo_write_topk(p, r->ds.test.n, r->ds.num_labels, te.k, te.topk, te.scores, err);
     free(p);

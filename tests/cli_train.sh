@@ -60,6 +60,7 @@ cmp -s "$T/full/last/model.safetensors" "$T/part/last/model.safetensors" && ok "
 grep -q '"val":{"P@1"' "$T/v/metrics.jsonl" && ok "validation metrics logged" || bad "no val metrics"
 grep -q "train 4392 rows, val 488" "$T/v.err" && ok "validation split carved" || bad "split sizes: $(grep data: "$T/v.err")"
 [ "$(wc -l <"$T/v/metrics.jsonl")" -lt 30 ] && grep -q "early stopping" "$T/v.err" && ok "early stopping" || bad "no early stop"
+[ "$(head -1 "$T/v/predictions.txt" 2>/dev/null)" = "2515 159" ] && ok "predictions written after an early stop" || bad "no predictions after early stop"
 
 # --- 4. Python sees an F8_E4M3 classifier (when safetensors is importable) ------------------
 if python3 -c "import safetensors, numpy" 2>/dev/null; then
