@@ -9,12 +9,14 @@
  *                               dx_part slices (e4m3 tiles widened in shared memory), the slices
  *                               summed in order into dX once per step (classifier_fast.h);
  *                               fp32 W: cuBLASLt FP32
- *   W_c <- SR(W_c - lr (G^T Xq + wd W_c))  one kernel (classifier_fast.h): each block forms a
- *                               128x128 tile of G^T Xq with BF16 tensor cores (FP32 accumulation;
- *                               G and Xq are exact in BF16) and rounds the weights in registers:
- *                               the weight gradient never reaches global memory. SR bits
- *                               elmo_rand_u32(seed, step, ELMO_RNG_CLS_SR, label * d + k) as on
- *                               the CPU; head labels get the CPU's Kahan round-to-nearest rows.
+ *   W_c <- SR(W_c - lr (G^T Xq + wd W_c))  one kernel (classifier_fast.h): each block forms
+ *                               tiles of G^T Xq with BF16 tensor cores (FP32 accumulation; G and
+ *                               Xq are exact in BF16; 64x128 tiles with Xq resident for batches
+ *                               up to 128 rows, 128x128 above) and rounds the weights in
+ *                               registers: the weight gradient never reaches global memory. SR
+ *                               bits elmo_rand_u32(seed, step, ELMO_RNG_CLS_SR, label * d + k) and
+ *                               rounding bit for bit as on the CPU; head labels get the CPU's
+ *                               Kahan round-to-nearest rows.
  * Shapes: d a multiple of 16; chunk a multiple of 16; row capacity B_cap a multiple of 16. Rows
  * B..round16(B) of the input casts are zero, so the FP8 GEMM always sees multiples of 16.
  * All pointers are device memory; everything runs on the stream passed in. */

@@ -151,6 +151,15 @@ static __host__ __device__ __forceinline__ uint32_t sr_fp8_flat(float x, uint32_
   return a > 0x7F800000u ? (uint32_t)ELMO_FP8_NAN : code;
 }
 
+extern "C" uint8_t elmo_cuda_cls_sr_fp8_flat(float x, uint32_t r) { return (uint8_t)sr_fp8_flat(x, r); }
+
+extern "C" void elmo_cuda_cls_rand_block_rk(uint64_t seed, uint64_t step, uint32_t tensor, uint64_t block,
+                                            uint32_t out[4]) {
+  uint32_t rk[20];
+  philox_round_keys(seed, step, rk);
+  philox_rk((uint32_t)block, (uint32_t)(block >> 32), (uint32_t)step, tensor, rk, out);
+}
+
 /* ---- weight codecs: codes <-> FP32 for the update epilogue ---------------------------------- */
 
 template <int DT> struct wcodec;
@@ -199,8 +208,9 @@ template <> struct wcodec<ELMO_F32> {
 
 /* ==== fused update ============================================================================ */
 
-/* Persistent blocks (two per SM) walk the 128 x 128 tiles; while a block rounds one tile, the
- * weights and first batch stages of its next tile are already on their way (two weight buffers). */
+/* Batches above 128 rows. Persistent blocks (two per SM) walk the 128 x 128 tiles; while a block
+ * rounds one tile, the weights and first batch stages of its next tile are already on their way
+ * (two weight buffers). */
 #define U_TL 128                 /* labels per tile */
 #define U_TD 128                 /* features per tile */
 #define U_BK 32                  /* batch rows per stage */
@@ -331,32 +341,46 @@ static __device__ __forceinline__ void u_bits(const update_args &a, uint64_t blo
   }
 }
 
-/* Weights (row r, features cc, cc+1) of the tile in shared memory get their update from the
- * gradient sums g0, g1 (the CPU's non-contracted operations, in its order) and bits r01; slot:
- * the row's head slot (-1: SR). */
+/* The CPU's update of one weight before rounding (non-contracted operations, in its order). */
+static __device__ __forceinline__ float u_delta(const update_args &a, float g, float p) {
+  return __fmul_rn(-a.lr, __fadd_rn(g, __fmul_rn(a.wd, p)));
+}
+
+/* Weights (row r, features cc, cc+1) of the tile in shared memory: SR of p + delta with bits r01.
+ * Head rows (slot >= 0) are left for u_kahan; no branch, so the scheduler can overlap the Philox
+ * chains and roundings of neighbouring calls. */
 template <int DT>
-static __device__ __forceinline__ void u_apply(const update_args &a, int64_t k0, int r, int cc, int32_t slot,
-                                               float g0, float g1, const uint32_t r01[2], uint8_t *sw) {
+static __device__ __forceinline__ void u_sr(const update_args &a, int r, int cc, int32_t slot, float g0, float g1,
+                                            const uint32_t r01[2], uint8_t *sw) {
   using C = wcodec<DT>;
   uint8_t *pw = sw + r * U_LDW(C::es) + cc * C::es;
-  float p[2], delta[2];
+  float p[2];
   C::get2(pw, p);
-  delta[0] = __fmul_rn(-a.lr, __fadd_rn(g0, __fmul_rn(a.wd, p[0])));
-  delta[1] = __fmul_rn(-a.lr, __fadd_rn(g1, __fmul_rn(a.wd, p[1])));
-  if (slot >= 0) { /* head row: round to nearest with the bf16 Kahan compensation */
-    const int64_t k = k0 + cc;
-    if (k >= a.d) return;
-    uint32_t *pc = (uint32_t *)(a.kahan + (int64_t)slot * a.d + k);
-    const uint32_t cw = *pc;
-    const float u0 = __fadd_rn(delta[0], elmo_bits_f32(cw << 16)), u1 = __fadd_rn(delta[1], elmo_bits_f32(cw & 0xFFFF0000u));
-    const uint32_t c0 = C::rn(__fadd_rn(p[0], u0)), c1 = C::rn(__fadd_rn(p[1], u1));
-    const float q0 = C::dec(c0), q1 = C::dec(c1);
-    *pc = (uint32_t)elmo_f32_to_bf16(__fsub_rn(u0, __fsub_rn(q0, p[0]))) |
-          ((uint32_t)elmo_f32_to_bf16(__fsub_rn(u1, __fsub_rn(q1, p[1]))) << 16);
-    C::put2(pw, c0, c1);
-    return;
-  }
-  C::put2(pw, C::sr(__fadd_rn(p[0], delta[0]), r01[0]), C::sr(__fadd_rn(p[1], delta[1]), r01[1]));
+  const uint32_t c0 = C::sr(__fadd_rn(p[0], u_delta(a, g0, p[0])), r01[0]);
+  const uint32_t c1 = C::sr(__fadd_rn(p[1], u_delta(a, g1, p[1])), r01[1]);
+  if (slot < 0) C::put2(pw, c0, c1);
+}
+
+/* Head row: round to nearest with the bf16 Kahan compensation, p' = RN(p + u), c' = bf16(u - (p' - p)),
+ * u = delta + c (the CPU's update_kahan_row). */
+template <int DT>
+static __device__ __forceinline__ void u_kahan(const update_args &a, int64_t k0, int r, int cc, int32_t slot, float g0,
+                                            float g1, uint8_t *sw) {
+  using C = wcodec<DT>;
+  const int64_t k = k0 + cc;
+  if (slot < 0 || k >= a.d) return;
+  uint8_t *pw = sw + r * U_LDW(C::es) + cc * C::es;
+  float p[2];
+  C::get2(pw, p);
+  uint32_t *pc = (uint32_t *)(a.kahan + (int64_t)slot * a.d + k);
+  const uint32_t cw = *pc;
+  const float u0 = __fadd_rn(u_delta(a, g0, p[0]), elmo_bits_f32(cw << 16));
+  const float u1 = __fadd_rn(u_delta(a, g1, p[1]), elmo_bits_f32(cw & 0xFFFF0000u));
+  const uint32_t c0 = C::rn(__fadd_rn(p[0], u0)), c1 = C::rn(__fadd_rn(p[1], u1));
+  const float q0 = C::dec(c0), q1 = C::dec(c1);
+  *pc = (uint32_t)elmo_f32_to_bf16(__fsub_rn(u0, __fsub_rn(q0, p[0]))) |
+        ((uint32_t)elmo_f32_to_bf16(__fsub_rn(u1, __fsub_rn(q1, p[1]))) << 16);
+  C::put2(pw, c0, c1);
 }
 
 /* The SGD + SR epilogue on the accumulators. Lane (g, t) holds rows r0 = g, r1 = g + 8 of each
@@ -386,9 +410,15 @@ static __device__ __forceinline__ void u_epilogue(const update_args &a, int64_t 
         const uint32_t ra[2] = {odd ? q0 : w[0], odd ? q1 : w[1]}; /* row r0, features 2t, 2t+1 */
         const uint32_t rb[2] = {odd ? w[2] : q0, odd ? w[3] : q1}; /* row r1 */
         const int cc = n0 + 8 * j + 2 * t;
-        u_apply<DT>(a, k0, r0, cc, slot0, acc[h][j][0], acc[h][j][1], ra, sw);
-        u_apply<DT>(a, k0, r1, cc, slot1, acc[h][j][2], acc[h][j][3], rb, sw);
+        u_sr<DT>(a, r0, cc, slot0, acc[h][j][0], acc[h][j][1], ra, sw);
+        u_sr<DT>(a, r1, cc, slot1, acc[h][j][2], acc[h][j][3], rb, sw);
       }
+      if (__any_sync(0xFFFFFFFFu, slot0 >= 0 || slot1 >= 0)) /* rare: head rows */
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+          u_kahan<DT>(a, k0, r0, n0 + 8 * j + 2 * t, slot0, acc[h][j][0], acc[h][j][1], sw);
+          u_kahan<DT>(a, k0, r1, n0 + 8 * j + 2 * t, slot1, acc[h][j][2], acc[h][j][3], sw);
+        }
     }
 #pragma unroll
     for (int j = 0; j < 4; j++)
@@ -546,9 +576,15 @@ static __device__ __forceinline__ void r_epilogue(const update_args &a, int64_t 
       const uint32_t ra[2] = {odd ? q0 : w[0], odd ? q1 : w[1]};
       const uint32_t rb[2] = {odd ? w[2] : q0, odd ? w[3] : q1};
       const int cc = n0 + 8 * j + 2 * t;
-      u_apply<DT>(a, k0, r0, cc, slot0, acc[i][j][0], acc[i][j][1], ra, sw);
-      u_apply<DT>(a, k0, r1, cc, slot1, acc[i][j][2], acc[i][j][3], rb, sw);
+      u_sr<DT>(a, r0, cc, slot0, acc[i][j][0], acc[i][j][1], ra, sw);
+      u_sr<DT>(a, r1, cc, slot1, acc[i][j][2], acc[i][j][3], rb, sw);
     }
+    if (__any_sync(0xFFFFFFFFu, slot0 >= 0 || slot1 >= 0)) /* rare: head rows */
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        u_kahan<DT>(a, k0, r0, n0 + 8 * j + 2 * t, slot0, acc[i][j][0], acc[i][j][1], sw);
+        u_kahan<DT>(a, k0, r1, n0 + 8 * j + 2 * t, slot1, acc[i][j][2], acc[i][j][3], sw);
+      }
   }
 }
 
@@ -604,35 +640,28 @@ static int sm_count(void) {
   return sms;
 }
 
+/* Batches up to R_BMAX rows take update_res_kernel (three blocks per SM for e4m3), larger ones
+ * update_mma_kernel (K streamed in stages). */
 template <typename GT, int DT, bool CONST_BITS>
 static void launch_update(const update_args &a, cudaStream_t s) {
+  const size_t smem_res = r_smem_bytes(wcodec<DT>::es), smem_mma = update_smem_bytes(DT, wcodec<DT>::es);
   static bool attr_set = false; /* one instantiation per (GT, DT, CONST_BITS) */
-  if (a.B <= R_BMAX) {
-    const size_t smem = r_smem_bytes(wcodec<DT>::es);
-    if (!attr_set) {
-      ELMO_CUDA_CHECK(cudaFuncSetAttribute(update_res_kernel<GT, DT, CONST_BITS>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-      ELMO_CUDA_CHECK(cudaFuncSetAttribute(update_mma_kernel<GT, DT, CONST_BITS>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)update_smem_bytes(DT, wcodec<DT>::es)));
-      attr_set = true;
-    }
-    const int64_t ltiles = (a.n + R_TL - 1) / R_TL, per_tile = r_blocks_per_sm(DT) * sm_count() / a.d_tiles;
-    const int64_t q = per_tile < 1 ? 1 : per_tile < ltiles ? per_tile : ltiles;
-    update_res_kernel<GT, DT, CONST_BITS><<<(unsigned)(q * a.d_tiles), U_THREADS, smem, s>>>(a);
-    ELMO_LAUNCH_CHECK();
-    return;
-  }
-  const size_t smem = update_smem_bytes(DT, wcodec<DT>::es);
   if (!attr_set) {
     ELMO_CUDA_CHECK(cudaFuncSetAttribute(update_res_kernel<GT, DT, CONST_BITS>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)r_smem_bytes(wcodec<DT>::es)));
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_res));
     ELMO_CUDA_CHECK(cudaFuncSetAttribute(update_mma_kernel<GT, DT, CONST_BITS>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_mma));
     attr_set = true;
   }
-  const int64_t per_sm = DT == ELMO_F32 ? 1 : 2, blocks = a.tiles < per_sm * sm_count() ? a.tiles : per_sm * sm_count();
-  update_mma_kernel<GT, DT, CONST_BITS><<<(unsigned)blocks, U_THREADS, smem, s>>>(a);
+  if (a.B <= R_BMAX) {
+    const int64_t ltiles = (a.n + R_TL - 1) / R_TL, per_tile = r_blocks_per_sm(DT) * sm_count() / a.d_tiles;
+    const int64_t q = per_tile < 1 ? 1 : per_tile < ltiles ? per_tile : ltiles;
+    update_res_kernel<GT, DT, CONST_BITS><<<(unsigned)(q * a.d_tiles), U_THREADS, smem_res, s>>>(a);
+  } else {
+    const int64_t per_sm = DT == ELMO_F32 ? 1 : 2;
+    const int64_t blocks = a.tiles < per_sm * sm_count() ? a.tiles : per_sm * sm_count();
+    update_mma_kernel<GT, DT, CONST_BITS><<<(unsigned)blocks, U_THREADS, smem_mma, s>>>(a);
+  }
   ELMO_LAUNCH_CHECK();
 }
 

@@ -2,11 +2,15 @@
  * to the CUDA backend. BF16 mma.sync (m16n8k16, FP32 accumulation) on tiles staged in shared
  * memory by cp.async; no widened copy of W and no weight gradient in global memory.
  *
- *   update: W[l0:l0+n] <- SR(W - lr (G^T Xq + wd W)), head rows Kahan RN. One block per tile of
- *           128 labels x 128 features; G^T Xq (K = the batch) accumulates in registers and the
- *           SGD + SR epilogue runs on those registers: SR bits elmo_rand_u32(seed, step,
- *           ELMO_RNG_CLS_SR, label * d + k), one Philox block per 4 elements, shared between
- *           neighbouring lanes. The new codes go back through shared memory for 16-byte stores.
+ *   update: W[l0:l0+n] <- SR(W - lr (G^T Xq + wd W)), head rows Kahan RN. G^T Xq (K = the batch)
+ *           accumulates in registers per tile and the SGD + SR epilogue runs on those registers;
+ *           the new codes go back through shared memory for 16-byte stores. Batches up to 128
+ *           rows: 64-label x 128-feature tiles, Xq's feature slice resident in shared memory, three
+ *           blocks per SM (e4m3); larger batches: 128 x 128 tiles with K streamed in stages. Both
+ *           persistent, the next tile loading while this one is rounded. SR bits are
+ *           elmo_rand_u32(seed, step, ELMO_RNG_CLS_SR, label * d + k) (Philox with its round keys
+ *           precomputed, one block per 4 elements shared by neighbouring lanes) and the rounding is
+ *           elmo_sr_fp8 / elmo_sr_bf16 bit for bit (a branch-free e4m3 form, checked in tests).
  *   dX:     split over labels (K): block (batch tile, feature tile, slice s) sums G W over its
  *           labels into dx_part[s] (overwrites or adds, a fixed assignment, no atomics); e4m3
  *           tiles are widened to BF16 in shared memory. elmo_cuda_cls_dx_reduce then adds the
@@ -33,6 +37,10 @@ void elmo_cuda_cls_dx_reduce(const elmo_cuda_cls *c, int64_t B, float *dX, cudaS
 /* W[l0:l0+n] <- SR(W - lr (G^T Xq + wd W)) with G in c->z [round16(B), n]. */
 void elmo_cuda_cls_update_mma(const elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, const elmo_cls_hyper *h,
                               cudaStream_t s);
+/* Host twins of the device SR helpers, for tests: elmo_sr_fp8 in its branch-free form, and
+ * elmo_rand_block through precomputed round keys. Both must equal numerics.h bit for bit. */
+uint8_t elmo_cuda_cls_sr_fp8_flat(float x, uint32_t r);
+void elmo_cuda_cls_rand_block_rk(uint64_t seed, uint64_t step, uint32_t tensor, uint64_t block, uint32_t out[4]);
 
 #ifdef __cplusplus
 }
