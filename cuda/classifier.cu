@@ -25,12 +25,16 @@ static size_t dx_part_bytes(elmo_dtype t, int64_t B_cap, int64_t d) {
   return t == ELMO_F32 ? 0 : sizeof(float) * (size_t)(elmo_cuda_cls_dx_slices(B_cap, d) * B_cap * d);
 }
 
-extern "C" size_t elmo_cuda_cls_chunk_bytes(elmo_dtype dtype, int64_t d, int64_t B_cap, int64_t chunk) {
-  size_t n = elmo_pool_round(z_bytes_for(dtype, B_cap, chunk));
-  if (dtype == ELMO_FP8) n += elmo_pool_round((size_t)(chunk * d) * 2);
-  if (dtype != ELMO_F32) n += elmo_pool_round(dx_part_bytes(dtype, B_cap, d));
-  n += elmo_pool_round(sizeof(double) * (size_t)(B_cap * grad_tiles(chunk))) + elmo_pool_round(sizeof(double));
-  return n;
+/* FP8 tensor cores (sm_89 and newer). Without a device (planning on a build machine) the plan
+ * assumes them, as on the H100 it is made for. */
+static int device_has_fp8(void) {
+  int dev;
+  cudaDeviceProp prop;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return 1;
+  }
+  return prop.major * 10 + prop.minor >= 89;
 }
 
 extern "C" void elmo_cuda_cls_layout(elmo_cuda_cls *c, elmo_pool *p) {
@@ -40,7 +44,9 @@ extern "C" void elmo_cuda_cls_layout(elmo_cuda_cls *c, elmo_pool *p) {
   c->Xq32 = c->dtype == ELMO_F32 ? (float *)elmo_pool_take(p, bd * 4, ELMO_MEM_ACTIVATIONS) : NULL;
   c->z_bytes = z_bytes_for(c->dtype, c->B_cap, c->chunk);
   c->z = elmo_pool_take(p, c->z_bytes, ELMO_MEM_CHUNK);
-  c->Wc16 = c->dtype == ELMO_FP8 ? (uint16_t *)elmo_pool_take(p, (size_t)(c->chunk * c->d) * 2, ELMO_MEM_CHUNK) : NULL;
+  /* The BF16 copy of a W chunk only serves the bf16-input logits and the no-FP8-GEMM fallback. */
+  int widen = c->dtype == ELMO_FP8 && (!c->fp8_input || !device_has_fp8());
+  c->Wc16 = widen ? (uint16_t *)elmo_pool_take(p, (size_t)(c->chunk * c->d) * 2, ELMO_MEM_CHUNK) : NULL;
   c->loss_part = (double *)elmo_pool_take(p, sizeof(double) * (size_t)(c->B_cap * grad_tiles(c->chunk)), ELMO_MEM_CHUNK);
   c->loss = (double *)elmo_pool_take(p, sizeof(double), ELMO_MEM_CHUNK);
   c->dx_slices = elmo_cuda_cls_dx_slices(c->B_cap, c->d);
@@ -111,6 +117,9 @@ extern "C" void elmo_cuda_cls_init_paths(elmo_cuda_cls *c, FILE *log) {
   elmo_gemm g8 = logits_gemm(c, c->B_cap, 0, c->chunk, 1, 0), g8f = logits_gemm(c, c->B_cap, 0, c->chunk, 1, 1);
   c->fp8_logits = want_fp8 && elmo_blas_supported(c->blas, &g8);
   c->fp8_logits_f32 = want_fp8 && elmo_blas_supported(c->blas, &g8f);
+  if (want_fp8 && (!c->fp8_logits || !c->fp8_logits_f32) && !c->Wc16)
+    elmo_cuda_die("cuBLASLt offers no FP8 logits GEMM for this shape on this FP8-capable device; "
+                  "set model.classifier.input_dtype=bf16", "elmo_cuda_cls_init_paths", __FILE__, __LINE__);
   elmo_gemm gt = logits_gemm(c, c->B_cap, 0, c->chunk, c->fp8_logits, 0);
   elmo_gemm gp = logits_gemm(c, c->B_cap, 0, c->chunk, c->fp8_logits_f32, 1);
   const char *tc = c->dtype == ELMO_F32 ? "FP32 reference GEMM (no tensor cores)"
@@ -362,6 +371,6 @@ extern "C" void elmo_cuda_cls_step(elmo_cuda_cls *c, const float *X, int64_t B, 
 extern "C" int64_t elmo_cuda_cls_predict_span(const elmo_cuda_cls *c, int64_t B) {
   int64_t span = (int64_t)(c->z_bytes / ((size_t)round16(B) * 4)) / 16 * 16;
   if (span > c->L_pad) span = c->L_pad;
-  if (c->dtype == ELMO_FP8 && span > c->chunk) span = c->chunk; /* Wc16 holds one chunk */
+  if (span > c->chunk) span = c->chunk; /* logits take at most one chunk (and Wc16 holds one) */
   return span;
 }

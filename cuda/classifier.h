@@ -74,8 +74,6 @@ typedef struct elmo_cuda_cls {
   int64_t widened_l0, widened_n; /* labels currently in Wc16 (l0 = -1: none) */
 } elmo_cuda_cls;
 
-/* Device bytes of the chunk buffers for `chunk` labels (what grows with the chunk size). */
-size_t elmo_cuda_cls_chunk_bytes(elmo_dtype dtype, int64_t d, int64_t B_cap, int64_t chunk);
 /* Takes the scratch buffers from the pool (planning pools give NULL pointers). */
 void elmo_cuda_cls_layout(elmo_cuda_cls *c, elmo_pool *p);
 /* Picks the GEMM paths cuBLASLt can run for these shapes (and the piece size: whole chunks when

@@ -38,8 +38,9 @@ roof() { awk -v b="$1" -v f="$2" -v bw="$PEAK_TBS" -v fl="$PEAK_TFLOPS" 'BEGIN {
 
 row() { # name mode ms gib roof elmo_ms elmo_gib
   rows+=("$(awk -v n="$1" -v mo="$2" -v ms="$3" -v g="$4" -v r="$5" -v em="$6" -v eg="$7" 'BEGIN {
-    printf "%-44s %-5s %9.2f %7.2f %9.2f %7.0f%% %9.1f %7.2fx %7.2f %6.2fx", n, mo, ms, g, r, (ms > 0 ? 100 * r / ms : 0),
-      em, (em > 0 ? ms / em : 0), eg, (eg > 0 ? g / eg : 0) }')")
+    printf "%-44s %-5s %9.2f %7.2f %9.2f %7.0f%%", n, mo, ms, g, r, (ms > 0 ? 100 * r / ms : 0)
+    if (em > 0) printf " %9.1f %7.2fx %7.2f %6.2fx", em, ms / em, eg, (eg > 0 ? g / eg : 0)
+    else printf " %9s %8s %7s %7s", "-", "-", "-", "-" }')")
 }
 
 cls_row() { # L B chunks dtype elmo_ms elmo_gib
@@ -68,7 +69,7 @@ full_row() { # name layers T B L elmo_ms elmo_gib dtype
   sps=$(grep -o '"samples_per_s":[0-9.e+]*' "$run/metrics.jsonl" 2>/dev/null | tail -1 | cut -d: -f2)
   gib=$(grep -o '"peak_mem_gib":[0-9.e+]*' "$run/metrics.jsonl" 2>/dev/null | tail -1 | cut -d: -f2)
   local ms
-  ms=$(awk -v s="${sps:-0}" -v b=$B 'BEGIN { printf "%.3f", s > 0 ? 1000 * b / s : 0 }')
+  ms=$(awk -v s="${sps:-0}" -v b=$B 'BEGIN { printf "%.3f", (s > 0 ? 1000 * b / s : 0) }')
   # FLOPs: classifier 6BLd + encoder 6 * tokens * layer weights + attention 12 B T^2 d per layer
   local flops bytes
   flops=$(awk -v B=$B -v L=$L -v d=$d -v T=$T -v n=$layers -v f=$ffn 'BEGIN {
@@ -90,6 +91,8 @@ if [ "$what" = full ] || [ "$what" = all ]; then
   full_row bert-base 12 128 128 2812281 63.7 7.72 fp8
   full_row distilbert 6 32 512 1305265 48.6 4.94 fp8
   full_row distilbert 6 128 128 8623847 90.9 9.45 fp8
+  full_row bert-base 12 128 128 2812281 0 0 bf16      # no published ELMO baseline for these
+  full_row distilbert 6 32 512 1305265 0 0 bf16
 fi
 echo
 echo "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), $(date -u +%F); roofline: ${PEAK_TBS} TB/s, ${PEAK_TFLOPS} TFLOP/s BF16"
