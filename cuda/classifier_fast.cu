@@ -430,12 +430,13 @@ static __device__ __forceinline__ void u_epilogue(const update_args &a, int64_t 
   }
 }
 
-/* The rounded tile back to W, 16 bytes per thread and row piece; padded labels stay zero. */
-template <int ES>
-static __device__ __forceinline__ void u_store_w(const update_args &a, int64_t j0, int64_t k0, const uint8_t *sw) {
+/* The rounded tile (TL labels x U_TD features) back to W, 16 bytes per thread and row piece;
+ * padded labels stay zero. */
+template <int ES, int TL>
+static __device__ __forceinline__ void store_w_tile(const update_args &a, int64_t j0, int64_t k0, const uint8_t *sw) {
   constexpr int CPR = U_TD * ES / 16;
 #pragma unroll
-  for (int q = 0; q < U_TL * CPR / U_THREADS; q++) {
+  for (int q = 0; q < TL * CPR / U_THREADS; q++) {
     const int i = threadIdx.x + q * U_THREADS, r = i / CPR, c = i % CPR;
     const int64_t j = j0 + r, l = a.l0 + j, k = k0 + c * (16 / ES);
     if (j < a.n && l < a.L && k < a.d)
@@ -480,7 +481,7 @@ static __global__ void __launch_bounds__(U_THREADS, DT == ELMO_F32 ? 1 : 2) upda
       u_start_tile<GT, DT>(a, tile + gridDim.x, nk, smem, wbuf + (buf ^ 1) * u_w_bytes(ES), slots + (buf ^ 1) * U_TL);
     u_epilogue<DT, CONST_BITS>(a, j0, k0, acc, sw, slots + buf * U_TL);
     __syncthreads();
-    u_store_w<ES>(a, j0, k0, sw);
+    store_w_tile<ES, U_TL>(a, j0, k0, sw);
   }
 }
 
@@ -588,18 +589,6 @@ static __device__ __forceinline__ void r_epilogue(const update_args &a, int64_t 
   }
 }
 
-template <int ES>
-static __device__ __forceinline__ void r_store_w(const update_args &a, int64_t j0, int64_t k0, const uint8_t *sw) {
-  constexpr int CPR = U_TD * ES / 16;
-#pragma unroll
-  for (int q = 0; q < R_TL * CPR / U_THREADS; q++) {
-    const int i = threadIdx.x + q * U_THREADS, r = i / CPR, c = i % CPR;
-    const int64_t j = j0 + r, l = a.l0 + j, k = k0 + c * (16 / ES);
-    if (j < a.n && l < a.L && k < a.d)
-      *(uint4 *)((uint8_t *)a.W + (l * a.d + k) * ES) = *(const uint4 *)(sw + r * U_LDW(ES) + c * 16);
-  }
-}
-
 /* grid: d_tiles x Q blocks; block i: feature tile i % d_tiles, label tiles i / d_tiles + Q k. */
 template <typename GT, int DT, bool CONST_BITS>
 static __global__ void __launch_bounds__(U_THREADS, r_blocks_per_sm(DT)) update_res_kernel(update_args a) {
@@ -626,7 +615,7 @@ static __global__ void __launch_bounds__(U_THREADS, r_blocks_per_sm(DT)) update_
     uint8_t *sw = wbuf + buf * r_w_bytes(ES);
     r_epilogue<DT, CONST_BITS>(a, lt * R_TL, k0, acc, sw, slots + buf * R_TL);
     __syncthreads();
-    r_store_w<ES>(a, lt * R_TL, k0, sw);
+    store_w_tile<ES, R_TL>(a, lt * R_TL, k0, sw);
   }
 }
 
