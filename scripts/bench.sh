@@ -3,8 +3,8 @@
 # ms/step, peak device GiB, the roofline and the ratio to it, and the ratio to ELMO's own
 # implementation measured on an H100 80GB (PyTorch 2.11 + Triton 3.6, median of 10 steps).
 # Classifier rows time the chunked classifier step alone (scripts/bench_cls.c); full-step rows
-# train on synthetic data with the model's shape (scripts/make_synthetic.sh) and read throughput
-# and measured peak memory from metrics.jsonl. Usable on any CUDA card (rooflines use the H100's
+# train on synthetic data with the model's shape (scripts/make_synthetic.sh) and read the median
+# step time (after 5 warm-up steps) and the measured peak memory from metrics.jsonl. Usable on any CUDA card (rooflines use the H100's
 # measured ceilings; pass others with PEAK_TBS / PEAK_TFLOPS).
 #
 #   scripts/bench.sh [cls|full|all]      (default all)
@@ -68,8 +68,10 @@ full_row() { # name layers T B L elmo_ms elmo_gib dtype
   local sps gib
   sps=$(grep -o '"samples_per_s":[0-9.e+]*' "$run/metrics.jsonl" 2>/dev/null | tail -1 | cut -d: -f2)
   gib=$(grep -o '"peak_mem_gib":[0-9.e+]*' "$run/metrics.jsonl" 2>/dev/null | tail -1 | cut -d: -f2)
-  local ms
-  ms=$(awk -v s="${sps:-0}" -v b=$B 'BEGIN { printf "%.3f", (s > 0 ? 1000 * b / s : 0) }')
+  # median step time after 5 warm-up steps (as ELMO's baseline: median of 10 steps); else throughput
+  local med ms
+  med=$(grep -o '"step_ms_median":[0-9.e+]*' "$run/metrics.jsonl" 2>/dev/null | tail -1 | cut -d: -f2)
+  ms=$(awk -v m="${med:-0}" -v s="${sps:-0}" -v b=$B 'BEGIN { printf "%.3f", (m > 0 ? m : (s > 0 ? 1000 * b / s : 0)) }')
   # FLOPs: classifier 6BLd + encoder 6 * tokens * layer weights + attention 12 B T^2 d per layer
   local flops bytes
   flops=$(awk -v B=$B -v L=$L -v d=$d -v T=$T -v n=$layers -v f=$ffn 'BEGIN {
