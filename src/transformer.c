@@ -5,6 +5,8 @@
 #include "numerics.h"
 
 #include <math.h>
+#include <pthread.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -351,9 +353,61 @@ int elmo_tf_gemm_simd(int mode) {
   return g_simd;
 }
 
+static void gemm_serial(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
+                        float *C, int64_t ldc, int accumulate);
+
+/* Rows of C split over threads: every element is still summed over k in order by the same kernel,
+ * so the result is bitwise the same for any thread count. ELMO_THREADS caps the threads (default:
+ * the online CPUs, at most 16); small products stay on the calling thread. */
+typedef struct gemm_job {
+  int64_t M, N, K, lda, ldb, ldc;
+  const float *A, *B;
+  float *C;
+  int accumulate;
+} gemm_job;
+
+static void *gemm_thread(void *arg) {
+  const gemm_job *j = arg;
+  gemm_serial(j->M, j->N, j->K, j->A, j->lda, j->B, j->ldb, j->C, j->ldc, j->accumulate);
+  return NULL;
+}
+
+static int gemm_threads(void) {
+  static int n = 0;
+  if (n == 0) {
+    const char *e = getenv("ELMO_THREADS");
+    long v = e && *e ? strtol(e, NULL, 10) : sysconf(_SC_NPROCESSORS_ONLN);
+    n = v < 1 ? 1 : v > 16 ? 16 : (int)v;
+  }
+  return n;
+}
+
 void elmo_tf_gemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B,
                   int64_t ldb, float *C, int64_t ldc, int accumulate) {
   if (M <= 0 || N <= 0) return;
+  int T = gemm_threads();
+  if (T > M) T = (int)M;
+  if (T < 2 || (double)M * (double)N * (double)K < 4e6) {
+    gemm_serial(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
+    return;
+  }
+  pthread_t th[16];
+  gemm_job jobs[16];
+  int started[16] = {0};
+  for (int t = 0; t < T; t++) {
+    int64_t r0 = M * t / T, r1 = M * (t + 1) / T;
+    jobs[t] = (gemm_job){r1 - r0, N, K, lda, ldb, ldc, A + r0 * lda, B, C + r0 * ldc, accumulate};
+    if (t > 0) started[t] = pthread_create(&th[t], NULL, gemm_thread, &jobs[t]) == 0;
+  }
+  gemm_thread(&jobs[0]);
+  for (int t = 1; t < T; t++) {
+    if (started[t]) pthread_join(th[t], NULL);
+    else gemm_thread(&jobs[t]);
+  }
+}
+
+static void gemm_serial(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
+                        float *C, int64_t ldc, int accumulate) {
 #if ELMO_TF_HAVE_AVX2_KERNEL
   if (elmo_tf_gemm_simd(-1)) {
     gemm_avx2(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
