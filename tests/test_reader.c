@@ -29,17 +29,6 @@ static int read_kind(enum kind k, const char *path, elmo_err *err) {
   return rc;
 }
 
-/* Asserts rc/err say bad input at path:line and mention `needle`. */
-static void check_input_error(int rc, const elmo_err *err, const char *path, int line, const char *needle) {
-  char where[64];
-  snprintf(where, sizeof where, ":%d: ", line);
-  assert_int_equal(rc, ELMO_EINPUT);
-  assert_int_equal(err->code, ELMO_EINPUT);
-  tu_assert_contains(err->msg, path);
-  tu_assert_contains(err->msg, where);
-  tu_assert_contains(err->msg, needle);
-}
-
 /* Writes `text` to a temp file (plain and gzip) and expects an input error at `line`. */
 static void expect_error(enum kind k, const char *text, int line, const char *needle) {
   const char *suffix[2] = {".txt", ".txt.gz"};
@@ -48,7 +37,7 @@ static void expect_error(enum kind k, const char *text, int line, const char *ne
     elmo_err err = {0};
     int rc = read_kind(k, path, &err);
     if (rc != ELMO_EINPUT) fail_msg("expected an input error for %s", path);
-    check_input_error(rc, &err, path, line, needle);
+    tu_check_input_error(rc, &err, path, line, needle);
     unlink(path);
     free(path);
   }
@@ -221,15 +210,6 @@ static char *many_rows(int lines) {
   return text;
 }
 
-static long file_size(const char *path) {
-  FILE *f = fopen(path, "rb");
-  assert_non_null(f);
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fclose(f);
-  return n;
-}
-
 static void test_truncated_gzip(void **state) {
   (void)state;
   enum { LINES = 50000 };
@@ -239,7 +219,7 @@ static void test_truncated_gzip(void **state) {
   elmo_err err = {0};
   assert_int_equal(elmo_read_sparse(path, &m, &err), ELMO_OK);   /* intact: fine */
   elmo_csr_free(&m);
-  long size = file_size(path);
+  long size = tu_file_size(path);
   long cuts[] = {size - 4, size / 2, 20};
   for (int c = 0; c < 3; c++) {
     assert_int_equal(truncate(path, cuts[c]), 0);
@@ -261,7 +241,7 @@ static void test_corrupt_gzip(void **state) {
   (void)state;
   char *text = many_rows(20000);
   char *path = tu_write_temp(text, ".gz");
-  long size = file_size(path);
+  long size = tu_file_size(path);
   FILE *f = fopen(path, "r+b");
   assert_non_null(f);
   fseek(f, size / 2, SEEK_SET);

@@ -74,15 +74,6 @@ static uint64_t header_len(const char *path) {
   return n;
 }
 
-static long file_size(const char *path) {
-  FILE *f = fopen(path, "rb");
-  assert_non_null(f);
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fclose(f);
-  return n;
-}
-
 /* ---- round trip of every dtype ---- */
 
 typedef struct spec {
@@ -139,7 +130,7 @@ static void test_roundtrip_dtypes(void **state) {
 
   uint64_t hlen = header_len(path);
   assert_int_equal(hlen % 8, 0);
-  assert_int_equal(file_size(path), (long)(8 + hlen + total));
+  assert_int_equal(tu_file_size(path), (long)(8 + hlen + total));
   elmo_st_file *f = NULL;
   if (elmo_st_open(&f, path, &err)) fail_msg("%s", err.msg);
   assert_string_equal(elmo_st_path(f), path);
@@ -394,7 +385,7 @@ static void test_truncated_file_rejected(void **state) {
   elmo_err err = {0};
   if (elmo_st_save(w, path, &err)) fail_msg("%s", err.msg);
   elmo_st_writer_free(&w);
-  long size = file_size(path);
+  long size = tu_file_size(path);
   assert_int_equal(truncate(path, size - 1), 0);
   expect_open_fails(path, "tensor 'u': data_offsets [0, 100] outside the data buffer of 99 bytes");
   assert_int_equal(truncate(path, 40), 0);   /* inside the header */

@@ -8,16 +8,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static void check_input_error(int rc, const elmo_err *err, const char *path, int line, const char *needle) {
-  char where[64];
-  snprintf(where, sizeof where, ":%d: ", line);
-  assert_int_equal(rc, ELMO_EINPUT);
-  assert_int_equal(err->code, ELMO_EINPUT);
-  tu_assert_contains(err->msg, path);
-  tu_assert_contains(err->msg, where);
-  tu_assert_contains(err->msg, needle);
-}
-
 static void test_lines_small(void **state) {
   (void)state;
   const char *suffix[2] = {".txt", ".txt.gz"};
@@ -157,7 +147,7 @@ static void expect_jsonl_error(const char *bad, int with_content, int64_t num_la
   elmo_csr Y;
   elmo_err err = {0};
   int rc = elmo_read_jsonl(path, with_content, num_labels, &t, &Y, &err);
-  check_input_error(rc, &err, path, 2, needle);
+  tu_check_input_error(rc, &err, path, 2, needle);
   assert_int_equal(t.n, 0);
   assert_null(t.text);
   assert_null(Y.indptr);

@@ -1,5 +1,6 @@
 /* testutil.c: temp files, shared data paths and a deterministic RNG for tests. */
 #include "testutil.h"
+#include "common.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -60,4 +61,23 @@ float tu_rand_normal(uint64_t *s) {
   float u1 = tu_rand_uniform(s), u2 = tu_rand_uniform(s);
   if (u1 < 1e-7f) u1 = 1e-7f;
   return sqrtf(-2.0f * logf(u1)) * cosf(6.2831853f * u2);
+}
+
+void tu_check_input_error(int rc, const elmo_err *err, const char *path, int line, const char *needle) {
+  char where[64];
+  snprintf(where, sizeof where, ":%d: ", line);
+  assert_int_equal(rc, ELMO_EINPUT);
+  assert_int_equal(err->code, ELMO_EINPUT);
+  tu_assert_contains(err->msg, path);
+  tu_assert_contains(err->msg, where);
+  tu_assert_contains(err->msg, needle);
+}
+
+long tu_file_size(const char *path) {
+  FILE *f = fopen(path, "rb");
+  assert_non_null(f);
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fclose(f);
+  return n;
 }

@@ -18,6 +18,11 @@ char *tu_temp_dir(void);
 uint64_t tu_rand_u64(uint64_t *state);
 float tu_rand_uniform(uint64_t *state);   /* [0,1) */
 float tu_rand_normal(uint64_t *state);
+/* Asserts rc and err say bad input (ELMO_EINPUT) at "path:line: " and mention `needle`. */
+struct elmo_err;
+void tu_check_input_error(int rc, const struct elmo_err *err, const char *path, int line, const char *needle);
+/* Size of a file in bytes (asserts it exists). */
+long tu_file_size(const char *path);
 /* Asserts err message contains `needle`. */
 #define tu_assert_contains(hay, needle) \
   do { if (!strstr((hay), (needle))) fail_msg("expected \"%s\" in \"%s\"", (needle), (hay)); } while (0)
