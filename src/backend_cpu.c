@@ -14,7 +14,8 @@ struct elmo_model {
   elmo_model_desc md;          /* shallow copy; tensor tables owned by the caller */
   elmo_opt_config enc_opt, cls_opt;
   void *buf[ELMO_NUM_BUFS];    /* host buffers, layout in model.h */
-  float *enc_f32;              /* [enc_numel] FP32 view of the parameters (widened each step) */
+  float *enc_f32;              /* [enc_numel] FP32 view of the parameters */
+  int enc_f32_stale;           /* ENC_PARAM changed since enc_f32 was widened */
   float *enc_grad;             /* [enc_numel] */
   uint8_t *decay;              /* [enc_numel] */
   int32_t *head_slot;          /* [L_pad] */
@@ -39,6 +40,7 @@ static int cpu_create(const elmo_config *cfg, const elmo_model_desc *md, elmo_mo
   m->cls_opt = cfg->cls_opt;
   for (int b = 0; b < ELMO_NUM_BUFS; b++) m->buf[b] = alloc_track(m, elmo_buf_bytes(md, b));
   elmo_model_init_host(md, m->buf);
+  m->enc_f32_stale = 1;
   int64_t n = md->enc_numel, B = md->batch_size, d = md->d;
   if (md->encoder_kind == ELMO_ENC_TRANSFORMER) {
     elmo_tf_config tc;
@@ -94,8 +96,10 @@ static void cpu_destroy(elmo_model **pm) {
   *pm = NULL;
 }
 
-/* FP32 view of the encoder parameters (exact widening of bf16). */
+/* FP32 view of the encoder parameters (exact widening of bf16), redone only after they change. */
 static void widen_params(elmo_model *m) {
+  if (!m->enc_f32_stale) return;
+  m->enc_f32_stale = 0;
   int64_t n = m->md.enc_numel;
   if (m->md.enc_dtype == ELMO_BF16) {
     const uint16_t *p = m->buf[ELMO_BUF_ENC_PARAM];
@@ -174,6 +178,7 @@ static int cpu_train_step(elmo_model *m, const elmo_batch *b, const elmo_step *s
   elmo_adamw_update(m->buf[ELMO_BUF_ENC_PARAM], m->buf[ELMO_BUF_ENC_M], m->buf[ELMO_BUF_ENC_V],
                     m->md.enc_kahan ? m->buf[ELMO_BUF_ENC_KAHAN] : NULL, m->md.enc_dtype, m->enc_grad,
                     m->md.enc_numel, m->decay, &ah);
+  m->enc_f32_stale = 1;
   if (!isfinite(*loss) && s->compute_loss)
     return elmo_fail(err, ELMO_ERUNTIME, "step %lld: loss is not finite (%g); lower the learning rates",
                      (long long)s->step, *loss);
@@ -205,6 +210,7 @@ static int cpu_buffer_io(elmo_model *m, int buf, int write, size_t offset, void 
   if (buf < 0 || buf >= ELMO_NUM_BUFS || offset + nbytes > elmo_buf_bytes(&m->md, buf))
     return elmo_fail(err, ELMO_ERUNTIME, "buffer %d: access [%zu, %zu) out of range", buf, offset, offset + nbytes);
   char *p = (char *)m->buf[buf] + offset;
+  if (write && buf == ELMO_BUF_ENC_PARAM) m->enc_f32_stale = 1;
   if (write) memcpy(p, host, nbytes);
   else memcpy(host, p, nbytes);
   return ELMO_OK;
