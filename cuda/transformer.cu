@@ -67,25 +67,18 @@ static cublasLtMatrixLayout_t make_layout(cudaDataType_t type, int64_t rows, int
   return l;
 }
 
-/* Pointers a plan's descriptor holds: set before the heuristic (as cuBLASLt's FP8 sample and PyTorch's
- * scaled GEMM do) and again before each run. scale_a / scale_b multiply our a / b (FP8 only). */
+/* Pointers a plan's descriptor holds, set before each run (FP8 GEMMs run unscaled and without a
+ * bias: elmo_cuda_tf_fp8_linear applies both in its own pass). */
 typedef struct mm_ptrs {
   const void *bias;
-  const float *scale_a, *scale_b;
 } mm_ptrs;
 
 static void desc_set_ptrs(cublasLtMatmulDesc_t d, const mm_key *k, const mm_ptrs *p) {
   if (k->bias)
     ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p->bias, sizeof p->bias));
-  if (k->fp8 && p->scale_a) {   /* cuBLASLt's A is our b, its B our a */
-    ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &p->scale_b,
-                                                     sizeof p->scale_b));
-    ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &p->scale_a,
-                                                     sizeof p->scale_a));
-  }
 }
 
-static cublasLtMatmulDesc_t desc_create(const mm_key *k, int fast_accum, const mm_ptrs *p) {
+static cublasLtMatmulDesc_t desc_create(const mm_key *k, int fast_accum) {
   cublasLtMatmulDesc_t d;
   ELMO_CUBLAS_CHECK(cublasLtMatmulDescCreate(&d, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t op_a = k->tb ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = k->ta ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -93,16 +86,11 @@ static cublasLtMatmulDesc_t desc_create(const mm_key *k, int fast_accum, const m
   ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
   if (k->bias) {
     const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-    const cudaDataType_t bias_type = CUDA_R_16BF;
     ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
-    if (k->fp8)
-      ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
-                                                       sizeof bias_type));
   }
-  if (k->fp8) {   /* the BF16 plans stay as they were measured: pointers set per run only */
+  if (k->fp8) {
     const int8_t fast = (int8_t)fast_accum;
     ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast));
-    desc_set_ptrs(d, k, p);
   }
   return d;
 }
@@ -147,7 +135,7 @@ static int pick_algo(elmo_cuda_tf_gemm *g, mm_plan *pl, cublasLtMatmulPreference
 /* Row-major C[m, n] = op(A) op(B) is column-major C^T[n, m] = op(B)^T op(A)^T: cuBLASLt's A is our B.
  * FP8: fast accumulation (as torchao's forward GEMM) when cuBLASLt offers it for the shape, else the
  * default accumulation. */
-static void plan_build(elmo_cuda_tf_gemm *g, const mm_key *k, const mm_ptrs *ptrs, mm_plan *pl) {
+static void plan_build(elmo_cuda_tf_gemm *g, const mm_key *k, mm_plan *pl) {
   pl->key = *k;
   const cudaDataType_t in_type = k->fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
   pl->la = make_layout(in_type, k->tb ? k->k : k->n, k->tb ? k->n : k->k, k->ldb, k->batch, k->sb);
@@ -156,7 +144,7 @@ static void plan_build(elmo_cuda_tf_gemm *g, const mm_key *k, const mm_ptrs *ptr
   cublasLtMatmulPreference_t pref = pref_create(g, k);
   int ok = 0;
   for (int fast = k->fp8; fast >= 0 && !ok; fast--) {
-    pl->desc = desc_create(k, fast, ptrs);
+    pl->desc = desc_create(k, fast);
     ok = pick_algo(g, pl, pref, k->fp8);
     if (!ok) cublasLtMatmulDescDestroy(pl->desc);
   }
@@ -177,7 +165,7 @@ static void plan_release(mm_plan *pl) {
   cublasLtMatrixLayoutDestroy(pl->lc);
 }
 
-static const mm_plan *plan_get(elmo_cuda_tf_gemm *g, const mm_key *k, const mm_ptrs *ptrs) {
+static const mm_plan *plan_get(elmo_cuda_tf_gemm *g, const mm_key *k) {
   for (int i = 0; i < g->n_plans; i++)
     if (memcmp(&g->plans[i].key, k, sizeof *k) == 0) return &g->plans[i];
   mm_plan *pl;
@@ -188,7 +176,7 @@ static const mm_plan *plan_get(elmo_cuda_tf_gemm *g, const mm_key *k, const mm_p
     g->next_evict = (g->next_evict + 1) % MM_CACHE;
     plan_release(pl);
   }
-  plan_build(g, k, ptrs, pl);
+  plan_build(g, k, pl);
   return pl;
 }
 
@@ -208,16 +196,15 @@ extern "C" void elmo_cuda_tf_gemm_destroy(elmo_cuda_tf_gemm **g) {
   *g = NULL;
 }
 
-/* Runs p; fp8: a and b are E4M3 and scale_a/scale_b (device floats) multiply the product. */
-static void gemm_run(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_mm *p, int fp8, const float *scale_a,
-                     const float *scale_b, cudaStream_t s) {
+/* Runs p; fp8: a and b are E4M3 (unscaled, no bias). */
+static void gemm_run(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_mm *p, int fp8, cudaStream_t s) {
   if (p->m <= 0 || p->n <= 0 || p->batch <= 0) return;
   mm_key k;
   memset(&k, 0, sizeof k);
   if (p->bias && (p->c_f32 || p->batch > 1))
     elmo_cuda_die("a bias needs a BF16 output and batch 1", "elmo_cuda_tf_gemm_run", __FILE__, __LINE__);
-  if (fp8 && (p->trans_a || !p->trans_b || p->batch > 1 || p->beta != 0.0f))
-    elmo_cuda_die("FP8 GEMMs need x[m, k] w[n, k]^T, batch 1, beta 0", "gemm_run", __FILE__, __LINE__);
+  if (fp8 && (p->trans_a || !p->trans_b || p->batch > 1 || p->beta != 0.0f || p->bias))
+    elmo_cuda_die("FP8 GEMMs need x[m, k] w[n, k]^T, batch 1, beta 0, no bias", "gemm_run", __FILE__, __LINE__);
   const int64_t es = fp8 ? 1 : 2;
   k.ta = p->trans_a; k.tb = p->trans_b; k.c_f32 = p->c_f32; k.batch = p->batch; k.bias = p->bias != NULL;
   k.fp8 = fp8;
@@ -227,8 +214,8 @@ static void gemm_run(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_mm *p, int fp8, co
   k.al_a = align_of(p->a, p->stride_a * es, p->batch);
   k.al_b = align_of(p->b, p->stride_b * es, p->batch);
   k.al_c = align_of(p->c, p->stride_c * (p->c_f32 ? 4 : 2), p->batch);
-  const mm_ptrs ptrs = {p->bias, scale_a, scale_b};
-  const mm_plan *pl = plan_get(g, &k, &ptrs);
+  const mm_ptrs ptrs = {p->bias};
+  const mm_plan *pl = plan_get(g, &k);
   desc_set_ptrs(pl->desc, &k, &ptrs);
   const float alpha = 1.0f, beta = p->beta;
   ELMO_CUBLAS_CHECK(cublasLtMatmul(g->lt, pl->desc, &alpha, p->b, pl->la, p->a, pl->lb, &beta, p->c, pl->lc, p->c,
@@ -236,7 +223,7 @@ static void gemm_run(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_mm *p, int fp8, co
 }
 
 extern "C" void elmo_cuda_tf_gemm_run(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_mm *p, cudaStream_t s) {
-  gemm_run(g, p, 0, NULL, NULL, s);
+  gemm_run(g, p, 0, s);
 }
 
 /* ==================================================================== layout and memory plan */
@@ -666,7 +653,7 @@ extern "C" void elmo_cuda_tf_fp8_linear(elmo_cuda_tf_gemm *g, const elmo_cuda_tf
                                         int64_t M, int in, int out, void *y, int y_f32, cudaStream_t s) {
   elmo_cuda_tf_mm p = {0, 1, M, out, in, q->xq, in, 0, q->wq + (int64_t)j * out * in, in, 0, q->acc, out, 0, 1, 0.0f,
                        1, NULL};
-  gemm_run(g, &p, 1, NULL, NULL, s);
+  gemm_run(g, &p, 1, s);
   const int64_t n = M * out, blocks = (n + 255) / 256;
   fp8_epilogue_kernel<<<(unsigned)(blocks < 65536 ? blocks : 65536), 256, 0, s>>>(
       q->acc, M, out, q->inv, q->inv + 1 + j, (const bf16 *)bias, y, y_f32);
