@@ -120,38 +120,45 @@ static void philox_round_keys(uint64_t seed, uint64_t step, uint32_t rk[20]) {
   }
 }
 
-/* elmo_sr_fp8 without branches (checked against it bit for bit): normal and subnormal targets
- * share one shift-and-add (normal: 20 dropped bits above a base of (e - 121) * 8 codes;
- * subnormal: 141 - e dropped bits, at most 31 of them random), then saturation, sign and NaN by
- * selects. */
-static __host__ __device__ __forceinline__ uint32_t shr_clamped(uint32_t x, uint32_t n) { /* 0 when n >= 32 */
-#if defined(__CUDA_ARCH__)
-  uint32_t y;
-  asm("shr.b32 %0, %1, %2;" : "=r"(y) : "r"(x), "r"(n)); /* PTX clamps shifts above 32 */
-  return y;
-#else
-  return n >= 32u ? 0u : x >> n;
-#endif
+/* elmo_sr_fp8 as an FP32 value that the E4M3 grid holds exactly, so that the hardware's
+ * round-to-nearest satfinite conversion (two values per instruction) only re-encodes it:
+ *   |v| >= 2^-6: add the 20 random bits to the dropped bits and clear them (inf stays inf and
+ *                saturates in the conversion, as does anything from 448 up);
+ *   |v| <  2^-6 or NaN: t = |v| + (2^-6 + rr 2^-29) in FP32, cleared to the 2^-9 grid, minus 2^-6
+ *                (exact), with v's sign. A NaN goes this way because the first form could carry a
+ *                NaN's payload into the sign; v must come from an FP32 add, whose NaN is the
+ *                canonical positive one, which converts to 0x7F as elmo_sr_fp8 gives.
+ * About 10 instructions a weight, against some 22 for the integer form it replaced. */
+static __device__ __forceinline__ float sr8_value(float v, uint32_t r) {
+  const uint32_t u = __float_as_uint(v), rr = r & 0xFFFFFu;
+  const uint32_t n = (u + rr) & 0xFFF00000u;
+  const float t = __fadd_rn(fabsf(v), __uint_as_float(0x3C800000u | rr));
+  const float s = __fsub_rn(__uint_as_float(__float_as_uint(t) & 0xFFF00000u), 0.015625f);
+  const uint32_t sb = (__float_as_uint(s) & 0x7FFFFFFFu) | (u & 0x80000000u);
+  return __uint_as_float(fabsf(v) >= 0.015625f ? n : sb);
 }
 
-static __host__ __device__ __forceinline__ uint32_t sr_fp8_flat(float x, uint32_t r) {
-#if defined(__CUDA_ARCH__)
-  const uint32_t u = __float_as_uint(x);
-#else
-  const uint32_t u = elmo_f32_bits(x);
-#endif
-  const uint32_t a = u & 0x7FFFFFFFu, e = a >> 23;
-  const uint32_t es = e > 1u ? e : 1u, en = es < 121u ? es : 121u;
-  const uint32_t m0 = a - ((es - 1u) << 23); /* significand with its implicit bit (none for e = 0) */
-  const uint32_t s = 141u - en, sc = s < 31u ? s : 31u;
-  /* normal targets: sc = 20 and (es - en) << 23 adds the (e - 121) * 8 codes below the binade */
-  uint32_t code = (shr_clamped(m0, s - sc) + (r & ((1u << sc) - 1u)) + ((es - en) << 23)) >> sc;
-  code = a >= 0x43E00000u ? (uint32_t)ELMO_FP8_MAX_CODE : code;
-  code |= (u >> 24) & 0x80u;
-  return a > 0x7F800000u ? (uint32_t)ELMO_FP8_NAN : code;
+/* Two FP32 values -> two e4m3 codes (lo in the low byte), round to nearest, satfinite. */
+static __device__ __forceinline__ uint32_t cvt_e4m3x2(float lo, float hi) {
+  uint16_t p;
+  asm("{ .reg .b16 t;\n cvt.rn.satfinite.e4m3x2.f32 t, %1, %2;\n mov.b16 %0, t; }" : "=h"(p) : "f"(hi), "f"(lo));
+  return p;
 }
 
-extern "C" uint8_t elmo_cuda_cls_sr_fp8_flat(float x, uint32_t r) { return (uint8_t)sr_fp8_flat(x, r); }
+/* For tests: out[i] = the update kernel's SR of x[i] + zero (zero = -0.0f: the add every update
+ * value comes from) with bits r[i]; n even. */
+static __global__ void sr8_test_kernel(const float *x, const uint32_t *r, uint8_t *out, int64_t n, float zero) {
+  for (int64_t i = 2 * (blockIdx.x * (int64_t)blockDim.x + threadIdx.x); i < n; i += 2 * (int64_t)gridDim.x * blockDim.x) {
+    const float v0 = __fadd_rn(x[i], zero), v1 = __fadd_rn(x[i + 1], zero);
+    *(uint16_t *)(out + i) = (uint16_t)cvt_e4m3x2(sr8_value(v0, r[i]), sr8_value(v1, r[i + 1]));
+  }
+}
+
+extern "C" void elmo_cuda_cls_sr_fp8_dev(const float *x, const uint32_t *r, uint8_t *out, int64_t n, cudaStream_t s) {
+  if (n <= 0) return;
+  sr8_test_kernel<<<(unsigned)((n / 2 + 255) / 256 < 1024 ? (n / 2 + 255) / 256 : 1024), 256, 0, s>>>(x, r, out, n, -0.0f);
+  ELMO_LAUNCH_CHECK();
+}
 
 extern "C" void elmo_cuda_cls_rand_block_rk(uint64_t seed, uint64_t step, uint32_t tensor, uint64_t block,
                                             uint32_t out[4]) {
@@ -171,7 +178,9 @@ template <> struct wcodec<ELMO_FP8> {
     v[1] = f.y;
   }
   static __device__ __forceinline__ uint32_t rn(float v) { return elmo_f32_to_fp8(v); }
-  static __device__ __forceinline__ uint32_t sr(float v, uint32_t r) { return sr_fp8_flat(v, r); }
+  static __device__ __forceinline__ void put_sr2(uint8_t *p, float v0, float v1, const uint32_t r[2]) {
+    *(uint16_t *)p = (uint16_t)cvt_e4m3x2(sr8_value(v0, r[0]), sr8_value(v1, r[1]));
+  }
   static __device__ __forceinline__ float dec(uint32_t c) { return elmo_fp8_to_f32((uint8_t)c); }
   static __device__ __forceinline__ void put2(uint8_t *p, uint32_t c0, uint32_t c1) {
     *(uint16_t *)p = (uint16_t)(c0 | (c1 << 8));
@@ -185,7 +194,9 @@ template <> struct wcodec<ELMO_BF16> {
     v[1] = elmo_bits_f32(u & 0xFFFF0000u);
   }
   static __device__ __forceinline__ uint32_t rn(float v) { return elmo_f32_to_bf16(v); }
-  static __device__ __forceinline__ uint32_t sr(float v, uint32_t r) { return elmo_sr_bf16(v, r); }
+  static __device__ __forceinline__ void put_sr2(uint8_t *p, float v0, float v1, const uint32_t r[2]) {
+    *(uint32_t *)p = (uint32_t)elmo_sr_bf16(v0, r[0]) | ((uint32_t)elmo_sr_bf16(v1, r[1]) << 16);
+  }
   static __device__ __forceinline__ float dec(uint32_t c) { return elmo_bf16_to_f32((uint16_t)c); }
   static __device__ __forceinline__ void put2(uint8_t *p, uint32_t c0, uint32_t c1) {
     *(uint32_t *)p = c0 | (c1 << 16);
@@ -199,7 +210,9 @@ template <> struct wcodec<ELMO_F32> {
     v[1] = f.y;
   }
   static __device__ __forceinline__ uint32_t rn(float v) { return elmo_f32_bits(v); }
-  static __device__ __forceinline__ uint32_t sr(float v, uint32_t) { return elmo_f32_bits(v); }
+  static __device__ __forceinline__ void put_sr2(uint8_t *p, float v0, float v1, const uint32_t *) {
+    *(float2 *)p = make_float2(v0, v1);
+  }
   static __device__ __forceinline__ float dec(uint32_t c) { return elmo_bits_f32(c); }
   static __device__ __forceinline__ void put2(uint8_t *p, uint32_t c0, uint32_t c1) {
     *(float2 *)p = make_float2(elmo_bits_f32(c0), elmo_bits_f32(c1));
@@ -356,9 +369,8 @@ static __device__ __forceinline__ void u_sr(const update_args &a, int r, int cc,
   uint8_t *pw = sw + r * U_LDW(C::es) + cc * C::es;
   float p[2];
   C::get2(pw, p);
-  const uint32_t c0 = C::sr(__fadd_rn(p[0], u_delta(a, g0, p[0])), r01[0]);
-  const uint32_t c1 = C::sr(__fadd_rn(p[1], u_delta(a, g1, p[1])), r01[1]);
-  if (slot < 0) C::put2(pw, c0, c1);
+  const float v0 = __fadd_rn(p[0], u_delta(a, g0, p[0])), v1 = __fadd_rn(p[1], u_delta(a, g1, p[1]));
+  if (slot < 0) C::put_sr2(pw, v0, v1, r01);
 }
 
 /* Head row: round to nearest with the bf16 Kahan compensation, p' = RN(p + u), c' = bf16(u - (p' - p)),

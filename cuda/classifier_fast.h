@@ -10,7 +10,8 @@
  *           persistent, the next tile loading while this one is rounded. SR bits are
  *           elmo_rand_u32(seed, step, ELMO_RNG_CLS_SR, label * d + k) (Philox with its round keys
  *           precomputed, one block per 4 elements shared by neighbouring lanes) and the rounding is
- *           elmo_sr_fp8 / elmo_sr_bf16 bit for bit (a branch-free e4m3 form, checked in tests).
+ *           elmo_sr_fp8 / elmo_sr_bf16 bit for bit (e4m3: an FP32 form finished by the hardware's
+ *           e4m3x2 conversion, checked on the device in tests).
  *   dX:     split over labels (K): block (batch tile, feature tile, slice s) sums G W over its
  *           labels into dx_part[s] (overwrites or adds, a fixed assignment, no atomics); e4m3
  *           tiles are widened to BF16 in shared memory. elmo_cuda_cls_dx_reduce then adds the
@@ -37,9 +38,10 @@ void elmo_cuda_cls_dx_reduce(const elmo_cuda_cls *c, int64_t B, float *dX, cudaS
 /* W[l0:l0+n] <- SR(W - lr (G^T Xq + wd W)) with G in c->z [round16(B), n]. */
 void elmo_cuda_cls_update_mma(const elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, const elmo_cls_hyper *h,
                               cudaStream_t s);
-/* Host twins of the device SR helpers, for tests: elmo_sr_fp8 in its branch-free form, and
- * elmo_rand_block through precomputed round keys. Both must equal numerics.h bit for bit. */
-uint8_t elmo_cuda_cls_sr_fp8_flat(float x, uint32_t r);
+/* For tests, both must equal numerics.h bit for bit: the update kernel's e4m3 SR run on the
+ * device over n (even) device values x with bits r into out (elmo_sr_fp8(x[i], r[i])), and
+ * elmo_rand_block through precomputed round keys (host). */
+void elmo_cuda_cls_sr_fp8_dev(const float *x, const uint32_t *r, uint8_t *out, int64_t n, cudaStream_t s);
 void elmo_cuda_cls_rand_block_rk(uint64_t seed, uint64_t step, uint32_t tensor, uint64_t block, uint32_t out[4]);
 
 #ifdef __cplusplus

@@ -2,6 +2,13 @@
  * numerics.h (which defines the numerics themselves, shared with the CUDA kernels). */
 #include "numerics.h"
 
+#include <float.h>
+
+/* elmo_sr_fp8 adds two floats and relies on single-precision evaluation (numerics.h). */
+#if !defined(FLT_EVAL_METHOD) || FLT_EVAL_METHOD != 0
+#error "elmo needs FLT_EVAL_METHOD 0 (SSE2 on x86, or any 64-bit target)"
+#endif
+
 void elmo_f32_to_bf16_n(elmo_bf16 *dst, const float *src, size_t n) {
   for (size_t i = 0; i < n; i++) dst[i] = elmo_f32_to_bf16(src[i]);
 }

@@ -3,8 +3,9 @@
  *
  * Per-element functions are `static inline ELMO_HD` and work on bit patterns with integer
  * arithmetic only, so host and device give identical bits whatever the compiler contracts (no
- * float arithmetic is involved except exact int->float conversions and one exact power-of-two
- * multiply in elmo_fp8_to_f32).
+ * float arithmetic is involved except exact int->float conversions, one exact power-of-two
+ * multiply in elmo_fp8_to_f32, and one lone IEEE single addition in elmo_sr_fp8, which nothing
+ * can contract and which FLT_EVAL_METHOD 0 (x86-64 SSE, AArch64) and the GPU round alike).
  *
  *   BF16  (elmo_bf16, uint16_t): the top half of an IEEE binary32.
  *   E4M3fn (elmo_fp8, uint8_t):  sign, 4 exponent bits (bias 7), 3 mantissa bits; normals
@@ -37,13 +38,17 @@
  *                 never becomes inf: results that would carry into inf saturate to +-BF16 max
  *                 (so |x| in (BF16 max, FLT_MAX] gives +-BF16 max). inf stays inf; NaN stays NaN.
  *   elmo_sr_fp8   rounds |x| to one of its two E4M3 neighbours lo <= |x| < hi, choosing hi with
- *                 probability (|x| - lo) / (hi - lo) by adding the low k bits of r to the
- *                 dropped bits and truncating (k = 20 for normals, 14 - e for subnormal targets
- *                 where e = floor(log2 |x|), so 21..31). Exactly unbiased, E[SR(x)] = x, for
- *                 2^-17 <= |x| <= 448 and for representable x (which never move). Below 2^-17
- *                 only 31 bits of the probability are used, so E[SR(x)] undershoots by less than
- *                 2^-31 of the 2^-9 step (< 2^-40 absolute). |x| >= 448 (inf included) gives
- *                 +-448; NaN gives 0x7F. The sign is kept (-0 -> 0x80).
+ *                 probability (|x| - lo) / (hi - lo), using the low 20 bits rr of r.
+ *                 |x| >= 2^-6 (normal targets): adds rr to the 20 dropped bits of the FP32
+ *                 pattern and truncates; exactly unbiased up to 448. |x| < 2^-6 (subnormal
+ *                 targets, step 2^-9): t = |x| + (2^-6 + rr * 2^-29) in IEEE single precision
+ *                 (round to nearest even), code = (bits(t) - bits(2^-6)) >> 20, i.e. the same
+ *                 truncation in the binade [2^-6, 2^-5) where the FP32 spacing is 2^-29. Exactly
+ *                 unbiased for |x| a multiple of 2^-29; otherwise |E[SR(x)] - x| <= 2^-30
+ *                 (2^-21 of the step), the FP32 rounding of that one addition. Written this way
+ *                 so the GPU rounds with one FP32 add, masks and its E4M3 conversion instruction
+ *                 (cuda/classifier_fast.cu), bit for bit. |x| >= 448 (inf included) gives +-448;
+ *                 NaN gives 0x7F. The sign is kept (-0 -> 0x80).
  *
  * Bulk helpers (numerics.c, host only) take (dst, src, n) like memcpy; the SR ones draw element i's
  * bits from elmo_rand_u32(seed, step, tensor, idx0 + i), so a tensor processed in pieces gets the
@@ -167,20 +172,18 @@ ELMO_HD static inline elmo_bf16 elmo_sr_bf16(float x, uint32_t r) {
 
 ELMO_HD static inline elmo_fp8 elmo_sr_fp8(float x, uint32_t r) {
   uint32_t u = elmo_f32_bits(x);
-  uint32_t sign = (u >> 24) & 0x80u, a = u & 0x7FFFFFFFu, code;
+  uint32_t sign = (u >> 24) & 0x80u, a = u & 0x7FFFFFFFu, rr = r & 0xFFFFFu, code;
   if (a > 0x7F800000u) return (elmo_fp8)ELMO_FP8_NAN;
-  if (a >= 0x43E00000u) {                   /* |x| >= 448 (inf included): saturate */
-    code = ELMO_FP8_MAX_CODE;
-  } else if (a >= (121u << 23)) {           /* normal: 20 dropped bits, result <= 448 */
-    code = (a - (120u << 23) + (r & 0xFFFFFu)) >> 20;
-  } else {                                  /* subnormal target */
-    uint32_t m, s = elmo_fp8_sub_shift(a, &m);
-    if (s > 31u) {                          /* keep 31 bits of the probability */
-      uint32_t sh = s - 31u;
-      m = sh >= 24u ? 0u : m >> sh;
-      s = 31u;
-    }
-    code = (m + (r & ((1u << s) - 1u))) >> s;  /* m < 2^24, so no overflow */
+  if (a >= 0x3C800000u) {                   /* |x| >= 2^-6: normal target, 20 dropped bits */
+    code = (a - (120u << 23) + rr) >> 20;   /* no overflow: a + rr <= inf + 2^20 */
+    if (code > ELMO_FP8_MAX_CODE) code = ELMO_FP8_MAX_CODE;  /* >= 448, inf included */
+  } else {                                  /* subnormal target: shift into [2^-6, 2^-5) */
+#if defined(__CUDA_ARCH__)
+    float t = __fadd_rn(elmo_bits_f32(a), elmo_bits_f32(0x3C800000u | rr));
+#else
+    float t = elmo_bits_f32(a) + elmo_bits_f32(0x3C800000u | rr);  /* one IEEE single add */
+#endif
+    code = (elmo_f32_bits(t) - 0x3C800000u) >> 20;  /* 0..8 */
   }
   return (elmo_fp8)(sign | code);
 }

@@ -321,26 +321,41 @@ static void test_cast_input(void **state) {
 
 static void test_cls_sr_twins(void **state) {
   uint64_t s = 211;
-  int64_t n = 0;
   /* every bf16-high pattern (all exponents, signs, NaN, inf) with random low bits and random r,
-   * r = 0 and r = all ones; then values around the e4m3 subnormal and saturation edges */
-  for (uint32_t hi = 0; hi < 65536; hi++)
-    for (int k = 0; k < 8; k++) {
-      uint32_t r = k == 0 ? 0u : k == 1 ? 0xFFFFFFFFu : (uint32_t)tu_rand_u64(&s);
-      uint32_t u = (hi << 16) | (uint32_t)(tu_rand_u64(&s) & 0xFFFFu);
-      float x;
-      memcpy(&x, &u, 4);
-      if (elmo_cuda_cls_sr_fp8_flat(x, r) != elmo_sr_fp8(x, r))
-        fail_msg("sr_fp8_flat(%08x, %08x) = %02x, elmo_sr_fp8 %02x", u, r, elmo_cuda_cls_sr_fp8_flat(x, r), elmo_sr_fp8(x, r));
-      n++;
-    }
+   * r = 0 and r = all ones; then values around the e4m3 subnormal and saturation edges; all run
+   * through the update kernel's SR on the device */
   const float edges[] = {0.0f, -0.0f, 1.9073486e-06f /* 2^-19 */, 7.6293945e-06f, 0.001953125f, 0.0029296875f,
-                         0.015625f, 0.0156249991f, 447.99997f, 448.0f, 463.99997f, 464.0f, 1e30f, -3.4e38f};
-  for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++)
-    for (int k = 0; k < 1000; k++) {
-      uint32_t r = (uint32_t)tu_rand_u64(&s);
-      if (elmo_cuda_cls_sr_fp8_flat(edges[i], r) != elmo_sr_fp8(edges[i], r)) fail_msg("sr_fp8_flat(%g, %08x)", edges[i], r);
+                         0.015625f, 0.0156249991f, -0.0156249991f, 0.0156249981f, 447.99997f, 448.0f, 463.99997f,
+                         464.0f, 1e30f, -3.4e38f, 1e-45f, -1e-45f};
+  const int64_t ne = (int64_t)(sizeof edges / sizeof edges[0]), n = 65536 * 8 + ne * 1000;
+  float *x = malloc(sizeof(float) * (size_t)n);
+  uint32_t *r = malloc(sizeof(uint32_t) * (size_t)n);
+  uint8_t *got = malloc((size_t)n);
+  int64_t i = 0;
+  for (uint32_t hi = 0; hi < 65536; hi++)
+    for (int k = 0; k < 8; k++, i++) {
+      r[i] = k == 0 ? 0u : k == 1 ? 0xFFFFFFFFu : (uint32_t)tu_rand_u64(&s);
+      uint32_t u = (hi << 16) | (uint32_t)(tu_rand_u64(&s) & 0xFFFFu);
+      memcpy(&x[i], &u, 4);
     }
+  for (int64_t e = 0; e < ne; e++)
+    for (int k = 0; k < 1000; k++, i++) {
+      x[i] = edges[e];
+      r[i] = (uint32_t)tu_rand_u64(&s);
+    }
+  float *dx = dup_up(x, sizeof(float) * (size_t)n);
+  uint32_t *dr = dup_up(r, sizeof(uint32_t) * (size_t)n);
+  uint8_t *dout = dpoison((size_t)n);
+  elmo_cuda_cls_sr_fp8_dev(dx, dr, dout, n, S);
+  down(got, dout, (size_t)n);
+  for (i = 0; i < n; i++) {
+    uint32_t u;
+    memcpy(&u, &x[i], 4);
+    if (got[i] != elmo_sr_fp8(x[i], r[i]))
+      fail_msg("device e4m3 SR(%08x, %08x) = %02x, elmo_sr_fp8 %02x", u, r[i], got[i], elmo_sr_fp8(x[i], r[i]));
+  }
+  cudaFree(dx); cudaFree(dr); cudaFree(dout);
+  free(x); free(r); free(got);
   for (int k = 0; k < 200000; k++) {
     uint64_t seed = tu_rand_u64(&s), step = k & 1 ? tu_rand_u64(&s) : tu_rand_u64(&s) % 100000, block = tu_rand_u64(&s) >> (k % 40);
     uint32_t a[4], b[4];
@@ -349,7 +364,7 @@ static void test_cls_sr_twins(void **state) {
     if (memcmp(a, b, sizeof a)) fail_msg("rand_block_rk differs at seed %llx step %llx block %llx", (unsigned long long)seed,
                                          (unsigned long long)step, (unsigned long long)block);
   }
-  print_message("sr_fp8_flat: %lld patterns equal to elmo_sr_fp8; Philox round-key form equal on 200000 blocks\n", (long long)n);
+  print_message("device e4m3 SR: %lld patterns equal to elmo_sr_fp8; Philox round-key form equal on 200000 blocks\n", (long long)n);
 }
 
 /* ---- tests: the classifier ops one by one, chunk by chunk -------------------------------------- */
