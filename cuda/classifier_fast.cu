@@ -90,12 +90,13 @@ static __host__ __device__ __forceinline__ uint32_t mulhi32(uint32_t a, uint32_t
 #endif
 }
 
+template <int ROUNDS>
 static __host__ __device__ __forceinline__ void philox_rk(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
                                                           const uint32_t rk[20], uint32_t out[4]) {
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
-  for (int r = 0; r < 10; r++) {
+  for (int r = 0; r < ROUNDS; r++) {
     const uint32_t hi0 = mulhi32(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
     const uint32_t hi1 = mulhi32(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
     c0 = hi1 ^ c1 ^ rk[2 * r];
@@ -129,13 +130,18 @@ static void philox_round_keys(uint64_t seed, uint64_t step, uint32_t rk[20]) {
  *                NaN's payload into the sign; v must come from an FP32 add, whose NaN is the
  *                canonical positive one, which converts to 0x7F as elmo_sr_fp8 gives.
  * About 10 instructions a weight, against some 22 for the integer form it replaced. */
+static __device__ __forceinline__ uint32_t lop3_or_and(uint32_t a, uint32_t b, uint32_t c) { /* a | (b & c) */
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xF8;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
 static __device__ __forceinline__ float sr8_value(float v, uint32_t r) {
-  const uint32_t u = __float_as_uint(v), rr = r & 0xFFFFFu;
-  const uint32_t n = (u + rr) & 0xFFF00000u;
-  const float t = __fadd_rn(fabsf(v), __uint_as_float(0x3C800000u | rr));
-  const float s = __fsub_rn(__uint_as_float(__float_as_uint(t) & 0xFFF00000u), 0.015625f);
-  const uint32_t sb = (__float_as_uint(s) & 0x7FFFFFFFu) | (u & 0x80000000u);
-  return __uint_as_float(fabsf(v) >= 0.015625f ? n : sb);
+  const uint32_t u = __float_as_uint(v);
+  const uint32_t f = (r & 0xFFFFFu) | 0x3C800000u;       /* 2^-6 + rr 2^-29 */
+  const uint32_t n = (u + f - 0x3C800000u) & 0xFFF00000u; /* u + rr, truncated */
+  const float t = __fadd_rn(fabsf(v), __uint_as_float(f));
+  const float s = __fsub_rn(__uint_as_float(__float_as_uint(t) & 0xFFF00000u), 0.015625f); /* >= +0 or NaN */
+  return __uint_as_float(fabsf(v) >= 0.015625f ? n : lop3_or_and(__float_as_uint(s), u, 0x80000000u));
 }
 
 /* Two FP32 values -> two e4m3 codes (lo in the low byte), round to nearest, satfinite. */
@@ -164,7 +170,7 @@ extern "C" void elmo_cuda_cls_rand_block_rk(uint64_t seed, uint64_t step, uint32
                                             uint32_t out[4]) {
   uint32_t rk[20];
   philox_round_keys(seed, step, rk);
-  philox_rk((uint32_t)block, (uint32_t)(block >> 32), (uint32_t)step, tensor, rk, out);
+  philox_rk<ELMO_CLS_SR_ROUNDS>((uint32_t)block, (uint32_t)(block >> 32), (uint32_t)step, tensor, rk, out);
 }
 
 /* ---- weight codecs: codes <-> FP32 for the update epilogue ---------------------------------- */
@@ -246,7 +252,7 @@ struct update_args {
   const int32_t *head_slot;
   const void *G;           /* [round16(B), n]: bf16 codes, or FP32 (fp32 weights) */
   const uint16_t *Xq16;    /* [B_cap, d] bf16 codes */
-  float lr, wd;
+  float nlr, decay, ndecay; /* elmo_cls_coefs */
   uint32_t step_lo;        /* counter word 2 of the SR bits */
   uint32_t rk[20];         /* Philox round keys of (seed, step) */
   int64_t tiles;           /* label tiles x feature tiles */
@@ -350,13 +356,16 @@ static __device__ __forceinline__ void u_bits(const update_args &a, uint64_t blo
     w[2] = x ^ 0xAAAAu;
     w[3] = ~x;
   } else {
-    philox_rk((uint32_t)block, (uint32_t)(block >> 32), a.step_lo, ELMO_RNG_CLS_SR, a.rk, w);
+    philox_rk<ELMO_CLS_SR_ROUNDS>((uint32_t)block, (uint32_t)(block >> 32), a.step_lo, ELMO_RNG_CLS_SR, a.rk, w);
   }
 }
 
 /* The CPU's update of one weight before rounding (non-contracted operations, in its order). */
-static __device__ __forceinline__ float u_delta(const update_args &a, float g, float p) {
-  return __fmul_rn(-a.lr, __fadd_rn(g, __fmul_rn(a.wd, p)));
+static __device__ __forceinline__ float u_new(const update_args &a, float g, float p) { /* SR rows */
+  return __fmaf_rn(a.nlr, g, __fmul_rn(a.decay, p));
+}
+static __device__ __forceinline__ float u_delta(const update_args &a, float g, float p) { /* head rows */
+  return __fmaf_rn(a.nlr, g, __fmul_rn(a.ndecay, p));
 }
 
 /* Weights (row r, features cc, cc+1) of the tile in shared memory: SR of p + delta with bits r01.
@@ -369,19 +378,19 @@ static __device__ __forceinline__ void u_sr(const update_args &a, int r, int cc,
   uint8_t *pw = sw + r * U_LDW(C::es) + cc * C::es;
   float p[2];
   C::get2(pw, p);
-  const float v0 = __fadd_rn(p[0], u_delta(a, g0, p[0])), v1 = __fadd_rn(p[1], u_delta(a, g1, p[1]));
+  const float v0 = u_new(a, g0, p[0]), v1 = u_new(a, g1, p[1]);
   if (slot < 0) C::put_sr2(pw, v0, v1, r01);
 }
 
 /* Head row: round to nearest with the bf16 Kahan compensation, p' = RN(p + u), c' = bf16(u - (p' - p)),
  * u = delta + c (the CPU's update_kahan_row). */
-template <int DT>
+template <int DT, int LDW = U_LDW(wcodec<DT>::es)>
 static __device__ __forceinline__ void u_kahan(const update_args &a, int64_t k0, int r, int cc, int32_t slot, float g0,
                                             float g1, uint8_t *sw) {
   using C = wcodec<DT>;
   const int64_t k = k0 + cc;
   if (slot < 0 || k >= a.d) return;
-  uint8_t *pw = sw + r * U_LDW(C::es) + cc * C::es;
+  uint8_t *pw = sw + r * LDW + cc * C::es;
   float p[2];
   C::get2(pw, p);
   uint32_t *pc = (uint32_t *)(a.kahan + (int64_t)slot * a.d + k);
@@ -444,7 +453,7 @@ static __device__ __forceinline__ void u_epilogue(const update_args &a, int64_t 
 
 /* The rounded tile (TL labels x U_TD features) back to W, 16 bytes per thread and row piece;
  * padded labels stay zero. */
-template <int ES, int TL>
+template <int ES, int TL, int LDW = U_LDW(ES)>
 static __device__ __forceinline__ void store_w_tile(const update_args &a, int64_t j0, int64_t k0, const uint8_t *sw) {
   constexpr int CPR = U_TD * ES / 16;
 #pragma unroll
@@ -452,7 +461,7 @@ static __device__ __forceinline__ void store_w_tile(const update_args &a, int64_
     const int i = threadIdx.x + q * U_THREADS, r = i / CPR, c = i % CPR;
     const int64_t j = j0 + r, l = a.l0 + j, k = k0 + c * (16 / ES);
     if (j < a.n && l < a.L && k < a.d)
-      *(uint4 *)((uint8_t *)a.W + (l * a.d + k) * ES) = *(const uint4 *)(sw + r * U_LDW(ES) + c * 16);
+      *(uint4 *)((uint8_t *)a.W + (l * a.d + k) * ES) = *(const uint4 *)(sw + r * LDW + c * 16);
   }
 }
 
@@ -509,16 +518,34 @@ static __global__ void __launch_bounds__(U_THREADS, DT == ELMO_F32 ? 1 : 2) upda
 #define R_X_BYTES (R_BMAX * U_LDX * 2)
 #define R_G_BYTES (R_BMAX * R_LDG * 2)
 
-static constexpr __host__ __device__ size_t r_w_bytes(int es) { return (size_t)R_TL * U_LDW(es); }
+/* Bytes per row of the weight tile: 8-byte (e4m3) or 16-byte (bf16) reads of 8 weights by lanes
+ * (row g, column 8t) hit distinct banks in each phase; fp32 as the 128-row kernel. */
+#define R_LDW(es) ((es) == 1 ? 160 : (es) == 2 ? 320 : U_LDW(4))
+static constexpr __host__ __device__ size_t r_w_bytes(int es) { return (size_t)R_TL * R_LDW(es); }
 static constexpr size_t r_smem_bytes(int es) { return R_X_BYTES + R_G_BYTES + 2 * r_w_bytes(es) + 2 * 4 * R_TL; }
 static constexpr __host__ __device__ int r_blocks_per_sm(int dt) { return dt == ELMO_FP8 ? 3 : dt == ELMO_BF16 ? 2 : 1; }
 
-/* Xq[0:bp, k0:k0+128] into sx (rows >= B and features >= d as zeros). */
+/* 4 bytes global -> shared without waiting; zeros when !valid. */
+static __device__ __forceinline__ void cp_async4(void *dst, const void *src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(valid ? 4 : 0));
+}
+
+/* Column c of the resident Xq tile holds feature xperm(c). Within each warp's 32 columns,
+ * mma column 8j + 2t + e (n8 tile j, lane quad t) is feature 8t + 2j + e, so the accumulators of
+ * lane t are features 8t..8t+7 of its rows: the epilogue then reads, rounds and writes 8
+ * consecutive weights at a time and draws two whole Philox blocks, with no exchange between
+ * lanes. */
+static __device__ __forceinline__ int xperm(int c) {
+  return (c & ~31) | (((c >> 1) & 3) << 3) | (((c >> 3) & 3) << 1) | (c & 1);
+}
+
+/* Xq[0:bp, k0:k0+128] into sx, columns permuted by xperm (rows >= B and features >= d as zeros);
+ * once per block, in 4-byte pieces. */
 static __device__ __forceinline__ void r_load_x(const update_args &a, int bp, int64_t k0, uint16_t *sx) {
-  for (int i = threadIdx.x; i < bp * (U_TD / 8); i += U_THREADS) {
-    const int r = i / (U_TD / 8), c = (i % (U_TD / 8)) * 8;
-    const bool v = r < a.B && k0 + c < a.d;
-    cp_async16(sx + r * U_LDX + c, v ? a.Xq16 + r * a.d + k0 + c : a.Xq16, v);
+  for (int i = threadIdx.x; i < bp * (U_TD / 2); i += U_THREADS) {
+    const int r = i / (U_TD / 2), c = (i % (U_TD / 2)) * 2, f = xperm(c);
+    const bool v = r < a.B && k0 + f < a.d;
+    cp_async4(sx + r * U_LDX + c, v ? a.Xq16 + r * a.d + k0 + f : a.Xq16, v);
   }
 }
 
@@ -536,7 +563,7 @@ static __device__ __forceinline__ void r_start(const update_args &a, int64_t j0,
     const int i = threadIdx.x + q * U_THREADS, r = i / CPR, c = i % CPR;
     const int64_t j = j0 + r, k = k0 + c * (16 / ES);
     const bool v = j < a.n && k < a.d;
-    cp_async16(sw + r * U_LDW(ES) + c * 16, v ? (const uint8_t *)a.W + ((a.l0 + j) * a.d + k) * ES : a.W, v);
+    cp_async16(sw + r * R_LDW(ES) + c * 16, v ? (const uint8_t *)a.W + ((a.l0 + j) * a.d + k) * ES : a.W, v);
   }
   if (threadIdx.x < R_TL) {
     const int64_t j = j0 + threadIdx.x, l = a.l0 + j;
@@ -568,36 +595,99 @@ static __device__ __forceinline__ void r_mma(float acc[2][4][4], const uint16_t 
   }
 }
 
-/* The SGD + SR epilogue (as u_epilogue, for the 32 x 32 warp tiles). */
+/* Eight weights of a tile row in shared memory <-> FP32, and their SR back (the codecs of 8). */
+template <int DT> struct wcodec8;
+template <> struct wcodec8<ELMO_FP8> {
+  static __device__ __forceinline__ void get(const uint8_t *p, float v[8]) {
+    const uint2 q = *(const uint2 *)p;
+    const uint32_t w[2] = {q.x, q.y};
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const float2 a = fp8x2_to_f32(w[h] & 0xFFFFu), b = fp8x2_to_f32(w[h] >> 16);
+      v[4 * h] = a.x;
+      v[4 * h + 1] = a.y;
+      v[4 * h + 2] = b.x;
+      v[4 * h + 3] = b.y;
+    }
+  }
+  static __device__ __forceinline__ void put_sr(uint8_t *p, const float v[8], const uint32_t r[8]) {
+    uint32_t c[4];
+#pragma unroll
+    for (int q = 0; q < 4; q++) c[q] = cvt_e4m3x2(sr8_value(v[2 * q], r[2 * q]), sr8_value(v[2 * q + 1], r[2 * q + 1]));
+    *(uint2 *)p = make_uint2(c[0] | (c[1] << 16), c[2] | (c[3] << 16));
+  }
+};
+template <> struct wcodec8<ELMO_BF16> {
+  static __device__ __forceinline__ void get(const uint8_t *p, float v[8]) {
+    const uint4 q = *(const uint4 *)p;
+    const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int h = 0; h < 4; h++) {
+      v[2 * h] = elmo_bits_f32(w[h] << 16);
+      v[2 * h + 1] = elmo_bits_f32(w[h] & 0xFFFF0000u);
+    }
+  }
+  static __device__ __forceinline__ void put_sr(uint8_t *p, const float v[8], const uint32_t r[8]) {
+    uint32_t c[4];
+#pragma unroll
+    for (int q = 0; q < 4; q++)
+      c[q] = (uint32_t)elmo_sr_bf16(v[2 * q], r[2 * q]) | ((uint32_t)elmo_sr_bf16(v[2 * q + 1], r[2 * q + 1]) << 16);
+    *(uint4 *)p = make_uint4(c[0], c[1], c[2], c[3]);
+  }
+};
+template <> struct wcodec8<ELMO_F32> {
+  static __device__ __forceinline__ void get(const uint8_t *p, float v[8]) {
+    const float4 a = *(const float4 *)p, b = *(const float4 *)(p + 16);
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+    v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+  }
+  static __device__ __forceinline__ void put_sr(uint8_t *p, const float v[8], const uint32_t *) {
+    *(float4 *)p = make_float4(v[0], v[1], v[2], v[3]);
+    *(float4 *)(p + 16) = make_float4(v[4], v[5], v[6], v[7]);
+  }
+};
+
+/* The SGD + SR epilogue of the 32 x 32 warp tiles. Lane (g, t) holds rows m0 + 16 i + g + 8 h
+ * (i, h = 0, 1), features cb = n0 + 8t .. cb + 7 of each (xperm): per row it draws the two
+ * Philox blocks of those 8 elements, reads the 8 weights at once, rounds them and writes them
+ * back (head rows, slot >= 0, are left for u_kahan). */
 template <int DT, bool CONST_BITS>
 static __device__ __forceinline__ void r_epilogue(const update_args &a, int64_t j0, int64_t k0, float acc[2][4][4],
                                                   uint8_t *sw, const int32_t *sslot) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3, odd = t & 1;
-  const int m0 = (warp >> 2) * 32, n0 = (warp & 3) * 32;
+  constexpr int ES = wcodec<DT>::es, LDW = R_LDW(ES);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int m0 = (warp >> 2) * 32, cb = (warp & 3) * 32 + 8 * t;
+  /* Philox block of (row r, feature cb) = tb4 + r d / 4 (d is a multiple of 16, cb of 8) */
+  const uint64_t tb4 = (uint64_t)((a.l0 + j0) * a.d + k0 + cb) >> 2;
+  const uint32_t d4 = (uint32_t)(a.d >> 2);
 #pragma unroll
   for (int i = 0; i < 2; i++) {
-    const int r0 = m0 + 16 * i + g, r1 = r0 + 8;
-    const int32_t slot0 = sslot[r0], slot1 = sslot[r1];
-    const int64_t base = (a.l0 + j0 + (odd ? r1 : r0)) * a.d + k0;
+    int32_t slot[2];
 #pragma unroll
-    for (int j = 0; j < 4; j++) {
-      const int cg = n0 + 8 * j + 4 * (t >> 1);
-      uint32_t w[4];
-      u_bits<CONST_BITS>(a, (uint64_t)(base + cg) >> 2, w);
-      const uint32_t s0 = odd ? w[0] : w[2], s1 = odd ? w[1] : w[3];
-      const uint32_t q0 = __shfl_xor_sync(0xFFFFFFFFu, s0, 1), q1 = __shfl_xor_sync(0xFFFFFFFFu, s1, 1);
-      const uint32_t ra[2] = {odd ? q0 : w[0], odd ? q1 : w[1]};
-      const uint32_t rb[2] = {odd ? w[2] : q0, odd ? w[3] : q1};
-      const int cc = n0 + 8 * j + 2 * t;
-      u_sr<DT>(a, r0, cc, slot0, acc[i][j][0], acc[i][j][1], ra, sw);
-      u_sr<DT>(a, r1, cc, slot1, acc[i][j][2], acc[i][j][3], rb, sw);
-    }
-    if (__any_sync(0xFFFFFFFFu, slot0 >= 0 || slot1 >= 0)) /* rare: head rows */
+    for (int h = 0; h < 2; h++) {
+      const int r = m0 + 16 * i + g + 8 * h;
+      slot[h] = sslot[r];
+      const uint64_t blk = tb4 + (uint64_t)((uint32_t)r * d4);
+      uint32_t w[8];
+      u_bits<CONST_BITS>(a, blk, w);
+      u_bits<CONST_BITS>(a, blk + 1, w + 4);
+      uint8_t *pw = sw + r * LDW + cb * ES;
+      float p[8], v[8];
+      wcodec8<DT>::get(pw, p);
 #pragma unroll
       for (int j = 0; j < 4; j++) {
-        u_kahan<DT>(a, k0, r0, n0 + 8 * j + 2 * t, slot0, acc[i][j][0], acc[i][j][1], sw);
-        u_kahan<DT>(a, k0, r1, n0 + 8 * j + 2 * t, slot1, acc[i][j][2], acc[i][j][3], sw);
+        v[2 * j] = u_new(a, acc[i][j][2 * h], p[2 * j]);
+        v[2 * j + 1] = u_new(a, acc[i][j][2 * h + 1], p[2 * j + 1]);
       }
+      if (slot[h] < 0) wcodec8<DT>::put_sr(pw, v, w);
+    }
+    if (__any_sync(0xFFFFFFFFu, slot[0] >= 0 || slot[1] >= 0)) /* rare: head rows */
+#pragma unroll
+      for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+          u_kahan<DT, LDW>(a, k0, m0 + 16 * i + g + 8 * h, cb + 2 * j, slot[h], acc[i][j][2 * h], acc[i][j][2 * h + 1],
+                           sw);
   }
 }
 
@@ -627,7 +717,7 @@ static __global__ void __launch_bounds__(U_THREADS, r_blocks_per_sm(DT)) update_
     uint8_t *sw = wbuf + buf * r_w_bytes(ES);
     r_epilogue<DT, CONST_BITS>(a, lt * R_TL, k0, acc, sw, slots + buf * R_TL);
     __syncthreads();
-    store_w_tile<ES, R_TL>(a, lt * R_TL, k0, sw);
+    store_w_tile<ES, R_TL, R_LDW(ES)>(a, lt * R_TL, k0, sw);
   }
 }
 
@@ -680,8 +770,10 @@ extern "C" void elmo_cuda_cls_update_mma(const elmo_cuda_cls *c, int64_t B, int6
   a.head_slot = c->head_slot;
   a.G = c->z;
   a.Xq16 = c->Xq16;
-  a.lr = (float)h->lr;
-  a.wd = (float)h->weight_decay;
+  const elmo_cls_coef cf = elmo_cls_coefs(h);
+  a.nlr = cf.nlr;
+  a.decay = cf.decay;
+  a.ndecay = cf.ndecay;
   a.step_lo = (uint32_t)h->step;
   philox_round_keys(h->seed, (uint64_t)h->step, a.rk);
   a.d_tiles = (int)((c->d + U_TD - 1) / U_TD);

@@ -7,9 +7,9 @@
  *           the new codes go back through shared memory for 16-byte stores. Batches up to 128
  *           rows: 64-label x 128-feature tiles, Xq's feature slice resident in shared memory, three
  *           blocks per SM (e4m3); larger batches: 128 x 128 tiles with K streamed in stages. Both
- *           persistent, the next tile loading while this one is rounded. SR bits are
- *           elmo_rand_u32(seed, step, ELMO_RNG_CLS_SR, label * d + k) (Philox with its round keys
- *           precomputed, one block per 4 elements shared by neighbouring lanes) and the rounding is
+ *           persistent, the next tile loading while this one is rounded. SR bits as src/classifier.h
+ *           says (Philox4x32-7 with its round keys precomputed, one block per 4 elements) and the
+ *           rounding is
  *           elmo_sr_fp8 / elmo_sr_bf16 bit for bit (e4m3: an FP32 form finished by the hardware's
  *           e4m3x2 conversion, checked on the device in tests).
  *   dX:     split over labels (K): block (batch tile, feature tile, slice s) sums G W over its
@@ -40,7 +40,7 @@ void elmo_cuda_cls_update_mma(const elmo_cuda_cls *c, int64_t B, int64_t l0, int
                               cudaStream_t s);
 /* For tests, both must equal numerics.h bit for bit: the update kernel's e4m3 SR run on the
  * device over n (even) device values x with bits r into out (elmo_sr_fp8(x[i], r[i])), and
- * elmo_rand_block through precomputed round keys (host). */
+ * elmo_rand_block_r(..., ELMO_CLS_SR_ROUNDS) through precomputed round keys (host). */
 void elmo_cuda_cls_sr_fp8_dev(const float *x, const uint32_t *r, uint8_t *out, int64_t n, cudaStream_t s);
 void elmo_cuda_cls_rand_block_rk(uint64_t seed, uint64_t step, uint32_t tensor, uint64_t block, uint32_t out[4]);
 

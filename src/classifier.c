@@ -89,12 +89,12 @@ static inline void store_sr(elmo_cls_weights *w, int64_t i, float v, uint32_t r)
   }
 }
 
-/* Kahan row: p' = RN(p + u), c' = bf16(u - (p' - p)) with u = delta + c. */
-static void update_kahan_row(elmo_cls_weights *w, int64_t l, const float *delta, uint16_t *c) {
+/* Kahan row: p' = RN(p + u), c' = bf16(u - (p' - p)) with u = fma(nlr, g, ndecay p) + c. */
+static void update_kahan_row(elmo_cls_weights *w, int64_t l, const float *grad, const elmo_cls_coef *cf, uint16_t *c) {
   for (int64_t k = 0; k < w->d; k++) {
     int64_t i = l * w->d + k;
     float p = elmo_cls_w(w, l, k);
-    float u = delta[k] + elmo_bf16_to_f32(c[k]);
+    float u = fmaf(cf->nlr, grad[k], cf->ndecay * p) + elmo_bf16_to_f32(c[k]);
     float q;
     switch (w->dtype) {
       case ELMO_FP8: ((uint8_t *)w->W)[i] = elmo_f32_to_fp8(p + u); q = elmo_fp8_to_f32(((uint8_t *)w->W)[i]); break;
@@ -108,8 +108,8 @@ static void update_kahan_row(elmo_cls_weights *w, int64_t l, const float *delta,
 void elmo_cls_update(elmo_cls_weights *w, const float *G, const float *Xq, int64_t B, int64_t l0, int64_t n,
                      const elmo_cls_hyper *h) {
   int64_t d = w->d;
-  float grad[d], delta[d];
-  const float lr = (float)h->lr, wd = (float)h->weight_decay;
+  float grad[d];
+  const elmo_cls_coef cf = elmo_cls_coefs(h);
   for (int64_t j = 0; j < n; j++) {
     int64_t l = l0 + j;
     if (l >= w->L) continue; /* padded rows stay zero */
@@ -120,19 +120,18 @@ void elmo_cls_update(elmo_cls_weights *w, const float *G, const float *Xq, int64
       const float *x = Xq + b * d;
       for (int64_t k = 0; k < d; k++) grad[k] += g * x[k];
     }
-    for (int64_t k = 0; k < d; k++) {
-      float p = elmo_cls_w(w, l, k);
-      delta[k] = -lr * (grad[k] + wd * p);
-    }
     int32_t slot = w->head_slot ? w->head_slot[l] : -1;
     if (slot >= 0 && w->kahan) {
-      update_kahan_row(w, l, delta, w->kahan + (int64_t)slot * d);
+      update_kahan_row(w, l, grad, &cf, w->kahan + (int64_t)slot * d);
       continue;
     }
+    uint32_t bits[4];
     for (int64_t k = 0; k < d; k++) {
       int64_t i = l * d + k;
+      if (k == 0 || (i & 3) == 0)
+        elmo_rand_block_r(h->seed, (uint64_t)h->step, ELMO_RNG_CLS_SR, (uint64_t)i >> 2, ELMO_CLS_SR_ROUNDS, bits);
       float p = elmo_cls_w(w, l, k);
-      store_sr(w, i, p + delta[k], elmo_rand_u32(h->seed, (uint64_t)h->step, ELMO_RNG_CLS_SR, (uint64_t)i));
+      store_sr(w, i, fmaf(cf.nlr, grad[k], cf.decay * p), bits[i & 3]);
     }
   }
 }

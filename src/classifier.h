@@ -5,7 +5,12 @@
  *   dX += G W_c         FP32 accumulation (old W)               dX [B, d]
  *   W_c <- SR(W_c - lr (G^T Xq + wd W_c))  tile by tile, no weight-gradient buffer
  * Xq is X cast once per step to e4m3 (RN, satfinite, scale 1) or bf16, held as FP32 values.
- * Random bits for SR: elmo_rand_u32(seed, step, ELMO_RNG_CLS_SR, label * d + k). */
+ * The update in FP32, with c = elmo_cls_coefs(h) and g = (G^T Xq)[l, k] (FP32 sum):
+ *   SR rows     W <- SR(fma(c.nlr, g, c.decay * W))          nlr = -lr, decay = 1 - lr wd
+ *   head rows   u = fma(c.nlr, g, c.ndecay * W) + comp;  W' = RN(W + u);  comp' = bf16(u - (W' - W))
+ * (fused multiply-adds, the same bits as the GPU's FFMA). Random bits for SR: word k % 4 of
+ * elmo_rand_block_r(seed, step, ELMO_RNG_CLS_SR, (label * d + k) / 4, ELMO_CLS_SR_ROUNDS): one
+ * Philox4x32-7 block per 4 weights (the generator's cost is a fifth of the GPU update). */
 #ifndef ELMO_CLASSIFIER_H
 #define ELMO_CLASSIFIER_H
 
@@ -30,6 +35,21 @@ typedef struct elmo_cls_hyper {
   uint64_t seed;
   int64_t step;
 } elmo_cls_hyper;
+
+#define ELMO_CLS_SR_ROUNDS 7
+
+/* The update's FP32 coefficients (above), rounded once from the double hyperparameters. */
+typedef struct elmo_cls_coef {
+  float nlr, decay, ndecay;   /* -lr, 1 - lr wd, -lr wd */
+} elmo_cls_coef;
+
+static inline elmo_cls_coef elmo_cls_coefs(const elmo_cls_hyper *h) {
+  elmo_cls_coef c;
+  c.nlr = (float)-h->lr;
+  c.decay = (float)(1.0 - h->lr * h->weight_decay);
+  c.ndecay = (float)-(h->lr * h->weight_decay);
+  return c;
+}
 
 /* Xq[i] = cast(X[i]) as FP32 values exactly representable in e4m3 (fp8=1) or bf16 (fp8=0). */
 void elmo_cls_cast_input(const float *X, int64_t n, int fp8, float *Xq);

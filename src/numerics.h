@@ -28,7 +28,9 @@
  *       counter = { lo32(idx / 4), hi32(idx / 4), lo32(step), tensor }
  *   and returns word (idx % 4) of the output block. Four consecutive elements 4b..4b+3 thus share
  *   one Philox block: a kernel handling them together calls elmo_rand_block once (elmo_rand_u32
- *   gives the same words one at a time). Steps >= 2^32 fold into the key; (seed, step) pairs that
+ *   gives the same words one at a time). elmo_rand_block_r is the same with fewer rounds: the
+ *   classifier's SR bits, drawn for every weight at every step, use 7 (src/classifier.h).
+ *   Steps >= 2^32 fold into the key; (seed, step) pairs that
  *   differ only by equal XORs of hi32(seed) and hi32(step) collide, which needs step >= 2^32.
  *
  * Stochastic rounding (r: 32 uniform random bits, normally elmo_rand_u32(...))
@@ -190,11 +192,13 @@ ELMO_HD static inline elmo_fp8 elmo_sr_fp8(float x, uint32_t r) {
 
 /* ---- counter-based random bits: Philox4x32-10 ---- */
 
-ELMO_HD static inline void elmo_philox4x32_10(const uint32_t ctr_in[4], const uint32_t key_in[2],
-                                              uint32_t out[4]) {
+/* Philox4x32 with `rounds` rounds (10 is Random123's default; 7 is the fewest Salmon et al. found
+ * free of BigCrush failures). */
+ELMO_HD static inline void elmo_philox4x32_r(const uint32_t ctr_in[4], const uint32_t key_in[2], int rounds,
+                                             uint32_t out[4]) {
   uint32_t c0 = ctr_in[0], c1 = ctr_in[1], c2 = ctr_in[2], c3 = ctr_in[3];
   uint32_t k0 = key_in[0], k1 = key_in[1];
-  for (int round = 0; round < 10; round++) {
+  for (int round = 0; round < rounds; round++) {
     uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
     uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
     c1 = (uint32_t)p1;
@@ -210,9 +214,15 @@ ELMO_HD static inline void elmo_philox4x32_10(const uint32_t ctr_in[4], const ui
   out[3] = c3;
 }
 
-/* The four random words of elements 4*block .. 4*block+3 (see the header comment). */
-ELMO_HD static inline void elmo_rand_block(uint64_t seed, uint64_t step, uint32_t tensor,
-                                           uint64_t block, uint32_t out[4]) {
+ELMO_HD static inline void elmo_philox4x32_10(const uint32_t ctr_in[4], const uint32_t key_in[2],
+                                              uint32_t out[4]) {
+  elmo_philox4x32_r(ctr_in, key_in, 10, out);
+}
+
+/* The four random words of elements 4*block .. 4*block+3 from Philox4x32 with `rounds` rounds
+ * (key and counter as in the header comment). */
+ELMO_HD static inline void elmo_rand_block_r(uint64_t seed, uint64_t step, uint32_t tensor, uint64_t block,
+                                             int rounds, uint32_t out[4]) {
   uint32_t key[2], ctr[4];
   key[0] = (uint32_t)seed;
   key[1] = (uint32_t)(seed >> 32) ^ (uint32_t)(step >> 32);
@@ -220,7 +230,13 @@ ELMO_HD static inline void elmo_rand_block(uint64_t seed, uint64_t step, uint32_
   ctr[1] = (uint32_t)(block >> 32);
   ctr[2] = (uint32_t)step;
   ctr[3] = tensor;
-  elmo_philox4x32_10(ctr, key, out);
+  elmo_philox4x32_r(ctr, key, rounds, out);
+}
+
+/* The four random words of elements 4*block .. 4*block+3 (see the header comment). */
+ELMO_HD static inline void elmo_rand_block(uint64_t seed, uint64_t step, uint32_t tensor,
+                                           uint64_t block, uint32_t out[4]) {
+  elmo_rand_block_r(seed, step, tensor, block, 10, out);
 }
 
 ELMO_HD static inline uint32_t elmo_rand_u32(uint64_t seed, uint64_t step, uint32_t tensor,

@@ -74,10 +74,15 @@ static void test_philox_kat(void **state) {
   static const uint32_t want[3][4] = {{0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8},
                                       {0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd},
                                       {0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1}};
+  static const uint32_t want7[3][4] = {{0x5f6fb709, 0x0d893f64, 0x4f121f81, 0x4f730a48},
+                                       {0x5207ddc2, 0x45165e59, 0x4d8ee751, 0x8c52f662},
+                                       {0x4dfccaba, 0x190a87f0, 0xc47362ba, 0xb6b5242a}};
   for (int t = 0; t < 3; t++) {
     uint32_t out[4];
     elmo_philox4x32_10(ctr[t], key[t], out);
     for (int j = 0; j < 4; j++) assert_int_equal(out[j], want[t][j]);
+    elmo_philox4x32_r(ctr[t], key[t], 7, out); /* the classifier's SR bits */
+    for (int j = 0; j < 4; j++) assert_int_equal(out[j], want7[t][j]);
   }
 }
 
