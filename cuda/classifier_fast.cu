@@ -137,11 +137,19 @@ static __device__ __forceinline__ uint32_t lop3_or_and(uint32_t a, uint32_t b, u
 }
 static __device__ __forceinline__ float sr8_value(float v, uint32_t r) {
   const uint32_t u = __float_as_uint(v);
-  const uint32_t f = (r & 0xFFFFFu) | 0x3C800000u;       /* 2^-6 + rr 2^-29 */
+  uint32_t f; /* 2^-6 + rr 2^-29 = (r & 0xFFFFF) | 0x3C800000, one LOP3 */
+  asm("lop3.b32 %0, %1, 0xFFFFF, 0x3C800000, 0xEA;" : "=r"(f) : "r"(r));
   const uint32_t n = (u + f - 0x3C800000u) & 0xFFF00000u; /* u + rr, truncated */
   const float t = __fadd_rn(fabsf(v), __uint_as_float(f));
   const float s = __fsub_rn(__uint_as_float(__float_as_uint(t) & 0xFFF00000u), 0.015625f); /* >= +0 or NaN */
   return __uint_as_float(fabsf(v) >= 0.015625f ? n : lop3_or_and(__float_as_uint(s), u, 0x80000000u));
+}
+
+/* elmo_sr_bf16: below 0x7F7F0000 in magnitude the add cannot reach inf (nor carry a NaN's
+ * payload into the sign), so only the rare rest takes the general form. */
+static __device__ __forceinline__ uint32_t sr16(float v, uint32_t r) {
+  if (!(fabsf(v) <= __uint_as_float(0x7F7F0000u))) return elmo_sr_bf16(v, r);
+  return (__float_as_uint(v) + (r & 0xFFFFu)) >> 16;
 }
 
 /* Two FP32 values -> two e4m3 codes (lo in the low byte), round to nearest, satfinite. */
@@ -522,8 +530,14 @@ static __global__ void __launch_bounds__(U_THREADS, DT == ELMO_F32 ? 1 : 2) upda
  * (row g, column 8t) hit distinct banks in each phase; fp32 as the 128-row kernel. */
 #define R_LDW(es) ((es) == 1 ? 160 : (es) == 2 ? 320 : U_LDW(4))
 static constexpr __host__ __device__ size_t r_w_bytes(int es) { return (size_t)R_TL * R_LDW(es); }
-static constexpr size_t r_smem_bytes(int es) { return R_X_BYTES + R_G_BYTES + 2 * r_w_bytes(es) + 2 * 4 * R_TL; }
-static constexpr __host__ __device__ int r_blocks_per_sm(int dt) { return dt == ELMO_FP8 ? 3 : dt == ELMO_BF16 ? 2 : 1; }
+/* Weight tile buffers: two for e4m3 (the next tile's weights load during this tile's rounding);
+ * one for bf16 (loaded after this tile's store, during the next tile's mma), so that three
+ * blocks fit an SM. */
+static constexpr __host__ __device__ int r_w_bufs(int es) { return es == 1 ? 2 : 1; }
+static constexpr size_t r_smem_bytes(int es) {
+  return R_X_BYTES + R_G_BYTES + r_w_bufs(es) * (r_w_bytes(es) + 4 * R_TL);
+}
+static constexpr __host__ __device__ int r_blocks_per_sm(int dt) { return dt == ELMO_FP8 || dt == ELMO_BF16 ? 3 : 1; }
 
 /* 4 bytes global -> shared without waiting; zeros when !valid. */
 static __device__ __forceinline__ void cp_async4(void *dst, const void *src, bool valid) {
@@ -549,14 +563,19 @@ static __device__ __forceinline__ void r_load_x(const update_args &a, int bp, in
   }
 }
 
-/* Label tile j0..j0+64: G^T rows 0..bp into sg, the weights into sw, the head slots. */
-template <typename GT, int ES>
-static __device__ __forceinline__ void r_start(const update_args &a, int64_t j0, int64_t k0, int bp, uint16_t *sg,
-                                               uint8_t *sw, int32_t *sslot) {
+/* Label tile j0..j0+64: G^T rows 0..bp into sg (no commit). */
+template <typename GT>
+static __device__ __forceinline__ void r_load_g(const update_args &a, int64_t j0, int bp, uint16_t *sg) {
   for (int i = threadIdx.x; i < bp * (R_TL / 8); i += U_THREADS) {
     const int r = i / (R_TL / 8), c = (i % (R_TL / 8)) * 8;
     g_chunk(a, (const GT *)a.G, r, j0 + c, sg + r * R_LDG + c);
   }
+}
+
+/* Label tile j0..j0+64: the weights into sw and the head slots (no commit). */
+template <int ES>
+static __device__ __forceinline__ void r_load_w(const update_args &a, int64_t j0, int64_t k0, uint8_t *sw,
+                                                int32_t *sslot) {
   constexpr int CPR = U_TD * ES / 16;
 #pragma unroll
   for (int q = 0; q < R_TL * CPR / U_THREADS; q++) {
@@ -569,7 +588,6 @@ static __device__ __forceinline__ void r_start(const update_args &a, int64_t j0,
     const int64_t j = j0 + threadIdx.x, l = a.l0 + j;
     sslot[threadIdx.x] = a.head_slot && a.kahan && j < a.n && l < a.L ? a.head_slot[l] : -1;
   }
-  cp_async_commit();
 }
 
 /* acc = G^T Xq for the tile, K = bp batch rows. */
@@ -614,7 +632,7 @@ template <> struct wcodec8<ELMO_FP8> {
     uint32_t c[4];
 #pragma unroll
     for (int q = 0; q < 4; q++) c[q] = cvt_e4m3x2(sr8_value(v[2 * q], r[2 * q]), sr8_value(v[2 * q + 1], r[2 * q + 1]));
-    *(uint2 *)p = make_uint2(c[0] | (c[1] << 16), c[2] | (c[3] << 16));
+    *(uint2 *)p = make_uint2(__byte_perm(c[0], c[1], 0x5410), __byte_perm(c[2], c[3], 0x5410));
   }
 };
 template <> struct wcodec8<ELMO_BF16> {
@@ -630,8 +648,7 @@ template <> struct wcodec8<ELMO_BF16> {
   static __device__ __forceinline__ void put_sr(uint8_t *p, const float v[8], const uint32_t r[8]) {
     uint32_t c[4];
 #pragma unroll
-    for (int q = 0; q < 4; q++)
-      c[q] = (uint32_t)elmo_sr_bf16(v[2 * q], r[2 * q]) | ((uint32_t)elmo_sr_bf16(v[2 * q + 1], r[2 * q + 1]) << 16);
+    for (int q = 0; q < 4; q++) c[q] = __byte_perm(sr16(v[2 * q], r[2 * q]), sr16(v[2 * q + 1], r[2 * q + 1]), 0x5410);
     *(uint4 *)p = make_uint4(c[0], c[1], c[2], c[3]);
   }
 };
@@ -694,30 +711,41 @@ static __device__ __forceinline__ void r_epilogue(const update_args &a, int64_t 
 /* grid: d_tiles x Q blocks; block i: feature tile i % d_tiles, label tiles i / d_tiles + Q k. */
 template <typename GT, int DT, bool CONST_BITS>
 static __global__ void __launch_bounds__(U_THREADS, r_blocks_per_sm(DT)) update_res_kernel(update_args a) {
-  constexpr int ES = wcodec<DT>::es;
+  constexpr int ES = wcodec<DT>::es, NB = r_w_bufs(ES);
   extern __shared__ __align__(16) uint8_t smem[];
   uint16_t *sx = (uint16_t *)smem, *sg = (uint16_t *)(smem + R_X_BYTES);
   uint8_t *wbuf = smem + R_X_BYTES + R_G_BYTES;
-  int32_t *slots = (int32_t *)(wbuf + 2 * r_w_bytes(ES));
+  int32_t *slots = (int32_t *)(wbuf + NB * r_w_bytes(ES));
   const int bp = (int)((a.B + 15) / 16 * 16);
   const int64_t k0 = (int64_t)(blockIdx.x % a.d_tiles) * U_TD, qs = gridDim.x / a.d_tiles;
   const int64_t ltiles = (a.n + R_TL - 1) / R_TL;
   int64_t lt = blockIdx.x / a.d_tiles;
   if (lt >= ltiles) return;
   r_load_x(a, bp, k0, sx); /* joins the first tile's group */
-  r_start<GT, ES>(a, lt * R_TL, k0, bp, sg, wbuf, slots);
-  for (int buf = 0; lt < ltiles; lt += qs, buf ^= 1) {
+  r_load_g<GT>(a, lt * R_TL, bp, sg);
+  r_load_w<ES>(a, lt * R_TL, k0, wbuf, slots);
+  cp_async_commit();
+  for (int buf = 0; lt < ltiles; lt += qs, buf ^= NB - 1) {
+    const bool more = lt + qs < ltiles;
     cp_async_wait<0>();
     __syncthreads(); /* this tile's G^T and weights (and Xq) are here */
     float acc[2][4][4];
     r_mma(acc, sg, sx, bp);
     __syncthreads(); /* G^T read by all warps */
-    if (lt + qs < ltiles)
-      r_start<GT, ES>(a, (lt + qs) * R_TL, k0, bp, sg, wbuf + (buf ^ 1) * r_w_bytes(ES), slots + (buf ^ 1) * R_TL);
+    if (more) {
+      r_load_g<GT>(a, (lt + qs) * R_TL, bp, sg);
+      if (NB == 2) r_load_w<ES>(a, (lt + qs) * R_TL, k0, wbuf + (buf ^ 1) * r_w_bytes(ES), slots + (buf ^ 1) * R_TL);
+      cp_async_commit();
+    }
     uint8_t *sw = wbuf + buf * r_w_bytes(ES);
     r_epilogue<DT, CONST_BITS>(a, lt * R_TL, k0, acc, sw, slots + buf * R_TL);
     __syncthreads();
     store_w_tile<ES, R_TL, R_LDW(ES)>(a, lt * R_TL, k0, sw);
+    if (NB == 1 && more) {
+      __syncthreads(); /* the tile is stored: its buffer takes the next tile's weights */
+      r_load_w<ES>(a, (lt + qs) * R_TL, k0, wbuf, slots);
+      cp_async_commit();
+    }
   }
 }
 
