@@ -52,6 +52,8 @@ extern "C" void elmo_cuda_cls_layout(elmo_cuda_cls *c, elmo_pool *p) {
   c->dx_slices = elmo_cuda_cls_dx_slices(c->B_cap, c->d);
   c->dx_part = c->dtype != ELMO_F32 ? (float *)elmo_pool_take(p, dx_part_bytes(c->dtype, c->B_cap, c->d), ELMO_MEM_CHUNK)
                                     : NULL;
+  c->grad_tab = (uint16_t *)elmo_pool_take(p, 2 * 65536 * sizeof(uint16_t), ELMO_MEM_CHUNK);
+  c->grad_tab_ready = 0;
   c->widened_l0 = -1;
 }
 
@@ -269,7 +271,7 @@ static __device__ double block_sum(double v, double *sh) {
 template <typename ZT>
 static __global__ void __launch_bounds__(GRAD_THREADS)
 grad_kernel(ZT *z, int64_t n, int64_t l0, int64_t L, const int64_t *y_indptr, const int32_t *y_indices,
-            int want_loss, double *part) {
+            int want_loss, double *part, const uint16_t *__restrict__ tab) {
   __shared__ double sh[GRAD_THREADS];
   __shared__ int64_t range[2];
   const int64_t b = blockIdx.y, t0 = (int64_t)blockIdx.x * ELMO_CUDA_GRAD_TILE;
@@ -296,8 +298,7 @@ grad_kernel(ZT *z, int64_t n, int64_t l0, int64_t L, const int64_t *y_indptr, co
         loss += (double)(fmaxf(v[e], 0.0f) + log1pf(expf(-fabsf(v[e]))));
         if (pos) loss -= (double)v[e];
       }
-      g[e] = 1.0f / (1.0f + expf(-v[e]));
-      if (pos) g[e] -= 1.0f;
+      g[e] = elmo_bf16_to_f32(__ldg(tab + (pos ? 65536u : 0u) + (elmo_f32_bits(v[e]) >> 16)));
     }
     z_store8(zr, g);
   }
@@ -319,13 +320,19 @@ static __global__ void __launch_bounds__(GRAD_THREADS) loss_reduce_kernel(const 
 extern "C" void elmo_cuda_cls_grad(elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, const int64_t *y_indptr,
                                    const int32_t *y_indices, int want_loss, cudaStream_t s) {
   if (B <= 0) return;
+  if (!c->grad_tab_ready) { /* once: G of every bf16 logit, computed by the CPU reference */
+    static uint16_t tab[2 * 65536];
+    elmo_cls_grad_table(tab);
+    ELMO_CUDA_CHECK(cudaMemcpy(c->grad_tab, tab, sizeof tab, cudaMemcpyHostToDevice));
+    c->grad_tab_ready = 1;
+  }
   dim3 grid((unsigned)grad_tiles(n), (unsigned)B);
   if (c->dtype == ELMO_F32)
     grad_kernel<float><<<grid, GRAD_THREADS, 0, s>>>((float *)c->z, n, l0, c->L, y_indptr, y_indices, want_loss,
-                                                     c->loss_part);
+                                                     c->loss_part, c->grad_tab);
   else
     grad_kernel<uint16_t><<<grid, GRAD_THREADS, 0, s>>>((uint16_t *)c->z, n, l0, c->L, y_indptr, y_indices,
-                                                        want_loss, c->loss_part);
+                                                        want_loss, c->loss_part, c->grad_tab);
   ELMO_LAUNCH_CHECK();
   if (want_loss) {
     loss_reduce_kernel<<<1, GRAD_THREADS, 0, s>>>(c->loss_part, (int64_t)grid.x * B, c->loss);

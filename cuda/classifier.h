@@ -4,7 +4,9 @@
  * slower on the H100). Per piece [l0, l0+n):
  *   z  = Xq W_c^T               cuBLASLt, FP32 accumulation, stored BF16 (FP32 for fp32 weights)
  *                               FP8 x FP8 tensor cores when W is e4m3 and the input is cast to e4m3
- *   G  = bf16(sigmoid(z) - y)   in place; padded labels 0; summed BCE per block, reduced in order
+ *   G  = bf16(sigmoid(z) - y)   in place, looked up per bf16 logit code in elmo_cls_grad_table
+ *                               (the CPU's own values); padded labels 0; summed BCE per block,
+ *                               reduced in order
  *   dX += G W_c                 e4m3/bf16 W: BF16 tensor-core kernel split over labels into
  *                               dx_part slices (e4m3 tiles widened in shared memory), the slices
  *                               summed in order into dX once per step (classifier_fast.h);
@@ -67,6 +69,8 @@ typedef struct elmo_cuda_cls {
   double *loss_part;          /* [B_cap * ceil(chunk / ELMO_CUDA_GRAD_TILE)] per-block BCE sums */
   double *loss;               /* [1] summed BCE of the current step */
   float *dx_part;             /* [dx_slices, B_cap, d] dX partial sums (e4m3 / bf16 weights) */
+  uint16_t *grad_tab;         /* [131072] elmo_cls_grad_table, filled on first use */
+  int grad_tab_ready;
   int64_t dx_slices;
   /* paths, from elmo_cuda_cls_init_paths */
   int fp8_logits;             /* train logits through FP8 tensor cores */

@@ -41,6 +41,15 @@ void elmo_cls_logits(const elmo_cls_weights *w, const float *Xq, int64_t B, int6
 
 static inline float sigmoidf(float z) { return 1.0f / (1.0f + expf(-z)); }
 
+void elmo_cls_grad_table(uint16_t *t) {
+  for (uint32_t c = 0; c < 65536; c++) {
+    float s = sigmoidf(elmo_bf16_to_f32((elmo_bf16)c));
+    t[c] = elmo_f32_to_bf16(s);
+    s -= 1.0f;
+    t[65536 + c] = elmo_f32_to_bf16(s);
+  }
+}
+
 double elmo_cls_grad(float *z, int64_t B, int64_t l0, int64_t n, int64_t L, const int64_t *y_indptr,
                      const int32_t *y_indices, int want_loss) {
   double loss = 0.0;

@@ -58,6 +58,10 @@ float elmo_cls_w(const elmo_cls_weights *w, int64_t l, int64_t k);
 /* z[b, j] = bf16(sum_k Xq[b,k] W[l0+j,k]) (store_bf16) or the FP32 sum. */
 void elmo_cls_logits(const elmo_cls_weights *w, const float *Xq, int64_t B, int64_t l0, int64_t n, int store_bf16,
                      float *z);
+/* The gradient of one bf16 logit code c as elmo_cls_grad computes it: t[c] = bf16(sigmoid(z)),
+ * t[65536 + c] = bf16(sigmoid(z) - 1) (a positive label), z = the bf16 value of c. The GPU looks
+ * G up here, so both give the same bits. t holds 131072 codes. */
+void elmo_cls_grad_table(uint16_t *t);
 /* In place z -> G = bf16(sigmoid(z) - y); labels >= L get 0. Returns the summed BCE over the
  * real labels when want_loss (computed from the stored logits), else 0. */
 double elmo_cls_grad(float *z, int64_t B, int64_t l0, int64_t n, int64_t L, const int64_t *y_indptr,
