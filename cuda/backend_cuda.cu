@@ -63,7 +63,43 @@ struct elmo_model {
   inputs dev, host;
   void *pinned;                  /* host side of the inputs */
   double *loss_host;             /* pinned [1] */
+  /* ELMO_PROFILE=1: device time of each phase of the training step, summed over steps after the
+   * first, printed to stderr when the model is destroyed */
+  int prof;
+  cudaEvent_t ev[8];
+  double prof_ms[7];
+  int64_t prof_steps;
 };
+
+#define PROF_PHASES 7
+static const char *const prof_names[PROF_PHASES] = {"upload", "encoder forward", "dropout", "classifier step",
+                                                   "dropout (grad)", "encoder backward", "encoder AdamW"};
+
+static void prof_mark(elmo_model *m, int i) {
+  if (m->prof) ELMO_CUDA_CHECK(cudaEventRecord(m->ev[i], m->s));
+}
+
+/* After a synchronised step: adds its phases' times (the first step, with its warm-up, is left out). */
+static void prof_collect(elmo_model *m) {
+  if (!m->prof) return;
+  if (m->prof_steps++ == 0) return;
+  for (int i = 0; i < PROF_PHASES; i++) {
+    float ms = 0.0f;
+    ELMO_CUDA_CHECK(cudaEventElapsedTime(&ms, m->ev[i], m->ev[i + 1]));
+    m->prof_ms[i] += ms;
+  }
+}
+
+static void prof_report(elmo_model *m) {
+  if (!m->prof || m->prof_steps < 2) return;
+  double n = (double)(m->prof_steps - 1), total = 0.0;
+  for (int i = 0; i < PROF_PHASES; i++) total += m->prof_ms[i];
+  fprintf(stderr, "elmo cuda profile: %lld steps, %.3f ms/step of device time\n", (long long)(m->prof_steps - 1),
+          total / n);
+  for (int i = 0; i < PROF_PHASES; i++)
+    fprintf(stderr, "elmo cuda profile: %-18s %8.3f ms  %5.1f%%\n", prof_names[i], m->prof_ms[i] / n,
+            total > 0 ? 100.0 * m->prof_ms[i] / total : 0.0);
+}
 
 /* ---- layout ------------------------------------------------------------------------------ */
 
@@ -407,6 +443,9 @@ static int cuda_create(const elmo_config *cfg, const elmo_model_desc *md, elmo_m
   }
   log_create(m);
   elmo_cuda_cls_init_paths(&m->cls, stderr);
+  const char *pe = getenv("ELMO_PROFILE");
+  m->prof = pe && *pe && strcmp(pe, "0") != 0;
+  for (int i = 0; m->prof && i <= PROF_PHASES; i++) ELMO_CUDA_CHECK(cudaEventCreate(&m->ev[i]));
   ELMO_CUDA_CHECK(cudaDeviceSynchronize());
   elmo_mem_probe_sample(&m->probe);
   *out = m;
@@ -417,6 +456,8 @@ static void cuda_destroy(elmo_model **pm) {
   elmo_model *m = *pm;
   if (!m) return;
   if (m->s) ELMO_CUDA_CHECK(cudaStreamSynchronize(m->s));
+  prof_report(m);
+  for (int i = 0; m->prof && i <= PROF_PHASES; i++) ELMO_CUDA_CHECK(cudaEventDestroy(m->ev[i]));
   if (m->tf) elmo_cuda_tf_destroy(&m->tf);
   elmo_blas_destroy(&m->blas);
   elmo_pool_free(&m->overflow);
@@ -586,11 +627,16 @@ static void encoder_update(elmo_model *m, const elmo_step *s) {
 
 static int cuda_train_step(elmo_model *m, const elmo_batch *b, const elmo_step *s, double *loss, elmo_err *err) {
   *loss = NAN;
+  prof_mark(m, 0); /* upload: host-side filling of the pinned buffers included */
   int rc = upload_batch(m, b, 1, NULL, err);
-  if (!rc) rc = encoder_forward(m, b, err);
   if (rc) return rc;
+  prof_mark(m, 1);
+  rc = encoder_forward(m, b, err);
+  if (rc) return rc;
+  prof_mark(m, 2);
   const int64_t n = b->B * m->md.d;
   elmo_cuda_dropout(m->X, n, m->md.dropout, m->md.seed, s->step, m->s);
+  prof_mark(m, 3);
   elmo_cls_hyper h;
   h.lr = s->lr_classifier;
   h.weight_decay = m->cls_opt.weight_decay;
@@ -599,11 +645,16 @@ static int cuda_train_step(elmo_model *m, const elmo_batch *b, const elmo_step *
   elmo_cuda_cls_step(&m->cls, m->X, b->B, m->dev.y_indptr, m->dev.y_indices, &h, s->compute_loss, m->dX, m->s);
   if (s->compute_loss)
     ELMO_CUDA_CHECK(cudaMemcpyAsync(m->loss_host, m->cls.loss, sizeof(double), cudaMemcpyDeviceToHost, m->s));
+  prof_mark(m, 4);
   elmo_cuda_dropout(m->dX, n, m->md.dropout, m->md.seed, s->step, m->s); /* the same mask */
+  prof_mark(m, 5);
   rc = encoder_backward(m, b, err);
   if (rc) return rc;
+  prof_mark(m, 6);
   encoder_update(m, s);
+  prof_mark(m, 7);
   ELMO_CUDA_CHECK(cudaStreamSynchronize(m->s));
+  prof_collect(m);
   elmo_mem_probe_sample(&m->probe);
   if (s->compute_loss) {
     *loss = *m->loss_host;

@@ -748,7 +748,7 @@ static void test_sparse_encoder(void **state) {
 /* ---- AdamW and dropout ---------------------------------------------------------------------- */
 
 static void run_adamw(elmo_dtype dt, int kahan, uint64_t seed) {
-  const int64_t n = 5000;
+  const int64_t n = 5003; /* a tail past the groups of 8, range bounds inside groups */
   uint64_t s = seed;
   size_t es = elmo_dtype_size(dt);
   void *p = malloc(n * es), *m = malloc(n * es), *v = malloc(n * es);
@@ -764,14 +764,14 @@ static void run_adamw(elmo_dtype dt, int kahan, uint64_t seed) {
     }
     c[i] = kahan ? elmo_f32_to_bf16(tu_rand_normal(&s) * 1e-6f) : 0;
     g[i] = tu_rand_normal(&s) * (i % 97 == 0 ? 100.0f : 0.01f);
-    mask[i] = (i >= 1000 && i < 3000) || i >= 4000;
+    mask[i] = (i >= 1001 && i < 3005) || (i >= 3005 && i < 3006) || i >= 4003;
   }
-  int64_t ranges[4] = {1000, 4000, 3000, 5000}; /* starts, then ends */
+  int64_t ranges[6] = {1001, 3005, 4003, 3005, 3006, 5003}; /* starts, then ends: 3005 starts where one ends */
   void *dp = dup_up(p, n * es), *dm = dup_up(m, n * es), *dv = dup_up(v, n * es);
   uint16_t *dc = kahan ? dup_up(c, 2 * n) : NULL;
   float *dg = dup_up(g, sizeof(float) * n);
   int64_t *dr = dup_up(ranges, sizeof ranges);
-  elmo_cuda_decay dec = {.start = dr, .end = dr + 2, .n = 2};
+  elmo_cuda_decay dec = {.start = dr, .end = dr + 3, .n = 3};
   for (int t = 1; t <= 3; t++) {
     elmo_adamw_hyper h = {.lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.01f, .t = t};
     elmo_cuda_adamw(dp, dm, dv, dc, dt, dg, n, &dec, &h, S);
