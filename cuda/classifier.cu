@@ -22,7 +22,7 @@ static size_t z_bytes_for(elmo_dtype t, int64_t B_cap, int64_t chunk) {
 
 /* The dX partial sums (e4m3 / bf16 weights; fp32 weights accumulate through cuBLASLt). */
 static size_t dx_part_bytes(elmo_dtype t, int64_t B_cap, int64_t d) {
-  return t == ELMO_F32 ? 0 : sizeof(float) * (size_t)(elmo_cuda_cls_dx_slices(B_cap, d) * B_cap * d);
+  return t == ELMO_F32 ? 0 : sizeof(float) * (size_t)(elmo_cuda_cls_dx_slices(t, B_cap, d) * B_cap * d);
 }
 
 /* FP8 tensor cores (sm_89 and newer). Without a device (planning on a build machine) the plan
@@ -49,7 +49,7 @@ extern "C" void elmo_cuda_cls_layout(elmo_cuda_cls *c, elmo_pool *p) {
   c->Wc16 = widen ? (uint16_t *)elmo_pool_take(p, (size_t)(c->chunk * c->d) * 2, ELMO_MEM_CHUNK) : NULL;
   c->loss_part = (double *)elmo_pool_take(p, sizeof(double) * (size_t)(c->B_cap * grad_tiles(c->chunk)), ELMO_MEM_CHUNK);
   c->loss = (double *)elmo_pool_take(p, sizeof(double), ELMO_MEM_CHUNK);
-  c->dx_slices = elmo_cuda_cls_dx_slices(c->B_cap, c->d);
+  c->dx_slices = elmo_cuda_cls_dx_slices(c->dtype, c->B_cap, c->d);
   c->dx_part = c->dtype != ELMO_F32 ? (float *)elmo_pool_take(p, dx_part_bytes(c->dtype, c->B_cap, c->d), ELMO_MEM_CHUNK)
                                     : NULL;
   c->grad_tab = (uint16_t *)elmo_pool_take(p, 2 * 65536 * sizeof(uint16_t), ELMO_MEM_CHUNK);

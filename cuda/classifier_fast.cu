@@ -823,20 +823,29 @@ extern "C" void elmo_cuda_cls_update_mma(const elmo_cuda_cls *c, int64_t B, int6
 /* ==== dX = G W, split over labels ============================================================ */
 
 #define X_TB 128                 /* batch rows per block */
-#define X_TD 128                 /* features per block */
+/* Features per block and threads: bf16 weights take 256 features with 16 warps, so that each G
+ * tile is read by d / 256 blocks (the bf16 kernel is bound by L2 traffic); e4m3 keeps 128
+ * features with 8 warps, two blocks per SM (its bound is the shared-memory widening, and 256
+ * features measured slower: 1.95 vs 1.75 ms at 2.81M labels). */
+template <int DT> struct xcfg {
+  static constexpr int TD = DT == ELMO_FP8 ? 128 : 256, THREADS = DT == ELMO_FP8 ? 256 : 512, WN = TD / 32;
+  static constexpr int CTAS = DT == ELMO_FP8 ? 264 : 132, BLOCKS_PER_SM = DT == ELMO_FP8 ? 2 : 1;
+};
+#define X_TD (xcfg<DT>::TD)
 #define X_BK 64                  /* labels per stage */
 #define X_NST 3
-#define X_THREADS 256
-#define X_CTAS 264               /* blocks to aim for: two per SM of an H100 (132 SMs) */
+#define X_THREADS (xcfg<DT>::THREADS)   /* warps: 2 (batch rows, 64 each) x WN (features, 32 each) */
+#define XW_M0(w) (((w) / xcfg<DT>::WN) * 64)
+#define XW_N0(w) (((w) % xcfg<DT>::WN) * 32)
 #define X_LDG (X_BK + 8)         /* bf16 per row of a G stage [b][label] */
-#define X_LDW (X_TD + 8)         /* bf16 per row of a bf16 W tile [label][feature] */
+#define X_LDW(DT) (xcfg<DT>::TD + 8) /* bf16 per row of a bf16 W tile [label][feature] */
 #define X_G_BYTES (X_TB * X_LDG * 2)
-#define X_WB_BYTES (X_BK * X_LDW * 2)
-#define X_W8_BYTES (X_BK * X_TD)
+#define X_WB_BYTES(DT) (X_BK * X_LDW(DT) * 2)
+#define X_W8_BYTES (X_BK * xcfg<ELMO_FP8>::TD)
 
-static constexpr size_t dx_stage_bytes(int dt) { return X_G_BYTES + (dt == ELMO_FP8 ? X_W8_BYTES : X_WB_BYTES); }
-static constexpr size_t dx_smem_bytes(int dt) {
-  return X_NST * dx_stage_bytes(dt) + (dt == ELMO_FP8 ? X_WB_BYTES : 0);
+template <int DT> static constexpr size_t dx_stage_bytes() { return X_G_BYTES + (DT == ELMO_FP8 ? X_W8_BYTES : X_WB_BYTES(DT)); }
+template <int DT> static constexpr size_t dx_smem_bytes() {
+  return X_NST * dx_stage_bytes<DT>() + (DT == ELMO_FP8 ? X_WB_BYTES(DT) : 0);
 }
 
 struct dx_args {
@@ -848,9 +857,10 @@ struct dx_args {
   int d_tiles, accumulate;
 };
 
-extern "C" int64_t elmo_cuda_cls_dx_slices(int64_t B_cap, int64_t d) {
-  const int64_t tiles = (B_cap + X_TB - 1) / X_TB * ((d + X_TD - 1) / X_TD);
-  const int64_t s = X_CTAS / tiles;
+extern "C" int64_t elmo_cuda_cls_dx_slices(elmo_dtype dt, int64_t B_cap, int64_t d) {
+  const int td = dt == ELMO_FP8 ? xcfg<ELMO_FP8>::TD : xcfg<ELMO_BF16>::TD;
+  const int64_t tiles = (B_cap + X_TB - 1) / X_TB * ((d + td - 1) / td);
+  const int64_t s = (dt == ELMO_FP8 ? xcfg<ELMO_FP8>::CTAS : xcfg<ELMO_BF16>::CTAS) / tiles;
   return s < 1 ? 1 : s;
 }
 
@@ -865,7 +875,7 @@ static __device__ __forceinline__ void x_load_stage(const dx_args &a, int64_t b0
     const bool v = b < a.B && j + c < jend;
     cp_async16(sg + r * X_LDG + c, v ? a.G + b * a.n + j + c : a.G, v);
   }
-  constexpr int ES = DT == ELMO_FP8 ? 1 : 2, CPR = X_TD * ES / 16, LDB = DT == ELMO_FP8 ? X_TD : X_LDW * 2;
+  constexpr int ES = DT == ELMO_FP8 ? 1 : 2, CPR = X_TD * ES / 16, LDB = DT == ELMO_FP8 ? X_TD : X_LDW(DT) * 2;
 #pragma unroll
   for (int q = 0; q < X_BK * CPR / X_THREADS; q++) {
     const int i = threadIdx.x + q * X_THREADS, r = i / CPR, c = i % CPR;
@@ -876,6 +886,7 @@ static __device__ __forceinline__ void x_load_stage(const dx_args &a, int64_t b0
 }
 
 /* The e4m3 tile [X_BK][X_TD] widened to bf16 [X_BK][X_LDW]. */
+template <int DT>
 static __device__ __forceinline__ void x_widen(const uint8_t *sw8, uint16_t *swb) {
 #pragma unroll
   for (int q = 0; q < X_BK * X_TD / 16 / X_THREADS; q++) {
@@ -890,21 +901,22 @@ static __device__ __forceinline__ void x_widen(const uint8_t *sw8, uint16_t *swb
     hi.y = fp8x2_to_bf16x2(v.z >> 16);
     hi.z = fp8x2_to_bf16x2(v.w & 0xFFFFu);
     hi.w = fp8x2_to_bf16x2(v.w >> 16);
-    *(uint4 *)(swb + r * X_LDW + c) = lo;
-    *(uint4 *)(swb + r * X_LDW + c + 8) = hi;
+    *(uint4 *)(swb + r * X_LDW(DT) + c) = lo;
+    *(uint4 *)(swb + r * X_LDW(DT) + c + 8) = hi;
   }
 }
 
 /* acc += G W over one stage (X_BK labels). */
+template <int DT>
 static __device__ __forceinline__ void x_mma_stage(float acc[4][4][4], const uint16_t *sg, const uint16_t *swb) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, m0 = WARP_M0(warp), n0 = WARP_N0(warp);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, m0 = XW_M0(warp), n0 = XW_N0(warp);
 #pragma unroll
   for (int kk = 0; kk < X_BK; kk += 16) {
     uint32_t af[4][4], bf[4][2];
 #pragma unroll
     for (int i = 0; i < 4; i++) /* A = G stored [m = b][k = label] */
       ldsm_x4(af[i], sg + (m0 + 16 * i + (lane & 15)) * X_LDG + kk + (lane >> 4) * 8);
-    load_b_frags(bf, swb, X_LDW, kk, n0, lane);
+    load_b_frags(bf, swb, X_LDW(DT), kk, n0, lane);
 #pragma unroll
     for (int i = 0; i < 4; i++)
 #pragma unroll
@@ -914,14 +926,14 @@ static __device__ __forceinline__ void x_mma_stage(float acc[4][4][4], const uin
 
 /* grid (batch tiles x feature tiles, slices). */
 template <int DT>
-static __global__ void __launch_bounds__(X_THREADS, 2) dx_part_kernel(dx_args a) {
+static __global__ void __launch_bounds__(xcfg<DT>::THREADS, xcfg<DT>::BLOCKS_PER_SM) dx_part_kernel(dx_args a) {
   extern __shared__ __align__(16) uint8_t smem[];
   const int64_t b0 = (int64_t)(blockIdx.x / a.d_tiles) * X_TB, k0 = (int64_t)(blockIdx.x % a.d_tiles) * X_TD;
   const int64_t jb = (int64_t)blockIdx.y * a.per, je = min64d(a.n, jb + a.per);
   const int nk = je > jb ? (int)((je - jb + X_BK - 1) / X_BK) : 0;
-  uint16_t *swb = (uint16_t *)(smem + X_NST * dx_stage_bytes(DT)); /* e4m3 only */
-#define X_SG(s) ((uint16_t *)(smem + (s) * dx_stage_bytes(DT)))
-#define X_SW(s) (smem + (s) * dx_stage_bytes(DT) + X_G_BYTES)
+  uint16_t *swb = (uint16_t *)(smem + X_NST * dx_stage_bytes<DT>()); /* e4m3 only */
+#define X_SG(s) ((uint16_t *)(smem + (s) * dx_stage_bytes<DT>()))
+#define X_SW(s) (smem + (s) * dx_stage_bytes<DT>() + X_G_BYTES)
 #pragma unroll
   for (int s = 0; s < X_NST - 1; s++) {
     if (s < nk) x_load_stage<DT>(a, b0, jb + (int64_t)s * X_BK, je, k0, X_SG(s), X_SW(s));
@@ -942,11 +954,11 @@ static __global__ void __launch_bounds__(X_THREADS, 2) dx_part_kernel(dx_args a)
     cp_async_commit();
     const uint16_t *wt = (const uint16_t *)X_SW(kt % X_NST);
     if (DT == ELMO_FP8) {
-      x_widen(X_SW(kt % X_NST), swb);
+      x_widen<DT>(X_SW(kt % X_NST), swb);
       __syncthreads();
       wt = swb;
     }
-    x_mma_stage(acc, X_SG(kt % X_NST), wt);
+    x_mma_stage<DT>(acc, X_SG(kt % X_NST), wt);
   }
 #undef X_SG
 #undef X_SW
@@ -957,11 +969,11 @@ static __global__ void __launch_bounds__(X_THREADS, 2) dx_part_kernel(dx_args a)
   for (int i = 0; i < 4; i++)
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-      const int64_t b = b0 + WARP_M0(warp) + 16 * i + g + 8 * h;
+      const int64_t b = b0 + XW_M0(warp) + 16 * i + g + 8 * h;
       if (b >= a.B) continue;
 #pragma unroll
       for (int j = 0; j < 4; j++) {
-        const int64_t k = k0 + WARP_N0(warp) + 8 * j + 2 * t;
+        const int64_t k = k0 + XW_N0(warp) + 8 * j + 2 * t;
         if (k >= a.d) continue;
         float2 *p = (float2 *)(part + b * a.d + k), v = make_float2(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
         if (a.accumulate) {
@@ -997,7 +1009,7 @@ static __global__ void __launch_bounds__(256) dx_reduce_kernel(const float4 *par
 
 template <int DT>
 static void launch_dx(const dx_args &a, dim3 grid, cudaStream_t s) {
-  const size_t smem = dx_smem_bytes(DT);
+  const size_t smem = dx_smem_bytes<DT>();
   static bool attr_set = false;
   if (!attr_set) {
     ELMO_CUDA_CHECK(cudaFuncSetAttribute(dx_part_kernel<DT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
@@ -1019,7 +1031,8 @@ extern "C" void elmo_cuda_cls_dx_part(const elmo_cuda_cls *c, int64_t B, int64_t
   a.l0 = l0;
   a.B = B;
   a.B_cap = c->B_cap;
-  a.d_tiles = (int)((c->d + X_TD - 1) / X_TD);
+  const int td = c->dtype == ELMO_FP8 ? xcfg<ELMO_FP8>::TD : xcfg<ELMO_BF16>::TD;
+  a.d_tiles = (int)((c->d + td - 1) / td);
   a.accumulate = accumulate;
   const int64_t steps = (n + X_BK - 1) / X_BK;
   a.per = (steps + c->dx_slices - 1) / c->dx_slices * X_BK;

@@ -29,7 +29,7 @@ extern "C" {
 
 /* Slices of the dX kernel for this batch capacity and width: about two blocks per SM of an
  * H100 over all (batch, feature) tiles. c->dx_part holds [slices, B_cap, d] FP32. */
-int64_t elmo_cuda_cls_dx_slices(int64_t B_cap, int64_t d);
+int64_t elmo_cuda_cls_dx_slices(elmo_dtype dt, int64_t B_cap, int64_t d);
 /* dx_part[s] (+ when accumulate) = G[:, slice s] W[l0 + slice s] for the n labels from l0. */
 void elmo_cuda_cls_dx_part(const elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, int accumulate,
                            cudaStream_t s);
