@@ -2,20 +2,23 @@
  * to the CUDA backend. BF16 mma.sync (m16n8k16, FP32 accumulation) on tiles staged in shared
  * memory by cp.async; no widened copy of W and no weight gradient in global memory.
  *
- *   update: W[l0:l0+n] <- SR(W - lr (G^T Xq + wd W)), head rows Kahan RN. G^T Xq (K = the batch)
- *           accumulates in registers per tile and the SGD + SR epilogue runs on those registers;
- *           the new codes go back through shared memory for 16-byte stores. Batches up to 128
- *           rows: 64-label x 128-feature tiles, Xq's feature slice resident in shared memory, three
- *           blocks per SM (e4m3); larger batches: 128 x 128 tiles with K streamed in stages. Both
- *           persistent, the next tile loading while this one is rounded. SR bits as src/classifier.h
- *           says (Philox4x32-7 with its round keys precomputed, one block per 4 elements) and the
- *           rounding is
- *           elmo_sr_fp8 / elmo_sr_bf16 bit for bit (e4m3: an FP32 form finished by the hardware's
- *           e4m3x2 conversion, checked on the device in tests).
+ *   update: W[l0:l0+n] <- SR(fma(-lr, G^T Xq, (1 - lr wd) W)), head rows Kahan RN (the FP32
+ *           update of src/classifier.h). G^T Xq (K = the batch) accumulates in registers per tile
+ *           and the SGD + SR epilogue runs on those registers; the new codes go back through
+ *           shared memory for 16-byte stores. Batches up to 128 rows: 64-label x 128-feature
+ *           tiles, Xq's feature slice resident in shared memory with its columns permuted so that
+ *           each lane's accumulators are 8 adjacent features of a row (8 weights read, rounded
+ *           and written at once, two whole Philox blocks, no exchange between lanes), three blocks
+ *           per SM (e4m3 with two weight buffers, bf16 with one); larger batches: 128 x 128 tiles
+ *           with K streamed in stages. Both persistent. SR bits as src/classifier.h says
+ *           (Philox4x32-7 with its round keys precomputed, one block per 4 elements) and the
+ *           rounding is elmo_sr_fp8 / elmo_sr_bf16 bit for bit (e4m3: an FP32 form finished by
+ *           the hardware's e4m3x2 conversion, checked on the device in tests).
  *   dX:     split over labels (K): block (batch tile, feature tile, slice s) sums G W over its
  *           labels into dx_part[s] (overwrites or adds, a fixed assignment, no atomics); e4m3
- *           tiles are widened to BF16 in shared memory. elmo_cuda_cls_dx_reduce then adds the
- *           slices in order into dX, so the result does not depend on scheduling.
+ *           tiles (128 features, 8 warps) are widened to BF16 in shared memory, bf16 tiles take
+ *           256 features with 16 warps (fewer reads of each G tile). elmo_cuda_cls_dx_reduce then
+ *           adds the slices in order into dX, so the result does not depend on scheduling.
  * Weights e4m3 or bf16 (fp32 reference weights take the cuBLASLt path in classifier.cu); the
  * update also takes fp32 weights (G in FP32 holding bf16 values). */
 #ifndef ELMO_CUDA_CLASSIFIER_FAST_H
