@@ -159,18 +159,28 @@ static __device__ __forceinline__ uint32_t cvt_e4m3x2(float lo, float hi) {
   return p;
 }
 
-/* For tests: out[i] = the update kernel's SR of x[i] + zero (zero = -0.0f: the add every update
- * value comes from) with bits r[i]; n even. */
-static __global__ void sr8_test_kernel(const float *x, const uint32_t *r, uint8_t *out, int64_t n, float zero) {
+/* For tests: the update kernel's SR of x[i] + zero (zero = -0.0f: the add every update value
+ * comes from) with bits r[i], two at a time: e4m3 codes into out8 or bf16 codes into out16; n even. */
+static __global__ void sr_test_kernel(const float *x, const uint32_t *r, uint8_t *out8, uint16_t *out16, int64_t n,
+                                      float zero) {
   for (int64_t i = 2 * (blockIdx.x * (int64_t)blockDim.x + threadIdx.x); i < n; i += 2 * (int64_t)gridDim.x * blockDim.x) {
     const float v0 = __fadd_rn(x[i], zero), v1 = __fadd_rn(x[i + 1], zero);
-    *(uint16_t *)(out + i) = (uint16_t)cvt_e4m3x2(sr8_value(v0, r[i]), sr8_value(v1, r[i + 1]));
+    if (out8) *(uint16_t *)(out8 + i) = (uint16_t)cvt_e4m3x2(sr8_value(v0, r[i]), sr8_value(v1, r[i + 1]));
+    else *(uint32_t *)(out16 + i) = __byte_perm(sr16(v0, r[i]), sr16(v1, r[i + 1]), 0x5410);
   }
 }
 
+static unsigned sr_test_blocks(int64_t n) { return (unsigned)((n / 2 + 255) / 256 < 1024 ? (n / 2 + 255) / 256 : 1024); }
+
 extern "C" void elmo_cuda_cls_sr_fp8_dev(const float *x, const uint32_t *r, uint8_t *out, int64_t n, cudaStream_t s) {
   if (n <= 0) return;
-  sr8_test_kernel<<<(unsigned)((n / 2 + 255) / 256 < 1024 ? (n / 2 + 255) / 256 : 1024), 256, 0, s>>>(x, r, out, n, -0.0f);
+  sr_test_kernel<<<sr_test_blocks(n), 256, 0, s>>>(x, r, out, NULL, n, -0.0f);
+  ELMO_LAUNCH_CHECK();
+}
+
+extern "C" void elmo_cuda_cls_sr_bf16_dev(const float *x, const uint32_t *r, uint16_t *out, int64_t n, cudaStream_t s) {
+  if (n <= 0) return;
+  sr_test_kernel<<<sr_test_blocks(n), 256, 0, s>>>(x, r, NULL, out, n, -0.0f);
   ELMO_LAUNCH_CHECK();
 }
 

@@ -45,6 +45,8 @@ void elmo_cuda_cls_update_mma(const elmo_cuda_cls *c, int64_t B, int64_t l0, int
  * device over n (even) device values x with bits r into out (elmo_sr_fp8(x[i], r[i])), and
  * elmo_rand_block_r(..., ELMO_CLS_SR_ROUNDS) through precomputed round keys (host). */
 void elmo_cuda_cls_sr_fp8_dev(const float *x, const uint32_t *r, uint8_t *out, int64_t n, cudaStream_t s);
+/* The same for bf16 weights (elmo_sr_bf16). */
+void elmo_cuda_cls_sr_bf16_dev(const float *x, const uint32_t *r, uint16_t *out, int64_t n, cudaStream_t s);
 void elmo_cuda_cls_rand_block_rk(uint64_t seed, uint64_t step, uint32_t tensor, uint64_t block, uint32_t out[4]);
 
 #ifdef __cplusplus

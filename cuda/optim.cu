@@ -30,24 +30,36 @@ static __device__ __forceinline__ float st(void *a, int bf16, int64_t i, float x
   return x;
 }
 
-static __device__ int decays(const elmo_cuda_decay &d, int64_t i) {
+/* Number of ranges starting at or before i. */
+static __device__ int ranges_started(const elmo_cuda_decay &d, int64_t i) {
   int lo = 0, hi = d.n;
-  while (lo < hi) { /* last range with start <= i */
+  while (lo < hi) {
     int mid = (lo + hi) >> 1;
     if (d.start[mid] <= i) lo = mid + 1; else hi = mid;
   }
-  return lo > 0 && i < d.end[lo - 1];
+  return lo;
 }
 
+/* One element per thread (coalesced); the decay range of a block's span is searched once, by its
+ * first thread, and each thread steps over the few range starts inside the span. */
 template <int BF16>
-static __global__ void adamw_kernel(adamw_args a) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < a.n; i += (int64_t)gridDim.x * blockDim.x) {
+static __global__ void __launch_bounds__(256) adamw_kernel(adamw_args a) {
+  __shared__ int s_lo;
+  for (int64_t base = blockIdx.x * (int64_t)blockDim.x; base < a.n; base += (int64_t)gridDim.x * blockDim.x) {
+    if (threadIdx.x == 0) s_lo = ranges_started(a.decay, base);
+    __syncthreads();
+    int lo = s_lo;
+    __syncthreads(); /* s_lo is rewritten next round */
+    const int64_t i = base + threadIdx.x;
+    if (i >= a.n) continue;
+    while (lo < a.decay.n && a.decay.start[lo] <= i) lo++;
+    const int dec = lo > 0 && i < a.decay.end[lo - 1];
     const float gi = a.g[i];
     const float mi = st(a.m, BF16, i, __fadd_rn(__fmul_rn(a.b1, ld(a.m, BF16, i)), __fmul_rn(__fsub_rn(1.0f, a.b1), gi)));
     const float vi = st(a.v, BF16, i, __fadd_rn(__fmul_rn(a.b2, ld(a.v, BF16, i)),
                                                __fmul_rn(__fmul_rn(__fsub_rn(1.0f, a.b2), gi), gi)));
     const float pi = ld(a.p, BF16, i);
-    const float wd = decays(a.decay, i) ? a.wd : 0.0f;
+    const float wd = dec ? a.wd : 0.0f;
     const float den = __fadd_rn(__fsqrt_rn(__fdiv_rn(vi, a.bc2)), a.eps);
     const float upd = __fmul_rn(-a.lr, __fadd_rn(__fdiv_rn(__fdiv_rn(mi, a.bc1), den), __fmul_rn(wd, pi)));
     if (a.c) {

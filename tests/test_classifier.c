@@ -177,6 +177,29 @@ static void test_head_kahan(void **state) {
 }
 
 /* Top-k merge: score order, ties to the lower label, filters, padded labels ignored. */
+/* The GPU's gradient table gives elmo_cls_grad's bits for every bf16 logit, positive or not. */
+static void test_grad_table(void **state) {
+  (void)state;
+  enum { N = 65536 };
+  float *z = malloc(sizeof(float) * 2 * N);
+  uint16_t *t = malloc(sizeof(uint16_t) * 2 * N);
+  int32_t *yi = malloc(sizeof(int32_t) * N);
+  for (int r = 0; r < 2; r++)
+    for (int c = 0; c < N; c++) z[r * N + c] = elmo_bf16_to_f32((elmo_bf16)c);
+  for (int c = 0; c < N; c++) yi[c] = c; /* row 1: every label positive; row 0: none */
+  int64_t yp[3] = {0, 0, N};
+  elmo_cls_grad(z, 2, 0, N, N, yp, yi, 0);
+  elmo_cls_grad_table(t);
+  for (int r = 0; r < 2; r++)
+    for (int c = 0; c < N; c++) {
+      uint32_t got = elmo_f32_bits(elmo_bf16_to_f32(t[r * N + c])), want = elmo_f32_bits(z[r * N + c]);
+      if (got != want) fail_msg("code 0x%04x positive %d: table %08x, elmo_cls_grad %08x", c, r, got, want);
+    }
+  free(z);
+  free(t);
+  free(yi);
+}
+
 static void test_topk_merge(void **state) {
   float z1[8] = {0.5f, 0.9f, 0.9f, 0.1f, /* row 1 */ 2, 2, 2, 2};
   float z2[8] = {0.9f, 0.2f, 0.95f, 5.0f, 1, 3, 1, 1};
@@ -197,7 +220,8 @@ static void test_topk_merge(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_dx_and_loss), cmocka_unit_test(test_update_fp32), cmocka_unit_test(test_sr_neighbours),
-    cmocka_unit_test(test_chunk_invariance), cmocka_unit_test(test_head_kahan), cmocka_unit_test(test_topk_merge),
+    cmocka_unit_test(test_chunk_invariance), cmocka_unit_test(test_head_kahan), cmocka_unit_test(test_grad_table),
+    cmocka_unit_test(test_topk_merge),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

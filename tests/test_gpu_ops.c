@@ -354,8 +354,22 @@ static void test_cls_sr_twins(void **state) {
     if (got[i] != elmo_sr_fp8(x[i], r[i]))
       fail_msg("device e4m3 SR(%08x, %08x) = %02x, elmo_sr_fp8 %02x", u, r[i], got[i], elmo_sr_fp8(x[i], r[i]));
   }
-  cudaFree(dx); cudaFree(dr); cudaFree(dout);
-  free(x); free(r); free(got);
+  uint16_t *got16 = malloc(2 * (size_t)n), *dout16 = dpoison(2 * (size_t)n);
+  elmo_cuda_cls_sr_bf16_dev(dx, dr, dout16, n, S);
+  down(got16, dout16, 2 * (size_t)n);
+  for (i = 0; i < n; i++) {
+    uint32_t u;
+    memcpy(&u, &x[i], 4);
+    /* NaN inputs reach the kernel as the add's canonical NaN; elmo_sr_bf16 keeps payloads */
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) {
+      if ((got16[i] & 0x7FFFu) <= 0x7F80u) fail_msg("device bf16 SR(%08x) = %04x is not NaN", u, got16[i]);
+      continue;
+    }
+    if (got16[i] != elmo_sr_bf16(x[i], r[i]))
+      fail_msg("device bf16 SR(%08x, %08x) = %04x, elmo_sr_bf16 %04x", u, r[i], got16[i], elmo_sr_bf16(x[i], r[i]));
+  }
+  cudaFree(dx); cudaFree(dr); cudaFree(dout); cudaFree(dout16);
+  free(x); free(r); free(got); free(got16);
   for (int k = 0; k < 200000; k++) {
     uint64_t seed = tu_rand_u64(&s), step = k & 1 ? tu_rand_u64(&s) : tu_rand_u64(&s) % 100000, block = tu_rand_u64(&s) >> (k % 40);
     uint32_t a[4], b[4];
@@ -364,7 +378,7 @@ static void test_cls_sr_twins(void **state) {
     if (memcmp(a, b, sizeof a)) fail_msg("rand_block_rk differs at seed %llx step %llx block %llx", (unsigned long long)seed,
                                          (unsigned long long)step, (unsigned long long)block);
   }
-  print_message("device e4m3 SR: %lld patterns equal to elmo_sr_fp8; Philox round-key form equal on 200000 blocks\n", (long long)n);
+  print_message("device e4m3 / bf16 SR: %lld patterns equal to elmo_sr_fp8 / elmo_sr_bf16; Philox round-key form equal on 200000 blocks\n", (long long)n);
 }
 
 /* ---- tests: the classifier ops one by one, chunk by chunk -------------------------------------- */
