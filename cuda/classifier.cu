@@ -207,15 +207,7 @@ static_assert(GRAD_THREADS * GRAD_VEC == ELMO_CUDA_GRAD_TILE, "one label tile pe
 
 /* Eight logits as FP32 (FP32 logits are rounded to bf16 first: the CPU stores them in bf16),
  * and eight gradients stored back. */
-static __device__ __forceinline__ void z_load8(const uint16_t *z, float v[8]) {
-  const uint4 q = *(const uint4 *)z;
-  const uint32_t w[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-  for (int e = 0; e < 4; e++) {
-    v[2 * e] = elmo_bits_f32(w[e] << 16);
-    v[2 * e + 1] = elmo_bits_f32(w[e] & 0xFFFF0000u);
-  }
-}
+static __device__ __forceinline__ void z_load8(const uint16_t *z, float v[8]) { elmo_bf16x8_to_f32(z, v); }
 static __device__ __forceinline__ void z_load8(const float *z, float v[8]) {
   const float4 p = *(const float4 *)z, q = *(const float4 *)(z + 4);
   const float r[8] = {p.x, p.y, p.z, p.w, q.x, q.y, q.z, q.w};

@@ -4,6 +4,7 @@
  * padded rows (16 bytes of padding per row: conflict-free). */
 #include "classifier_fast.h"
 #include "check.h"
+#include "convert.h"
 
 #include "numerics.h"
 
@@ -646,15 +647,7 @@ template <> struct wcodec8<ELMO_FP8> {
   }
 };
 template <> struct wcodec8<ELMO_BF16> {
-  static __device__ __forceinline__ void get(const uint8_t *p, float v[8]) {
-    const uint4 q = *(const uint4 *)p;
-    const uint32_t w[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-    for (int h = 0; h < 4; h++) {
-      v[2 * h] = elmo_bits_f32(w[h] << 16);
-      v[2 * h + 1] = elmo_bits_f32(w[h] & 0xFFFF0000u);
-    }
-  }
+  static __device__ __forceinline__ void get(const uint8_t *p, float v[8]) { elmo_bf16x8_to_f32(p, v); }
   static __device__ __forceinline__ void put_sr(uint8_t *p, const float v[8], const uint32_t r[8]) {
     uint32_t c[4];
 #pragma unroll
