@@ -62,6 +62,7 @@ typedef struct elmo_cuda_cls {
   /* scratch from elmo_cuda_cls_layout */
   uint8_t *Xq8;               /* [B_cap, d] e4m3 codes (fp8 input) */
   uint16_t *Xq16;             /* [B_cap, d] bf16 codes of Xq */
+  uint16_t *Xp16;             /* [B_cap, round32(d)] the same, columns permuted for the update kernels */
   float *Xq32;                /* [B_cap, d] Xq as FP32 (fp32 weights only) */
   void *z;                    /* [B_cap, chunk] logits / G: bf16, or FP32 for fp32 weights */
   size_t z_bytes;

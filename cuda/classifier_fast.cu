@@ -203,9 +203,6 @@ template <> struct wcodec<ELMO_FP8> {
     v[1] = f.y;
   }
   static __device__ __forceinline__ uint32_t rn(float v) { return elmo_f32_to_fp8(v); }
-  static __device__ __forceinline__ void put_sr2(uint8_t *p, float v0, float v1, const uint32_t r[2]) {
-    *(uint16_t *)p = (uint16_t)cvt_e4m3x2(sr8_value(v0, r[0]), sr8_value(v1, r[1]));
-  }
   static __device__ __forceinline__ float dec(uint32_t c) { return elmo_fp8_to_f32((uint8_t)c); }
   static __device__ __forceinline__ void put2(uint8_t *p, uint32_t c0, uint32_t c1) {
     *(uint16_t *)p = (uint16_t)(c0 | (c1 << 8));
@@ -219,9 +216,6 @@ template <> struct wcodec<ELMO_BF16> {
     v[1] = elmo_bits_f32(u & 0xFFFF0000u);
   }
   static __device__ __forceinline__ uint32_t rn(float v) { return elmo_f32_to_bf16(v); }
-  static __device__ __forceinline__ void put_sr2(uint8_t *p, float v0, float v1, const uint32_t r[2]) {
-    *(uint32_t *)p = (uint32_t)elmo_sr_bf16(v0, r[0]) | ((uint32_t)elmo_sr_bf16(v1, r[1]) << 16);
-  }
   static __device__ __forceinline__ float dec(uint32_t c) { return elmo_bf16_to_f32((uint16_t)c); }
   static __device__ __forceinline__ void put2(uint8_t *p, uint32_t c0, uint32_t c1) {
     *(uint32_t *)p = c0 | (c1 << 16);
@@ -235,14 +229,36 @@ template <> struct wcodec<ELMO_F32> {
     v[1] = f.y;
   }
   static __device__ __forceinline__ uint32_t rn(float v) { return elmo_f32_bits(v); }
-  static __device__ __forceinline__ void put_sr2(uint8_t *p, float v0, float v1, const uint32_t *) {
-    *(float2 *)p = make_float2(v0, v1);
-  }
   static __device__ __forceinline__ float dec(uint32_t c) { return elmo_bits_f32(c); }
   static __device__ __forceinline__ void put2(uint8_t *p, uint32_t c0, uint32_t c1) {
     *(float2 *)p = make_float2(elmo_bits_f32(c0), elmo_bits_f32(c1));
   }
 };
+
+/* ---- Xq with permuted columns ------------------------------------------------------------- */
+
+/* The update kernels read Xq through a copy whose column c holds feature xperm(c) (within each 32
+ * columns): mma column 8j + 2t + e (n8 tile j, lane quad t) is then feature 8t + 2j + e, so the
+ * accumulators of lane t are features 8t..8t+7 of its rows, and the epilogue reads, rounds and
+ * writes 8 adjacent weights at a time with two whole Philox blocks and no exchange between lanes. */
+static __host__ __device__ __forceinline__ int xperm(int c) {
+  return (c & ~31) | (((c >> 1) & 3) << 3) | (((c >> 3) & 3) << 1) | (c & 1);
+}
+
+/* Rows of the permuted copy: d rounded up to whole groups of 32 (features >= d read as zeros). */
+static int64_t xperm_ld(int64_t d) { return (d + 31) / 32 * 32; }
+
+/* Xp[b, c] = Xq[b, xperm(c)] (0 past d), two columns (4 bytes) a thread; d a multiple of 16. */
+static __global__ void permute_x_kernel(const uint32_t *Xq, uint32_t *Xp, int64_t rows, int64_t d, int64_t dp) {
+  const int64_t pairs = rows * (dp / 2);
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < pairs; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t b = i / (dp / 2);
+    const int f = xperm((int)(i % (dp / 2)) * 2);
+    Xp[i] = f < d ? Xq[(b * d + f) / 2] : 0u;
+  }
+}
+
+extern "C" int64_t elmo_cuda_cls_xp_cols(int64_t d) { return xperm_ld(d); }
 
 /* ==== fused update ============================================================================ */
 
@@ -256,7 +272,9 @@ template <> struct wcodec<ELMO_F32> {
 #define U_LDG (U_TL + 8)         /* bf16 per row of a G^T stage [b][label] */
 #define U_LDX (U_TD + 8)         /* bf16 per row of an Xq stage [b][feature] */
 #define U_STAGE_BYTES (U_BK * (U_LDG + U_LDX) * 2)
-#define U_LDW(es) (U_TD * (es) + 16) /* bytes per row of a weight tile */
+/* Bytes per row of a weight tile: 8-byte reads of 8 e4m3 weights by lanes (row g, column 8t) hit
+ * distinct banks in each phase at 160; wider weights keep 16 bytes of padding. */
+#define U_LDW(es) ((es) == 1 ? 160 : U_TD * (es) + 16)
 
 /* Stages in flight: three for e4m3, two for the wider weights (two blocks per SM still fit). */
 static constexpr __host__ __device__ int u_nst(int dt) { return dt == ELMO_FP8 ? 3 : 2; }
@@ -270,7 +288,8 @@ struct update_args {
   uint16_t *kahan;         /* [n_head, d] or NULL */
   const int32_t *head_slot;
   const void *G;           /* [round16(B), n]: bf16 codes, or FP32 (fp32 weights) */
-  const uint16_t *Xq16;    /* [B_cap, d] bf16 codes */
+  const uint16_t *Xq16;    /* [B_cap, dp] bf16 codes of Xq, columns permuted (c->Xp16, see xperm) */
+  int64_t dp;              /* its row length: d rounded up to 32 */
   float nlr, decay, ndecay; /* elmo_cls_coefs */
   uint32_t step_lo;        /* counter word 2 of the SR bits */
   uint32_t rk[20];         /* Philox round keys of (seed, step) */
@@ -310,8 +329,8 @@ static __device__ __forceinline__ void u_load_stage(const update_args &a, int64_
   for (int q = 0; q < U_BK * (U_TD / 8) / U_THREADS; q++) {
     const int i = threadIdx.x + q * U_THREADS, r = i / (U_TD / 8), c = (i % (U_TD / 8)) * 8;
     const int64_t b = b0 + r, k = k0 + c;
-    const bool v = b < a.B && k < a.d;
-    cp_async16(sx + r * U_LDX + c, v ? a.Xq16 + b * a.d + k : a.Xq16, v);
+    const bool v = b < a.B && k < a.dp;
+    cp_async16(sx + r * U_LDX + c, v ? a.Xq16 + b * a.dp + k : a.Xq16, v);
   }
 }
 
@@ -387,20 +406,6 @@ static __device__ __forceinline__ float u_delta(const update_args &a, float g, f
   return __fmaf_rn(a.nlr, g, __fmul_rn(a.ndecay, p));
 }
 
-/* Weights (row r, features cc, cc+1) of the tile in shared memory: SR of p + delta with bits r01.
- * Head rows (slot >= 0) are left for u_kahan; no branch, so the scheduler can overlap the Philox
- * chains and roundings of neighbouring calls. */
-template <int DT>
-static __device__ __forceinline__ void u_sr(const update_args &a, int r, int cc, int32_t slot, float g0, float g1,
-                                            const uint32_t r01[2], uint8_t *sw) {
-  using C = wcodec<DT>;
-  uint8_t *pw = sw + r * U_LDW(C::es) + cc * C::es;
-  float p[2];
-  C::get2(pw, p);
-  const float v0 = u_new(a, g0, p[0]), v1 = u_new(a, g1, p[1]);
-  if (slot < 0) C::put_sr2(pw, v0, v1, r01);
-}
-
 /* Head row: round to nearest with the bf16 Kahan compensation, p' = RN(p + u), c' = bf16(u - (p' - p)),
  * u = delta + c (the CPU's update_kahan_row). */
 template <int DT, int LDW = U_LDW(wcodec<DT>::es)>
@@ -423,50 +428,91 @@ static __device__ __forceinline__ void u_kahan(const update_args &a, int64_t k0,
   C::put2(pw, c0, c1);
 }
 
-/* The SGD + SR epilogue on the accumulators. Lane (g, t) holds rows r0 = g, r1 = g + 8 of each
- * m16 tile and features 2t, 2t+1 of each n8 tile; lanes t and t^1 cover one Philox block (4
- * features) in both rows: the even lane draws the block of r0, the odd lane that of r1, and they
- * swap the halves the other needs. The m16 tiles go through acc[0..1] two at a time (a rolled
- * loop that shifts the accumulators down), which keeps the code half of the unrolled size. */
-template <int DT, bool CONST_BITS>
-static __device__ __forceinline__ void u_epilogue(const update_args &a, int64_t j0, int64_t k0, float acc[4][4][4],
-                                                  uint8_t *sw, const int32_t *sslot) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3, odd = t & 1;
-  const int m0 = WARP_M0(warp), n0 = WARP_N0(warp);
-#pragma unroll 1
-  for (int i = 0; i < 4; i += 2) {
+/* Eight weights of a tile row in shared memory <-> FP32, and their SR back (the codecs of 8). */
+template <int DT> struct wcodec8;
+template <> struct wcodec8<ELMO_FP8> {
+  static __device__ __forceinline__ void get(const uint8_t *p, float v[8]) {
+    const uint2 q = *(const uint2 *)p;
+    const uint32_t w[2] = {q.x, q.y};
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-      const int r0 = m0 + 16 * (i + h) + g, r1 = r0 + 8;
-      const int32_t slot0 = sslot[r0], slot1 = sslot[r1];
-      const int64_t base = (a.l0 + j0 + (odd ? r1 : r0)) * a.d + k0; /* element index of the drawn row */
+      const float2 a = fp8x2_to_f32(w[h] & 0xFFFFu), b = fp8x2_to_f32(w[h] >> 16);
+      v[4 * h] = a.x;
+      v[4 * h + 1] = a.y;
+      v[4 * h + 2] = b.x;
+      v[4 * h + 3] = b.y;
+    }
+  }
+  static __device__ __forceinline__ void put_sr(uint8_t *p, const float v[8], const uint32_t r[8]) {
+    uint32_t c[4];
+#pragma unroll
+    for (int q = 0; q < 4; q++) c[q] = cvt_e4m3x2(sr8_value(v[2 * q], r[2 * q]), sr8_value(v[2 * q + 1], r[2 * q + 1]));
+    *(uint2 *)p = make_uint2(__byte_perm(c[0], c[1], 0x5410), __byte_perm(c[2], c[3], 0x5410));
+  }
+};
+template <> struct wcodec8<ELMO_BF16> {
+  static __device__ __forceinline__ void get(const uint8_t *p, float v[8]) { elmo_bf16x8_to_f32(p, v); }
+  static __device__ __forceinline__ void put_sr(uint8_t *p, const float v[8], const uint32_t r[8]) {
+    uint32_t c[4];
+#pragma unroll
+    for (int q = 0; q < 4; q++) c[q] = __byte_perm(sr16(v[2 * q], r[2 * q]), sr16(v[2 * q + 1], r[2 * q + 1]), 0x5410);
+    *(uint4 *)p = make_uint4(c[0], c[1], c[2], c[3]);
+  }
+};
+template <> struct wcodec8<ELMO_F32> {
+  static __device__ __forceinline__ void get(const uint8_t *p, float v[8]) {
+    const float4 a = *(const float4 *)p, b = *(const float4 *)(p + 16);
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+    v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+  }
+  static __device__ __forceinline__ void put_sr(uint8_t *p, const float v[8], const uint32_t *) {
+    *(float4 *)p = make_float4(v[0], v[1], v[2], v[3]);
+    *(float4 *)(p + 16) = make_float4(v[4], v[5], v[6], v[7]);
+  }
+};
+
+/* The SGD + SR epilogue of a warp's MI x 16 rows by 32 features (warps 2 x 4 over the tile; the
+ * Xq columns were permuted by xperm). Lane (g, t) holds rows m0 + 16 i + g + 8 h (i < MI, h = 0, 1),
+ * features cb = n0 + 8t .. cb + 7 of each: per row it draws the two Philox blocks of those 8
+ * elements, reads the 8 weights at once, rounds them and writes them back (head rows, slot >= 0,
+ * are left for u_kahan). LDW: bytes per row of the weight tile. */
+template <int DT, bool CONST_BITS, int MI, int LDW>
+static __device__ __forceinline__ void epilogue8(const update_args &a, int64_t j0, int64_t k0, float acc[MI][4][4],
+                                                 uint8_t *sw, const int32_t *sslot) {
+  constexpr int ES = wcodec<DT>::es;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int m0 = (warp >> 2) * 16 * MI, cb = (warp & 3) * 32 + 8 * t;
+  /* Philox block of (row r, feature cb) = tb4 + r d / 4 (d is a multiple of 16, cb of 8) */
+  const uint64_t tb4 = (uint64_t)((a.l0 + j0) * a.d + k0 + cb) >> 2;
+  const uint32_t d4 = (uint32_t)(a.d >> 2);
+#pragma unroll
+  for (int i = 0; i < MI; i++) {
+    int32_t slot[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int r = m0 + 16 * i + g + 8 * h;
+      slot[h] = sslot[r];
+      const uint64_t blk = tb4 + (uint64_t)((uint32_t)r * d4);
+      uint32_t w[8];
+      u_bits<CONST_BITS>(a, blk, w);
+      u_bits<CONST_BITS>(a, blk + 1, w + 4);
+      uint8_t *pw = sw + r * LDW + cb * ES;
+      float p[8], v[8];
+      wcodec8<DT>::get(pw, p);
 #pragma unroll
       for (int j = 0; j < 4; j++) {
-        const int cg = n0 + 8 * j + 4 * (t >> 1); /* first feature of the Philox block */
-        uint32_t w[4];
-        u_bits<CONST_BITS>(a, (uint64_t)(base + cg) >> 2, w);
-        const uint32_t s0 = odd ? w[0] : w[2], s1 = odd ? w[1] : w[3];
-        const uint32_t q0 = __shfl_xor_sync(0xFFFFFFFFu, s0, 1), q1 = __shfl_xor_sync(0xFFFFFFFFu, s1, 1);
-        const uint32_t ra[2] = {odd ? q0 : w[0], odd ? q1 : w[1]}; /* row r0, features 2t, 2t+1 */
-        const uint32_t rb[2] = {odd ? w[2] : q0, odd ? w[3] : q1}; /* row r1 */
-        const int cc = n0 + 8 * j + 2 * t;
-        u_sr<DT>(a, r0, cc, slot0, acc[h][j][0], acc[h][j][1], ra, sw);
-        u_sr<DT>(a, r1, cc, slot1, acc[h][j][2], acc[h][j][3], rb, sw);
+        v[2 * j] = u_new(a, acc[i][j][2 * h], p[2 * j]);
+        v[2 * j + 1] = u_new(a, acc[i][j][2 * h + 1], p[2 * j + 1]);
       }
-      if (__any_sync(0xFFFFFFFFu, slot0 >= 0 || slot1 >= 0)) /* rare: head rows */
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-          u_kahan<DT>(a, k0, r0, n0 + 8 * j + 2 * t, slot0, acc[h][j][0], acc[h][j][1], sw);
-          u_kahan<DT>(a, k0, r1, n0 + 8 * j + 2 * t, slot1, acc[h][j][2], acc[h][j][3], sw);
-        }
+      if (slot[h] < 0) wcodec8<DT>::put_sr(pw, v, w);
     }
+    if (__any_sync(0xFFFFFFFFu, slot[0] >= 0 || slot[1] >= 0)) /* rare: head rows */
 #pragma unroll
-    for (int j = 0; j < 4; j++)
+      for (int h = 0; h < 2; h++)
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
-        acc[0][j][e] = acc[2][j][e];
-        acc[1][j][e] = acc[3][j][e];
-      }
+        for (int j = 0; j < 4; j++)
+          u_kahan<DT, LDW>(a, k0, m0 + 16 * i + g + 8 * h, cb + 2 * j, slot[h], acc[i][j][2 * h], acc[i][j][2 * h + 1],
+                           sw);
   }
 }
 
@@ -519,7 +565,7 @@ static __global__ void __launch_bounds__(U_THREADS, DT == ELMO_F32 ? 1 : 2) upda
     __syncthreads(); /* stages free, this tile's weights here */
     if (tile + gridDim.x < a.tiles)
       u_start_tile<GT, DT>(a, tile + gridDim.x, nk, smem, wbuf + (buf ^ 1) * u_w_bytes(ES), slots + (buf ^ 1) * U_TL);
-    u_epilogue<DT, CONST_BITS>(a, j0, k0, acc, sw, slots + buf * U_TL);
+    epilogue8<DT, CONST_BITS, 4, U_LDW(ES)>(a, j0, k0, acc, sw, slots + buf * U_TL);
     __syncthreads();
     store_w_tile<ES, U_TL>(a, j0, k0, sw);
   }
@@ -537,9 +583,9 @@ static __global__ void __launch_bounds__(U_THREADS, DT == ELMO_F32 ? 1 : 2) upda
 #define R_X_BYTES (R_BMAX * U_LDX * 2)
 #define R_G_BYTES (R_BMAX * R_LDG * 2)
 
-/* Bytes per row of the weight tile: 8-byte (e4m3) or 16-byte (bf16) reads of 8 weights by lanes
- * (row g, column 8t) hit distinct banks in each phase; fp32 as the 128-row kernel. */
-#define R_LDW(es) ((es) == 1 ? 160 : (es) == 2 ? 320 : U_LDW(4))
+/* Bytes per row of the weight tile: as U_LDW, and 320 for bf16 (16-byte reads conflict-free; one
+ * buffer here, so it fits). */
+#define R_LDW(es) ((es) == 2 ? 320 : U_LDW(es))
 static constexpr __host__ __device__ size_t r_w_bytes(int es) { return (size_t)R_TL * R_LDW(es); }
 /* Weight tile buffers: two for e4m3 (the next tile's weights load during this tile's rounding);
  * one for bf16 (loaded after this tile's store, during the next tile's mma), so that three
@@ -550,27 +596,12 @@ static constexpr size_t r_smem_bytes(int es) {
 }
 static constexpr __host__ __device__ int r_blocks_per_sm(int dt) { return dt == ELMO_FP8 || dt == ELMO_BF16 ? 3 : 1; }
 
-/* 4 bytes global -> shared without waiting; zeros when !valid. */
-static __device__ __forceinline__ void cp_async4(void *dst, const void *src, bool valid) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(valid ? 4 : 0));
-}
-
-/* Column c of the resident Xq tile holds feature xperm(c). Within each warp's 32 columns,
- * mma column 8j + 2t + e (n8 tile j, lane quad t) is feature 8t + 2j + e, so the accumulators of
- * lane t are features 8t..8t+7 of its rows: the epilogue then reads, rounds and writes 8
- * consecutive weights at a time and draws two whole Philox blocks, with no exchange between
- * lanes. */
-static __device__ __forceinline__ int xperm(int c) {
-  return (c & ~31) | (((c >> 1) & 3) << 3) | (((c >> 3) & 3) << 1) | (c & 1);
-}
-
-/* Xq[0:bp, k0:k0+128] into sx, columns permuted by xperm (rows >= B and features >= d as zeros);
- * once per block, in 4-byte pieces. */
+/* Xq[0:bp, k0:k0+128] into sx (the permuted copy, see xperm; rows >= B and features >= d as zeros). */
 static __device__ __forceinline__ void r_load_x(const update_args &a, int bp, int64_t k0, uint16_t *sx) {
-  for (int i = threadIdx.x; i < bp * (U_TD / 2); i += U_THREADS) {
-    const int r = i / (U_TD / 2), c = (i % (U_TD / 2)) * 2, f = xperm(c);
-    const bool v = r < a.B && k0 + f < a.d;
-    cp_async4(sx + r * U_LDX + c, v ? a.Xq16 + r * a.d + k0 + f : a.Xq16, v);
+  for (int i = threadIdx.x; i < bp * (U_TD / 8); i += U_THREADS) {
+    const int r = i / (U_TD / 8), c = (i % (U_TD / 8)) * 8;
+    const bool v = r < a.B && k0 + c < a.dp;
+    cp_async16(sx + r * U_LDX + c, v ? a.Xq16 + r * a.dp + k0 + c : a.Xq16, v);
   }
 }
 
@@ -624,93 +655,6 @@ static __device__ __forceinline__ void r_mma(float acc[2][4][4], const uint16_t 
   }
 }
 
-/* Eight weights of a tile row in shared memory <-> FP32, and their SR back (the codecs of 8). */
-template <int DT> struct wcodec8;
-template <> struct wcodec8<ELMO_FP8> {
-  static __device__ __forceinline__ void get(const uint8_t *p, float v[8]) {
-    const uint2 q = *(const uint2 *)p;
-    const uint32_t w[2] = {q.x, q.y};
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      const float2 a = fp8x2_to_f32(w[h] & 0xFFFFu), b = fp8x2_to_f32(w[h] >> 16);
-      v[4 * h] = a.x;
-      v[4 * h + 1] = a.y;
-      v[4 * h + 2] = b.x;
-      v[4 * h + 3] = b.y;
-    }
-  }
-  static __device__ __forceinline__ void put_sr(uint8_t *p, const float v[8], const uint32_t r[8]) {
-    uint32_t c[4];
-#pragma unroll
-    for (int q = 0; q < 4; q++) c[q] = cvt_e4m3x2(sr8_value(v[2 * q], r[2 * q]), sr8_value(v[2 * q + 1], r[2 * q + 1]));
-    *(uint2 *)p = make_uint2(__byte_perm(c[0], c[1], 0x5410), __byte_perm(c[2], c[3], 0x5410));
-  }
-};
-template <> struct wcodec8<ELMO_BF16> {
-  static __device__ __forceinline__ void get(const uint8_t *p, float v[8]) { elmo_bf16x8_to_f32(p, v); }
-  static __device__ __forceinline__ void put_sr(uint8_t *p, const float v[8], const uint32_t r[8]) {
-    uint32_t c[4];
-#pragma unroll
-    for (int q = 0; q < 4; q++) c[q] = __byte_perm(sr16(v[2 * q], r[2 * q]), sr16(v[2 * q + 1], r[2 * q + 1]), 0x5410);
-    *(uint4 *)p = make_uint4(c[0], c[1], c[2], c[3]);
-  }
-};
-template <> struct wcodec8<ELMO_F32> {
-  static __device__ __forceinline__ void get(const uint8_t *p, float v[8]) {
-    const float4 a = *(const float4 *)p, b = *(const float4 *)(p + 16);
-    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
-    v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
-  }
-  static __device__ __forceinline__ void put_sr(uint8_t *p, const float v[8], const uint32_t *) {
-    *(float4 *)p = make_float4(v[0], v[1], v[2], v[3]);
-    *(float4 *)(p + 16) = make_float4(v[4], v[5], v[6], v[7]);
-  }
-};
-
-/* The SGD + SR epilogue of the 32 x 32 warp tiles. Lane (g, t) holds rows m0 + 16 i + g + 8 h
- * (i, h = 0, 1), features cb = n0 + 8t .. cb + 7 of each (xperm): per row it draws the two
- * Philox blocks of those 8 elements, reads the 8 weights at once, rounds them and writes them
- * back (head rows, slot >= 0, are left for u_kahan). */
-template <int DT, bool CONST_BITS>
-static __device__ __forceinline__ void r_epilogue(const update_args &a, int64_t j0, int64_t k0, float acc[2][4][4],
-                                                  uint8_t *sw, const int32_t *sslot) {
-  constexpr int ES = wcodec<DT>::es, LDW = R_LDW(ES);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int m0 = (warp >> 2) * 32, cb = (warp & 3) * 32 + 8 * t;
-  /* Philox block of (row r, feature cb) = tb4 + r d / 4 (d is a multiple of 16, cb of 8) */
-  const uint64_t tb4 = (uint64_t)((a.l0 + j0) * a.d + k0 + cb) >> 2;
-  const uint32_t d4 = (uint32_t)(a.d >> 2);
-#pragma unroll
-  for (int i = 0; i < 2; i++) {
-    int32_t slot[2];
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      const int r = m0 + 16 * i + g + 8 * h;
-      slot[h] = sslot[r];
-      const uint64_t blk = tb4 + (uint64_t)((uint32_t)r * d4);
-      uint32_t w[8];
-      u_bits<CONST_BITS>(a, blk, w);
-      u_bits<CONST_BITS>(a, blk + 1, w + 4);
-      uint8_t *pw = sw + r * LDW + cb * ES;
-      float p[8], v[8];
-      wcodec8<DT>::get(pw, p);
-#pragma unroll
-      for (int j = 0; j < 4; j++) {
-        v[2 * j] = u_new(a, acc[i][j][2 * h], p[2 * j]);
-        v[2 * j + 1] = u_new(a, acc[i][j][2 * h + 1], p[2 * j + 1]);
-      }
-      if (slot[h] < 0) wcodec8<DT>::put_sr(pw, v, w);
-    }
-    if (__any_sync(0xFFFFFFFFu, slot[0] >= 0 || slot[1] >= 0)) /* rare: head rows */
-#pragma unroll
-      for (int h = 0; h < 2; h++)
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-          u_kahan<DT, LDW>(a, k0, m0 + 16 * i + g + 8 * h, cb + 2 * j, slot[h], acc[i][j][2 * h], acc[i][j][2 * h + 1],
-                           sw);
-  }
-}
-
 /* grid: d_tiles x Q blocks; block i: feature tile i % d_tiles, label tiles i / d_tiles + Q k. */
 template <typename GT, int DT, bool CONST_BITS>
 static __global__ void __launch_bounds__(U_THREADS, r_blocks_per_sm(DT)) update_res_kernel(update_args a) {
@@ -741,7 +685,7 @@ static __global__ void __launch_bounds__(U_THREADS, r_blocks_per_sm(DT)) update_
       cp_async_commit();
     }
     uint8_t *sw = wbuf + buf * r_w_bytes(ES);
-    r_epilogue<DT, CONST_BITS>(a, lt * R_TL, k0, acc, sw, slots + buf * R_TL);
+    epilogue8<DT, CONST_BITS, 2, R_LDW(ES)>(a, lt * R_TL, k0, acc, sw, slots + buf * R_TL);
     __syncthreads();
     store_w_tile<ES, R_TL, R_LDW(ES)>(a, lt * R_TL, k0, sw);
     if (NB == 1 && more) {
@@ -800,7 +744,14 @@ extern "C" void elmo_cuda_cls_update_mma(const elmo_cuda_cls *c, int64_t B, int6
   a.kahan = c->kahan;
   a.head_slot = c->head_slot;
   a.G = c->z;
-  a.Xq16 = c->Xq16;
+  a.Xq16 = c->Xp16;
+  a.dp = xperm_ld(c->d);
+  { /* the permuted copy of Xq's rows < B (a few hundred KB: negligible next to W) */
+    const int64_t pairs = B * (a.dp / 2);
+    const int64_t blocks = (pairs + 255) / 256 < 1024 ? (pairs + 255) / 256 : 1024;
+    permute_x_kernel<<<(unsigned)blocks, 256, 0, s>>>((const uint32_t *)c->Xq16, (uint32_t *)c->Xp16, B, c->d, a.dp);
+    ELMO_LAUNCH_CHECK();
+  }
   const elmo_cls_coef cf = elmo_cls_coefs(h);
   a.nlr = cf.nlr;
   a.decay = cf.decay;

@@ -6,11 +6,11 @@
  *           update of src/classifier.h). G^T Xq (K = the batch) accumulates in registers per tile
  *           and the SGD + SR epilogue runs on those registers; the new codes go back through
  *           shared memory for 16-byte stores. Batches up to 128 rows: 64-label x 128-feature
- *           tiles, Xq's feature slice resident in shared memory with its columns permuted so that
- *           each lane's accumulators are 8 adjacent features of a row (8 weights read, rounded
- *           and written at once, two whole Philox blocks, no exchange between lanes), three blocks
- *           per SM (e4m3 with two weight buffers, bf16 with one); larger batches: 128 x 128 tiles
- *           with K streamed in stages. Both persistent. SR bits as src/classifier.h says
+ *           tiles, Xq's feature slice resident in shared memory, three blocks per SM (e4m3 with two
+ *           weight buffers, bf16 with one); larger batches: 128 x 128 tiles with K streamed in
+ *           stages. Both persistent, and both read Xq from c->Xp16, a copy with the columns
+ *           permuted so that each lane's accumulators are 8 adjacent features of a row (8 weights
+ *           read, rounded and written at once, two whole Philox blocks, no exchange between lanes). SR bits as src/classifier.h says
  *           (Philox4x32-7 with its round keys precomputed, one block per 4 elements) and the
  *           rounding is elmo_sr_fp8 / elmo_sr_bf16 bit for bit (e4m3: an FP32 form finished by
  *           the hardware's e4m3x2 conversion, checked on the device in tests).
@@ -30,6 +30,8 @@
 extern "C" {
 #endif
 
+/* Row length of c->Xp16, the update kernels' column-permuted copy of Xq16: d rounded up to 32. */
+int64_t elmo_cuda_cls_xp_cols(int64_t d);
 /* Slices of the dX kernel for this batch capacity and width: about two blocks per SM of an
  * H100 over all (batch, feature) tiles. c->dx_part holds [slices, B_cap, d] FP32. */
 int64_t elmo_cuda_cls_dx_slices(elmo_dtype dt, int64_t B_cap, int64_t d);
