@@ -1,7 +1,9 @@
-/* layernorm.cu: LayerNorm forward/backward for the CUDA encoder. One warp per row; FP32 statistics;
+/* layernorm.cu: LayerNorm forward/backward for the CUDA encoder. One warp per row (held in registers
+ * when the width is 128 K, K <= 8; else staged in shared memory); FP32 statistics;
  * parameter gradients summed deterministically (fixed blocks of rows, then the blocks in order).
  * CPU twins: elmo_tf_layernorm_forward/backward in src/transformer.c. */
 #include <cuda_bf16.h>
+#include <stdint.h>
 
 #include "cuda/layernorm.h"
 #include "cuda/check.h"
@@ -21,6 +23,137 @@ static __device__ float warp_sum(float v) {
 }
 
 static int64_t part_blocks(int64_t M) { return (M + PART_ROWS - 1) / PART_ROWS; }
+
+/* ------------------------------------------------------------------ rows held in registers */
+
+/* H = 128 K columns (K <= 8): lane holds columns 128 k + 4 lane .. +3 of its warp's row in
+ * registers, with 16-byte FP32 and 8-byte bf16 accesses; the arithmetic per element is the
+ * shared-memory kernels' (only the order of the row sums differs). */
+static __device__ __forceinline__ void bf16x4_to_f32(uint2 u, float v[4]) {
+  v[0] = __uint_as_float(u.x << 16);
+  v[1] = __uint_as_float(u.x & 0xFFFF0000u);
+  v[2] = __uint_as_float(u.y << 16);
+  v[3] = __uint_as_float(u.y & 0xFFFF0000u);
+}
+static __device__ __forceinline__ uint2 f32x4_to_bf16(const float v[4]) {
+  const __nv_bfloat162 lo = __floats2bfloat162_rn(v[0], v[1]), hi = __floats2bfloat162_rn(v[2], v[3]);
+  return make_uint2(*(const uint32_t *)&lo, *(const uint32_t *)&hi);
+}
+
+template <int K>
+static __global__ void __launch_bounds__(LN_WARPS * 32)
+ln_forward_vec_kernel(const float *a, const bf16 *bias, const bf16 *res, const bf16 *w, const bf16 *b, int64_t M,
+                      float eps, bf16 *y, bf16 *xhat, float *rstd) {
+  constexpr int H = 128 * K;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t r = (int64_t)blockIdx.x * LN_WARPS + warp;
+  if (r >= M) return;
+  const int64_t base = r * H;
+  float v[K][4], sum = 0.0f;
+#pragma unroll
+  for (int k = 0; k < K; k++) {
+    const int j = 128 * k + 4 * lane;
+    const float4 x = *(const float4 *)(a + base + j);
+    v[k][0] = x.x; v[k][1] = x.y; v[k][2] = x.z; v[k][3] = x.w;
+    float t[4];
+    if (bias) {
+      bf16x4_to_f32(*(const uint2 *)(bias + j), t);
+#pragma unroll
+      for (int e = 0; e < 4; e++) v[k][e] += t[e];
+    }
+    if (res) {
+      bf16x4_to_f32(*(const uint2 *)(res + base + j), t);
+#pragma unroll
+      for (int e = 0; e < 4; e++) v[k][e] += t[e];
+    }
+#pragma unroll
+    for (int e = 0; e < 4; e++) sum += v[k][e];
+  }
+  const float mean = warp_sum(sum) / (float)H;
+  float var = 0.0f;
+#pragma unroll
+  for (int k = 0; k < K; k++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      const float d = v[k][e] - mean;
+      var += d * d;
+    }
+  var = warp_sum(var) / (float)H;
+  const float rs = 1.0f / sqrtf(var + eps);
+#pragma unroll
+  for (int k = 0; k < K; k++) {
+    const int j = 128 * k + 4 * lane;
+    float h[4], wv[4], bv[4], o[4];
+    bf16x4_to_f32(*(const uint2 *)(w + j), wv);
+    bf16x4_to_f32(*(const uint2 *)(b + j), bv);
+#pragma unroll
+    for (int e = 0; e < 4; e++) h[e] = (v[k][e] - mean) * rs;
+    const uint2 hq = f32x4_to_bf16(h);
+    bf16x4_to_f32(hq, h); /* the rounded xhat, as the other kernel uses */
+#pragma unroll
+    for (int e = 0; e < 4; e++) o[e] = h[e] * wv[e] + bv[e];
+    *(uint2 *)(xhat + base + j) = hq;
+    *(uint2 *)(y + base + j) = f32x4_to_bf16(o);
+  }
+  if (lane == 0) rstd[r] = rs;
+}
+
+template <int K>
+static __global__ void __launch_bounds__(LN_WARPS * 32)
+ln_backward_vec_kernel(const float *dy, const bf16 *xhat, const float *rstd, const bf16 *w, int64_t M, float *dx,
+                       bf16 *dx16) {
+  constexpr int H = 128 * K;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t r = (int64_t)blockIdx.x * LN_WARPS + warp;
+  if (r >= M) return;
+  const int64_t base = r * H;
+  float gw[K][4], xh[K][4], sum_g = 0.0f, sum_gh = 0.0f;
+#pragma unroll
+  for (int k = 0; k < K; k++) {
+    const int j = 128 * k + 4 * lane;
+    const float4 g = *(const float4 *)(dy + base + j);
+    float wv[4];
+    bf16x4_to_f32(*(const uint2 *)(w + j), wv);
+    bf16x4_to_f32(*(const uint2 *)(xhat + base + j), xh[k]);
+    const float gg[4] = {g.x, g.y, g.z, g.w};
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      gw[k][e] = gg[e] * wv[e];
+      sum_g += gw[k][e];
+      sum_gh += gw[k][e] * xh[k][e];
+    }
+  }
+  const float mg = warp_sum(sum_g) / (float)H, mgh = warp_sum(sum_gh) / (float)H, rs = rstd[r];
+#pragma unroll
+  for (int k = 0; k < K; k++) {
+    const int j = 128 * k + 4 * lane;
+    float d[4];
+#pragma unroll
+    for (int e = 0; e < 4; e++) d[e] = rs * (gw[k][e] - mg - xh[k][e] * mgh);
+    *(float4 *)(dx + base + j) = make_float4(d[0], d[1], d[2], d[3]);
+    if (dx16) *(uint2 *)(dx16 + base + j) = f32x4_to_bf16(d);
+  }
+}
+
+/* The register kernels take H = 128 K (K = 1..8) with 16-byte aligned rows. */
+static int ln_vec_ok(int H, const void *const *ptrs, int n) {
+  if (H % 128 || H > 1024) return 0;
+  for (int i = 0; i < n; i++)
+    if (((uintptr_t)ptrs[i]) % 16) return 0;
+  return 1;
+}
+
+#define LN_VEC_SWITCH(K_EXPR, CALL) \
+  switch (K_EXPR) {                 \
+    case 1: CALL(1); break;         \
+    case 2: CALL(2); break;         \
+    case 3: CALL(3); break;         \
+    case 4: CALL(4); break;         \
+    case 5: CALL(5); break;         \
+    case 6: CALL(6); break;         \
+    case 7: CALL(7); break;         \
+    default: CALL(8); break;        \
+  }
 
 /* ------------------------------------------------------------------ forward */
 
@@ -60,6 +193,15 @@ static __global__ void ln_forward_kernel(const float *a, const bf16 *bias, const
 
 static void ln_forward_launch(const float *a, const bf16 *bias, const bf16 *res, const bf16 *w, const bf16 *b,
                               int64_t M, int H, float eps, bf16 *y, bf16 *xhat, float *rstd, cudaStream_t s) {
+  const void *ptrs[] = {a, bias ? (const void *)bias : a, res ? (const void *)res : a, w, b, y, xhat};
+  if (ln_vec_ok(H, ptrs, 7)) {
+    const unsigned grid = (unsigned)((M + LN_WARPS - 1) / LN_WARPS);
+#define LN_FWD(K) ln_forward_vec_kernel<K><<<grid, LN_WARPS * 32, 0, s>>>(a, bias, res, w, b, M, eps, y, xhat, rstd)
+    LN_VEC_SWITCH(H / 128, LN_FWD)
+#undef LN_FWD
+    ELMO_LAUNCH_CHECK();
+    return;
+  }
   const size_t smem = (size_t)LN_WARPS * H * sizeof(float);
   if (smem > 48 * 1024)
     ELMO_CUDA_CHECK(cudaFuncSetAttribute(ln_forward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -219,6 +361,15 @@ static void ln_params_launch(const float *dy, const bf16 *xhat, int64_t M, int H
 
 static void ln_backward_launch(const float *dy, const bf16 *xhat, const float *rstd, const bf16 *w, int64_t M,
                                int H, float *dx, bf16 *dx16, cudaStream_t s) {
+  const void *ptrs[] = {dy, xhat, w, dx, dx16 ? (const void *)dx16 : dy};
+  if (ln_vec_ok(H, ptrs, 5)) {
+    const unsigned grid = (unsigned)((M + LN_WARPS - 1) / LN_WARPS);
+#define LN_BWD(K) ln_backward_vec_kernel<K><<<grid, LN_WARPS * 32, 0, s>>>(dy, xhat, rstd, w, M, dx, dx16)
+    LN_VEC_SWITCH(H / 128, LN_BWD)
+#undef LN_BWD
+    ELMO_LAUNCH_CHECK();
+    return;
+  }
   const size_t smem = (size_t)LN_WARPS * H * sizeof(float);
   if (smem > 48 * 1024)
     ELMO_CUDA_CHECK(cudaFuncSetAttribute(ln_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,

@@ -137,11 +137,10 @@ static uint8_t *pad_mask(const uint8_t *m, int B, int T, int Tp) {
 
 /* ------------------------------------------------------------------ layernorm */
 
-static void test_layernorm_forward(void **state) {
-  (void)state;
-  uint64_t rng = 101;
+/* H 80: the shared-memory kernel; H 128 and 768: the register kernels (H = 128 K). */
+static void run_layernorm_forward(int H) {
+  uint64_t rng = 101 + (uint64_t)H;
   const int64_t M = 37;
-  const int H = 80;
   const float eps = 1e-12f;
   float *a = randn((size_t)M * H, &rng, 2.0f, 0.5f), *res = randn((size_t)M * H, &rng, 1.0f, 0.0f);
   float *bias = randn(H, &rng, 0.1f, 0.0f), *w = randn(H, &rng, 0.2f, 1.0f), *b = randn(H, &rng, 0.1f, 0.0f);
@@ -178,11 +177,16 @@ static void test_layernorm_forward(void **state) {
   free(g_y); free(g_xhat); free(g_rstd); free(g_y2);
 }
 
-static void test_layernorm_backward(void **state) {
+static void test_layernorm_forward(void **state) {
   (void)state;
-  uint64_t rng = 202;
+  run_layernorm_forward(80);
+  run_layernorm_forward(128);
+  run_layernorm_forward(768);
+}
+
+static void run_layernorm_backward(int H) {
+  uint64_t rng = 202 + (uint64_t)H;
   const int64_t M = 150;   /* three partial-sum blocks */
-  const int H = 72;
   float *dy = randn((size_t)M * H, &rng, 1.0f, 0.0f), *xhat = randn((size_t)M * H, &rng, 1.0f, 0.0f);
   float *w = randn(H, &rng, 0.2f, 1.0f), *rstd = malloc((size_t)M * sizeof *rstd);
   float *dw = randn(H, &rng, 1.0f, 0.0f), *db = randn(H, &rng, 1.0f, 0.0f);
@@ -209,6 +213,13 @@ static void test_layernorm_backward(void **state) {
   cudaFree(d_dx16); cudaFree(d_ws);
   free(dy); free(xhat); free(w); free(rstd); free(dw); free(db); free(dx);
   free(g_dx); free(g_dx16); free(g_dw); free(g_db);
+}
+
+static void test_layernorm_backward(void **state) {
+  (void)state;
+  run_layernorm_backward(72);
+  run_layernorm_backward(128);
+  run_layernorm_backward(768);
 }
 
 /* ------------------------------------------------------------------ gelu and column sums */
