@@ -260,6 +260,15 @@ static __global__ void permute_x_kernel(const uint32_t *Xq, uint32_t *Xp, int64_
 
 extern "C" int64_t elmo_cuda_cls_xp_cols(int64_t d) { return xperm_ld(d); }
 
+/* c->Xp16 rows < B from c->Xq16. */
+static void permute_x(const elmo_cuda_cls *c, int64_t B, cudaStream_t s) {
+  const int64_t dp = xperm_ld(c->d), pairs = B * (dp / 2);
+  if (pairs <= 0) return;
+  const int64_t blocks = (pairs + 255) / 256 < 1024 ? (pairs + 255) / 256 : 1024;
+  permute_x_kernel<<<(unsigned)blocks, 256, 0, s>>>((const uint32_t *)c->Xq16, (uint32_t *)c->Xp16, B, c->d, dp);
+  ELMO_LAUNCH_CHECK();
+}
+
 /* ==== fused update ============================================================================ */
 
 /* Batches above 128 rows. Persistent blocks (two per SM) walk the 128 x 128 tiles; while a block
@@ -334,22 +343,33 @@ static __device__ __forceinline__ void u_load_stage(const update_args &a, int64_
   }
 }
 
-/* The weight tile (labels j0.., features k0..) and the head slots of its rows. */
-template <int ES>
-static __device__ __forceinline__ void u_load_w(const update_args &a, int64_t j0, int64_t k0, uint8_t *sw,
-                                                int32_t *sslot) {
+/* The weight tile (TL labels from j0, features k0..k0+U_TD; rows of LDW bytes) and the head slots
+ * of its rows (no commit). */
+template <int ES, int TL, int LDW = U_LDW(ES)>
+static __device__ __forceinline__ void load_w_tile(const update_args &a, int64_t j0, int64_t k0, uint8_t *sw,
+                                                   int32_t *sslot) {
   constexpr int CPR = U_TD * ES / 16; /* 16-byte pieces per row */
 #pragma unroll
-  for (int q = 0; q < U_TL * CPR / U_THREADS; q++) {
+  for (int q = 0; q < TL * CPR / U_THREADS; q++) {
     const int i = threadIdx.x + q * U_THREADS, r = i / CPR, c = i % CPR;
     const int64_t j = j0 + r, k = k0 + c * (16 / ES);
     const bool v = j < a.n && k < a.d;
-    cp_async16(sw + r * U_LDW(ES) + c * 16, v ? (const uint8_t *)a.W + ((a.l0 + j) * a.d + k) * ES : a.W, v);
+    cp_async16(sw + r * LDW + c * 16, v ? (const uint8_t *)a.W + ((a.l0 + j) * a.d + k) * ES : a.W, v);
   }
-  if (threadIdx.x < U_TL) {
+  if (threadIdx.x < TL) {
     const int64_t j = j0 + threadIdx.x, l = a.l0 + j;
     sslot[threadIdx.x] = a.head_slot && a.kahan && j < a.n && l < a.L ? a.head_slot[l] : -1;
   }
+}
+
+/* acc = 0 for MI m16 tiles by 4 n8 tiles. */
+template <int MI> static __device__ __forceinline__ void zero_acc(float acc[MI][4][4]) {
+#pragma unroll
+  for (int i = 0; i < MI; i++)
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
 }
 
 /* Starts a tile: its weights, head slots and first NST-1 stages (NST-1 cp.async groups). */
@@ -357,7 +377,7 @@ template <typename GT, int DT>
 static __device__ __forceinline__ void u_start_tile(const update_args &a, int64_t tile, int nk, uint8_t *smem,
                                                     uint8_t *sw, int32_t *sslot) {
   const int64_t j0 = tile / a.d_tiles * U_TL, k0 = tile % a.d_tiles * U_TD;
-  u_load_w<wcodec<DT>::es>(a, j0, k0, sw, sslot);
+  load_w_tile<wcodec<DT>::es, U_TL>(a, j0, k0, sw, sslot);
 #pragma unroll
   for (int s = 0; s < u_nst(DT) - 1; s++) {
     uint16_t *sg = (uint16_t *)(smem + s * U_STAGE_BYTES);
@@ -545,12 +565,7 @@ static __global__ void __launch_bounds__(U_THREADS, DT == ELMO_F32 ? 1 : 2) upda
     const int64_t j0 = tile / a.d_tiles * U_TL, k0 = tile % a.d_tiles * U_TD;
     uint8_t *sw = wbuf + buf * u_w_bytes(ES);
     float acc[4][4][4];
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-      for (int j = 0; j < 4; j++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+    zero_acc<4>(acc);
     for (int kt = 0; kt < nk; kt++) {
       cp_async_wait<NST - 2>();
       __syncthreads();
@@ -614,33 +629,10 @@ static __device__ __forceinline__ void r_load_g(const update_args &a, int64_t j0
   }
 }
 
-/* Label tile j0..j0+64: the weights into sw and the head slots (no commit). */
-template <int ES>
-static __device__ __forceinline__ void r_load_w(const update_args &a, int64_t j0, int64_t k0, uint8_t *sw,
-                                                int32_t *sslot) {
-  constexpr int CPR = U_TD * ES / 16;
-#pragma unroll
-  for (int q = 0; q < R_TL * CPR / U_THREADS; q++) {
-    const int i = threadIdx.x + q * U_THREADS, r = i / CPR, c = i % CPR;
-    const int64_t j = j0 + r, k = k0 + c * (16 / ES);
-    const bool v = j < a.n && k < a.d;
-    cp_async16(sw + r * R_LDW(ES) + c * 16, v ? (const uint8_t *)a.W + ((a.l0 + j) * a.d + k) * ES : a.W, v);
-  }
-  if (threadIdx.x < R_TL) {
-    const int64_t j = j0 + threadIdx.x, l = a.l0 + j;
-    sslot[threadIdx.x] = a.head_slot && a.kahan && j < a.n && l < a.L ? a.head_slot[l] : -1;
-  }
-}
-
 /* acc = G^T Xq for the tile, K = bp batch rows. */
 static __device__ __forceinline__ void r_mma(float acc[2][4][4], const uint16_t *sg, const uint16_t *sx, int bp) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, m0 = (warp >> 2) * 32, n0 = (warp & 3) * 32;
-#pragma unroll
-  for (int i = 0; i < 2; i++)
-#pragma unroll
-    for (int j = 0; j < 4; j++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+  zero_acc<2>(acc);
 #pragma unroll 2
   for (int kk = 0; kk < bp; kk += 16) {
     uint32_t af[2][4], bf[4][2];
@@ -670,7 +662,7 @@ static __global__ void __launch_bounds__(U_THREADS, r_blocks_per_sm(DT)) update_
   if (lt >= ltiles) return;
   r_load_x(a, bp, k0, sx); /* joins the first tile's group */
   r_load_g<GT>(a, lt * R_TL, bp, sg);
-  r_load_w<ES>(a, lt * R_TL, k0, wbuf, slots);
+  load_w_tile<ES, R_TL, R_LDW(ES)>(a, lt * R_TL, k0, wbuf, slots);
   cp_async_commit();
   for (int buf = 0; lt < ltiles; lt += qs, buf ^= NB - 1) {
     const bool more = lt + qs < ltiles;
@@ -681,7 +673,9 @@ static __global__ void __launch_bounds__(U_THREADS, r_blocks_per_sm(DT)) update_
     __syncthreads(); /* G^T read by all warps */
     if (more) {
       r_load_g<GT>(a, (lt + qs) * R_TL, bp, sg);
-      if (NB == 2) r_load_w<ES>(a, (lt + qs) * R_TL, k0, wbuf + (buf ^ 1) * r_w_bytes(ES), slots + (buf ^ 1) * R_TL);
+      if (NB == 2)
+        load_w_tile<ES, R_TL, R_LDW(ES)>(a, (lt + qs) * R_TL, k0, wbuf + (buf ^ 1) * r_w_bytes(ES),
+                                         slots + (buf ^ 1) * R_TL);
       cp_async_commit();
     }
     uint8_t *sw = wbuf + buf * r_w_bytes(ES);
@@ -690,7 +684,7 @@ static __global__ void __launch_bounds__(U_THREADS, r_blocks_per_sm(DT)) update_
     store_w_tile<ES, R_TL, R_LDW(ES)>(a, lt * R_TL, k0, sw);
     if (NB == 1 && more) {
       __syncthreads(); /* the tile is stored: its buffer takes the next tile's weights */
-      r_load_w<ES>(a, (lt + qs) * R_TL, k0, wbuf, slots);
+      load_w_tile<ES, R_TL, R_LDW(ES)>(a, (lt + qs) * R_TL, k0, wbuf, slots);
       cp_async_commit();
     }
   }
@@ -746,12 +740,7 @@ extern "C" void elmo_cuda_cls_update_mma(const elmo_cuda_cls *c, int64_t B, int6
   a.G = c->z;
   a.Xq16 = c->Xp16;
   a.dp = xperm_ld(c->d);
-  { /* the permuted copy of Xq's rows < B (a few hundred KB: negligible next to W) */
-    const int64_t pairs = B * (a.dp / 2);
-    const int64_t blocks = (pairs + 255) / 256 < 1024 ? (pairs + 255) / 256 : 1024;
-    permute_x_kernel<<<(unsigned)blocks, 256, 0, s>>>((const uint32_t *)c->Xq16, (uint32_t *)c->Xp16, B, c->d, a.dp);
-    ELMO_LAUNCH_CHECK();
-  }
+  permute_x(c, B, s); /* the permuted copy of Xq's rows < B (a few hundred KB) */
   const elmo_cls_coef cf = elmo_cls_coefs(h);
   a.nlr = cf.nlr;
   a.decay = cf.decay;
@@ -894,12 +883,7 @@ static __global__ void __launch_bounds__(xcfg<DT>::THREADS, xcfg<DT>::BLOCKS_PER
     cp_async_commit();
   }
   float acc[4][4][4];
-#pragma unroll
-  for (int i = 0; i < 4; i++)
-#pragma unroll
-    for (int j = 0; j < 4; j++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+  zero_acc<4>(acc);
   for (int kt = 0; kt < nk; kt++) {
     cp_async_wait<X_NST - 2>();
     __syncthreads();

@@ -193,9 +193,9 @@ static __global__ void ln_forward_kernel(const float *a, const bf16 *bias, const
 
 static void ln_forward_launch(const float *a, const bf16 *bias, const bf16 *res, const bf16 *w, const bf16 *b,
                               int64_t M, int H, float eps, bf16 *y, bf16 *xhat, float *rstd, cudaStream_t s) {
+  const unsigned grid = (unsigned)((M + LN_WARPS - 1) / LN_WARPS);
   const void *ptrs[] = {a, bias ? (const void *)bias : a, res ? (const void *)res : a, w, b, y, xhat};
   if (ln_vec_ok(H, ptrs, 7)) {
-    const unsigned grid = (unsigned)((M + LN_WARPS - 1) / LN_WARPS);
 #define LN_FWD(K) ln_forward_vec_kernel<K><<<grid, LN_WARPS * 32, 0, s>>>(a, bias, res, w, b, M, eps, y, xhat, rstd)
     LN_VEC_SWITCH(H / 128, LN_FWD)
 #undef LN_FWD
@@ -206,7 +206,6 @@ static void ln_forward_launch(const float *a, const bf16 *bias, const bf16 *res,
   if (smem > 48 * 1024)
     ELMO_CUDA_CHECK(cudaFuncSetAttribute(ln_forward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       (int)smem));
-  const unsigned grid = (unsigned)((M + LN_WARPS - 1) / LN_WARPS);
   ln_forward_kernel<<<grid, LN_WARPS * 32, smem, s>>>(a, bias, res, w, b, M, H, eps, y, xhat, rstd);
   ELMO_LAUNCH_CHECK();
 }
@@ -361,9 +360,9 @@ static void ln_params_launch(const float *dy, const bf16 *xhat, int64_t M, int H
 
 static void ln_backward_launch(const float *dy, const bf16 *xhat, const float *rstd, const bf16 *w, int64_t M,
                                int H, float *dx, bf16 *dx16, cudaStream_t s) {
+  const unsigned grid = (unsigned)((M + LN_WARPS - 1) / LN_WARPS);
   const void *ptrs[] = {dy, xhat, w, dx, dx16 ? (const void *)dx16 : dy};
   if (ln_vec_ok(H, ptrs, 5)) {
-    const unsigned grid = (unsigned)((M + LN_WARPS - 1) / LN_WARPS);
 #define LN_BWD(K) ln_backward_vec_kernel<K><<<grid, LN_WARPS * 32, 0, s>>>(dy, xhat, rstd, w, M, dx, dx16)
     LN_VEC_SWITCH(H / 128, LN_BWD)
 #undef LN_BWD
@@ -374,7 +373,6 @@ static void ln_backward_launch(const float *dy, const bf16 *xhat, const float *r
   if (smem > 48 * 1024)
     ELMO_CUDA_CHECK(cudaFuncSetAttribute(ln_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       (int)smem));
-  const unsigned grid = (unsigned)((M + LN_WARPS - 1) / LN_WARPS);
   ln_backward_kernel<<<grid, LN_WARPS * 32, smem, s>>>(dy, xhat, rstd, w, M, H, dx, dx16);
   ELMO_LAUNCH_CHECK();
 }
