@@ -1,5 +1,7 @@
 /* attention.h: masked multi-head self-attention forward/backward for the CUDA encoder, on padded
- * batches. CPU twins: elmo_tf_attention_forward/backward (packed rows).
+ * batches: the batched path (permutes, cuBLASLt GEMMs per (sequence, head), row softmax) for any
+ * shape, and the fused path (one kernel each way) for Tp <= 128 and head dim 16/32/64.
+ * CPU twins: elmo_tf_attention_forward/backward (packed rows).
  *
  * Layouts (device, bf16 unless said): rows r = b * Tp + t, M = B * Tp, H = heads * dh.
  *   merged    [n, M, H]               what the linear layers read and write
@@ -39,6 +41,26 @@ int elmo_cuda_attention_forward(elmo_cuda_tf_gemm *g, const elmo_bf16 *qkv, cons
 int elmo_cuda_attention_backward(elmo_cuda_tf_gemm *g, const elmo_bf16 *qkv, elmo_bf16 *probs,
                                  const elmo_bf16 *dctx, const uint8_t *mask, int B, int Tp, int heads,
                                  int dh, float *scores, elmo_bf16 *dqkv, cudaStream_t s, elmo_err *err);
+
+/* ---- fused path (cuda/attention_fused.cu): short sequences, no score matrix, no permutes ----
+ * q, k, v, dctx, ctx, dq, dk, dv: merged [B * Tp, heads * dh] bf16 (q, k, v with their biases already
+ * added), 16-byte aligned; mask [B, Tp]. Same masking rules and rounding points as above (P and dS
+ * rounded to BF16 before their GEMMs); the backward recomputes P from q and k, so nothing but ctx
+ * passes from forward to backward. ELMO_EINPUT for shapes the kernels do not cover. */
+#define ELMO_CUDA_ATTN_FUSED_MAX_TP 128
+/* 1 when the fused kernels cover (Tp, dh): Tp a multiple of 8 up to ELMO_CUDA_ATTN_FUSED_MAX_TP, dh 16,
+ * 32 or 64, and the environment does not set ELMO_ATTN_FUSED=0 (the switch back to the batched path,
+ * for benchmarks and comparisons). */
+int elmo_cuda_attention_fused_ok(int Tp, int dh);
+/* ctx = softmax(q k^T / sqrt(dh)) v per (sequence, head), masked. */
+int elmo_cuda_attention_fused_forward(const elmo_bf16 *q, const elmo_bf16 *k, const elmo_bf16 *v,
+                                      const uint8_t *mask, int B, int Tp, int heads, int dh, elmo_bf16 *ctx,
+                                      cudaStream_t s, elmo_err *err);
+/* dq, dk, dv from dctx (rows of masked queries and keys come out zero). */
+int elmo_cuda_attention_fused_backward(const elmo_bf16 *q, const elmo_bf16 *k, const elmo_bf16 *v,
+                                       const elmo_bf16 *dctx, const uint8_t *mask, int B, int Tp, int heads,
+                                       int dh, elmo_bf16 *dq, elmo_bf16 *dk, elmo_bf16 *dv, cudaStream_t s,
+                                       elmo_err *err);
 
 #ifdef __cplusplus
 }

@@ -234,7 +234,7 @@ typedef struct layer_off {
 
 /* Per-layer activations kept for the backward (RECOMPUTE: all layers share one set except xhat2/rstd2). */
 typedef struct layer_acts {
-  h16 *qkv;                  /* [3, B, heads, Tp, dh] */
+  h16 *qkv;                  /* [3, B, heads, Tp, dh] split, or [3, M, H] merged on the fused path */
   h16 *xhat1;                /* [M, H] attention LayerNorm, normalised */
   float *rstd1;              /* [M] */
   h16 *ff;                   /* [M, F] GELU input */
@@ -245,6 +245,7 @@ typedef struct layer_acts {
 struct elmo_cuda_tf {
   elmo_tf_config cfg;
   int max_batch, max_len, max_tp, flags;
+  int fused;                 /* fused attention (no scores, probs or permutes), fixed at create for the plan */
   int64_t num_params;
   int64_t word, pos, type, emb_ln_w, emb_ln_b;  /* offsets; type -1 without a table */
   layer_off *off;            /* [layers] */
@@ -260,8 +261,8 @@ struct elmo_cuda_tf {
   layer_acts *act;           /* [layers] */
   /* scratch */
   float *f32;                /* union: fp32 [M, H] GEMM outputs, scores, bf16 merged dq/dk/dv [3, M, H] */
-  h16 *probs;                /* [B * heads, Tp, Tp] */
-  h16 *ctxp;                 /* [B, heads, Tp, dh] attention output / its gradient, split */
+  h16 *probs;                /* [B * heads, Tp, Tp]; NULL on the fused path */
+  h16 *ctxp;                 /* [B, heads, Tp, dh] attention output / its gradient, split; NULL when fused */
   h16 *ctx;                  /* [M, H] merged */
   h16 *g16;                  /* [M, max(F, 3H)] merged q/k/v, GELU output / its gradient, split dq/dk/dv */
   h16 *xa, *xb, *h1, *d16;   /* [M, H] */
@@ -320,7 +321,8 @@ static void carve_kept(carver *cv, elmo_cuda_tf *t, int64_t M) {
 /* Shared layer buffers (RECOMPUTE) and scratch. */
 static void carve_scratch(carver *cv, elmo_cuda_tf *t, int64_t M, size_t emb_ws) {
   const elmo_tf_config *c = &t->cfg;
-  const int64_t H = c->hidden, F = c->ffn, S = (int64_t)t->max_batch * c->heads * t->max_tp * t->max_tp;
+  const int64_t H = c->hidden, F = c->ffn;
+  const int64_t S = t->fused ? 0 : (int64_t)t->max_batch * c->heads * t->max_tp * t->max_tp;   /* scores */
   if (t->flags & ELMO_CUDA_TF_RECOMPUTE) {
     layer_acts shared;
     carve_layer(cv, M, H, F, &shared, 1);
@@ -330,8 +332,8 @@ static void carve_scratch(carver *cv, elmo_cuda_tf *t, int64_t M, size_t emb_ws)
     }
   }
   t->f32 = (float *)carve(cv, (size_t)max3(M * H * 4, 3 * M * H * 2, S * 4));   /* fp32 or merged dq/dk/dv */
-  t->probs = (h16 *)carve(cv, (size_t)S * 2);
-  t->ctxp = (h16 *)carve(cv, M * H * 2);
+  t->probs = t->fused ? NULL : (h16 *)carve(cv, (size_t)S * 2);
+  t->ctxp = t->fused ? NULL : (h16 *)carve(cv, M * H * 2);
   t->ctx = (h16 *)carve(cv, M * H * 2);
   t->g16 = (h16 *)carve(cv, (size_t)(M * F > 3 * M * H ? M * F : 3 * M * H) * 2);
   t->xa = (h16 *)carve(cv, M * H * 2);
@@ -409,6 +411,7 @@ static elmo_cuda_tf *shell_new(const elmo_tf_config *cfg, int max_batch, int max
   t->max_len = max_len;
   t->max_tp = tp_of(max_len);
   t->flags = flags;
+  t->fused = elmo_cuda_attention_fused_ok(t->max_tp, cfg->hidden / cfg->heads);
   t->act = (layer_acts *)elmo_calloc((size_t)(cfg->layers > 0 ? cfg->layers : 1), sizeof(layer_acts));
   return t;
 }
@@ -686,29 +689,37 @@ static void params_to_shadow(elmo_cuda_tf *t, const float *params, cudaStream_t 
   ELMO_LAUNCH_CHECK();
 }
 
-/* probs and ctx (merged) from the layer's q, k, v. */
+/* ctx (merged) from the layer's q, k, v: one fused kernel, or probs, ctxp and a merge. */
 static int attention_core(elmo_cuda_tf *t, const layer_acts *a, cudaStream_t s, elmo_err *err) {
   const int heads = t->cfg.heads, dh = t->cfg.hidden / heads;
+  if (t->fused) {
+    const int64_t MH = (int64_t)t->B * t->Tp * t->cfg.hidden;
+    return elmo_cuda_attention_fused_forward(a->qkv, a->qkv + MH, a->qkv + 2 * MH, t->mask, t->B, t->Tp, heads, dh,
+                                             t->ctx, s, err);
+  }
   int rc = elmo_cuda_attention_forward(t->gemm, a->qkv, t->mask, t->B, t->Tp, heads, dh, t->f32, t->probs,
                                        t->ctxp, s, err);
   if (!rc) rc = elmo_cuda_heads_merge(t->ctxp, 1, t->B, t->Tp, heads, dh, t->ctx, s, err);
   return rc;
 }
 
-/* q, k, v (split) from x_in: bf16(x_in W^T + b) merged [3, M, H] in g16, then split. */
+/* q, k, v from x_in: bf16(x_in W^T + b) merged [3, M, H], straight into a->qkv on the fused path, else
+ * into g16 and then split. */
 static int qkv_forward(elmo_cuda_tf *t, const h16 *P, const layer_off *o, const h16 *x_in, layer_acts *a,
                        cudaStream_t s, elmo_err *err) {
   const int64_t M = (int64_t)t->B * t->Tp;
   const int H = t->cfg.hidden;
   const int64_t w[3] = {o->q_w, o->k_w, o->v_w}, b[3] = {o->q_b, o->k_b, o->v_b};
+  h16 *y = t->fused ? a->qkv : t->g16;
   if (t->cfg.fp8_forward) {   /* one scale for the shared input, one per weight */
     const h16 *ws[3] = {P + w[0], P + w[1], P + w[2]};
     int rc = elmo_cuda_tf_fp8_prepare(&t->fp8, x_in, t->mask, M, H, ws, 3, H, s, err);
     if (rc) return rc;
-    for (int j = 0; j < 3; j++) elmo_cuda_tf_fp8_linear(t->gemm, &t->fp8, j, P + b[j], M, H, H, t->g16 + j * M * H, 0, s);
+    for (int j = 0; j < 3; j++) elmo_cuda_tf_fp8_linear(t->gemm, &t->fp8, j, P + b[j], M, H, H, y + j * M * H, 0, s);
   } else {
-    for (int j = 0; j < 3; j++) linear_fwd(t, x_in, P + w[j], P + b[j], M, H, H, t->g16 + j * M * H, 0, s);
+    for (int j = 0; j < 3; j++) linear_fwd(t, x_in, P + w[j], P + b[j], M, H, H, y + j * M * H, 0, s);
   }
+  if (t->fused) return ELMO_OK;
   return elmo_cuda_heads_split(t->g16, 0, NULL, 3, t->B, t->Tp, t->cfg.heads, H / t->cfg.heads, a->qkv, s, err);
 }
 
@@ -846,11 +857,16 @@ static int attention_backward(elmo_cuda_tf *t, const h16 *P, int i, float *G, cu
   if (rc) return rc;
   linear_dw(t, t->d16, t->ctx, M, H, H, G + o->o_w, s);
   linear_dx(t, t->d16, P + o->o_w, M, H, H, t->ctx, 0, 0.0f, s);             /* dctx, merged */
-  rc = elmo_cuda_heads_split(t->ctx, 0, NULL, 1, t->B, t->Tp, heads, dh, t->ctxp, s, err);
-  if (!rc) rc = elmo_cuda_attention_backward(t->gemm, a->qkv, t->probs, t->ctxp, t->mask, t->B, t->Tp, heads, dh,
-                                             t->f32, t->g16, s, err);
   h16 *dqkv = (h16 *)t->f32;                                                  /* [3, M, H] merged */
-  if (!rc) rc = elmo_cuda_heads_merge(t->g16, 3, t->B, t->Tp, heads, dh, dqkv, s, err);
+  if (t->fused) {
+    rc = elmo_cuda_attention_fused_backward(a->qkv, a->qkv + MH, a->qkv + 2 * MH, t->ctx, t->mask, t->B, t->Tp, heads,
+                                            dh, dqkv, dqkv + MH, dqkv + 2 * MH, s, err);
+  } else {
+    rc = elmo_cuda_heads_split(t->ctx, 0, NULL, 1, t->B, t->Tp, heads, dh, t->ctxp, s, err);
+    if (!rc) rc = elmo_cuda_attention_backward(t->gemm, a->qkv, t->probs, t->ctxp, t->mask, t->B, t->Tp, heads, dh,
+                                               t->f32, t->g16, s, err);
+    if (!rc) rc = elmo_cuda_heads_merge(t->g16, 3, t->B, t->Tp, heads, dh, dqkv, s, err);
+  }
   const int64_t w[3] = {o->q_w, o->k_w, o->v_w}, b[3] = {o->q_b, o->k_b, o->v_b};
   for (int j = 0; j < 3 && !rc; j++) rc = elmo_cuda_colsum(dqkv + j * MH, 1, M, H, 1, 0, G + b[j], 0, t->part, s, err);
   if (rc) return rc;

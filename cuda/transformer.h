@@ -20,6 +20,10 @@
  * Layout: batches stay padded, [B, Tp] with Tp = T rounded up to a multiple of 8; masked positions
  * (mask 0, or t >= T) get a zero embedding, are excluded from attention keys, have zero attention
  * output and pool to nothing, so padding never reaches the result and gets exactly zero gradient.
+ * Attention: the fused kernels of cuda/attention_fused.cu (q, k, v kept merged, no score matrix, no
+ * head permutes) when the planned Tp (max_len rounded up to 8) is <= 128 and the head dim 16, 32 or 64,
+ * chosen at create and planned accordingly; otherwise, or with ELMO_ATTN_FUSED=0 in the environment at
+ * create, the batched cuBLASLt path with FP32 scores [B * heads, Tp, Tp] and BF16 probabilities.
  * Every LayerNorm output is bf16(bf16(xhat) * w + b), a pure function of the stored xhat, so the
  * backward recomputes layer inputs, h1, GELU outputs and attention probabilities bit for bit
  * instead of storing them.

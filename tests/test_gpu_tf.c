@@ -6,9 +6,11 @@
  * pooled output and 5e-2 per gradient tensor. FP8 forward GEMMs: scales and E4M3 bytes equal the CPU's
  * bit for bit on the same BF16 inputs, and the FP8 encoder meets the encoder tolerances against the
  * CPU's FP8 forward. Padding: masked rows must be exactly zero and garbage at
- * masked positions must change nothing. Exits 77 (skipped) without a CUDA device.
+ * masked positions must change nothing. The fused attention kernels (Tp <= 128, head dim 16/32/64)
+ * get their own parity test and run inside the encoder tests (head dim 16); one encoder test also
+ * runs the batched path (ELMO_ATTN_FUSED=0) and compares. Exits 77 (skipped) without a CUDA device.
  *
- * ELMO_BENCH_TF=1 also times BERT-base forward+backward (B 128, T 128; BF16 and FP8 forward GEMMs,
+ * ELMO_BENCH_TF=1 (with ELMO_ATTN_FUSED=0 for the batched attention path) also times BERT-base forward+backward (B 128, T 128; BF16 and FP8 forward GEMMs,
  * each with and without recompute), one linear layer's BF16 GEMM, FP8 GEMM and FP8 quantisation at
  * BERT-base shapes, and prints the memory plan; those are benchmark prints, never assertions. ELMO_BENCH_TF=2 runs one BERT-base forward+backward
  * alone, for a profiler (ncu). */
@@ -327,28 +329,60 @@ static float *attn_input(const attn_case *c, uint64_t *rng) {
   return x;
 }
 
+/* Inputs (merged, bf16 values, garbage at masked rows) and the CPU reference on packed rows. */
+typedef struct attn_data {
+  float *qkv;                /* [3, rows, H] */
+  float *dctx;               /* [rows, H] */
+  float *ctx, *dq, *dk, *dv; /* CPU [N, H] */
+} attn_data;
+
+static void attn_data_init(attn_data *d, const attn_case *c, uint64_t seed) {
+  uint64_t rng = seed;
+  const size_t per = (size_t)c->rows * c->H;
+  d->qkv = malloc(3 * per * sizeof *d->qkv);
+  for (int j = 0; j < 3; j++) {
+    float *x = attn_input(c, &rng);
+    memcpy(d->qkv + j * per, x, per * sizeof *x);
+    free(x);
+  }
+  d->dctx = attn_input(c, &rng);
+  int64_t N;
+  float *q = gather_rows(d->qkv, c->mask_p, c->rows, c->H, &N), *k = gather_rows(d->qkv + per, c->mask_p, c->rows, c->H, &N);
+  float *v = gather_rows(d->qkv + 2 * per, c->mask_p, c->rows, c->H, &N);
+  float *dc = gather_rows(d->dctx, c->mask_p, c->rows, c->H, &N);
+  assert_int_equal(N, c->N);
+  float *probs = malloc((size_t)(c->prob_start[c->B] > 0 ? c->prob_start[c->B] : 1) * sizeof *probs);
+  float *ws = malloc((size_t)(2 * c->T * c->T + c->dh * c->T) * 4);
+  const size_t nh = (size_t)(N > 0 ? N : 1) * c->H * 4;
+  d->ctx = malloc(nh); d->dq = malloc(nh); d->dk = malloc(nh); d->dv = malloc(nh);
+  elmo_tf_attention_forward(q, k, v, c->seq_start, c->prob_start, c->B, c->H, c->heads, probs, d->ctx, ws);
+  elmo_tf_attention_backward(q, k, v, probs, dc, c->seq_start, c->prob_start, c->B, c->H, c->heads, d->dq, d->dk,
+                             d->dv, ws);
+  free(q); free(k); free(v); free(dc); free(probs); free(ws);
+}
+
+static void attn_data_free(attn_data *d) {
+  free(d->qkv); free(d->dctx); free(d->ctx); free(d->dq); free(d->dk); free(d->dv);
+}
+
+/* A merged GPU result g [rows, H] against the CPU's packed rows ref: close on the real rows, exactly
+ * zero on the masked ones. */
+static void expect_attn_rows(const float *g, const float *ref, const attn_case *c, double tol, const char *what) {
+  int64_t N;
+  float *gr = gather_rows(g, c->mask_p, c->rows, c->H, &N);
+  expect_close(gr, ref, (size_t)N * c->H, tol, what);
+  expect_masked_zero(g, c->mask_p, c->rows, c->H, what);
+  free(gr);
+}
+
 static void attention_case(int B, int T, int Tp, int heads, int dh, const int *len, uint64_t seed) {
   attn_case c;
   attn_case_init(&c, B, T, Tp, heads, dh, len);
-  uint64_t rng = seed;
   const size_t per = (size_t)c.rows * c.H;
-  float *qkv = malloc(3 * per * sizeof *qkv);
-  for (int j = 0; j < 3; j++) {
-    float *x = attn_input(&c, &rng);
-    memcpy(qkv + j * per, x, per * sizeof *x);
-    free(x);
-  }
-  float *dctx = attn_input(&c, &rng);
-  /* CPU on packed rows */
+  attn_data d;
+  attn_data_init(&d, &c, seed);
+  const float *qkv = d.qkv, *dctx = d.dctx, *ctx = d.ctx, *dq = d.dq, *dk = d.dk, *dv = d.dv;
   int64_t N;
-  float *q = gather_rows(qkv, c.mask_p, c.rows, c.H, &N), *k = gather_rows(qkv + per, c.mask_p, c.rows, c.H, &N);
-  float *v = gather_rows(qkv + 2 * per, c.mask_p, c.rows, c.H, &N), *dc = gather_rows(dctx, c.mask_p, c.rows, c.H, &N);
-  assert_int_equal(N, c.N);
-  float *probs = malloc((size_t)c.prob_start[c.B] * sizeof *probs), *ctx = malloc((size_t)N * c.H * sizeof *ctx);
-  float *dq = malloc((size_t)N * c.H * 4), *dk = malloc((size_t)N * c.H * 4), *dv = malloc((size_t)N * c.H * 4);
-  float *ws = malloc((size_t)(2 * c.T * c.T + c.dh * c.T) * 4);
-  elmo_tf_attention_forward(q, k, v, c.seq_start, c.prob_start, c.B, c.H, c.heads, probs, ctx, ws);
-  elmo_tf_attention_backward(q, k, v, probs, dc, c.seq_start, c.prob_start, c.B, c.H, c.heads, dq, dk, dv, ws);
 
   /* GPU: fp32 merged -> split -> attention -> merge */
   elmo_err err;
@@ -393,8 +427,8 @@ static void attention_case(int B, int T, int Tp, int heads, int dh, const int *l
   assert_null(g);
   cudaFree(d_in); cudaFree(d_mask); cudaFree(d_mask_p); cudaFree(d_qkv); cudaFree(d_probs); cudaFree(d_scores);
   cudaFree(d_ctxp); cudaFree(d_ctx); cudaFree(d_dctx); cudaFree(d_dqkv); cudaFree(d_dqkv_m);
-  free(qkv); free(dctx); free(q); free(k); free(v); free(dc); free(probs); free(ctx); free(dq); free(dk); free(dv);
-  free(ws); free(g_mask); free(g_ctx_all); free(g_ctx); free(g_d);
+  free(g_mask); free(g_ctx_all); free(g_ctx); free(g_d);
+  attn_data_free(&d);
   attn_case_free(&c);
 }
 
@@ -409,6 +443,65 @@ static void test_attention_long(void **state) {
   (void)state;
   static const int len[2] = {150, 77};
   attention_case(2, 150, 152, 3, 8, len, 515);
+}
+
+/* The fused kernels on the merged layout (q, k, v, dctx read in place; ctx, dq, dk, dv written
+ * merged) against the CPU reference. Row 0 has a masked token at t = 1 (make_mask's hole). */
+static void fused_case(int B, int T, int Tp, int heads, int dh, const int *len, uint64_t seed) {
+  attn_case c;
+  attn_case_init(&c, B, T, Tp, heads, dh, len);
+  attn_data d;
+  attn_data_init(&d, &c, seed);
+  const size_t per = (size_t)c.rows * c.H;
+  elmo_err err;
+  uint8_t *d_mask = dev_upload(c.mask_p, (size_t)c.rows);
+  elmo_bf16 *d_qkv = dev_bf16(d.qkv, 3 * per), *d_dctx = dev_bf16(d.dctx, per);
+  elmo_bf16 *d_ctx = dev_poisoned(per * 2), *d_dqkv = dev_poisoned(3 * per * 2);
+  assert_int_equal(elmo_cuda_attention_fused_forward(d_qkv, d_qkv + per, d_qkv + 2 * per, d_mask, c.B, c.Tp, c.heads,
+                                                     c.dh, d_ctx, 0, &err), ELMO_OK);
+  float *g_ctx = host_from_bf16(d_ctx, per);
+  char what[96];
+  snprintf(what, sizeof what, "fused attention ctx (Tp %d, dh %d)", Tp, dh);
+  expect_attn_rows(g_ctx, d.ctx, &c, 1e-2, what);
+  assert_int_equal(elmo_cuda_attention_fused_backward(d_qkv, d_qkv + per, d_qkv + 2 * per, d_dctx, d_mask, c.B, c.Tp,
+                                                      c.heads, c.dh, d_dqkv, d_dqkv + per, d_dqkv + 2 * per, 0, &err),
+                   ELMO_OK);
+  float *g_d = host_from_bf16(d_dqkv, 3 * per);
+  const float *ref[3] = {d.dq, d.dk, d.dv};
+  static const char *names[3] = {"dq", "dk", "dv"};
+  for (int j = 0; j < 3; j++) {
+    snprintf(what, sizeof what, "fused attention %s (Tp %d, dh %d)", names[j], Tp, dh);
+    expect_attn_rows(g_d + j * per, ref[j], &c, 2e-2, what);
+  }
+  cudaFree(d_mask); cudaFree(d_qkv); cudaFree(d_dctx); cudaFree(d_ctx); cudaFree(d_dqkv);
+  free(g_ctx); free(g_d);
+  attn_data_free(&d);
+  attn_case_free(&c);
+}
+
+/* Head dim 64 at Tp 128 (16 warps' worth of keys, a fully masked sequence, a single token), Tp 120
+ * and 40 (query and key tiles past Tp), Tp 8; head dims 32 and 16; shapes the kernels refuse. */
+static void test_attention_fused(void **state) {
+  (void)state;
+  static const int len128[4] = {128, 90, 1, 0}, len120[2] = {117, 60}, len40[3] = {37, 20, 0}, len8[2] = {5, 3};
+  static const int len64[3] = {64, 33, 0}, len24[2] = {20, 9};
+  fused_case(4, 128, 128, 2, 64, len128, 1301);
+  fused_case(2, 117, 120, 1, 64, len120, 1302);
+  fused_case(3, 37, 40, 3, 64, len40, 1303);
+  fused_case(2, 5, 8, 2, 64, len8, 1304);
+  fused_case(3, 64, 64, 2, 32, len64, 1305);
+  fused_case(2, 20, 24, 4, 16, len24, 1306);
+  assert_int_equal(elmo_cuda_attention_fused_ok(136, 64), 0);
+  assert_int_equal(elmo_cuda_attention_fused_ok(128, 8), 0);
+  elmo_err err;
+  elmo_bf16 *d = dev_poisoned((size_t)4 * 136 * 64 * 2);
+  uint8_t *m = dev_poisoned(136);
+  assert_int_equal(elmo_cuda_attention_fused_forward(d, d, d, m, 1, 136, 1, 64, d, 0, &err), ELMO_EINPUT);
+  tu_assert_contains(err.msg, "Tp a multiple of 8");
+  assert_int_equal(elmo_cuda_attention_fused_backward(d, d, d, d, m, 1, 64, 8, 8, d, d, d, 0, &err), ELMO_EINPUT);
+  assert_int_equal(elmo_cuda_attention_fused_forward(d + 1, d, d, m, 1, 64, 1, 64, d, 0, &err), ELMO_EINPUT);
+  tu_assert_contains(err.msg, "16-byte aligned");
+  cudaFree(d); cudaFree(m);
 }
 
 /* ------------------------------------------------------------------ FP8 linear (forward GEMMs) */
@@ -804,6 +897,49 @@ static void test_encoder_modes_bitwise(void **state) {
   enc_case_free(&c);
 }
 
+/* Sets ELMO_ATTN_FUSED (read when an encoder is created or planned); NULL unsets it. */
+static void set_fused_env(const char *v) {
+  if (v) setenv("ELMO_ATTN_FUSED", v, 1);
+  else unsetenv("ELMO_ATTN_FUSED");
+}
+
+/* The encoder on the fused attention path (head dim 16, Tp 24 here) against the batched cuBLASLt path
+ * (ELMO_ATTN_FUSED=0): same numerics up to summation order, and a smaller plan without the score
+ * matrix, probabilities and split context. The CPU comparisons above run whichever path is active. */
+static void test_encoder_fused_vs_batched(void **state) {
+  (void)state;
+  const char *was = getenv("ELMO_ATTN_FUSED");
+  char *saved = was ? strdup(was) : NULL;
+  enc_case c;
+  enc_case_init(&c, ELMO_TF_POOL_MEAN, 1404);
+  enc_result fused, batched, cpu;
+  set_fused_env("1");
+  assert_int_equal(elmo_cuda_attention_fused_ok(24, 16), 1);
+  run_gpu(&c, 0, 0, &fused, NULL);
+  const size_t ws_fused = elmo_cuda_tf_workspace_bytes(&c.cfg, 128, 32, 0);
+  set_fused_env("0");
+  assert_int_equal(elmo_cuda_attention_fused_ok(24, 16), 0);
+  run_gpu(&c, 0, 0, &batched, NULL);
+  const size_t ws_batched = elmo_cuda_tf_workspace_bytes(&c.cfg, 128, 32, 0);
+  set_fused_env(saved);
+  free(saved);
+  run_cpu(&c, &cpu);
+  const size_t ph = (size_t)c.B * c.cfg.hidden, np = (size_t)c.p.num_params;
+  print_message("fused vs batched: pooled %.3e, gradients %.3e; vs CPU pooled %.3e / %.3e; workspace %.1f vs %.1f "
+                "MiB at B 128, T 32\n", rel_err(fused.pooled, batched.pooled, ph), rel_err(fused.grads, batched.grads, np),
+                rel_err(fused.pooled, cpu.pooled, ph), rel_err(batched.pooled, cpu.pooled, ph), ws_fused / 1048576.0,
+                ws_batched / 1048576.0);
+  expect_close(fused.pooled, batched.pooled, ph, 1e-2, "fused vs batched attention: pooled output");
+  expect_close(fused.grads, batched.grads, np, 2e-2, "fused vs batched attention: gradients");
+  expect_close(fused.pooled, cpu.pooled, ph, 3e-2, "fused attention encoder: pooled output vs CPU");
+  expect_grads_close(&c, fused.grads, cpu.grads);
+  /* the fused plan drops probs [B heads, Tp, Tp] and ctxp [M, H] (bf16), and the fp32 scores */
+  const size_t S = (size_t)128 * c.cfg.heads * 32 * 32, MH = (size_t)128 * 32 * c.cfg.hidden;
+  assert_true(ws_fused > 0 && ws_batched >= ws_fused + S * 2 + MH * 2);
+  enc_result_free(&fused); enc_result_free(&batched); enc_result_free(&cpu);
+  enc_case_free(&c);
+}
+
 /* FP8 forward GEMMs (cfg.fp8_forward): the GPU matches the CPU's FP8 forward within the encoder
  * tolerances; the gradients stay finite and close to the BF16 path's; FP8 really runs (its output
  * differs from BF16's); recompute and a repeated run give the same bits. */
@@ -1036,12 +1172,14 @@ int main(void) {
     cmocka_unit_test(test_colsum),
     cmocka_unit_test(test_attention),
     cmocka_unit_test(test_attention_long),
+    cmocka_unit_test(test_attention_fused),
     cmocka_unit_test(test_embedding),
     cmocka_unit_test(test_pooling_mean),
     cmocka_unit_test(test_pooling_cls),
     cmocka_unit_test(test_encoder_mean),
     cmocka_unit_test(test_encoder_cls),
     cmocka_unit_test(test_encoder_modes_bitwise),
+    cmocka_unit_test(test_encoder_fused_vs_batched),
     cmocka_unit_test(test_encoder_errors),
     cmocka_unit_test(test_fp8_linear),
     cmocka_unit_test(test_encoder_fp8),

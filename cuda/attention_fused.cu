@@ -1,0 +1,420 @@
+/* attention_fused.cu: fused masked multi-head self-attention for short padded sequences (flash
+ * attention for Tp <= 128): one thread block per (sequence, head), one warp per 16 query rows. Q, K,
+ * V (and dctx) tiles sit in shared memory; S = Q K^T, P, dP and dS stay in registers, on BF16
+ * mma.sync m16n8k16 with FP32 accumulation (ldmatrix for the fragments); no score matrix reaches
+ * global memory. q, k, v, dctx are read and ctx, dq, dk, dv written in the merged layout [M, H]
+ * (row b * Tp + t, column head * dh + j), so no head permutes either.
+ *
+ * Rounding points are those of the batched path in attention.cu: S and the softmax in FP32,
+ * P = bf16(exp(scale S - max) / sum) before ctx = P V and dV = P^T dctx; dP = dctx V^T in FP32,
+ * dot = sum_j P_j dP_j over the BF16 P, dS = bf16(P (dP - dot) scale) before dQ = dS K and
+ * dK = dS^T Q. The backward recomputes P from Q and K. CPU twins: elmo_tf_attention_forward/backward. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cuda_bf16.h>
+
+#include "cuda/attention.h"
+#include "cuda/check.h"
+
+typedef __nv_bfloat16 bf16;
+
+namespace {
+
+/* Everything a fused kernel reads and writes: merged [B * Tp, heads * DH] tensors. */
+struct attn_args {
+  const bf16 *q, *k, *v, *dctx;
+  const uint8_t *mask;       /* [B, Tp] */
+  int Tp, heads;
+  float scale;
+  bf16 *ctx, *dq, *dk, *dv;
+};
+
+/* ------------------------------------------------------------------ warp-level MMA helpers */
+
+__device__ __forceinline__ unsigned smem_u32(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const bf16 *p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
+}
+
+__device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const bf16 *p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
+}
+
+/* c[16 x 8] += a[16 x 16] b[16 x 8], BF16 in, FP32 accumulators. */
+__device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+               "{%8, %9}, {%0, %1, %2, %3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t *>(&h);
+}
+
+__device__ __forceinline__ float2 unpack_bf16(uint32_t u) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u));
+}
+
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+/* Fragment ownership (m16n8 accumulators): lane holds rows g = lane / 4 and g + 8, columns
+ * 8 n + 2 (lane % 4) + {0, 1}. A row-major [16, 16 KT] matrix in A-fragment order is u32 p[KT][4]:
+ * p[kc][2 j + r] = bf16 pair of row g + 8 r, columns 16 kc + 8 j + 2 (lane % 4) + {0, 1}. */
+
+/* ------------------------------------------------------------------ shared-memory tiles */
+
+/* Rows [0, NK) of one head (DH columns from col0) of the merged x [*, ld] into s [NK][DH + 8]; rows
+ * >= Tp are zero, so padding never meets garbage. 16-byte pieces. */
+template <int DH, int NK>
+__device__ __forceinline__ void load_tile(const bf16 *x, int64_t row0, int ld, int col0, int Tp, bf16 *s) {
+  constexpr int LDS = DH + 8, PIECES = DH / 8;
+  for (int i = threadIdx.x; i < NK * PIECES; i += blockDim.x) {
+    const int r = i / PIECES, c = (i % PIECES) * 8;
+    uint4 v = make_uint4(0u, 0u, 0u, 0u);
+    if (r < Tp) v = *reinterpret_cast<const uint4 *>(x + (row0 + r) * ld + col0 + c);
+    *reinterpret_cast<uint4 *>(s + r * LDS + c) = v;
+  }
+}
+
+template <int NK>
+__device__ __forceinline__ void load_mask(const uint8_t *mask, int Tp, uint8_t *s) {
+  for (int i = threadIdx.x; i < NK; i += blockDim.x) s[i] = i < Tp ? mask[i] : 0;
+}
+
+/* acc[2 KT][4] = A B^T for the warp's 16 rows of A (sa, [16][DH + 8]) and all NK = 16 KT rows of B
+ * (sb, [NK][DH + 8]). */
+template <int DH, int KT>
+__device__ __forceinline__ void mm_abt(const bf16 *sa, const bf16 *sb, int lane, float (&acc)[2 * KT][4]) {
+  constexpr int LDS = DH + 8;
+#pragma unroll
+  for (int n = 0; n < 2 * KT; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+#pragma unroll
+  for (int kk = 0; kk < DH / 16; kk++) {
+    uint32_t a[4];
+    ldsm_x4(a, sa + (lane & 15) * LDS + kk * 16 + (lane >> 4) * 8);
+#pragma unroll
+    for (int n = 0; n < KT; n++) {
+      uint32_t b[4];
+      ldsm_x4(b, sb + (n * 16 + (lane & 7) + (lane >> 4) * 8) * LDS + kk * 16 + ((lane >> 3) & 1) * 8);
+      mma_bf16(acc[2 * n], a, b[0], b[1]);
+      mma_bf16(acc[2 * n + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+/* acc[DH / 8][4] = P Y for P in A-fragment order ([16, NK], registers) and Y (sy, [NK][DH + 8]). */
+template <int DH, int KT>
+__device__ __forceinline__ void mm_py(const uint32_t (&p)[KT][4], const bf16 *sy, int lane, float (&acc)[DH / 8][4]) {
+  constexpr int LDS = DH + 8;
+#pragma unroll
+  for (int n = 0; n < DH / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+#pragma unroll
+  for (int kc = 0; kc < KT; kc++)
+#pragma unroll
+    for (int nd = 0; nd < DH / 16; nd++) {
+      uint32_t b[4];
+      ldsm_x4_t(b, sy + (kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + nd * 16 + (lane >> 4) * 8);
+      mma_bf16(acc[2 * nd], p[kc], b[0], b[1]);
+      mma_bf16(acc[2 * nd + 1], p[kc], b[2], b[3]);
+    }
+}
+
+/* acc[DH / 8][4] = X^T Y for columns m0 .. m0 + 15 of X (sx, [NK][NK + 8]) and Y (sy, [NK][DH + 8]). */
+template <int DH, int KT>
+__device__ __forceinline__ void mm_aty(const bf16 *sx, const bf16 *sy, int m0, int lane, float (&acc)[DH / 8][4]) {
+  constexpr int LDS = DH + 8, LDP = 16 * KT + 8;
+#pragma unroll
+  for (int n = 0; n < DH / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+#pragma unroll
+  for (int kc = 0; kc < KT; kc++) {
+    uint32_t a[4];
+    ldsm_x4_t(a, sx + (kc * 16 + (lane & 7) + (lane >> 4) * 8) * LDP + m0 + ((lane >> 3) & 1) * 8);
+#pragma unroll
+    for (int nd = 0; nd < DH / 16; nd++) {
+      uint32_t b[4];
+      ldsm_x4_t(b, sy + (kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDS + nd * 16 + (lane >> 4) * 8);
+      mma_bf16(acc[2 * nd], a, b[0], b[1]);
+      mma_bf16(acc[2 * nd + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+/* ------------------------------------------------------------------ softmax in registers */
+
+/* P (A-fragment order) of the warp's rows r0 .. r0 + 15 from the raw scores s: softmax of scale * s
+ * over the real keys (sm[key] != 0); zeros for masked keys, and whole zero rows for masked queries
+ * (rows >= Tp have sm 0 too). */
+template <int KT>
+__device__ __forceinline__ void softmax_rows(float (&s)[2 * KT][4], const uint8_t *sm, int r0, float scale, int lane,
+                                             uint32_t (&p)[KT][4]) {
+  const int g = lane >> 2, c0 = 2 * (lane & 3);
+  float mx[2] = {-INFINITY, -INFINITY}, sum[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int n = 0; n < 2 * KT; n++)
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+      const bool keep = sm[n * 8 + c0 + e] != 0;
+#pragma unroll
+      for (int r = 0; r < 2; r++) {
+        float &x = s[n][2 * r + e];
+        x = keep ? x * scale : -INFINITY;
+        mx[r] = fmaxf(mx[r], x);
+      }
+    }
+  mx[0] = quad_max(mx[0]);
+  mx[1] = quad_max(mx[1]);
+#pragma unroll
+  for (int n = 0; n < 2 * KT; n++)
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      float &x = s[n][i];
+      x = x == -INFINITY ? 0.0f : expf(x - mx[i >> 1]);
+      sum[i >> 1] += x;
+    }
+  float inv[2];
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    sum[r] = quad_sum(sum[r]);
+    inv[r] = sm[r0 + g + 8 * r] && sum[r] > 0.0f ? 1.0f / sum[r] : 0.0f;
+  }
+#pragma unroll
+  for (int kc = 0; kc < KT; kc++)
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+      for (int r = 0; r < 2; r++)
+        p[kc][2 * j + r] = pack_bf16(s[2 * kc + j][2 * r] * inv[r], s[2 * kc + j][2 * r + 1] * inv[r]);
+}
+
+/* dS = bf16(P (dP - sum_j P_j dP_j) scale) per row, in A-fragment order (zero where P is zero). */
+template <int KT>
+__device__ __forceinline__ void softmax_grad(const uint32_t (&p)[KT][4], const float (&dp)[2 * KT][4], float scale,
+                                             uint32_t (&ds)[KT][4]) {
+  float dot[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int kc = 0; kc < KT; kc++)
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+      for (int r = 0; r < 2; r++) {
+        const float2 pf = unpack_bf16(p[kc][2 * j + r]);
+        dot[r] += pf.x * dp[2 * kc + j][2 * r] + pf.y * dp[2 * kc + j][2 * r + 1];
+      }
+  dot[0] = quad_sum(dot[0]);
+  dot[1] = quad_sum(dot[1]);
+#pragma unroll
+  for (int kc = 0; kc < KT; kc++)
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+      for (int r = 0; r < 2; r++) {
+        const float2 pf = unpack_bf16(p[kc][2 * j + r]);
+        ds[kc][2 * j + r] = pack_bf16(pf.x * (dp[2 * kc + j][2 * r] - dot[r]) * scale,
+                                      pf.y * (dp[2 * kc + j][2 * r + 1] - dot[r]) * scale);
+      }
+}
+
+/* ------------------------------------------------------------------ stores */
+
+/* The warp's 16 rows (r0 + g, r0 + g + 8) of acc [16, DH] to the merged out (rows < Tp only). */
+template <int DH>
+__device__ __forceinline__ void store_rows(const float (&acc)[DH / 8][4], bf16 *out, int64_t row0, int r0, int Tp,
+                                           int ld, int col0, int lane) {
+  const int g = lane >> 2, c0 = 2 * (lane & 3);
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    const int t = r0 + g + 8 * r;
+    if (t >= Tp) continue;
+    bf16 *o = out + (row0 + t) * ld + col0 + c0;
+#pragma unroll
+    for (int n = 0; n < DH / 8; n++)
+      *reinterpret_cast<uint32_t *>(o + n * 8) = pack_bf16(acc[n][2 * r], acc[n][2 * r + 1]);
+  }
+}
+
+/* A-fragment registers of the warp's 16 rows into s ([16][LDP] from the warp's first row). */
+template <int KT>
+__device__ __forceinline__ void store_frag(const uint32_t (&p)[KT][4], bf16 *s, int lane) {
+  constexpr int LDP = 16 * KT + 8;
+  const int g = lane >> 2, c0 = 2 * (lane & 3);
+#pragma unroll
+  for (int kc = 0; kc < KT; kc++)
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+      for (int r = 0; r < 2; r++)
+        *reinterpret_cast<uint32_t *>(s + (g + 8 * r) * LDP + kc * 16 + j * 8 + c0) = p[kc][2 * j + r];
+}
+
+/* ------------------------------------------------------------------ kernels */
+
+template <int DH, int KT>
+constexpr size_t fwd_smem() { return (size_t)3 * 16 * KT * (DH + 8) * sizeof(bf16) + 16 * KT; }
+
+template <int DH, int KT>
+constexpr size_t bwd_smem() {
+  return (size_t)4 * 16 * KT * (DH + 8) * sizeof(bf16) + (size_t)16 * KT * (16 * KT + 8) * sizeof(bf16) + 16 * KT;
+}
+
+/* Block (sequence b, head h), KT warps; warp w owns query rows 16 w .. 16 w + 15. */
+template <int DH, int KT>
+__global__ void __launch_bounds__(32 * KT) attn_fwd_kernel(attn_args a) {
+  constexpr int NK = 16 * KT, LDS = DH + 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16 *sq = reinterpret_cast<bf16 *>(smem), *sk = sq + NK * LDS, *sv = sk + NK * LDS;
+  uint8_t *sm = reinterpret_cast<uint8_t *>(sv + NK * LDS);
+  const int b = blockIdx.x / a.heads, h = blockIdx.x % a.heads, ld = a.heads * DH, col0 = h * DH;
+  const int64_t row0 = (int64_t)b * a.Tp;
+  load_tile<DH, NK>(a.q, row0, ld, col0, a.Tp, sq);
+  load_tile<DH, NK>(a.k, row0, ld, col0, a.Tp, sk);
+  load_tile<DH, NK>(a.v, row0, ld, col0, a.Tp, sv);
+  load_mask<NK>(a.mask + row0, a.Tp, sm);
+  __syncthreads();
+  const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (16 * w >= a.Tp) return;
+  uint32_t p[KT][4];
+  {
+    float s[2 * KT][4];
+    mm_abt<DH, KT>(sq + 16 * w * LDS, sk, lane, s);
+    softmax_rows<KT>(s, sm, 16 * w, a.scale, lane, p);
+  }
+  float o[DH / 8][4];
+  mm_py<DH, KT>(p, sv, lane, o);
+  store_rows<DH>(o, a.ctx, row0, 16 * w, a.Tp, ld, col0, lane);
+}
+
+/* Block (sequence b, head h), KT warps: warp w owns query rows 16 w .. + 15 for P, dS and dQ, then
+ * key rows 16 w .. + 15 for dV = P^T dctx and dK = dS^T Q (P, then dS, staged in shared memory). */
+template <int DH, int KT>
+__global__ void __launch_bounds__(32 * KT) attn_bwd_kernel(attn_args a) {
+  constexpr int NK = 16 * KT, LDS = DH + 8, LDP = NK + 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16 *sq = reinterpret_cast<bf16 *>(smem), *sk = sq + NK * LDS, *sv = sk + NK * LDS, *so = sv + NK * LDS;
+  bf16 *sp = so + NK * LDS;
+  uint8_t *sm = reinterpret_cast<uint8_t *>(sp + NK * LDP);
+  const int b = blockIdx.x / a.heads, h = blockIdx.x % a.heads, ld = a.heads * DH, col0 = h * DH;
+  const int64_t row0 = (int64_t)b * a.Tp;
+  load_tile<DH, NK>(a.q, row0, ld, col0, a.Tp, sq);
+  load_tile<DH, NK>(a.k, row0, ld, col0, a.Tp, sk);
+  load_tile<DH, NK>(a.v, row0, ld, col0, a.Tp, sv);
+  load_tile<DH, NK>(a.dctx, row0, ld, col0, a.Tp, so);
+  load_mask<NK>(a.mask + row0, a.Tp, sm);
+  __syncthreads();
+  const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  uint32_t ds[KT][4];
+  {
+    uint32_t p[KT][4];
+    {
+      float s[2 * KT][4];
+      mm_abt<DH, KT>(sq + 16 * w * LDS, sk, lane, s);
+      softmax_rows<KT>(s, sm, 16 * w, a.scale, lane, p);
+    }
+    store_frag<KT>(p, sp + 16 * w * LDP, lane);
+    float dp[2 * KT][4];
+    mm_abt<DH, KT>(so + 16 * w * LDS, sv, lane, dp);                 /* dP = dctx V^T */
+    softmax_grad<KT>(p, dp, a.scale, ds);
+  }
+  float acc[DH / 8][4];
+  mm_py<DH, KT>(ds, sk, lane, acc);                                   /* dQ = dS K */
+  store_rows<DH>(acc, a.dq, row0, 16 * w, a.Tp, ld, col0, lane);
+  __syncthreads();                                                    /* P complete */
+  mm_aty<DH, KT>(sp, so, 16 * w, lane, acc);                          /* dV = P^T dctx */
+  store_rows<DH>(acc, a.dv, row0, 16 * w, a.Tp, ld, col0, lane);
+  __syncthreads();                                                    /* P read by all */
+  store_frag<KT>(ds, sp + 16 * w * LDP, lane);
+  __syncthreads();
+  mm_aty<DH, KT>(sp, sq, 16 * w, lane, acc);                          /* dK = dS^T Q */
+  store_rows<DH>(acc, a.dk, row0, 16 * w, a.Tp, ld, col0, lane);
+}
+
+/* ------------------------------------------------------------------ launchers */
+
+template <int DH, int KT>
+void launch(const attn_args &a, int B, int backward, cudaStream_t s) {
+  const size_t smem = backward ? bwd_smem<DH, KT>() : fwd_smem<DH, KT>();
+  void (*kernel)(attn_args) = backward ? attn_bwd_kernel<DH, KT> : attn_fwd_kernel<DH, KT>;
+  if (smem > 48 * 1024)
+    ELMO_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  kernel<<<(unsigned)(B * a.heads), 32 * KT, smem, s>>>(a);
+  ELMO_LAUNCH_CHECK();
+}
+
+/* Key tiles of 16: Tp rounded up to 16, 32, 64 or 128 keys. */
+template <int DH>
+void launch_dh(const attn_args &a, int B, int backward, cudaStream_t s) {
+  const int kt = (a.Tp + 15) / 16;
+  if (kt <= 1) launch<DH, 1>(a, B, backward, s);
+  else if (kt <= 2) launch<DH, 2>(a, B, backward, s);
+  else if (kt <= 4) launch<DH, 4>(a, B, backward, s);
+  else launch<DH, 8>(a, B, backward, s);
+}
+
+void launch_any(const attn_args &a, int B, int dh, int backward, cudaStream_t s) {
+  if (dh == 16) launch_dh<16>(a, B, backward, s);
+  else if (dh == 32) launch_dh<32>(a, B, backward, s);
+  else launch_dh<64>(a, B, backward, s);
+}
+
+int fused_shape_ok(int Tp, int dh) {
+  return Tp >= 8 && Tp <= ELMO_CUDA_ATTN_FUSED_MAX_TP && Tp % 8 == 0 && (dh == 16 || dh == 32 || dh == 64);
+}
+
+int check_fused(const char *what, const void *const *ptrs, int n, int B, int Tp, int heads, int dh, elmo_err *err) {
+  if (B < 0 || heads < 1 || (int64_t)B * heads > 0x7FFFFFFF || !fused_shape_ok(Tp, dh))
+    return elmo_fail(err, ELMO_EINPUT, "%s: B %d, Tp %d, heads %d, head dim %d (expected B >= 0, heads >= 1, "
+                     "Tp a multiple of 8 in 8..%d, head dim 16, 32 or 64)", what, B, Tp, heads, dh,
+                     ELMO_CUDA_ATTN_FUSED_MAX_TP);
+  for (int i = 0; i < n; i++)
+    if ((uintptr_t)ptrs[i] % 16 != 0)
+      return elmo_fail(err, ELMO_EINPUT, "%s: tensor %d at %p is not 16-byte aligned", what, i, ptrs[i]);
+  return ELMO_OK;
+}
+
+}  // namespace
+
+/* ------------------------------------------------------------------ entries */
+
+extern "C" int elmo_cuda_attention_fused_ok(int Tp, int dh) {
+  const char *e = getenv("ELMO_ATTN_FUSED");
+  if (e && strcmp(e, "0") == 0) return 0;
+  return fused_shape_ok(Tp, dh);
+}
+
+extern "C" int elmo_cuda_attention_fused_forward(const elmo_bf16 *q, const elmo_bf16 *k, const elmo_bf16 *v,
+                                                 const uint8_t *mask, int B, int Tp, int heads, int dh,
+                                                 elmo_bf16 *ctx, cudaStream_t s, elmo_err *err) {
+  const void *ptrs[4] = {q, k, v, ctx};
+  int rc = check_fused("fused attention forward", ptrs, 4, B, Tp, heads, dh, err);
+  if (rc || B == 0) return rc;
+  attn_args a = {(const bf16 *)q, (const bf16 *)k, (const bf16 *)v, NULL, mask, Tp, heads,
+                 1.0f / sqrtf((float)dh), (bf16 *)ctx, NULL, NULL, NULL};
+  launch_any(a, B, dh, 0, s);
+  return ELMO_OK;
+}
+
+extern "C" int elmo_cuda_attention_fused_backward(const elmo_bf16 *q, const elmo_bf16 *k, const elmo_bf16 *v,
+                                                  const elmo_bf16 *dctx, const uint8_t *mask, int B, int Tp,
+                                                  int heads, int dh, elmo_bf16 *dq, elmo_bf16 *dk, elmo_bf16 *dv,
+                                                  cudaStream_t s, elmo_err *err) {
+  const void *ptrs[7] = {q, k, v, dctx, dq, dk, dv};
+  int rc = check_fused("fused attention backward", ptrs, 7, B, Tp, heads, dh, err);
+  if (rc || B == 0) return rc;
+  attn_args a = {(const bf16 *)q, (const bf16 *)k, (const bf16 *)v, (const bf16 *)dctx, mask, Tp, heads,
+                 1.0f / sqrtf((float)dh), NULL, (bf16 *)dq, (bf16 *)dk, (bf16 *)dv};
+  launch_any(a, B, dh, 1, s);
+  return ELMO_OK;
+}
