@@ -343,6 +343,44 @@ static __device__ __forceinline__ void u_load_stage(const update_args &a, int64_
   }
 }
 
+/* The same for bf16 G from per-tile base pointers: this thread's pieces are batch rows r0 and
+ * r0 + 16 of the stage, columns c..c+7 of both G^T (labels) and Xq (features), so a stage costs
+ * two pointer offsets instead of 64-bit index arithmetic per piece (the stage loop of a B = 512
+ * tile is otherwise mostly address work). */
+struct u_cursor {
+  const uint16_t *g, *x; /* G at (row r0, label j0 + c), Xq at (row r0, feature k0 + c) */
+  int r0, c;
+  bool jv, kv;           /* label / feature piece inside the chunk / the row */
+};
+static_assert(U_TL == 128 && U_TD == 128 && U_BK * 16 == 2 * U_THREADS, "u_load_stage16's piece map");
+static __device__ __forceinline__ u_cursor u_cursor_at(const update_args &a, int64_t j0, int64_t k0) {
+  u_cursor u;
+  u.r0 = threadIdx.x / 16;
+  u.c = (threadIdx.x % 16) * 8;
+  u.jv = j0 + u.c < a.n;
+  u.kv = k0 + u.c < a.dp;
+  u.g = (const uint16_t *)a.G + u.r0 * a.n + j0 + u.c;
+  u.x = a.Xq16 + u.r0 * a.dp + k0 + u.c;
+  return u;
+}
+static __device__ __forceinline__ void u_load_stage16(const update_args &a, const u_cursor &u, int64_t b0,
+                                                      uint16_t *sg, uint16_t *sx) {
+  const uint16_t *g = u.g + b0 * a.n, *x = u.x + b0 * a.dp;
+#pragma unroll
+  for (int q = 0; q < 2; q++) {
+    const int r = u.r0 + 16 * q;
+    const bool b = b0 + r < a.B, vg = b && u.jv, vx = b && u.kv;
+    cp_async16(sg + r * U_LDG + u.c, vg ? g + 16 * q * a.n : (const uint16_t *)a.G, vg);
+    cp_async16(sx + r * U_LDX + u.c, vx ? x + 16 * q * a.dp : a.Xq16, vx);
+  }
+}
+template <typename GT>
+static __device__ __forceinline__ void u_stage(const update_args &a, const u_cursor &u, int64_t b0, int64_t j0,
+                                               int64_t k0, uint16_t *sg, uint16_t *sx) {
+  if (sizeof(GT) == 2) u_load_stage16(a, u, b0, sg, sx);
+  else u_load_stage<GT>(a, b0, j0, k0, sg, sx);
+}
+
 /* The weight tile (TL labels from j0, features k0..k0+U_TD; rows of LDW bytes) and the head slots
  * of its rows (no commit). */
 template <int ES, int TL, int LDW = U_LDW(ES)>
@@ -378,10 +416,11 @@ static __device__ __forceinline__ void u_start_tile(const update_args &a, int64_
                                                     uint8_t *sw, int32_t *sslot) {
   const int64_t j0 = tile / a.d_tiles * U_TL, k0 = tile % a.d_tiles * U_TD;
   load_w_tile<wcodec<DT>::es, U_TL>(a, j0, k0, sw, sslot);
+  const u_cursor u = u_cursor_at(a, j0, k0);
 #pragma unroll
   for (int s = 0; s < u_nst(DT) - 1; s++) {
     uint16_t *sg = (uint16_t *)(smem + s * U_STAGE_BYTES);
-    if (s < nk) u_load_stage<GT>(a, (int64_t)s * U_BK, j0, k0, sg, sg + U_BK * U_LDG);
+    if (s < nk) u_stage<GT>(a, u, (int64_t)s * U_BK, j0, k0, sg, sg + U_BK * U_LDG);
     cp_async_commit();
   }
 }
@@ -566,12 +605,30 @@ static __global__ void __launch_bounds__(U_THREADS, DT == ELMO_F32 ? 1 : 2) upda
     uint8_t *sw = wbuf + buf * u_w_bytes(ES);
     float acc[4][4][4];
     zero_acc<4>(acc);
-    for (int kt = 0; kt < nk; kt++) {
+    /* stage nx's pieces: batch rows brow, brow + 16 from the pointers gp, xp (advanced per stage) */
+    const u_cursor u = u_cursor_at(a, j0, k0);
+    const int64_t gs = U_BK * a.n, xs = U_BK * a.dp;
+    const uint16_t *gp = u.g + (NST - 1) * gs, *xp = u.x + (NST - 1) * xs;
+    int brow = (NST - 1) * U_BK + u.r0;
+    for (int kt = 0; kt < nk; kt++, gp += gs, xp += xs, brow += U_BK) {
       cp_async_wait<NST - 2>();
       __syncthreads();
       const int nx = kt + NST - 1;
       uint16_t *sg = (uint16_t *)(smem + (nx % NST) * U_STAGE_BYTES);
-      if (nx < nk) u_load_stage<GT>(a, (int64_t)nx * U_BK, j0, k0, sg, sg + U_BK * U_LDG);
+      if (nx < nk) {
+        if (sizeof(GT) == 2) {
+          uint16_t *sx = sg + U_BK * U_LDG;
+#pragma unroll
+          for (int q = 0; q < 2; q++) {
+            const bool b = brow + 16 * q < (int)a.B, vg = b && u.jv, vx = b && u.kv;
+            const int r = u.r0 + 16 * q;
+            cp_async16(sg + r * U_LDG + u.c, vg ? gp + 16 * q * a.n : (const uint16_t *)a.G, vg);
+            cp_async16(sx + r * U_LDX + u.c, vx ? xp + 16 * q * a.dp : a.Xq16, vx);
+          }
+        } else {
+          u_load_stage<GT>(a, (int64_t)nx * U_BK, j0, k0, sg, sg + U_BK * U_LDG);
+        }
+      }
       cp_async_commit();
       sg = (uint16_t *)(smem + (kt % NST) * U_STAGE_BYTES);
       u_mma_stage(acc, sg, sg + U_BK * U_LDG);
@@ -629,6 +686,73 @@ static __device__ __forceinline__ void r_load_g(const update_args &a, int64_t j0
   }
 }
 
+/* This thread's share of a label tile's copies, fixed for the block's feature tile: only the
+ * label offset j0 changes from tile to tile, so the per-copy 64-bit index arithmetic (some 28
+ * instructions per 16 bytes, ~4 a weight) becomes a pointer step. Weight pieces: rows r0 + RPS q
+ * of the tile, bytes 16 c of the row; G^T pieces: batch rows g_r0 + 32 q, labels g_c.. + 7. */
+template <int ES> struct r_cursor {
+  static constexpr int CPR = U_TD * ES / 16, RPS = U_THREADS / CPR, NQ = R_TL / RPS;
+  const uint8_t *w;   /* W byte address of piece q = 0 at j0 = 0 */
+  int64_t wstep;      /* bytes between pieces q and q + 1 (RPS rows) */
+  int64_t nl;         /* rows j < nl exist in W (j < n and l0 + j < L) */
+  int r0, soff;       /* first row; shared-memory byte offset of piece q = 0 (rows of LDW bytes) */
+  bool kv;            /* the piece's features lie inside d */
+  const uint16_t *g;  /* G (bf16 codes) at batch row g_r0, label g_c, j0 = 0 */
+  int g_r0, g_c;
+  __device__ __forceinline__ void init(const update_args &a, int64_t k0, int ldw) {
+    const int c = threadIdx.x % CPR;
+    r0 = threadIdx.x / CPR;
+    kv = k0 + c * (16 / ES) < a.d;
+    w = (const uint8_t *)a.W + ((a.l0 + r0) * a.d + k0 + (kv ? c * (16 / ES) : 0)) * ES;
+    wstep = (int64_t)RPS * a.d * ES;
+    nl = a.L - a.l0 < a.n ? a.L - a.l0 : a.n;
+    soff = r0 * ldw + c * 16;
+    g_r0 = threadIdx.x / (R_TL / 8);
+    g_c = (threadIdx.x % (R_TL / 8)) * 8;
+    g = (const uint16_t *)a.G + (int64_t)g_r0 * a.n + g_c;
+  }
+};
+
+/* Label tile j0 (weights, head slots, G^T rows < bp) into shared memory (no commit). */
+template <int ES, int LDW>
+static __device__ __forceinline__ void r_load_tile_w(const update_args &a, const r_cursor<ES> &cu, int64_t j0, uint8_t *sw,
+                                                     int32_t *sslot) {
+  const uint8_t *p = cu.w + j0 * a.d * ES;
+#pragma unroll
+  for (int q = 0; q < r_cursor<ES>::NQ; q++, p += cu.wstep) {
+    const bool v = cu.kv && j0 + cu.r0 + r_cursor<ES>::RPS * q < a.n;
+    cp_async16(sw + cu.soff + q * r_cursor<ES>::RPS * LDW, v ? p : (const uint8_t *)a.W, v);
+  }
+  if (threadIdx.x < R_TL) {
+    const int64_t j = j0 + threadIdx.x, l = a.l0 + j;
+    sslot[threadIdx.x] = a.head_slot && a.kahan && j < a.n && l < a.L ? a.head_slot[l] : -1;
+  }
+}
+template <int ES>
+static __device__ __forceinline__ void r_load_tile_g(const update_args &a, const r_cursor<ES> &cu, int64_t j0, int bp,
+                                                     uint16_t *sg) {
+  const uint16_t *p = cu.g + j0;
+  const int64_t step = 32 * a.n;
+  const bool jv = j0 + cu.g_c < a.n;
+#pragma unroll
+  for (int q = 0; q < R_BMAX / 32; q++, p += step) {
+    const int r = cu.g_r0 + 32 * q;
+    if (r >= bp) break;
+    const bool v = jv && r < (int)a.B;
+    cp_async16(sg + r * R_LDG + cu.g_c, v ? p : (const uint16_t *)a.G, v);
+  }
+}
+/* The rounded tile back to W (rows that exist only). */
+template <int ES, int LDW>
+static __device__ __forceinline__ void r_store_tile_w(const update_args &a, const r_cursor<ES> &cu, int64_t j0,
+                                                      const uint8_t *sw) {
+  uint8_t *p = (uint8_t *)cu.w + j0 * a.d * ES;
+#pragma unroll
+  for (int q = 0; q < r_cursor<ES>::NQ; q++, p += cu.wstep)
+    if (cu.kv && j0 + cu.r0 + r_cursor<ES>::RPS * q < cu.nl)
+      *(uint4 *)p = *(const uint4 *)(sw + cu.soff + q * r_cursor<ES>::RPS * LDW);
+}
+
 /* acc = G^T Xq for the tile, K = bp batch rows. */
 static __device__ __forceinline__ void r_mma(float acc[2][4][4], const uint16_t *sg, const uint16_t *sx, int bp) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, m0 = (warp >> 2) * 32, n0 = (warp & 3) * 32;
@@ -660,9 +784,13 @@ static __global__ void __launch_bounds__(U_THREADS, r_blocks_per_sm(DT)) update_
   const int64_t ltiles = (a.n + R_TL - 1) / R_TL;
   int64_t lt = blockIdx.x / a.d_tiles;
   if (lt >= ltiles) return;
+  constexpr bool G16 = sizeof(GT) == 2; /* bf16 G: the cursor's copies; FP32 G (fp32 weights): r_load_g */
+  r_cursor<ES> cu;
+  cu.init(a, k0, R_LDW(ES));
   r_load_x(a, bp, k0, sx); /* joins the first tile's group */
-  r_load_g<GT>(a, lt * R_TL, bp, sg);
-  load_w_tile<ES, R_TL, R_LDW(ES)>(a, lt * R_TL, k0, wbuf, slots);
+  if (G16) r_load_tile_g<ES>(a, cu, lt * R_TL, bp, sg);
+  else r_load_g<GT>(a, lt * R_TL, bp, sg);
+  r_load_tile_w<ES, R_LDW(ES)>(a, cu, lt * R_TL, wbuf, slots);
   cp_async_commit();
   for (int buf = 0; lt < ltiles; lt += qs, buf ^= NB - 1) {
     const bool more = lt + qs < ltiles;
@@ -672,19 +800,20 @@ static __global__ void __launch_bounds__(U_THREADS, r_blocks_per_sm(DT)) update_
     r_mma(acc, sg, sx, bp);
     __syncthreads(); /* G^T read by all warps */
     if (more) {
-      r_load_g<GT>(a, (lt + qs) * R_TL, bp, sg);
+      if (G16) r_load_tile_g<ES>(a, cu, (lt + qs) * R_TL, bp, sg);
+      else r_load_g<GT>(a, (lt + qs) * R_TL, bp, sg);
       if (NB == 2)
-        load_w_tile<ES, R_TL, R_LDW(ES)>(a, (lt + qs) * R_TL, k0, wbuf + (buf ^ 1) * r_w_bytes(ES),
-                                         slots + (buf ^ 1) * R_TL);
+        r_load_tile_w<ES, R_LDW(ES)>(a, cu, (lt + qs) * R_TL, wbuf + (buf ^ 1) * r_w_bytes(ES),
+                                     slots + (buf ^ 1) * R_TL);
       cp_async_commit();
     }
     uint8_t *sw = wbuf + buf * r_w_bytes(ES);
     epilogue8<DT, CONST_BITS, 2, R_LDW(ES)>(a, lt * R_TL, k0, acc, sw, slots + buf * R_TL);
     __syncthreads();
-    store_w_tile<ES, R_TL, R_LDW(ES)>(a, lt * R_TL, k0, sw);
+    r_store_tile_w<ES, R_LDW(ES)>(a, cu, lt * R_TL, sw);
     if (NB == 1 && more) {
       __syncthreads(); /* the tile is stored: its buffer takes the next tile's weights */
-      load_w_tile<ES, R_TL, R_LDW(ES)>(a, (lt + qs) * R_TL, k0, wbuf, slots);
+      r_load_tile_w<ES, R_LDW(ES)>(a, cu, (lt + qs) * R_TL, wbuf, slots);
       cp_async_commit();
     }
   }
