@@ -52,6 +52,17 @@ __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+/* 16 bytes global -> shared without registers; valid 0 writes zeros (src must still be an address). */
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(valid ? 16 : 0));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+/* Waits until at most N of this thread's committed groups are in flight. */
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t *>(&h);
@@ -77,16 +88,14 @@ __device__ __forceinline__ float quad_sum(float v) {
 
 /* ------------------------------------------------------------------ shared-memory tiles */
 
-/* Rows [0, NK) of one head (DH columns from col0) of the merged x [*, ld] into s [NK][DH + 8]; rows
- * >= Tp are zero, so padding never meets garbage. 16-byte pieces. */
+/* Starts copying rows [0, NK) of one head (DH columns from col0) of the merged x [*, ld] into
+ * s [NK][DH + 8] (cp.async, 16-byte pieces); rows >= Tp become zero, so padding never meets garbage. */
 template <int DH, int NK>
 __device__ __forceinline__ void load_tile(const bf16 *x, int64_t row0, int ld, int col0, int Tp, bf16 *s) {
   constexpr int LDS = DH + 8, PIECES = DH / 8;
   for (int i = threadIdx.x; i < NK * PIECES; i += blockDim.x) {
     const int r = i / PIECES, c = (i % PIECES) * 8;
-    uint4 v = make_uint4(0u, 0u, 0u, 0u);
-    if (r < Tp) v = *reinterpret_cast<const uint4 *>(x + (row0 + r) * ld + col0 + c);
-    *reinterpret_cast<uint4 *>(s + r * LDS + c) = v;
+    cp_async16(s + r * LDS + c, x + (row0 + (r < Tp ? r : 0)) * ld + col0 + c, r < Tp);
   }
 }
 
@@ -200,9 +209,19 @@ __device__ __forceinline__ void softmax_rows(float (&s)[2 * KT][4], const uint8_
         p[kc][2 * j + r] = pack_bf16(s[2 * kc + j][2 * r] * inv[r], s[2 * kc + j][2 * r + 1] * inv[r]);
 }
 
-/* dS = bf16(P (dP - sum_j P_j dP_j) scale) per row, in A-fragment order (zero where P is zero). */
+/* The bf16 pair of the warp's P at fragment position (kc, j, r) from sp ([16][16 KT + 8], the warp's
+ * rows, as store_frag wrote them). */
 template <int KT>
-__device__ __forceinline__ void softmax_grad(const uint32_t (&p)[KT][4], const float (&dp)[2 * KT][4], float scale,
+__device__ __forceinline__ float2 p_pair(const bf16 *sp, int lane, int kc, int j, int r) {
+  constexpr int LDP = 16 * KT + 8;
+  return unpack_bf16(*reinterpret_cast<const uint32_t *>(sp + ((lane >> 2) + 8 * r) * LDP + kc * 16 + j * 8 +
+                                                         2 * (lane & 3)));
+}
+
+/* dS = bf16(P (dP - sum_j P_j dP_j) scale) per row, in A-fragment order (zero where P is zero); P is
+ * read back from shared memory (sp: the warp's rows) to keep registers for dP. */
+template <int KT>
+__device__ __forceinline__ void softmax_grad(const bf16 *sp, const float (&dp)[2 * KT][4], float scale, int lane,
                                              uint32_t (&ds)[KT][4]) {
   float dot[2] = {0.0f, 0.0f};
 #pragma unroll
@@ -211,7 +230,7 @@ __device__ __forceinline__ void softmax_grad(const uint32_t (&p)[KT][4], const f
     for (int j = 0; j < 2; j++)
 #pragma unroll
       for (int r = 0; r < 2; r++) {
-        const float2 pf = unpack_bf16(p[kc][2 * j + r]);
+        const float2 pf = p_pair<KT>(sp, lane, kc, j, r);
         dot[r] += pf.x * dp[2 * kc + j][2 * r] + pf.y * dp[2 * kc + j][2 * r + 1];
       }
   dot[0] = quad_sum(dot[0]);
@@ -222,7 +241,7 @@ __device__ __forceinline__ void softmax_grad(const uint32_t (&p)[KT][4], const f
     for (int j = 0; j < 2; j++)
 #pragma unroll
       for (int r = 0; r < 2; r++) {
-        const float2 pf = unpack_bf16(p[kc][2 * j + r]);
+        const float2 pf = p_pair<KT>(sp, lane, kc, j, r);
         ds[kc][2 * j + r] = pack_bf16(pf.x * (dp[2 * kc + j][2 * r] - dot[r]) * scale,
                                       pf.y * (dp[2 * kc + j][2 * r + 1] - dot[r]) * scale);
       }
@@ -281,17 +300,21 @@ __global__ void __launch_bounds__(32 * KT) attn_fwd_kernel(attn_args a) {
   const int64_t row0 = (int64_t)b * a.Tp;
   load_tile<DH, NK>(a.q, row0, ld, col0, a.Tp, sq);
   load_tile<DH, NK>(a.k, row0, ld, col0, a.Tp, sk);
-  load_tile<DH, NK>(a.v, row0, ld, col0, a.Tp, sv);
+  cp_async_commit();
+  load_tile<DH, NK>(a.v, row0, ld, col0, a.Tp, sv);                   /* arrives during S and the softmax */
+  cp_async_commit();
   load_mask<NK>(a.mask + row0, a.Tp, sm);
+  cp_async_wait<1>();
   __syncthreads();
   const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (16 * w >= a.Tp) return;
   uint32_t p[KT][4];
   {
     float s[2 * KT][4];
     mm_abt<DH, KT>(sq + 16 * w * LDS, sk, lane, s);
     softmax_rows<KT>(s, sm, 16 * w, a.scale, lane, p);
   }
+  cp_async_wait<0>();
+  __syncthreads();
   float o[DH / 8][4];
   mm_py<DH, KT>(p, sv, lane, o);
   store_rows<DH>(o, a.ctx, row0, 16 * w, a.Tp, ld, col0, lane);
@@ -300,7 +323,7 @@ __global__ void __launch_bounds__(32 * KT) attn_fwd_kernel(attn_args a) {
 /* Block (sequence b, head h), KT warps: warp w owns query rows 16 w .. + 15 for P, dS and dQ, then
  * key rows 16 w .. + 15 for dV = P^T dctx and dK = dS^T Q (P, then dS, staged in shared memory). */
 template <int DH, int KT>
-__global__ void __launch_bounds__(32 * KT) attn_bwd_kernel(attn_args a) {
+__global__ void __launch_bounds__(32 * KT, 2) attn_bwd_kernel(attn_args a) {
   constexpr int NK = 16 * KT, LDS = DH + 8, LDP = NK + 8;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16 *sq = reinterpret_cast<bf16 *>(smem), *sk = sq + NK * LDS, *sv = sk + NK * LDS, *so = sv + NK * LDS;
@@ -310,29 +333,33 @@ __global__ void __launch_bounds__(32 * KT) attn_bwd_kernel(attn_args a) {
   const int64_t row0 = (int64_t)b * a.Tp;
   load_tile<DH, NK>(a.q, row0, ld, col0, a.Tp, sq);
   load_tile<DH, NK>(a.k, row0, ld, col0, a.Tp, sk);
-  load_tile<DH, NK>(a.v, row0, ld, col0, a.Tp, sv);
+  cp_async_commit();
+  load_tile<DH, NK>(a.v, row0, ld, col0, a.Tp, sv);                   /* arrive during S and the softmax */
   load_tile<DH, NK>(a.dctx, row0, ld, col0, a.Tp, so);
+  cp_async_commit();
   load_mask<NK>(a.mask + row0, a.Tp, sm);
+  cp_async_wait<1>();
   __syncthreads();
   const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  uint32_t ds[KT][4];
   {
     uint32_t p[KT][4];
-    {
-      float s[2 * KT][4];
-      mm_abt<DH, KT>(sq + 16 * w * LDS, sk, lane, s);
-      softmax_rows<KT>(s, sm, 16 * w, a.scale, lane, p);
-    }
-    store_frag<KT>(p, sp + 16 * w * LDP, lane);
+    float s[2 * KT][4];
+    mm_abt<DH, KT>(sq + 16 * w * LDS, sk, lane, s);
+    softmax_rows<KT>(s, sm, 16 * w, a.scale, lane, p);
+    store_frag<KT>(p, sp + 16 * w * LDP, lane);                       /* the warp's own rows */
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  uint32_t ds[KT][4];
+  {
     float dp[2 * KT][4];
     mm_abt<DH, KT>(so + 16 * w * LDS, sv, lane, dp);                 /* dP = dctx V^T */
-    softmax_grad<KT>(p, dp, a.scale, ds);
+    softmax_grad<KT>(sp + 16 * w * LDP, dp, a.scale, lane, ds);
   }
   float acc[DH / 8][4];
   mm_py<DH, KT>(ds, sk, lane, acc);                                   /* dQ = dS K */
   store_rows<DH>(acc, a.dq, row0, 16 * w, a.Tp, ld, col0, lane);
-  __syncthreads();                                                    /* P complete */
-  mm_aty<DH, KT>(sp, so, 16 * w, lane, acc);                          /* dV = P^T dctx */
+  mm_aty<DH, KT>(sp, so, 16 * w, lane, acc);                          /* dV = P^T dctx (P complete) */
   store_rows<DH>(acc, a.dv, row0, 16 * w, a.Tp, ld, col0, lane);
   __syncthreads();                                                    /* P read by all */
   store_frag<KT>(ds, sp + 16 * w * LDP, lane);
