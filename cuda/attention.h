@@ -56,11 +56,13 @@ int elmo_cuda_attention_fused_ok(int Tp, int dh);
 int elmo_cuda_attention_fused_forward(const elmo_bf16 *q, const elmo_bf16 *k, const elmo_bf16 *v,
                                       const uint8_t *mask, int B, int Tp, int heads, int dh, elmo_bf16 *ctx,
                                       cudaStream_t s, elmo_err *err);
-/* dq, dk, dv from dctx (rows of masked queries and keys come out zero). */
+/* dq, dk, dv from dctx (rows of masked queries and keys come out zero). ctx: NULL, or also writes the
+ * forward's output, bit for bit what elmo_cuda_attention_fused_forward gives (P is recomputed anyway),
+ * so a backward need not rerun the forward for it. */
 int elmo_cuda_attention_fused_backward(const elmo_bf16 *q, const elmo_bf16 *k, const elmo_bf16 *v,
                                        const elmo_bf16 *dctx, const uint8_t *mask, int B, int Tp, int heads,
-                                       int dh, elmo_bf16 *dq, elmo_bf16 *dk, elmo_bf16 *dv, cudaStream_t s,
-                                       elmo_err *err);
+                                       int dh, elmo_bf16 *dq, elmo_bf16 *dk, elmo_bf16 *dv, elmo_bf16 *ctx,
+                                       cudaStream_t s, elmo_err *err);
 
 #ifdef __cplusplus
 }

@@ -320,8 +320,9 @@ __global__ void __launch_bounds__(32 * KT) attn_fwd_kernel(attn_args a) {
   store_rows<DH>(o, a.ctx, row0, 16 * w, a.Tp, ld, col0, lane);
 }
 
-/* Block (sequence b, head h), KT warps: warp w owns query rows 16 w .. + 15 for P, dS and dQ, then
- * key rows 16 w .. + 15 for dV = P^T dctx and dK = dS^T Q (P, then dS, staged in shared memory). */
+/* Block (sequence b, head h), KT warps: warp w owns query rows 16 w .. + 15 for P, ctx (when wanted),
+ * dS and dQ, then key rows 16 w .. + 15 for dV = P^T dctx and dK = dS^T Q (P, then dS, staged in
+ * shared memory). */
 template <int DH, int KT>
 __global__ void __launch_bounds__(32 * KT, 2) attn_bwd_kernel(attn_args a) {
   constexpr int NK = 16 * KT, LDS = DH + 8, LDP = NK + 8;
@@ -343,13 +344,20 @@ __global__ void __launch_bounds__(32 * KT, 2) attn_bwd_kernel(attn_args a) {
   const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
   {
     uint32_t p[KT][4];
-    float s[2 * KT][4];
-    mm_abt<DH, KT>(sq + 16 * w * LDS, sk, lane, s);
-    softmax_rows<KT>(s, sm, 16 * w, a.scale, lane, p);
+    {
+      float s[2 * KT][4];
+      mm_abt<DH, KT>(sq + 16 * w * LDS, sk, lane, s);
+      softmax_rows<KT>(s, sm, 16 * w, a.scale, lane, p);
+    }
     store_frag<KT>(p, sp + 16 * w * LDP, lane);                       /* the warp's own rows */
+    cp_async_wait<0>();
+    __syncthreads();
+    if (a.ctx) {                                                      /* ctx = P V, the forward's bits */
+      float o[DH / 8][4];
+      mm_py<DH, KT>(p, sv, lane, o);
+      store_rows<DH>(o, a.ctx, row0, 16 * w, a.Tp, ld, col0, lane);
+    }
   }
-  cp_async_wait<0>();
-  __syncthreads();
   uint32_t ds[KT][4];
   {
     float dp[2 * KT][4];
@@ -436,12 +444,12 @@ extern "C" int elmo_cuda_attention_fused_forward(const elmo_bf16 *q, const elmo_
 extern "C" int elmo_cuda_attention_fused_backward(const elmo_bf16 *q, const elmo_bf16 *k, const elmo_bf16 *v,
                                                   const elmo_bf16 *dctx, const uint8_t *mask, int B, int Tp,
                                                   int heads, int dh, elmo_bf16 *dq, elmo_bf16 *dk, elmo_bf16 *dv,
-                                                  cudaStream_t s, elmo_err *err) {
-  const void *ptrs[7] = {q, k, v, dctx, dq, dk, dv};
-  int rc = check_fused("fused attention backward", ptrs, 7, B, Tp, heads, dh, err);
+                                                  elmo_bf16 *ctx, cudaStream_t s, elmo_err *err) {
+  const void *ptrs[8] = {q, k, v, dctx, dq, dk, dv, ctx};
+  int rc = check_fused("fused attention backward", ptrs, 8, B, Tp, heads, dh, err);
   if (rc || B == 0) return rc;
   attn_args a = {(const bf16 *)q, (const bf16 *)k, (const bf16 *)v, (const bf16 *)dctx, mask, Tp, heads,
-                 1.0f / sqrtf((float)dh), NULL, (bf16 *)dq, (bf16 *)dk, (bf16 *)dv};
+                 1.0f / sqrtf((float)dh), (bf16 *)ctx, (bf16 *)dq, (bf16 *)dk, (bf16 *)dv};
   launch_any(a, B, dh, 1, s);
   return ELMO_OK;
 }

@@ -812,13 +812,14 @@ static int layer_input(elmo_cuda_tf *t, const h16 *P, int i, cudaStream_t s, elm
   return elmo_cuda_layernorm_apply(t->act[i - 1].xhat2, P + o->ln2_w, P + o->ln2_b, M, H, t->xa, s, err);
 }
 
-/* Everything the layer backward reads besides the kept buffers: probs, ctx, h1, g16 = GELU(ff). */
+/* Everything the layer backward reads besides the kept buffers: ctx (not on the fused path, whose
+ * backward kernel rewrites it), h1, g16 = GELU(ff). */
 static int layer_recompute(elmo_cuda_tf *t, const h16 *P, int i, cudaStream_t s, elmo_err *err) {
   const int64_t M = (int64_t)t->B * t->Tp;
   const layer_off *o = &t->off[i];
   layer_acts *a = &t->act[i];
   if (t->flags & ELMO_CUDA_TF_RECOMPUTE) return layer_forward(t, P, i, t->xa, NULL, s, err);
-  int rc = attention_core(t, a, s, err);
+  int rc = t->fused ? ELMO_OK : attention_core(t, a, s, err);   /* the fused backward rewrites ctx itself */
   if (!rc) rc = elmo_cuda_layernorm_apply(a->xhat1, P + o->ln1_w, P + o->ln1_b, M, t->cfg.hidden, t->h1, s, err);
   if (!rc) rc = elmo_cuda_gelu_recompute(a->ff, M * t->cfg.ffn, t->g16, s, err);
   return rc;
@@ -855,13 +856,16 @@ static int attention_backward(elmo_cuda_tf *t, const h16 *P, int i, float *G, cu
   const int H = c->hidden, heads = c->heads, dh = H / heads;
   int rc = elmo_cuda_colsum(t->dx, 0, M, H, 1, 0, G + o->o_b, 0, t->part, s, err);
   if (rc) return rc;
-  linear_dw(t, t->d16, t->ctx, M, H, H, G + o->o_w, s);
-  linear_dx(t, t->d16, P + o->o_w, M, H, H, t->ctx, 0, 0.0f, s);             /* dctx, merged */
   h16 *dqkv = (h16 *)t->f32;                                                  /* [3, M, H] merged */
-  if (t->fused) {
-    rc = elmo_cuda_attention_fused_backward(a->qkv, a->qkv + MH, a->qkv + 2 * MH, t->ctx, t->mask, t->B, t->Tp, heads,
-                                            dh, dqkv, dqkv + MH, dqkv + 2 * MH, s, err);
+  if (t->fused) {   /* dctx into h1 (free after the FFN backward); the kernel also writes ctx, for dW_o */
+    linear_dx(t, t->d16, P + o->o_w, M, H, H, t->h1, 0, 0.0f, s);
+    rc = elmo_cuda_attention_fused_backward(a->qkv, a->qkv + MH, a->qkv + 2 * MH, t->h1, t->mask, t->B, t->Tp, heads,
+                                            dh, dqkv, dqkv + MH, dqkv + 2 * MH, t->ctx, s, err);
+    if (rc) return rc;
+    linear_dw(t, t->d16, t->ctx, M, H, H, G + o->o_w, s);
   } else {
+    linear_dw(t, t->d16, t->ctx, M, H, H, G + o->o_w, s);
+    linear_dx(t, t->d16, P + o->o_w, M, H, H, t->ctx, 0, 0.0f, s);           /* dctx, merged */
     rc = elmo_cuda_heads_split(t->ctx, 0, NULL, 1, t->B, t->Tp, heads, dh, t->ctxp, s, err);
     if (!rc) rc = elmo_cuda_attention_backward(t->gemm, a->qkv, t->probs, t->ctxp, t->mask, t->B, t->Tp, heads, dh,
                                                t->f32, t->g16, s, err);

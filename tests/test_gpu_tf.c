@@ -456,7 +456,7 @@ static void fused_case(int B, int T, int Tp, int heads, int dh, const int *len, 
   elmo_err err;
   uint8_t *d_mask = dev_upload(c.mask_p, (size_t)c.rows);
   elmo_bf16 *d_qkv = dev_bf16(d.qkv, 3 * per), *d_dctx = dev_bf16(d.dctx, per);
-  elmo_bf16 *d_ctx = dev_poisoned(per * 2), *d_dqkv = dev_poisoned(3 * per * 2);
+  elmo_bf16 *d_ctx = dev_poisoned(per * 2), *d_ctx2 = dev_poisoned(per * 2), *d_dqkv = dev_poisoned(3 * per * 2);
   assert_int_equal(elmo_cuda_attention_fused_forward(d_qkv, d_qkv + per, d_qkv + 2 * per, d_mask, c.B, c.Tp, c.heads,
                                                      c.dh, d_ctx, 0, &err), ELMO_OK);
   float *g_ctx = host_from_bf16(d_ctx, per);
@@ -464,17 +464,18 @@ static void fused_case(int B, int T, int Tp, int heads, int dh, const int *len, 
   snprintf(what, sizeof what, "fused attention ctx (Tp %d, dh %d)", Tp, dh);
   expect_attn_rows(g_ctx, d.ctx, &c, 1e-2, what);
   assert_int_equal(elmo_cuda_attention_fused_backward(d_qkv, d_qkv + per, d_qkv + 2 * per, d_dctx, d_mask, c.B, c.Tp,
-                                                      c.heads, c.dh, d_dqkv, d_dqkv + per, d_dqkv + 2 * per, 0, &err),
-                   ELMO_OK);
-  float *g_d = host_from_bf16(d_dqkv, 3 * per);
+                                                      c.heads, c.dh, d_dqkv, d_dqkv + per, d_dqkv + 2 * per, d_ctx2, 0,
+                                                      &err), ELMO_OK);
+  float *g_d = host_from_bf16(d_dqkv, 3 * per), *g_ctx2 = host_from_bf16(d_ctx2, per);
+  assert_memory_equal(g_ctx2, g_ctx, per * sizeof *g_ctx);      /* the backward's ctx: the forward's bits */
   const float *ref[3] = {d.dq, d.dk, d.dv};
   static const char *names[3] = {"dq", "dk", "dv"};
   for (int j = 0; j < 3; j++) {
     snprintf(what, sizeof what, "fused attention %s (Tp %d, dh %d)", names[j], Tp, dh);
     expect_attn_rows(g_d + j * per, ref[j], &c, 2e-2, what);
   }
-  cudaFree(d_mask); cudaFree(d_qkv); cudaFree(d_dctx); cudaFree(d_ctx); cudaFree(d_dqkv);
-  free(g_ctx); free(g_d);
+  cudaFree(d_mask); cudaFree(d_qkv); cudaFree(d_dctx); cudaFree(d_ctx); cudaFree(d_ctx2); cudaFree(d_dqkv);
+  free(g_ctx); free(g_ctx2); free(g_d);
   attn_data_free(&d);
   attn_case_free(&c);
 }
@@ -498,7 +499,7 @@ static void test_attention_fused(void **state) {
   uint8_t *m = dev_poisoned(136);
   assert_int_equal(elmo_cuda_attention_fused_forward(d, d, d, m, 1, 136, 1, 64, d, 0, &err), ELMO_EINPUT);
   tu_assert_contains(err.msg, "Tp a multiple of 8");
-  assert_int_equal(elmo_cuda_attention_fused_backward(d, d, d, d, m, 1, 64, 8, 8, d, d, d, 0, &err), ELMO_EINPUT);
+  assert_int_equal(elmo_cuda_attention_fused_backward(d, d, d, d, m, 1, 64, 8, 8, d, d, d, NULL, 0, &err), ELMO_EINPUT);
   assert_int_equal(elmo_cuda_attention_fused_forward(d + 1, d, d, m, 1, 64, 1, 64, d, 0, &err), ELMO_EINPUT);
   tu_assert_contains(err.msg, "16-byte aligned");
   cudaFree(d); cudaFree(m);
