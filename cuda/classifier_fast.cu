@@ -936,24 +936,50 @@ extern "C" int64_t elmo_cuda_cls_dx_slices(elmo_dtype dt, int64_t B_cap, int64_t
   return s < 1 ? 1 : s;
 }
 
+/* This thread's pieces of a stage, fixed for the block (batch tile b0, feature tile k0): G rows
+ * gr + GRS q (labels gc..gc+7 of the stage), weight rows wr + WRS q (bytes 16 wc of the row); a
+ * stage at label offset j only adds j (G) or j d ES (W) to the block's base pointers, instead of
+ * 64-bit index arithmetic per 16-byte piece. */
+template <int DT> struct dx_cursor {
+  static constexpr int ES = DT == ELMO_FP8 ? 1 : 2, CPR = X_TD * ES / 16, LDB = DT == ELMO_FP8 ? X_TD : X_LDW(DT) * 2;
+  static constexpr int GPR = X_BK / 8, GRS = X_THREADS / GPR, GQ = X_TB / GRS, WRS = X_THREADS / CPR, WQ = X_BK / WRS;
+  const uint16_t *g;      /* G at (row b0 + gr, label gc) of label offset 0 */
+  const uint8_t *w;       /* W at (row l0 + wr, feature k0 + 16 wc / ES) of label offset 0 */
+  int gr, gc, wr, wc;
+  uint32_t gv;            /* bit q: G row gr + GRS q < B */
+  bool kv;                /* the weight piece's features lie inside d */
+  __device__ __forceinline__ void init(const dx_args &a, int64_t b0, int64_t k0) {
+    gr = threadIdx.x / GPR;
+    gc = (threadIdx.x % GPR) * 8;
+    wr = threadIdx.x / CPR;
+    wc = threadIdx.x % CPR;
+    gv = 0;
+#pragma unroll
+    for (int q = 0; q < GQ; q++) gv |= b0 + gr + GRS * q < a.B ? 1u << q : 0u;
+    kv = k0 + wc * (16 / ES) < a.d;
+    g = a.G + (b0 + gr) * a.n + gc;
+    w = (const uint8_t *)a.W + ((a.l0 + wr) * a.d + k0 + (kv ? wc * (16 / ES) : 0)) * ES;
+  }
+};
+
 /* Labels j..j+X_BK (below jend) of G rows b0.. and W rows l0+j.. (features k0..) into a stage. */
 template <int DT>
-static __device__ __forceinline__ void x_load_stage(const dx_args &a, int64_t b0, int64_t j, int64_t jend, int64_t k0,
+static __device__ __forceinline__ void x_load_stage(const dx_args &a, const dx_cursor<DT> &cu, int64_t j, int64_t jend,
                                                     uint16_t *sg, uint8_t *sw) {
+  using CU = dx_cursor<DT>;
+  const uint16_t *g = cu.g + j;
+  const bool jg = j + cu.gc < jend;
 #pragma unroll
-  for (int q = 0; q < X_TB * (X_BK / 8) / X_THREADS; q++) {
-    const int i = threadIdx.x + q * X_THREADS, r = i / (X_BK / 8), c = (i % (X_BK / 8)) * 8;
-    const int64_t b = b0 + r;
-    const bool v = b < a.B && j + c < jend;
-    cp_async16(sg + r * X_LDG + c, v ? a.G + b * a.n + j + c : a.G, v);
+  for (int q = 0; q < CU::GQ; q++) {
+    const bool v = jg && ((cu.gv >> q) & 1u);
+    cp_async16(sg + (cu.gr + CU::GRS * q) * X_LDG + cu.gc, v ? g + (int64_t)CU::GRS * q * a.n : a.G, v);
   }
-  constexpr int ES = DT == ELMO_FP8 ? 1 : 2, CPR = X_TD * ES / 16, LDB = DT == ELMO_FP8 ? X_TD : X_LDW(DT) * 2;
+  const uint8_t *w = cu.w + j * a.d * CU::ES;
+  const int64_t wstep = (int64_t)CU::WRS * a.d * CU::ES;
 #pragma unroll
-  for (int q = 0; q < X_BK * CPR / X_THREADS; q++) {
-    const int i = threadIdx.x + q * X_THREADS, r = i / CPR, c = i % CPR;
-    const int64_t k = k0 + c * (16 / ES);
-    const bool v = j + r < jend && k < a.d;
-    cp_async16(sw + r * LDB + c * 16, v ? (const uint8_t *)a.W + ((a.l0 + j + r) * a.d + k) * ES : a.W, v);
+  for (int q = 0; q < CU::WQ; q++) {
+    const bool v = cu.kv && j + cu.wr + CU::WRS * q < jend;
+    cp_async16(sw + (cu.wr + CU::WRS * q) * CU::LDB + cu.wc * 16, v ? w + q * wstep : (const uint8_t *)a.W, v);
   }
 }
 
@@ -1006,9 +1032,11 @@ static __global__ void __launch_bounds__(xcfg<DT>::THREADS, xcfg<DT>::BLOCKS_PER
   uint16_t *swb = (uint16_t *)(smem + X_NST * dx_stage_bytes<DT>()); /* e4m3 only */
 #define X_SG(s) ((uint16_t *)(smem + (s) * dx_stage_bytes<DT>()))
 #define X_SW(s) (smem + (s) * dx_stage_bytes<DT>() + X_G_BYTES)
+  dx_cursor<DT> cu;
+  cu.init(a, b0, k0);
 #pragma unroll
   for (int s = 0; s < X_NST - 1; s++) {
-    if (s < nk) x_load_stage<DT>(a, b0, jb + (int64_t)s * X_BK, je, k0, X_SG(s), X_SW(s));
+    if (s < nk) x_load_stage<DT>(a, cu, jb + (int64_t)s * X_BK, je, X_SG(s), X_SW(s));
     cp_async_commit();
   }
   float acc[4][4][4];
@@ -1017,7 +1045,7 @@ static __global__ void __launch_bounds__(xcfg<DT>::THREADS, xcfg<DT>::BLOCKS_PER
     cp_async_wait<X_NST - 2>();
     __syncthreads();
     const int nx = kt + X_NST - 1;
-    if (nx < nk) x_load_stage<DT>(a, b0, jb + (int64_t)nx * X_BK, je, k0, X_SG(nx % X_NST), X_SW(nx % X_NST));
+    if (nx < nk) x_load_stage<DT>(a, cu, jb + (int64_t)nx * X_BK, je, X_SG(nx % X_NST), X_SW(nx % X_NST));
     cp_async_commit();
     const uint16_t *wt = (const uint16_t *)X_SW(kt % X_NST);
     if (DT == ELMO_FP8) {
