@@ -387,6 +387,10 @@ static void log_create(const elmo_model *m) {
   fprintf(stderr, "elmo cuda: %s (sm_%d%d, %.1f GiB); plan %.2f GiB, classifier in %lld chunk(s) of %lld labels\n",
           prop.name, prop.major, prop.minor, (double)prop.totalGlobalMem / GIB, (double)m->pool.size / GIB,
           (long long)m->md.n_chunks, (long long)m->md.chunk_labels);
+  if (m->tf)
+    fprintf(stderr, "elmo cuda: attention %s\n", elmo_cuda_tf_attention_fused(m->tf)
+                        ? "fused (one kernel per sequence and head each way, no score matrix)"
+                        : "batched cuBLASLt GEMMs + softmax kernels (padded length > 128 or head dim not 16/32/64)");
 }
 
 static int cuda_create(const elmo_config *cfg, const elmo_model_desc *md, elmo_model **out, elmo_err *err) {

@@ -154,6 +154,60 @@ static __global__ void colsum_partial_kernel(const T *x, int64_t M, int N, int64
   part[((int64_t)blockIdx.z * gridDim.y + blockIdx.y) * N + j] = acc;
 }
 
+/* The same with V adjacent columns a thread (16-byte loads: 8 bf16 or 4 FP32), rows unrolled by 8
+ * so that eight loads are in flight: each column is still summed over its rows in order, so the
+ * partial sums are bit for bit those of colsum_partial_kernel. Needs N % V == 0 and 16-byte
+ * aligned rows (colsum_vec_ok). */
+static __device__ __forceinline__ void load_v(const float *p, float v[4]) {
+  const float4 q = *(const float4 *)p;
+  v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w;
+}
+static __device__ __forceinline__ void load_v(const bf16 *p, float v[8]) {
+  const uint4 q = *(const uint4 *)p;
+  const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    v[2 * i] = __uint_as_float(w[i] << 16);
+    v[2 * i + 1] = __uint_as_float(w[i] & 0xFFFF0000u);
+  }
+}
+template <typename T>
+static __global__ void colsum_partial_vec_kernel(const T *x, int64_t M, int N, int64_t x_stride, float *part) {
+  constexpr int V = 16 / sizeof(T), U = 8;
+  const int j = (blockIdx.x * blockDim.x + threadIdx.x) * V;
+  if (j >= N) return;
+  const T *xi = x + (int64_t)blockIdx.z * x_stride + j;
+  const int64_t r0 = (int64_t)blockIdx.y * COL_ROWS;
+  const int64_t r1 = r0 + COL_ROWS < M ? r0 + COL_ROWS : M;
+  float acc[V];
+#pragma unroll
+  for (int e = 0; e < V; e++) acc[e] = 0.0f;
+  int64_t r = r0;
+  for (; r + U <= r1; r += U) {
+    float v[U][V];
+#pragma unroll
+    for (int u = 0; u < U; u++) load_v(xi + (r + u) * N, v[u]);
+#pragma unroll
+    for (int u = 0; u < U; u++)
+#pragma unroll
+      for (int e = 0; e < V; e++) acc[e] += v[u][e];
+  }
+  for (; r < r1; r++) {
+    float v[V];
+    load_v(xi + r * N, v);
+#pragma unroll
+    for (int e = 0; e < V; e++) acc[e] += v[e];
+  }
+  float *o = part + ((int64_t)blockIdx.z * gridDim.y + blockIdx.y) * N + j;
+#pragma unroll
+  for (int e = 0; e < V; e++) o[e] = acc[e];
+}
+
+template <typename T> static bool colsum_vec_ok(const T *x, int N, int64_t x_stride) {
+  constexpr int V = 16 / sizeof(T);
+  return N % V == 0 && x_stride % V == 0 && (uintptr_t)x % 16 == 0;
+}
+
 enum { FIN_COLS = 32, FIN_SLICES = 8 };
 
 /* out_i[j] += sum over the R row blocks. Block (32 columns) x (8 slices), matrix blockIdx.y: slice y
@@ -177,7 +231,13 @@ static void colsum_launch(const T *x, int64_t M, int N, int count, int64_t x_str
                           int64_t out_stride, float *ws, cudaStream_t s) {
   const int64_t R = (M + COL_ROWS - 1) / COL_ROWS;
   const unsigned tiles = (unsigned)((N + COL_THREADS - 1) / COL_THREADS);
-  colsum_partial_kernel<T><<<dim3(tiles, (unsigned)R, (unsigned)count), COL_THREADS, 0, s>>>(x, M, N, x_stride, ws);
+  if (colsum_vec_ok(x, N, x_stride)) {
+    const int V = 16 / sizeof(T);
+    const unsigned vtiles = (unsigned)((N / V + COL_THREADS - 1) / COL_THREADS);
+    colsum_partial_vec_kernel<T><<<dim3(vtiles, (unsigned)R, (unsigned)count), COL_THREADS, 0, s>>>(x, M, N, x_stride, ws);
+  } else {
+    colsum_partial_kernel<T><<<dim3(tiles, (unsigned)R, (unsigned)count), COL_THREADS, 0, s>>>(x, M, N, x_stride, ws);
+  }
   ELMO_LAUNCH_CHECK();
   const unsigned fin_tiles = (unsigned)((N + FIN_COLS - 1) / FIN_COLS);
   colsum_finish_kernel<<<dim3(fin_tiles, (unsigned)count), dim3(FIN_COLS, FIN_SLICES), 0, s>>>(ws, (int)R, N, out,

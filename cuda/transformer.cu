@@ -482,6 +482,8 @@ extern "C" int elmo_cuda_tf_create(const elmo_tf_config *cfg, int max_batch, int
   return ELMO_OK;
 }
 
+extern "C" int elmo_cuda_tf_attention_fused(const elmo_cuda_tf *t) { return t->fused; }
+
 extern "C" void elmo_cuda_tf_destroy(elmo_cuda_tf **pt) {
   if (!pt || !*pt) return;
   elmo_cuda_tf *t = *pt;
@@ -872,7 +874,12 @@ static int attention_backward(elmo_cuda_tf *t, const h16 *P, int i, float *G, cu
     if (!rc) rc = elmo_cuda_heads_merge(t->g16, 3, t->B, t->Tp, heads, dh, dqkv, s, err);
   }
   const int64_t w[3] = {o->q_w, o->k_w, o->v_w}, b[3] = {o->q_b, o->k_b, o->v_b};
-  for (int j = 0; j < 3 && !rc; j++) rc = elmo_cuda_colsum(dqkv + j * MH, 1, M, H, 1, 0, G + b[j], 0, t->part, s, err);
+  /* the three bias gradients in one launch when their offsets are evenly spaced (they are in
+   * every layout we load) and the scratch, planned for the F-column sums, holds three H-column ones */
+  if (!rc && b[1] - b[0] == b[2] - b[1] && t->cfg.ffn >= 3 * H)
+    rc = elmo_cuda_colsum(dqkv, 1, M, H, 3, MH, G + b[0], b[1] - b[0], t->part, s, err);
+  else
+    for (int j = 0; j < 3 && !rc; j++) rc = elmo_cuda_colsum(dqkv + j * MH, 1, M, H, 1, 0, G + b[j], 0, t->part, s, err);
   if (rc) return rc;
   for (int j = 0; j < 3; j++) linear_dw(t, dqkv + j * MH, t->xa, M, H, H, G + w[j], s);
   for (int j = 0; j < 3; j++) linear_dx(t, dqkv + j * MH, P + w[j], M, H, H, t->dx, 1, 1.0f, s);

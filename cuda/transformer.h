@@ -70,6 +70,9 @@ size_t elmo_cuda_tf_activation_bytes(const elmo_tf_config *cfg, int max_batch, i
 int elmo_cuda_tf_create(const elmo_tf_config *cfg, int max_batch, int max_len, int flags, void *dev_mem,
                         elmo_cuda_tf **out, elmo_err *err);
 void elmo_cuda_tf_destroy(elmo_cuda_tf **t);
+/* 1 when this encoder runs the fused attention kernels (padded length <= 128, head dim 16/32/64,
+ * ELMO_ATTN_FUSED not 0), 0 for the batched cuBLASLt path. */
+int elmo_cuda_tf_attention_fused(const elmo_cuda_tf *t);
 
 /* pooled[B, H] (FP32, device) = encoder(ids[B, T], mask[B, T]) on stream s; mask NULL = all real.
  * params: device, the flat layout of elmo_tf_params, BF16 when params_bf16 else FP32 (needs

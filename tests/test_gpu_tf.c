@@ -263,12 +263,7 @@ static void test_gelu(void **state) {
   free(g_dx);
 }
 
-static void test_colsum(void **state) {
-  (void)state;
-  uint64_t rng = 404;
-  const int64_t M = 300;
-  const int N = 150, count = 2;
-  const int64_t x_stride = M * N + 16, out_stride = N + 8;
+static void colsum_case(int64_t M, int N, int count, int64_t x_stride, int64_t out_stride, uint64_t rng) {
   float *x = randn((size_t)(count * x_stride), &rng, 1.0f, 0.0f);
   quantize(x, (size_t)(count * x_stride));
   float *out = randn((size_t)(count * out_stride), &rng, 1.0f, 0.0f);
@@ -290,6 +285,13 @@ static void test_colsum(void **state) {
   }
   cudaFree(d_ws);
   free(x); free(out); free(ref);
+}
+
+static void test_colsum(void **state) {
+  (void)state;
+  colsum_case(300, 150, 2, 300 * 150 + 16, 158, 404); /* the scalar kernel (150 columns) */
+  colsum_case(300, 768, 3, 300 * 768, 776, 405);      /* 16-byte loads, rows 300 = 4 x 64 + 44 (8 x 5 + 4) */
+  colsum_case(37, 96, 1, 37 * 96, 96, 406);           /* fewer rows than one block, a partial tile of threads */
 }
 
 /* ------------------------------------------------------------------ attention */
