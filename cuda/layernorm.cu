@@ -135,6 +135,77 @@ ln_backward_vec_kernel(const float *dy, const bf16 *xhat, const float *rstd, con
   }
 }
 
+/* The same row work with the parameter-gradient partial sums fused in (the separate partial pass
+ * read dy and xhat a second time): block b takes rows 16 b .. 16 b + 15, warp w rows w, w + 4, ...
+ * of them; each lane sums dy * xhat and dy over its rows for its columns, then the four warps'
+ * sums are added in warp order into pw[b], pb[b] ([R, H], R = ceil(M / 16)), which
+ * ln_param_finish_kernel reduces in a fixed order as before. */
+enum { VP_ROWS = 16 };
+template <int K>
+static __global__ void __launch_bounds__(LN_WARPS * 32)
+ln_backward_vec_param_kernel(const float *dy, const bf16 *xhat, const float *rstd, const bf16 *w, int64_t M,
+                             float *dx, bf16 *dx16, float *pw, float *pb) {
+  constexpr int H = 128 * K;
+  __shared__ __align__(16) float s_p[LN_WARPS][2][H];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float aw[K][4], ab[K][4];
+#pragma unroll
+  for (int k = 0; k < K; k++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) aw[k][e] = ab[k][e] = 0.0f;
+#pragma unroll 1
+  for (int q = 0; q < VP_ROWS / LN_WARPS; q++) {
+    const int64_t r = (int64_t)blockIdx.x * VP_ROWS + warp + LN_WARPS * q;
+    if (r >= M) break;
+    const int64_t base = r * H;
+    float gw[K][4], xh[K][4], sum_g = 0.0f, sum_gh = 0.0f;
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+      const int j = 128 * k + 4 * lane;
+      const float4 g = *(const float4 *)(dy + base + j);
+      float wv[4];
+      bf16x4_to_f32(*(const uint2 *)(w + j), wv);
+      bf16x4_to_f32(*(const uint2 *)(xhat + base + j), xh[k]);
+      const float gg[4] = {g.x, g.y, g.z, g.w};
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        aw[k][e] += gg[e] * xh[k][e];
+        ab[k][e] += gg[e];
+        gw[k][e] = gg[e] * wv[e];
+        sum_g += gw[k][e];
+        sum_gh += gw[k][e] * xh[k][e];
+      }
+    }
+    const float mg = warp_sum(sum_g) / (float)H, mgh = warp_sum(sum_gh) / (float)H, rs = rstd[r];
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+      const int j = 128 * k + 4 * lane;
+      float d[4];
+#pragma unroll
+      for (int e = 0; e < 4; e++) d[e] = rs * (gw[k][e] - mg - xh[k][e] * mgh);
+      *(float4 *)(dx + base + j) = make_float4(d[0], d[1], d[2], d[3]);
+      if (dx16) *(uint2 *)(dx16 + base + j) = f32x4_to_bf16(d);
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < K; k++) {
+    const int j = 128 * k + 4 * lane;
+    *(float4 *)&s_p[warp][0][j] = make_float4(aw[k][0], aw[k][1], aw[k][2], aw[k][3]);
+    *(float4 *)&s_p[warp][1][j] = make_float4(ab[k][0], ab[k][1], ab[k][2], ab[k][3]);
+  }
+  __syncthreads();
+  for (int j = threadIdx.x; j < H; j += LN_WARPS * 32) {
+    float sw = s_p[0][0][j], sb = s_p[0][1][j];
+#pragma unroll
+    for (int wi = 1; wi < LN_WARPS; wi++) {
+      sw += s_p[wi][0][j];
+      sb += s_p[wi][1][j];
+    }
+    pw[(int64_t)blockIdx.x * H + j] = sw;
+    pb[(int64_t)blockIdx.x * H + j] = sb;
+  }
+}
+
 /* The register kernels take H = 128 K (K = 1..8) with 16-byte aligned rows. */
 static int ln_vec_ok(int H, const void *const *ptrs, int n) {
   if (H % 128 || H > 1024) return 0;
@@ -377,7 +448,9 @@ static void ln_backward_launch(const float *dy, const bf16 *xhat, const float *r
   ELMO_LAUNCH_CHECK();
 }
 
-extern "C" int64_t elmo_cuda_layernorm_ws_floats(int64_t M, int H) { return 2 * part_blocks(M) * H; }
+/* Scratch for the parameter partials: R = ceil(M / 16) rows of the fused register kernel (the
+ * shared-memory path uses ceil(M / 64) of them). */
+extern "C" int64_t elmo_cuda_layernorm_ws_floats(int64_t M, int H) { return 2 * ((M + VP_ROWS - 1) / VP_ROWS) * H; }
 
 extern "C" int elmo_cuda_layernorm_backward(const float *dy, const elmo_bf16 *xhat, const float *rstd,
                                             const elmo_bf16 *w, int64_t M, int H, float *dx, elmo_bf16 *dx16,
@@ -388,6 +461,21 @@ extern "C" int elmo_cuda_layernorm_backward(const float *dy, const elmo_bf16 *xh
     return elmo_fail(err, ELMO_EINPUT, "layernorm backward: %lld rows (expected at most %lld)",
                      (long long)M, (long long)65535 * PART_ROWS);
   if (M == 0) return ELMO_OK;
+  const void *ptrs[] = {dy, xhat, w, dx, dx16 ? (const void *)dx16 : dy};
+  if (ln_vec_ok(H, ptrs, 5)) { /* rows in registers, parameter partials fused */
+    const int64_t R = (M + VP_ROWS - 1) / VP_ROWS;
+    float *pw = ws, *pb = ws + R * H;
+#define LN_BWDP(K)                                                                                        \
+  ln_backward_vec_param_kernel<K><<<(unsigned)R, LN_WARPS * 32, 0, s>>>(dy, (const bf16 *)xhat, rstd, (const bf16 *)w, \
+                                                                       M, dx, (bf16 *)dx16, pw, pb)
+    LN_VEC_SWITCH(H / 128, LN_BWDP)
+#undef LN_BWDP
+    ELMO_LAUNCH_CHECK();
+    ln_param_finish_kernel<<<(unsigned)((H + FIN_COLS - 1) / FIN_COLS), dim3(FIN_COLS, FIN_SLICES), 0, s>>>(
+        pw, pb, (int)R, H, dw, db);
+    ELMO_LAUNCH_CHECK();
+    return ELMO_OK;
+  }
   /* parameter sums read dy before the row kernel may overwrite it in place */
   ln_params_launch(dy, (const bf16 *)xhat, M, H, dw, db, ws, s);
   ln_backward_launch(dy, (const bf16 *)xhat, rstd, (const bf16 *)w, M, H, dx, (bf16 *)dx16, s);

@@ -30,45 +30,148 @@ static __device__ __forceinline__ float st(void *a, int bf16, int64_t i, float x
   return x;
 }
 
-/* Number of ranges starting at or before i. */
-static __device__ int ranges_started(const elmo_cuda_decay &d, int64_t i) {
-  int lo = 0, hi = d.n;
+/* Number of ranges starting at or before i, by one warp (all 32 lanes call it): a 32-ary search,
+ * one coalesced load and a ballot per round (2 rounds up to 1024 ranges) instead of a chain of
+ * dependent loads. */
+static __device__ int ranges_started_warp(const elmo_cuda_decay &d, int64_t i) {
+  const int lane = threadIdx.x & 31;
+  int lo = 0, hi = d.n; /* the answer lies in [lo, hi] */
   while (lo < hi) {
-    int mid = (lo + hi) >> 1;
-    if (d.start[mid] <= i) lo = mid + 1; else hi = mid;
+    const int step = (hi - lo + 31) / 32, idx = lo + lane * step;
+    const unsigned le = __ballot_sync(0xFFFFFFFFu, idx < hi && d.start[idx] <= i);
+    const int c = __popc(le); /* starts are sorted: the true lanes are a prefix */
+    if (c == 0) break;
+    const int nlo = lo + (c - 1) * step + 1, nhi = lo + c * step < hi ? lo + c * step : hi;
+    lo = nlo;
+    hi = nhi;
   }
   return lo;
 }
 
-/* One element per thread (coalesced); the decay range of a block's span is searched once, by its
- * first thread, and each thread steps over the few range starts inside the span. */
+#define AW_PER 2 /* element pairs a thread per block span, blockDim pairs apart (coalesced) */
+
+/* Two adjacent elements i, i + 1 (i even) of p/m/v (bf16 pair in one 32-bit word, or an FP32
+ * pair) and of c (bf16 pair). */
+template <int BF16> struct pair_io;
+template <> struct pair_io<1> {
+  static __device__ __forceinline__ void ld(const void *a, int64_t i, float x[2]) {
+    const uint32_t w = ((const uint32_t *)a)[i >> 1];
+    x[0] = __uint_as_float(w << 16);
+    x[1] = __uint_as_float(w & 0xFFFF0000u);
+  }
+  /* stores RN and returns the stored values */
+  static __device__ __forceinline__ void st(void *a, int64_t i, float x[2]) {
+    const uint32_t q0 = elmo_f32_to_bf16(x[0]), q1 = elmo_f32_to_bf16(x[1]);
+    ((uint32_t *)a)[i >> 1] = q0 | (q1 << 16);
+    x[0] = elmo_bf16_to_f32((uint16_t)q0);
+    x[1] = elmo_bf16_to_f32((uint16_t)q1);
+  }
+};
+template <> struct pair_io<0> {
+  static __device__ __forceinline__ void ld(const void *a, int64_t i, float x[2]) {
+    const float2 f = ((const float2 *)a)[i >> 1];
+    x[0] = f.x;
+    x[1] = f.y;
+  }
+  static __device__ __forceinline__ void st(void *a, int64_t i, float x[2]) { ((float2 *)a)[i >> 1] = make_float2(x[0], x[1]); }
+};
+
+/* One element, the CPU's operations in its order (elmo_adamw_update). */
+template <int BF16>
+static __device__ __forceinline__ void adamw_one(const adamw_args &a, int64_t i, int dec) {
+  const float gi = a.g[i];
+  const float mi = st(a.m, BF16, i, __fadd_rn(__fmul_rn(a.b1, ld(a.m, BF16, i)), __fmul_rn(__fsub_rn(1.0f, a.b1), gi)));
+  const float vi = st(a.v, BF16, i, __fadd_rn(__fmul_rn(a.b2, ld(a.v, BF16, i)),
+                                             __fmul_rn(__fmul_rn(__fsub_rn(1.0f, a.b2), gi), gi)));
+  const float pi = ld(a.p, BF16, i);
+  const float wd = dec ? a.wd : 0.0f;
+  const float den = __fadd_rn(__fsqrt_rn(__fdiv_rn(vi, a.bc2)), a.eps);
+  const float upd = __fmul_rn(-a.lr, __fadd_rn(__fdiv_rn(__fdiv_rn(mi, a.bc1), den), __fmul_rn(wd, pi)));
+  if (a.c) {
+    const float u = __fadd_rn(upd, elmo_bf16_to_f32(a.c[i]));
+    const float q = st(a.p, BF16, i, __fadd_rn(pi, u));
+    a.c[i] = elmo_f32_to_bf16(__fsub_rn(u, __fsub_rn(q, pi)));
+  } else {
+    st(a.p, BF16, i, __fadd_rn(pi, upd));
+  }
+}
+
+/* Two adjacent elements a thread (32-bit bf16 pairs, 64-bit FP32 pairs: each warp access is 128
+ * or 256 contiguous bytes), AW_PER pairs per thread per block span of 2 AW_PER blockDim
+ * elements; the decay range at the span's start is searched once by warp 0
+ * (ranges_started_warp) and each thread steps over the few range starts after it. One barrier
+ * per span (the start index alternates between two slots). The arithmetic of each element is
+ * adamw_one's, bit for bit the CPU's. */
 template <int BF16>
 static __global__ void __launch_bounds__(256) adamw_kernel(adamw_args a) {
-  __shared__ int s_lo;
-  for (int64_t base = blockIdx.x * (int64_t)blockDim.x; base < a.n; base += (int64_t)gridDim.x * blockDim.x) {
-    if (threadIdx.x == 0) s_lo = ranges_started(a.decay, base);
-    __syncthreads();
-    int lo = s_lo;
-    __syncthreads(); /* s_lo is rewritten next round */
-    const int64_t i = base + threadIdx.x;
-    if (i >= a.n) continue;
-    while (lo < a.decay.n && a.decay.start[lo] <= i) lo++;
-    const int dec = lo > 0 && i < a.decay.end[lo - 1];
-    const float gi = a.g[i];
-    const float mi = st(a.m, BF16, i, __fadd_rn(__fmul_rn(a.b1, ld(a.m, BF16, i)), __fmul_rn(__fsub_rn(1.0f, a.b1), gi)));
-    const float vi = st(a.v, BF16, i, __fadd_rn(__fmul_rn(a.b2, ld(a.v, BF16, i)),
-                                               __fmul_rn(__fmul_rn(__fsub_rn(1.0f, a.b2), gi), gi)));
-    const float pi = ld(a.p, BF16, i);
-    const float wd = dec ? a.wd : 0.0f;
-    const float den = __fadd_rn(__fsqrt_rn(__fdiv_rn(vi, a.bc2)), a.eps);
-    const float upd = __fmul_rn(-a.lr, __fadd_rn(__fdiv_rn(__fdiv_rn(mi, a.bc1), den), __fmul_rn(wd, pi)));
-    if (a.c) {
-      const float u = __fadd_rn(upd, elmo_bf16_to_f32(a.c[i]));
-      const float q = st(a.p, BF16, i, __fadd_rn(pi, u));
-      a.c[i] = elmo_f32_to_bf16(__fsub_rn(u, __fsub_rn(q, pi)));
-    } else {
-      st(a.p, BF16, i, __fadd_rn(pi, upd));
+  __shared__ int s_lo[2];
+  const int64_t span = (int64_t)blockDim.x * 2 * AW_PER;
+  int par = 0;
+  for (int64_t base = blockIdx.x * span; base < a.n; base += (int64_t)gridDim.x * span, par ^= 1) {
+    if (threadIdx.x < 32) {
+      const int r = ranges_started_warp(a.decay, base);
+      if (threadIdx.x == 0) s_lo[par] = r;
     }
+    __syncthreads(); /* also orders this span's read of s_lo[par] before its rewrite two spans on */
+    int lo = s_lo[par];
+#pragma unroll
+    for (int k = 0; k < AW_PER; k++) {
+      const int64_t i = base + 2 * (threadIdx.x + (int64_t)k * blockDim.x);
+      if (i >= a.n) break;
+      int dec[2];
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        while (lo < a.decay.n && a.decay.start[lo] <= i + e) lo++;
+        dec[e] = lo > 0 && i + e < a.decay.end[lo - 1];
+      }
+      if (i + 1 >= a.n) { /* odd tail */
+        adamw_one<BF16>(a, i, dec[0]);
+        break;
+      }
+      const float2 g2 = *(const float2 *)(a.g + i);
+      const float g[2] = {g2.x, g2.y};
+      float m[2], v[2], p[2], q[2], c[2] = {0.0f, 0.0f};
+      pair_io<BF16>::ld(a.m, i, m);
+      pair_io<BF16>::ld(a.v, i, v);
+      pair_io<BF16>::ld(a.p, i, p);
+      if (a.c) pair_io<1>::ld(a.c, i, c);
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        m[e] = __fadd_rn(__fmul_rn(a.b1, m[e]), __fmul_rn(__fsub_rn(1.0f, a.b1), g[e]));
+        v[e] = __fadd_rn(__fmul_rn(a.b2, v[e]), __fmul_rn(__fmul_rn(__fsub_rn(1.0f, a.b2), g[e]), g[e]));
+      }
+      pair_io<BF16>::st(a.m, i, m); /* m, v now hold the stored (rounded) values */
+      pair_io<BF16>::st(a.v, i, v);
+      float u[2];
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        const float wd = dec[e] ? a.wd : 0.0f;
+        const float den = __fadd_rn(__fsqrt_rn(__fdiv_rn(v[e], a.bc2)), a.eps);
+        const float upd = __fmul_rn(-a.lr, __fadd_rn(__fdiv_rn(__fdiv_rn(m[e], a.bc1), den), __fmul_rn(wd, p[e])));
+        u[e] = a.c ? __fadd_rn(upd, c[e]) : upd;
+        q[e] = __fadd_rn(p[e], u[e]);
+      }
+      pair_io<BF16>::st(a.p, i, q); /* q now holds the stored values */
+      if (a.c) {
+        float cn[2];
+#pragma unroll
+        for (int e = 0; e < 2; e++) cn[e] = __fsub_rn(u[e], __fsub_rn(q[e], p[e]));
+        pair_io<1>::st(a.c, i, cn);
+      }
+    }
+  }
+}
+
+/* Fallback for arrays not aligned for pairs: one element a thread, its range by binary search. */
+template <int BF16>
+static __global__ void __launch_bounds__(256) adamw_scalar_kernel(adamw_args a) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < a.n; i += (int64_t)gridDim.x * blockDim.x) {
+    int lo = 0, hi = a.decay.n;
+    while (lo < hi) {
+      const int mid = (lo + hi) >> 1;
+      if (a.decay.start[mid] <= i) lo = mid + 1; else hi = mid;
+    }
+    adamw_one<BF16>(a, i, lo > 0 && i < a.decay.end[lo - 1]);
   }
 }
 
@@ -82,9 +185,19 @@ extern "C" void elmo_cuda_adamw(void *p, void *m, void *v, uint16_t *c, elmo_dty
   /* bias corrections on the host with the CPU's expressions */
   a.bc1 = 1.0f - powf(h->beta1, (float)h->t);
   a.bc2 = 1.0f - powf(h->beta2, (float)h->t);
-  int64_t blocks = (n + 255) / 256;
+  int64_t blocks = (n + 512 * AW_PER - 1) / (512 * AW_PER);
   unsigned grid = (unsigned)(blocks > 32768 ? 32768 : blocks);
-  if (dtype == ELMO_BF16) adamw_kernel<1><<<grid, 256, 0, s>>>(a);
-  else adamw_kernel<0><<<grid, 256, 0, s>>>(a);
+  const uintptr_t pa = (uintptr_t)p | (uintptr_t)m | (uintptr_t)v;
+  const bool pairs = pa % (dtype == ELMO_BF16 ? 4 : 8) == 0 && (uintptr_t)c % 4 == 0 && (uintptr_t)g % 8 == 0;
+  if (!pairs) {
+    const int64_t b1 = (n + 255) / 256;
+    const unsigned g1 = (unsigned)(b1 > 32768 ? 32768 : b1);
+    if (dtype == ELMO_BF16) adamw_scalar_kernel<1><<<g1, 256, 0, s>>>(a);
+    else adamw_scalar_kernel<0><<<g1, 256, 0, s>>>(a);
+  } else if (dtype == ELMO_BF16) {
+    adamw_kernel<1><<<grid, 256, 0, s>>>(a);
+  } else {
+    adamw_kernel<0><<<grid, 256, 0, s>>>(a);
+  }
   ELMO_LAUNCH_CHECK();
 }

@@ -761,8 +761,18 @@ static void test_sparse_encoder(void **state) {
 
 /* ---- AdamW and dropout ---------------------------------------------------------------------- */
 
-static void run_adamw(elmo_dtype dt, int kahan, uint64_t seed) {
-  const int64_t n = 5003; /* a tail past the groups of 8, range bounds inside groups */
+/* nr = 0: the fixed ranges below over 5003 elements; else nr random disjoint ranges over n (the
+ * device searches them 32 at a time: more than 1024 ranges take three rounds). */
+/* Copies n elements of es bytes to the device one element past a 16-byte boundary when shift
+ * (the kernel then cannot take element pairs and runs its one-element fallback). */
+static void *dup_up_shift(const void *h, size_t es, int64_t n, int shift) {
+  char *d = NULL;
+  CK(cudaMalloc((void **)&d, (size_t)(n + 1) * es));
+  CK(cudaMemcpy(d + shift * es, h, (size_t)n * es, cudaMemcpyHostToDevice));
+  return d + shift * es;
+}
+
+static void run_adamw(elmo_dtype dt, int kahan, uint64_t seed, int64_t n, int nr, int shift) {
   uint64_t s = seed;
   size_t es = elmo_dtype_size(dt);
   void *p = malloc(n * es), *m = malloc(n * es), *v = malloc(n * es);
@@ -778,14 +788,30 @@ static void run_adamw(elmo_dtype dt, int kahan, uint64_t seed) {
     }
     c[i] = kahan ? elmo_f32_to_bf16(tu_rand_normal(&s) * 1e-6f) : 0;
     g[i] = tu_rand_normal(&s) * (i % 97 == 0 ? 100.0f : 0.01f);
-    mask[i] = (i >= 1001 && i < 3005) || (i >= 3005 && i < 3006) || i >= 4003;
+    mask[i] = 0;
   }
-  int64_t ranges[6] = {1001, 3005, 4003, 3005, 3006, 5003}; /* starts, then ends: 3005 starts where one ends */
-  void *dp = dup_up(p, n * es), *dm = dup_up(m, n * es), *dv = dup_up(v, n * es);
-  uint16_t *dc = kahan ? dup_up(c, 2 * n) : NULL;
-  float *dg = dup_up(g, sizeof(float) * n);
-  int64_t *dr = dup_up(ranges, sizeof ranges);
-  elmo_cuda_decay dec = {.start = dr, .end = dr + 3, .n = 3};
+  int64_t fixed[6] = {1001, 3005, 4003, 3005, 3006, 5003}; /* starts, then ends: 3005 starts where one ends */
+  const int k = nr ? nr : 3;
+  int64_t *ranges = malloc(sizeof(int64_t) * 2 * (size_t)k);
+  if (!nr) {
+    memcpy(ranges, fixed, sizeof fixed);
+  } else { /* k ranges in k slots of n / k elements: random bounds inside each slot, some touching */
+    const int64_t slot = n / k;
+    for (int r = 0; r < k; r++) {
+      int64_t a = r * slot + (int64_t)(tu_rand_u64(&s) % (uint64_t)(slot / 2 + 1));
+      int64_t b = a + 1 + (int64_t)(tu_rand_u64(&s) % (uint64_t)(slot - (a - r * slot)));
+      if (r % 7 == 3) b = (r + 1) * slot; /* ends where the next slot begins */
+      ranges[r] = a;
+      ranges[k + r] = b;
+    }
+  }
+  for (int r = 0; r < k; r++)
+    for (int64_t i = ranges[r]; i < ranges[k + r]; i++) mask[i] = 1;
+  void *dp = dup_up_shift(p, es, n, shift), *dm = dup_up_shift(m, es, n, shift), *dv = dup_up_shift(v, es, n, shift);
+  uint16_t *dc = kahan ? dup_up_shift(c, 2, n, shift) : NULL;
+  float *dg = dup_up_shift(g, sizeof(float), n, shift);
+  int64_t *dr = dup_up(ranges, sizeof(int64_t) * 2 * (size_t)k);
+  elmo_cuda_decay dec = {.start = dr, .end = dr + k, .n = k};
   for (int t = 1; t <= 3; t++) {
     elmo_adamw_hyper h = {.lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.01f, .t = t};
     elmo_cuda_adamw(dp, dm, dv, dc, dt, dg, n, &dec, &h, S);
@@ -803,14 +829,20 @@ static void run_adamw(elmo_dtype dt, int kahan, uint64_t seed) {
     if (memcmp((char *)hv + i * es, (char *)v + i * es, es)) fail_msg("adamw v[%lld] differs", (long long)i);
     if (kahan && hc[i] != c[i]) fail_msg("adamw kahan[%lld] differs", (long long)i);
   }
-  cudaFree(dp); cudaFree(dm); cudaFree(dv); cudaFree(dc); cudaFree(dg); cudaFree(dr);
-  free(p); free(m); free(v); free(c); free(g); free(mask); free(hp); free(hm); free(hv); free(hc);
+  cudaFree((char *)dp - shift * es); cudaFree((char *)dm - shift * es); cudaFree((char *)dv - shift * es);
+  if (dc) cudaFree(dc - shift);
+  cudaFree(dg - shift); cudaFree(dr);
+  free(p); free(m); free(v); free(c); free(g); free(mask); free(hp); free(hm); free(hv); free(hc); free(ranges);
 }
 
 static void test_adamw(void **state) {
-  run_adamw(ELMO_BF16, 1, 41);
-  run_adamw(ELMO_BF16, 0, 42);
-  run_adamw(ELMO_F32, 0, 43);
+  run_adamw(ELMO_BF16, 1, 41, 5003, 0, 0); /* an odd tail, range bounds inside spans and pairs */
+  run_adamw(ELMO_BF16, 0, 42, 5003, 0, 0);
+  run_adamw(ELMO_F32, 0, 43, 5003, 0, 0);
+  run_adamw(ELMO_BF16, 1, 44, 400009, 1500, 0); /* many ranges: a 3-round search */
+  run_adamw(ELMO_BF16, 1, 45, 100003, 40, 0);
+  run_adamw(ELMO_BF16, 1, 46, 5003, 0, 1); /* arrays one element off: the one-element fallback */
+  run_adamw(ELMO_F32, 0, 47, 5003, 0, 1);
 }
 
 static void test_dropout(void **state) {
