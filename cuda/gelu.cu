@@ -4,6 +4,7 @@
 #include <cuda_bf16.h>
 
 #include "cuda/gelu.h"
+#include "cuda/convert.h"
 #include "cuda/check.h"
 #include "cuda/transformer.h"
 
@@ -162,15 +163,7 @@ static __device__ __forceinline__ void load_v(const float *p, float v[4]) {
   const float4 q = *(const float4 *)p;
   v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w;
 }
-static __device__ __forceinline__ void load_v(const bf16 *p, float v[8]) {
-  const uint4 q = *(const uint4 *)p;
-  const uint32_t w[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-  for (int i = 0; i < 4; i++) {
-    v[2 * i] = __uint_as_float(w[i] << 16);
-    v[2 * i + 1] = __uint_as_float(w[i] & 0xFFFF0000u);
-  }
-}
+static __device__ __forceinline__ void load_v(const bf16 *p, float v[8]) { elmo_bf16x8_to_f32(p, v); }
 template <typename T>
 static __global__ void colsum_partial_vec_kernel(const T *x, int64_t M, int N, int64_t x_stride, float *part) {
   constexpr int V = 16 / sizeof(T), U = 8;

@@ -98,45 +98,8 @@ ln_forward_vec_kernel(const float *a, const bf16 *bias, const bf16 *res, const b
   if (lane == 0) rstd[r] = rs;
 }
 
-template <int K>
-static __global__ void __launch_bounds__(LN_WARPS * 32)
-ln_backward_vec_kernel(const float *dy, const bf16 *xhat, const float *rstd, const bf16 *w, int64_t M, float *dx,
-                       bf16 *dx16) {
-  constexpr int H = 128 * K;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t r = (int64_t)blockIdx.x * LN_WARPS + warp;
-  if (r >= M) return;
-  const int64_t base = r * H;
-  float gw[K][4], xh[K][4], sum_g = 0.0f, sum_gh = 0.0f;
-#pragma unroll
-  for (int k = 0; k < K; k++) {
-    const int j = 128 * k + 4 * lane;
-    const float4 g = *(const float4 *)(dy + base + j);
-    float wv[4];
-    bf16x4_to_f32(*(const uint2 *)(w + j), wv);
-    bf16x4_to_f32(*(const uint2 *)(xhat + base + j), xh[k]);
-    const float gg[4] = {g.x, g.y, g.z, g.w};
-#pragma unroll
-    for (int e = 0; e < 4; e++) {
-      gw[k][e] = gg[e] * wv[e];
-      sum_g += gw[k][e];
-      sum_gh += gw[k][e] * xh[k][e];
-    }
-  }
-  const float mg = warp_sum(sum_g) / (float)H, mgh = warp_sum(sum_gh) / (float)H, rs = rstd[r];
-#pragma unroll
-  for (int k = 0; k < K; k++) {
-    const int j = 128 * k + 4 * lane;
-    float d[4];
-#pragma unroll
-    for (int e = 0; e < 4; e++) d[e] = rs * (gw[k][e] - mg - xh[k][e] * mgh);
-    *(float4 *)(dx + base + j) = make_float4(d[0], d[1], d[2], d[3]);
-    if (dx16) *(uint2 *)(dx16 + base + j) = f32x4_to_bf16(d);
-  }
-}
-
-/* The same row work with the parameter-gradient partial sums fused in (the separate partial pass
- * read dy and xhat a second time): block b takes rows 16 b .. 16 b + 15, warp w rows w, w + 4, ...
+/* Backward rows in registers with the parameter-gradient partial sums fused in (a separate partial
+ * pass would read dy and xhat a second time): block b takes rows 16 b .. 16 b + 15, warp w rows w, w + 4, ...
  * of them; each lane sums dy * xhat and dy over its rows for its columns, then the four warps'
  * sums are added in warp order into pw[b], pb[b] ([R, H], R = ceil(M / 16)), which
  * ln_param_finish_kernel reduces in a fixed order as before. */
@@ -429,17 +392,10 @@ static void ln_params_launch(const float *dy, const bf16 *xhat, int64_t M, int H
   ELMO_LAUNCH_CHECK();
 }
 
+/* The shared-memory row kernel (widths the register kernel does not take). */
 static void ln_backward_launch(const float *dy, const bf16 *xhat, const float *rstd, const bf16 *w, int64_t M,
                                int H, float *dx, bf16 *dx16, cudaStream_t s) {
   const unsigned grid = (unsigned)((M + LN_WARPS - 1) / LN_WARPS);
-  const void *ptrs[] = {dy, xhat, w, dx, dx16 ? (const void *)dx16 : dy};
-  if (ln_vec_ok(H, ptrs, 5)) {
-#define LN_BWD(K) ln_backward_vec_kernel<K><<<grid, LN_WARPS * 32, 0, s>>>(dy, xhat, rstd, w, M, dx, dx16)
-    LN_VEC_SWITCH(H / 128, LN_BWD)
-#undef LN_BWD
-    ELMO_LAUNCH_CHECK();
-    return;
-  }
   const size_t smem = (size_t)LN_WARPS * H * sizeof(float);
   if (smem > 48 * 1024)
     ELMO_CUDA_CHECK(cudaFuncSetAttribute(ln_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
