@@ -363,13 +363,13 @@ static __device__ __forceinline__ u_cursor u_cursor_at(const update_args &a, int
   u.x = a.Xq16 + u.r0 * a.dp + k0 + u.c;
   return u;
 }
-static __device__ __forceinline__ void u_load_stage16(const update_args &a, const u_cursor &u, int64_t b0,
-                                                      uint16_t *sg, uint16_t *sx) {
-  const uint16_t *g = u.g + b0 * a.n, *x = u.x + b0 * a.dp;
+/* The stage whose first piece row is brow (= b0 + r0), from G and Xq pointers at that row. */
+static __device__ __forceinline__ void u_load_stage16(const update_args &a, const u_cursor &u, const uint16_t *g,
+                                                      const uint16_t *x, int brow, uint16_t *sg, uint16_t *sx) {
 #pragma unroll
   for (int q = 0; q < 2; q++) {
     const int r = u.r0 + 16 * q;
-    const bool b = b0 + r < a.B, vg = b && u.jv, vx = b && u.kv;
+    const bool b = brow + 16 * q < (int)a.B, vg = b && u.jv, vx = b && u.kv;
     cp_async16(sg + r * U_LDG + u.c, vg ? g + 16 * q * a.n : (const uint16_t *)a.G, vg);
     cp_async16(sx + r * U_LDX + u.c, vx ? x + 16 * q * a.dp : a.Xq16, vx);
   }
@@ -377,7 +377,7 @@ static __device__ __forceinline__ void u_load_stage16(const update_args &a, cons
 template <typename GT>
 static __device__ __forceinline__ void u_stage(const update_args &a, const u_cursor &u, int64_t b0, int64_t j0,
                                                int64_t k0, uint16_t *sg, uint16_t *sx) {
-  if (sizeof(GT) == 2) u_load_stage16(a, u, b0, sg, sx);
+  if (sizeof(GT) == 2) u_load_stage16(a, u, u.g + b0 * a.n, u.x + b0 * a.dp, (int)b0 + u.r0, sg, sx);
   else u_load_stage<GT>(a, b0, j0, k0, sg, sx);
 }
 
@@ -617,14 +617,7 @@ static __global__ void __launch_bounds__(U_THREADS, DT == ELMO_F32 ? 1 : 2) upda
       uint16_t *sg = (uint16_t *)(smem + (nx % NST) * U_STAGE_BYTES);
       if (nx < nk) {
         if (sizeof(GT) == 2) {
-          uint16_t *sx = sg + U_BK * U_LDG;
-#pragma unroll
-          for (int q = 0; q < 2; q++) {
-            const bool b = brow + 16 * q < (int)a.B, vg = b && u.jv, vx = b && u.kv;
-            const int r = u.r0 + 16 * q;
-            cp_async16(sg + r * U_LDG + u.c, vg ? gp + 16 * q * a.n : (const uint16_t *)a.G, vg);
-            cp_async16(sx + r * U_LDX + u.c, vx ? xp + 16 * q * a.dp : a.Xq16, vx);
-          }
+          u_load_stage16(a, u, gp, xp, brow, sg, sg + U_BK * U_LDG);
         } else {
           u_load_stage<GT>(a, (int64_t)nx * U_BK, j0, k0, sg, sg + U_BK * U_LDG);
         }

@@ -76,24 +76,34 @@ template <> struct pair_io<0> {
   static __device__ __forceinline__ void st(void *a, int64_t i, float x[2]) { ((float2 *)a)[i >> 1] = make_float2(x[0], x[1]); }
 };
 
-/* One element, the CPU's operations in its order (elmo_adamw_update). */
+/* One element's update from its loaded values, the CPU's operations in its order
+ * (elmo_adamw_update): m, v, p come back as the values to store (already rounded to the dtype),
+ * c as the new Kahan compensation before its bf16 rounding (when has_c). */
+template <int BF16>
+static __device__ __forceinline__ float rnd(float x) { return BF16 ? elmo_bf16_to_f32(elmo_f32_to_bf16(x)) : x; }
+template <int BF16>
+static __device__ __forceinline__ void adamw_math(const adamw_args &a, float g, int dec, bool has_c, float &m, float &v,
+                                                  float &p, float &c) {
+  m = rnd<BF16>(__fadd_rn(__fmul_rn(a.b1, m), __fmul_rn(__fsub_rn(1.0f, a.b1), g)));
+  v = rnd<BF16>(__fadd_rn(__fmul_rn(a.b2, v), __fmul_rn(__fmul_rn(__fsub_rn(1.0f, a.b2), g), g)));
+  const float wd = dec ? a.wd : 0.0f;
+  const float den = __fadd_rn(__fsqrt_rn(__fdiv_rn(v, a.bc2)), a.eps);
+  const float upd = __fmul_rn(-a.lr, __fadd_rn(__fdiv_rn(__fdiv_rn(m, a.bc1), den), __fmul_rn(wd, p)));
+  const float u = has_c ? __fadd_rn(upd, c) : upd;
+  const float q = rnd<BF16>(__fadd_rn(p, u));
+  if (has_c) c = __fsub_rn(u, __fsub_rn(q, p));
+  p = q;
+}
+
+/* One element (the odd tail and the unaligned fallback). */
 template <int BF16>
 static __device__ __forceinline__ void adamw_one(const adamw_args &a, int64_t i, int dec) {
-  const float gi = a.g[i];
-  const float mi = st(a.m, BF16, i, __fadd_rn(__fmul_rn(a.b1, ld(a.m, BF16, i)), __fmul_rn(__fsub_rn(1.0f, a.b1), gi)));
-  const float vi = st(a.v, BF16, i, __fadd_rn(__fmul_rn(a.b2, ld(a.v, BF16, i)),
-                                             __fmul_rn(__fmul_rn(__fsub_rn(1.0f, a.b2), gi), gi)));
-  const float pi = ld(a.p, BF16, i);
-  const float wd = dec ? a.wd : 0.0f;
-  const float den = __fadd_rn(__fsqrt_rn(__fdiv_rn(vi, a.bc2)), a.eps);
-  const float upd = __fmul_rn(-a.lr, __fadd_rn(__fdiv_rn(__fdiv_rn(mi, a.bc1), den), __fmul_rn(wd, pi)));
-  if (a.c) {
-    const float u = __fadd_rn(upd, elmo_bf16_to_f32(a.c[i]));
-    const float q = st(a.p, BF16, i, __fadd_rn(pi, u));
-    a.c[i] = elmo_f32_to_bf16(__fsub_rn(u, __fsub_rn(q, pi)));
-  } else {
-    st(a.p, BF16, i, __fadd_rn(pi, upd));
-  }
+  float m = ld(a.m, BF16, i), v = ld(a.v, BF16, i), p = ld(a.p, BF16, i), c = a.c ? elmo_bf16_to_f32(a.c[i]) : 0.0f;
+  adamw_math<BF16>(a, a.g[i], dec, a.c != NULL, m, v, p, c);
+  st(a.m, BF16, i, m);
+  st(a.v, BF16, i, v);
+  st(a.p, BF16, i, p);
+  if (a.c) a.c[i] = elmo_f32_to_bf16(c);
 }
 
 /* Two adjacent elements a thread (32-bit bf16 pairs, 64-bit FP32 pairs: each warp access is 128
@@ -130,34 +140,17 @@ static __global__ void __launch_bounds__(256) adamw_kernel(adamw_args a) {
       }
       const float2 g2 = *(const float2 *)(a.g + i);
       const float g[2] = {g2.x, g2.y};
-      float m[2], v[2], p[2], q[2], c[2] = {0.0f, 0.0f};
+      float m[2], v[2], p[2], c[2] = {0.0f, 0.0f};
       pair_io<BF16>::ld(a.m, i, m);
       pair_io<BF16>::ld(a.v, i, v);
       pair_io<BF16>::ld(a.p, i, p);
       if (a.c) pair_io<1>::ld(a.c, i, c);
 #pragma unroll
-      for (int e = 0; e < 2; e++) {
-        m[e] = __fadd_rn(__fmul_rn(a.b1, m[e]), __fmul_rn(__fsub_rn(1.0f, a.b1), g[e]));
-        v[e] = __fadd_rn(__fmul_rn(a.b2, v[e]), __fmul_rn(__fmul_rn(__fsub_rn(1.0f, a.b2), g[e]), g[e]));
-      }
-      pair_io<BF16>::st(a.m, i, m); /* m, v now hold the stored (rounded) values */
+      for (int e = 0; e < 2; e++) adamw_math<BF16>(a, g[e], dec[e], a.c != NULL, m[e], v[e], p[e], c[e]);
+      pair_io<BF16>::st(a.m, i, m); /* already rounded: the stores re-encode them exactly */
       pair_io<BF16>::st(a.v, i, v);
-      float u[2];
-#pragma unroll
-      for (int e = 0; e < 2; e++) {
-        const float wd = dec[e] ? a.wd : 0.0f;
-        const float den = __fadd_rn(__fsqrt_rn(__fdiv_rn(v[e], a.bc2)), a.eps);
-        const float upd = __fmul_rn(-a.lr, __fadd_rn(__fdiv_rn(__fdiv_rn(m[e], a.bc1), den), __fmul_rn(wd, p[e])));
-        u[e] = a.c ? __fadd_rn(upd, c[e]) : upd;
-        q[e] = __fadd_rn(p[e], u[e]);
-      }
-      pair_io<BF16>::st(a.p, i, q); /* q now holds the stored values */
-      if (a.c) {
-        float cn[2];
-#pragma unroll
-        for (int e = 0; e < 2; e++) cn[e] = __fsub_rn(u[e], __fsub_rn(q[e], p[e]));
-        pair_io<1>::st(a.c, i, cn);
-      }
+      pair_io<BF16>::st(a.p, i, p);
+      if (a.c) pair_io<1>::st(a.c, i, c);
     }
   }
 }

@@ -342,7 +342,7 @@ static void carve_scratch(carver *cv, elmo_cuda_tf *t, int64_t M, size_t emb_ws)
   t->d16 = (h16 *)carve(cv, M * H * 2);
   t->dx = (float *)carve(cv, M * H * 4);
   t->part = (float *)carve(cv, (size_t)max3(elmo_cuda_layernorm_ws_floats(M, (int)H),
-                                            elmo_cuda_colsum_ws_floats(M, (int)H, 1),
+                                            elmo_cuda_colsum_ws_floats(M, (int)H, 3), /* q, k, v biases */
                                             elmo_cuda_colsum_ws_floats(M, (int)F, 1)) * 4);
   t->emb_ws = carve(cv, emb_ws);
   t->emb_ws_bytes = emb_ws;
@@ -875,8 +875,8 @@ static int attention_backward(elmo_cuda_tf *t, const h16 *P, int i, float *G, cu
   }
   const int64_t w[3] = {o->q_w, o->k_w, o->v_w}, b[3] = {o->q_b, o->k_b, o->v_b};
   /* the three bias gradients in one launch when their offsets are evenly spaced (they are in
-   * every layout we load) and the scratch, planned for the F-column sums, holds three H-column ones */
-  if (!rc && b[1] - b[0] == b[2] - b[1] && t->cfg.ffn >= 3 * H)
+   * every layout we load) */
+  if (!rc && b[1] - b[0] == b[2] - b[1])
     rc = elmo_cuda_colsum(dqkv, 1, M, H, 3, MH, G + b[0], b[1] - b[0], t->part, s, err);
   else
     for (int j = 0; j < 3 && !rc; j++) rc = elmo_cuda_colsum(dqkv + j * MH, 1, M, H, 1, 0, G + b[j], 0, t->part, s, err);
