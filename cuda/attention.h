@@ -52,14 +52,16 @@ int elmo_cuda_attention_backward(elmo_cuda_tf_gemm *g, const elmo_bf16 *qkv, elm
  * 32 or 64, and the environment does not set ELMO_ATTN_FUSED=0 (the switch back to the batched path,
  * for benchmarks and comparisons). */
 int elmo_cuda_attention_fused_ok(int Tp, int dh);
-/* ctx = softmax(q k^T / sqrt(dh)) v per (sequence, head), masked. */
-int elmo_cuda_attention_fused_forward(const elmo_bf16 *q, const elmo_bf16 *k, const elmo_bf16 *v,
+/* ctx = softmax(q k^T / sqrt(dh)) v per (sequence, head), masked. ld_qkv: the row stride of q, k, v
+ * (and of dq, dk, dv in the backward) in elements, 0 for heads * dh; 3 heads dh when they are the
+ * column blocks of one [B * Tp, 3 heads dh] matrix (a multiple of 8, >= heads * dh). */
+int elmo_cuda_attention_fused_forward(const elmo_bf16 *q, const elmo_bf16 *k, const elmo_bf16 *v, int ld_qkv,
                                       const uint8_t *mask, int B, int Tp, int heads, int dh, elmo_bf16 *ctx,
                                       cudaStream_t s, elmo_err *err);
 /* dq, dk, dv from dctx (rows of masked queries and keys come out zero). ctx: NULL, or also writes the
  * forward's output, bit for bit what elmo_cuda_attention_fused_forward gives (P is recomputed anyway),
  * so a backward need not rerun the forward for it. */
-int elmo_cuda_attention_fused_backward(const elmo_bf16 *q, const elmo_bf16 *k, const elmo_bf16 *v,
+int elmo_cuda_attention_fused_backward(const elmo_bf16 *q, const elmo_bf16 *k, const elmo_bf16 *v, int ld_qkv,
                                        const elmo_bf16 *dctx, const uint8_t *mask, int B, int Tp, int heads,
                                        int dh, elmo_bf16 *dq, elmo_bf16 *dk, elmo_bf16 *dv, elmo_bf16 *ctx,
                                        cudaStream_t s, elmo_err *err);

@@ -29,6 +29,7 @@ struct attn_args {
   int Tp, heads;
   float scale;
   bf16 *ctx, *dq, *dk, *dv;
+  int ldq;                   /* row stride of q, k, v, dq, dk, dv (elements); ctx, dctx: heads * dh */
 };
 
 /* ------------------------------------------------------------------ warp-level MMA helpers */
@@ -299,10 +300,10 @@ __global__ void __launch_bounds__(32 * KT) attn_fwd_kernel(attn_args a) {
   uint8_t *sm = reinterpret_cast<uint8_t *>(sv + NK * LDS);
   const int b = blockIdx.x / a.heads, h = blockIdx.x % a.heads, ld = a.heads * DH, col0 = h * DH;
   const int64_t row0 = (int64_t)b * a.Tp;
-  load_tile<DH, NK>(a.q, row0, ld, col0, a.Tp, sq);
-  load_tile<DH, NK>(a.k, row0, ld, col0, a.Tp, sk);
+  load_tile<DH, NK>(a.q, row0, a.ldq, col0, a.Tp, sq);
+  load_tile<DH, NK>(a.k, row0, a.ldq, col0, a.Tp, sk);
   cp_async_commit();
-  load_tile<DH, NK>(a.v, row0, ld, col0, a.Tp, sv);                   /* arrives during S and the softmax */
+  load_tile<DH, NK>(a.v, row0, a.ldq, col0, a.Tp, sv);                   /* arrives during S and the softmax */
   cp_async_commit();
   load_mask<NK>(a.mask + row0, a.Tp, sm);
   cp_async_wait<1>();
@@ -333,10 +334,10 @@ __global__ void __launch_bounds__(32 * KT, 2) attn_bwd_kernel(attn_args a) {
   uint8_t *sm = reinterpret_cast<uint8_t *>(sp + NK * LDP);
   const int b = blockIdx.x / a.heads, h = blockIdx.x % a.heads, ld = a.heads * DH, col0 = h * DH;
   const int64_t row0 = (int64_t)b * a.Tp;
-  load_tile<DH, NK>(a.q, row0, ld, col0, a.Tp, sq);
-  load_tile<DH, NK>(a.k, row0, ld, col0, a.Tp, sk);
+  load_tile<DH, NK>(a.q, row0, a.ldq, col0, a.Tp, sq);
+  load_tile<DH, NK>(a.k, row0, a.ldq, col0, a.Tp, sk);
   cp_async_commit();
-  load_tile<DH, NK>(a.v, row0, ld, col0, a.Tp, sv);                   /* arrive during S and the softmax */
+  load_tile<DH, NK>(a.v, row0, a.ldq, col0, a.Tp, sv);                   /* arrive during S and the softmax */
   load_tile<DH, NK>(a.dctx, row0, ld, col0, a.Tp, so);
   cp_async_commit();
   load_mask<NK>(a.mask + row0, a.Tp, sm);
@@ -367,14 +368,14 @@ __global__ void __launch_bounds__(32 * KT, 2) attn_bwd_kernel(attn_args a) {
   }
   float acc[DH / 8][4];
   mm_py<DH, KT>(ds, sk, lane, acc);                                   /* dQ = dS K */
-  store_rows<DH>(acc, a.dq, row0, 16 * w, a.Tp, ld, col0, lane);
+  store_rows<DH>(acc, a.dq, row0, 16 * w, a.Tp, a.ldq, col0, lane);
   mm_aty<DH, KT>(sp, so, 16 * w, lane, acc);                          /* dV = P^T dctx (P complete) */
-  store_rows<DH>(acc, a.dv, row0, 16 * w, a.Tp, ld, col0, lane);
+  store_rows<DH>(acc, a.dv, row0, 16 * w, a.Tp, a.ldq, col0, lane);
   __syncthreads();                                                    /* P read by all */
   store_frag<KT>(ds, sp + 16 * w * LDP, lane);
   __syncthreads();
   mm_aty<DH, KT>(sp, sq, 16 * w, lane, acc);                          /* dK = dS^T Q */
-  store_rows<DH>(acc, a.dk, row0, 16 * w, a.Tp, ld, col0, lane);
+  store_rows<DH>(acc, a.dk, row0, 16 * w, a.Tp, a.ldq, col0, lane);
 }
 
 /* The first thread of each key fetches its mask byte (0 beyond Tp); kept in a register until stored. */
@@ -404,10 +405,10 @@ __global__ void __launch_bounds__(32 * KT, 2) attn_fwd_pipe_kernel(attn_args a, 
   {
     const int b = pair / a.heads, col0 = (pair % a.heads) * DH;
     const int64_t row0 = (int64_t)b * a.Tp;
-    load_tile<DH, NK>(a.q, row0, ld, col0, a.Tp, buf);
-    load_tile<DH, NK>(a.k, row0, ld, col0, a.Tp, buf + TILE);
+    load_tile<DH, NK>(a.q, row0, a.ldq, col0, a.Tp, buf);
+    load_tile<DH, NK>(a.k, row0, a.ldq, col0, a.Tp, buf + TILE);
     cp_async_commit();
-    load_tile<DH, NK>(a.v, row0, ld, col0, a.Tp, buf + 2 * TILE);     /* arrives during S and the softmax */
+    load_tile<DH, NK>(a.v, row0, a.ldq, col0, a.Tp, buf + 2 * TILE);     /* arrives during S and the softmax */
     cp_async_commit();
     if (threadIdx.x < NK) smask[threadIdx.x] = fetch_mask<NK>(a.mask + row0, a.Tp);
   }
@@ -426,9 +427,9 @@ __global__ void __launch_bounds__(32 * KT, 2) attn_fwd_pipe_kernel(attn_args a, 
       const int nb = next / a.heads, ncol0 = (next % a.heads) * DH;
       const int64_t nrow0 = (int64_t)nb * a.Tp;
       bf16 *nq = buf + 3 * (cur ^ 1) * TILE;
-      load_tile<DH, NK>(a.q, nrow0, ld, ncol0, a.Tp, nq);
-      load_tile<DH, NK>(a.k, nrow0, ld, ncol0, a.Tp, nq + TILE);
-      load_tile<DH, NK>(a.v, nrow0, ld, ncol0, a.Tp, nq + 2 * TILE);
+      load_tile<DH, NK>(a.q, nrow0, a.ldq, ncol0, a.Tp, nq);
+      load_tile<DH, NK>(a.k, nrow0, a.ldq, ncol0, a.Tp, nq + TILE);
+      load_tile<DH, NK>(a.v, nrow0, a.ldq, ncol0, a.Tp, nq + 2 * TILE);
       mnext = fetch_mask<NK>(a.mask + nrow0, a.Tp);
     }
     cp_async_commit();                                                /* possibly empty: keeps the count */
@@ -521,6 +522,13 @@ int check_fused(const char *what, const void *const *ptrs, int n, int B, int Tp,
   return ELMO_OK;
 }
 
+/* ld: 0 (rows of heads * dh) or a row stride of at least that, a multiple of 8 (16-byte rows). */
+int check_ld(const char *what, int ld, int H, elmo_err *err) {
+  if (ld == 0 || (ld >= H && ld % 8 == 0)) return ELMO_OK;
+  return elmo_fail(err, ELMO_EINPUT, "%s: q/k/v row stride %d (expected 0 or a multiple of 8 >= heads x head dim = %d)",
+                   what, ld, H);
+}
+
 }  // namespace
 
 /* ------------------------------------------------------------------ entries */
@@ -532,26 +540,29 @@ extern "C" int elmo_cuda_attention_fused_ok(int Tp, int dh) {
 }
 
 extern "C" int elmo_cuda_attention_fused_forward(const elmo_bf16 *q, const elmo_bf16 *k, const elmo_bf16 *v,
-                                                 const uint8_t *mask, int B, int Tp, int heads, int dh,
+                                                 int ld_qkv, const uint8_t *mask, int B, int Tp, int heads, int dh,
                                                  elmo_bf16 *ctx, cudaStream_t s, elmo_err *err) {
   const void *ptrs[4] = {q, k, v, ctx};
   int rc = check_fused("fused attention forward", ptrs, 4, B, Tp, heads, dh, err);
+  if (!rc) rc = check_ld("fused attention forward", ld_qkv, heads * dh, err);
   if (rc || B == 0) return rc;
   attn_args a = {(const bf16 *)q, (const bf16 *)k, (const bf16 *)v, NULL, mask, Tp, heads,
-                 1.0f / sqrtf((float)dh), (bf16 *)ctx, NULL, NULL, NULL};
+                 1.0f / sqrtf((float)dh), (bf16 *)ctx, NULL, NULL, NULL, ld_qkv ? ld_qkv : heads * dh};
   launch_any(a, B, dh, 0, s);
   return ELMO_OK;
 }
 
 extern "C" int elmo_cuda_attention_fused_backward(const elmo_bf16 *q, const elmo_bf16 *k, const elmo_bf16 *v,
-                                                  const elmo_bf16 *dctx, const uint8_t *mask, int B, int Tp,
-                                                  int heads, int dh, elmo_bf16 *dq, elmo_bf16 *dk, elmo_bf16 *dv,
-                                                  elmo_bf16 *ctx, cudaStream_t s, elmo_err *err) {
+                                                  int ld_qkv, const elmo_bf16 *dctx, const uint8_t *mask, int B,
+                                                  int Tp, int heads, int dh, elmo_bf16 *dq, elmo_bf16 *dk,
+                                                  elmo_bf16 *dv, elmo_bf16 *ctx, cudaStream_t s, elmo_err *err) {
   const void *ptrs[8] = {q, k, v, dctx, dq, dk, dv, ctx};
   int rc = check_fused("fused attention backward", ptrs, 8, B, Tp, heads, dh, err);
+  if (!rc) rc = check_ld("fused attention backward", ld_qkv, heads * dh, err);
   if (rc || B == 0) return rc;
   attn_args a = {(const bf16 *)q, (const bf16 *)k, (const bf16 *)v, (const bf16 *)dctx, mask, Tp, heads,
-                 1.0f / sqrtf((float)dh), (bf16 *)ctx, (bf16 *)dq, (bf16 *)dk, (bf16 *)dv};
+                 1.0f / sqrtf((float)dh), (bf16 *)ctx, (bf16 *)dq, (bf16 *)dk, (bf16 *)dv,
+                 ld_qkv ? ld_qkv : heads * dh};
   launch_any(a, B, dh, 1, s);
   return ELMO_OK;
 }

@@ -144,14 +144,14 @@ static __device__ float load_f(const bf16 *p, int64_t i) { return __bfloat162flo
 
 /* Block (column tile, row block, matrix): sum of COL_ROWS rows of one column. part [count, R, N]. */
 template <typename T>
-static __global__ void colsum_partial_kernel(const T *x, int64_t M, int N, int64_t x_stride, float *part) {
+static __global__ void colsum_partial_kernel(const T *x, int64_t M, int N, int64_t ld, int64_t x_stride, float *part) {
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   if (j >= N) return;
   const T *xi = x + (int64_t)blockIdx.z * x_stride;
   const int64_t r0 = (int64_t)blockIdx.y * COL_ROWS;
   const int64_t r1 = r0 + COL_ROWS < M ? r0 + COL_ROWS : M;
   float acc = 0.0f;
-  for (int64_t r = r0; r < r1; r++) acc += load_f(xi, r * N + j);
+  for (int64_t r = r0; r < r1; r++) acc += load_f(xi, r * ld + j);
   part[((int64_t)blockIdx.z * gridDim.y + blockIdx.y) * N + j] = acc;
 }
 
@@ -165,7 +165,7 @@ static __device__ __forceinline__ void load_v(const float *p, float v[4]) {
 }
 static __device__ __forceinline__ void load_v(const bf16 *p, float v[8]) { elmo_bf16x8_to_f32(p, v); }
 template <typename T>
-static __global__ void colsum_partial_vec_kernel(const T *x, int64_t M, int N, int64_t x_stride, float *part) {
+static __global__ void colsum_partial_vec_kernel(const T *x, int64_t M, int N, int64_t ld, int64_t x_stride, float *part) {
   constexpr int V = 16 / sizeof(T), U = 8;
   const int j = (blockIdx.x * blockDim.x + threadIdx.x) * V;
   if (j >= N) return;
@@ -179,7 +179,7 @@ static __global__ void colsum_partial_vec_kernel(const T *x, int64_t M, int N, i
   for (; r + U <= r1; r += U) {
     float v[U][V];
 #pragma unroll
-    for (int u = 0; u < U; u++) load_v(xi + (r + u) * N, v[u]);
+    for (int u = 0; u < U; u++) load_v(xi + (r + u) * ld, v[u]);
 #pragma unroll
     for (int u = 0; u < U; u++)
 #pragma unroll
@@ -187,7 +187,7 @@ static __global__ void colsum_partial_vec_kernel(const T *x, int64_t M, int N, i
   }
   for (; r < r1; r++) {
     float v[V];
-    load_v(xi + r * N, v);
+    load_v(xi + r * ld, v);
 #pragma unroll
     for (int e = 0; e < V; e++) acc[e] += v[e];
   }
@@ -196,9 +196,9 @@ static __global__ void colsum_partial_vec_kernel(const T *x, int64_t M, int N, i
   for (int e = 0; e < V; e++) o[e] = acc[e];
 }
 
-template <typename T> static bool colsum_vec_ok(const T *x, int N, int64_t x_stride) {
+template <typename T> static bool colsum_vec_ok(const T *x, int N, int64_t ld, int64_t x_stride) {
   constexpr int V = 16 / sizeof(T);
-  return N % V == 0 && x_stride % V == 0 && (uintptr_t)x % 16 == 0;
+  return N % V == 0 && ld % V == 0 && x_stride % V == 0 && (uintptr_t)x % 16 == 0;
 }
 
 enum { FIN_COLS = 32, FIN_SLICES = 8 };
@@ -220,16 +220,16 @@ static __global__ void colsum_finish_kernel(const float *part, int R, int N, flo
 }
 
 template <typename T>
-static void colsum_launch(const T *x, int64_t M, int N, int count, int64_t x_stride, float *out,
+static void colsum_launch(const T *x, int64_t M, int N, int64_t ld, int count, int64_t x_stride, float *out,
                           int64_t out_stride, float *ws, cudaStream_t s) {
   const int64_t R = (M + COL_ROWS - 1) / COL_ROWS;
   const unsigned tiles = (unsigned)((N + COL_THREADS - 1) / COL_THREADS);
-  if (colsum_vec_ok(x, N, x_stride)) {
+  if (colsum_vec_ok(x, N, ld, x_stride)) {
     const int V = 16 / sizeof(T);
     const unsigned vtiles = (unsigned)((N / V + COL_THREADS - 1) / COL_THREADS);
-    colsum_partial_vec_kernel<T><<<dim3(vtiles, (unsigned)R, (unsigned)count), COL_THREADS, 0, s>>>(x, M, N, x_stride, ws);
+    colsum_partial_vec_kernel<T><<<dim3(vtiles, (unsigned)R, (unsigned)count), COL_THREADS, 0, s>>>(x, M, N, ld, x_stride, ws);
   } else {
-    colsum_partial_kernel<T><<<dim3(tiles, (unsigned)R, (unsigned)count), COL_THREADS, 0, s>>>(x, M, N, x_stride, ws);
+    colsum_partial_kernel<T><<<dim3(tiles, (unsigned)R, (unsigned)count), COL_THREADS, 0, s>>>(x, M, N, ld, x_stride, ws);
   }
   ELMO_LAUNCH_CHECK();
   const unsigned fin_tiles = (unsigned)((N + FIN_COLS - 1) / FIN_COLS);
@@ -242,15 +242,22 @@ extern "C" int64_t elmo_cuda_colsum_ws_floats(int64_t M, int N, int count) {
   return (M + COL_ROWS - 1) / COL_ROWS * (int64_t)N * count;
 }
 
-extern "C" int elmo_cuda_colsum(const void *x, int x_bf16, int64_t M, int N, int count, int64_t x_stride,
-                                float *out, int64_t out_stride, float *ws, cudaStream_t s, elmo_err *err) {
-  if (M < 0 || N < 1 || count < 1 || count > 65535 || (M + COL_ROWS - 1) / COL_ROWS > 65535)
-    return elmo_fail(err, ELMO_EINPUT, "column sums: %d matrices of %lld x %d (expected 1..65535 "
-                     "matrices, at most %d rows, columns >= 1)", count, (long long)M, N, 65535 * COL_ROWS);
+extern "C" int elmo_cuda_colsum_ld(const void *x, int x_bf16, int64_t M, int N, int64_t ld, int count,
+                                   int64_t x_stride, float *out, int64_t out_stride, float *ws, cudaStream_t s,
+                                   elmo_err *err) {
+  if (M < 0 || N < 1 || ld < N || count < 1 || count > 65535 || (M + COL_ROWS - 1) / COL_ROWS > 65535)
+    return elmo_fail(err, ELMO_EINPUT, "column sums: %d matrices of %lld x %d, row stride %lld (expected 1..65535 "
+                     "matrices, at most %d rows, columns >= 1, stride >= columns)", count, (long long)M, N,
+                     (long long)ld, 65535 * COL_ROWS);
   if (M == 0) return ELMO_OK;
   if (x_bf16)
-    colsum_launch((const bf16 *)x, M, N, count, x_stride, out, out_stride, ws, s);
+    colsum_launch((const bf16 *)x, M, N, ld, count, x_stride, out, out_stride, ws, s);
   else
-    colsum_launch((const float *)x, M, N, count, x_stride, out, out_stride, ws, s);
+    colsum_launch((const float *)x, M, N, ld, count, x_stride, out, out_stride, ws, s);
   return ELMO_OK;
+}
+
+extern "C" int elmo_cuda_colsum(const void *x, int x_bf16, int64_t M, int N, int count, int64_t x_stride,
+                                float *out, int64_t out_stride, float *ws, cudaStream_t s, elmo_err *err) {
+  return elmo_cuda_colsum_ld(x, x_bf16, M, N, N, count, x_stride, out, out_stride, ws, s, err);
 }

@@ -32,6 +32,9 @@ int64_t elmo_cuda_colsum_ws_floats(int64_t M, int N, int count);
  * x is bf16 (x_bf16 = 1) or fp32. */
 int elmo_cuda_colsum(const void *x, int x_bf16, int64_t M, int N, int count, int64_t x_stride,
                      float *out, int64_t out_stride, float *ws, cudaStream_t s, elmo_err *err);
+/* The same over rows ld >= N elements apart (e.g. column blocks of a wider matrix). */
+int elmo_cuda_colsum_ld(const void *x, int x_bf16, int64_t M, int N, int64_t ld, int count, int64_t x_stride,
+                        float *out, int64_t out_stride, float *ws, cudaStream_t s, elmo_err *err);
 
 #ifdef __cplusplus
 }

@@ -232,9 +232,9 @@ typedef struct layer_off {
   int64_t q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, ln1_w, ln1_b, ff1_w, ff1_b, ff2_w, ff2_b, ln2_w, ln2_b;
 } layer_off;
 
-/* Per-layer activations kept for the backward (RECOMPUTE: all layers share one set except xhat2/rstd2). */
+/* Per-layer activations kept for the backward (RECOMPUTE: all layers share one qkv and ff). */
 typedef struct layer_acts {
-  h16 *qkv;                  /* [3, B, heads, Tp, dh] split, or [3, M, H] merged on the fused path */
+  h16 *qkv;                  /* [3, B, heads, Tp, dh] split, or [M, 3 H] (q | k | v per row) on the fused path */
   h16 *xhat1;                /* [M, H] attention LayerNorm, normalised */
   float *rstd1;              /* [M] */
   h16 *ff;                   /* [M, F] GELU input */
@@ -272,6 +272,8 @@ struct elmo_cuda_tf {
   size_t emb_ws_bytes;
   int *bad_id;
   h16 *shadow;               /* [num_params] BF16 copy of FP32 parameters */
+  h16 *wqkv, *bqkv;          /* fused path: layer wqkv_layer's q, k, v weights [3 H, H] and biases [3 H] gathered */
+  int wqkv_layer;            /* -1: none (reset by every forward and backward call) */
   elmo_cuda_tf_fp8 fp8;      /* fp8 forward scratch: xq [M, max(H, F)], wq [max(3 H, F) * H] */
   void *lt_ws;
   /* the last forward */
@@ -291,14 +293,17 @@ static void *carve(carver *cv, size_t bytes) {
 
 static int64_t max3(int64_t a, int64_t b, int64_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
 
-static void carve_layer(carver *cv, int64_t M, int64_t H, int64_t F, layer_acts *a, int shared_only) {
-  if (shared_only >= 0) {
+/* Layer buffers: what = KEEP_BIG (q, k, v and the GELU input: per layer, or the one shared set of
+ * RECOMPUTE) | KEEP_LN (the two LayerNorms' xhat and rstd, kept per layer in both modes). */
+enum { KEEP_BIG = 1, KEEP_LN = 2 };
+static void carve_layer(carver *cv, int64_t M, int64_t H, int64_t F, layer_acts *a, int what) {
+  if (what & KEEP_BIG) {
     a->qkv = (h16 *)carve(cv, 3 * M * H * 2);
-    a->xhat1 = (h16 *)carve(cv, M * H * 2);
-    a->rstd1 = (float *)carve(cv, M * 4);
     a->ff = (h16 *)carve(cv, M * F * 2);
   }
-  if (shared_only <= 0) {
+  if (what & KEEP_LN) {
+    a->xhat1 = (h16 *)carve(cv, M * H * 2);
+    a->rstd1 = (float *)carve(cv, M * 4);
     a->xhat2 = (h16 *)carve(cv, M * H * 2);
     a->rstd2 = (float *)carve(cv, M * 4);
   }
@@ -312,10 +317,7 @@ static void carve_kept(carver *cv, elmo_cuda_tf *t, int64_t M) {
   t->xhat_e = (h16 *)carve(cv, M * H * 2);
   t->rstd_e = (float *)carve(cv, M * 4);
   const int rec = t->flags & ELMO_CUDA_TF_RECOMPUTE;
-  for (int i = 0; i < t->cfg.layers; i++) {
-    if (!rec) carve_layer(cv, M, H, F, &t->act[i], 0);
-    else carve_layer(cv, M, H, F, &t->act[i], -1);      /* xhat2, rstd2 only */
-  }
+  for (int i = 0; i < t->cfg.layers; i++) carve_layer(cv, M, H, F, &t->act[i], rec ? KEEP_LN : KEEP_BIG | KEEP_LN);
 }
 
 /* Shared layer buffers (RECOMPUTE) and scratch. */
@@ -325,16 +327,18 @@ static void carve_scratch(carver *cv, elmo_cuda_tf *t, int64_t M, size_t emb_ws)
   const int64_t S = t->fused ? 0 : (int64_t)t->max_batch * c->heads * t->max_tp * t->max_tp;   /* scores */
   if (t->flags & ELMO_CUDA_TF_RECOMPUTE) {
     layer_acts shared;
-    carve_layer(cv, M, H, F, &shared, 1);
+    carve_layer(cv, M, H, F, &shared, KEEP_BIG);
     for (int i = 0; i < c->layers; i++) {
-      t->act[i].qkv = shared.qkv; t->act[i].xhat1 = shared.xhat1;
-      t->act[i].rstd1 = shared.rstd1; t->act[i].ff = shared.ff;
+      t->act[i].qkv = shared.qkv;
+      t->act[i].ff = shared.ff;
     }
   }
   t->f32 = (float *)carve(cv, (size_t)max3(M * H * 4, 3 * M * H * 2, S * 4));   /* fp32 or merged dq/dk/dv */
   t->probs = t->fused ? NULL : (h16 *)carve(cv, (size_t)S * 2);
   t->ctxp = t->fused ? NULL : (h16 *)carve(cv, M * H * 2);
   t->ctx = (h16 *)carve(cv, M * H * 2);
+  t->wqkv = t->fused ? (h16 *)carve(cv, (size_t)(3 * H * H) * 2) : NULL;
+  t->bqkv = t->fused ? (h16 *)carve(cv, (size_t)(3 * H) * 2) : NULL;
   t->g16 = (h16 *)carve(cv, (size_t)(M * F > 3 * M * H ? M * F : 3 * M * H) * 2);
   t->xa = (h16 *)carve(cv, M * H * 2);
   t->xb = (h16 *)carve(cv, M * H * 2);
@@ -413,6 +417,7 @@ static elmo_cuda_tf *shell_new(const elmo_tf_config *cfg, int max_batch, int max
   t->flags = flags;
   t->fused = elmo_cuda_attention_fused_ok(t->max_tp, cfg->hidden / cfg->heads);
   t->act = (layer_acts *)elmo_calloc((size_t)(cfg->layers > 0 ? cfg->layers : 1), sizeof(layer_acts));
+  t->wqkv_layer = -1;
   return t;
 }
 
@@ -510,11 +515,15 @@ static void linear_fwd(elmo_cuda_tf *t, const h16 *x, const h16 *w, const h16 *b
   elmo_cuda_tf_gemm_run(t->gemm, &p, s);
 }
 
-/* dw[out, in] += dy[M, out]^T x[M, in] (FP32). */
+/* dw[out, in] += dy[M, out]^T x[M, in] (FP32); dy's rows ldy elements apart. */
+static void linear_dw_ld(elmo_cuda_tf *t, const h16 *dy, int64_t ldy, const h16 *x, int64_t M, int in, int out,
+                         float *dw, cudaStream_t s) {
+  elmo_cuda_tf_mm p = {1, 0, out, in, M, dy, ldy, 0, x, in, 0, dw, in, 0, 1, 1.0f, 1, NULL};
+  elmo_cuda_tf_gemm_run(t->gemm, &p, s);
+}
 static void linear_dw(elmo_cuda_tf *t, const h16 *dy, const h16 *x, int64_t M, int in, int out, float *dw,
                       cudaStream_t s) {
-  elmo_cuda_tf_mm p = {1, 0, out, in, M, dy, out, 0, x, in, 0, dw, in, 0, 1, 1.0f, 1, NULL};
-  elmo_cuda_tf_gemm_run(t->gemm, &p, s);
+  linear_dw_ld(t, dy, out, x, M, in, out, dw, s);
 }
 
 /* dx[M, in] = dy[M, out] w[out, in] (+ beta dx). */
@@ -641,28 +650,34 @@ extern "C" int elmo_cuda_tf_fp8_prepare(const elmo_cuda_tf_fp8 *q, const elmo_bf
 /* y[m, c] = acc[m, c] * (inv_x * inv_w) + bias[c], rounded once to the output type; the multiplies
  * and the add are separate roundings, in the CPU reference's order (no contraction). */
 static __global__ void fp8_epilogue_kernel(const float *acc, int64_t M, int out, const float *inv_x,
-                                           const float *inv_w, const bf16 *bias, void *y, int y_f32) {
+                                           const float *inv_w, const bf16 *bias, void *y, int64_t ldy, int y_f32) {
   const float t = __fmul_rn(*inv_x, *inv_w);
-  const int64_t n = M * out;
-  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    float v = __fmul_rn(acc[i], t);
-    if (bias) v = __fadd_rn(v, __bfloat162float(bias[i % out]));
-    if (y_f32) ((float *)y)[i] = v;
-    else ((bf16 *)y)[i] = __float2bfloat16_rn(v);
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;   /* grid: column tiles x row slices */
+  if (c >= out) return;
+  const float b = bias ? __bfloat162float(bias[c]) : 0.0f;
+  for (int64_t m = blockIdx.y; m < M; m += gridDim.y) {
+    float v = __fmul_rn(acc[m * out + c], t);
+    if (bias) v = __fadd_rn(v, b);
+    if (y_f32) ((float *)y)[m * ldy + c] = v;
+    else ((bf16 *)y)[m * ldy + c] = __float2bfloat16_rn(v);
   }
 }
 
-/* The FP8 GEMM runs unscaled with FP32 output (the form cuBLASLt serves for every shape, as the
- * classifier's prediction logits use), then one pass applies the per-tensor scales and the bias. */
-extern "C" void elmo_cuda_tf_fp8_linear(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_fp8 *q, int j, const elmo_bf16 *bias,
-                                        int64_t M, int in, int out, void *y, int y_f32, cudaStream_t s) {
+/* y's rows ldy elements apart. */
+static void fp8_linear_ld(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_fp8 *q, int j, const elmo_bf16 *bias, int64_t M,
+                          int in, int out, void *y, int64_t ldy, int y_f32, cudaStream_t s) {
+  if (M <= 0 || out <= 0) return;
   elmo_cuda_tf_mm p = {0, 1, M, out, in, q->xq, in, 0, q->wq + (int64_t)j * out * in, in, 0, q->acc, out, 0, 1, 0.0f,
                        1, NULL};
   gemm_run(g, &p, 1, s);
-  const int64_t n = M * out, blocks = (n + 255) / 256;
-  fp8_epilogue_kernel<<<(unsigned)(blocks < 65536 ? blocks : 65536), 256, 0, s>>>(
-      q->acc, M, out, q->inv, q->inv + 1 + j, (const bf16 *)bias, y, y_f32);
+  const unsigned ctiles = (unsigned)((out + 255) / 256), rows = (unsigned)(M < 65535 ? M : 65535);
+  fp8_epilogue_kernel<<<dim3(ctiles, rows < 4096 ? rows : 4096), 256, 0, s>>>(q->acc, M, out, q->inv, q->inv + 1 + j,
+                                                                            (const bf16 *)bias, y, ldy, y_f32);
   ELMO_LAUNCH_CHECK();
+}
+extern "C" void elmo_cuda_tf_fp8_linear(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_fp8 *q, int j, const elmo_bf16 *bias,
+                                        int64_t M, int in, int out, void *y, int y_f32, cudaStream_t s) {
+  fp8_linear_ld(g, q, j, bias, M, in, out, y, out, y_f32, s);
 }
 
 /* The forward's linear layer: BF16 GEMM, or FP8 with per-tensor scaling when cfg.fp8_forward. */
@@ -695,9 +710,9 @@ static void params_to_shadow(elmo_cuda_tf *t, const float *params, cudaStream_t 
 static int attention_core(elmo_cuda_tf *t, const layer_acts *a, cudaStream_t s, elmo_err *err) {
   const int heads = t->cfg.heads, dh = t->cfg.hidden / heads;
   if (t->fused) {
-    const int64_t MH = (int64_t)t->B * t->Tp * t->cfg.hidden;
-    return elmo_cuda_attention_fused_forward(a->qkv, a->qkv + MH, a->qkv + 2 * MH, t->mask, t->B, t->Tp, heads, dh,
-                                             t->ctx, s, err);
+    const int H = t->cfg.hidden;   /* q, k, v: the column blocks of one [M, 3 H] matrix */
+    return elmo_cuda_attention_fused_forward(a->qkv, a->qkv + H, a->qkv + 2 * H, 3 * H, t->mask, t->B, t->Tp, heads,
+                                             dh, t->ctx, s, err);
   }
   int rc = elmo_cuda_attention_forward(t->gemm, a->qkv, t->mask, t->B, t->Tp, heads, dh, t->f32, t->probs,
                                        t->ctxp, s, err);
@@ -705,19 +720,62 @@ static int attention_core(elmo_cuda_tf *t, const layer_acts *a, cudaStream_t s, 
   return rc;
 }
 
-/* q, k, v from x_in: bf16(x_in W^T + b) merged [3, M, H], straight into a->qkv on the fused path, else
- * into g16 and then split. */
+/* The fused path's q, k, v weights [3 H, H] and biases [3 H] of layer i gathered into t->wqkv, t->bqkv
+ * (one GEMM for the three projections forward, one for their dx backward); 16-byte copies when every
+ * offset allows. Skipped when they already hold layer i (t->wqkv_layer, reset per forward/backward). */
+static __global__ void qkv_gather_kernel(const h16 *P, int64_t w0, int64_t w1, int64_t w2, int64_t b0, int64_t b1,
+                                         int64_t b2, int64_t HH, int H, int V, h16 *wq, h16 *bq) {
+  const int64_t nw = 3 * HH / V, n = nw + 3 * H / V;
+  for (int64_t u = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; u < n; u += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t e = (u < nw ? u : u - nw) * V;   /* first element within the weights or the biases */
+    const h16 *src;
+    h16 *dst;
+    if (u < nw) {
+      const int64_t j = e / HH, r = e - j * HH;
+      src = P + (j == 0 ? w0 : j == 1 ? w1 : w2) + r;
+      dst = wq + e;
+    } else {
+      const int64_t j = e / H, r = e - j * H;
+      src = P + (j == 0 ? b0 : j == 1 ? b1 : b2) + r;
+      dst = bq + e;
+    }
+    if (V == 8) *(uint4 *)dst = *(const uint4 *)src;
+    else *dst = *src;
+  }
+}
+
+static void qkv_gather(elmo_cuda_tf *t, const h16 *P, const layer_off *o, cudaStream_t s) {
+  const int i = (int)(o - t->off);
+  if (t->wqkv_layer == i) return;
+  const int H = t->cfg.hidden;
+  const int64_t HH = (int64_t)H * H;
+  const int V = H % 8 == 0 && (uintptr_t)P % 16 == 0 && (o->q_w | o->k_w | o->v_w | o->q_b | o->k_b | o->v_b) % 8 == 0
+                    ? 8 : 1;
+  const int64_t n = (3 * HH + 3 * H) / V, blocks = (n + 255) / 256;
+  qkv_gather_kernel<<<(unsigned)(blocks < 4096 ? blocks : 4096), 256, 0, s>>>(P, o->q_w, o->k_w, o->v_w, o->q_b, o->k_b,
+                                                                              o->v_b, HH, H, V, t->wqkv, t->bqkv);
+  ELMO_LAUNCH_CHECK();
+  t->wqkv_layer = i;
+}
+
+/* q, k, v from x_in: bf16(x_in W^T + b). Fused path: straight into a->qkv as the column blocks of one
+ * [M, 3 H] matrix (one GEMM over the gathered weights; FP8: three GEMMs, each weight its own scale);
+ * batched path: merged [3, M, H] into g16, then split into heads. */
 static int qkv_forward(elmo_cuda_tf *t, const h16 *P, const layer_off *o, const h16 *x_in, layer_acts *a,
                        cudaStream_t s, elmo_err *err) {
   const int64_t M = (int64_t)t->B * t->Tp;
   const int H = t->cfg.hidden;
   const int64_t w[3] = {o->q_w, o->k_w, o->v_w}, b[3] = {o->q_b, o->k_b, o->v_b};
+  const int64_t ld = t->fused ? 3 * H : H, step = t->fused ? H : M * H;   /* row stride, offset of k from q */
   h16 *y = t->fused ? a->qkv : t->g16;
   if (t->cfg.fp8_forward) {   /* one scale for the shared input, one per weight */
     const h16 *ws[3] = {P + w[0], P + w[1], P + w[2]};
     int rc = elmo_cuda_tf_fp8_prepare(&t->fp8, x_in, t->mask, M, H, ws, 3, H, s, err);
     if (rc) return rc;
-    for (int j = 0; j < 3; j++) elmo_cuda_tf_fp8_linear(t->gemm, &t->fp8, j, P + b[j], M, H, H, y + j * M * H, 0, s);
+    for (int j = 0; j < 3; j++) fp8_linear_ld(t->gemm, &t->fp8, j, P + b[j], M, H, H, y + j * step, ld, 0, s);
+  } else if (t->fused) {
+    qkv_gather(t, P, o, s);
+    linear_fwd(t, x_in, t->wqkv, t->bqkv, M, H, 3 * H, y, 0, s);
   } else {
     for (int j = 0; j < 3; j++) linear_fwd(t, x_in, P + w[j], P + b[j], M, H, H, y + j * M * H, 0, s);
   }
@@ -725,8 +783,7 @@ static int qkv_forward(elmo_cuda_tf *t, const h16 *P, const layer_off *o, const 
   return elmo_cuda_heads_split(t->g16, 0, NULL, 3, t->B, t->Tp, t->cfg.heads, H / t->cfg.heads, a->qkv, s, err);
 }
 
-/* Layer i: x_in [M, H] -> x_out [M, H]. x_out NULL (backward recompute) stops after the GELU, leaving
- * probs, ctx, h1, g16 and the layer's kept buffers (except xhat2/rstd2) filled. */
+/* Layer i: x_in [M, H] -> x_out [M, H]. */
 static int layer_forward(elmo_cuda_tf *t, const h16 *P, int i, const h16 *x_in, h16 *x_out, cudaStream_t s,
                          elmo_err *err) {
   const elmo_tf_config *c = &t->cfg;
@@ -743,7 +800,7 @@ static int layer_forward(elmo_cuda_tf *t, const h16 *P, int i, const h16 *x_in, 
   if (rc) return rc;
   rc = linear_fwd_any(t, t->h1, P + o->ff1_w, P + o->ff1_b, M, H, F, a->ff, 0, s, err);  /* GELU input, bf16 */
   if (!rc) rc = elmo_cuda_gelu_recompute(a->ff, M * F, t->g16, s, err);
-  if (rc || !x_out) return rc;
+  if (rc) return rc;
   rc = linear_fwd_any(t, t->g16, P + o->ff2_w, NULL, M, F, H, t->f32, 1, s, err);
   if (rc) return rc;
   return elmo_cuda_layernorm_forward(t->f32, P + o->ff2_b, t->h1, P + o->ln2_w, P + o->ln2_b, M, H, c->ln_eps,
@@ -784,6 +841,7 @@ extern "C" int elmo_cuda_tf_forward(elmo_cuda_tf *t, const void *params, int par
     return elmo_fail(err, ELMO_EINPUT, "CUDA transformer forward: batch %d x length %d (expected at most "
                      "%d x %d)", B, T, t->max_batch, t->max_len);
   t->have_forward = 0;
+  t->wqkv_layer = -1;
   t->B = B;
   t->T = T;
   t->Tp = tp_of(T);
@@ -814,16 +872,22 @@ static int layer_input(elmo_cuda_tf *t, const h16 *P, int i, cudaStream_t s, elm
   return elmo_cuda_layernorm_apply(t->act[i - 1].xhat2, P + o->ln2_w, P + o->ln2_b, M, H, t->xa, s, err);
 }
 
-/* Everything the layer backward reads besides the kept buffers: ctx (not on the fused path, whose
- * backward kernel rewrites it), h1, g16 = GELU(ff). */
+/* Everything the layer backward reads besides the kept buffers: ctx and the probabilities (only off
+ * the fused path, whose backward kernel recomputes P and rewrites ctx itself), h1 = the attention
+ * LayerNorm output (from the kept xhat1), g16 = GELU(ff); RECOMPUTE first reruns the q/k/v and
+ * intermediate GEMMs from the layer input in t->xa and h1 (the same calls as the forward, so the same
+ * bits; the attention, output projection and LayerNorm forward are not rerun). */
 static int layer_recompute(elmo_cuda_tf *t, const h16 *P, int i, cudaStream_t s, elmo_err *err) {
   const int64_t M = (int64_t)t->B * t->Tp;
+  const int H = t->cfg.hidden, F = t->cfg.ffn;
   const layer_off *o = &t->off[i];
   layer_acts *a = &t->act[i];
-  if (t->flags & ELMO_CUDA_TF_RECOMPUTE) return layer_forward(t, P, i, t->xa, NULL, s, err);
-  int rc = t->fused ? ELMO_OK : attention_core(t, a, s, err);   /* the fused backward rewrites ctx itself */
-  if (!rc) rc = elmo_cuda_layernorm_apply(a->xhat1, P + o->ln1_w, P + o->ln1_b, M, t->cfg.hidden, t->h1, s, err);
-  if (!rc) rc = elmo_cuda_gelu_recompute(a->ff, M * t->cfg.ffn, t->g16, s, err);
+  const int rec = t->flags & ELMO_CUDA_TF_RECOMPUTE;
+  int rc = rec ? qkv_forward(t, P, o, t->xa, a, s, err) : ELMO_OK;
+  if (!rc && !t->fused) rc = attention_core(t, a, s, err);
+  if (!rc) rc = elmo_cuda_layernorm_apply(a->xhat1, P + o->ln1_w, P + o->ln1_b, M, H, t->h1, s, err);
+  if (!rc && rec) rc = linear_fwd_any(t, t->h1, P + o->ff1_w, P + o->ff1_b, M, H, F, a->ff, 0, s, err);
+  if (!rc) rc = elmo_cuda_gelu_recompute(a->ff, M * F, t->g16, s, err);
   return rc;
 }
 
@@ -858,24 +922,33 @@ static int attention_backward(elmo_cuda_tf *t, const h16 *P, int i, float *G, cu
   const int H = c->hidden, heads = c->heads, dh = H / heads;
   int rc = elmo_cuda_colsum(t->dx, 0, M, H, 1, 0, G + o->o_b, 0, t->part, s, err);
   if (rc) return rc;
-  h16 *dqkv = (h16 *)t->f32;                                                  /* [3, M, H] merged */
+  h16 *dqkv = (h16 *)t->f32;   /* fused: [M, 3 H], dq | dk | dv per row; batched: [3, M, H] merged */
+  const int64_t w[3] = {o->q_w, o->k_w, o->v_w}, b[3] = {o->q_b, o->k_b, o->v_b};
   if (t->fused) {   /* dctx into h1 (free after the FFN backward); the kernel also writes ctx, for dW_o */
     linear_dx(t, t->d16, P + o->o_w, M, H, H, t->h1, 0, 0.0f, s);
-    rc = elmo_cuda_attention_fused_backward(a->qkv, a->qkv + MH, a->qkv + 2 * MH, t->h1, t->mask, t->B, t->Tp, heads,
-                                            dh, dqkv, dqkv + MH, dqkv + 2 * MH, t->ctx, s, err);
+    rc = elmo_cuda_attention_fused_backward(a->qkv, a->qkv + H, a->qkv + 2 * H, 3 * H, t->h1, t->mask, t->B, t->Tp,
+                                            heads, dh, dqkv, dqkv + H, dqkv + 2 * H, t->ctx, s, err);
     if (rc) return rc;
     linear_dw(t, t->d16, t->ctx, M, H, H, G + o->o_w, s);
-  } else {
-    linear_dw(t, t->d16, t->ctx, M, H, H, G + o->o_w, s);
-    linear_dx(t, t->d16, P + o->o_w, M, H, H, t->ctx, 0, 0.0f, s);           /* dctx, merged */
-    rc = elmo_cuda_heads_split(t->ctx, 0, NULL, 1, t->B, t->Tp, heads, dh, t->ctxp, s, err);
-    if (!rc) rc = elmo_cuda_attention_backward(t->gemm, a->qkv, t->probs, t->ctxp, t->mask, t->B, t->Tp, heads, dh,
-                                               t->f32, t->g16, s, err);
-    if (!rc) rc = elmo_cuda_heads_merge(t->g16, 3, t->B, t->Tp, heads, dh, dqkv, s, err);
+    /* the three bias gradients in one launch when their offsets are evenly spaced (they are in
+     * every layout we load) */
+    if (b[1] - b[0] == b[2] - b[1])
+      rc = elmo_cuda_colsum_ld(dqkv, 1, M, H, 3 * H, 3, H, G + b[0], b[1] - b[0], t->part, s, err);
+    else
+      for (int j = 0; j < 3 && !rc; j++)
+        rc = elmo_cuda_colsum_ld(dqkv + j * H, 1, M, H, 3 * H, 1, 0, G + b[j], 0, t->part, s, err);
+    if (rc) return rc;
+    for (int j = 0; j < 3; j++) linear_dw_ld(t, dqkv + j * H, 3 * H, t->xa, M, H, H, G + w[j], s);
+    qkv_gather(t, P, o, s);   /* held already after a RECOMPUTE rerun of this layer's BF16 q/k/v GEMM */
+    linear_dx(t, dqkv, t->wqkv, M, H, 3 * H, t->dx, 1, 1.0f, s);             /* + residual, K = 3 H */
+    return ELMO_OK;
   }
-  const int64_t w[3] = {o->q_w, o->k_w, o->v_w}, b[3] = {o->q_b, o->k_b, o->v_b};
-  /* the three bias gradients in one launch when their offsets are evenly spaced (they are in
-   * every layout we load) */
+  linear_dw(t, t->d16, t->ctx, M, H, H, G + o->o_w, s);
+  linear_dx(t, t->d16, P + o->o_w, M, H, H, t->ctx, 0, 0.0f, s);             /* dctx, merged */
+  rc = elmo_cuda_heads_split(t->ctx, 0, NULL, 1, t->B, t->Tp, heads, dh, t->ctxp, s, err);
+  if (!rc) rc = elmo_cuda_attention_backward(t->gemm, a->qkv, t->probs, t->ctxp, t->mask, t->B, t->Tp, heads, dh,
+                                             t->f32, t->g16, s, err);
+  if (!rc) rc = elmo_cuda_heads_merge(t->g16, 3, t->B, t->Tp, heads, dh, dqkv, s, err);
   if (!rc && b[1] - b[0] == b[2] - b[1])
     rc = elmo_cuda_colsum(dqkv, 1, M, H, 3, MH, G + b[0], b[1] - b[0], t->part, s, err);
   else
@@ -903,6 +976,7 @@ extern "C" int elmo_cuda_tf_backward(elmo_cuda_tf *t, const void *params, int pa
   const elmo_tf_config *c = &t->cfg;
   const int64_t M = (int64_t)t->B * t->Tp;
   const h16 *P = params_bf16 ? (const h16 *)params : t->shadow;
+  t->wqkv_layer = -1;
   rc = elmo_cuda_pool_backward(dpooled, t->mask, t->B, t->Tp, c->hidden, c->pooling, t->dx, s, err);
   for (int i = c->layers - 1; i >= 0 && !rc; i--) rc = layer_backward(t, P, i, grads, s, err);
   if (!rc)

@@ -32,8 +32,11 @@
  * or allocated by elmo_cuda_tf_create; no allocation in forward/backward. Kept between forward and
  * backward (elmo_cuda_tf_activation_bytes), per layer with M = B * Tp rows:
  *   default:   q, k, v [3, M, H] + xhat1 [M, H] + GELU input [M, F] + xhat2 [M, H] in BF16, 2 x [M] FP32
- *   RECOMPUTE: only xhat2 [M, H] BF16 + rstd2 [M] per layer; the backward reruns each layer's forward
- *              (about one extra forward pass of compute) into one shared set of buffers.
+ *   RECOMPUTE: only the two LayerNorms' xhat1, xhat2 [M, H] BF16 + rstd1, rstd2 [M] per layer; the
+ *              backward reruns each layer's q/k/v and intermediate GEMMs (the layer input and h1 come
+ *              from the kept LayerNorm outputs) and the GELU into one shared set of buffers: about
+ *              half a forward pass of extra compute (attention, output projection, second FFN GEMM
+ *              and the LayerNorm forwards are not rerun).
  *
  * Ownership: elmo_cuda_tf_create makes the object (and a cuBLASLt handle); destroy frees what create
  * allocated (not a caller's block) and NULLs the pointer. The object keeps no pointer to the caller's
@@ -55,7 +58,7 @@ extern "C" {
 
 enum {
   ELMO_CUDA_TF_F32_PARAMS = 1,   /* allow FP32 parameters (reserves a BF16 shadow copy) */
-  ELMO_CUDA_TF_RECOMPUTE = 2     /* keep only layer outputs; recompute each layer in the backward */
+  ELMO_CUDA_TF_RECOMPUTE = 2     /* keep only LayerNorm outputs; recompute q/k/v, FFN input, GELU in the backward */
 };
 
 typedef struct elmo_cuda_tf elmo_cuda_tf;

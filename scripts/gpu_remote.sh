@@ -4,6 +4,7 @@
 # benchmarks. Full logs go to $OUT (card.txt, <test>.log, bench.log); a summary prints last.
 #   TESTS="test_gpu_ops ..."  which test programs (default: all packed)
 #   BENCH=0                   skip the benchmarks; BENCH_ARGS="L B d chunk dtype input steps;..."
+#   BENCH_GEMM=1              also time the cuBLASLt candidates of the encoder's GEMM shapes (bench_gemm)
 #   NCU=1                     also profile the classifier kernels once with Nsight Compute (ncu.txt)
 #   E2E=1                     also train configs/bibtex.json end to end with elmo-train on cuda and
 #                             cpu (E2E_SETS: extra --set options) and print both test metric tables
@@ -32,6 +33,10 @@ if [ "${BENCH:-1}" != 0 ]; then
     timeout 180 "$PACK/bin/bench_cls" $a >>"$OUT/bench.log" 2>&1 || echo "bench $a: exit $?" >>"$OUT/bench.log"
   done
   grep -E 'elmo cuda:' "$OUT/bench.log" | sort -u | head -8
+fi
+if [ "${BENCH_GEMM:-0}" = 1 ]; then
+  timeout 240 "$PACK/bin/bench_gemm" ${BENCH_GEMM_ARGS:-} >"$OUT/bench_gemm.log" 2>&1 || echo "bench_gemm exit $?" >>"$OUT/bench_gemm.log"
+  cat "$OUT/bench_gemm.log"
 fi
 if [ "${E2E:-0}" = 1 ]; then
   for dev in cuda cpu; do

@@ -28,6 +28,8 @@ gcc -O2 -std=c11 -D_POSIX_C_SOURCE=200809L -I. -Isrc -Icuda -I"$BUILD" -I"$CUDA_
   "$BUILD/cuda/libelmo_cuda.a" "$BUILD/src/libelmo.a" -L"$CUDA_HOME/lib64" -lcudart -lcublasLt -lcjson -lz -lpthread -lstdc++ -lm \
   -o "$PACK/bin/bench_cls"
 bins+=("$PACK/bin/bench_cls")
+gcc -O2 -std=c11 -I"$CUDA_HOME/include" scripts/bench_gemm.c -L"$CUDA_HOME/lib64" -lcudart -lcublasLt \
+  -o "$PACK/bin/bench_gemm"
 # libraries outside the CUDA toolkit that the device image may not have
 for b in "${bins[@]}"; do
   ldd "$b" | awk '/libcjson|libcmocka/ {print $3}' | while read -r lib; do cp -L "$lib" "$PACK/lib/"; done

@@ -87,7 +87,7 @@ static const key_spec SCHEMA[] = {
   ENUM("model.encoder.pooling", pooling, "mean", "mean|cls", "mean over unmasked tokens, or the [CLS] vector"),
   BOOL("model.encoder.layernorm", encoder_layernorm, "false", "LayerNorm after the sparse encoder"),
   BOOL("model.encoder.recompute", encoder_recompute, "false",
-       "transformer on CUDA: keep only each layer's output and recompute the layer in the backward (less memory, ~13% more time)"),
+       "transformer on CUDA: keep only each layer's two LayerNorm outputs and recompute its q/k/v and intermediate GEMMs in the backward (less memory, ~10% more time)"),
   ENUM("model.encoder.dtype", encoder_dtype, "bf16", "bf16|fp32|fp8",
        "encoder parameters and GEMMs (fp8 = E4M3 forward GEMMs, BF16 parameters)"),
 

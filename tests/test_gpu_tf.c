@@ -263,21 +263,27 @@ static void test_gelu(void **state) {
   free(g_dx);
 }
 
-static void colsum_case(int64_t M, int N, int count, int64_t x_stride, int64_t out_stride, uint64_t rng) {
-  float *x = randn((size_t)(count * x_stride), &rng, 1.0f, 0.0f);
-  quantize(x, (size_t)(count * x_stride));
+/* count matrices of M x N with rows ld apart, matrix i at x + i * x_stride. */
+static void colsum_case(int64_t M, int N, int64_t ld, int count, int64_t x_stride, int64_t out_stride, uint64_t rng) {
+  const size_t nx = (size_t)((count - 1) * x_stride + M * ld);
+  float *x = randn(nx, &rng, 1.0f, 0.0f);
+  quantize(x, nx);
   float *out = randn((size_t)(count * out_stride), &rng, 1.0f, 0.0f);
   float *ref = malloc((size_t)(count * out_stride) * sizeof *ref);
   memcpy(ref, out, (size_t)(count * out_stride) * sizeof *ref);
   for (int i = 0; i < count; i++)
     for (int64_t r = 0; r < M; r++)
-      for (int j = 0; j < N; j++) ref[i * out_stride + j] += x[i * x_stride + r * N + j];
+      for (int j = 0; j < N; j++) ref[i * out_stride + j] += x[i * x_stride + r * ld + j];
   float *d_ws = dev_poisoned((size_t)elmo_cuda_colsum_ws_floats(M, N, count) * 4);
   elmo_err err;
   for (int as_bf16 = 0; as_bf16 < 2; as_bf16++) {
-    void *d_x = as_bf16 ? dev_bf16(x, (size_t)(count * x_stride)) : dev_upload(x, (size_t)(count * x_stride) * 4);
+    void *d_x = as_bf16 ? dev_bf16(x, nx) : dev_upload(x, nx * 4);
     float *d_out = dev_upload(out, (size_t)(count * out_stride) * 4);
-    assert_int_equal(elmo_cuda_colsum(d_x, as_bf16, M, N, count, x_stride, d_out, out_stride, d_ws, 0, &err), ELMO_OK);
+    if (ld == N)
+      assert_int_equal(elmo_cuda_colsum(d_x, as_bf16, M, N, count, x_stride, d_out, out_stride, d_ws, 0, &err), ELMO_OK);
+    else
+      assert_int_equal(elmo_cuda_colsum_ld(d_x, as_bf16, M, N, ld, count, x_stride, d_out, out_stride, d_ws, 0, &err),
+                       ELMO_OK);
     float *g = host_from_f32(d_out, (size_t)(count * out_stride));
     expect_close(g, ref, (size_t)(count * out_stride), 1e-5, as_bf16 ? "column sums of bf16" : "column sums of fp32");
     free(g);
@@ -289,9 +295,13 @@ static void colsum_case(int64_t M, int N, int count, int64_t x_stride, int64_t o
 
 static void test_colsum(void **state) {
   (void)state;
-  colsum_case(300, 150, 2, 300 * 150 + 16, 158, 404); /* the scalar kernel (150 columns) */
-  colsum_case(300, 768, 3, 300 * 768, 776, 405);      /* 16-byte loads, rows 300 = 4 x 64 + 44 (8 x 5 + 4) */
-  colsum_case(37, 96, 1, 37 * 96, 96, 406);           /* fewer rows than one block, a partial tile of threads */
+  colsum_case(300, 150, 150, 2, 300 * 150 + 16, 158, 404); /* the scalar kernel (150 columns) */
+  colsum_case(300, 768, 768, 3, 300 * 768, 776, 405);      /* 16-byte loads, rows 300 = 4 x 64 + 44 (8 x 5 + 4) */
+  colsum_case(37, 96, 96, 1, 37 * 96, 96, 406);            /* fewer rows than one block, a partial tile of threads */
+  colsum_case(300, 96, 288, 3, 96, 100, 407);              /* the column blocks of a [300, 3 x 96] matrix */
+  colsum_case(45, 20, 66, 2, 22, 20, 408);                 /* strided rows, the scalar kernel */
+  elmo_err err;
+  assert_int_equal(elmo_cuda_colsum_ld(NULL, 1, 4, 8, 6, 1, 0, NULL, 0, NULL, 0, &err), ELMO_EINPUT);
 }
 
 /* ------------------------------------------------------------------ attention */
@@ -459,13 +469,13 @@ static void fused_case(int B, int T, int Tp, int heads, int dh, const int *len, 
   uint8_t *d_mask = dev_upload(c.mask_p, (size_t)c.rows);
   elmo_bf16 *d_qkv = dev_bf16(d.qkv, 3 * per), *d_dctx = dev_bf16(d.dctx, per);
   elmo_bf16 *d_ctx = dev_poisoned(per * 2), *d_ctx2 = dev_poisoned(per * 2), *d_dqkv = dev_poisoned(3 * per * 2);
-  assert_int_equal(elmo_cuda_attention_fused_forward(d_qkv, d_qkv + per, d_qkv + 2 * per, d_mask, c.B, c.Tp, c.heads,
+  assert_int_equal(elmo_cuda_attention_fused_forward(d_qkv, d_qkv + per, d_qkv + 2 * per, 0, d_mask, c.B, c.Tp, c.heads,
                                                      c.dh, d_ctx, 0, &err), ELMO_OK);
   float *g_ctx = host_from_bf16(d_ctx, per);
   char what[96];
   snprintf(what, sizeof what, "fused attention ctx (Tp %d, dh %d)", Tp, dh);
   expect_attn_rows(g_ctx, d.ctx, &c, 1e-2, what);
-  assert_int_equal(elmo_cuda_attention_fused_backward(d_qkv, d_qkv + per, d_qkv + 2 * per, d_dctx, d_mask, c.B, c.Tp,
+  assert_int_equal(elmo_cuda_attention_fused_backward(d_qkv, d_qkv + per, d_qkv + 2 * per, 0, d_dctx, d_mask, c.B, c.Tp,
                                                       c.heads, c.dh, d_dqkv, d_dqkv + per, d_dqkv + 2 * per, d_ctx2, 0,
                                                       &err), ELMO_OK);
   float *g_d = host_from_bf16(d_dqkv, 3 * per), *g_ctx2 = host_from_bf16(d_ctx2, per);
@@ -476,6 +486,29 @@ static void fused_case(int B, int T, int Tp, int heads, int dh, const int *len, 
     snprintf(what, sizeof what, "fused attention %s (Tp %d, dh %d)", names[j], Tp, dh);
     expect_attn_rows(g_d + j * per, ref[j], &c, 2e-2, what);
   }
+  /* q, k, v (and dq, dk, dv) as the column blocks of one [rows, 3 H] matrix (the encoder's layout):
+   * the same bits as the separate tensors */
+  const int H = c.H;
+  float *qi = malloc(3 * per * sizeof *qi);
+  assert_non_null(qi);
+  for (size_t r = 0; r < (size_t)c.rows; r++)
+    for (int j = 0; j < 3; j++) memcpy(qi + r * 3 * H + j * H, d.qkv + j * per + r * H, (size_t)H * sizeof *qi);
+  elmo_bf16 *d_qi = dev_bf16(qi, 3 * per), *d_ctx3 = dev_poisoned(per * 2), *d_di = dev_poisoned(3 * per * 2);
+  assert_int_equal(elmo_cuda_attention_fused_forward(d_qi, d_qi + H, d_qi + 2 * H, 3 * H, d_mask, c.B, c.Tp, c.heads,
+                                                     c.dh, d_ctx3, 0, &err), ELMO_OK);
+  float *g_ctx3 = host_from_bf16(d_ctx3, per);
+  assert_memory_equal(g_ctx3, g_ctx, per * sizeof *g_ctx);
+  assert_int_equal(elmo_cuda_attention_fused_backward(d_qi, d_qi + H, d_qi + 2 * H, 3 * H, d_dctx, d_mask, c.B, c.Tp,
+                                                      c.heads, c.dh, d_di, d_di + H, d_di + 2 * H, NULL, 0, &err),
+                   ELMO_OK);
+  float *g_di = host_from_bf16(d_di, 3 * per);
+  for (size_t r = 0; r < (size_t)c.rows; r++)
+    for (int j = 0; j < 3; j++)
+      assert_memory_equal(g_di + r * 3 * H + j * H, g_d + j * per + r * H, (size_t)H * sizeof *g_di);
+  assert_int_equal(elmo_cuda_attention_fused_forward(d_qi, d_qi + H, d_qi + 2 * H, H + 4, d_mask, c.B, c.Tp, c.heads,
+                                                     c.dh, d_ctx3, 0, &err), ELMO_EINPUT);   /* rows not 16-byte */
+  cudaFree(d_qi); cudaFree(d_ctx3); cudaFree(d_di);
+  free(qi); free(g_ctx3); free(g_di);
   cudaFree(d_mask); cudaFree(d_qkv); cudaFree(d_dctx); cudaFree(d_ctx); cudaFree(d_ctx2); cudaFree(d_dqkv);
   free(g_ctx); free(g_ctx2); free(g_d);
   attn_data_free(&d);
@@ -499,10 +532,10 @@ static void test_attention_fused(void **state) {
   elmo_err err;
   elmo_bf16 *d = dev_poisoned((size_t)4 * 136 * 64 * 2);
   uint8_t *m = dev_poisoned(136);
-  assert_int_equal(elmo_cuda_attention_fused_forward(d, d, d, m, 1, 136, 1, 64, d, 0, &err), ELMO_EINPUT);
+  assert_int_equal(elmo_cuda_attention_fused_forward(d, d, d, 0, m, 1, 136, 1, 64, d, 0, &err), ELMO_EINPUT);
   tu_assert_contains(err.msg, "Tp a multiple of 8");
-  assert_int_equal(elmo_cuda_attention_fused_backward(d, d, d, d, m, 1, 64, 8, 8, d, d, d, NULL, 0, &err), ELMO_EINPUT);
-  assert_int_equal(elmo_cuda_attention_fused_forward(d + 1, d, d, m, 1, 64, 1, 64, d, 0, &err), ELMO_EINPUT);
+  assert_int_equal(elmo_cuda_attention_fused_backward(d, d, d, 0, d, m, 1, 64, 8, 8, d, d, d, NULL, 0, &err), ELMO_EINPUT);
+  assert_int_equal(elmo_cuda_attention_fused_forward(d + 1, d, d, 0, m, 1, 64, 1, 64, d, 0, &err), ELMO_EINPUT);
   tu_assert_contains(err.msg, "16-byte aligned");
   cudaFree(d); cudaFree(m);
 }
