@@ -138,7 +138,9 @@ extern "C" void elmo_cuda_cls_init_paths(elmo_cuda_cls *c, FILE *log) {
     log_path(log, "classifier dX", &gd, "FP32 reference GEMM");
   } else if (log) {
     fprintf(log, "elmo cuda: %-22s %-22s %s\n", "classifier dX", c->dtype == ELMO_FP8 ? "bf16 x e4m3 -> fp32" : "bf16 x bf16 -> fp32",
-            c->dtype == ELMO_FP8 ? "BF16 tensor cores (mma.sync), W tiles widened in shared memory, split over labels"
+            c->dtype == ELMO_FP8 ? (elmo_cuda_cls_dx_wgmma()
+                                        ? "BF16 tensor cores (wgmma), W tiles widened in shared memory, split over labels"
+                                        : "BF16 tensor cores (mma.sync), W tiles widened in shared memory, split over labels")
                                  : "BF16 tensor cores (mma.sync), split over labels");
   }
   if (log)

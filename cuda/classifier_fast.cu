@@ -8,6 +8,9 @@
 
 #include "numerics.h"
 
+#include <stdlib.h>
+#include <string.h>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
@@ -1074,6 +1077,182 @@ static __global__ void __launch_bounds__(xcfg<DT>::THREADS, xcfg<DT>::BLOCKS_PER
     }
 }
 
+/* ---- dX on Hopper's warpgroup MMA (e4m3 weights) ----------------------------------------------
+ * The same blocks, slices and dx_part layout as dx_part_kernel<ELMO_FP8> (128 batch rows x 128
+ * features a block, X_BK labels a stage, two blocks per SM), but the products run as wgmma
+ * m64n128k16 (BF16 operands from shared memory, FP32 accumulators, asynchronous): warpgroup q takes
+ * batch rows 64 q .. 64 q + 63. Both operands K-major (K = labels) with the 128-byte swizzle: a
+ * stage of 64 labels is one 128-byte row per batch row (A = G) or feature (B = W^T), 16-byte chunk
+ * c of row r at chunk c ^ (r % 8), 8-row atoms of 1 KB (the unswizzled core-matrix layout worked
+ * but ran at 2.7 ms, bank conflicts). G's stage lands so straight from cp.async (a 16-byte piece
+ * is 8 labels of one batch row); the e4m3 weight stage [labels][features] is widened by
+ * stmatrix.trans, which writes each 8 x 8 block transposed (one feature's 8 labels as a chunk,
+ * one instruction for four blocks). While the warpgroups run stage k's wgmma,
+ * the block widens stage k + 1 into the other buffer and loads stage k + 2. sm_90a only (the
+ * host takes dx_part_kernel elsewhere); the numerics are those of the mma.sync kernel up to the
+ * order of the FP32 additions inside a stage. H100, 2026-11-27: 2.81M x B 128 1.64 -> 1.38 ms,
+ * 1.31M x B 512 3.03 -> 2.51 ms (docs/PERFORMANCE.md, fourth round). */
+#define XG_LDW8 (X_TD_FP8 + 16)                 /* bytes per row of a raw e4m3 stage (conflict-free 2-byte reads) */
+#define X_TD_FP8 128
+#define XG_G_BYTES (X_TB * X_BK * 2)            /* 16 KB, swizzled rows */
+#define XG_W8_BYTES (X_BK * XG_LDW8)
+#define XG_STAGE (XG_G_BYTES + XG_W8_BYTES)
+#define XG_NST 3
+#define XG_WB_BYTES (X_TD_FP8 * X_BK * 2)      /* 16 KB widened, swizzled rows */
+static constexpr size_t dxg_smem_bytes() { return (size_t)XG_NST * XG_STAGE + 2 * XG_WB_BYTES + 1024; }
+static_assert(XG_STAGE % 1024 == 0 && XG_G_BYTES % 1024 == 0, "swizzle atoms stay 1 KB aligned");
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define ELMO_HAVE_WGMMA 1
+/* Shared-memory matrix descriptor of a K-major operand with 128-byte swizzle: rows of 128 bytes
+ * (64 bf16 along K), 8-row atoms of 1024 bytes (SBO), the 16-byte chunk c of row r stored at chunk
+ * c ^ (r % 8); atoms 1024-byte aligned. A k16 step inside the row advances the start by 32 bytes. */
+static __device__ __forceinline__ uint64_t wg_desc(const void *p) {
+  return (uint64_t)((smem_addr(p) & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
+         ((uint64_t)1 << 62);
+}
+static __device__ __forceinline__ void wg_fence_proxy() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+static __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+static __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> static __device__ __forceinline__ void wg_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+/* d[64] += A (64 x 16, desc a) B^T (128 x 16, desc b), both K-major bf16. */
+static __device__ __forceinline__ void wgmma_m64n128k16(float d[64], uint64_t a, uint64_t b) {
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %66, 0;\n wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+               : "l"(a), "l"(b), "r"(1));
+}
+/* Keeps the compiler from touching the accumulators between an asynchronous wgmma and its wait. */
+static __device__ __forceinline__ void wg_pin(float d[64]) {
+#pragma unroll
+  for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+/* Four 8 x 8 b16 matrices from registers, each stored transposed; lanes 8i..8i+7 give the row addresses of
+ * matrix i (row j of the stored matrix = column j of the fragment). */
+static __device__ __forceinline__ void stsm_x4_t(void *p, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_addr(p)), "r"(r0),
+               "r"(r1), "r"(r2), "r"(r3)
+               : "memory");
+}
+/* Two e4m3 codes -> bf16x2 (low first), exact, through f16 and FP32. */
+static __device__ __forceinline__ uint32_t fp8x2_to_bf16x2_cvt(uint32_t pair) {
+  const float2 f = fp8x2_to_f32(pair);
+  uint32_t r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(f.y), "f"(f.x));
+  return r;
+}
+#endif
+
+/* The raw e4m3 stage [X_BK labels][128 features] (rows XG_LDW8 bytes) into wb as the K-major B
+ * operand (a 128-byte row of labels per feature, swizzled): warp w writes features 16 w .. 16 w + 15. */
+#if defined(ELMO_HAVE_WGMMA)
+static __device__ __forceinline__ void xg_widen(const uint8_t *sw8, uint8_t *wb) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int q = 0; q < 4; q++) {
+    const int fb = 2 * warp + (q >> 1), lb0 = 4 * (q & 1);
+    uint32_t r[4];
+#pragma unroll
+    for (int m = 0; m < 4; m++) { /* fragment row = label, columns = features 2 (lane % 4), + 1 */
+      const int label = 8 * (lb0 + m) + (lane >> 2);
+      r[m] = fp8x2_to_bf16x2_cvt(*(const uint16_t *)(sw8 + label * XG_LDW8 + 8 * fb + 2 * (lane & 3)));
+    }
+    /* matrix m = labels 8 (lb0 + m) .., features 8 fb ..: its stored row j is feature f = 8 fb + j, chunk
+     * lb0 + m of that 128-byte row, swizzled */
+    const int j = lane & 7, f = 8 * fb + j;
+    stsm_x4_t(wb + f * 128 + (((lb0 + (lane >> 3)) ^ j) << 4), r[0], r[1], r[2], r[3]);
+  }
+}
+
+/* Stage of labels j.. (below jend): G rows b0.. as the K-major A operand (row r: 128 bytes, labels
+ * 8 c .. 8 c + 7 in chunk c ^ (r % 8)), weights raw. */
+static __device__ __forceinline__ void xg_load_stage(const dx_args &a, int64_t b0, int64_t k0, int64_t j, int64_t jend,
+                                                     uint8_t *sg, uint8_t *sw) {
+#pragma unroll
+  for (int q = 0; q < X_TB * (X_BK / 8) / 256; q++) {
+    const int i = threadIdx.x + 256 * q, r = i >> 3, c = i & 7;
+    const bool v = b0 + r < a.B && j + 8 * c < jend;
+    cp_async16(sg + r * 128 + ((c ^ (r & 7)) << 4), v ? a.G + (b0 + r) * a.n + j + 8 * c : a.G, v);
+  }
+#pragma unroll
+  for (int q = 0; q < X_BK * (X_TD_FP8 / 16) / 256; q++) {
+    const int i = threadIdx.x + 256 * q, r = i >> 3, c = i & 7;
+    const bool v = j + r < jend && k0 + 16 * c < a.d;
+    cp_async16(sw + r * XG_LDW8 + 16 * c, v ? (const uint8_t *)a.W + (a.l0 + j + r) * a.d + k0 + 16 * c : a.W, v);
+  }
+}
+#endif
+
+static __global__ void __launch_bounds__(256, 2) dx_wgmma_kernel(dx_args a) {
+#if defined(ELMO_HAVE_WGMMA)
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  uint8_t *smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);   /* swizzle atoms: 1 KB aligned */
+  const int64_t b0 = (int64_t)(blockIdx.x / a.d_tiles) * X_TB, k0 = (int64_t)(blockIdx.x % a.d_tiles) * X_TD_FP8;
+  const int64_t jb = (int64_t)blockIdx.y * a.per, je = min64d(a.n, jb + a.per);
+  const int nk = je > jb ? (int)((je - jb + X_BK - 1) / X_BK) : 0;
+  uint8_t *wbuf = smem + XG_NST * XG_STAGE;
+#define XG_SG(s) (smem + (s) * XG_STAGE)
+#define XG_SW(s) (smem + (s) * XG_STAGE + XG_G_BYTES)
+  const int wgi = threadIdx.x >> 7;                 /* warpgroup: batch rows 64 wgi .. */
+  float acc[64];
+#pragma unroll
+  for (int i = 0; i < 64; i++) acc[i] = 0.0f;
+  if (nk > 0) xg_load_stage(a, b0, k0, jb, je, XG_SG(0), XG_SW(0));
+  cp_async_commit();
+  if (nk > 1) xg_load_stage(a, b0, k0, jb + X_BK, je, XG_SG(1), XG_SW(1));
+  cp_async_commit();
+  cp_async_wait<1>();
+  __syncthreads();
+  if (nk > 0) xg_widen(XG_SW(0), wbuf);
+  for (int kt = 0; kt < nk; kt++) {
+    /* stage kt: G in slot kt % 3 (landed), weights widened in wbuf[kt & 1] by every thread */
+    wg_fence_proxy();
+    __syncthreads();
+    wg_fence();
+    wg_pin(acc);
+    const uint8_t *ga = XG_SG(kt % XG_NST) + wgi * 64 * 128, *wb = wbuf + (kt & 1) * XG_WB_BYTES;
+#pragma unroll
+    for (int kk = 0; kk < X_BK / 16; kk++) wgmma_m64n128k16(acc, wg_desc(ga + kk * 32), wg_desc(wb + kk * 32));
+    wg_commit();
+    /* meanwhile: stage kt + 2 into the slot of stage kt - 1 (its wgmma finished before the barrier
+     * above), and stage kt + 1 widened into the other buffer (read by wgmma kt - 1) */
+    const int nx = kt + 2;
+    if (nx < nk) xg_load_stage(a, b0, k0, jb + (int64_t)nx * X_BK, je, XG_SG(nx % XG_NST), XG_SW(nx % XG_NST));
+    cp_async_commit();
+    if (kt + 1 < nk) {
+      cp_async_wait<1>();
+      __syncthreads();
+      xg_widen(XG_SW((kt + 1) % XG_NST), wbuf + ((kt + 1) & 1) * XG_WB_BYTES);
+    }
+    wg_wait<0>();
+    wg_pin(acc);
+  }
+#undef XG_SG
+#undef XG_SW
+  cp_async_wait<0>();
+  const int lane = threadIdx.x & 31, w4 = (threadIdx.x >> 5) & 3, g = lane >> 2, t = lane & 3;
+  float *part = a.part + (int64_t)blockIdx.y * a.B_cap * a.d;
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    const int64_t b = b0 + 64 * wgi + 16 * w4 + g + 8 * h;
+    if (b >= a.B) continue;
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+      const int64_t k = k0 + 8 * j + 2 * t;
+      if (k >= a.d) continue;
+      float2 *p = (float2 *)(part + b * a.d + k), v = make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+      if (a.accumulate) {
+        const float2 o = *p;
+        v.x = o.x + v.x;
+        v.y = o.y + v.y;
+      }
+      *p = v;
+    }
+  }
+#endif
+}
+
 /* dX[i] += part[0][i] + part[1][i] + ... (in this order), four floats per thread. */
 static __global__ void __launch_bounds__(256) dx_reduce_kernel(const float4 *part, int64_t n4, int64_t stride4,
                                                                int64_t slices, float4 *dX) {
@@ -1107,6 +1286,32 @@ static void launch_dx(const dx_args &a, dim3 grid, cudaStream_t s) {
   ELMO_LAUNCH_CHECK();
 }
 
+/* 0: the mma.sync kernel; 1: dx_wgmma_kernel (a device of compute capability 9.0, the sm_90a code).
+ * ELMO_DX_WGMMA=0 in the environment selects the first. */
+extern "C" int elmo_cuda_cls_dx_wgmma(void) {
+  static int sm90 = -1; /* the device's capability, once; the environment on every call (tests switch it) */
+  if (sm90 < 0) {
+    int dev = 0, major = 0, minor = 0;
+    ELMO_CUDA_CHECK(cudaGetDevice(&dev));
+    ELMO_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    ELMO_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+    sm90 = major == 9 && minor == 0;
+  }
+  const char *e = getenv("ELMO_DX_WGMMA");
+  return sm90 && !(e && strcmp(e, "0") == 0);
+}
+
+static void launch_dx_wgmma(const dx_args &a, dim3 grid, cudaStream_t s) {
+  const size_t smem = dxg_smem_bytes();
+  static bool attr_set = false;
+  if (!attr_set) {
+    ELMO_CUDA_CHECK(cudaFuncSetAttribute(dx_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    attr_set = true;
+  }
+  dx_wgmma_kernel<<<grid, 256, smem, s>>>(a);
+  ELMO_LAUNCH_CHECK();
+}
+
 extern "C" void elmo_cuda_cls_dx_part(const elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, int accumulate,
                                       cudaStream_t s) {
   if (B <= 0) return;
@@ -1126,7 +1331,9 @@ extern "C" void elmo_cuda_cls_dx_part(const elmo_cuda_cls *c, int64_t B, int64_t
   a.per = (steps + c->dx_slices - 1) / c->dx_slices * X_BK;
   if (a.per < X_BK) a.per = X_BK;
   dim3 grid((unsigned)((B + X_TB - 1) / X_TB * a.d_tiles), (unsigned)c->dx_slices);
-  if (c->dtype == ELMO_FP8) launch_dx<ELMO_FP8>(a, grid, s);
+  const int wg = c->dtype == ELMO_FP8 ? elmo_cuda_cls_dx_wgmma() : 0;
+  if (wg) launch_dx_wgmma(a, grid, s);
+  else if (c->dtype == ELMO_FP8) launch_dx<ELMO_FP8>(a, grid, s);
   else launch_dx<ELMO_BF16>(a, grid, s);
 }
 

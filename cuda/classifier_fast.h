@@ -18,8 +18,10 @@
  *   dX:     split over labels (K): block (batch tile, feature tile, slice s) sums G W over its
  *           labels into dx_part[s] (overwrites or adds, a fixed assignment, no atomics); e4m3
  *           tiles (128 features, 8 warps) are widened to BF16 in shared memory, bf16 tiles take
- *           256 features with 16 warps (fewer reads of each G tile). elmo_cuda_cls_dx_reduce then
- *           adds the slices in order into dX, so the result does not depend on scheduling.
+ *           256 features with 16 warps (fewer reads of each G tile). On compute capability 9.0
+ *           the e4m3 blocks run on wgmma instead of mma.sync (elmo_cuda_cls_dx_wgmma). Then
+ *           elmo_cuda_cls_dx_reduce adds the slices in order into dX, so the result does not
+ *           depend on scheduling.
  * Weights e4m3 or bf16 (fp32 reference weights take the cuBLASLt path in classifier.cu); the
  * update also takes fp32 weights (G in FP32 holding bf16 values). */
 #ifndef ELMO_CUDA_CLASSIFIER_FAST_H
@@ -39,6 +41,9 @@ int64_t elmo_cuda_cls_dx_slices(elmo_dtype dt, int64_t B_cap, int64_t d);
 /* dx_part[s] (+ when accumulate) = G[:, slice s] W[l0 + slice s] for the n labels from l0. */
 void elmo_cuda_cls_dx_part(const elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, int accumulate,
                            cudaStream_t s);
+/* 1 when the e4m3 dX blocks run on Hopper's warpgroup MMA (a device of compute capability 9.0,
+ * unless ELMO_DX_WGMMA=0 is set in the environment), 0 for the mma.sync kernel. */
+int elmo_cuda_cls_dx_wgmma(void);
 /* dX[B, d] += sum over s in order of dx_part[s]. */
 void elmo_cuda_cls_dx_reduce(const elmo_cuda_cls *c, int64_t B, float *dX, cudaStream_t s);
 /* W[l0:l0+n] <- SR(W - lr (G^T Xq + wd W)) with G in c->z [round16(B), n]. */
