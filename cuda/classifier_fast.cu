@@ -1078,10 +1078,10 @@ static __global__ void __launch_bounds__(xcfg<DT>::THREADS, xcfg<DT>::BLOCKS_PER
 }
 
 /* ---- dX on Hopper's warpgroup MMA (e4m3 weights) ----------------------------------------------
- * The same blocks, slices and dx_part layout as dx_part_kernel<ELMO_FP8> (128 batch rows x 128
- * features a block, X_BK labels a stage, two blocks per SM), but the products run as wgmma
- * m64n128k16 (BF16 operands from shared memory, FP32 accumulators, asynchronous): warpgroup q takes
- * batch rows 64 q .. 64 q + 63. Both operands K-major (K = labels) with the 128-byte swizzle: a
+ * The same slices and dx_part layout as dx_part_kernel<ELMO_FP8> (128 batch rows a block, X_BK
+ * labels a stage), but the products run as wgmma m64nTDk16 (BF16 operands from shared memory, FP32
+ * accumulators, asynchronous; TD = 128 features a block, two blocks per SM, or 256, one block per
+ * SM and half the reads of each G stage): warpgroup q takes batch rows 64 q .. 64 q + 63. Both operands K-major (K = labels) with the 128-byte swizzle: a
  * stage of 64 labels is one 128-byte row per batch row (A = G) or feature (B = W^T), 16-byte chunk
  * c of row r at chunk c ^ (r % 8), 8-row atoms of 1 KB (the unswizzled core-matrix layout worked
  * but ran at 2.7 ms, bank conflicts). G's stage lands so straight from cp.async (a 16-byte piece
@@ -1092,15 +1092,16 @@ static __global__ void __launch_bounds__(xcfg<DT>::THREADS, xcfg<DT>::BLOCKS_PER
  * host takes dx_part_kernel elsewhere); the numerics are those of the mma.sync kernel up to the
  * order of the FP32 additions inside a stage. H100, 2026-11-27: 2.81M x B 128 1.64 -> 1.38 ms,
  * 1.31M x B 512 3.03 -> 2.51 ms (docs/PERFORMANCE.md, fourth round). */
-#define XG_LDW8 (X_TD_FP8 + 16)                 /* bytes per row of a raw e4m3 stage (conflict-free 2-byte reads) */
-#define X_TD_FP8 128
+/* TD features a block: 128 (two blocks per SM) or 256 (m64n256, one block per SM, each G stage read
+ * by half as many blocks). */
 #define XG_G_BYTES (X_TB * X_BK * 2)            /* 16 KB, swizzled rows */
-#define XG_W8_BYTES (X_BK * XG_LDW8)
-#define XG_STAGE (XG_G_BYTES + XG_W8_BYTES)
 #define XG_NST 3
-#define XG_WB_BYTES (X_TD_FP8 * X_BK * 2)      /* 16 KB widened, swizzled rows */
-static constexpr size_t dxg_smem_bytes() { return (size_t)XG_NST * XG_STAGE + 2 * XG_WB_BYTES + 1024; }
-static_assert(XG_STAGE % 1024 == 0 && XG_G_BYTES % 1024 == 0, "swizzle atoms stay 1 KB aligned");
+static constexpr __host__ __device__ int xg_ldw8(int td) { return td + 16; } /* raw e4m3 row: conflict-free 2-byte reads */
+static constexpr __host__ __device__ size_t xg_stage(int td) { return XG_G_BYTES + (size_t)X_BK * xg_ldw8(td); }
+static constexpr __host__ __device__ size_t xg_wb_bytes(int td) { return (size_t)td * X_BK * 2; } /* widened, swizzled */
+static constexpr size_t dxg_smem_bytes(int td) { return XG_NST * xg_stage(td) + 2 * xg_wb_bytes(td) + 1024; }
+static_assert(xg_stage(128) % 1024 == 0 && xg_stage(256) % 1024 == 0 && XG_G_BYTES % 1024 == 0,
+              "swizzle atoms stay 1 KB aligned");
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define ELMO_HAVE_WGMMA 1
@@ -1117,16 +1118,25 @@ static __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_
 template <int N> static __device__ __forceinline__ void wg_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
-/* d[64] += A (64 x 16, desc a) B^T (128 x 16, desc b), both K-major bf16. */
+/* d[N / 2] += A (64 x 16, desc a) B^T (N x 16, desc b), both K-major bf16. */
 static __device__ __forceinline__ void wgmma_m64n128k16(float d[64], uint64_t a, uint64_t b) {
   asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %66, 0;\n wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
                : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
                : "l"(a), "l"(b), "r"(1));
 }
+static __device__ __forceinline__ void wgmma_m64n256k16(float d[128], uint64_t a, uint64_t b) {
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %130, 0;\n wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 0;\n}\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+               : "l"(a), "l"(b), "r"(1));
+}
+template <int N> static __device__ __forceinline__ void wgmma_k16(float d[N / 2], uint64_t a, uint64_t b) {
+  if constexpr (N == 128) wgmma_m64n128k16(d, a, b);
+  else wgmma_m64n256k16(d, a, b);
+}
 /* Keeps the compiler from touching the accumulators between an asynchronous wgmma and its wait. */
-static __device__ __forceinline__ void wg_pin(float d[64]) {
+template <int K> static __device__ __forceinline__ void wg_pin(float d[K]) {
 #pragma unroll
-  for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[i])::"memory");
+  for (int i = 0; i < K; i++) asm volatile("" : "+f"(d[i])::"memory");
 }
 /* Four 8 x 8 b16 matrices from registers, each stored transposed; lanes 8i..8i+7 give the row addresses of
  * matrix i (row j of the stored matrix = column j of the fragment). */
@@ -1144,19 +1154,21 @@ static __device__ __forceinline__ uint32_t fp8x2_to_bf16x2_cvt(uint32_t pair) {
 }
 #endif
 
-/* The raw e4m3 stage [X_BK labels][128 features] (rows XG_LDW8 bytes) into wb as the K-major B
- * operand (a 128-byte row of labels per feature, swizzled): warp w writes features 16 w .. 16 w + 15. */
+/* The raw e4m3 stage [X_BK labels][TD features] (rows xg_ldw8 bytes) into wb as the K-major B
+ * operand (a 128-byte row of labels per feature, swizzled): warp w writes feature blocks
+ * (TD / 64) w .. of 8 features. */
 #if defined(ELMO_HAVE_WGMMA)
+template <int TD>
 static __device__ __forceinline__ void xg_widen(const uint8_t *sw8, uint8_t *wb) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
-  for (int q = 0; q < 4; q++) {
-    const int fb = 2 * warp + (q >> 1), lb0 = 4 * (q & 1);
+  for (int q = 0; q < TD / 32; q++) {
+    const int fb = (TD / 64) * warp + (q >> 1), lb0 = 4 * (q & 1);
     uint32_t r[4];
 #pragma unroll
     for (int m = 0; m < 4; m++) { /* fragment row = label, columns = features 2 (lane % 4), + 1 */
       const int label = 8 * (lb0 + m) + (lane >> 2);
-      r[m] = fp8x2_to_bf16x2_cvt(*(const uint16_t *)(sw8 + label * XG_LDW8 + 8 * fb + 2 * (lane & 3)));
+      r[m] = fp8x2_to_bf16x2_cvt(*(const uint16_t *)(sw8 + label * xg_ldw8(TD) + 8 * fb + 2 * (lane & 3)));
     }
     /* matrix m = labels 8 (lb0 + m) .., features 8 fb ..: its stored row j is feature f = 8 fb + j, chunk
      * lb0 + m of that 128-byte row, swizzled */
@@ -1167,6 +1179,7 @@ static __device__ __forceinline__ void xg_widen(const uint8_t *sw8, uint8_t *wb)
 
 /* Stage of labels j.. (below jend): G rows b0.. as the K-major A operand (row r: 128 bytes, labels
  * 8 c .. 8 c + 7 in chunk c ^ (r % 8)), weights raw. */
+template <int TD>
 static __device__ __forceinline__ void xg_load_stage(const dx_args &a, int64_t b0, int64_t k0, int64_t j, int64_t jend,
                                                      uint8_t *sg, uint8_t *sw) {
 #pragma unroll
@@ -1176,57 +1189,59 @@ static __device__ __forceinline__ void xg_load_stage(const dx_args &a, int64_t b
     cp_async16(sg + r * 128 + ((c ^ (r & 7)) << 4), v ? a.G + (b0 + r) * a.n + j + 8 * c : a.G, v);
   }
 #pragma unroll
-  for (int q = 0; q < X_BK * (X_TD_FP8 / 16) / 256; q++) {
-    const int i = threadIdx.x + 256 * q, r = i >> 3, c = i & 7;
+  for (int q = 0; q < X_BK * (TD / 16) / 256; q++) {
+    const int i = threadIdx.x + 256 * q, r = i / (TD / 16), c = i % (TD / 16);
     const bool v = j + r < jend && k0 + 16 * c < a.d;
-    cp_async16(sw + r * XG_LDW8 + 16 * c, v ? (const uint8_t *)a.W + (a.l0 + j + r) * a.d + k0 + 16 * c : a.W, v);
+    cp_async16(sw + r * xg_ldw8(TD) + 16 * c, v ? (const uint8_t *)a.W + (a.l0 + j + r) * a.d + k0 + 16 * c : a.W, v);
   }
 }
 #endif
 
-static __global__ void __launch_bounds__(256, 2) dx_wgmma_kernel(dx_args a) {
+template <int TD>
+static __global__ void __launch_bounds__(256, TD == 128 ? 2 : 1) dx_wgmma_kernel(dx_args a) {
 #if defined(ELMO_HAVE_WGMMA)
   extern __shared__ __align__(16) uint8_t smem_raw[];
   uint8_t *smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);   /* swizzle atoms: 1 KB aligned */
-  const int64_t b0 = (int64_t)(blockIdx.x / a.d_tiles) * X_TB, k0 = (int64_t)(blockIdx.x % a.d_tiles) * X_TD_FP8;
+  const int64_t b0 = (int64_t)(blockIdx.x / a.d_tiles) * X_TB, k0 = (int64_t)(blockIdx.x % a.d_tiles) * TD;
   const int64_t jb = (int64_t)blockIdx.y * a.per, je = min64d(a.n, jb + a.per);
   const int nk = je > jb ? (int)((je - jb + X_BK - 1) / X_BK) : 0;
-  uint8_t *wbuf = smem + XG_NST * XG_STAGE;
-#define XG_SG(s) (smem + (s) * XG_STAGE)
-#define XG_SW(s) (smem + (s) * XG_STAGE + XG_G_BYTES)
+  uint8_t *wbuf = smem + XG_NST * xg_stage(TD);
+#define XG_SG(s) (smem + (s) * xg_stage(TD))
+#define XG_SW(s) (smem + (s) * xg_stage(TD) + XG_G_BYTES)
   const int wgi = threadIdx.x >> 7;                 /* warpgroup: batch rows 64 wgi .. */
-  float acc[64];
+  constexpr int NACC = TD / 2;
+  float acc[NACC];
 #pragma unroll
-  for (int i = 0; i < 64; i++) acc[i] = 0.0f;
-  if (nk > 0) xg_load_stage(a, b0, k0, jb, je, XG_SG(0), XG_SW(0));
+  for (int i = 0; i < NACC; i++) acc[i] = 0.0f;
+  if (nk > 0) xg_load_stage<TD>(a, b0, k0, jb, je, XG_SG(0), XG_SW(0));
   cp_async_commit();
-  if (nk > 1) xg_load_stage(a, b0, k0, jb + X_BK, je, XG_SG(1), XG_SW(1));
+  if (nk > 1) xg_load_stage<TD>(a, b0, k0, jb + X_BK, je, XG_SG(1), XG_SW(1));
   cp_async_commit();
   cp_async_wait<1>();
   __syncthreads();
-  if (nk > 0) xg_widen(XG_SW(0), wbuf);
+  if (nk > 0) xg_widen<TD>(XG_SW(0), wbuf);
   for (int kt = 0; kt < nk; kt++) {
     /* stage kt: G in slot kt % 3 (landed), weights widened in wbuf[kt & 1] by every thread */
     wg_fence_proxy();
     __syncthreads();
     wg_fence();
-    wg_pin(acc);
-    const uint8_t *ga = XG_SG(kt % XG_NST) + wgi * 64 * 128, *wb = wbuf + (kt & 1) * XG_WB_BYTES;
+    wg_pin<NACC>(acc);
+    const uint8_t *ga = XG_SG(kt % XG_NST) + wgi * 64 * 128, *wb = wbuf + (kt & 1) * xg_wb_bytes(TD);
 #pragma unroll
-    for (int kk = 0; kk < X_BK / 16; kk++) wgmma_m64n128k16(acc, wg_desc(ga + kk * 32), wg_desc(wb + kk * 32));
+    for (int kk = 0; kk < X_BK / 16; kk++) wgmma_k16<TD>(acc, wg_desc(ga + kk * 32), wg_desc(wb + kk * 32));
     wg_commit();
     /* meanwhile: stage kt + 2 into the slot of stage kt - 1 (its wgmma finished before the barrier
      * above), and stage kt + 1 widened into the other buffer (read by wgmma kt - 1) */
     const int nx = kt + 2;
-    if (nx < nk) xg_load_stage(a, b0, k0, jb + (int64_t)nx * X_BK, je, XG_SG(nx % XG_NST), XG_SW(nx % XG_NST));
+    if (nx < nk) xg_load_stage<TD>(a, b0, k0, jb + (int64_t)nx * X_BK, je, XG_SG(nx % XG_NST), XG_SW(nx % XG_NST));
     cp_async_commit();
     if (kt + 1 < nk) {
       cp_async_wait<1>();
       __syncthreads();
-      xg_widen(XG_SW((kt + 1) % XG_NST), wbuf + ((kt + 1) & 1) * XG_WB_BYTES);
+      xg_widen<TD>(XG_SW((kt + 1) % XG_NST), wbuf + ((kt + 1) & 1) * xg_wb_bytes(TD));
     }
     wg_wait<0>();
-    wg_pin(acc);
+    wg_pin<NACC>(acc);
   }
 #undef XG_SG
 #undef XG_SW
@@ -1238,7 +1253,7 @@ static __global__ void __launch_bounds__(256, 2) dx_wgmma_kernel(dx_args a) {
     const int64_t b = b0 + 64 * wgi + 16 * w4 + g + 8 * h;
     if (b >= a.B) continue;
 #pragma unroll
-    for (int j = 0; j < 16; j++) {
+    for (int j = 0; j < TD / 8; j++) {
       const int64_t k = k0 + 8 * j + 2 * t;
       if (k >= a.d) continue;
       float2 *p = (float2 *)(part + b * a.d + k), v = make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
@@ -1301,15 +1316,30 @@ extern "C" int elmo_cuda_cls_dx_wgmma(void) {
   return sm90 && !(e && strcmp(e, "0") == 0);
 }
 
-static void launch_dx_wgmma(const dx_args &a, dim3 grid, cudaStream_t s) {
-  const size_t smem = dxg_smem_bytes();
+template <int TD> static void launch_dx_wgmma_td(const dx_args &a, dim3 grid, cudaStream_t s) {
+  const size_t smem = dxg_smem_bytes(TD);
   static bool attr_set = false;
   if (!attr_set) {
-    ELMO_CUDA_CHECK(cudaFuncSetAttribute(dx_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    ELMO_CUDA_CHECK(cudaFuncSetAttribute(dx_wgmma_kernel<TD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     attr_set = true;
   }
-  dx_wgmma_kernel<<<grid, 256, smem, s>>>(a);
+  dx_wgmma_kernel<TD><<<grid, 256, smem, s>>>(a);
   ELMO_LAUNCH_CHECK();
+}
+
+/* Feature tile of the wgmma kernel: 256 for one batch tile (B <= 128), else 128; ELMO_DX_WGMMA=128 or
+ * 256 in the environment forces one. The slice count stays the mma.sync kernel's (dx_part's shape):
+ * 256-feature tiles make half the blocks. H100, 2026-11-27 (dX ms, 128 / 256 features): 2.81M x B 128
+ * whole chunk 1.40 / 1.43, in 8 chunks 1.80 / 1.69; 1.31M x B 512 2.53 / 2.60. */
+static void launch_dx_wgmma(dx_args a, int64_t B, int slices, cudaStream_t s) {
+  const char *e = getenv("ELMO_DX_WGMMA");
+  int td = B <= X_TB ? 256 : 128;
+  if (e && strcmp(e, "128") == 0) td = 128;
+  if (e && strcmp(e, "256") == 0) td = 256;
+  a.d_tiles = (int)((a.d + td - 1) / td);
+  const dim3 grid((unsigned)((B + X_TB - 1) / X_TB * a.d_tiles), (unsigned)slices);
+  if (td == 128) launch_dx_wgmma_td<128>(a, grid, s);
+  else launch_dx_wgmma_td<256>(a, grid, s);
 }
 
 extern "C" void elmo_cuda_cls_dx_part(const elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, int accumulate,
@@ -1332,7 +1362,7 @@ extern "C" void elmo_cuda_cls_dx_part(const elmo_cuda_cls *c, int64_t B, int64_t
   if (a.per < X_BK) a.per = X_BK;
   dim3 grid((unsigned)((B + X_TB - 1) / X_TB * a.d_tiles), (unsigned)c->dx_slices);
   const int wg = c->dtype == ELMO_FP8 ? elmo_cuda_cls_dx_wgmma() : 0;
-  if (wg) launch_dx_wgmma(a, grid, s);
+  if (wg) launch_dx_wgmma(a, B, (int)c->dx_slices, s);
   else if (c->dtype == ELMO_FP8) launch_dx<ELMO_FP8>(a, grid, s);
   else launch_dx<ELMO_BF16>(a, grid, s);
 }

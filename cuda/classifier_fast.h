@@ -42,7 +42,8 @@ int64_t elmo_cuda_cls_dx_slices(elmo_dtype dt, int64_t B_cap, int64_t d);
 void elmo_cuda_cls_dx_part(const elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, int accumulate,
                            cudaStream_t s);
 /* 1 when the e4m3 dX blocks run on Hopper's warpgroup MMA (a device of compute capability 9.0,
- * unless ELMO_DX_WGMMA=0 is set in the environment), 0 for the mma.sync kernel. */
+ * unless ELMO_DX_WGMMA=0 is set in the environment; =128 or =256 forces its feature tile, which is
+ * otherwise 256 for batches up to 128 rows and 128 above), 0 for the mma.sync kernel. */
 int elmo_cuda_cls_dx_wgmma(void);
 /* dX[B, d] += sum over s in order of dx_part[s]. */
 void elmo_cuda_cls_dx_reduce(const elmo_cuda_cls *c, int64_t B, float *dX, cudaStream_t s);

@@ -535,15 +535,19 @@ static void test_cls_ops_fp8(void **state) {
   run_cls_ops((cls_case){.dt = ELMO_FP8, .fp8_input = 0, .L = 700, .d = 384, .B = 130, .chunk = 512, .n_head = 3, .seed = 11});
 }
 
-/* The e4m3 dX on both kernels where the device has two (wgmma on compute capability 9.0, else
- * mma.sync only): the cases above ran the default; these run the mma.sync one. */
-static void test_cls_ops_fp8_mma_sync(void **state) {
+/* The e4m3 dX on every kernel where the device has several (on compute capability 9.0: wgmma with
+ * 128- and 256-feature tiles, and mma.sync; elsewhere mma.sync only): the cases above ran the
+ * default choice; these force each one. */
+static void test_cls_ops_fp8_dx_kernels(void **state) {
   (void)state;
   if (!elmo_cuda_cls_dx_wgmma()) skip();
-  setenv("ELMO_DX_WGMMA", "0", 1);
-  assert_int_equal(elmo_cuda_cls_dx_wgmma(), 0);
-  run_cls_ops((cls_case){.dt = ELMO_FP8, .fp8_input = 1, .L = 300, .d = 64, .B = 37, .chunk = 128, .n_head = 5, .seed = 1});
-  run_cls_ops((cls_case){.dt = ELMO_FP8, .fp8_input = 0, .L = 700, .d = 384, .B = 130, .chunk = 512, .n_head = 3, .seed = 11});
+  static const char *const modes[3] = {"0", "128", "256"};
+  for (int m = 0; m < 3; m++) {
+    setenv("ELMO_DX_WGMMA", modes[m], 1);
+    assert_int_equal(elmo_cuda_cls_dx_wgmma(), m > 0);
+    run_cls_ops((cls_case){.dt = ELMO_FP8, .fp8_input = 1, .L = 300, .d = 64, .B = 37, .chunk = 128, .n_head = 5, .seed = 1});
+    run_cls_ops((cls_case){.dt = ELMO_FP8, .fp8_input = 0, .L = 700, .d = 384, .B = 130, .chunk = 512, .n_head = 3, .seed = 11});
+  }
   unsetenv("ELMO_DX_WGMMA");
 }
 
@@ -889,7 +893,7 @@ int main(void) {
   }
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_cast_input), cmocka_unit_test(test_cls_sr_twins), cmocka_unit_test(test_cls_ops_fp8),
-      cmocka_unit_test(test_cls_ops_fp8_mma_sync), cmocka_unit_test(test_cls_ops_bf16),
+      cmocka_unit_test(test_cls_ops_fp8_dx_kernels), cmocka_unit_test(test_cls_ops_bf16),
     cmocka_unit_test(test_cls_ops_fp32), cmocka_unit_test(test_cls_step), cmocka_unit_test(test_topk),
     cmocka_unit_test(test_sparse_encoder), cmocka_unit_test(test_adamw), cmocka_unit_test(test_dropout),
   };
