@@ -42,6 +42,10 @@ extern "C" void elmo_cuda_cls_layout(elmo_cuda_cls *c, elmo_pool *p) {
   c->Xq8 = c->fp8_input ? (uint8_t *)elmo_pool_take(p, bd, ELMO_MEM_ACTIVATIONS) : NULL;
   c->Xq16 = (uint16_t *)elmo_pool_take(p, bd * 2, ELMO_MEM_ACTIVATIONS);
   c->Xp16 = (uint16_t *)elmo_pool_take(p, (size_t)(c->B_cap * elmo_cuda_cls_xp_cols(c->d)) * 2, ELMO_MEM_ACTIVATIONS);
+  c->Xt16 = c->dtype == ELMO_FP8 && c->B_cap > 128
+                ? (uint16_t *)elmo_pool_take(p, (size_t)(elmo_cuda_cls_xp_cols(c->d) * elmo_cuda_cls_xt_cols(c->B_cap)) * 2,
+                                             ELMO_MEM_ACTIVATIONS)
+                : NULL;
   c->Xq32 = c->dtype == ELMO_F32 ? (float *)elmo_pool_take(p, bd * 4, ELMO_MEM_ACTIVATIONS) : NULL;
   c->z_bytes = z_bytes_for(c->dtype, c->B_cap, c->chunk);
   c->z = elmo_pool_take(p, c->z_bytes, ELMO_MEM_CHUNK);

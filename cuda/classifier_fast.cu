@@ -82,6 +82,66 @@ static __device__ __forceinline__ void load_b_frags(uint32_t bf[4][2], const uin
   }
 }
 
+/* ---- Hopper warpgroup MMA (sm_90a code only) ------------------------------------------------ */
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define ELMO_HAVE_WGMMA 1
+/* Shared-memory matrix descriptor of a K-major operand with 128-byte swizzle: rows of 128 bytes
+ * (64 bf16 along K), 8-row atoms of 1024 bytes (SBO), the 16-byte chunk c of row r stored at chunk
+ * c ^ (r % 8); atoms 1024-byte aligned. A k16 step inside the row advances the start by 32 bytes. */
+static __device__ __forceinline__ uint64_t wg_desc(const void *p) {
+  return (uint64_t)((smem_addr(p) & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
+         ((uint64_t)1 << 62);
+}
+static __device__ __forceinline__ void wg_fence_proxy() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+static __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+static __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> static __device__ __forceinline__ void wg_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+/* d[N / 2] += A (64 x 16, desc a) B^T (N x 16, desc b), both K-major bf16. */
+static __device__ __forceinline__ void wgmma_m64n128k16(float d[64], uint64_t a, uint64_t b) {
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %66, 0;\n wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+               : "l"(a), "l"(b), "r"(1));
+}
+static __device__ __forceinline__ void wgmma_m64n256k16(float d[128], uint64_t a, uint64_t b) {
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %130, 0;\n wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 0;\n}\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+               : "l"(a), "l"(b), "r"(1));
+}
+template <int N> static __device__ __forceinline__ void wgmma_k16(float d[N / 2], uint64_t a, uint64_t b) {
+  if constexpr (N == 128) wgmma_m64n128k16(d, a, b);
+  else wgmma_m64n256k16(d, a, b);
+}
+/* d[64] += A (64 x 16 from registers: each warp's 16 rows as an mma.m16n8k16 A fragment) B^T (128 x 16,
+ * desc b, K-major bf16). */
+static __device__ __forceinline__ void wgmma_rs_m64n128k16(float d[64], const uint32_t a[4], uint64_t b) {
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %69, 0;\n wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+/* Keeps the compiler from touching the accumulators between an asynchronous wgmma and its wait. */
+template <int K> static __device__ __forceinline__ void wg_pin(float d[K]) {
+#pragma unroll
+  for (int i = 0; i < K; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+/* Four 8 x 8 b16 matrices from registers, each stored transposed; lanes 8i..8i+7 give the row addresses of
+ * matrix i (row j of the stored matrix = column j of the fragment). */
+static __device__ __forceinline__ void stsm_x4_t(void *p, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_addr(p)), "r"(r0),
+               "r"(r1), "r"(r2), "r"(r3)
+               : "memory");
+}
+/* Two e4m3 codes -> bf16x2 (low first), exact, through f16 and FP32. */
+static __device__ __forceinline__ uint32_t fp8x2_to_bf16x2_cvt(uint32_t pair) {
+  const float2 f = fp8x2_to_f32(pair);
+  uint32_t r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(f.y), "f"(f.x));
+  return r;
+}
+#endif
+
 /* ---- SR bits and rounding, bit-identical to numerics.h, cheaper on the device ---------------- */
 
 /* elmo_rand_block with the round keys precomputed (rk[2r], rk[2r+1] = the keys of round r, kept
@@ -272,6 +332,31 @@ static void permute_x(const elmo_cuda_cls *c, int64_t B, cudaStream_t s) {
   ELMO_LAUNCH_CHECK();
 }
 
+/* Xt[f, b] = Xp[b, f] for b < B, 0 for B <= b < ldt (the wgmma update's K-major B operand). */
+static __global__ void transpose_x_kernel(const uint16_t *Xp, uint16_t *Xt, int64_t B, int64_t dp, int64_t ldt) {
+  const int64_t n = dp * ldt;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t f = i / ldt, b = i - f * ldt;
+    Xt[i] = b < B ? Xp[b * dp + f] : (uint16_t)0;
+  }
+}
+
+/* Row length of c->Xt16: the batch capacity rounded up to the wgmma update's 64-row stages. */
+extern "C" int64_t elmo_cuda_cls_xt_cols(int64_t B_cap) { return (B_cap + 63) / 64 * 64; }
+
+extern "C" int elmo_cuda_cls_update_wgmma(void) {
+  static int sm90 = -1;
+  if (sm90 < 0) {
+    int dev = 0, major = 0, minor = 0;
+    ELMO_CUDA_CHECK(cudaGetDevice(&dev));
+    ELMO_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    ELMO_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+    sm90 = major == 9 && minor == 0;
+  }
+  const char *e = getenv("ELMO_UPDATE_WGMMA");
+  return sm90 && !(e && strcmp(e, "0") == 0);
+}
+
 /* ==== fused update ============================================================================ */
 
 /* Batches above 128 rows. Persistent blocks (two per SM) walk the 128 x 128 tiles; while a block
@@ -301,6 +386,8 @@ struct update_args {
   const int32_t *head_slot;
   const void *G;           /* [round16(B), n]: bf16 codes, or FP32 (fp32 weights) */
   const uint16_t *Xq16;    /* [B_cap, dp] bf16 codes of Xq, columns permuted (c->Xp16, see xperm) */
+  const uint16_t *Xt;      /* [dp, ldt] its transpose, zeros past B (c->Xt16; the wgmma kernel) */
+  int64_t ldt;
   int64_t dp;              /* its row length: d rounded up to 32 */
   float nlr, decay, ndecay; /* elmo_cls_coefs */
   uint32_t step_lo;        /* counter word 2 of the SR bits */
@@ -537,13 +624,14 @@ template <> struct wcodec8<ELMO_F32> {
  * Xq columns were permuted by xperm). Lane (g, t) holds rows m0 + 16 i + g + 8 h (i < MI, h = 0, 1),
  * features cb = n0 + 8t .. cb + 7 of each: per row it draws the two Philox blocks of those 8
  * elements, reads the 8 weights at once, rounds them and writes them back (head rows, slot >= 0,
- * are left for u_kahan). LDW: bytes per row of the weight tile. */
+ * are left for u_kahan). LDW: bytes per row of the weight tile. epilogue8_at takes the warp's first
+ * row m0 and the 32-feature group n0 from the caller (the wgmma kernel's warp layout). */
 template <int DT, bool CONST_BITS, int MI, int LDW>
-static __device__ __forceinline__ void epilogue8(const update_args &a, int64_t j0, int64_t k0, float acc[MI][4][4],
-                                                 uint8_t *sw, const int32_t *sslot) {
+static __device__ __forceinline__ void epilogue8_at(const update_args &a, int64_t j0, int64_t k0, float acc[MI][4][4],
+                                                    uint8_t *sw, const int32_t *sslot, int m0, int n0) {
   constexpr int ES = wcodec<DT>::es;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int m0 = (warp >> 2) * 16 * MI, cb = (warp & 3) * 32 + 8 * t;
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int cb = n0 + 8 * t;
   /* Philox block of (row r, feature cb) = tb4 + r d / 4 (d is a multiple of 16, cb of 8) */
   const uint64_t tb4 = (uint64_t)((a.l0 + j0) * a.d + k0 + cb) >> 2;
   const uint32_t d4 = (uint32_t)(a.d >> 2);
@@ -576,6 +664,13 @@ static __device__ __forceinline__ void epilogue8(const update_args &a, int64_t j
           u_kahan<DT, LDW>(a, k0, m0 + 16 * i + g + 8 * h, cb + 2 * j, slot[h], acc[i][j][2 * h], acc[i][j][2 * h + 1],
                            sw);
   }
+}
+
+template <int DT, bool CONST_BITS, int MI, int LDW>
+static __device__ __forceinline__ void epilogue8(const update_args &a, int64_t j0, int64_t k0, float acc[MI][4][4],
+                                                 uint8_t *sw, const int32_t *sslot) {
+  const int warp = threadIdx.x >> 5;
+  epilogue8_at<DT, CONST_BITS, MI, LDW>(a, j0, k0, acc, sw, sslot, (warp >> 2) * 16 * MI, (warp & 3) * 32);
 }
 
 /* The rounded tile (TL labels x U_TD features) back to W, 16 bytes per thread and row piece;
@@ -637,6 +732,110 @@ static __global__ void __launch_bounds__(U_THREADS, DT == ELMO_F32 ? 1 : 2) upda
     __syncthreads();
     store_w_tile<ES, U_TL>(a, j0, k0, sw);
   }
+}
+
+/* ---- batches above 128 rows on Hopper's warpgroup MMA (e4m3 weights) -------------------------
+ * update_mma_kernel's tiles (128 labels x 128 features), weights, slots, epilogue and prefetch of
+ * the next tile, but G^T Xq runs as wgmma m64n128k16 with K = 64 batch rows a stage: warpgroup q
+ * takes labels 64 q .., each warp's 16 labels x 16 rows of G^T as a register fragment (ldmatrix
+ * .trans from the G stage, as before), Xq's stage from shared memory as the K-major B operand: the
+ * transposed copy c->Xt16 [features, batch] lands by cp.async in 128-byte swizzled rows (64 batch
+ * rows per feature). Two stages: stage k + 1 loads while stage k's wgmma runs. In the epilogue warp
+ * w holds labels 64 (w / 4) + 16 (w % 4) .. + 15 by 128 features, four groups of 32. */
+#define V_BK 64                                  /* batch rows per stage */
+#define V_X_BYTES (U_TD * V_BK * 2)              /* 16 KB: Xq^T stage, swizzled, first (1 KB aligned) */
+#define V_G_BYTES (V_BK * U_LDG * 2)             /* G^T stage [b][label], padded rows */
+#define V_STAGE (V_X_BYTES + V_G_BYTES)
+static constexpr size_t v_smem_bytes() { return 2 * V_STAGE + 2 * u_w_bytes(1) + 2 * 4 * U_TL + 1024; }
+static_assert(V_STAGE % 1024 == 0, "swizzle atoms stay 1 KB aligned");
+
+#if defined(ELMO_HAVE_WGMMA)
+/* Batch rows 64 kt .. of the tile (labels j0.., features k0..): Xq^T rows and G^T rows. */
+static __device__ __forceinline__ void v_load_stage(const update_args &a, int kt, int64_t j0, int64_t k0, uint8_t *st) {
+  const uint16_t *Xt = a.Xt;
+  const int64_t ldt = a.ldt;
+  uint8_t *sx = st;
+  uint16_t *sg = (uint16_t *)(st + V_X_BYTES);
+#pragma unroll
+  for (int q = 0; q < U_TD * 8 / U_THREADS; q++) {   /* 128 feature rows x 8 chunks of 8 rows */
+    const int i = threadIdx.x + U_THREADS * q, f = i >> 3, c = i & 7;
+    const bool v = k0 + f < a.dp;
+    cp_async16(sx + f * 128 + ((c ^ (f & 7)) << 4), v ? Xt + (k0 + f) * ldt + 64 * kt + 8 * c : Xt, v);
+  }
+  const uint16_t *G = (const uint16_t *)a.G;
+#pragma unroll
+  for (int q = 0; q < V_BK * (U_TL / 8) / U_THREADS; q++) {
+    const int i = threadIdx.x + U_THREADS * q, r = i >> 4, c = (i & 15) * 8;
+    const int64_t b = 64 * (int64_t)kt + r;
+    const bool v = b < a.B && j0 + c < a.n;
+    cp_async16(sg + r * U_LDG + c, v ? G + b * a.n + j0 + c : G, v);
+  }
+}
+#endif
+
+template <bool CONST_BITS>
+static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_args a) {
+#if defined(ELMO_HAVE_WGMMA)
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  uint8_t *smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+  uint8_t *wbuf = smem + 2 * V_STAGE;
+  int32_t *slots = (int32_t *)(wbuf + 2 * u_w_bytes(1));
+  const int nk = (int)((a.B + V_BK - 1) / V_BK);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wgi = warp >> 2;
+  const int mw = 64 * wgi + 16 * (warp & 3);        /* the warp's first label in the tile */
+  int64_t tile = blockIdx.x;
+  if (tile < a.tiles) {
+    const int64_t j0 = tile / a.d_tiles * U_TL, k0 = tile % a.d_tiles * U_TD;
+    load_w_tile<1, U_TL>(a, j0, k0, wbuf, slots);
+    v_load_stage(a, 0, j0, k0, smem);
+  }
+  cp_async_commit();
+  for (int buf = 0; tile < a.tiles; tile += gridDim.x, buf ^= 1) {
+    const int64_t j0 = tile / a.d_tiles * U_TL, k0 = tile % a.d_tiles * U_TD;
+    float acc[64];
+#pragma unroll
+    for (int i = 0; i < 64; i++) acc[i] = 0.0f;
+    for (int kt = 0; kt < nk; kt++) {
+      wg_wait<0>();                                 /* wgmma kt - 1: its stage slot is free */
+      wg_pin<64>(acc);
+      cp_async_wait<0>();                           /* stage kt (and at kt = 0 the tile's weights) */
+      wg_fence_proxy();
+      __syncthreads();
+      if (kt + 1 < nk) v_load_stage(a, kt + 1, j0, k0, smem + ((kt + 1) & 1) * V_STAGE);
+      cp_async_commit();
+      const uint8_t *st = smem + (kt & 1) * V_STAGE;
+      const uint16_t *sg = (const uint16_t *)(st + V_X_BYTES);
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < V_BK; kk += 16) {
+        uint32_t af[4];                             /* A = G^T stored [k = b][m = label]: transposed loads */
+        ldsm_x4_t(af, sg + (kk + (lane & 7) + ((lane >> 4) & 1) * 8) * U_LDG + mw + ((lane >> 3) & 1) * 8);
+        wgmma_rs_m64n128k16(acc, af, wg_desc(st + kk * 2));
+      }
+      wg_commit();
+    }
+    wg_wait<0>();
+    wg_pin<64>(acc);
+    cp_async_wait<0>();
+    __syncthreads();                                /* stages free, this tile's weights here */
+    if (tile + gridDim.x < a.tiles) {
+      const int64_t nt = tile + gridDim.x, nj0 = nt / a.d_tiles * U_TL, nk0 = nt % a.d_tiles * U_TD;
+      load_w_tile<1, U_TL>(a, nj0, nk0, wbuf + (buf ^ 1) * u_w_bytes(1), slots + (buf ^ 1) * U_TL);
+      v_load_stage(a, 0, nj0, nk0, smem);
+    }
+    cp_async_commit();
+    uint8_t *sw = wbuf + buf * u_w_bytes(1);
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+      float g4[1][4][4];                            /* the group's accumulators, registers renamed */
+#pragma unroll
+      for (int e = 0; e < 16; e++) g4[0][e >> 2][e & 3] = acc[16 * q + e];
+      epilogue8_at<ELMO_FP8, CONST_BITS, 1, U_LDW(1)>(a, j0, k0, g4, sw, slots + buf * U_TL, mw, 32 * q);
+    }
+    __syncthreads();
+    store_w_tile<1, U_TL>(a, j0, k0, sw);
+  }
+#endif
 }
 
 /* ---- batches of up to 128 rows: Xq resident, 64-label tiles, three blocks per SM ------------ */
@@ -842,6 +1041,16 @@ static void launch_update(const update_args &a, cudaStream_t s) {
     const int64_t ltiles = (a.n + R_TL - 1) / R_TL, per_tile = r_blocks_per_sm(DT) * sm_count() / a.d_tiles;
     const int64_t q = per_tile < 1 ? 1 : per_tile < ltiles ? per_tile : ltiles;
     update_res_kernel<GT, DT, CONST_BITS><<<(unsigned)(q * a.d_tiles), U_THREADS, smem_res, s>>>(a);
+  } else if (DT == ELMO_FP8 && sizeof(GT) == 2 && a.Xt) {
+    const size_t smem_wg = v_smem_bytes();
+    static bool wg_attr = false;
+    if (!wg_attr) {
+      ELMO_CUDA_CHECK(cudaFuncSetAttribute(update_wg_kernel<CONST_BITS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)smem_wg));
+      wg_attr = true;
+    }
+    const int64_t blocks = a.tiles < 2 * sm_count() ? a.tiles : 2 * sm_count();
+    update_wg_kernel<CONST_BITS><<<(unsigned)blocks, U_THREADS, smem_wg, s>>>(a);
   } else {
     const int64_t per_sm = DT == ELMO_F32 ? 1 : 2;
     const int64_t blocks = a.tiles < per_sm * sm_count() ? a.tiles : per_sm * sm_count();
@@ -866,6 +1075,15 @@ extern "C" void elmo_cuda_cls_update_mma(const elmo_cuda_cls *c, int64_t B, int6
   a.Xq16 = c->Xp16;
   a.dp = xperm_ld(c->d);
   permute_x(c, B, s); /* the permuted copy of Xq's rows < B (a few hundred KB) */
+  a.Xt = NULL;
+  a.ldt = 0;
+  if (c->dtype == ELMO_FP8 && B > R_BMAX && c->Xt16 && elmo_cuda_cls_update_wgmma()) {
+    a.Xt = c->Xt16;
+    a.ldt = elmo_cuda_cls_xt_cols(c->B_cap);
+    const int64_t n = a.dp * a.ldt, blocks = (n + 255) / 256 < 1024 ? (n + 255) / 256 : 1024;
+    transpose_x_kernel<<<(unsigned)blocks, 256, 0, s>>>(c->Xp16, c->Xt16, B, a.dp, a.ldt);
+    ELMO_LAUNCH_CHECK();
+  }
   const elmo_cls_coef cf = elmo_cls_coefs(h);
   a.nlr = cf.nlr;
   a.decay = cf.decay;
@@ -1103,56 +1321,6 @@ static constexpr size_t dxg_smem_bytes(int td) { return XG_NST * xg_stage(td) + 
 static_assert(xg_stage(128) % 1024 == 0 && xg_stage(256) % 1024 == 0 && XG_G_BYTES % 1024 == 0,
               "swizzle atoms stay 1 KB aligned");
 
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define ELMO_HAVE_WGMMA 1
-/* Shared-memory matrix descriptor of a K-major operand with 128-byte swizzle: rows of 128 bytes
- * (64 bf16 along K), 8-row atoms of 1024 bytes (SBO), the 16-byte chunk c of row r stored at chunk
- * c ^ (r % 8); atoms 1024-byte aligned. A k16 step inside the row advances the start by 32 bytes. */
-static __device__ __forceinline__ uint64_t wg_desc(const void *p) {
-  return (uint64_t)((smem_addr(p) & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
-         ((uint64_t)1 << 62);
-}
-static __device__ __forceinline__ void wg_fence_proxy() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-static __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-static __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N> static __device__ __forceinline__ void wg_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-/* d[N / 2] += A (64 x 16, desc a) B^T (N x 16, desc b), both K-major bf16. */
-static __device__ __forceinline__ void wgmma_m64n128k16(float d[64], uint64_t a, uint64_t b) {
-  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %66, 0;\n wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-               : "l"(a), "l"(b), "r"(1));
-}
-static __device__ __forceinline__ void wgmma_m64n256k16(float d[128], uint64_t a, uint64_t b) {
-  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %130, 0;\n wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 0;\n}\n"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-               : "l"(a), "l"(b), "r"(1));
-}
-template <int N> static __device__ __forceinline__ void wgmma_k16(float d[N / 2], uint64_t a, uint64_t b) {
-  if constexpr (N == 128) wgmma_m64n128k16(d, a, b);
-  else wgmma_m64n256k16(d, a, b);
-}
-/* Keeps the compiler from touching the accumulators between an asynchronous wgmma and its wait. */
-template <int K> static __device__ __forceinline__ void wg_pin(float d[K]) {
-#pragma unroll
-  for (int i = 0; i < K; i++) asm volatile("" : "+f"(d[i])::"memory");
-}
-/* Four 8 x 8 b16 matrices from registers, each stored transposed; lanes 8i..8i+7 give the row addresses of
- * matrix i (row j of the stored matrix = column j of the fragment). */
-static __device__ __forceinline__ void stsm_x4_t(void *p, uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3) {
-  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_addr(p)), "r"(r0),
-               "r"(r1), "r"(r2), "r"(r3)
-               : "memory");
-}
-/* Two e4m3 codes -> bf16x2 (low first), exact, through f16 and FP32. */
-static __device__ __forceinline__ uint32_t fp8x2_to_bf16x2_cvt(uint32_t pair) {
-  const float2 f = fp8x2_to_f32(pair);
-  uint32_t r;
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(f.y), "f"(f.x));
-  return r;
-}
-#endif
 
 /* The raw e4m3 stage [X_BK labels][TD features] (rows xg_ldw8 bytes) into wb as the K-major B
  * operand (a 128-byte row of labels per feature, swizzled): warp w writes feature blocks

@@ -35,6 +35,11 @@ extern "C" {
 
 /* Row length of c->Xp16, the update kernels' column-permuted copy of Xq16: d rounded up to 32. */
 int64_t elmo_cuda_cls_xp_cols(int64_t d);
+/* Row length of c->Xt16 (Xp16 transposed, for the wgmma update of batches above 128 rows). */
+int64_t elmo_cuda_cls_xt_cols(int64_t B_cap);
+/* 1 when e4m3 updates of batches above 128 rows run on Hopper's warpgroup MMA (a device of compute
+ * capability 9.0, unless ELMO_UPDATE_WGMMA=0 is set in the environment), 0 for update_mma_kernel. */
+int elmo_cuda_cls_update_wgmma(void);
 /* Slices of the dX kernel for this batch capacity and width: about two blocks per SM of an
  * H100 over all (batch, feature) tiles. c->dx_part holds [slices, B_cap, d] FP32. */
 int64_t elmo_cuda_cls_dx_slices(elmo_dtype dt, int64_t B_cap, int64_t d);

@@ -551,6 +551,21 @@ static void test_cls_ops_fp8_dx_kernels(void **state) {
   unsetenv("ELMO_DX_WGMMA");
 }
 
+/* The e4m3 update of batches above 128 rows on both kernels where the device has two (wgmma on
+ * compute capability 9.0, and update_mma_kernel): 130 rows (three 64-row stages, the last with two)
+ * and 300 rows over two feature tiles and a partial label tile, each with head rows. */
+static void test_cls_ops_fp8_update_kernels(void **state) {
+  (void)state;
+  for (int m = 0; m < 2; m++) {
+    if (m == 0 && !elmo_cuda_cls_update_wgmma()) continue;
+    if (m == 1) setenv("ELMO_UPDATE_WGMMA", "0", 1);
+    /* bf16 input, as in test_cls_ops_fp8: FP8 logits of hundreds of terms can exceed their tolerance */
+    run_cls_ops((cls_case){.dt = ELMO_FP8, .fp8_input = 0, .L = 700, .d = 384, .B = 130, .chunk = 512, .n_head = 3, .seed = 21});
+    run_cls_ops((cls_case){.dt = ELMO_FP8, .fp8_input = 0, .L = 333, .d = 256, .B = 300, .chunk = 336, .n_head = 4, .seed = 22});
+  }
+  unsetenv("ELMO_UPDATE_WGMMA");
+}
+
 static void test_cls_ops_bf16(void **state) {
   run_cls_ops((cls_case){.dt = ELMO_BF16, .fp8_input = 1, .L = 300, .d = 64, .B = 37, .chunk = 96, .n_head = 4, .seed = 3});
   run_cls_ops((cls_case){.dt = ELMO_BF16, .fp8_input = 0, .L = 130, .d = 160, .B = 70, .chunk = 144, .n_head = 0, .seed = 4});
@@ -893,7 +908,7 @@ int main(void) {
   }
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_cast_input), cmocka_unit_test(test_cls_sr_twins), cmocka_unit_test(test_cls_ops_fp8),
-      cmocka_unit_test(test_cls_ops_fp8_dx_kernels), cmocka_unit_test(test_cls_ops_bf16),
+      cmocka_unit_test(test_cls_ops_fp8_dx_kernels), cmocka_unit_test(test_cls_ops_fp8_update_kernels), cmocka_unit_test(test_cls_ops_bf16),
     cmocka_unit_test(test_cls_ops_fp32), cmocka_unit_test(test_cls_step), cmocka_unit_test(test_topk),
     cmocka_unit_test(test_sparse_encoder), cmocka_unit_test(test_adamw), cmocka_unit_test(test_dropout),
   };
