@@ -344,7 +344,9 @@ static __global__ void transpose_x_kernel(const uint16_t *Xp, uint16_t *Xt, int6
 /* Row length of c->Xt16: the batch capacity rounded up to the wgmma update's 64-row stages. */
 extern "C" int64_t elmo_cuda_cls_xt_cols(int64_t B_cap) { return (B_cap + 63) / 64 * 64; }
 
-extern "C" int elmo_cuda_cls_update_wgmma(void) {
+/* 1 when the device runs the sm_90a code (compute capability 9.0, asked once) and the environment
+ * variable `var` is not "0" (read on every call: tests switch it). */
+static int wgmma_enabled(const char *var) {
   static int sm90 = -1;
   if (sm90 < 0) {
     int dev = 0, major = 0, minor = 0;
@@ -353,9 +355,11 @@ extern "C" int elmo_cuda_cls_update_wgmma(void) {
     ELMO_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
     sm90 = major == 9 && minor == 0;
   }
-  const char *e = getenv("ELMO_UPDATE_WGMMA");
+  const char *e = getenv(var);
   return sm90 && !(e && strcmp(e, "0") == 0);
 }
+
+extern "C" int elmo_cuda_cls_update_wgmma(void) { return wgmma_enabled("ELMO_UPDATE_WGMMA"); }
 
 /* ==== fused update ============================================================================ */
 
@@ -1471,18 +1475,7 @@ static void launch_dx(const dx_args &a, dim3 grid, cudaStream_t s) {
 
 /* 0: the mma.sync kernel; 1: dx_wgmma_kernel (a device of compute capability 9.0, the sm_90a code).
  * ELMO_DX_WGMMA=0 in the environment selects the first. */
-extern "C" int elmo_cuda_cls_dx_wgmma(void) {
-  static int sm90 = -1; /* the device's capability, once; the environment on every call (tests switch it) */
-  if (sm90 < 0) {
-    int dev = 0, major = 0, minor = 0;
-    ELMO_CUDA_CHECK(cudaGetDevice(&dev));
-    ELMO_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-    ELMO_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
-    sm90 = major == 9 && minor == 0;
-  }
-  const char *e = getenv("ELMO_DX_WGMMA");
-  return sm90 && !(e && strcmp(e, "0") == 0);
-}
+extern "C" int elmo_cuda_cls_dx_wgmma(void) { return wgmma_enabled("ELMO_DX_WGMMA"); }
 
 template <int TD> static void launch_dx_wgmma_td(const dx_args &a, dim3 grid, cudaStream_t s) {
   const size_t smem = dxg_smem_bytes(TD);
