@@ -149,7 +149,10 @@ extern "C" void elmo_cuda_cls_init_paths(elmo_cuda_cls *c, FILE *log) {
   }
   if (log)
     fprintf(log, "elmo cuda: %-22s %-22s %s\n", "classifier update", "G^T Xq bf16 -> fp32",
-            "fused mma.sync tiles (BF16 tensor cores) + SGD + stochastic rounding, no gradient buffer");
+            c->dtype == ELMO_FP8 && c->B_cap > 128 && c->Xt16 && elmo_cuda_cls_update_wgmma()
+                ? "fused tiles (BF16 tensor cores: wgmma above 128 batch rows, mma.sync up to 128) + SGD + "
+                  "stochastic rounding, no gradient buffer"
+                : "fused mma.sync tiles (BF16 tensor cores) + SGD + stochastic rounding, no gradient buffer");
   init_piece(c, log);
 }
 
