@@ -663,7 +663,9 @@ static __global__ void fp8_epilogue_kernel(const float *acc, int64_t M, int out,
   }
 }
 
-/* y's rows ldy elements apart. */
+/* The FP8 GEMM runs unscaled with FP32 output (the form cuBLASLt serves for every shape, as the
+ * classifier's prediction logits use), then one pass applies the per-tensor scales and the bias;
+ * y's rows ldy elements apart (3 H for q, k, v in the fused path's [M, 3 H] matrix). */
 static void fp8_linear_ld(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_fp8 *q, int j, const elmo_bf16 *bias, int64_t M,
                           int in, int out, void *y, int64_t ldy, int y_f32, cudaStream_t s) {
   if (M <= 0 || out <= 0) return;
