@@ -291,6 +291,25 @@ constexpr size_t bwd_smem() {
   return (size_t)4 * 16 * KT * (DH + 8) * sizeof(bf16) + (size_t)16 * KT * (16 * KT + 8) * sizeof(bf16) + 16 * KT;
 }
 
+/* Q and K of one (sequence, head) as one cp.async group, then V started in the next group, left
+ * open (the backward adds dctx to it; the caller commits). */
+template <int DH, int NK>
+__device__ __forceinline__ void load_qkv(const attn_args &a, int64_t row0, int col0, bf16 *sq, bf16 *sk, bf16 *sv) {
+  load_tile<DH, NK>(a.q, row0, a.ldq, col0, a.Tp, sq);
+  load_tile<DH, NK>(a.k, row0, a.ldq, col0, a.Tp, sk);
+  cp_async_commit();
+  load_tile<DH, NK>(a.v, row0, a.ldq, col0, a.Tp, sv);                   /* arrives during S and the softmax */
+}
+
+/* P (bf16 fragments) = softmax of warp w's 16 query rows of S = Q K^T, masked and scaled. */
+template <int DH, int KT>
+__device__ __forceinline__ void attn_probs(const bf16 *sq, const bf16 *sk, const uint8_t *sm, float scale, int w,
+                                           int lane, uint32_t (&p)[KT][4]) {
+  float s[2 * KT][4];
+  mm_abt<DH, KT>(sq + 16 * w * (DH + 8), sk, lane, s);
+  softmax_rows<KT>(s, sm, 16 * w, scale, lane, p);
+}
+
 /* Block (sequence b, head h), KT warps; warp w owns query rows 16 w .. 16 w + 15. */
 template <int DH, int KT>
 __global__ void __launch_bounds__(32 * KT) attn_fwd_kernel(attn_args a) {
@@ -300,21 +319,14 @@ __global__ void __launch_bounds__(32 * KT) attn_fwd_kernel(attn_args a) {
   uint8_t *sm = reinterpret_cast<uint8_t *>(sv + NK * LDS);
   const int b = blockIdx.x / a.heads, h = blockIdx.x % a.heads, ld = a.heads * DH, col0 = h * DH;
   const int64_t row0 = (int64_t)b * a.Tp;
-  load_tile<DH, NK>(a.q, row0, a.ldq, col0, a.Tp, sq);
-  load_tile<DH, NK>(a.k, row0, a.ldq, col0, a.Tp, sk);
-  cp_async_commit();
-  load_tile<DH, NK>(a.v, row0, a.ldq, col0, a.Tp, sv);                   /* arrives during S and the softmax */
+  load_qkv<DH, NK>(a, row0, col0, sq, sk, sv);
   cp_async_commit();
   load_mask<NK>(a.mask + row0, a.Tp, sm);
   cp_async_wait<1>();
   __syncthreads();
   const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
   uint32_t p[KT][4];
-  {
-    float s[2 * KT][4];
-    mm_abt<DH, KT>(sq + 16 * w * LDS, sk, lane, s);
-    softmax_rows<KT>(s, sm, 16 * w, a.scale, lane, p);
-  }
+  attn_probs<DH, KT>(sq, sk, sm, a.scale, w, lane, p);
   cp_async_wait<0>();
   __syncthreads();
   float o[DH / 8][4];
@@ -334,11 +346,8 @@ __global__ void __launch_bounds__(32 * KT, 2) attn_bwd_kernel(attn_args a) {
   uint8_t *sm = reinterpret_cast<uint8_t *>(sp + NK * LDP);
   const int b = blockIdx.x / a.heads, h = blockIdx.x % a.heads, ld = a.heads * DH, col0 = h * DH;
   const int64_t row0 = (int64_t)b * a.Tp;
-  load_tile<DH, NK>(a.q, row0, a.ldq, col0, a.Tp, sq);
-  load_tile<DH, NK>(a.k, row0, a.ldq, col0, a.Tp, sk);
-  cp_async_commit();
-  load_tile<DH, NK>(a.v, row0, a.ldq, col0, a.Tp, sv);                   /* arrive during S and the softmax */
-  load_tile<DH, NK>(a.dctx, row0, ld, col0, a.Tp, so);
+  load_qkv<DH, NK>(a, row0, col0, sq, sk, sv);
+  load_tile<DH, NK>(a.dctx, row0, ld, col0, a.Tp, so);                  /* with V, during S and the softmax */
   cp_async_commit();
   load_mask<NK>(a.mask + row0, a.Tp, sm);
   cp_async_wait<1>();
@@ -346,11 +355,7 @@ __global__ void __launch_bounds__(32 * KT, 2) attn_bwd_kernel(attn_args a) {
   const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
   {
     uint32_t p[KT][4];
-    {
-      float s[2 * KT][4];
-      mm_abt<DH, KT>(sq + 16 * w * LDS, sk, lane, s);
-      softmax_rows<KT>(s, sm, 16 * w, a.scale, lane, p);
-    }
+    attn_probs<DH, KT>(sq, sk, sm, a.scale, w, lane, p);
     store_frag<KT>(p, sp + 16 * w * LDP, lane);                       /* the warp's own rows */
     cp_async_wait<0>();
     __syncthreads();
@@ -405,10 +410,7 @@ __global__ void __launch_bounds__(32 * KT, 2) attn_fwd_pipe_kernel(attn_args a, 
   {
     const int b = pair / a.heads, col0 = (pair % a.heads) * DH;
     const int64_t row0 = (int64_t)b * a.Tp;
-    load_tile<DH, NK>(a.q, row0, a.ldq, col0, a.Tp, buf);
-    load_tile<DH, NK>(a.k, row0, a.ldq, col0, a.Tp, buf + TILE);
-    cp_async_commit();
-    load_tile<DH, NK>(a.v, row0, a.ldq, col0, a.Tp, buf + 2 * TILE);     /* arrives during S and the softmax */
+    load_qkv<DH, NK>(a, row0, col0, buf, buf + TILE, buf + 2 * TILE);
     cp_async_commit();
     if (threadIdx.x < NK) smask[threadIdx.x] = fetch_mask<NK>(a.mask + row0, a.Tp);
   }
@@ -434,11 +436,7 @@ __global__ void __launch_bounds__(32 * KT, 2) attn_fwd_pipe_kernel(attn_args a, 
     }
     cp_async_commit();                                                /* possibly empty: keeps the count */
     uint32_t p[KT][4];
-    {
-      float s[2 * KT][4];
-      mm_abt<DH, KT>(sq + 16 * w * LDS, sk, lane, s);
-      softmax_rows<KT>(s, sm, 16 * w, a.scale, lane, p);
-    }
+    attn_probs<DH, KT>(sq, sk, sm, a.scale, w, lane, p);
     if (it == 0) {                                                    /* this pair's V (later pairs: above) */
       cp_async_wait<1>();
       __syncthreads();

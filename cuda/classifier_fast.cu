@@ -133,13 +133,6 @@ static __device__ __forceinline__ void stsm_x4_t(void *p, uint32_t r0, uint32_t 
                "r"(r1), "r"(r2), "r"(r3)
                : "memory");
 }
-/* Two e4m3 codes -> bf16x2 (low first), exact, through f16 and FP32. */
-static __device__ __forceinline__ uint32_t fp8x2_to_bf16x2_cvt(uint32_t pair) {
-  const float2 f = fp8x2_to_f32(pair);
-  uint32_t r;
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(f.y), "f"(f.x));
-  return r;
-}
 #endif
 
 /* ---- SR bits and rounding, bit-identical to numerics.h, cheaper on the device ---------------- */
@@ -1340,7 +1333,7 @@ static __device__ __forceinline__ void xg_widen(const uint8_t *sw8, uint8_t *wb)
 #pragma unroll
     for (int m = 0; m < 4; m++) { /* fragment row = label, columns = features 2 (lane % 4), + 1 */
       const int label = 8 * (lb0 + m) + (lane >> 2);
-      r[m] = fp8x2_to_bf16x2_cvt(*(const uint16_t *)(sw8 + label * xg_ldw8(TD) + 8 * fb + 2 * (lane & 3)));
+      r[m] = fp8x2_to_bf16x2(*(const uint16_t *)(sw8 + label * xg_ldw8(TD) + 8 * fb + 2 * (lane & 3)));
     }
     /* matrix m = labels 8 (lb0 + m) .., features 8 fb ..: its stored row j is feature f = 8 fb + j, chunk
      * lb0 + m of that 128-byte row, swizzled */
