@@ -135,6 +135,9 @@ extern "C" void elmo_cuda_cls_init_paths(elmo_cuda_cls *c, FILE *log) {
                    : c->dtype == ELMO_FP8 ? "BF16 tensor cores (W chunk widened, input kept bf16)"
                                           : "BF16 tensor cores";
   log_path(log, "classifier logits", &gt, tc);
+  if (log && c->fp8_logits && c->B_cap <= 128 && elmo_cuda_cls_lg_wgmma() && c->d <= 768)
+    fprintf(log, "elmo cuda: %-22s %-22s %s\n", "classifier logits+grad", "e4m3 x e4m3 -> G bf16",
+            "one kernel (FP8 wgmma, gradient table in the epilogue, logits never stored) on skip-loss steps");
   log_path(log, "prediction logits", &gp, c->fp8_logits_f32 ? "FP8 tensor cores, FP32 out"
                                           : want_fp8 ? "BF16 FALLBACK (W chunk widened), FP32 out" : "FP32 out");
   if (c->dtype == ELMO_F32) {
@@ -319,15 +322,19 @@ static __global__ void __launch_bounds__(GRAD_THREADS) loss_reduce_kernel(const 
   if (threadIdx.x == 0) *acc += sum;
 }
 
+/* Once: G of every bf16 logit (both labels), computed by the CPU reference. */
+static void grad_tab_upload(elmo_cuda_cls *c) {
+  if (c->grad_tab_ready) return;
+  static uint16_t tab[2 * 65536];
+  elmo_cls_grad_table(tab);
+  ELMO_CUDA_CHECK(cudaMemcpy(c->grad_tab, tab, sizeof tab, cudaMemcpyHostToDevice));
+  c->grad_tab_ready = 1;
+}
+
 extern "C" void elmo_cuda_cls_grad(elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, const int64_t *y_indptr,
                                    const int32_t *y_indices, int want_loss, cudaStream_t s) {
   if (B <= 0) return;
-  if (!c->grad_tab_ready) { /* once: G of every bf16 logit, computed by the CPU reference */
-    static uint16_t tab[2 * 65536];
-    elmo_cls_grad_table(tab);
-    ELMO_CUDA_CHECK(cudaMemcpy(c->grad_tab, tab, sizeof tab, cudaMemcpyHostToDevice));
-    c->grad_tab_ready = 1;
-  }
+  grad_tab_upload(c);
   dim3 grid((unsigned)grad_tiles(n), (unsigned)B);
   if (c->dtype == ELMO_F32)
     grad_kernel<float><<<grid, GRAD_THREADS, 0, s>>>((float *)c->z, n, l0, c->L, y_indptr, y_indices, want_loss,
@@ -340,6 +347,14 @@ extern "C" void elmo_cuda_cls_grad(elmo_cuda_cls *c, int64_t B, int64_t l0, int6
     loss_reduce_kernel<<<1, GRAD_THREADS, 0, s>>>(c->loss_part, (int64_t)grid.x * B, c->loss);
     ELMO_LAUNCH_CHECK();
   }
+}
+
+extern "C" int elmo_cuda_cls_logits_grad(elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, const int64_t *y_indptr,
+                                         const int32_t *y_indices, cudaStream_t s) {
+  if ((size_t)(round16(B) * n) * 2 > c->z_bytes || n > c->chunk || B > c->B_cap) return 0;
+  if (c->dtype != ELMO_FP8 || !c->fp8_input || !c->fp8_logits) return 0;
+  grad_tab_upload(c);
+  return elmo_cuda_cls_lg_fused(c, B, l0, n, y_indptr, y_indices, s);
 }
 
 /* ---- fused update: W <- SR(W - lr (G^T Xq + wd W)) ---------------------------------------- */
@@ -365,8 +380,10 @@ extern "C" void elmo_cuda_cls_step(elmo_cuda_cls *c, const float *X, int64_t B, 
     const int64_t n = c->L_pad - l0 < c->chunk ? c->L_pad - l0 : c->chunk;
     for (int64_t p0 = l0; p0 < l0 + n; p0 += piece) {
       const int64_t m = l0 + n - p0 < piece ? l0 + n - p0 : piece;
-      elmo_cuda_cls_logits(c, B, p0, m, 0, s);
-      elmo_cuda_cls_grad(c, B, p0, m, y_indptr, y_indices, want_loss, s);
+      if (want_loss || !elmo_cuda_cls_logits_grad(c, B, p0, m, y_indptr, y_indices, s)) {
+        elmo_cuda_cls_logits(c, B, p0, m, 0, s);
+        elmo_cuda_cls_grad(c, B, p0, m, y_indptr, y_indices, want_loss, s);
+      }
       if (split_dx) elmo_cuda_cls_dx_part(c, B, p0, m, !first, s); /* slices summed once, below */
       else elmo_cuda_cls_dx(c, B, p0, m, dX, s);
       elmo_cuda_cls_update(c, B, p0, m, h, s);

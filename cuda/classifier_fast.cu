@@ -1,5 +1,6 @@
-/* classifier_fast.cu: tensor-core kernels of the classifier step: the fused SGD + SR update and
- * the split-K dX = G W (classifier_fast.h). BF16 mma.sync m16n8k16 with FP32 accumulation;
+/* classifier_fast.cu: tensor-core kernels of the classifier step: the fused SGD + SR update, the
+ * split-K dX = G W and the fused e4m3 logits + gradient (classifier_fast.h). BF16 mma.sync
+ * m16n8k16 with FP32 accumulation (and Hopper's wgmma where noted);
  * operands staged by cp.async (zero-filled outside the matrices) and read with ldmatrix from
  * padded rows (16 bytes of padding per row: conflict-free). */
 #include "classifier_fast.h"
@@ -1529,4 +1530,244 @@ extern "C" void elmo_cuda_cls_dx_reduce(const elmo_cuda_cls *c, int64_t B, float
   dx_reduce_kernel<<<(unsigned)blocks, 256, 0, s>>>((const float4 *)c->dx_part, n4, c->B_cap * c->d / 4,
                                                     c->dx_slices, (float4 *)dX);
   ELMO_LAUNCH_CHECK();
+}
+
+/* ==== logits and gradient in one pass (e4m3 weights and input, batches up to 128 rows) ==========
+ * G = grad_tab[y][bf16(Xq W^T)] per 128-label tile without storing the logits. The FP8 product runs
+ * on wgmma m64n128k32 (e4m3 x e4m3, FP32 accumulators): A = Xq, resident in shared memory for the
+ * whole kernel (128 rows x d bytes in 128-byte K-blocks with the 128-byte swizzle), B = the weight
+ * tile, streamed in 128-feature stages by cp.async (same swizzle; a stage is 128 labels x 128
+ * bytes). Persistent blocks, one per SM, of two warpgroups that work independently ("ping-pong"):
+ * warpgroup q takes the block's label tiles q, q + 2, ... (tiles blockIdx.x + i gridDim.x), all
+ * batch rows of each (two m64 halves, 128 accumulators a thread), with its own ring of stages and
+ * its own named barrier; so while one rounds its tile's accumulators to bf16 (RN, as cuBLASLt stores
+ * the logits), looks up G in the CPU's table and stores it, the other runs its wgmma and loads.
+ * (One shared pipeline with both warpgroups in lockstep ran at 1.45 TB/s, latency-bound: H100,
+ * 2026-11-27, docs/PERFORMANCE.md.) The positives of each row come from a per-row cursor into y
+ * (sorted) per warpgroup that only moves forward, since a warpgroup's tiles ascend: a row with no
+ * positive in the tile costs one shared-memory compare. */
+#define LG_TL 128
+#define LG_STAGE (LG_TL * 128)
+#define LG_NST 3     /* ring slots per warpgroup: two stages in flight while one is multiplied */
+#define LG_MAX_KB 6  /* d <= 768: Xq (kb x 16 KB) + two rings (96 KB) within 227 KB */
+
+struct lg_args {
+  const uint8_t *W;      /* [L_pad, d] e4m3 */
+  const uint8_t *Xq8;    /* [B_cap, d] e4m3 */
+  uint16_t *G;           /* [round16(B), n] bf16 codes (rows < B written) */
+  const uint16_t *tab;   /* elmo_cls_grad_table: [2][65536] */
+  const int64_t *y_indptr;
+  const int32_t *y_indices;
+  int64_t d, n, l0, L, B, tiles;
+  int kb;                /* 128-byte K-blocks: ceil(d / 128) */
+};
+
+static constexpr size_t lg_smem_bytes(int kb) { return (size_t)(kb + 2 * LG_NST) * LG_STAGE + 2 * 128 * 20 + 1024; }
+
+#if defined(ELMO_HAVE_WGMMA)
+/* d[64] = (acc ? d : 0) + A (64 x 32 e4m3, desc a) B^T (128 x 32 e4m3, desc b), both K-major. */
+static __device__ __forceinline__ void wgmma_e4m3_m64n128k32(float d[64], uint64_t a, uint64_t b, int acc = 1) {
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %66, 0;\n wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1;\n}\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+               : "l"(a), "l"(b), "r"(acc));
+}
+
+/* The 128 threads of warpgroup q meet (named barrier 1 + q; barrier 0 is __syncthreads). */
+static __device__ __forceinline__ void wg_bar(int q) { asm volatile("bar.sync %0, 128;\n" ::"r"(1 + q) : "memory"); }
+
+/* Label tile of warpgroup q's local stage s: the block's tile q + 2 (s / kb). */
+static __device__ __forceinline__ int64_t lg_tile(const lg_args &a, int q, int64_t s) {
+  return blockIdx.x + (q + 2 * (s / a.kb)) * (int64_t)gridDim.x;
+}
+
+/* Warpgroup q's stage s into its ring slot s % LG_NST (thread i of the warpgroup: 8 pieces). */
+static __device__ __forceinline__ void lg_load_stage(const lg_args &a, int q, int64_t s, uint8_t *ring) {
+  const int64_t j0 = lg_tile(a, q, s) * LG_TL, k0 = (s % a.kb) * 128;
+  uint8_t *slot = ring + (s % LG_NST) * LG_STAGE;
+  const int ti = threadIdx.x & 127;
+#pragma unroll
+  for (int p = 0; p < LG_TL * 8 / 128; p++) {
+    const int i = ti + 128 * p, r = i >> 3, c = i & 7;
+    const bool v = j0 + r < a.n && k0 + 16 * c < a.d;
+    cp_async16(slot + r * 128 + ((c ^ (r & 7)) << 4), v ? a.W + (a.l0 + j0 + r) * a.d + k0 + 16 * c : a.W, v);
+  }
+}
+
+/* First position in y[lo, hi) with y >= v. */
+static __device__ __forceinline__ int64_t lg_lower_bound(const int32_t *y, int64_t lo, int64_t hi, int64_t v) {
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) >> 1;
+    if (y[mid] < v) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/* G of tile j0 (labels L0 = l0 + j0 ..) from one m64 half's accumulators: rows b = 64 half + 16 w4
+ * + g + 8 h, labels 8 j + 2 t + e; cursors of this warpgroup's rows. */
+static __device__ __forceinline__ void lg_epilogue(const lg_args &a, const float acc[64], int half, int64_t j0,
+                                                   int64_t *cur, const int64_t *cend, int32_t *ny) {
+  const int lane = threadIdx.x & 31, w4 = (threadIdx.x >> 5) & 3, g = lane >> 2, t = lane & 3;
+  const int64_t L0 = a.l0 + j0;
+  uint32_t pm[2] = {0u, 0u};
+  int64_t adv[2] = {-1, -1};
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    const int b = 64 * half + 16 * w4 + g + 8 * h;
+    if (b >= a.B || ny[b] >= L0 + LG_TL) continue; /* the usual case: no positive here or before */
+    int64_t p = cur[b];
+    const int64_t e = cend[b];
+    for (; p < e && a.y_indices[p] < L0 + LG_TL; p++) {
+      const int64_t col = a.y_indices[p] - L0;
+      if (col >= 0 && ((col >> 1) & 3) == t) pm[h] |= 1u << ((col >> 3) * 2 + (col & 1));
+    }
+    adv[h] = p;
+  }
+  __syncwarp(); /* the quad has read the cursors of its rows before lane t = 0 moves them */
+  const bool inner = j0 + LG_TL <= a.n && L0 + LG_TL <= a.L;
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    const int b = 64 * half + 16 * w4 + g + 8 * h;
+    if (t == 0 && adv[h] >= 0) {
+      cur[b] = adv[h];
+      ny[b] = adv[h] < cend[b] ? a.y_indices[adv[h]] : INT32_MAX;
+    }
+    if (b >= a.B) continue;
+    uint16_t *grow = a.G + (int64_t)b * a.n + j0;
+    if (pm[h] == 0 && inner) { /* the usual tile: no positive, no edge */
+#pragma unroll
+      for (int j = 0; j < 16; j++) {
+        const __nv_bfloat162 zz = __floats2bfloat162_rn(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+        const uint32_t zc = *(const uint32_t *)&zz;
+        *(uint32_t *)(grow + 8 * j + 2 * t) = (uint32_t)__ldg(a.tab + (zc & 0xFFFFu)) | ((uint32_t)__ldg(a.tab + (zc >> 16)) << 16);
+      }
+      continue;
+    }
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+      const int col = 8 * j + 2 * t;
+      if (j0 + col >= a.n) break; /* n is a multiple of 16: both labels of the pair in or out */
+      const __nv_bfloat162 zz = __floats2bfloat162_rn(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+      const uint32_t zc = *(const uint32_t *)&zz;
+      uint32_t g0 = __ldg(a.tab + (((pm[h] >> (2 * j)) & 1u) << 16) + (zc & 0xFFFFu));
+      uint32_t g1 = __ldg(a.tab + (((pm[h] >> (2 * j + 1)) & 1u) << 16) + (zc >> 16));
+      if (L0 + col >= a.L) g0 = 0;
+      if (L0 + col + 1 >= a.L) g1 = 0;
+      *(uint32_t *)(grow + col) = g0 | (g1 << 16);
+    }
+  }
+}
+#endif
+
+static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a) {
+#if defined(ELMO_HAVE_WGMMA)
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  uint8_t *smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+  const int tid = threadIdx.x, q = tid >> 7, ti = tid & 127;
+  uint8_t *xs = smem, *ring = smem + (size_t)(a.kb + q * LG_NST) * LG_STAGE;
+  int64_t *cur = (int64_t *)(smem + (size_t)(a.kb + 2 * LG_NST) * LG_STAGE) + q * 256, *cend = cur + 128;
+  int32_t *ny = (int32_t *)(smem + (size_t)(a.kb + 2 * LG_NST) * LG_STAGE + 2 * 128 * 16) + q * 128;
+  const int64_t blk_tiles = (a.tiles - blockIdx.x + gridDim.x - 1) / gridDim.x; /* this block's */
+  const int64_t my_tiles = (blk_tiles - q + 1) / 2, ns = my_tiles * a.kb;       /* this warpgroup's */
+  /* Xq: 128 rows (zeros from B on) x kb K-blocks, every thread a share, joining the first group */
+  for (int i = tid; i < 128 * 8 * a.kb; i += 256) {
+    const int r = i / (8 * a.kb), rem = i % (8 * a.kb), kbi = rem >> 3, c = rem & 7;
+    const int64_t k = (int64_t)kbi * 128 + 16 * c;
+    const bool v = r < a.B && k < a.d;
+    cp_async16(xs + kbi * LG_STAGE + r * 128 + ((c ^ (r & 7)) << 4), v ? a.Xq8 + r * a.d + k : a.Xq8, v);
+  }
+#pragma unroll
+  for (int s = 0; s < LG_NST - 1; s++) {
+    if (s < ns) lg_load_stage(a, q, s, ring);
+    cp_async_commit();
+  }
+  { /* this warpgroup's row cursors, from its first tile */
+    int32_t first = INT32_MAX;
+    if (ti < a.B) {
+      const int64_t e = a.y_indptr[ti + 1];
+      const int64_t p = lg_lower_bound(a.y_indices, a.y_indptr[ti], e, a.l0 + lg_tile(a, q, 0) * LG_TL);
+      cur[ti] = p;
+      cend[ti] = e;
+      if (p < e) first = a.y_indices[p];
+    }
+    ny[ti] = first;
+  }
+  cp_async_wait<0>();
+  __syncthreads(); /* Xq (loaded by both warpgroups) is here for both */
+  const bool two = a.B > 64; /* the second m64 half has rows */
+  float acc[2][64];
+#pragma unroll
+  for (int i = 0; i < 64; i++) acc[0][i] = acc[1][i] = 0.0f;
+  for (int64_t s = 0; s < ns; s++) {
+    cp_async_wait<LG_NST - 2>();
+    wg_fence_proxy();
+    wg_bar(q); /* stage s landed for the warpgroup; its wgmma of stage s - 1 is done */
+    if (s + LG_NST - 1 < ns) lg_load_stage(a, q, s + LG_NST - 1, ring);
+    cp_async_commit();
+    const int ks = (int)(s % a.kb);
+    const uint8_t *xa = xs + ks * LG_STAGE, *wb = ring + (s % LG_NST) * LG_STAGE;
+    /* each stage's 128 products summed apart on the tensor cores, then added in FP32: the FP8 wgmma
+     * accumulates with less than FP32 precision, and one sum over all of d gave 2.4x as many G
+     * differing from the CPU's as cuBLASLt's logits (H100, 2026-11-27); summed this way, exactly as
+     * many, and no slower */
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+      if (half && !two) break;
+      float part[64];
+      wg_fence();
+      wg_pin<64>(part);
+#pragma unroll
+      for (int kk = 0; kk < 4; kk++)
+        wgmma_e4m3_m64n128k32(part, wg_desc(xa + half * 64 * 128 + 32 * kk), wg_desc(wb + 32 * kk), kk);
+      wg_commit();
+      wg_wait<0>();
+      wg_pin<64>(part);
+#pragma unroll
+      for (int i = 0; i < 64; i++) acc[half][i] += part[i];
+    }
+    if (ks != a.kb - 1) continue;
+    const int64_t j0 = lg_tile(a, q, s) * LG_TL;
+    lg_epilogue(a, acc[0], 0, j0, cur, cend, ny);
+    if (two) lg_epilogue(a, acc[1], 1, j0, cur, cend, ny);
+#pragma unroll
+    for (int i = 0; i < 64; i++) acc[0][i] = acc[1][i] = 0.0f;
+  }
+  cp_async_wait<0>();
+#endif
+}
+
+/* 1 when the e4m3 logits and gradient of batches up to 128 rows run fused on Hopper's warpgroup MMA
+ * (compute capability 9.0, unless ELMO_LG_WGMMA=0 is set in the environment). */
+extern "C" int elmo_cuda_cls_lg_wgmma(void) { return wgmma_enabled("ELMO_LG_WGMMA"); }
+
+extern "C" int elmo_cuda_cls_lg_fused(const elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, const int64_t *y_indptr,
+                                      const int32_t *y_indices, cudaStream_t s) {
+  const int kb = (int)((c->d + 127) / 128);
+  if (c->dtype != ELMO_FP8 || !c->fp8_input || !c->Xq8 || B > 128 || kb > LG_MAX_KB || !elmo_cuda_cls_lg_wgmma())
+    return 0;
+  if (B <= 0 || n <= 0) return 1;
+  lg_args a;
+  a.W = (const uint8_t *)c->W;
+  a.Xq8 = c->Xq8;
+  a.G = (uint16_t *)c->z;
+  a.tab = c->grad_tab;
+  a.y_indptr = y_indptr;
+  a.y_indices = y_indices;
+  a.d = c->d;
+  a.n = n;
+  a.l0 = l0;
+  a.L = c->L;
+  a.B = B;
+  a.tiles = (n + LG_TL - 1) / LG_TL;
+  a.kb = kb;
+  const size_t smem = lg_smem_bytes(kb);
+  static size_t attr = 0;
+  if (attr < smem) {
+    ELMO_CUDA_CHECK(cudaFuncSetAttribute(lg_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    attr = smem;
+  }
+  const int64_t blocks = a.tiles < sm_count() ? a.tiles : sm_count();
+  lg_wgmma_kernel<<<(unsigned)blocks, 256, smem, s>>>(a);
+  ELMO_LAUNCH_CHECK();
+  return 1;
 }

@@ -22,6 +22,9 @@
  *           the e4m3 blocks run on wgmma instead of mma.sync (elmo_cuda_cls_dx_wgmma). Then
  *           elmo_cuda_cls_dx_reduce adds the slices in order into dX, so the result does not
  *           depend on scheduling.
+ *   logits + grad (e4m3 weights and input, B <= 128, sm_90a): G = grad_tab[y][bf16(Xq W^T)] per
+ *           128-label tile on FP8 wgmma with Xq resident in shared memory, two warpgroups that
+ *           alternate tiles, the gradient table and the positives in the epilogue.
  * Weights e4m3 or bf16 (fp32 reference weights take the cuBLASLt path in classifier.cu); the
  * update also takes fp32 weights (G in FP32 holding bf16 values). */
 #ifndef ELMO_CUDA_CLASSIFIER_FAST_H
@@ -52,6 +55,13 @@ void elmo_cuda_cls_dx_part(const elmo_cuda_cls *c, int64_t B, int64_t l0, int64_
 int elmo_cuda_cls_dx_wgmma(void);
 /* dX[B, d] += sum over s in order of dx_part[s]. */
 void elmo_cuda_cls_dx_reduce(const elmo_cuda_cls *c, int64_t B, float *dX, cudaStream_t s);
+/* 1 when e4m3 logits + gradient of batches up to 128 rows run fused on Hopper's warpgroup MMA (compute
+ * capability 9.0, unless ELMO_LG_WGMMA=0 is set in the environment). */
+int elmo_cuda_cls_lg_wgmma(void);
+/* c->z [round16(B), n] (rows < B) = grad_tab[y][bf16(Xq8 W[l0:l0+n]^T)] in one kernel, c->grad_tab filled:
+ * e4m3 weights and input, B <= 128, d <= 768, lg_wgmma on. Returns 0, launching nothing, otherwise. */
+int elmo_cuda_cls_lg_fused(const elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, const int64_t *y_indptr,
+                           const int32_t *y_indices, cudaStream_t s);
 /* W[l0:l0+n] <- SR(W - lr (G^T Xq + wd W)) with G in c->z [round16(B), n]. */
 void elmo_cuda_cls_update_mma(const elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, const elmo_cls_hyper *h,
                               cudaStream_t s);

@@ -153,11 +153,13 @@ int main(int argc, char **argv) {
     int64_t n = L_pad - l0 < chunk ? L_pad - l0 : chunk;
     for (int64_t p0 = l0; p0 < l0 + n; p0 += piece) {
       const int64_t m = l0 + n - p0 < piece ? l0 + n - p0 : piece;
+      int fused = 0; /* logits + grad in one kernel (timed as logits) where the step runs it */
       for (int op = 0; op < 4; op++) {
         float t;
         CK(cudaEventRecord(e0, s));
-        if (op == 0) elmo_cuda_cls_logits(&c, B, p0, m, 0, s);
-        if (op == 1) elmo_cuda_cls_grad(&c, B, p0, m, yp, yi, 0, s);
+        if (op == 0) fused = elmo_cuda_cls_logits_grad(&c, B, p0, m, yp, yi, s);
+        if (op == 0 && !fused) elmo_cuda_cls_logits(&c, B, p0, m, 0, s);
+        if (op == 1 && !fused) elmo_cuda_cls_grad(&c, B, p0, m, yp, yi, 0, s);
         if (op == 2 && split_dx) elmo_cuda_cls_dx_part(&c, B, p0, m, !first, s);
         if (op == 2 && !split_dx) elmo_cuda_cls_dx(&c, B, p0, m, dX, s);
         if (op == 3) elmo_cuda_cls_update(&c, B, p0, m, &h, s);
