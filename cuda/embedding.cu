@@ -166,10 +166,10 @@ static __global__ void pos_add_kernel(const float *part, int P, int H, float *dp
   if (j < H && t < P) dpos[(int64_t)t * H + j] += part[(int64_t)t * H + j];
 }
 
-enum { FIN_COLS = 32, FIN_SLICES = 8 };
+enum { FIN_COLS = 32, FIN_SLICES = 32 };
 
-/* dtype[0][j] += sum over positions of part: slice y sums t = y, y + 8, ... in order, then slice 0
- * adds the 8 slice sums in order (a fixed order). Block (32 columns) x (8 slices). */
+/* dtype[0][j] += sum over positions of part: slice y sums t = y, y + 32, ... in order, then slice 0
+ * adds the 32 slice sums in order (a fixed order). Block (32 columns) x (32 slices). */
 static __global__ void type_finish_kernel(const float *part, int Tp, int H, float *dtype) {
   __shared__ float acc_s[FIN_SLICES][FIN_COLS];
   const int x = threadIdx.x, y = threadIdx.y, j = blockIdx.x * FIN_COLS + x;

@@ -201,10 +201,10 @@ template <typename T> static bool colsum_vec_ok(const T *x, int N, int64_t ld, i
   return N % V == 0 && ld % V == 0 && x_stride % V == 0 && (uintptr_t)x % 16 == 0;
 }
 
-enum { FIN_COLS = 32, FIN_SLICES = 8 };
+enum { FIN_COLS = 32, FIN_SLICES = 32 };
 
-/* out_i[j] += sum over the R row blocks. Block (32 columns) x (8 slices), matrix blockIdx.y: slice y
- * sums blocks y, y + 8, ... in order, then slice 0 adds the 8 slice sums in order (a fixed order). */
+/* out_i[j] += sum over the R row blocks. Block (32 columns) x (32 slices), matrix blockIdx.y: slice y
+ * sums blocks y, y + 32, ... in order, then slice 0 adds the 32 slice sums in order (a fixed order). */
 static __global__ void colsum_finish_kernel(const float *part, int R, int N, float *out, int64_t out_stride) {
   __shared__ float acc_s[FIN_SLICES][FIN_COLS];
   const int x = threadIdx.x, y = threadIdx.y, j = blockIdx.x * FIN_COLS + x;

@@ -940,7 +940,12 @@ static int attention_backward(elmo_cuda_tf *t, const h16 *P, int i, float *G, cu
       for (int j = 0; j < 3 && !rc; j++)
         rc = elmo_cuda_colsum_ld(dqkv + j * H, 1, M, H, 3 * H, 1, 0, G + b[j], 0, t->part, s, err);
     if (rc) return rc;
-    for (int j = 0; j < 3; j++) linear_dw_ld(t, dqkv + j * H, 3 * H, t->xa, M, H, H, G + w[j], s);
+    if (w[1] - w[0] == w[2] - w[1]) { /* the three weight gradients as one strided batch (x shared) */
+      elmo_cuda_tf_mm p = {1, 0, H, H, M, dqkv, 3 * H, H, t->xa, H, 0, G + w[0], H, w[1] - w[0], 1, 1.0f, 3, NULL};
+      elmo_cuda_tf_gemm_run(t->gemm, &p, s);
+    } else {
+      for (int j = 0; j < 3; j++) linear_dw_ld(t, dqkv + j * H, 3 * H, t->xa, M, H, H, G + w[j], s);
+    }
     qkv_gather(t, P, o, s);   /* held already after a RECOMPUTE rerun of this layer's BF16 q/k/v GEMM */
     linear_dx(t, dqkv, t->wqkv, M, H, 3 * H, t->dx, 1, 1.0f, s);             /* + residual, K = 3 H */
     return ELMO_OK;
