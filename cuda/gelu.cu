@@ -238,6 +238,69 @@ static void colsum_launch(const T *x, int64_t M, int N, int64_t ld, int count, i
   ELMO_LAUNCH_CHECK();
 }
 
+/* gelu_backward8 and colsum_partial_vec<bf16> in one pass over [M, N] (N % 8 == 0, 16-byte rows): thread
+ * (column group j, row block y) forms dx for 8 columns of rows y COL_ROWS .. and sums the rounded bf16
+ * values, rows in order, so dx and the partial sums are bit for bit those of the two kernels (and
+ * colsum_finish completes them). Rows go four at a time, each loaded before it is written (dx may
+ * be dy). */
+static __global__ void gelu_backward_colsum8_kernel(const uint4 *pre, const uint4 *dy, int64_t M, int N, uint4 *dx,
+                                                    float *part) {
+  constexpr int U = 4;
+  const int j = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
+  if (j >= N) return;
+  const int64_t r0 = (int64_t)blockIdx.y * COL_ROWS, r1 = r0 + COL_ROWS < M ? r0 + COL_ROWS : M, n8 = N / 8;
+  float acc[8];
+#pragma unroll
+  for (int e = 0; e < 8; e++) acc[e] = 0.0f;
+  for (int64_t r = r0; r < r1; r += U) {
+    uint4 xp[U], gp[U];
+#pragma unroll
+    for (int u = 0; u < U; u++)
+      if (r + u < r1) {
+        xp[u] = pre[(r + u) * n8 + j / 8];
+        gp[u] = dy[(r + u) * n8 + j / 8];
+      }
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      if (r + u >= r1) break;
+      float x[8], g[8];
+      unpack8(xp[u], x);
+      unpack8(gp[u], g);
+#pragma unroll
+      for (int k = 0; k < 8; k++) g[k] *= gelu_grad(x[k]);
+      const uint4 q = pack8(g);
+      dx[(r + u) * n8 + j / 8] = q;
+      unpack8(q, g);
+#pragma unroll
+      for (int e = 0; e < 8; e++) acc[e] += g[e];
+    }
+  }
+  float *o = part + (int64_t)blockIdx.y * N + j;
+#pragma unroll
+  for (int e = 0; e < 8; e++) o[e] = acc[e];
+}
+
+extern "C" int elmo_cuda_gelu_backward_colsum(const elmo_bf16 *pre, const elmo_bf16 *dy, int64_t M, int N,
+                                              elmo_bf16 *dx, float *out, float *ws, cudaStream_t s, elmo_err *err) {
+  if (M < 0 || N < 1 || (M + COL_ROWS - 1) / COL_ROWS > 65535)
+    return elmo_fail(err, ELMO_EINPUT, "gelu backward with column sums: %lld x %d (expected at most %d rows, "
+                     "columns >= 1)", (long long)M, N, 65535 * COL_ROWS);
+  if (M == 0) return ELMO_OK;
+  if (N % 8 || !vec8_ok(M * N, pre, dy, dx)) {
+    int rc = elmo_cuda_gelu_backward(pre, dy, M * N, dx, s, err);
+    return rc ? rc : elmo_cuda_colsum(dx, 1, M, N, 1, 0, out, 0, ws, s, err);
+  }
+  const int64_t R = (M + COL_ROWS - 1) / COL_ROWS;
+  const unsigned vtiles = (unsigned)((N / 8 + COL_THREADS - 1) / COL_THREADS);
+  gelu_backward_colsum8_kernel<<<dim3(vtiles, (unsigned)R), COL_THREADS, 0, s>>>((const uint4 *)pre, (const uint4 *)dy, M,
+                                                                                N, (uint4 *)dx, ws);
+  ELMO_LAUNCH_CHECK();
+  colsum_finish_kernel<<<dim3((unsigned)((N + FIN_COLS - 1) / FIN_COLS), 1), dim3(FIN_COLS, FIN_SLICES), 0, s>>>(
+      ws, (int)R, N, out, 0);
+  ELMO_LAUNCH_CHECK();
+  return ELMO_OK;
+}
+
 extern "C" int64_t elmo_cuda_colsum_ws_floats(int64_t M, int N, int count) {
   return (M + COL_ROWS - 1) / COL_ROWS * (int64_t)N * count;
 }

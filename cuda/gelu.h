@@ -25,6 +25,11 @@ int elmo_cuda_gelu_recompute(const elmo_bf16 *pre, int64_t n, elmo_bf16 *g, cuda
 int elmo_cuda_gelu_backward(const elmo_bf16 *pre, const elmo_bf16 *dy, int64_t n, elmo_bf16 *dx,
                             cudaStream_t s, elmo_err *err);
 
+/* dx[M, N] = bf16(dy * GELU'(pre)) and out[N] += its column sums, in one pass where N % 8 == 0 and rows are
+ * 16-byte aligned (else the two calls): the same bits as elmo_cuda_gelu_backward then elmo_cuda_colsum.
+ * dx may equal dy; ws: elmo_cuda_colsum_ws_floats(M, N, 1). */
+int elmo_cuda_gelu_backward_colsum(const elmo_bf16 *pre, const elmo_bf16 *dy, int64_t M, int N, elmo_bf16 *dx,
+                                   float *out, float *ws, cudaStream_t s, elmo_err *err);
 /* Scratch floats elmo_cuda_colsum needs for `count` matrices of M rows and N columns. */
 int64_t elmo_cuda_colsum_ws_floats(int64_t M, int N, int count);
 /* For i < count: out_i[N] += column sums of x_i[M, N] (fp32 accumulation, rows summed in fixed

@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "cuda/layernorm.h"
+#include "cuda/gelu.h"
 #include "cuda/check.h"
 #include "cuda/transformer.h"
 
@@ -107,15 +108,15 @@ enum { VP_ROWS = 16 };
 template <int K>
 static __global__ void __launch_bounds__(LN_WARPS * 32)
 ln_backward_vec_param_kernel(const float *dy, const bf16 *xhat, const float *rstd, const bf16 *w, int64_t M,
-                             float *dx, bf16 *dx16, float *pw, float *pb) {
+                             float *dx, bf16 *dx16, float *pw, float *pb, float *pd) {
   constexpr int H = 128 * K;
   __shared__ __align__(16) float s_p[LN_WARPS][2][H];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float aw[K][4], ab[K][4];
+  float aw[K][4], ab[K][4], ad[K][4];
 #pragma unroll
   for (int k = 0; k < K; k++)
 #pragma unroll
-    for (int e = 0; e < 4; e++) aw[k][e] = ab[k][e] = 0.0f;
+    for (int e = 0; e < 4; e++) aw[k][e] = ab[k][e] = ad[k][e] = 0.0f;
 #pragma unroll 1
   for (int q = 0; q < VP_ROWS / LN_WARPS; q++) {
     const int64_t r = (int64_t)blockIdx.x * VP_ROWS + warp + LN_WARPS * q;
@@ -145,7 +146,10 @@ ln_backward_vec_param_kernel(const float *dy, const bf16 *xhat, const float *rst
       const int j = 128 * k + 4 * lane;
       float d[4];
 #pragma unroll
-      for (int e = 0; e < 4; e++) d[e] = rs * (gw[k][e] - mg - xh[k][e] * mgh);
+      for (int e = 0; e < 4; e++) {
+        d[e] = rs * (gw[k][e] - mg - xh[k][e] * mgh);
+        ad[k][e] += d[e];
+      }
       *(float4 *)(dx + base + j) = make_float4(d[0], d[1], d[2], d[3]);
       if (dx16) *(uint2 *)(dx16 + base + j) = f32x4_to_bf16(d);
     }
@@ -166,6 +170,20 @@ ln_backward_vec_param_kernel(const float *dy, const bf16 *xhat, const float *rst
     }
     pw[(int64_t)blockIdx.x * H + j] = sw;
     pb[(int64_t)blockIdx.x * H + j] = sb;
+  }
+  if (!pd) return;
+  __syncthreads(); /* the same buffer for the column sums of dx */
+#pragma unroll
+  for (int k = 0; k < K; k++) {
+    const int j = 128 * k + 4 * lane;
+    *(float4 *)&s_p[warp][0][j] = make_float4(ad[k][0], ad[k][1], ad[k][2], ad[k][3]);
+  }
+  __syncthreads();
+  for (int j = threadIdx.x; j < H; j += LN_WARPS * 32) {
+    float sd = s_p[0][0][j];
+#pragma unroll
+    for (int wi = 1; wi < LN_WARPS; wi++) sd += s_p[wi][0][j];
+    pd[(int64_t)blockIdx.x * H + j] = sd;
   }
 }
 
@@ -356,29 +374,34 @@ static __global__ void ln_param_partial_kernel(const float *dy, const bf16 *xhat
 
 enum { FIN_COLS = 32, FIN_SLICES = 32 };
 
-/* dw[j] += sum over the R row blocks of pw, db likewise. Block (32 columns) x (32 slices): slice y sums
- * blocks y, y + 32, ... in order, then slice 0 adds the 32 slice sums in order: a fixed order. (With
- * 8 slices, 24 blocks of BERT's 768 columns spent 20 us on 1,024 row blocks: H100, 2026-11-27.) */
-static __global__ void ln_param_finish_kernel(const float *pw, const float *pb, int R, int H, float *dw,
-                                              float *db) {
-  __shared__ float sw_s[FIN_SLICES][FIN_COLS], sb_s[FIN_SLICES][FIN_COLS];
+/* dw[j] += sum over the R row blocks of pw, db likewise (and dsum of pd when pd is given). Block
+ * (32 columns) x (32 slices): slice y sums blocks y, y + 32, ... in order, then slice 0 adds the 32
+ * slice sums in order: a fixed order. (With 8 slices, 24 blocks of BERT's 768 columns spent 20 us on
+ * 1,024 row blocks: H100, 2026-11-27.) */
+static __global__ void ln_param_finish_kernel(const float *pw, const float *pb, const float *pd, int R, int H,
+                                              float *dw, float *db, float *dsum) {
+  __shared__ float sw_s[FIN_SLICES][FIN_COLS], sb_s[FIN_SLICES][FIN_COLS], sd_s[FIN_SLICES][FIN_COLS];
   const int x = threadIdx.x, y = threadIdx.y, j = blockIdx.x * FIN_COLS + x;
-  float sw = 0.0f, sb = 0.0f;
+  float sw = 0.0f, sb = 0.0f, sd = 0.0f;
   if (j < H)
     for (int r = y; r < R; r += FIN_SLICES) {
       sw += pw[(int64_t)r * H + j];
       sb += pb[(int64_t)r * H + j];
+      if (pd) sd += pd[(int64_t)r * H + j];
     }
   sw_s[y][x] = sw;
   sb_s[y][x] = sb;
+  sd_s[y][x] = sd;
   __syncthreads();
   if (y != 0 || j >= H) return;
   for (int k = 1; k < FIN_SLICES; k++) {
     sw += sw_s[k][x];
     sb += sb_s[k][x];
+    sd += sd_s[k][x];
   }
   dw[j] += sw;
   db[j] += sb;
+  if (pd) dsum[j] += sd;
 }
 
 static void ln_params_launch(const float *dy, const bf16 *xhat, int64_t M, int H, float *dw, float *db,
@@ -389,7 +412,7 @@ static void ln_params_launch(const float *dy, const bf16 *xhat, int64_t M, int H
   ln_param_partial_kernel<<<grid, PART_THREADS, 0, s>>>(dy, xhat, M, H, pw, pb);
   ELMO_LAUNCH_CHECK();
   ln_param_finish_kernel<<<(unsigned)((H + FIN_COLS - 1) / FIN_COLS), dim3(FIN_COLS, FIN_SLICES), 0, s>>>(
-      pw, pb, (int)R, H, dw, db);
+      pw, pb, NULL, (int)R, H, dw, db, NULL);
   ELMO_LAUNCH_CHECK();
 }
 
@@ -405,13 +428,17 @@ static void ln_backward_launch(const float *dy, const bf16 *xhat, const float *r
   ELMO_LAUNCH_CHECK();
 }
 
-/* Scratch for the parameter partials: R = ceil(M / 16) rows of the fused register kernel (the
- * shared-memory path uses ceil(M / 64) of them). */
-extern "C" int64_t elmo_cuda_layernorm_ws_floats(int64_t M, int H) { return 2 * ((M + VP_ROWS - 1) / VP_ROWS) * H; }
+/* Scratch for the parameter partials: R = ceil(M / 16) rows of the fused register kernel, three arrays
+ * (dw, db, dsum; the shared-memory path uses ceil(M / 64) rows of two, then the column sums' own). */
+extern "C" int64_t elmo_cuda_layernorm_ws_floats(int64_t M, int H) {
+  const int64_t a = 3 * ((M + VP_ROWS - 1) / VP_ROWS) * H, c = elmo_cuda_colsum_ws_floats(M, H, 1);
+  return a > c ? a : c;
+}
 
 extern "C" int elmo_cuda_layernorm_backward(const float *dy, const elmo_bf16 *xhat, const float *rstd,
                                             const elmo_bf16 *w, int64_t M, int H, float *dx, elmo_bf16 *dx16,
-                                            float *dw, float *db, float *ws, cudaStream_t s, elmo_err *err) {
+                                            float *dw, float *db, float *dsum, float *ws, cudaStream_t s,
+                                            elmo_err *err) {
   int rc = check_rows("layernorm backward", M, H, err);
   if (rc) return rc;
   if (part_blocks(M) > 65535)
@@ -421,20 +448,21 @@ extern "C" int elmo_cuda_layernorm_backward(const float *dy, const elmo_bf16 *xh
   const void *ptrs[] = {dy, xhat, w, dx, dx16 ? (const void *)dx16 : dy};
   if (ln_vec_ok(H, ptrs, 5)) { /* rows in registers, parameter partials fused */
     const int64_t R = (M + VP_ROWS - 1) / VP_ROWS;
-    float *pw = ws, *pb = ws + R * H;
+    float *pw = ws, *pb = ws + R * H, *pd = dsum ? ws + 2 * R * H : NULL;
 #define LN_BWDP(K)                                                                                        \
   ln_backward_vec_param_kernel<K><<<(unsigned)R, LN_WARPS * 32, 0, s>>>(dy, (const bf16 *)xhat, rstd, (const bf16 *)w, \
-                                                                       M, dx, (bf16 *)dx16, pw, pb)
+                                                                       M, dx, (bf16 *)dx16, pw, pb, pd)
     LN_VEC_SWITCH(H / 128, LN_BWDP)
 #undef LN_BWDP
     ELMO_LAUNCH_CHECK();
     ln_param_finish_kernel<<<(unsigned)((H + FIN_COLS - 1) / FIN_COLS), dim3(FIN_COLS, FIN_SLICES), 0, s>>>(
-        pw, pb, (int)R, H, dw, db);
+        pw, pb, pd, (int)R, H, dw, db, dsum);
     ELMO_LAUNCH_CHECK();
     return ELMO_OK;
   }
   /* parameter sums read dy before the row kernel may overwrite it in place */
   ln_params_launch(dy, (const bf16 *)xhat, M, H, dw, db, ws, s);
   ln_backward_launch(dy, (const bf16 *)xhat, rstd, (const bf16 *)w, M, H, dx, (bf16 *)dx16, s);
+  if (dsum) return elmo_cuda_colsum(dx, 0, M, H, 1, 0, dsum, 0, ws, s, err);
   return ELMO_OK;
 }

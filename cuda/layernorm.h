@@ -27,10 +27,12 @@ int elmo_cuda_layernorm_apply(const elmo_bf16 *xhat, const elmo_bf16 *w, const e
 int64_t elmo_cuda_layernorm_ws_floats(int64_t M, int H);
 /* dx = rstd * (dy w - mean(dy w) - xhat mean(dy w xhat)) per row; dw += sum dy xhat, db += sum dy
  * (deterministic: fixed row blocks summed in order). dy, dx [M, H] fp32 (dx may equal dy); dx16
- * [M, H] bf16 copy of dx or NULL; dw, db [H] fp32; ws: elmo_cuda_layernorm_ws_floats. */
+ * [M, H] bf16 copy of dx or NULL; dw, db [H] fp32; dsum [H] fp32 or NULL: += the column sums of dx
+ * (the bias gradient of the linear layer whose output the LayerNorm took), formed in the same pass;
+ * ws: elmo_cuda_layernorm_ws_floats. */
 int elmo_cuda_layernorm_backward(const float *dy, const elmo_bf16 *xhat, const float *rstd,
                                  const elmo_bf16 *w, int64_t M, int H, float *dx, elmo_bf16 *dx16,
-                                 float *dw, float *db, float *ws, cudaStream_t s, elmo_err *err);
+                                 float *dw, float *db, float *dsum, float *ws, cudaStream_t s, elmo_err *err);
 
 #ifdef __cplusplus
 }

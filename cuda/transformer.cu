@@ -901,18 +901,17 @@ static int ffn_backward(elmo_cuda_tf *t, const h16 *P, int i, float *G, cudaStre
   const int64_t M = (int64_t)t->B * t->Tp;
   const int H = c->hidden, F = c->ffn;
   int rc = elmo_cuda_layernorm_backward(t->dx, a->xhat2, a->rstd2, P + o->ln2_w, M, H, t->dx, t->d16,
-                                        G + o->ln2_w, G + o->ln2_b, t->part, s, err);
-  if (!rc) rc = elmo_cuda_colsum(t->dx, 0, M, H, 1, 0, G + o->ff2_b, 0, t->part, s, err);
+                                        G + o->ln2_w, G + o->ln2_b, G + o->ff2_b, t->part, s, err);
   if (rc) return rc;
   linear_dw(t, t->d16, t->g16, M, F, H, G + o->ff2_w, s);
   linear_dx(t, t->d16, P + o->ff2_w, M, F, H, t->g16, 0, 0.0f, s);          /* dGELU (bf16) */
-  rc = elmo_cuda_gelu_backward(a->ff, t->g16, M * F, t->g16, s, err);         /* dff */
-  if (!rc) rc = elmo_cuda_colsum(t->g16, 1, M, F, 1, 0, G + o->ff1_b, 0, t->part, s, err);
+  rc = elmo_cuda_gelu_backward_colsum(a->ff, t->g16, M, F, t->g16, G + o->ff1_b, t->part, s, err); /* dff */
   if (rc) return rc;
   linear_dw(t, t->g16, t->h1, M, H, F, G + o->ff1_w, s);
   linear_dx(t, t->g16, P + o->ff1_w, M, H, F, t->dx, 1, 1.0f, s);           /* + residual */
+  /* with the output projection's bias gradient (the column sums of d(pre1)) */
   return elmo_cuda_layernorm_backward(t->dx, a->xhat1, a->rstd1, P + o->ln1_w, M, H, t->dx, t->d16,
-                                      G + o->ln1_w, G + o->ln1_b, t->part, s, err);
+                                      G + o->ln1_w, G + o->ln1_b, G + o->o_b, t->part, s, err);
 }
 
 /* Output projection, attention and q/k/v: t->dx from d(pre1) to d(x_in). */
@@ -922,8 +921,7 @@ static int attention_backward(elmo_cuda_tf *t, const h16 *P, int i, float *G, cu
   const layer_acts *a = &t->act[i];
   const int64_t M = (int64_t)t->B * t->Tp, MH = M * c->hidden;
   const int H = c->hidden, heads = c->heads, dh = H / heads;
-  int rc = elmo_cuda_colsum(t->dx, 0, M, H, 1, 0, G + o->o_b, 0, t->part, s, err);
-  if (rc) return rc;
+  int rc = ELMO_OK;   /* the output projection's bias gradient came with the LayerNorm backward */
   h16 *dqkv = (h16 *)t->f32;   /* fused: [M, 3 H], dq | dk | dv per row; batched: [3, M, H] merged */
   const int64_t w[3] = {o->q_w, o->k_w, o->v_w}, b[3] = {o->q_b, o->k_b, o->v_b};
   if (t->fused) {   /* dctx into h1 (free after the FFN backward); the kernel also writes ctx, for dW_o */
@@ -988,7 +986,7 @@ extern "C" int elmo_cuda_tf_backward(elmo_cuda_tf *t, const void *params, int pa
   for (int i = c->layers - 1; i >= 0 && !rc; i--) rc = layer_backward(t, P, i, grads, s, err);
   if (!rc)
     rc = elmo_cuda_layernorm_backward(t->dx, t->xhat_e, t->rstd_e, P + t->emb_ln_w, M, c->hidden, t->dx, NULL,
-                                      grads + t->emb_ln_w, grads + t->emb_ln_b, t->part, s, err);
+                                      grads + t->emb_ln_w, grads + t->emb_ln_b, NULL, t->part, s, err);
   if (!rc)
     rc = elmo_cuda_embed_backward(t->dx, t->keys, t->mask, c->vocab_size, c->max_position, t->B, t->Tp, c->hidden,
                                   grads + t->word, grads + t->pos, t->type >= 0 ? grads + t->type : NULL, t->emb_ws,

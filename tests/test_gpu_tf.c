@@ -191,21 +191,25 @@ static void run_layernorm_backward(int H) {
   const int64_t M = 150;   /* partial-sum blocks: 3 of 64 rows (H 72), 10 of 16, the last of 6 (H 128, 768) */
   float *dy = randn((size_t)M * H, &rng, 1.0f, 0.0f), *xhat = randn((size_t)M * H, &rng, 1.0f, 0.0f);
   float *w = randn(H, &rng, 0.2f, 1.0f), *rstd = malloc((size_t)M * sizeof *rstd);
-  float *dw = randn(H, &rng, 1.0f, 0.0f), *db = randn(H, &rng, 1.0f, 0.0f);
+  float *dw = randn(H, &rng, 1.0f, 0.0f), *db = randn(H, &rng, 1.0f, 0.0f), *ds = randn(H, &rng, 1.0f, 0.0f);
   for (int64_t r = 0; r < M; r++) rstd[r] = 0.5f + tu_rand_uniform(&rng);
   quantize(xhat, (size_t)M * H); quantize(w, H);
   float *d_dy = dev_upload(dy, (size_t)M * H * 4), *d_rstd = dev_upload(rstd, (size_t)M * 4);
-  float *d_dw = dev_upload(dw, H * 4), *d_db = dev_upload(db, H * 4);
+  float *d_dw = dev_upload(dw, H * 4), *d_db = dev_upload(db, H * 4), *d_ds = dev_upload(ds, H * 4);
   void *d_xhat = dev_bf16(xhat, (size_t)M * H), *d_w = dev_bf16(w, H), *d_dx16 = dev_poisoned((size_t)M * H * 2);
   float *d_ws = dev_poisoned((size_t)elmo_cuda_layernorm_ws_floats(M, H) * 4);
   float *dx = malloc((size_t)M * H * sizeof *dx);
   elmo_tf_layernorm_backward(dy, xhat, rstd, w, M, H, dx, dw, db);
+  for (int64_t r = 0; r < M; r++)
+    for (int j = 0; j < H; j++) ds[j] += dx[r * H + j];   /* the bias gradient of the layer before */
 
   elmo_err err;
-  assert_int_equal(elmo_cuda_layernorm_backward(d_dy, d_xhat, d_rstd, d_w, M, H, d_dy, d_dx16, d_dw, d_db, d_ws, 0,
-                                                &err), ELMO_OK);   /* in place over dy */
+  assert_int_equal(elmo_cuda_layernorm_backward(d_dy, d_xhat, d_rstd, d_w, M, H, d_dy, d_dx16, d_dw, d_db, d_ds, d_ws,
+                                                0, &err), ELMO_OK);   /* in place over dy */
   float *g_dx = host_from_f32(d_dy, (size_t)M * H), *g_dx16 = host_from_bf16(d_dx16, (size_t)M * H);
-  float *g_dw = host_from_f32(d_dw, H), *g_db = host_from_f32(d_db, H);
+  float *g_dw = host_from_f32(d_dw, H), *g_db = host_from_f32(d_db, H), *g_ds = host_from_f32(d_ds, H);
+  expect_close(g_ds, ds, H, 1e-5, "layernorm dx column sums (accumulated)");
+  free(g_ds); free(ds); cudaFree(d_ds);
   expect_close(g_dx, dx, (size_t)M * H, 1e-5, "layernorm dx (fp32)");
   expect_close(g_dx16, dx, (size_t)M * H, 1e-2, "layernorm dx (bf16 copy)");
   expect_close(g_dw, dw, H, 1e-5, "layernorm dw (accumulated)");
@@ -261,6 +265,36 @@ static void test_gelu(void **state) {
   cudaFree(d_a); cudaFree(d_bias); cudaFree(d_dy); cudaFree(d_pre); cudaFree(d_g); cudaFree(d_g2);
   free(a); free(bias); free(dy); free(pre); free(g); free(dx); free(pre_q); free(g_pre); free(g_g); free(g_g2);
   free(g_dx);
+}
+
+/* The FFN's dff with its bias gradient in one pass: bit for bit the two-call path (gelu backward, then
+ * column sums), and close to the CPU's sums. */
+static void run_gelu_colsum(int64_t M, int F, uint64_t rng) {
+  const size_t n = (size_t)M * F;
+  float *pre = randn(n, &rng, 2.0f, 0.0f), *dy = randn(n, &rng, 1.0f, 0.0f), *out = randn(F, &rng, 1.0f, 0.0f);
+  quantize(pre, n); quantize(dy, n);
+  void *d_pre = dev_bf16(pre, n), *d_a = dev_bf16(dy, n), *d_b = dev_bf16(dy, n);
+  float *d_oa = dev_upload(out, (size_t)F * 4), *d_ob = dev_upload(out, (size_t)F * 4);
+  float *d_ws = dev_poisoned((size_t)elmo_cuda_colsum_ws_floats(M, F, 1) * 4);
+  elmo_err err;
+  assert_int_equal(elmo_cuda_gelu_backward(d_pre, d_a, (int64_t)n, d_a, 0, &err), ELMO_OK);
+  assert_int_equal(elmo_cuda_colsum(d_a, 1, M, F, 1, 0, d_oa, 0, d_ws, 0, &err), ELMO_OK);
+  assert_int_equal(elmo_cuda_gelu_backward_colsum(d_pre, d_b, M, F, d_b, d_ob, d_ws, 0, &err), ELMO_OK); /* in place */
+  float *ga = host_from_bf16(d_a, n), *gb = host_from_bf16(d_b, n), *oa = host_from_f32(d_oa, F), *ob = host_from_f32(d_ob, F);
+  if (memcmp(ga, gb, n * sizeof *ga)) fail_msg("gelu backward + column sums: dx differs from the two-call path (%lld x %d)", (long long)M, F);
+  if (memcmp(oa, ob, (size_t)F * sizeof *oa)) fail_msg("gelu backward + column sums: sums differ from the two-call path (%lld x %d)", (long long)M, F);
+  for (int64_t r = 0; r < M; r++)
+    for (int j = 0; j < F; j++) out[j] += ga[r * F + j];
+  expect_close(ob, out, (size_t)F, 1e-5, "gelu backward + column sums (vs CPU sums)");
+  cudaFree(d_pre); cudaFree(d_a); cudaFree(d_b); cudaFree(d_oa); cudaFree(d_ob); cudaFree(d_ws);
+  free(pre); free(dy); free(out); free(ga); free(gb); free(oa); free(ob);
+}
+
+static void test_gelu_colsum(void **state) {
+  (void)state;
+  run_gelu_colsum(29, 112, 311);    /* one partial row block */
+  run_gelu_colsum(300, 3072, 312);  /* BERT's width: several row blocks and column tiles, a partial last block */
+  run_gelu_colsum(70, 20, 313);     /* 20 columns: the two-call fallback */
 }
 
 /* count matrices of M x N with rows ld apart, matrix i at x + i * x_stride. */
@@ -1204,7 +1238,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_layernorm_forward),
     cmocka_unit_test(test_layernorm_backward),
-    cmocka_unit_test(test_gelu),
+    cmocka_unit_test(test_gelu), cmocka_unit_test(test_gelu_colsum),
     cmocka_unit_test(test_colsum),
     cmocka_unit_test(test_attention),
     cmocka_unit_test(test_attention_long),
