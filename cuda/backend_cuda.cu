@@ -271,7 +271,9 @@ extern "C" int elmo_cuda_choose_chunks(const elmo_config *cfg, elmo_model_desc *
   int rc = budget_bytes(cfg, &budget, err);
   if (rc) return rc;
   const int64_t n0 = md->n_chunks;
-  int64_t n = (md->L_pad + ELMO_CUDA_CHUNK_MAX - 1) / ELMO_CUDA_CHUNK_MAX;
+  const int64_t by_z = ELMO_CUDA_CHUNK_Z_BYTES / (2 * round16(md->batch_size > 0 ? md->batch_size : 1)) / 16 * 16;
+  const int64_t cmax = by_z > ELMO_CUDA_CHUNK_MAX ? by_z : ELMO_CUDA_CHUNK_MAX;
+  int64_t n = (md->L_pad + cmax - 1) / cmax;
   elmo_model_desc_set_chunks(md, n);
   elmo_cuda_plan_t p;
   while (elmo_cuda_plan(md, &p) > budget && md->chunk_labels > 16) {
