@@ -60,11 +60,17 @@ int elmo_cuda_attention_fused_forward(const elmo_bf16 *q, const elmo_bf16 *k, co
                                       cudaStream_t s, elmo_err *err);
 /* dq, dk, dv from dctx (rows of masked queries and keys come out zero). ctx: NULL, or also writes the
  * forward's output, bit for bit what elmo_cuda_attention_fused_forward gives (P is recomputed anyway),
- * so a backward need not rerun the forward for it. */
+ * so a backward need not rerun the forward for it. colpart: NULL, or [3][R][heads * dh] FP32 with
+ * R = elmo_cuda_attention_colpart_rows(B, Tp): the column sums of the stored (bf16) dq, dk, dv over
+ * each 16 rows of each sequence, in a fixed order, for elmo_cuda_colsum_finish (bias gradients without
+ * reading dq, dk, dv again). */
 int elmo_cuda_attention_fused_backward(const elmo_bf16 *q, const elmo_bf16 *k, const elmo_bf16 *v, int ld_qkv,
                                        const elmo_bf16 *dctx, const uint8_t *mask, int B, int Tp, int heads,
                                        int dh, elmo_bf16 *dq, elmo_bf16 *dk, elmo_bf16 *dv, elmo_bf16 *ctx,
-                                       cudaStream_t s, elmo_err *err);
+                                       float *colpart, cudaStream_t s, elmo_err *err);
+/* Rows of the backward's colpart per matrix: B times the 16-row query tiles of a block (ceil(Tp / 16)
+ * rounded up to 1, 2, 4 or 8; tiles past Tp sum to zero). */
+int64_t elmo_cuda_attention_colpart_rows(int B, int Tp);
 
 #ifdef __cplusplus
 }

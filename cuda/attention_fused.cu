@@ -30,6 +30,8 @@ struct attn_args {
   float scale;
   bf16 *ctx, *dq, *dk, *dv;
   int ldq;                   /* row stride of q, k, v, dq, dk, dv (elements); ctx, dctx: heads * dh */
+  float *colpart;            /* backward: NULL, or column sums of the stored dq, dk, dv per warp's 16 rows,
+                                [3][B * KT][heads * dh] (the bias gradients' partials) */
 };
 
 /* ------------------------------------------------------------------ warp-level MMA helpers */
@@ -267,6 +269,32 @@ __device__ __forceinline__ void store_rows(const float (&acc)[DH / 8][4], bf16 *
   }
 }
 
+/* The column sums of the bf16 values store_rows writes (rows r0 .. r0 + 15 below Tp) into out[0 .. DH):
+ * each lane adds its two rows, then a butterfly over the eight row groups; a fixed order. */
+template <int DH>
+__device__ __forceinline__ void col_partial(const float (&acc)[DH / 8][4], int r0, int Tp, int lane, float *out) {
+  const int g = lane >> 2, c0 = 2 * (lane & 3);
+  const bool v0 = r0 + g < Tp, v1 = r0 + g + 8 < Tp;
+#pragma unroll
+  for (int n = 0; n < DH / 8; n++) {
+    float s0 = 0.0f, s1 = 0.0f;
+    if (v0) {
+      s0 = __bfloat162float(__float2bfloat16_rn(acc[n][0]));
+      s1 = __bfloat162float(__float2bfloat16_rn(acc[n][1]));
+    }
+    if (v1) {
+      s0 += __bfloat162float(__float2bfloat16_rn(acc[n][2]));
+      s1 += __bfloat162float(__float2bfloat16_rn(acc[n][3]));
+    }
+#pragma unroll
+    for (int off = 4; off < 32; off <<= 1) {
+      s0 += __shfl_xor_sync(0xFFFFFFFFu, s0, off);
+      s1 += __shfl_xor_sync(0xFFFFFFFFu, s1, off);
+    }
+    if (g == 0) *reinterpret_cast<float2 *>(out + n * 8 + c0) = make_float2(s0, s1);
+  }
+}
+
 /* A-fragment registers of the warp's 16 rows into s ([16][LDP] from the warp's first row). */
 template <int KT>
 __device__ __forceinline__ void store_frag(const uint32_t (&p)[KT][4], bf16 *s, int lane) {
@@ -371,16 +399,22 @@ __global__ void __launch_bounds__(32 * KT, 2) attn_bwd_kernel(attn_args a) {
     mm_abt<DH, KT>(so + 16 * w * LDS, sv, lane, dp);                 /* dP = dctx V^T */
     softmax_grad<KT>(sp + 16 * w * LDP, dp, a.scale, lane, ds);
   }
+  /* bias-gradient partials: row b KT + w of matrix m (q 0, k 1, v 2) in a.colpart */
+  const int64_t prow = (int64_t)b * KT + w, pstride = (int64_t)(gridDim.x / a.heads) * KT * ld;
+  float *cp = a.colpart ? a.colpart + prow * ld + col0 : NULL;
   float acc[DH / 8][4];
   mm_py<DH, KT>(ds, sk, lane, acc);                                   /* dQ = dS K */
   store_rows<DH>(acc, a.dq, row0, 16 * w, a.Tp, a.ldq, col0, lane);
+  if (cp) col_partial<DH>(acc, 16 * w, a.Tp, lane, cp);
   mm_aty<DH, KT>(sp, so, 16 * w, lane, acc);                          /* dV = P^T dctx (P complete) */
   store_rows<DH>(acc, a.dv, row0, 16 * w, a.Tp, a.ldq, col0, lane);
+  if (cp) col_partial<DH>(acc, 16 * w, a.Tp, lane, cp + 2 * pstride);
   __syncthreads();                                                    /* P read by all */
   store_frag<KT>(ds, sp + 16 * w * LDP, lane);
   __syncthreads();
   mm_aty<DH, KT>(sp, sq, 16 * w, lane, acc);                          /* dK = dS^T Q */
   store_rows<DH>(acc, a.dk, row0, 16 * w, a.Tp, a.ldq, col0, lane);
+  if (cp) col_partial<DH>(acc, 16 * w, a.Tp, lane, cp + pstride);
 }
 
 /* The first thread of each key fetches its mask byte (0 beyond Tp); kept in a register until stored. */
@@ -545,22 +579,29 @@ extern "C" int elmo_cuda_attention_fused_forward(const elmo_bf16 *q, const elmo_
   if (!rc) rc = check_ld("fused attention forward", ld_qkv, heads * dh, err);
   if (rc || B == 0) return rc;
   attn_args a = {(const bf16 *)q, (const bf16 *)k, (const bf16 *)v, NULL, mask, Tp, heads,
-                 1.0f / sqrtf((float)dh), (bf16 *)ctx, NULL, NULL, NULL, ld_qkv ? ld_qkv : heads * dh};
+                 1.0f / sqrtf((float)dh), (bf16 *)ctx, NULL, NULL, NULL, ld_qkv ? ld_qkv : heads * dh, NULL};
   launch_any(a, B, dh, 0, s);
   return ELMO_OK;
+}
+
+/* B times the warps of a backward block: KT of launch_dh (key tiles of 16, rounded up to 1, 2, 4 or 8). */
+extern "C" int64_t elmo_cuda_attention_colpart_rows(int B, int Tp) {
+  const int kt = (Tp + 15) / 16;
+  return (int64_t)B * (kt <= 1 ? 1 : kt <= 2 ? 2 : kt <= 4 ? 4 : 8);
 }
 
 extern "C" int elmo_cuda_attention_fused_backward(const elmo_bf16 *q, const elmo_bf16 *k, const elmo_bf16 *v,
                                                   int ld_qkv, const elmo_bf16 *dctx, const uint8_t *mask, int B,
                                                   int Tp, int heads, int dh, elmo_bf16 *dq, elmo_bf16 *dk,
-                                                  elmo_bf16 *dv, elmo_bf16 *ctx, cudaStream_t s, elmo_err *err) {
+                                                  elmo_bf16 *dv, elmo_bf16 *ctx, float *colpart, cudaStream_t s,
+                                                  elmo_err *err) {
   const void *ptrs[8] = {q, k, v, dctx, dq, dk, dv, ctx};
   int rc = check_fused("fused attention backward", ptrs, 8, B, Tp, heads, dh, err);
   if (!rc) rc = check_ld("fused attention backward", ld_qkv, heads * dh, err);
   if (rc || B == 0) return rc;
   attn_args a = {(const bf16 *)q, (const bf16 *)k, (const bf16 *)v, (const bf16 *)dctx, mask, Tp, heads,
                  1.0f / sqrtf((float)dh), (bf16 *)ctx, (bf16 *)dq, (bf16 *)dk, (bf16 *)dv,
-                 ld_qkv ? ld_qkv : heads * dh};
+                 ld_qkv ? ld_qkv : heads * dh, colpart};
   launch_any(a, B, dh, 1, s);
   return ELMO_OK;
 }

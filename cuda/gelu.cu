@@ -301,6 +301,14 @@ extern "C" int elmo_cuda_gelu_backward_colsum(const elmo_bf16 *pre, const elmo_b
   return ELMO_OK;
 }
 
+extern "C" void elmo_cuda_colsum_finish(const float *part, int64_t R, int N, int count, float *out,
+                                        int64_t out_stride, cudaStream_t s) {
+  if (R <= 0 || N <= 0 || count <= 0) return;
+  colsum_finish_kernel<<<dim3((unsigned)((N + FIN_COLS - 1) / FIN_COLS), (unsigned)count), dim3(FIN_COLS, FIN_SLICES), 0,
+                         s>>>(part, (int)R, N, out, out_stride);
+  ELMO_LAUNCH_CHECK();
+}
+
 extern "C" int64_t elmo_cuda_colsum_ws_floats(int64_t M, int N, int count) {
   return (M + COL_ROWS - 1) / COL_ROWS * (int64_t)N * count;
 }

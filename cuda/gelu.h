@@ -30,6 +30,10 @@ int elmo_cuda_gelu_backward(const elmo_bf16 *pre, const elmo_bf16 *dy, int64_t n
  * dx may equal dy; ws: elmo_cuda_colsum_ws_floats(M, N, 1). */
 int elmo_cuda_gelu_backward_colsum(const elmo_bf16 *pre, const elmo_bf16 *dy, int64_t M, int N, elmo_bf16 *dx,
                                    float *out, float *ws, cudaStream_t s, elmo_err *err);
+/* out_i[j] += sum over r < R of part[i][r][j] for i < count (out_i = out + i * out_stride), rows in a
+ * fixed order: the finishing pass of elmo_cuda_colsum over partial sums formed elsewhere. */
+void elmo_cuda_colsum_finish(const float *part, int64_t R, int N, int count, float *out, int64_t out_stride,
+                             cudaStream_t s);
 /* Scratch floats elmo_cuda_colsum needs for `count` matrices of M rows and N columns. */
 int64_t elmo_cuda_colsum_ws_floats(int64_t M, int N, int count);
 /* For i < count: out_i[N] += column sums of x_i[M, N] (fp32 accumulation, rows summed in fixed

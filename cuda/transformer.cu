@@ -345,7 +345,8 @@ static void carve_scratch(carver *cv, elmo_cuda_tf *t, int64_t M, size_t emb_ws)
   t->h1 = (h16 *)carve(cv, M * H * 2);
   t->d16 = (h16 *)carve(cv, M * H * 2);
   t->dx = (float *)carve(cv, M * H * 4);
-  t->part = (float *)carve(cv, (size_t)max3(elmo_cuda_layernorm_ws_floats(M, (int)H),
+  const int64_t attn_part = 3 * elmo_cuda_attention_colpart_rows(t->max_batch, t->max_tp) * H; /* fused backward bias partials */
+  t->part = (float *)carve(cv, (size_t)max3(max3(elmo_cuda_layernorm_ws_floats(M, (int)H), attn_part, 0),
                                             elmo_cuda_colsum_ws_floats(M, (int)H, 3), /* q, k, v biases */
                                             elmo_cuda_colsum_ws_floats(M, (int)F, 1)) * 4);
   t->emb_ws = carve(cv, emb_ws);
@@ -926,14 +927,16 @@ static int attention_backward(elmo_cuda_tf *t, const h16 *P, int i, float *G, cu
   const int64_t w[3] = {o->q_w, o->k_w, o->v_w}, b[3] = {o->q_b, o->k_b, o->v_b};
   if (t->fused) {   /* dctx into h1 (free after the FFN backward); the kernel also writes ctx, for dW_o */
     linear_dx(t, t->d16, P + o->o_w, M, H, H, t->h1, 0, 0.0f, s);
+    /* the three bias gradients from column sums the kernel forms as it stores dq, dk, dv, when their
+     * offsets are evenly spaced (they are in every layout we load) */
+    const int even = b[1] - b[0] == b[2] - b[1];
     rc = elmo_cuda_attention_fused_backward(a->qkv, a->qkv + H, a->qkv + 2 * H, 3 * H, t->h1, t->mask, t->B, t->Tp,
-                                            heads, dh, dqkv, dqkv + H, dqkv + 2 * H, t->ctx, s, err);
+                                            heads, dh, dqkv, dqkv + H, dqkv + 2 * H, t->ctx, even ? t->part : NULL,
+                                            s, err);
     if (rc) return rc;
     linear_dw(t, t->d16, t->ctx, M, H, H, G + o->o_w, s);
-    /* the three bias gradients in one launch when their offsets are evenly spaced (they are in
-     * every layout we load) */
-    if (b[1] - b[0] == b[2] - b[1])
-      rc = elmo_cuda_colsum_ld(dqkv, 1, M, H, 3 * H, 3, H, G + b[0], b[1] - b[0], t->part, s, err);
+    if (even)
+      elmo_cuda_colsum_finish(t->part, elmo_cuda_attention_colpart_rows(t->B, t->Tp), H, 3, G + b[0], b[1] - b[0], s);
     else
       for (int j = 0; j < 3 && !rc; j++)
         rc = elmo_cuda_colsum_ld(dqkv + j * H, 1, M, H, 3 * H, 1, 0, G + b[j], 0, t->part, s, err);

@@ -510,8 +510,8 @@ static void fused_case(int B, int T, int Tp, int heads, int dh, const int *len, 
   snprintf(what, sizeof what, "fused attention ctx (Tp %d, dh %d)", Tp, dh);
   expect_attn_rows(g_ctx, d.ctx, &c, 1e-2, what);
   assert_int_equal(elmo_cuda_attention_fused_backward(d_qkv, d_qkv + per, d_qkv + 2 * per, 0, d_dctx, d_mask, c.B, c.Tp,
-                                                      c.heads, c.dh, d_dqkv, d_dqkv + per, d_dqkv + 2 * per, d_ctx2, 0,
-                                                      &err), ELMO_OK);
+                                                      c.heads, c.dh, d_dqkv, d_dqkv + per, d_dqkv + 2 * per, d_ctx2, NULL,
+                                                      0, &err), ELMO_OK);
   float *g_d = host_from_bf16(d_dqkv, 3 * per), *g_ctx2 = host_from_bf16(d_ctx2, per);
   assert_memory_equal(g_ctx2, g_ctx, per * sizeof *g_ctx);      /* the backward's ctx: the forward's bits */
   const float *ref[3] = {d.dq, d.dk, d.dv};
@@ -532,13 +532,24 @@ static void fused_case(int B, int T, int Tp, int heads, int dh, const int *len, 
                                                      c.dh, d_ctx3, 0, &err), ELMO_OK);
   float *g_ctx3 = host_from_bf16(d_ctx3, per);
   assert_memory_equal(g_ctx3, g_ctx, per * sizeof *g_ctx);
+  /* with the bias-gradient partials: their finished sums (added to random values) against the column
+   * sums of the dq, dk, dv the kernel stored */
+  const int64_t prow = elmo_cuda_attention_colpart_rows(c.B, c.Tp);
+  float *d_part = dev_poisoned((size_t)(3 * prow * H) * 4);
+  float *bias0 = randn((size_t)(3 * H), &seed, 1.0f, 0.0f), *d_bias = dev_upload(bias0, (size_t)(3 * H) * 4);
   assert_int_equal(elmo_cuda_attention_fused_backward(d_qi, d_qi + H, d_qi + 2 * H, 3 * H, d_dctx, d_mask, c.B, c.Tp,
-                                                      c.heads, c.dh, d_di, d_di + H, d_di + 2 * H, NULL, 0, &err),
+                                                      c.heads, c.dh, d_di, d_di + H, d_di + 2 * H, NULL, d_part, 0, &err),
                    ELMO_OK);
-  float *g_di = host_from_bf16(d_di, 3 * per);
+  elmo_cuda_colsum_finish(d_part, prow, H, 3, d_bias, H, 0);
+  float *g_di = host_from_bf16(d_di, 3 * per), *g_bias = host_from_f32(d_bias, (size_t)(3 * H));
   for (size_t r = 0; r < (size_t)c.rows; r++)
-    for (int j = 0; j < 3; j++)
+    for (int j = 0; j < 3; j++) {
       assert_memory_equal(g_di + r * 3 * H + j * H, g_d + j * per + r * H, (size_t)H * sizeof *g_di);
+      for (int col = 0; col < H; col++) bias0[j * H + col] += g_di[r * 3 * H + j * H + col];
+    }
+  snprintf(what, sizeof what, "fused attention q/k/v bias sums (Tp %d, dh %d)", Tp, dh);
+  expect_close(g_bias, bias0, (size_t)(3 * H), 1e-5, what);
+  cudaFree(d_part); cudaFree(d_bias); free(bias0); free(g_bias);
   assert_int_equal(elmo_cuda_attention_fused_forward(d_qi, d_qi + H, d_qi + 2 * H, H + 4, d_mask, c.B, c.Tp, c.heads,
                                                      c.dh, d_ctx3, 0, &err), ELMO_EINPUT);   /* rows not 16-byte */
   cudaFree(d_qi); cudaFree(d_ctx3); cudaFree(d_di);
@@ -568,7 +579,8 @@ static void test_attention_fused(void **state) {
   uint8_t *m = dev_poisoned(136);
   assert_int_equal(elmo_cuda_attention_fused_forward(d, d, d, 0, m, 1, 136, 1, 64, d, 0, &err), ELMO_EINPUT);
   tu_assert_contains(err.msg, "Tp a multiple of 8");
-  assert_int_equal(elmo_cuda_attention_fused_backward(d, d, d, 0, d, m, 1, 64, 8, 8, d, d, d, NULL, 0, &err), ELMO_EINPUT);
+  assert_int_equal(elmo_cuda_attention_fused_backward(d, d, d, 0, d, m, 1, 64, 8, 8, d, d, d, NULL, NULL, 0, &err),
+                   ELMO_EINPUT);
   assert_int_equal(elmo_cuda_attention_fused_forward(d + 1, d, d, 0, m, 1, 64, 1, 64, d, 0, &err), ELMO_EINPUT);
   tu_assert_contains(err.msg, "16-byte aligned");
   cudaFree(d); cudaFree(m);
