@@ -210,6 +210,17 @@ static __device__ __forceinline__ uint32_t sr16(float v, uint32_t r) {
   return (__float_as_uint(v) + (r & 0xFFFFu)) >> 16;
 }
 
+/* Four FP32 values -> four e4m3 codes (a in the low byte), round to nearest, satfinite: two conversions
+ * straight into the halves of one register (no masks or byte permutes). */
+static __device__ __forceinline__ uint32_t cvt_e4m3x4(float a, float b, float c, float d) {
+  uint32_t r;
+  asm("{ .reg .b16 lo, hi;\n cvt.rn.satfinite.e4m3x2.f32 lo, %2, %1;\n cvt.rn.satfinite.e4m3x2.f32 hi, %4, %3;\n"
+      " mov.b32 %0, {lo, hi}; }"
+      : "=r"(r)
+      : "f"(a), "f"(b), "f"(c), "f"(d));
+  return r;
+}
+
 /* Two FP32 values -> two e4m3 codes (lo in the low byte), round to nearest, satfinite. */
 static __device__ __forceinline__ uint32_t cvt_e4m3x2(float lo, float hi) {
   uint16_t p;
@@ -546,8 +557,11 @@ static __device__ __forceinline__ void u_bits(const update_args &a, uint64_t blo
 }
 
 /* The CPU's update of one weight before rounding (non-contracted operations, in its order). */
+/* DECAY false: a.decay is 1, whose product with p is p itself (the same bits, one instruction less;
+ * no weight decay is the classifier's default). */
+template <bool DECAY = true>
 static __device__ __forceinline__ float u_new(const update_args &a, float g, float p) { /* SR rows */
-  return __fmaf_rn(a.nlr, g, __fmul_rn(a.decay, p));
+  return __fmaf_rn(a.nlr, g, DECAY ? __fmul_rn(a.decay, p) : p);
 }
 static __device__ __forceinline__ float u_delta(const update_args &a, float g, float p) { /* head rows */
   return __fmaf_rn(a.nlr, g, __fmul_rn(a.ndecay, p));
@@ -591,10 +605,10 @@ template <> struct wcodec8<ELMO_FP8> {
     }
   }
   static __device__ __forceinline__ void put_sr(uint8_t *p, const float v[8], const uint32_t r[8]) {
-    uint32_t c[4];
+    float q[8];
 #pragma unroll
-    for (int q = 0; q < 4; q++) c[q] = cvt_e4m3x2(sr8_value(v[2 * q], r[2 * q]), sr8_value(v[2 * q + 1], r[2 * q + 1]));
-    *(uint2 *)p = make_uint2(__byte_perm(c[0], c[1], 0x5410), __byte_perm(c[2], c[3], 0x5410));
+    for (int e = 0; e < 8; e++) q[e] = sr8_value(v[e], r[e]);
+    *(uint2 *)p = make_uint2(cvt_e4m3x4(q[0], q[1], q[2], q[3]), cvt_e4m3x4(q[4], q[5], q[6], q[7]));
   }
 };
 template <> struct wcodec8<ELMO_BF16> {
@@ -624,7 +638,7 @@ template <> struct wcodec8<ELMO_F32> {
  * elements, reads the 8 weights at once, rounds them and writes them back (head rows, slot >= 0,
  * are left for u_kahan). LDW: bytes per row of the weight tile. epilogue8_at takes the warp's first
  * row m0 and the 32-feature group n0 from the caller (the wgmma kernel's warp layout). */
-template <int DT, bool CONST_BITS, int MI, int LDW>
+template <int DT, bool CONST_BITS, int MI, int LDW, bool DECAY = true>
 static __device__ __forceinline__ void epilogue8_at(const update_args &a, int64_t j0, int64_t k0, float acc[MI][4][4],
                                                     uint8_t *sw, const int32_t *sslot, int m0, int n0) {
   constexpr int ES = wcodec<DT>::es;
@@ -649,8 +663,8 @@ static __device__ __forceinline__ void epilogue8_at(const update_args &a, int64_
       wcodec8<DT>::get(pw, p);
 #pragma unroll
       for (int j = 0; j < 4; j++) {
-        v[2 * j] = u_new(a, acc[i][j][2 * h], p[2 * j]);
-        v[2 * j + 1] = u_new(a, acc[i][j][2 * h + 1], p[2 * j + 1]);
+        v[2 * j] = u_new<DECAY>(a, acc[i][j][2 * h], p[2 * j]);
+        v[2 * j + 1] = u_new<DECAY>(a, acc[i][j][2 * h + 1], p[2 * j + 1]);
       }
       if (slot[h] < 0) wcodec8<DT>::put_sr(pw, v, w);
     }
@@ -664,11 +678,11 @@ static __device__ __forceinline__ void epilogue8_at(const update_args &a, int64_
   }
 }
 
-template <int DT, bool CONST_BITS, int MI, int LDW>
+template <int DT, bool CONST_BITS, int MI, int LDW, bool DECAY = true>
 static __device__ __forceinline__ void epilogue8(const update_args &a, int64_t j0, int64_t k0, float acc[MI][4][4],
                                                  uint8_t *sw, const int32_t *sslot) {
   const int warp = threadIdx.x >> 5;
-  epilogue8_at<DT, CONST_BITS, MI, LDW>(a, j0, k0, acc, sw, sslot, (warp >> 2) * 16 * MI, (warp & 3) * 32);
+  epilogue8_at<DT, CONST_BITS, MI, LDW, DECAY>(a, j0, k0, acc, sw, sslot, (warp >> 2) * 16 * MI, (warp & 3) * 32);
 }
 
 /* The rounded tile (TL labels x U_TD features) back to W, 16 bytes per thread and row piece;
@@ -1001,7 +1015,8 @@ static __global__ void __launch_bounds__(U_THREADS, r_blocks_per_sm(DT)) update_
       cp_async_commit();
     }
     uint8_t *sw = wbuf + buf * r_w_bytes(ES);
-    epilogue8<DT, CONST_BITS, 2, R_LDW(ES)>(a, lt * R_TL, k0, acc, sw, slots + buf * R_TL);
+    if (a.decay == 1.0f) epilogue8<DT, CONST_BITS, 2, R_LDW(ES), false>(a, lt * R_TL, k0, acc, sw, slots + buf * R_TL);
+    else epilogue8<DT, CONST_BITS, 2, R_LDW(ES)>(a, lt * R_TL, k0, acc, sw, slots + buf * R_TL);
     __syncthreads();
     r_store_tile_w<ES, R_LDW(ES)>(a, cu, lt * R_TL, sw);
     if (NB == 1 && more) {

@@ -8,7 +8,8 @@
  *
  *   bench_cls L B d chunk dtype(fp8|bf16|fp32) input(fp8|bf16) steps [piece [flags]]
  *   piece: labels per L2-resident piece (0: from the L2 size; >= chunk: none);
- *   flags: ELMO_CLS_BENCH_* (1: constant SR bits, timing only) */
+ *   flags: ELMO_CLS_BENCH_* (1: constant SR bits, timing only); BENCH_WD=x in the environment: weight
+ *   decay x instead of 1e-4 (0 is training's default) */
 #include "cuda/blas.h"
 #include "cuda/classifier.h"
 #include "cuda/classifier_fast.h"
@@ -124,6 +125,7 @@ int main(int argc, char **argv) {
   c.blas = elmo_blas_create(elmo_pool_take(&pool, ws_bytes, ELMO_MEM_WORKSPACE), ws_bytes);
   elmo_cuda_cls_init_paths(&c, stdout);
   elmo_cls_hyper h = {.lr = 0.05, .weight_decay = 1e-4, .seed = 1, .step = 0};
+  if (getenv("BENCH_WD")) h.weight_decay = atof(getenv("BENCH_WD")); /* e.g. 0: the default of training */
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));
   CK(cudaEventCreate(&e1));

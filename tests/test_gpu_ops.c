@@ -143,6 +143,7 @@ typedef struct cls_case {
   uint64_t seed;
   int64_t piece; /* labels per piece in the step (0: the device's choice) */
   int skip_loss; /* the step forms no loss (e4m3 input, B <= 128: the fused logits + grad kernel) */
+  int no_decay;  /* run_cls_ops: weight decay 0 (the update's epilogue without the decay product) */
 } cls_case;
 
 typedef struct cls_fix {
@@ -495,7 +496,7 @@ static void run_cls_ops(cls_case cc) {
   elmo_cls_cast_input(f.X, B * d, cc.fp8_input, Xq);
   elmo_cuda_cls_cast(&f.c, dXin, B, S);
   CK(cudaMemset(f.dX, 0, sizeof(float) * (size_t)(B * d)));
-  elmo_cls_hyper h = {.lr = 0.5, .weight_decay = 0.01, .seed = cc.seed, .step = 3};
+  elmo_cls_hyper h = {.lr = 0.5, .weight_decay = cc.no_decay ? 0.0 : 0.01, .seed = cc.seed, .step = 3};
   int64_t mism = 0, total = 0;
   for (int64_t l0 = 0; l0 < f.L_pad; l0 += cc.chunk) {
     int64_t n = f.L_pad - l0 < cc.chunk ? f.L_pad - l0 : cc.chunk;
@@ -534,6 +535,10 @@ static void test_cls_ops_fp8(void **state) {
    * logits of 384 terms with the planted inputs can exceed their 1e-3 tolerance, and the logits
    * are not what this case is for */
   run_cls_ops((cls_case){.dt = ELMO_FP8, .fp8_input = 0, .L = 700, .d = 384, .B = 130, .chunk = 512, .n_head = 3, .seed = 11});
+  /* no weight decay (the default): the update's epilogue without the decay product (bf16 input: the
+   * planted logits of 128 FP8 terms can exceed the FP8 tolerance, as above) */
+  run_cls_ops((cls_case){.dt = ELMO_FP8, .fp8_input = 0, .L = 300, .d = 128, .B = 64, .chunk = 160, .n_head = 2, .seed = 41,
+                         .no_decay = 1});
 }
 
 /* The e4m3 dX on every kernel where the device has several (on compute capability 9.0: wgmma with
