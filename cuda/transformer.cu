@@ -345,10 +345,11 @@ static void carve_scratch(carver *cv, elmo_cuda_tf *t, int64_t M, size_t emb_ws)
   t->h1 = (h16 *)carve(cv, M * H * 2);
   t->d16 = (h16 *)carve(cv, M * H * 2);
   t->dx = (float *)carve(cv, M * H * 4);
-  const int64_t attn_part = 3 * elmo_cuda_attention_colpart_rows(t->max_batch, t->max_tp) * H; /* fused backward bias partials */
-  t->part = (float *)carve(cv, (size_t)max3(max3(elmo_cuda_layernorm_ws_floats(M, (int)H), attn_part, 0),
-                                            elmo_cuda_colsum_ws_floats(M, (int)H, 3), /* q, k, v biases */
-                                            elmo_cuda_colsum_ws_floats(M, (int)F, 1)) * 4);
+  /* partial sums: LayerNorm backward, the fused attention backward's q/k/v bias partials, column sums */
+  const int64_t attn_part = 3 * elmo_cuda_attention_colpart_rows(t->max_batch, t->max_tp) * H;
+  t->part = (float *)carve(cv, (size_t)max3(max3(elmo_cuda_layernorm_ws_floats(M, (int)H), attn_part,
+                                                 elmo_cuda_colsum_ws_floats(M, (int)H, 3)), /* q, k, v biases */
+                                            elmo_cuda_colsum_ws_floats(M, (int)F, 1), 0) * 4);
   t->emb_ws = carve(cv, emb_ws);
   t->emb_ws_bytes = emb_ws;
   t->bad_id = (int *)carve(cv, sizeof(int));
