@@ -224,36 +224,34 @@ __device__ __forceinline__ float2 p_pair(const bf16 *sp, int lane, int kc, int j
 
 /* dS = bf16(P (dP - sum_j P_j dP_j) scale) per row, in A-fragment order (zero where P is zero); P is
  * read back from shared memory (sp: the warp's rows) to keep registers for dP. */
+/* f(kc, j, r, P pair) over the lane's P pairs in fragment order. */
+template <int KT, typename F>
+__device__ __forceinline__ void for_p_pairs(const bf16 *sp, int lane, F f) {
+#pragma unroll
+  for (int kc = 0; kc < KT; kc++)
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+      for (int r = 0; r < 2; r++) f(kc, j, r, p_pair<KT>(sp, lane, kc, j, r));
+}
+
 template <int KT>
 __device__ __forceinline__ void softmax_grad(const bf16 *sp, const float (&dp)[2 * KT][4], float scale, int lane,
                                              uint32_t (&ds)[KT][4]) {
   float dot[2] = {0.0f, 0.0f};
-#pragma unroll
-  for (int kc = 0; kc < KT; kc++)
-#pragma unroll
-    for (int j = 0; j < 2; j++)
-#pragma unroll
-      for (int r = 0; r < 2; r++) {
-        const float2 pf = p_pair<KT>(sp, lane, kc, j, r);
-        dot[r] += pf.x * dp[2 * kc + j][2 * r] + pf.y * dp[2 * kc + j][2 * r + 1];
-      }
+  for_p_pairs<KT>(sp, lane, [&](int kc, int j, int r, float2 pf) {
+    dot[r] += pf.x * dp[2 * kc + j][2 * r] + pf.y * dp[2 * kc + j][2 * r + 1];
+  });
   dot[0] = quad_sum(dot[0]);
   dot[1] = quad_sum(dot[1]);
-#pragma unroll
-  for (int kc = 0; kc < KT; kc++)
-#pragma unroll
-    for (int j = 0; j < 2; j++)
-#pragma unroll
-      for (int r = 0; r < 2; r++) {
-        const float2 pf = p_pair<KT>(sp, lane, kc, j, r);
-        ds[kc][2 * j + r] = pack_bf16(pf.x * (dp[2 * kc + j][2 * r] - dot[r]) * scale,
-                                      pf.y * (dp[2 * kc + j][2 * r + 1] - dot[r]) * scale);
-      }
+  for_p_pairs<KT>(sp, lane, [&](int kc, int j, int r, float2 pf) {
+    ds[kc][2 * j + r] = pack_bf16(pf.x * (dp[2 * kc + j][2 * r] - dot[r]) * scale,
+                                  pf.y * (dp[2 * kc + j][2 * r + 1] - dot[r]) * scale);
+  });
 }
 
 /* ------------------------------------------------------------------ stores */
 
-/* The warp's 16 rows (r0 + g, r0 + g + 8) of acc [16, DH] to the merged out (rows < Tp only). */
 /* The warp's 16 x DH result rows, rounded to bf16, into out (rows below Tp). Head dims of 32 and more: the
  * four lanes of a quad first exchange their pairs (a 4 x 4 transpose of 32-bit words by two xor
  * shuffles) so that each lane holds 8 adjacent columns and writes them as one 16-byte store: a row's
