@@ -232,10 +232,7 @@ static void colsum_launch(const T *x, int64_t M, int N, int64_t ld, int count, i
     colsum_partial_kernel<T><<<dim3(tiles, (unsigned)R, (unsigned)count), COL_THREADS, 0, s>>>(x, M, N, ld, x_stride, ws);
   }
   ELMO_LAUNCH_CHECK();
-  const unsigned fin_tiles = (unsigned)((N + FIN_COLS - 1) / FIN_COLS);
-  colsum_finish_kernel<<<dim3(fin_tiles, (unsigned)count), dim3(FIN_COLS, FIN_SLICES), 0, s>>>(ws, (int)R, N, out,
-                                                                                              out_stride);
-  ELMO_LAUNCH_CHECK();
+  elmo_cuda_colsum_finish(ws, R, N, count, out, out_stride, s);
 }
 
 /* gelu_backward8 and colsum_partial_vec<bf16> in one pass over [M, N] (N % 8 == 0, 16-byte rows): thread
@@ -295,9 +292,7 @@ extern "C" int elmo_cuda_gelu_backward_colsum(const elmo_bf16 *pre, const elmo_b
   gelu_backward_colsum8_kernel<<<dim3(vtiles, (unsigned)R), COL_THREADS, 0, s>>>((const uint4 *)pre, (const uint4 *)dy, M,
                                                                                 N, (uint4 *)dx, ws);
   ELMO_LAUNCH_CHECK();
-  colsum_finish_kernel<<<dim3((unsigned)((N + FIN_COLS - 1) / FIN_COLS), 1), dim3(FIN_COLS, FIN_SLICES), 0, s>>>(
-      ws, (int)R, N, out, 0);
-  ELMO_LAUNCH_CHECK();
+  elmo_cuda_colsum_finish(ws, R, N, 1, out, 0, s);
   return ELMO_OK;
 }
 
