@@ -135,7 +135,7 @@ extern "C" void elmo_cuda_cls_init_paths(elmo_cuda_cls *c, FILE *log) {
                    : c->dtype == ELMO_FP8 ? "BF16 tensor cores (W chunk widened, input kept bf16)"
                                           : "BF16 tensor cores";
   log_path(log, "classifier logits", &gt, tc);
-  if (log && c->fp8_logits && c->B_cap <= 128 && elmo_cuda_cls_lg_wgmma() && c->d <= 768)
+  if (log && c->fp8_logits && elmo_cuda_cls_lg_ok(c, c->B_cap))
     fprintf(log, "elmo cuda: %-22s %-22s %s\n", "classifier logits+grad", "e4m3 x e4m3 -> G bf16",
             "one kernel (FP8 wgmma, gradient table in the epilogue, logits never stored) on skip-loss steps");
   log_path(log, "prediction logits", &gp, c->fp8_logits_f32 ? "FP8 tensor cores, FP32 out"
@@ -352,7 +352,7 @@ extern "C" void elmo_cuda_cls_grad(elmo_cuda_cls *c, int64_t B, int64_t l0, int6
 extern "C" int elmo_cuda_cls_logits_grad(elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, const int64_t *y_indptr,
                                          const int32_t *y_indices, cudaStream_t s) {
   if ((size_t)(round16(B) * n) * 2 > c->z_bytes || n > c->chunk || B > c->B_cap) return 0;
-  if (c->dtype != ELMO_FP8 || !c->fp8_input || !c->fp8_logits) return 0;
+  if (!c->fp8_logits || !elmo_cuda_cls_lg_ok(c, B)) return 0;
   grad_tab_upload(c);
   return elmo_cuda_cls_lg_fused(c, B, l0, n, y_indptr, y_indices, s);
 }

@@ -1755,11 +1755,15 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a) {
  * (compute capability 9.0, unless ELMO_LG_WGMMA=0 is set in the environment). */
 extern "C" int elmo_cuda_cls_lg_wgmma(void) { return wgmma_enabled("ELMO_LG_WGMMA"); }
 
+extern "C" int elmo_cuda_cls_lg_ok(const elmo_cuda_cls *c, int64_t B) {
+  return c->dtype == ELMO_FP8 && c->fp8_input && c->Xq8 && B <= 128 && (c->d + 127) / 128 <= LG_MAX_KB &&
+         elmo_cuda_cls_lg_wgmma();
+}
+
 extern "C" int elmo_cuda_cls_lg_fused(const elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, const int64_t *y_indptr,
                                       const int32_t *y_indices, cudaStream_t s) {
   const int kb = (int)((c->d + 127) / 128);
-  if (c->dtype != ELMO_FP8 || !c->fp8_input || !c->Xq8 || B > 128 || kb > LG_MAX_KB || !elmo_cuda_cls_lg_wgmma())
-    return 0;
+  if (!elmo_cuda_cls_lg_ok(c, B)) return 0;
   if (B <= 0 || n <= 0) return 1;
   lg_args a;
   a.W = (const uint8_t *)c->W;

@@ -58,8 +58,11 @@ void elmo_cuda_cls_dx_reduce(const elmo_cuda_cls *c, int64_t B, float *dX, cudaS
 /* 1 when e4m3 logits + gradient of batches up to 128 rows run fused on Hopper's warpgroup MMA (compute
  * capability 9.0, unless ELMO_LG_WGMMA=0 is set in the environment). */
 int elmo_cuda_cls_lg_wgmma(void);
+/* 1 when elmo_cuda_cls_lg_fused takes a batch of B rows with c's shapes (e4m3 weights and input, B <= 128,
+ * d <= 768, lg_wgmma on). */
+int elmo_cuda_cls_lg_ok(const elmo_cuda_cls *c, int64_t B);
 /* c->z [round16(B), n] (rows < B) = grad_tab[y][bf16(Xq8 W[l0:l0+n]^T)] in one kernel, c->grad_tab filled:
- * e4m3 weights and input, B <= 128, d <= 768, lg_wgmma on. Returns 0, launching nothing, otherwise. */
+ * elmo_cuda_cls_lg_ok. Returns 0, launching nothing, otherwise. */
 int elmo_cuda_cls_lg_fused(const elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, const int64_t *y_indptr,
                            const int32_t *y_indices, cudaStream_t s);
 /* W[l0:l0+n] <- SR(W - lr (G^T Xq + wd W)) with G in c->z [round16(B), n]. */
