@@ -676,6 +676,22 @@ static void test_cls_ops_fp32(void **state) {
 
 /* ---- the whole step ---------------------------------------------------------------------------- */
 
+/* Weights of a step (W [L_pad, d], NaN fails) against a reference: *mism = how many differ, *far_rows =
+ * label rows with a weight more than one code step away (fp32: more than 1e-4). */
+static void step_weight_diffs(const void *W, const void *ref, int64_t L_pad, int64_t d, elmo_dtype dt, const char *what,
+                              int64_t *mism, int64_t *far_rows) {
+  for (int64_t l = 0; l < L_pad; l++) {
+    int far = 0;
+    for (int64_t k = 0; k < d; k++) {
+      if (weight_nan(W, l * d + k, dt)) fail_msg("%s W[%lld, %lld]: NaN", what, (long long)l, (long long)k);
+      const double dist = weight_dist(W, ref, l * d + k, dt);
+      *mism += dist > 0;
+      far |= dist > (dt == ELMO_F32 ? 1e-4 : 1.0);
+    }
+    *far_rows += far;
+  }
+}
+
 static void run_cls_step(cls_case cc) {
   cls_fix f;
   memset(&f, 0, sizeof f);
@@ -704,16 +720,7 @@ static void run_cls_step(cls_case cc) {
   /* A label whose G differs by one bf16 step (device expf) moves its whole row by lr G x: such
    * rows may differ by more than one step; they must be rare. Other rows: neighbours only. */
   int64_t mism = 0, far_rows = 0;
-  for (int64_t l = 0; l < f.L_pad; l++) {
-    int far = 0;
-    for (int64_t k = 0; k < d; k++) {
-      if (weight_nan(Wg, l * d + k, cc.dt)) fail_msg("step W[%lld, %lld]: NaN", (long long)l, (long long)k);
-      double dist = weight_dist(Wg, f.W, l * d + k, cc.dt);
-      mism += dist > 0;
-      far |= dist > (cc.dt == ELMO_F32 ? 1e-4 : 1.0);
-    }
-    far_rows += far;
-  }
+  step_weight_diffs(Wg, f.W, f.L_pad, d, cc.dt, "step", &mism, &far_rows);
   print_message("step dtype %d: loss gpu %.6f cpu %.6f, %lld weights differ, %lld rows by more than one step\n",
                 cc.dt, lg, lc, (long long)mism, (long long)far_rows);
   if (far_rows > 2 + f.L_pad / 50) fail_msg("step: %lld label rows differ", (long long)far_rows);
@@ -756,16 +763,7 @@ static void run_cls_step_fused(cls_case cc) {
   /* the two logits differ only in the order of FP32 additions (none in practice: the same bits on
    * the H100); a G one ulp apart would move its label row by more than a step, which must stay rare */
   int64_t mism = 0, far_rows = 0;
-  for (int64_t l = 0; l < f[0].L_pad; l++) {
-    int far = 0;
-    for (int64_t k = 0; k < d; k++) {
-      if (weight_nan(Wg[1], l * d + k, ELMO_FP8)) fail_msg("fused step W[%lld, %lld]: NaN", (long long)l, (long long)k);
-      const double dist = weight_dist(Wg[1], Wg[0], l * d + k, ELMO_FP8);
-      mism += dist > 0;
-      far |= dist > 1.0;
-    }
-    far_rows += far;
-  }
+  step_weight_diffs(Wg[1], Wg[0], f[0].L_pad, d, ELMO_FP8, "fused step", &mism, &far_rows);
   print_message("skip-loss step L %lld d %lld B %lld: fused logits+grad %s; %lld of %lld weights, %lld rows by more "
                 "than one step, differ from the unfused step\n", (long long)cc.L, (long long)d, (long long)B,
                 elmo_cuda_cls_lg_wgmma() ? "on" : "not on this device", (long long)mism, (long long)(f[0].L_pad * d),
