@@ -363,6 +363,30 @@ __device__ __forceinline__ void attn_probs(const bf16 *sq, const bf16 *sk, const
   softmax_rows<KT>(s, sm, 16 * w, scale, lane, p);
 }
 
+/* Where a one-pair block's tiles come from: sequence b (rows row0 ..), head columns col0 .. of ld. */
+struct pair_at {
+  int b, ld, col0;
+  int64_t row0;
+};
+
+/* The start of a block for the pair blockIdx.x: Q and K (waited for), V and, when so is given,
+ * dctx (left in flight, one group), and the mask. */
+template <int DH, int NK>
+__device__ __forceinline__ pair_at start_pair(const attn_args &a, bf16 *sq, bf16 *sk, bf16 *sv, bf16 *so, uint8_t *sm) {
+  pair_at p;
+  p.b = blockIdx.x / a.heads;
+  p.ld = a.heads * DH;
+  p.col0 = blockIdx.x % a.heads * DH;
+  p.row0 = (int64_t)p.b * a.Tp;
+  load_qkv<DH, NK>(a, p.row0, p.col0, sq, sk, sv);
+  if (so) load_tile<DH, NK>(a.dctx, p.row0, p.ld, p.col0, a.Tp, so);   /* with V, during S and the softmax */
+  cp_async_commit();
+  load_mask<NK>(a.mask + p.row0, a.Tp, sm);
+  cp_async_wait<1>();
+  __syncthreads();
+  return p;
+}
+
 /* Block (sequence b, head h), KT warps; warp w owns query rows 16 w .. 16 w + 15. */
 template <int DH, int KT>
 __global__ void __launch_bounds__(32 * KT) attn_fwd_kernel(attn_args a) {
@@ -370,13 +394,9 @@ __global__ void __launch_bounds__(32 * KT) attn_fwd_kernel(attn_args a) {
   extern __shared__ __align__(16) unsigned char smem[];
   bf16 *sq = reinterpret_cast<bf16 *>(smem), *sk = sq + NK * LDS, *sv = sk + NK * LDS;
   uint8_t *sm = reinterpret_cast<uint8_t *>(sv + NK * LDS);
-  const int b = blockIdx.x / a.heads, h = blockIdx.x % a.heads, ld = a.heads * DH, col0 = h * DH;
-  const int64_t row0 = (int64_t)b * a.Tp;
-  load_qkv<DH, NK>(a, row0, col0, sq, sk, sv);
-  cp_async_commit();
-  load_mask<NK>(a.mask + row0, a.Tp, sm);
-  cp_async_wait<1>();
-  __syncthreads();
+  const pair_at at = start_pair<DH, NK>(a, sq, sk, sv, NULL, sm);
+  const int64_t row0 = at.row0;
+  const int ld = at.ld, col0 = at.col0;
   const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
   uint32_t p[KT][4];
   attn_probs<DH, KT>(sq, sk, sm, a.scale, w, lane, p);
@@ -397,14 +417,9 @@ __global__ void __launch_bounds__(32 * KT, 2) attn_bwd_kernel(attn_args a) {
   bf16 *sq = reinterpret_cast<bf16 *>(smem), *sk = sq + NK * LDS, *sv = sk + NK * LDS, *so = sv + NK * LDS;
   bf16 *sp = so + NK * LDS;
   uint8_t *sm = reinterpret_cast<uint8_t *>(sp + NK * LDP);
-  const int b = blockIdx.x / a.heads, h = blockIdx.x % a.heads, ld = a.heads * DH, col0 = h * DH;
-  const int64_t row0 = (int64_t)b * a.Tp;
-  load_qkv<DH, NK>(a, row0, col0, sq, sk, sv);
-  load_tile<DH, NK>(a.dctx, row0, ld, col0, a.Tp, so);                  /* with V, during S and the softmax */
-  cp_async_commit();
-  load_mask<NK>(a.mask + row0, a.Tp, sm);
-  cp_async_wait<1>();
-  __syncthreads();
+  const pair_at at = start_pair<DH, NK>(a, sq, sk, sv, so, sm);
+  const int b = at.b, ld = at.ld, col0 = at.col0;
+  const int64_t row0 = at.row0;
   const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
   {
     uint32_t p[KT][4];

@@ -20,6 +20,15 @@ static __device__ float gelu_grad(float x) {
   return cdf + x * pdf;
 }
 
+/* gelu_f(x) and gelu_grad(x) from one erff: the same expressions, so the same bits as the two. */
+static __device__ __forceinline__ float gelu_and_grad(float x, float *grad) {
+  const float e = erff(x * 0.70710678118654752f);
+  const float cdf = 0.5f * (1.0f + e);
+  const float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
+  *grad = cdf + x * pdf;
+  return 0.5f * x * (1.0f + e);
+}
+
 static unsigned grid_for(int64_t n) {
   const int64_t blocks = (n + EW_THREADS - 1) / EW_THREADS;
   return (unsigned)(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
@@ -238,10 +247,12 @@ static void colsum_launch(const T *x, int64_t M, int N, int64_t ld, int count, i
 /* gelu_backward8 and colsum_partial_vec<bf16> in one pass over [M, N] (N % 8 == 0, 16-byte rows): thread
  * (column group j, row block y) forms dx for 8 columns of rows y COL_ROWS .. and sums the rounded bf16
  * values, rows in order, so dx and the partial sums are bit for bit those of the two kernels (and
- * colsum_finish completes them). Rows go four at a time, each loaded before it is written (dx may
- * be dy). */
+ * colsum_finish completes them). WITH_G: it also writes g = bf16(GELU(pre)), gelu_recompute8's bits,
+ * from the same erff. Rows go four at a time, each loaded before it is written (dx may be dy, g may
+ * be pre). */
+template <bool WITH_G>
 static __global__ void gelu_backward_colsum8_kernel(const uint4 *pre, const uint4 *dy, int64_t M, int N, uint4 *dx,
-                                                    float *part) {
+                                                    uint4 *g_out, float *part) {
   constexpr int U = 4;
   const int j = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
   if (j >= N) return;
@@ -263,8 +274,19 @@ static __global__ void gelu_backward_colsum8_kernel(const uint4 *pre, const uint
       float x[8], g[8];
       unpack8(xp[u], x);
       unpack8(gp[u], g);
+      if (WITH_G) {
+        float y[8];
 #pragma unroll
-      for (int k = 0; k < 8; k++) g[k] *= gelu_grad(x[k]);
+        for (int k = 0; k < 8; k++) {
+          float d;
+          y[k] = gelu_and_grad(x[k], &d);
+          g[k] *= d;
+        }
+        g_out[(r + u) * n8 + j / 8] = pack8(y);
+      } else {
+#pragma unroll
+        for (int k = 0; k < 8; k++) g[k] *= gelu_grad(x[k]);
+      }
       const uint4 q = pack8(g);
       dx[(r + u) * n8 + j / 8] = q;
       unpack8(q, g);
@@ -277,20 +299,25 @@ static __global__ void gelu_backward_colsum8_kernel(const uint4 *pre, const uint
   for (int e = 0; e < 8; e++) o[e] = acc[e];
 }
 
-extern "C" int elmo_cuda_gelu_backward_colsum(const elmo_bf16 *pre, const elmo_bf16 *dy, int64_t M, int N,
-                                              elmo_bf16 *dx, float *out, float *ws, cudaStream_t s, elmo_err *err) {
+extern "C" int elmo_cuda_gelu_backward_colsum(const elmo_bf16 *pre, const elmo_bf16 *dy, int64_t M, int N, elmo_bf16 *dx,
+                                              elmo_bf16 *g, float *out, float *ws, cudaStream_t s, elmo_err *err) {
   if (M < 0 || N < 1 || (M + COL_ROWS - 1) / COL_ROWS > 65535)
     return elmo_fail(err, ELMO_EINPUT, "gelu backward with column sums: %lld x %d (expected at most %d rows, "
                      "columns >= 1)", (long long)M, N, 65535 * COL_ROWS);
   if (M == 0) return ELMO_OK;
-  if (N % 8 || !vec8_ok(M * N, pre, dy, dx)) {
+  if (N % 8 || !vec8_ok(M * N, pre, dy, dx) || (g && (uintptr_t)g % 16)) {
     int rc = elmo_cuda_gelu_backward(pre, dy, M * N, dx, s, err);
+    if (!rc && g) rc = elmo_cuda_gelu_recompute(pre, M * N, g, s, err);   /* after dx: g may be pre */
     return rc ? rc : elmo_cuda_colsum(dx, 1, M, N, 1, 0, out, 0, ws, s, err);
   }
   const int64_t R = (M + COL_ROWS - 1) / COL_ROWS;
-  const unsigned vtiles = (unsigned)((N / 8 + COL_THREADS - 1) / COL_THREADS);
-  gelu_backward_colsum8_kernel<<<dim3(vtiles, (unsigned)R), COL_THREADS, 0, s>>>((const uint4 *)pre, (const uint4 *)dy, M,
-                                                                                N, (uint4 *)dx, ws);
+  const dim3 grid((unsigned)((N / 8 + COL_THREADS - 1) / COL_THREADS), (unsigned)R);
+  if (g)
+    gelu_backward_colsum8_kernel<true><<<grid, COL_THREADS, 0, s>>>((const uint4 *)pre, (const uint4 *)dy, M, N,
+                                                                    (uint4 *)dx, (uint4 *)g, ws);
+  else
+    gelu_backward_colsum8_kernel<false><<<grid, COL_THREADS, 0, s>>>((const uint4 *)pre, (const uint4 *)dy, M, N,
+                                                                     (uint4 *)dx, NULL, ws);
   ELMO_LAUNCH_CHECK();
   elmo_cuda_colsum_finish(ws, R, N, 1, out, 0, s);
   return ELMO_OK;

@@ -27,9 +27,11 @@ int elmo_cuda_gelu_backward(const elmo_bf16 *pre, const elmo_bf16 *dy, int64_t n
 
 /* dx[M, N] = bf16(dy * GELU'(pre)) and out[N] += its column sums, in one pass where N % 8 == 0 and rows are
  * 16-byte aligned (else the two calls): the same bits as elmo_cuda_gelu_backward then elmo_cuda_colsum.
- * dx may equal dy; ws: elmo_cuda_colsum_ws_floats(M, N, 1). */
+ * g non-NULL: the same pass also writes g = bf16(GELU(pre)), elmo_cuda_gelu_recompute's bits (the
+ * encoder's recompute mode gets the FFN's second GEMM input this way, with one read of pre).
+ * dx may equal dy, g may equal pre; ws: elmo_cuda_colsum_ws_floats(M, N, 1). */
 int elmo_cuda_gelu_backward_colsum(const elmo_bf16 *pre, const elmo_bf16 *dy, int64_t M, int N, elmo_bf16 *dx,
-                                   float *out, float *ws, cudaStream_t s, elmo_err *err);
+                                   elmo_bf16 *g, float *out, float *ws, cudaStream_t s, elmo_err *err);
 /* out_i[j] += sum over r < R of part[i][r][j] for i < count (out_i = out + i * out_stride), rows in a
  * fixed order: the finishing pass of elmo_cuda_colsum over partial sums formed elsewhere. */
 void elmo_cuda_colsum_finish(const float *part, int64_t R, int N, int count, float *out, int64_t out_stride,

@@ -880,7 +880,8 @@ static int layer_input(elmo_cuda_tf *t, const h16 *P, int i, cudaStream_t s, elm
  * the fused path, whose backward kernel recomputes P and rewrites ctx itself), h1 = the attention
  * LayerNorm output (from the kept xhat1), g16 = GELU(ff); RECOMPUTE first reruns the q/k/v and
  * intermediate GEMMs from the layer input in t->xa and h1 (the same calls as the forward, so the same
- * bits; the attention, output projection and LayerNorm forward are not rerun). */
+ * bits; the attention, output projection and LayerNorm forward are not rerun) and leaves GELU(ff) to
+ * ffn_backward. */
 static int layer_recompute(elmo_cuda_tf *t, const h16 *P, int i, cudaStream_t s, elmo_err *err) {
   const int64_t M = (int64_t)t->B * t->Tp;
   const int H = t->cfg.hidden, F = t->cfg.ffn;
@@ -891,7 +892,8 @@ static int layer_recompute(elmo_cuda_tf *t, const h16 *P, int i, cudaStream_t s,
   if (!rc && !t->fused) rc = attention_core(t, a, s, err);
   if (!rc) rc = elmo_cuda_layernorm_apply(a->xhat1, P + o->ln1_w, P + o->ln1_b, M, H, t->h1, s, err);
   if (!rc && rec) rc = linear_fwd_any(t, t->h1, P + o->ff1_w, P + o->ff1_b, M, H, F, a->ff, 0, s, err);
-  if (!rc) rc = elmo_cuda_gelu_recompute(a->ff, M * F, t->g16, s, err);
+  /* RECOMPUTE: GELU(ff) comes with the GELU backward (ffn_backward), which may overwrite ff */
+  if (!rc && !rec) rc = elmo_cuda_gelu_recompute(a->ff, M * F, t->g16, s, err);
   return rc;
 }
 
@@ -905,10 +907,16 @@ static int ffn_backward(elmo_cuda_tf *t, const h16 *P, int i, float *G, cudaStre
   int rc = elmo_cuda_layernorm_backward(t->dx, a->xhat2, a->rstd2, P + o->ln2_w, M, H, t->dx, t->d16,
                                         G + o->ln2_w, G + o->ln2_b, G + o->ff2_b, t->part, s, err);
   if (rc) return rc;
-  linear_dw(t, t->d16, t->g16, M, F, H, G + o->ff2_w, s);
+  /* RECOMPUTE: ff is this backward's own rerun (layer_recompute), so the GELU backward replaces it by
+   * g = GELU(ff) as it reads it (one pass over ff instead of a recompute pass and a backward pass);
+   * otherwise ff is the forward's and stays (a second backward may follow), g16 holds g already. */
+  const int g_in_ff = (t->flags & ELMO_CUDA_TF_RECOMPUTE) != 0;
+  if (!g_in_ff) linear_dw(t, t->d16, t->g16, M, F, H, G + o->ff2_w, s);
   linear_dx(t, t->d16, P + o->ff2_w, M, F, H, t->g16, 0, 0.0f, s);          /* dGELU (bf16) */
-  rc = elmo_cuda_gelu_backward_colsum(a->ff, t->g16, M, F, t->g16, G + o->ff1_b, t->part, s, err); /* dff */
+  rc = elmo_cuda_gelu_backward_colsum(a->ff, t->g16, M, F, t->g16, g_in_ff ? a->ff : NULL, G + o->ff1_b, t->part, s,
+                                      err);                                  /* dff */
   if (rc) return rc;
+  if (g_in_ff) linear_dw(t, t->d16, a->ff, M, F, H, G + o->ff2_w, s);
   linear_dw(t, t->g16, t->h1, M, H, F, G + o->ff1_w, s);
   linear_dx(t, t->g16, P + o->ff1_w, M, H, F, t->dx, 1, 1.0f, s);           /* + residual */
   /* with the output projection's bias gradient (the column sums of d(pre1)) */

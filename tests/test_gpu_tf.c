@@ -268,26 +268,39 @@ static void test_gelu(void **state) {
 }
 
 /* The FFN's dff with its bias gradient in one pass: bit for bit the two-call path (gelu backward, then
- * column sums), and close to the CPU's sums. */
+ * column sums), and close to the CPU's sums; with g, also GELU(pre) written over pre, bit for bit
+ * elmo_cuda_gelu_recompute's, and dx and the sums unchanged. */
 static void run_gelu_colsum(int64_t M, int F, uint64_t rng) {
   const size_t n = (size_t)M * F;
   float *pre = randn(n, &rng, 2.0f, 0.0f), *dy = randn(n, &rng, 1.0f, 0.0f), *out = randn(F, &rng, 1.0f, 0.0f);
   quantize(pre, n); quantize(dy, n);
   void *d_pre = dev_bf16(pre, n), *d_a = dev_bf16(dy, n), *d_b = dev_bf16(dy, n);
-  float *d_oa = dev_upload(out, (size_t)F * 4), *d_ob = dev_upload(out, (size_t)F * 4);
+  void *d_pre_c = dev_bf16(pre, n), *d_c = dev_bf16(dy, n), *d_g = dev_poisoned(n * 2);
+  float *d_oa = dev_upload(out, (size_t)F * 4), *d_ob = dev_upload(out, (size_t)F * 4), *d_oc = dev_upload(out, (size_t)F * 4);
   float *d_ws = dev_poisoned((size_t)elmo_cuda_colsum_ws_floats(M, F, 1) * 4);
   elmo_err err;
   assert_int_equal(elmo_cuda_gelu_backward(d_pre, d_a, (int64_t)n, d_a, 0, &err), ELMO_OK);
   assert_int_equal(elmo_cuda_colsum(d_a, 1, M, F, 1, 0, d_oa, 0, d_ws, 0, &err), ELMO_OK);
-  assert_int_equal(elmo_cuda_gelu_backward_colsum(d_pre, d_b, M, F, d_b, d_ob, d_ws, 0, &err), ELMO_OK); /* in place */
+  assert_int_equal(elmo_cuda_gelu_backward_colsum(d_pre, d_b, M, F, d_b, NULL, d_ob, d_ws, 0, &err), ELMO_OK); /* in place */
+  assert_int_equal(elmo_cuda_gelu_recompute(d_pre, (int64_t)n, d_g, 0, &err), ELMO_OK);
+  assert_int_equal(elmo_cuda_gelu_backward_colsum(d_pre_c, d_c, M, F, d_c, d_pre_c, d_oc, d_ws, 0, &err), ELMO_OK);
   float *ga = host_from_bf16(d_a, n), *gb = host_from_bf16(d_b, n), *oa = host_from_f32(d_oa, F), *ob = host_from_f32(d_ob, F);
+  float *gc = host_from_bf16(d_c, n), *oc = host_from_f32(d_oc, F), *gg = host_from_bf16(d_g, n), *gp = host_from_bf16(d_pre_c, n);
   if (memcmp(ga, gb, n * sizeof *ga)) fail_msg("gelu backward + column sums: dx differs from the two-call path (%lld x %d)", (long long)M, F);
   if (memcmp(oa, ob, (size_t)F * sizeof *oa)) fail_msg("gelu backward + column sums: sums differ from the two-call path (%lld x %d)", (long long)M, F);
+  if (memcmp(ga, gc, n * sizeof *ga)) fail_msg("gelu backward + column sums + GELU: dx differs from the two-call path (%lld x %d)", (long long)M, F);
+  if (memcmp(oa, oc, (size_t)F * sizeof *oa)) fail_msg("gelu backward + column sums + GELU: sums differ (%lld x %d)", (long long)M, F);
+  if (memcmp(gg, gp, n * sizeof *gg)) fail_msg("gelu backward + column sums + GELU: GELU(pre) differs from the recompute (%lld x %d)", (long long)M, F);
+  float *gcpu = malloc(n * sizeof *gcpu);
+  elmo_tf_gelu_forward(pre, (int64_t)n, gcpu);
+  expect_close(gp, gcpu, n, 1e-2, "GELU(pre) written over pre (vs CPU)");
+  free(gcpu);
   for (int64_t r = 0; r < M; r++)
     for (int j = 0; j < F; j++) out[j] += ga[r * F + j];
   expect_close(ob, out, (size_t)F, 1e-5, "gelu backward + column sums (vs CPU sums)");
   cudaFree(d_pre); cudaFree(d_a); cudaFree(d_b); cudaFree(d_oa); cudaFree(d_ob); cudaFree(d_ws);
-  free(pre); free(dy); free(out); free(ga); free(gb); free(oa); free(ob);
+  cudaFree(d_pre_c); cudaFree(d_c); cudaFree(d_g); cudaFree(d_oc);
+  free(pre); free(dy); free(out); free(ga); free(gb); free(oa); free(ob); free(gc); free(oc); free(gg); free(gp);
 }
 
 static void test_gelu_colsum(void **state) {
