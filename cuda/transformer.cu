@@ -27,7 +27,7 @@ enum { LT_WORKSPACE = 32 << 20, MM_CACHE = 128, MEM_ALIGN = 256 };
 /* ==================================================================== cuBLASLt GEMM helper */
 
 typedef struct mm_key {
-  int ta, tb, c_f32, batch, bias, fp8;
+  int ta, tb, c_f32, batch, bias, fp8, dev_scalars;
   int64_t m, n, k, lda, ldb, ldc, sa, sb, sc;
   uint32_t al_a, al_b, al_c;
 } mm_key;
@@ -67,8 +67,7 @@ static cublasLtMatrixLayout_t make_layout(cudaDataType_t type, int64_t rows, int
   return l;
 }
 
-/* Pointers a plan's descriptor holds, set before each run (FP8 GEMMs run unscaled and without a
- * bias: elmo_cuda_tf_fp8_linear applies both in its own pass). */
+/* Pointers a plan's descriptor holds, set before each run. */
 typedef struct mm_ptrs {
   const void *bias;
 } mm_ptrs;
@@ -91,6 +90,10 @@ static cublasLtMatmulDesc_t desc_create(const mm_key *k, int fast_accum) {
   if (k->fp8) {
     const int8_t fast = (int8_t)fast_accum;
     ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast));
+  }
+  if (k->dev_scalars) {   /* alpha and beta read from device memory (the FP8 scale, computed on the device) */
+    const cublasLtPointerMode_t pm = CUBLASLT_POINTER_MODE_DEVICE;
+    ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_POINTER_MODE, &pm, sizeof pm));
   }
   return d;
 }
@@ -152,8 +155,8 @@ static void plan_build(elmo_cuda_tf_gemm *g, const mm_key *k, mm_plan *pl) {
   if (!ok) {
     char what[256];
     snprintf(what, sizeof what, "no cuBLASLt algorithm for %lldx%lldx%lld ta %d tb %d batch %d bias %d fp8 %d "
-             "out %s", (long long)k->m, (long long)k->n, (long long)k->k, k->ta, k->tb, k->batch, k->bias, k->fp8,
-             k->c_f32 ? "fp32" : "bf16");
+             "device scalars %d out %s", (long long)k->m, (long long)k->n, (long long)k->k, k->ta, k->tb, k->batch,
+             k->bias, k->fp8, k->dev_scalars, k->c_f32 ? "fp32" : "bf16");
     elmo_cuda_die("cublasLtMatmulAlgoGetHeuristic/AlgoCheck found no algorithm", what, __FILE__, __LINE__);
   }
 }
@@ -196,18 +199,21 @@ extern "C" void elmo_cuda_tf_gemm_destroy(elmo_cuda_tf_gemm **g) {
   *g = NULL;
 }
 
-/* Runs p; fp8: a and b are E4M3 (unscaled, no bias). */
+/* Runs p; fp8: a and b are E4M3 (x[m, k] w[n, k]^T, the layout cuBLASLt's FP8 GEMMs take). */
 static void gemm_run(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_mm *p, int fp8, cudaStream_t s) {
   if (p->m <= 0 || p->n <= 0 || p->batch <= 0) return;
   mm_key k;
   memset(&k, 0, sizeof k);
   if (p->bias && (p->c_f32 || p->batch > 1))
     elmo_cuda_die("a bias needs a BF16 output and batch 1", "elmo_cuda_tf_gemm_run", __FILE__, __LINE__);
-  if (fp8 && (p->trans_a || !p->trans_b || p->batch > 1 || p->beta != 0.0f || p->bias))
-    elmo_cuda_die("FP8 GEMMs need x[m, k] w[n, k]^T, batch 1, beta 0, no bias", "gemm_run", __FILE__, __LINE__);
+  if (fp8 && (p->trans_a || !p->trans_b || p->batch > 1))
+    elmo_cuda_die("FP8 GEMMs need x[m, k] w[n, k]^T and batch 1", "gemm_run", __FILE__, __LINE__);
+  if (!p->alpha_dev != !p->beta_dev)
+    elmo_cuda_die("device alpha and beta go together", "gemm_run", __FILE__, __LINE__);
   const int64_t es = fp8 ? 1 : 2;
   k.ta = p->trans_a; k.tb = p->trans_b; k.c_f32 = p->c_f32; k.batch = p->batch; k.bias = p->bias != NULL;
   k.fp8 = fp8;
+  k.dev_scalars = p->alpha_dev != NULL;
   k.m = p->m; k.n = p->n; k.k = p->k;
   k.lda = p->lda; k.ldb = p->ldb; k.ldc = p->ldc;
   if (p->batch > 1) { k.sa = p->stride_a; k.sb = p->stride_b; k.sc = p->stride_c; }
@@ -218,7 +224,9 @@ static void gemm_run(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_mm *p, int fp8, cu
   const mm_plan *pl = plan_get(g, &k);
   desc_set_ptrs(pl->desc, &k, &ptrs);
   const float alpha = 1.0f, beta = p->beta;
-  ELMO_CUBLAS_CHECK(cublasLtMatmul(g->lt, pl->desc, &alpha, p->b, pl->la, p->a, pl->lb, &beta, p->c, pl->lc, p->c,
+  const void *pa = p->alpha_dev ? (const void *)p->alpha_dev : (const void *)&alpha;
+  const void *pb = p->beta_dev ? (const void *)p->beta_dev : (const void *)&beta;
+  ELMO_CUBLAS_CHECK(cublasLtMatmul(g->lt, pl->desc, pa, p->b, pl->la, p->a, pl->lb, pb, p->c, pl->lc, p->c,
                                    pl->lc, &pl->algo, g->ws, g->ws_bytes, s));
 }
 
@@ -359,7 +367,7 @@ static void carve_scratch(carver *cv, elmo_cuda_tf *t, int64_t M, size_t emb_ws)
     t->fp8.wq = (uint8_t *)carve(cv, (size_t)((3 * H > F ? 3 * H : F) * H));
     t->fp8.amax = (unsigned *)carve(cv, ELMO_CUDA_TF_FP8_SEGS * sizeof(unsigned));
     t->fp8.inv = (float *)carve(cv, ELMO_CUDA_TF_FP8_SEGS * sizeof(float));
-    t->fp8.acc = (float *)carve(cv, (size_t)(M * (H > F ? H : F)) * sizeof(float));
+    t->fp8.alpha = (float *)carve(cv, ELMO_CUDA_TF_FP8_SEGS * sizeof(float));
   }
   t->lt_ws = carve(cv, LT_WORKSPACE);
 }
@@ -513,14 +521,14 @@ extern "C" int elmo_cuda_tf_bad_ids(elmo_cuda_tf *t, cudaStream_t s) {
 /* y[M, out] = x[M, in] w^T: FP32 y, or BF16 y = bf16(x w^T + bias) (bias [out] or NULL); w [out, in]. */
 static void linear_fwd(elmo_cuda_tf *t, const h16 *x, const h16 *w, const h16 *bias, int64_t M, int in, int out,
                        void *y, int y_f32, cudaStream_t s) {
-  elmo_cuda_tf_mm p = {0, 1, M, out, in, x, in, 0, w, in, 0, y, out, 0, y_f32, 0.0f, 1, bias};
+  elmo_cuda_tf_mm p = {0, 1, M, out, in, x, in, 0, w, in, 0, y, out, 0, y_f32, 0.0f, 1, bias, NULL, NULL};
   elmo_cuda_tf_gemm_run(t->gemm, &p, s);
 }
 
 /* dw[out, in] += dy[M, out]^T x[M, in] (FP32); dy's rows ldy elements apart. */
 static void linear_dw_ld(elmo_cuda_tf *t, const h16 *dy, int64_t ldy, const h16 *x, int64_t M, int in, int out,
                          float *dw, cudaStream_t s) {
-  elmo_cuda_tf_mm p = {1, 0, out, in, M, dy, ldy, 0, x, in, 0, dw, in, 0, 1, 1.0f, 1, NULL};
+  elmo_cuda_tf_mm p = {1, 0, out, in, M, dy, ldy, 0, x, in, 0, dw, in, 0, 1, 1.0f, 1, NULL, NULL, NULL};
   elmo_cuda_tf_gemm_run(t->gemm, &p, s);
 }
 static void linear_dw(elmo_cuda_tf *t, const h16 *dy, const h16 *x, int64_t M, int in, int out, float *dw,
@@ -531,7 +539,7 @@ static void linear_dw(elmo_cuda_tf *t, const h16 *dy, const h16 *x, int64_t M, i
 /* dx[M, in] = dy[M, out] w[out, in] (+ beta dx). */
 static void linear_dx(elmo_cuda_tf *t, const h16 *dy, const h16 *w, int64_t M, int in, int out, void *dx,
                       int dx_f32, float beta, cudaStream_t s) {
-  elmo_cuda_tf_mm p = {0, 0, M, in, out, dy, out, 0, w, in, 0, dx, in, 0, dx_f32, beta, 1, NULL};
+  elmo_cuda_tf_mm p = {0, 0, M, in, out, dy, out, 0, w, in, 0, dx, in, 0, dx_f32, beta, 1, NULL, NULL, NULL};
   elmo_cuda_tf_gemm_run(t->gemm, &p, s);
 }
 
@@ -590,10 +598,16 @@ static __device__ float fp8_scale_of(unsigned amax_bits) {
   return (float)(448.0 / (a > 1e-12 ? a : isnan(a) ? a : 1e-12));
 }
 
-static __global__ void fp8_cast_kernel(fp8_job job, const unsigned *amax, float *inv) {
+/* Also inv[y] = 1 / scale and, for the weights (y >= 1), the GEMM's alpha[y - 1] = inv[0] * inv[y]
+ * (one FP32 rounding, as the CPU's inv_x * inv_w); alpha[FP8_SEGS - 1] = 0, the GEMM's beta. */
+static __global__ void fp8_cast_kernel(fp8_job job, const unsigned *amax, float *inv, float *alpha) {
   const fp8_seg sg = job.seg[blockIdx.y];
   const float scale = fp8_scale_of(amax[blockIdx.y]);
-  if (blockIdx.x == 0 && threadIdx.x == 0) inv[blockIdx.y] = 1.0f / scale;
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    inv[blockIdx.y] = 1.0f / scale;
+    if (blockIdx.y > 0) alpha[blockIdx.y - 1] = __fmul_rn(1.0f / fp8_scale_of(amax[0]), 1.0f / scale);
+    else alpha[FP8_SEGS - 1] = 0.0f;
+  }
   const int64_t chunks = sg.rows * sg.cols / 8;
   for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += (int64_t)gridDim.x * blockDim.x) {
     const uint4 v = ((const uint4 *)sg.x)[c];
@@ -621,7 +635,7 @@ static void fp8_quantize(const elmo_cuda_tf_fp8 *q, const fp8_job *job, cudaStre
   ELMO_CUDA_CHECK(cudaMemsetAsync(q->amax, 0, FP8_SEGS * sizeof(unsigned), s));
   fp8_amax_kernel<<<grid, FP8_THREADS, 0, s>>>(*job, q->amax);
   ELMO_LAUNCH_CHECK();
-  fp8_cast_kernel<<<grid, FP8_THREADS, 0, s>>>(*job, q->amax, q->inv);
+  fp8_cast_kernel<<<grid, FP8_THREADS, 0, s>>>(*job, q->amax, q->inv, q->alpha);
   ELMO_LAUNCH_CHECK();
 }
 
@@ -649,35 +663,16 @@ extern "C" int elmo_cuda_tf_fp8_prepare(const elmo_cuda_tf_fp8 *q, const elmo_bf
   return ELMO_OK;
 }
 
-/* y[m, c] = acc[m, c] * (inv_x * inv_w) + bias[c], rounded once to the output type; the multiplies
- * and the add are separate roundings, in the CPU reference's order (no contraction). */
-static __global__ void fp8_epilogue_kernel(const float *acc, int64_t M, int out, const float *inv_x,
-                                           const float *inv_w, const bf16 *bias, void *y, int64_t ldy, int y_f32) {
-  const float t = __fmul_rn(*inv_x, *inv_w);
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;   /* grid: column tiles x row slices */
-  if (c >= out) return;
-  const float b = bias ? __bfloat162float(bias[c]) : 0.0f;
-  for (int64_t m = blockIdx.y; m < M; m += gridDim.y) {
-    float v = __fmul_rn(acc[m * out + c], t);
-    if (bias) v = __fadd_rn(v, b);
-    if (y_f32) ((float *)y)[m * ldy + c] = v;
-    else ((bf16 *)y)[m * ldy + c] = __float2bfloat16_rn(v);
-  }
-}
-
-/* The FP8 GEMM runs unscaled with FP32 output (the form cuBLASLt serves for every shape, as the
- * classifier's prediction logits use), then one pass applies the per-tensor scales and the bias;
- * y's rows ldy elements apart (3 H for q, k, v in the fused path's [M, 3 H] matrix). */
+/* One cuBLASLt call: the unscaled E4M3 product times alpha[j] (a device scalar: the scales are known
+ * only on the device), plus the bias in the epilogue, rounded once to y's type; y's rows ldy elements
+ * apart (3 H for q, k, v in the fused path's [M, 3 H] matrix). cuBLASLt refuses the A/B scale
+ * pointers for these layouts on the H100 (CUDA 13, measured), the device alpha it takes. */
 static void fp8_linear_ld(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_fp8 *q, int j, const elmo_bf16 *bias, int64_t M,
                           int in, int out, void *y, int64_t ldy, int y_f32, cudaStream_t s) {
   if (M <= 0 || out <= 0) return;
-  elmo_cuda_tf_mm p = {0, 1, M, out, in, q->xq, in, 0, q->wq + (int64_t)j * out * in, in, 0, q->acc, out, 0, 1, 0.0f,
-                       1, NULL};
+  elmo_cuda_tf_mm p = {0, 1, M, out, in, q->xq, in, 0, q->wq + (int64_t)j * out * in, in, 0, y, ldy, 0, y_f32, 0.0f,
+                       1, bias, q->alpha + j, q->alpha + FP8_SEGS - 1};
   gemm_run(g, &p, 1, s);
-  const unsigned ctiles = (unsigned)((out + 255) / 256), rows = (unsigned)(M < 65535 ? M : 65535);
-  fp8_epilogue_kernel<<<dim3(ctiles, rows < 4096 ? rows : 4096), 256, 0, s>>>(q->acc, M, out, q->inv, q->inv + 1 + j,
-                                                                            (const bf16 *)bias, y, ldy, y_f32);
-  ELMO_LAUNCH_CHECK();
 }
 extern "C" void elmo_cuda_tf_fp8_linear(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_fp8 *q, int j, const elmo_bf16 *bias,
                                         int64_t M, int in, int out, void *y, int y_f32, cudaStream_t s) {
@@ -951,7 +946,8 @@ static int attention_backward(elmo_cuda_tf *t, const h16 *P, int i, float *G, cu
         rc = elmo_cuda_colsum_ld(dqkv + j * H, 1, M, H, 3 * H, 1, 0, G + b[j], 0, t->part, s, err);
     if (rc) return rc;
     if (w[1] - w[0] == w[2] - w[1]) { /* the three weight gradients as one strided batch (x shared) */
-      elmo_cuda_tf_mm p = {1, 0, H, H, M, dqkv, 3 * H, H, t->xa, H, 0, G + w[0], H, w[1] - w[0], 1, 1.0f, 3, NULL};
+      elmo_cuda_tf_mm p = {1, 0, H, H, M, dqkv, 3 * H, H, t->xa, H, 0, G + w[0], H, w[1] - w[0], 1, 1.0f, 3,
+                           NULL, NULL, NULL};
       elmo_cuda_tf_gemm_run(t->gemm, &p, s);
     } else {
       for (int j = 0; j < 3; j++) linear_dw_ld(t, dqkv + j * H, 3 * H, t->xa, M, H, H, G + w[j], s);

@@ -10,8 +10,8 @@
  * FP8 forward (cfg->fp8_forward, model.encoder.dtype "fp8"): the six linear layers' forward GEMMs
  * take E4M3 operands with per-tensor dynamic scaling (amax of the layer input over the unmasked rows,
  * amax of the BF16 weight, each step; see elmo_tf_linear_forward_fp8), FP32 accumulation with
- * cuBLASLt's fast accumulation (as torchao's forward), the product times 1/(scale_x scale_w) via the
- * A/B scale pointers, then the usual bias epilogue / FP32 output. Nothing else changes: the kept
+ * cuBLASLt's fast accumulation (as torchao's forward), the product times 1/(scale_x scale_w) as the
+ * GEMM's alpha (a device scalar), then the usual bias epilogue / FP32 output. Nothing else changes: the kept
  * activations are the BF16 outputs of those GEMMs, and the backward's GEMMs are BF16 on the BF16
  * layer inputs (recomputed as usual) and BF16 weights, never the E4M3 copies. RECOMPUTE reruns the
  * same FP8 forward, so both modes give the same bits. Needs hidden and ffn multiples of 16 (config
@@ -109,6 +109,7 @@ typedef struct elmo_cuda_tf_mm {
   float beta;
   int batch;
   const void *bias;
+  const float *alpha_dev, *beta_dev;   /* both NULL (alpha 1, beta as above), or device scalars used instead */
 } elmo_cuda_tf_mm;
 typedef struct elmo_cuda_tf_gemm elmo_cuda_tf_gemm;
 /* workspace: device scratch for cuBLASLt (may be NULL with ws_bytes 0). */
@@ -117,22 +118,24 @@ void elmo_cuda_tf_gemm_destroy(elmo_cuda_tf_gemm **g);
 void elmo_cuda_tf_gemm_run(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_mm *p, cudaStream_t s);
 
 /* FP8 forward GEMMs (the CUDA twin of elmo_tf_linear_forward_fp8), used by the encoder and its tests.
- * Scratch, device, 16-byte aligned: xq [M, in] and wq [count, out, in] bytes (E4M3), amax and inv
- * [ELMO_CUDA_TF_FP8_SEGS] (slot 0 the input, 1 + j weight j). */
+ * Scratch, device, 16-byte aligned: xq [M, in] and wq [count, out, in] bytes (E4M3), amax, inv and
+ * alpha [ELMO_CUDA_TF_FP8_SEGS] (amax/inv: slot 0 the input, 1 + j weight j; alpha: slot j weight j,
+ * the last slot 0.0f, the GEMM's beta). */
 #define ELMO_CUDA_TF_FP8_SEGS 4
 typedef struct elmo_cuda_tf_fp8 {
   uint8_t *xq, *wq;
   unsigned *amax;            /* |x| maxima as FP32 bit patterns */
   float *inv;                /* 1 / scale */
-  float *acc;                /* [M, max(H, F)] FP32 products before scaling and bias */
+  float *alpha;              /* inv[0] * inv[1 + j] (one FP32 rounding), then 0 */
 } elmo_cuda_tf_fp8;
 /* Quantises x [M, in] BF16 (rows with row_mask 0 are left out of its amax; row_mask [M] or NULL) and
  * count (1..3) BF16 weights w[j] [out, in], each with its own per-tensor scale. ELMO_EINPUT unless in
  * and out are multiples of 16 and the pointers 16-byte aligned. */
 int elmo_cuda_tf_fp8_prepare(const elmo_cuda_tf_fp8 *q, const elmo_bf16 *x, const uint8_t *row_mask, int64_t M,
                              int in, const elmo_bf16 *const *w, int count, int out, cudaStream_t s, elmo_err *err);
-/* y[M, out] = (xq wq_j^T) * inv[0] * inv[1 + j] (+ bias [out] BF16, BF16 y only): FP32 y when y_f32,
- * else BF16. After elmo_cuda_tf_fp8_prepare on the same stream. */
+/* y[M, out] = (xq wq_j^T) * alpha[j] (+ bias [out] BF16, BF16 y only), alpha[j] = inv[0] * inv[1 + j],
+ * in one cuBLASLt call (scale and bias in its epilogue): FP32 y when y_f32, else BF16. After
+ * elmo_cuda_tf_fp8_prepare on the same stream. */
 void elmo_cuda_tf_fp8_linear(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_fp8 *q, int j, const elmo_bf16 *bias,
                              int64_t M, int in, int out, void *y, int y_f32, cudaStream_t s);
 

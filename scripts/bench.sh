@@ -87,8 +87,12 @@ if [ "$what" = cls ] || [ "$what" = all ]; then
   cls_row 670091 128 2 fp8 6.23 0.64
   cls_row 2812281 128 8 fp8 26.0 2.18
   cls_row 8623847 128 8 fp8 69.2 6.69
+  # BF16 weights: ELMO's BF16 path was measured at 2.8M only (15.3 ms, 5.11 GiB); the other rows have no baseline
+  cls_row 131072 512 2 bf16 0 0
+  cls_row 670091 128 2 bf16 0 0
   cls_row 2812281 128 8 bf16 15.3 5.11
   cls_row 2812281 128 1 bf16 15.3 5.11   # one chunk: still less memory than ELMO's BF16 run
+  cls_row 8623847 128 8 bf16 0 0
 fi
 if [ "$what" = full ] || [ "$what" = all ]; then
   full_row bert-base 12 128 128 2812281 63.7 7.72 fp8
@@ -96,6 +100,7 @@ if [ "$what" = full ] || [ "$what" = all ]; then
   full_row distilbert 6 128 128 8623847 90.9 9.45 fp8
   full_row bert-base 12 128 128 2812281 0 0 bf16      # no published ELMO baseline for these
   full_row distilbert 6 32 512 1305265 0 0 bf16
+  full_row distilbert 6 128 128 8623847 0 0 bf16
 fi
 echo
 echo "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), $(date -u +%F); roofline: ${PEAK_TBS} TB/s, ${PEAK_TFLOPS} TFLOP/s BF16"

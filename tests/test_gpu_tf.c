@@ -608,12 +608,12 @@ static elmo_cuda_tf_fp8 fp8_scratch(int64_t M, int in, int out) {
   q.wq = dev_poisoned((size_t)out * in);
   q.amax = dev_poisoned(ELMO_CUDA_TF_FP8_SEGS * sizeof(unsigned));
   q.inv = dev_poisoned(ELMO_CUDA_TF_FP8_SEGS * sizeof(float));
-  q.acc = dev_poisoned((size_t)(M * out) * sizeof(float));
+  q.alpha = dev_poisoned(ELMO_CUDA_TF_FP8_SEGS * sizeof(float));
   return q;
 }
 
 static void fp8_scratch_free(elmo_cuda_tf_fp8 *q) {
-  cudaFree(q->xq); cudaFree(q->wq); cudaFree(q->amax); cudaFree(q->inv); cudaFree(q->acc);
+  cudaFree(q->xq); cudaFree(q->wq); cudaFree(q->amax); cudaFree(q->inv); cudaFree(q->alpha);
 }
 
 /* Same BF16 inputs on both sides: the scales and E4M3 bytes must equal the CPU's exactly, the
@@ -1126,6 +1126,60 @@ static float bench_time(elmo_cuda_tf *t, const void *params, const int32_t *ids,
   return ms[reps / 2];
 }
 
+/* Median ms of `reps` forward+backward runs on a stream of its own, launched one by one (*stream_ms)
+ * and as one CUDA graph captured from the same calls (return value; -1 when capture fails): the
+ * launch gaps between the step's ~500 kernels, measured. */
+static float bench_graph(elmo_cuda_tf *t, const void *params, const int32_t *ids, const uint8_t *mask, int B, int T,
+                         float *pooled, float *dp, float *grads, int reps, float *stream_ms) {
+  elmo_err err;
+  cudaStream_t s;
+  CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  float ms[32], gms[32];
+  for (int r = 0; r < reps + 3; r++) {
+    CK(cudaEventRecord(e0, s));
+    assert_int_equal(elmo_cuda_tf_forward(t, params, 1, ids, mask, B, T, pooled, s, &err), ELMO_OK);
+    assert_int_equal(elmo_cuda_tf_backward(t, params, 1, dp, grads, s, &err), ELMO_OK);
+    CK(cudaEventRecord(e1, s));
+    CK(cudaEventSynchronize(e1));
+    if (r >= 3) CK(cudaEventElapsedTime(&ms[r - 3], e0, e1));
+  }
+  qsort(ms, (size_t)reps, sizeof ms[0], cmp_float);
+  *stream_ms = ms[reps / 2];
+  cudaGraph_t g = NULL;
+  cudaGraphExec_t ge = NULL;
+  float out = -1.0f;
+  CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  const int ok = elmo_cuda_tf_forward(t, params, 1, ids, mask, B, T, pooled, s, &err) == ELMO_OK &&
+                 elmo_cuda_tf_backward(t, params, 1, dp, grads, s, &err) == ELMO_OK;
+  const cudaError_t ce = cudaStreamEndCapture(s, &g);
+  if (ok && ce == cudaSuccess && cudaGraphInstantiate(&ge, g, 0) == cudaSuccess) {
+    size_t nodes = 0;
+    CK(cudaGraphGetNodes(g, NULL, &nodes));
+    for (int r = 0; r < reps + 3; r++) {
+      CK(cudaEventRecord(e0, s));
+      CK(cudaGraphLaunch(ge, s));
+      CK(cudaEventRecord(e1, s));
+      CK(cudaEventSynchronize(e1));
+      if (r >= 3) CK(cudaEventElapsedTime(&gms[r - 3], e0, e1));
+    }
+    qsort(gms, (size_t)reps, sizeof gms[0], cmp_float);
+    out = gms[reps / 2];
+    printf("bench graph: %zu nodes\n", nodes);
+  } else {
+    printf("bench graph: capture failed (%s)\n", cudaGetErrorString(ce != cudaSuccess ? ce : cudaGetLastError()));
+  }
+  if (ge) cudaGraphExecDestroy(ge);
+  if (g) cudaGraphDestroy(g);
+  cudaGetLastError();
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  CK(cudaStreamDestroy(s));
+  return out;
+}
+
 /* profile = 1: one forward+backward of the default mode only (for a profiler), no timing. */
 static void bench_bert_base(int profile) {
   elmo_tf_config cfg;
@@ -1175,6 +1229,10 @@ static void bench_bert_base(int profile) {
     const double e = rel_err(g, g, np);   /* finite check only */
     size_t free_b, total_b;
     CK(cudaMemGetInfo(&free_b, &total_b));
+    float sms = 0.0f;
+    const float gms = bench_graph(t, d_params, d_ids, d_mask, B, T, d_pooled, d_dp, d_grads, 10, &sms);
+    printf("bench BERT-base B %d T %d %s: forward+backward on a stream %.2f ms, as one CUDA graph %.2f ms\n", B, T,
+           mode_name[mode], sms, gms);
     printf("bench BERT-base B %d T %d %s: forward %.2f ms, forward+backward %.2f ms (%.1f TFLOP/s model), "
            "activations kept %.1f MiB, workspace %.1f MiB, device used %.1f MiB%s\n", B, T,
            mode_name[mode], f, fb, 6.0 * 85.0e6 * B * T / (fb * 1e-3) / 1e12,
@@ -1213,7 +1271,7 @@ static void bench_linear_shape(int64_t M, int in, int out) {
       CK(cudaEventRecord(e0, 0));
       for (int k = 0; k < 10; k++) {
         if (what == 0) {
-          elmo_cuda_tf_mm p = {0, 1, M, out, in, d_x, in, 0, d_w, in, 0, d_y, out, 0, 1, 0.0f, 1, NULL};
+          elmo_cuda_tf_mm p = {0, 1, M, out, in, d_x, in, 0, d_w, in, 0, d_y, out, 0, 1, 0.0f, 1, NULL, NULL, NULL};
           elmo_cuda_tf_gemm_run(g, &p, 0);
         } else if (what == 1) {
           elmo_cuda_tf_fp8_linear(g, &q, 0, NULL, M, in, out, d_y, 1, 0);
