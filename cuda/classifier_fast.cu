@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cuda.h> /* CUtensorMap and its encoder's types (the encoder itself comes through the runtime) */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
@@ -134,6 +135,39 @@ static __device__ __forceinline__ void stsm_x4_t(void *p, uint32_t r0, uint32_t 
                "r"(r1), "r"(r2), "r"(r3)
                : "memory");
 }
+/* Tensor-memory-access (TMA) copies of 2-D boxes and the shared-memory barriers that count their bytes. */
+static __device__ __forceinline__ void mbar_init(uint64_t *bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+static __device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+/* One arrival that also expects `bytes` of TMA transactions before the phase completes. */
+static __device__ __forceinline__ void mbar_expect_tx(uint64_t *bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+static __device__ __forceinline__ void mbar_wait(uint64_t *bar, unsigned parity) {
+  uint32_t done = 0;
+  while (!done)
+    asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done)
+                 : "r"(smem_addr(bar)), "r"(parity)
+                 : "memory");
+}
+/* Box at (c0 = inner coordinate, c1) of the map into dst, counted on bar. */
+static __device__ __forceinline__ void tma_load_2d(void *dst, const CUtensorMap *map, int c0, int c1, uint64_t *bar) {
+  asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
+               ::"r"(smem_addr(dst)), "l"((uint64_t)map), "r"(c0), "r"(c1), "r"(smem_addr(bar))
+               : "memory");
+}
+/* src to the box at (c0, c1), clipped to the map's bounds; one bulk group per commit. */
+static __device__ __forceinline__ void tma_store_2d(const CUtensorMap *map, int c0, int c1, const void *src) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];\n"
+               ::"l"((uint64_t)map), "r"(c0), "r"(c1), "r"(smem_addr(src))
+               : "memory");
+}
+static __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+/* The committed stores have read their shared memory / are complete. */
+static __device__ __forceinline__ void bulk_wait_read0() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+static __device__ __forceinline__ void bulk_wait0() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
 #endif
 
 /* ---- SR bits and rounding, bit-identical to numerics.h, cheaper on the device ---------------- */
@@ -567,6 +601,15 @@ static __device__ __forceinline__ float u_delta(const update_args &a, float g, f
   return __fmaf_rn(a.nlr, g, __fmul_rn(a.ndecay, p));
 }
 
+/* LDW of a weight tile that TMA wrote with its 128-byte swizzle (update_tma_kernel): rows of 128 bytes,
+ * the 16-byte chunk c of row r at chunk c ^ (r % 8). */
+#define W_SWZ 0
+/* Byte `col` of row r of a weight tile with rows LDW bytes apart (or swizzled, W_SWZ). */
+template <int LDW> static __device__ __forceinline__ uint8_t *w_at(uint8_t *sw, int r, int col) {
+  if (LDW == W_SWZ) return sw + r * 128 + ((((col >> 4) ^ r) & 7) << 4) + (col & 15);
+  return sw + r * LDW + col;
+}
+
 /* Head row: round to nearest with the bf16 Kahan compensation, p' = RN(p + u), c' = bf16(u - (p' - p)),
  * u = delta + c (the CPU's update_kahan_row). */
 template <int DT, int LDW = U_LDW(wcodec<DT>::es)>
@@ -575,7 +618,7 @@ static __device__ __forceinline__ void u_kahan(const update_args &a, int64_t k0,
   using C = wcodec<DT>;
   const int64_t k = k0 + cc;
   if (slot < 0 || k >= a.d) return;
-  uint8_t *pw = sw + r * LDW + cc * C::es;
+  uint8_t *pw = w_at<LDW>(sw, r, (int)(cc * C::es));
   float p[2];
   C::get2(pw, p);
   uint32_t *pc = (uint32_t *)(a.kahan + (int64_t)slot * a.d + k);
@@ -658,7 +701,7 @@ static __device__ __forceinline__ void epilogue8_at(const update_args &a, int64_
       uint32_t w[8];
       u_bits<CONST_BITS>(a, blk, w);
       u_bits<CONST_BITS>(a, blk + 1, w + 4);
-      uint8_t *pw = sw + r * LDW + cb * ES;
+      uint8_t *pw = w_at<LDW>(sw, r, cb * ES);
       float p[8], v[8];
       wcodec8<DT>::get(pw, p);
 #pragma unroll
@@ -1027,6 +1070,174 @@ static __global__ void __launch_bounds__(U_THREADS, r_blocks_per_sm(DT)) update_
   }
 }
 
+/* ---- batches of up to 128 rows on sm_90a: update_res_kernel with its tiles moved by TMA -------- */
+
+/* The same tiles, warps, product and epilogue as update_res_kernel (the same weights bit for bit),
+ * but each label tile's G^T (bp rows x 64 labels) and weights (64 labels x 128 features) arrive by two
+ * TMA box copies that one thread issues, counted by a shared-memory barrier per weight buffer, and the
+ * rounded tile leaves by one TMA store: the per-thread copy loops, their bounds checks and address
+ * arithmetic (some 150 instructions a thread and tile, ~5 a weight, SASS of update_res_kernel) go.
+ * The boxes land with the 128-byte swizzle (conflict-free ldmatrix and 8-byte epilogue reads without
+ * padding); rows past B, labels past the chunk and features past d arrive as zeros and are not stored. */
+#define T_G_BYTES (R_BMAX * 128)      /* G^T box: bp rows of 64 bf16 */
+#define T_W_BYTES (R_TL * 128)        /* weight box: 64 labels of 128 e4m3 */
+static constexpr size_t t_smem_bytes() {
+  return 1024 + T_G_BYTES + 2 * T_W_BYTES + R_X_BYTES + 2 * 4 * R_TL + 2 * sizeof(uint64_t);
+}
+
+#if defined(ELMO_HAVE_WGMMA)
+/* The head slots of label tile j0's rows (-1: not a head row). */
+static __device__ __forceinline__ void t_slots(const update_args &a, int64_t j0, int32_t *sslot) {
+  if (threadIdx.x < R_TL) {
+    const int64_t j = j0 + threadIdx.x, l = a.l0 + j;
+    sslot[threadIdx.x] = a.head_slot && a.kahan && j < a.n && l < a.L ? a.head_slot[l] : -1;
+  }
+}
+
+/* r_mma over the swizzled G^T box sg (row b: 64 labels in 128 bytes). */
+static __device__ __forceinline__ void t_mma(float acc[2][4][4], const uint8_t *sg, const uint16_t *sx, int bp) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, m0 = (warp >> 2) * 32, n0 = (warp & 3) * 32;
+  zero_acc<2>(acc);
+#pragma unroll 2
+  for (int kk = 0; kk < bp; kk += 16) {
+    uint32_t af[2][4], bf[4][2];
+    const int row = kk + (lane & 7) + ((lane >> 4) & 1) * 8;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+      const int chunk = (m0 + 16 * i + ((lane >> 3) & 1) * 8) >> 3;
+      ldsm_x4_t(af[i], sg + row * 128 + (((chunk ^ row) & 7) << 4));
+    }
+    load_b_frags(bf, sx, U_LDX, kk, n0, lane);
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+      for (int j = 0; j < 4; j++) mma_bf16(acc[i][j], af[i], bf[j][0], bf[j][1]);
+  }
+}
+#endif
+
+/* grid: d_tiles x Q blocks, as update_res_kernel. tmG: G [B rows, n labels] bf16, box 64 x bp;
+ * tmW: the chunk's weights [rows that exist, d] e4m3, box 128 x 64. */
+template <bool CONST_BITS>
+static __global__ void __launch_bounds__(U_THREADS, 3) update_tma_kernel(update_args a, const __grid_constant__ CUtensorMap tmG,
+                                                                         const __grid_constant__ CUtensorMap tmW) {
+#if defined(ELMO_HAVE_WGMMA)
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  uint8_t *smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+  uint8_t *sg = smem, *wbuf = smem + T_G_BYTES;                       /* 1024-byte aligned boxes */
+  uint16_t *sx = (uint16_t *)(wbuf + 2 * T_W_BYTES);
+  int32_t *slots = (int32_t *)((uint8_t *)sx + R_X_BYTES);            /* [2][R_TL] */
+  uint64_t *bar = (uint64_t *)(slots + 2 * R_TL);                     /* [2]: one per weight buffer */
+  const int bp = (int)((a.B + 15) / 16 * 16);
+  const int64_t k0 = (int64_t)(blockIdx.x % a.d_tiles) * U_TD, qs = gridDim.x / a.d_tiles;
+  const int64_t ltiles = (a.n + R_TL - 1) / R_TL;
+  int64_t lt = blockIdx.x / a.d_tiles;
+  if (lt >= ltiles) return;
+  const unsigned tx = (unsigned)(bp * 128 + T_W_BYTES); /* whole boxes, zero-filled parts included */
+  if (threadIdx.x == 0) {
+    mbar_init(&bar[0], 1);
+    mbar_init(&bar[1], 1);
+    mbar_init_fence();
+  }
+  r_load_x(a, bp, k0, sx);
+  cp_async_commit();
+  t_slots(a, lt * R_TL, slots);
+  __syncthreads(); /* barriers initialised */
+  if (threadIdx.x == 0) {
+    mbar_expect_tx(&bar[0], tx);
+    tma_load_2d(sg, &tmG, (int)(lt * R_TL), 0, &bar[0]);
+    tma_load_2d(wbuf, &tmW, (int)k0, (int)(lt * R_TL), &bar[0]);
+  }
+  cp_async_wait<0>();
+  __syncthreads(); /* Xq and the first tile's slots */
+  for (int it = 0; lt < ltiles; lt += qs, it++) {
+    const int buf = it & 1;
+    mbar_wait(&bar[buf], (unsigned)(it >> 1) & 1u); /* this tile's G^T and weights */
+    float acc[2][4][4];
+    t_mma(acc, sg, sx, bp);
+    __syncthreads(); /* G^T read by all warps */
+    if (lt + qs < ltiles) {
+      const int64_t j1 = (lt + qs) * R_TL;
+      if (threadIdx.x == 0) {
+        bulk_wait_read0(); /* the store of the tile before has read the other buffer */
+        mbar_expect_tx(&bar[buf ^ 1], tx);
+        tma_load_2d(sg, &tmG, (int)j1, 0, &bar[buf ^ 1]);
+        tma_load_2d(wbuf + (buf ^ 1) * T_W_BYTES, &tmW, (int)k0, (int)j1, &bar[buf ^ 1]);
+      }
+      t_slots(a, j1, slots + (buf ^ 1) * R_TL);
+    }
+    uint8_t *sw = wbuf + buf * T_W_BYTES;
+    if (a.decay == 1.0f) epilogue8<ELMO_FP8, CONST_BITS, 2, W_SWZ, false>(a, lt * R_TL, k0, acc, sw, slots + buf * R_TL);
+    else epilogue8<ELMO_FP8, CONST_BITS, 2, W_SWZ>(a, lt * R_TL, k0, acc, sw, slots + buf * R_TL);
+    wg_fence_proxy(); /* this thread's shared-memory writes, visible to the TMA store */
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      tma_store_2d(&tmW, (int)k0, (int)(lt * R_TL), sw);
+      bulk_commit();
+    }
+  }
+  if (threadIdx.x == 0) bulk_wait0();
+#endif
+}
+
+typedef CUresult (*tmap_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
+                                   const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
+                                   CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+/* cuTensorMapEncodeTiled from the driver, through the runtime (no link against libcuda); NULL when the
+ * driver has none. Asked once. */
+static tmap_encode_fn tmap_encoder(void) {
+  static int asked = 0;
+  static tmap_encode_fn fn = NULL;
+  if (!asked) {
+    asked = 1;
+    void *p = NULL;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) == cudaSuccess &&
+        q == cudaDriverEntryPointSuccess)
+      fn = (tmap_encode_fn)p;
+    else
+      cudaGetLastError();
+  }
+  return fn;
+}
+
+/* A 2-D map of rows x cols elements (es bytes, rows ld elements apart) with box box_c x box_r, 128-byte
+ * swizzle, zeros outside; 0 when the driver refuses it. */
+static int tmap_2d(CUtensorMap *m, CUtensorMapDataType type, int es, const void *base, int64_t cols, int64_t rows,
+                   int64_t ld, int box_c, int box_r) {
+  tmap_encode_fn enc = tmap_encoder();
+  if (!enc || rows < 1 || cols < 1) return 0;
+  const cuuint64_t dim[2] = {(cuuint64_t)cols, (cuuint64_t)rows}, stride[1] = {(cuuint64_t)(ld * es)};
+  const cuuint32_t box[2] = {(cuuint32_t)box_c, (cuuint32_t)box_r}, estr[2] = {1, 1};
+  return enc(m, type, 2, (void *)base, dim, stride, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+             CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+extern "C" int elmo_cuda_cls_update_tma(void) { return wgmma_enabled("ELMO_UPDATE_TMA") && tmap_encoder() != NULL; }
+
+/* update_tma_kernel for a.B <= R_BMAX, e4m3 weights and bf16 G; 0 (nothing launched) when the maps
+ * cannot be made. */
+template <bool CONST_BITS>
+static int launch_update_tma(const update_args &a, int64_t blocks, cudaStream_t s) {
+  const int64_t nl = a.L - a.l0 < a.n ? a.L - a.l0 : a.n; /* rows of the chunk that exist */
+  const int bp = (int)((a.B + 15) / 16 * 16);
+  CUtensorMap mg, mw;
+  if (!tmap_2d(&mg, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.G, a.n, a.B, a.n, R_TL, bp) ||
+      !tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (const uint8_t *)a.W + a.l0 * a.d, a.d, nl, a.d, U_TD, R_TL))
+    return 0;
+  static bool attr = false;
+  if (!attr) {
+    ELMO_CUDA_CHECK(cudaFuncSetAttribute(update_tma_kernel<CONST_BITS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)t_smem_bytes()));
+    attr = true;
+  }
+  update_tma_kernel<CONST_BITS><<<(unsigned)blocks, U_THREADS, t_smem_bytes(), s>>>(a, mg, mw);
+  ELMO_LAUNCH_CHECK();
+  return 1;
+}
+
 static int sm_count(void) {
   static int sms = 0;
   if (!sms) {
@@ -1053,6 +1264,9 @@ static void launch_update(const update_args &a, cudaStream_t s) {
   if (a.B <= R_BMAX) {
     const int64_t ltiles = (a.n + R_TL - 1) / R_TL, per_tile = r_blocks_per_sm(DT) * sm_count() / a.d_tiles;
     const int64_t q = per_tile < 1 ? 1 : per_tile < ltiles ? per_tile : ltiles;
+    if (DT == ELMO_FP8 && sizeof(GT) == 2 && a.n % 8 == 0 && elmo_cuda_cls_update_tma() &&
+        launch_update_tma<CONST_BITS>(a, q * a.d_tiles, s))
+      return;
     update_res_kernel<GT, DT, CONST_BITS><<<(unsigned)(q * a.d_tiles), U_THREADS, smem_res, s>>>(a);
   } else if (DT == ELMO_FP8 && sizeof(GT) == 2 && a.Xt) {
     const size_t smem_wg = v_smem_bytes();

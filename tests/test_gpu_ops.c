@@ -572,6 +572,70 @@ static void test_cls_ops_fp8_update_kernels(void **state) {
   unsetenv("ELMO_UPDATE_WGMMA");
 }
 
+/* The e4m3 update of batches up to 128 rows with its tiles moved by TMA (update_tma_kernel, the default
+ * on compute capability 9.0) gives the same weights and Kahan words, bit for bit, as update_res_kernel
+ * (ELMO_UPDATE_TMA=0) from the same weights and G, chunk after chunk: the same product and rounding,
+ * only the copies differ. The shapes: a feature tile wider than d (the box's columns past d arrive as
+ * zeros and are not stored), partial label tiles and padded labels (rows past L are not stored), full and
+ * partial batches, head rows (Kahan), and no weight decay. */
+static void run_update_tma(cls_case cc) {
+  cls_fix f;
+  memset(&f, 0, sizeof f);
+  f.cc = cc;
+  fix_host(&f);
+  fix_device(&f);
+  const int64_t B = cc.B, d = cc.d;
+  float *dXin = dup_up(f.X, sizeof(float) * (size_t)(B * d));
+  elmo_cuda_cls_cast(&f.c, dXin, B, S);
+  const elmo_cls_hyper h = {.lr = 0.5, .weight_decay = cc.no_decay ? 0.0 : 0.01, .seed = cc.seed, .step = 3};
+  const size_t wb = (size_t)(f.L_pad * d), kb = 2 * (size_t)(cc.n_head * d);
+  uint8_t *w0 = malloc(wb), *wv[2] = {malloc(wb), malloc(wb)};
+  uint16_t *k0 = malloc(kb + 2), *kv[2] = {malloc(kb + 2), malloc(kb + 2)};
+  int64_t changed = 0;
+  for (int64_t l0 = 0; l0 < f.L_pad; l0 += cc.chunk) {
+    const int64_t n = f.L_pad - l0 < cc.chunk ? f.L_pad - l0 : cc.chunk;
+    elmo_cuda_cls_logits(&f.c, B, l0, n, 0, S);
+    elmo_cuda_cls_grad(&f.c, B, l0, n, f.d_yp, f.d_yi, 1, S);
+    down(w0, f.c.W, wb);
+    if (kb) down(k0, f.c.kahan, kb);
+    for (int v = 0; v < 2; v++) { /* 0: update_res_kernel, 1: update_tma_kernel */
+      CK(cudaMemcpy(f.c.W, w0, wb, cudaMemcpyHostToDevice));
+      if (kb) CK(cudaMemcpy(f.c.kahan, k0, kb, cudaMemcpyHostToDevice));
+      if (v == 0) setenv("ELMO_UPDATE_TMA", "0", 1);
+      else unsetenv("ELMO_UPDATE_TMA");
+      assert_int_equal(elmo_cuda_cls_update_tma(), v);
+      elmo_cuda_cls_update(&f.c, B, l0, n, &h, S);
+      down(wv[v], f.c.W, wb);
+      if (kb) down(kv[v], f.c.kahan, kb);
+    }
+    for (size_t i = 0; i < wb; i++) {
+      if (wv[0][i] != wv[1][i])
+        fail_msg("chunk %lld: weight %zu (label %lld, feature %lld) 0x%02x with TMA, 0x%02x without", (long long)l0, i,
+                 (long long)(i / (size_t)d), (long long)(i % (size_t)d), wv[1][i], wv[0][i]);
+      changed += wv[0][i] != w0[i];
+    }
+    if (kb && memcmp(kv[0], kv[1], kb)) fail_msg("chunk %lld: Kahan words differ with and without TMA", (long long)l0);
+    f.c.widened_l0 = -1; /* W changed */
+  }
+  print_message("update with TMA (L %lld, d %lld, B %lld): %lld weights changed, all as without\n", (long long)cc.L,
+                (long long)d, (long long)B, (long long)changed);
+  if (changed == 0) fail_msg("no weight changed: the comparison says nothing");
+  cudaFree(dXin);
+  free(w0); free(wv[0]); free(wv[1]); free(k0); free(kv[0]); free(kv[1]);
+  fix_free(&f);
+}
+
+static void test_cls_update_tma(void **state) {
+  (void)state;
+  if (!elmo_cuda_cls_update_tma()) skip();
+  run_update_tma((cls_case){.dt = ELMO_FP8, .fp8_input = 1, .L = 300, .d = 64, .B = 37, .chunk = 128, .n_head = 5, .seed = 1});
+  run_update_tma((cls_case){.dt = ELMO_FP8, .fp8_input = 1, .L = 700, .d = 208, .B = 128, .chunk = 512, .n_head = 3, .seed = 31});
+  run_update_tma((cls_case){.dt = ELMO_FP8, .fp8_input = 1, .L = 333, .d = 384, .B = 16, .chunk = 336, .n_head = 0, .seed = 32,
+                            .no_decay = 1});
+  run_update_tma((cls_case){.dt = ELMO_FP8, .fp8_input = 0, .L = 1000, .d = 768, .B = 100, .chunk = 1008, .n_head = 4, .seed = 33});
+  unsetenv("ELMO_UPDATE_TMA");
+}
+
 /* The fused e4m3 logits + gradient (elmo_cuda_cls_logits_grad) against the CPU's logits and G:
  * |dG| <= |dz| / 4 + both bf16 roundings, dz within check_logits' FP8 tolerance; positives spread
  * over every label (rows with none, rows with runs of neighbours inside one tile), partial label
@@ -1069,6 +1133,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_cast_input), cmocka_unit_test(test_cls_sr_twins), cmocka_unit_test(test_cls_ops_fp8),
       cmocka_unit_test(test_cls_ops_fp8_dx_kernels), cmocka_unit_test(test_cls_ops_fp8_update_kernels),
+      cmocka_unit_test(test_cls_update_tma),
       cmocka_unit_test(test_cls_logits_grad_fused), cmocka_unit_test(test_cls_ops_bf16),
     cmocka_unit_test(test_cls_ops_fp32), cmocka_unit_test(test_cls_step), cmocka_unit_test(test_topk),
     cmocka_unit_test(test_sparse_encoder), cmocka_unit_test(test_adamw), cmocka_unit_test(test_dropout),
