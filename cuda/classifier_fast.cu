@@ -963,6 +963,14 @@ template <int ES> struct r_cursor {
   }
 };
 
+/* The head slots of label tile j0's rows (-1: not a head row). */
+static __device__ __forceinline__ void r_slots(const update_args &a, int64_t j0, int32_t *sslot) {
+  if (threadIdx.x < R_TL) {
+    const int64_t j = j0 + threadIdx.x, l = a.l0 + j;
+    sslot[threadIdx.x] = a.head_slot && a.kahan && j < a.n && l < a.L ? a.head_slot[l] : -1;
+  }
+}
+
 /* Label tile j0 (weights, head slots, G^T rows < bp) into shared memory (no commit). */
 template <int ES, int LDW>
 static __device__ __forceinline__ void r_load_tile_w(const update_args &a, const r_cursor<ES> &cu, int64_t j0, uint8_t *sw,
@@ -973,10 +981,7 @@ static __device__ __forceinline__ void r_load_tile_w(const update_args &a, const
     const bool v = cu.kv && j0 + cu.r0 + r_cursor<ES>::RPS * q < a.n;
     cp_async16(sw + cu.soff + q * r_cursor<ES>::RPS * LDW, v ? p : (const uint8_t *)a.W, v);
   }
-  if (threadIdx.x < R_TL) {
-    const int64_t j = j0 + threadIdx.x, l = a.l0 + j;
-    sslot[threadIdx.x] = a.head_slot && a.kahan && j < a.n && l < a.L ? a.head_slot[l] : -1;
-  }
+  r_slots(a, j0, sslot);
 }
 template <int ES>
 static __device__ __forceinline__ void r_load_tile_g(const update_args &a, const r_cursor<ES> &cu, int64_t j0, int bp,
@@ -1003,16 +1008,22 @@ static __device__ __forceinline__ void r_store_tile_w(const update_args &a, cons
       *(uint4 *)p = *(const uint4 *)(sw + cu.soff + q * r_cursor<ES>::RPS * LDW);
 }
 
-/* acc = G^T Xq for the tile, K = bp batch rows. */
-static __device__ __forceinline__ void r_mma(float acc[2][4][4], const uint16_t *sg, const uint16_t *sx, int bp) {
+/* acc = G^T Xq for the tile, K = bp batch rows; G^T in sg as padded rows of R_LDG bf16 or, SWZ, as
+ * update_tma_kernel's swizzled box (rows of 64 labels in 128 bytes, chunk c of row b at c ^ (b % 8)). */
+template <bool SWZ = false>
+static __device__ __forceinline__ void r_mma(float acc[2][4][4], const void *sg, const uint16_t *sx, int bp) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, m0 = (warp >> 2) * 32, n0 = (warp & 3) * 32;
   zero_acc<2>(acc);
 #pragma unroll 2
   for (int kk = 0; kk < bp; kk += 16) {
     uint32_t af[2][4], bf[4][2];
+    const int row = kk + (lane & 7) + ((lane >> 4) & 1) * 8;
 #pragma unroll
-    for (int i = 0; i < 2; i++)
-      ldsm_x4_t(af[i], sg + (kk + (lane & 7) + ((lane >> 4) & 1) * 8) * R_LDG + m0 + 16 * i + ((lane >> 3) & 1) * 8);
+    for (int i = 0; i < 2; i++) {
+      const int col = m0 + 16 * i + ((lane >> 3) & 1) * 8;
+      ldsm_x4_t(af[i], SWZ ? (const uint8_t *)sg + row * 128 + ((((col >> 3) ^ row) & 7) << 4)
+                           : (const uint8_t *)sg + (row * R_LDG + col) * 2);
+    }
     load_b_frags(bf, sx, U_LDX, kk, n0, lane);
 #pragma unroll
     for (int i = 0; i < 2; i++)
@@ -1085,36 +1096,6 @@ static constexpr size_t t_smem_bytes() {
   return 1024 + T_G_BYTES + 2 * T_W_BYTES + R_X_BYTES + 2 * 4 * R_TL + 2 * sizeof(uint64_t);
 }
 
-#if defined(ELMO_HAVE_WGMMA)
-/* The head slots of label tile j0's rows (-1: not a head row). */
-static __device__ __forceinline__ void t_slots(const update_args &a, int64_t j0, int32_t *sslot) {
-  if (threadIdx.x < R_TL) {
-    const int64_t j = j0 + threadIdx.x, l = a.l0 + j;
-    sslot[threadIdx.x] = a.head_slot && a.kahan && j < a.n && l < a.L ? a.head_slot[l] : -1;
-  }
-}
-
-/* r_mma over the swizzled G^T box sg (row b: 64 labels in 128 bytes). */
-static __device__ __forceinline__ void t_mma(float acc[2][4][4], const uint8_t *sg, const uint16_t *sx, int bp) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, m0 = (warp >> 2) * 32, n0 = (warp & 3) * 32;
-  zero_acc<2>(acc);
-#pragma unroll 2
-  for (int kk = 0; kk < bp; kk += 16) {
-    uint32_t af[2][4], bf[4][2];
-    const int row = kk + (lane & 7) + ((lane >> 4) & 1) * 8;
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-      const int chunk = (m0 + 16 * i + ((lane >> 3) & 1) * 8) >> 3;
-      ldsm_x4_t(af[i], sg + row * 128 + (((chunk ^ row) & 7) << 4));
-    }
-    load_b_frags(bf, sx, U_LDX, kk, n0, lane);
-#pragma unroll
-    for (int i = 0; i < 2; i++)
-#pragma unroll
-      for (int j = 0; j < 4; j++) mma_bf16(acc[i][j], af[i], bf[j][0], bf[j][1]);
-  }
-}
-#endif
 
 /* grid: d_tiles x Q blocks, as update_res_kernel. tmG: G [B rows, n labels] bf16, box 64 x bp;
  * tmW: the chunk's weights [rows that exist, d] e4m3, box 128 x 64. */
@@ -1141,7 +1122,7 @@ static __global__ void __launch_bounds__(U_THREADS, 3) update_tma_kernel(update_
   }
   r_load_x(a, bp, k0, sx);
   cp_async_commit();
-  t_slots(a, lt * R_TL, slots);
+  r_slots(a, lt * R_TL, slots);
   __syncthreads(); /* barriers initialised */
   if (threadIdx.x == 0) {
     mbar_expect_tx(&bar[0], tx);
@@ -1154,7 +1135,7 @@ static __global__ void __launch_bounds__(U_THREADS, 3) update_tma_kernel(update_
     const int buf = it & 1;
     mbar_wait(&bar[buf], (unsigned)(it >> 1) & 1u); /* this tile's G^T and weights */
     float acc[2][4][4];
-    t_mma(acc, sg, sx, bp);
+    r_mma<true>(acc, sg, sx, bp);
     __syncthreads(); /* G^T read by all warps */
     if (lt + qs < ltiles) {
       const int64_t j1 = (lt + qs) * R_TL;
@@ -1164,7 +1145,7 @@ static __global__ void __launch_bounds__(U_THREADS, 3) update_tma_kernel(update_
         tma_load_2d(sg, &tmG, (int)j1, 0, &bar[buf ^ 1]);
         tma_load_2d(wbuf + (buf ^ 1) * T_W_BYTES, &tmW, (int)k0, (int)j1, &bar[buf ^ 1]);
       }
-      t_slots(a, j1, slots + (buf ^ 1) * R_TL);
+      r_slots(a, j1, slots + (buf ^ 1) * R_TL);
     }
     uint8_t *sw = wbuf + buf * T_W_BYTES;
     if (a.decay == 1.0f) epilogue8<ELMO_FP8, CONST_BITS, 2, W_SWZ, false>(a, lt * R_TL, k0, acc, sw, slots + buf * R_TL);

@@ -241,6 +241,14 @@ static void fix_device(cls_fix *f) {
   f->d_yi = dup_up(f->yi, sizeof(int32_t) * (size_t)(f->yp[cc->B] + 1));
 }
 
+/* A fixture of case cc, host and device. */
+static void fix_open(cls_fix *f, cls_case cc) {
+  memset(f, 0, sizeof *f);
+  f->cc = cc;
+  fix_host(f);
+  fix_device(f);
+}
+
 static void fix_free(cls_fix *f) {
   cudaFree(f->c.W);
   cudaFree(f->c.kahan);
@@ -485,10 +493,7 @@ static int64_t check_update(cls_fix *f, const float *G, const float *Xq, int64_t
 
 static void run_cls_ops(cls_case cc) {
   cls_fix f;
-  memset(&f, 0, sizeof f);
-  f.cc = cc;
-  fix_host(&f);
-  fix_device(&f);
+  fix_open(&f, cc);
   const int64_t B = cc.B, d = cc.d;
   float *Xq = malloc(sizeof(float) * (size_t)(B * d)), *dXc = calloc((size_t)(B * d), sizeof(float));
   float *zg = malloc(sizeof(float) * (size_t)(B * cc.chunk)), *G = malloc(sizeof(float) * (size_t)(B * cc.chunk));
@@ -580,10 +585,7 @@ static void test_cls_ops_fp8_update_kernels(void **state) {
  * partial batches, head rows (Kahan), and no weight decay. */
 static void run_update_tma(cls_case cc) {
   cls_fix f;
-  memset(&f, 0, sizeof f);
-  f.cc = cc;
-  fix_host(&f);
-  fix_device(&f);
+  fix_open(&f, cc);
   const int64_t B = cc.B, d = cc.d;
   float *dXin = dup_up(f.X, sizeof(float) * (size_t)(B * d));
   elmo_cuda_cls_cast(&f.c, dXin, B, S);
@@ -758,10 +760,7 @@ static void step_weight_diffs(const void *W, const void *ref, int64_t L_pad, int
 
 static void run_cls_step(cls_case cc) {
   cls_fix f;
-  memset(&f, 0, sizeof f);
-  f.cc = cc;
-  fix_host(&f);
-  fix_device(&f);
+  fix_open(&f, cc);
   const int64_t B = cc.B, d = cc.d;
   float *Xq = malloc(sizeof(float) * (size_t)(B * d)), *dXc = malloc(sizeof(float) * (size_t)(B * d));
   float *zc = malloc(sizeof(float) * (size_t)(B * cc.chunk)), *dg = malloc(sizeof(float) * (size_t)(B * d));
