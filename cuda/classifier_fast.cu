@@ -514,6 +514,15 @@ static __device__ __forceinline__ void u_stage(const update_args &a, const u_cur
   else u_load_stage<GT>(a, b0, j0, k0, sg, sx);
 }
 
+/* The head slots of the TL rows of label tile j0 (-1: not a head row). */
+template <int TL>
+static __device__ __forceinline__ void tile_slots(const update_args &a, int64_t j0, int32_t *sslot) {
+  if (threadIdx.x < TL) {
+    const int64_t j = j0 + threadIdx.x, l = a.l0 + j;
+    sslot[threadIdx.x] = a.head_slot && a.kahan && j < a.n && l < a.L ? a.head_slot[l] : -1;
+  }
+}
+
 /* The weight tile (TL labels from j0, features k0..k0+U_TD; rows of LDW bytes) and the head slots
  * of its rows (no commit). */
 template <int ES, int TL, int LDW = U_LDW(ES)>
@@ -527,10 +536,7 @@ static __device__ __forceinline__ void load_w_tile(const update_args &a, int64_t
     const bool v = j < a.n && k < a.d;
     cp_async16(sw + r * LDW + c * 16, v ? (const uint8_t *)a.W + ((a.l0 + j) * a.d + k) * ES : a.W, v);
   }
-  if (threadIdx.x < TL) {
-    const int64_t j = j0 + threadIdx.x, l = a.l0 + j;
-    sslot[threadIdx.x] = a.head_slot && a.kahan && j < a.n && l < a.L ? a.head_slot[l] : -1;
-  }
+  tile_slots<TL>(a, j0, sslot);
 }
 
 /* acc = 0 for MI m16 tiles by 4 n8 tiles. */
@@ -828,24 +834,71 @@ static __device__ __forceinline__ void v_load_stage(const update_args &a, int kt
 }
 #endif
 
-template <bool CONST_BITS>
-static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_args a) {
+/* TMA (a.Xt etc. as maps, see launch_update): each stage's Xq^T box (64 batch rows x 128 features)
+ * and its two G^T boxes (64 rows x 64 labels, one per warpgroup) arrive by TMA from one thread,
+ * counted by a barrier per stage slot, and the weight tile (128 x 128 e4m3) by TMA with a barrier per
+ * buffer; the rounded tile leaves by a TMA store. Boxes land with the 128-byte swizzle. The same
+ * products in the same order: the weights are bit for bit those of the cp.async form. */
+#define V_GT_BYTES (V_BK * 128)                  /* one warpgroup's G^T box: 64 rows of 64 labels */
+#define V_TSTAGE (V_X_BYTES + 2 * V_GT_BYTES)
+#define V_TW_BYTES (U_TL * 128)
+static constexpr size_t v_tma_smem_bytes() {
+  return 1024 + 2 * V_TSTAGE + 2 * V_TW_BYTES + 2 * 4 * U_TL + 4 * sizeof(uint64_t);
+}
+static_assert(V_TSTAGE % 1024 == 0 && V_TW_BYTES % 1024 == 0, "swizzle atoms stay 1 KB aligned");
+
+template <bool CONST_BITS, bool TMA>
+static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_args a, const __grid_constant__ CUtensorMap tmX,
+                                                                        const __grid_constant__ CUtensorMap tmG,
+                                                                        const __grid_constant__ CUtensorMap tmW) {
 #if defined(ELMO_HAVE_WGMMA)
   extern __shared__ __align__(16) uint8_t smem_raw[];
   uint8_t *smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
-  uint8_t *wbuf = smem + 2 * V_STAGE;
-  int32_t *slots = (int32_t *)(wbuf + 2 * u_w_bytes(1));
+  constexpr size_t STAGE = TMA ? V_TSTAGE : V_STAGE, WB = TMA ? V_TW_BYTES : u_w_bytes(1);
+  constexpr int LDW = TMA ? W_SWZ : U_LDW(1);
+  uint8_t *wbuf = smem + 2 * STAGE;
+  int32_t *slots = (int32_t *)(wbuf + 2 * WB);
+  uint64_t *sbar = (uint64_t *)(slots + 2 * U_TL), *wbar = sbar + 2; /* TMA: stage slots, weight buffers */
   const int nk = (int)((a.B + V_BK - 1) / V_BK);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wgi = warp >> 2;
   const int mw = 64 * wgi + 16 * (warp & 3);        /* the warp's first label in the tile */
+  const unsigned stage_tx = V_X_BYTES + 2 * V_GT_BYTES;
+  unsigned sph = 0;                                 /* TMA: parity to wait for, bit s for stage slot s */
+  /* TMA: stage kt of the tile (labels j0, features k0) into slot st, issued by thread 0 */
+  auto tma_stage = [&](int kt, int64_t j0, int64_t k0, int slot) {
+    uint8_t *st = smem + slot * STAGE;
+    mbar_expect_tx(&sbar[slot], stage_tx);
+    tma_load_2d(st, &tmX, 64 * kt, (int)k0, &sbar[slot]);
+    tma_load_2d(st + V_X_BYTES, &tmG, (int)j0, 64 * kt, &sbar[slot]);
+    tma_load_2d(st + V_X_BYTES + V_GT_BYTES, &tmG, (int)j0 + 64, 64 * kt, &sbar[slot]);
+  };
+  auto tma_weights = [&](int64_t j0, int64_t k0, int b) {
+    mbar_expect_tx(&wbar[b], V_TW_BYTES);
+    tma_load_2d(wbuf + b * WB, &tmW, (int)k0, (int)j0, &wbar[b]);
+  };
   int64_t tile = blockIdx.x;
+  if (TMA) {
+    if (threadIdx.x == 0) {
+      for (int i = 0; i < 4; i++) mbar_init(&sbar[i], 1);
+      mbar_init_fence();
+    }
+    __syncthreads();
+  }
   if (tile < a.tiles) {
     const int64_t j0 = tile / a.d_tiles * U_TL, k0 = tile % a.d_tiles * U_TD;
-    load_w_tile<1, U_TL>(a, j0, k0, wbuf, slots);
-    v_load_stage(a, 0, j0, k0, smem);
+    if (TMA) {
+      if (threadIdx.x == 0) {
+        tma_weights(j0, k0, 0);
+        tma_stage(0, j0, k0, 0);
+      }
+      tile_slots<U_TL>(a, j0, slots);
+    } else {
+      load_w_tile<1, U_TL>(a, j0, k0, wbuf, slots);
+      v_load_stage(a, 0, j0, k0, smem);
+    }
   }
-  cp_async_commit();
-  for (int buf = 0; tile < a.tiles; tile += gridDim.x, buf ^= 1) {
+  if (!TMA) cp_async_commit();
+  for (int buf = 0, it = 0; tile < a.tiles; tile += gridDim.x, buf ^= 1, it++) {
     const int64_t j0 = tile / a.d_tiles * U_TL, k0 = tile % a.d_tiles * U_TD;
     float acc[64];
 #pragma unroll
@@ -853,43 +906,70 @@ static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_a
     for (int kt = 0; kt < nk; kt++) {
       wg_wait<0>();                                 /* wgmma kt - 1: its stage slot is free */
       wg_pin<64>(acc);
-      cp_async_wait<0>();                           /* stage kt (and at kt = 0 the tile's weights) */
-      wg_fence_proxy();
-      __syncthreads();
-      if (kt + 1 < nk) v_load_stage(a, kt + 1, j0, k0, smem + ((kt + 1) & 1) * V_STAGE);
-      cp_async_commit();
-      const uint8_t *st = smem + (kt & 1) * V_STAGE;
-      const uint16_t *sg = (const uint16_t *)(st + V_X_BYTES);
+      if (!TMA) {
+        cp_async_wait<0>();                         /* stage kt (and at kt = 0 the tile's weights) */
+        wg_fence_proxy();
+      }
+      __syncthreads();                              /* (TMA: and the tile's slots) */
+      if (TMA) {
+        if (kt + 1 < nk && threadIdx.x == 0) tma_stage(kt + 1, j0, k0, (kt + 1) & 1);
+        mbar_wait(&sbar[kt & 1], (sph >> (kt & 1)) & 1u);
+        sph ^= 1u << (kt & 1);
+      } else {
+        if (kt + 1 < nk) v_load_stage(a, kt + 1, j0, k0, smem + ((kt + 1) & 1) * STAGE);
+        cp_async_commit();
+      }
+      const uint8_t *st = smem + (kt & 1) * STAGE;
       wg_fence();
 #pragma unroll
       for (int kk = 0; kk < V_BK; kk += 16) {
         uint32_t af[4];                             /* A = G^T stored [k = b][m = label]: transposed loads */
-        ldsm_x4_t(af, sg + (kk + (lane & 7) + ((lane >> 4) & 1) * 8) * U_LDG + mw + ((lane >> 3) & 1) * 8);
+        const int row = kk + (lane & 7) + ((lane >> 4) & 1) * 8, col = mw + ((lane >> 3) & 1) * 8;
+        if (TMA) /* this warpgroup's box: labels 64 wgi .., swizzled rows of 128 bytes */
+          ldsm_x4_t(af, st + V_X_BYTES + wgi * V_GT_BYTES + row * 128 + (((((col & 63) >> 3) ^ row) & 7) << 4));
+        else
+          ldsm_x4_t(af, (const uint16_t *)(st + V_X_BYTES) + row * U_LDG + col);
         wgmma_rs_m64n128k16(acc, af, wg_desc(st + kk * 2));
       }
       wg_commit();
     }
     wg_wait<0>();
     wg_pin<64>(acc);
-    cp_async_wait<0>();
-    __syncthreads();                                /* stages free, this tile's weights here */
+    if (!TMA) cp_async_wait<0>();
+    __syncthreads();                                /* stages free (TMA: this tile's weights waited below) */
     if (tile + gridDim.x < a.tiles) {
       const int64_t nt = tile + gridDim.x, nj0 = nt / a.d_tiles * U_TL, nk0 = nt % a.d_tiles * U_TD;
-      load_w_tile<1, U_TL>(a, nj0, nk0, wbuf + (buf ^ 1) * u_w_bytes(1), slots + (buf ^ 1) * U_TL);
-      v_load_stage(a, 0, nj0, nk0, smem);
+      if (TMA) {
+        if (threadIdx.x == 0) {
+          bulk_wait_read0();                        /* the store of the tile before has read buffer buf ^ 1 */
+          tma_weights(nj0, nk0, buf ^ 1);
+          tma_stage(0, nj0, nk0, 0);
+        }
+        tile_slots<U_TL>(a, nj0, slots + (buf ^ 1) * U_TL);
+      } else {
+        load_w_tile<1, U_TL>(a, nj0, nk0, wbuf + (buf ^ 1) * WB, slots + (buf ^ 1) * U_TL);
+        v_load_stage(a, 0, nj0, nk0, smem);
+      }
     }
-    cp_async_commit();
-    uint8_t *sw = wbuf + buf * u_w_bytes(1);
+    if (TMA) mbar_wait(&wbar[buf], (unsigned)(it >> 1) & 1u);
+    else cp_async_commit();
+    uint8_t *sw = wbuf + buf * WB;
 #pragma unroll
     for (int q = 0; q < 4; q++) {
       float g4[1][4][4];                            /* the group's accumulators, registers renamed */
 #pragma unroll
       for (int e = 0; e < 16; e++) g4[0][e >> 2][e & 3] = acc[16 * q + e];
-      epilogue8_at<ELMO_FP8, CONST_BITS, 1, U_LDW(1)>(a, j0, k0, g4, sw, slots + buf * U_TL, mw, 32 * q);
+      epilogue8_at<ELMO_FP8, CONST_BITS, 1, LDW>(a, j0, k0, g4, sw, slots + buf * U_TL, mw, 32 * q);
     }
+    if (TMA) wg_fence_proxy();                      /* this thread's weights, visible to the TMA store */
     __syncthreads();
-    store_w_tile<1, U_TL>(a, j0, k0, sw);
+    if (!TMA) store_w_tile<1, U_TL>(a, j0, k0, sw);
+    else if (threadIdx.x == 0) {
+      tma_store_2d(&tmW, (int)k0, (int)j0, sw);
+      bulk_commit();
+    }
   }
+  if (TMA && threadIdx.x == 0) bulk_wait0();
 #endif
 }
 
@@ -963,14 +1043,6 @@ template <int ES> struct r_cursor {
   }
 };
 
-/* The head slots of label tile j0's rows (-1: not a head row). */
-static __device__ __forceinline__ void r_slots(const update_args &a, int64_t j0, int32_t *sslot) {
-  if (threadIdx.x < R_TL) {
-    const int64_t j = j0 + threadIdx.x, l = a.l0 + j;
-    sslot[threadIdx.x] = a.head_slot && a.kahan && j < a.n && l < a.L ? a.head_slot[l] : -1;
-  }
-}
-
 /* Label tile j0 (weights, head slots, G^T rows < bp) into shared memory (no commit). */
 template <int ES, int LDW>
 static __device__ __forceinline__ void r_load_tile_w(const update_args &a, const r_cursor<ES> &cu, int64_t j0, uint8_t *sw,
@@ -981,7 +1053,7 @@ static __device__ __forceinline__ void r_load_tile_w(const update_args &a, const
     const bool v = cu.kv && j0 + cu.r0 + r_cursor<ES>::RPS * q < a.n;
     cp_async16(sw + cu.soff + q * r_cursor<ES>::RPS * LDW, v ? p : (const uint8_t *)a.W, v);
   }
-  r_slots(a, j0, sslot);
+  tile_slots<R_TL>(a, j0, sslot);
 }
 template <int ES>
 static __device__ __forceinline__ void r_load_tile_g(const update_args &a, const r_cursor<ES> &cu, int64_t j0, int bp,
@@ -1122,7 +1194,7 @@ static __global__ void __launch_bounds__(U_THREADS, 3) update_tma_kernel(update_
   }
   r_load_x(a, bp, k0, sx);
   cp_async_commit();
-  r_slots(a, lt * R_TL, slots);
+  tile_slots<R_TL>(a, lt * R_TL, slots);
   __syncthreads(); /* barriers initialised */
   if (threadIdx.x == 0) {
     mbar_expect_tx(&bar[0], tx);
@@ -1145,7 +1217,7 @@ static __global__ void __launch_bounds__(U_THREADS, 3) update_tma_kernel(update_
         tma_load_2d(sg, &tmG, (int)j1, 0, &bar[buf ^ 1]);
         tma_load_2d(wbuf + (buf ^ 1) * T_W_BYTES, &tmW, (int)k0, (int)j1, &bar[buf ^ 1]);
       }
-      r_slots(a, j1, slots + (buf ^ 1) * R_TL);
+      tile_slots<R_TL>(a, j1, slots + (buf ^ 1) * R_TL);
     }
     uint8_t *sw = wbuf + buf * T_W_BYTES;
     if (a.decay == 1.0f) epilogue8<ELMO_FP8, CONST_BITS, 2, W_SWZ, false>(a, lt * R_TL, k0, acc, sw, slots + buf * R_TL);
@@ -1250,15 +1322,27 @@ static void launch_update(const update_args &a, cudaStream_t s) {
       return;
     update_res_kernel<GT, DT, CONST_BITS><<<(unsigned)(q * a.d_tiles), U_THREADS, smem_res, s>>>(a);
   } else if (DT == ELMO_FP8 && sizeof(GT) == 2 && a.Xt) {
-    const size_t smem_wg = v_smem_bytes();
     static bool wg_attr = false;
     if (!wg_attr) {
-      ELMO_CUDA_CHECK(cudaFuncSetAttribute(update_wg_kernel<CONST_BITS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)smem_wg));
+      ELMO_CUDA_CHECK(cudaFuncSetAttribute(update_wg_kernel<CONST_BITS, false>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)v_smem_bytes()));
+      ELMO_CUDA_CHECK(cudaFuncSetAttribute(update_wg_kernel<CONST_BITS, true>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)v_tma_smem_bytes()));
       wg_attr = true;
     }
     const int64_t blocks = a.tiles < 2 * sm_count() ? a.tiles : 2 * sm_count();
-    update_wg_kernel<CONST_BITS><<<(unsigned)blocks, U_THREADS, smem_wg, s>>>(a);
+    const int64_t nl = a.L - a.l0 < a.n ? a.L - a.l0 : a.n; /* rows of the chunk that exist */
+    CUtensorMap mx, mg, mw;
+    memset(&mx, 0, sizeof mx);
+    memset(&mg, 0, sizeof mg);
+    memset(&mw, 0, sizeof mw);
+    if (a.n % 8 == 0 && elmo_cuda_cls_update_tma() &&
+        tmap_2d(&mx, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.Xt, a.ldt, a.dp, a.ldt, V_BK, U_TD) &&
+        tmap_2d(&mg, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.G, a.n, a.B, a.n, 64, V_BK) &&
+        tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (const uint8_t *)a.W + a.l0 * a.d, a.d, nl, a.d, U_TD, U_TL))
+      update_wg_kernel<CONST_BITS, true><<<(unsigned)blocks, U_THREADS, v_tma_smem_bytes(), s>>>(a, mx, mg, mw);
+    else
+      update_wg_kernel<CONST_BITS, false><<<(unsigned)blocks, U_THREADS, v_smem_bytes(), s>>>(a, mx, mg, mw);
   } else {
     const int64_t per_sm = DT == ELMO_F32 ? 1 : 2;
     const int64_t blocks = a.tiles < per_sm * sm_count() ? a.tiles : per_sm * sm_count();

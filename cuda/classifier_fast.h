@@ -43,9 +43,9 @@ int64_t elmo_cuda_cls_xt_cols(int64_t B_cap);
 /* 1 when e4m3 updates of batches above 128 rows run on Hopper's warpgroup MMA (a device of compute
  * capability 9.0, unless ELMO_UPDATE_WGMMA=0 is set in the environment), 0 for update_mma_kernel. */
 int elmo_cuda_cls_update_wgmma(void);
-/* 1 when e4m3 updates of batches up to 128 rows move their tiles by TMA (update_tma_kernel: compute
- * capability 9.0 and a driver with cuTensorMapEncodeTiled, unless ELMO_UPDATE_TMA=0), 0 for
- * update_res_kernel; the same weights either way. */
+/* 1 when the e4m3 updates move their tiles by TMA (update_tma_kernel for batches up to 128 rows,
+ * update_wg_kernel's TMA form above: compute capability 9.0 and a driver with cuTensorMapEncodeTiled,
+ * unless ELMO_UPDATE_TMA=0), 0 for the cp.async forms; the same weights either way. */
 int elmo_cuda_cls_update_tma(void);
 /* Slices of the dX kernel for this batch capacity and width: about two blocks per SM of an
  * H100 over all (batch, feature) tiles. c->dx_part holds [slices, B_cap, d] FP32. */

@@ -577,12 +577,13 @@ static void test_cls_ops_fp8_update_kernels(void **state) {
   unsetenv("ELMO_UPDATE_WGMMA");
 }
 
-/* The e4m3 update of batches up to 128 rows with its tiles moved by TMA (update_tma_kernel, the default
- * on compute capability 9.0) gives the same weights and Kahan words, bit for bit, as update_res_kernel
- * (ELMO_UPDATE_TMA=0) from the same weights and G, chunk after chunk: the same product and rounding,
- * only the copies differ. The shapes: a feature tile wider than d (the box's columns past d arrive as
- * zeros and are not stored), partial label tiles and padded labels (rows past L are not stored), full and
- * partial batches, head rows (Kahan), and no weight decay. */
+/* The e4m3 updates with their tiles moved by TMA (the default on compute capability 9.0:
+ * update_tma_kernel up to 128 rows, update_wg_kernel's TMA form above) give the same weights and Kahan
+ * words, bit for bit, as the cp.async forms (ELMO_UPDATE_TMA=0) from the same weights and G, chunk after
+ * chunk: the same products and rounding, only the copies differ. The shapes: a feature tile wider than d
+ * (the box's columns past d arrive as zeros and are not stored), partial label tiles and padded labels
+ * (rows past L are not stored), full and partial batches and batch stages, head rows (Kahan), and no
+ * weight decay. */
 static void run_update_tma(cls_case cc) {
   cls_fix f;
   fix_open(&f, cc);
@@ -635,6 +636,10 @@ static void test_cls_update_tma(void **state) {
   run_update_tma((cls_case){.dt = ELMO_FP8, .fp8_input = 1, .L = 333, .d = 384, .B = 16, .chunk = 336, .n_head = 0, .seed = 32,
                             .no_decay = 1});
   run_update_tma((cls_case){.dt = ELMO_FP8, .fp8_input = 0, .L = 1000, .d = 768, .B = 100, .chunk = 1008, .n_head = 4, .seed = 33});
+  /* above 128 rows (update_wg_kernel): three batch stages, the last partial; two feature tiles */
+  run_update_tma((cls_case){.dt = ELMO_FP8, .fp8_input = 0, .L = 700, .d = 384, .B = 130, .chunk = 512, .n_head = 3, .seed = 34});
+  run_update_tma((cls_case){.dt = ELMO_FP8, .fp8_input = 0, .L = 333, .d = 208, .B = 300, .chunk = 336, .n_head = 4, .seed = 35,
+                            .no_decay = 1});
   unsetenv("ELMO_UPDATE_TMA");
 }
 
