@@ -1610,6 +1610,11 @@ static constexpr __host__ __device__ int xg_ldw8(int td) { return td + 16; } /* 
 static constexpr __host__ __device__ size_t xg_stage(int td) { return XG_G_BYTES + (size_t)X_BK * xg_ldw8(td); }
 static constexpr __host__ __device__ size_t xg_wb_bytes(int td) { return (size_t)td * X_BK * 2; } /* widened, swizzled */
 static constexpr size_t dxg_smem_bytes(int td) { return XG_NST * xg_stage(td) + 2 * xg_wb_bytes(td) + 1024; }
+/* TMA form: the raw e4m3 stage as TD / 128 boxes of 64 labels x 128 bytes (128-byte swizzle), no padding. */
+static constexpr __host__ __device__ size_t xg_stage_tma(int td) { return XG_G_BYTES + (size_t)X_BK * td; }
+static constexpr size_t dxg_tma_smem_bytes(int td) {
+  return XG_NST * xg_stage_tma(td) + 2 * xg_wb_bytes(td) + XG_NST * sizeof(uint64_t) + 1024;
+}
 static_assert(xg_stage(128) % 1024 == 0 && xg_stage(256) % 1024 == 0 && XG_G_BYTES % 1024 == 0,
               "swizzle atoms stay 1 KB aligned");
 
@@ -1618,7 +1623,7 @@ static_assert(xg_stage(128) % 1024 == 0 && xg_stage(256) % 1024 == 0 && XG_G_BYT
  * operand (a 128-byte row of labels per feature, swizzled): warp w writes feature blocks
  * (TD / 64) w .. of 8 features. */
 #if defined(ELMO_HAVE_WGMMA)
-template <int TD>
+template <int TD, bool SWZ = false>
 static __device__ __forceinline__ void xg_widen(const uint8_t *sw8, uint8_t *wb) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
@@ -1627,8 +1632,10 @@ static __device__ __forceinline__ void xg_widen(const uint8_t *sw8, uint8_t *wb)
     uint32_t r[4];
 #pragma unroll
     for (int m = 0; m < 4; m++) { /* fragment row = label, columns = features 2 (lane % 4), + 1 */
-      const int label = 8 * (lb0 + m) + (lane >> 2);
-      r[m] = fp8x2_to_bf16x2(*(const uint16_t *)(sw8 + label * xg_ldw8(TD) + 8 * fb + 2 * (lane & 3)));
+      const int label = 8 * (lb0 + m) + (lane >> 2), f = 8 * fb + 2 * (lane & 3);
+      const uint8_t *p = SWZ ? sw8 + (f >> 7) * (X_BK * 128) + label * 128 + (((((f & 127) >> 4) ^ label) & 7) << 4) + (f & 15)
+                             : sw8 + label * xg_ldw8(TD) + f;
+      r[m] = fp8x2_to_bf16x2(*(const uint16_t *)p);
     }
     /* matrix m = labels 8 (lb0 + m) .., features 8 fb ..: its stored row j is feature f = 8 fb + j, chunk
      * lb0 + m of that 128-byte row, swizzled */
@@ -1657,29 +1664,60 @@ static __device__ __forceinline__ void xg_load_stage(const dx_args &a, int64_t b
 }
 #endif
 
-template <int TD>
-static __global__ void __launch_bounds__(256, TD == 128 ? 2 : 1) dx_wgmma_kernel(dx_args a) {
+/* TMA (sm_90a, maps as launch_dx_wgmma_td makes them): each stage's G box (128 rows x 64 labels, the
+ * swizzled A layout above) and raw weight boxes arrive by TMA from one thread, counted by a barrier per
+ * slot, instead of every thread's cp.async pieces; the same products in the same order (the same bits). */
+template <int TD, bool TMA>
+static __global__ void __launch_bounds__(256, TD == 128 ? 2 : 1) dx_wgmma_kernel(dx_args a, const __grid_constant__ CUtensorMap tmG,
+                                                                                const __grid_constant__ CUtensorMap tmW) {
 #if defined(ELMO_HAVE_WGMMA)
   extern __shared__ __align__(16) uint8_t smem_raw[];
   uint8_t *smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);   /* swizzle atoms: 1 KB aligned */
   const int64_t b0 = (int64_t)(blockIdx.x / a.d_tiles) * X_TB, k0 = (int64_t)(blockIdx.x % a.d_tiles) * TD;
   const int64_t jb = (int64_t)blockIdx.y * a.per, je = min64d(a.n, jb + a.per);
   const int nk = je > jb ? (int)((je - jb + X_BK - 1) / X_BK) : 0;
-  uint8_t *wbuf = smem + XG_NST * xg_stage(TD);
-#define XG_SG(s) (smem + (s) * xg_stage(TD))
-#define XG_SW(s) (smem + (s) * xg_stage(TD) + XG_G_BYTES)
+  constexpr size_t STAGE = TMA ? xg_stage_tma(TD) : xg_stage(TD);
+  uint8_t *wbuf = smem + XG_NST * STAGE;
+  uint64_t *bar = (uint64_t *)(wbuf + 2 * xg_wb_bytes(TD));   /* TMA: one per stage slot */
+#define XG_SG(s) (smem + (s) * STAGE)
+#define XG_SW(s) (smem + (s) * STAGE + XG_G_BYTES)
   const int wgi = threadIdx.x >> 7;                 /* warpgroup: batch rows 64 wgi .. */
   constexpr int NACC = TD / 2;
   float acc[NACC];
 #pragma unroll
   for (int i = 0; i < NACC; i++) acc[i] = 0.0f;
-  if (nk > 0) xg_load_stage<TD>(a, b0, k0, jb, je, XG_SG(0), XG_SW(0));
-  cp_async_commit();
-  if (nk > 1) xg_load_stage<TD>(a, b0, k0, jb + X_BK, je, XG_SG(1), XG_SW(1));
-  cp_async_commit();
-  cp_async_wait<1>();
-  __syncthreads();
-  if (nk > 0) xg_widen<TD>(XG_SW(0), wbuf);
+  auto issue = [&](int kt) {                        /* TMA: stage kt into its slot (thread 0) */
+    const int sl = kt % XG_NST;
+    const int64_t j = jb + (int64_t)kt * X_BK;
+    mbar_expect_tx(&bar[sl], (unsigned)(XG_G_BYTES + X_BK * TD));
+    tma_load_2d(XG_SG(sl), &tmG, (int)j, (int)b0, &bar[sl]);
+#pragma unroll
+    for (int h = 0; h < TD / 128; h++) tma_load_2d(XG_SW(sl) + h * X_BK * 128, &tmW, (int)(k0 + 128 * h), (int)j, &bar[sl]);
+  };
+  auto wait_stage = [&](int kt) { mbar_wait(&bar[kt % XG_NST], (unsigned)(kt / XG_NST) & 1u); };
+  if (TMA) {
+    if (threadIdx.x == 0) {
+      for (int i = 0; i < XG_NST; i++) mbar_init(&bar[i], 1);
+      mbar_init_fence();
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      if (nk > 0) issue(0);
+      if (nk > 1) issue(1);
+    }
+    if (nk > 0) {
+      wait_stage(0);
+      xg_widen<TD, true>(XG_SW(0), wbuf);
+    }
+  } else {
+    if (nk > 0) xg_load_stage<TD>(a, b0, k0, jb, je, XG_SG(0), XG_SW(0));
+    cp_async_commit();
+    if (nk > 1) xg_load_stage<TD>(a, b0, k0, jb + X_BK, je, XG_SG(1), XG_SW(1));
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    if (nk > 0) xg_widen<TD>(XG_SW(0), wbuf);
+  }
   for (int kt = 0; kt < nk; kt++) {
     /* stage kt: G in slot kt % 3 (landed), weights widened in wbuf[kt & 1] by every thread */
     wg_fence_proxy();
@@ -1693,19 +1731,27 @@ static __global__ void __launch_bounds__(256, TD == 128 ? 2 : 1) dx_wgmma_kernel
     /* meanwhile: stage kt + 2 into the slot of stage kt - 1 (its wgmma finished before the barrier
      * above), and stage kt + 1 widened into the other buffer (read by wgmma kt - 1) */
     const int nx = kt + 2;
-    if (nx < nk) xg_load_stage<TD>(a, b0, k0, jb + (int64_t)nx * X_BK, je, XG_SG(nx % XG_NST), XG_SW(nx % XG_NST));
-    cp_async_commit();
-    if (kt + 1 < nk) {
-      cp_async_wait<1>();
-      __syncthreads();
-      xg_widen<TD>(XG_SW((kt + 1) % XG_NST), wbuf + ((kt + 1) & 1) * xg_wb_bytes(TD));
+    if (TMA) {
+      if (nx < nk && threadIdx.x == 0) issue(nx);
+      if (kt + 1 < nk) {
+        wait_stage(kt + 1);
+        xg_widen<TD, true>(XG_SW((kt + 1) % XG_NST), wbuf + ((kt + 1) & 1) * xg_wb_bytes(TD));
+      }
+    } else {
+      if (nx < nk) xg_load_stage<TD>(a, b0, k0, jb + (int64_t)nx * X_BK, je, XG_SG(nx % XG_NST), XG_SW(nx % XG_NST));
+      cp_async_commit();
+      if (kt + 1 < nk) {
+        cp_async_wait<1>();
+        __syncthreads();
+        xg_widen<TD>(XG_SW((kt + 1) % XG_NST), wbuf + ((kt + 1) & 1) * xg_wb_bytes(TD));
+      }
     }
     wg_wait<0>();
     wg_pin<NACC>(acc);
   }
 #undef XG_SG
 #undef XG_SW
-  cp_async_wait<0>();
+  if (!TMA) cp_async_wait<0>();
   const int lane = threadIdx.x & 31, w4 = (threadIdx.x >> 5) & 3, g = lane >> 2, t = lane & 3;
   float *part = a.part + (int64_t)blockIdx.y * a.B_cap * a.d;
 #pragma unroll
@@ -1765,14 +1811,28 @@ static void launch_dx(const dx_args &a, dim3 grid, cudaStream_t s) {
  * ELMO_DX_WGMMA=0 in the environment selects the first. */
 extern "C" int elmo_cuda_cls_dx_wgmma(void) { return wgmma_enabled("ELMO_DX_WGMMA"); }
 
+/* 1 when the wgmma dX moves its stages by TMA (compute capability 9.0 and the driver's map encoder,
+ * unless ELMO_DX_TMA=0); the same bits either way. */
+extern "C" int elmo_cuda_cls_dx_tma(void) { return wgmma_enabled("ELMO_DX_TMA") && tmap_encoder() != NULL; }
+
 template <int TD> static void launch_dx_wgmma_td(const dx_args &a, dim3 grid, cudaStream_t s) {
-  const size_t smem = dxg_smem_bytes(TD);
   static bool attr_set = false;
   if (!attr_set) {
-    ELMO_CUDA_CHECK(cudaFuncSetAttribute(dx_wgmma_kernel<TD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    ELMO_CUDA_CHECK(cudaFuncSetAttribute(dx_wgmma_kernel<TD, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)dxg_smem_bytes(TD)));
+    ELMO_CUDA_CHECK(cudaFuncSetAttribute(dx_wgmma_kernel<TD, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)dxg_tma_smem_bytes(TD)));
     attr_set = true;
   }
-  dx_wgmma_kernel<TD><<<grid, 256, smem, s>>>(a);
+  CUtensorMap mg, mw; /* the chunk's n weight rows (padded labels' rows included, as the cp.async form reads) */
+  memset(&mg, 0, sizeof mg);
+  memset(&mw, 0, sizeof mw);
+  if (a.n % 8 == 0 && elmo_cuda_cls_dx_tma() &&
+      tmap_2d(&mg, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.G, a.n, a.B, a.n, X_BK, X_TB) &&
+      tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (const uint8_t *)a.W + a.l0 * a.d, a.d, a.n, a.d, 128, X_BK))
+    dx_wgmma_kernel<TD, true><<<grid, 256, dxg_tma_smem_bytes(TD), s>>>(a, mg, mw);
+  else
+    dx_wgmma_kernel<TD, false><<<grid, 256, dxg_smem_bytes(TD), s>>>(a, mg, mw);
   ELMO_LAUNCH_CHECK();
 }
 

@@ -47,6 +47,9 @@ int elmo_cuda_cls_update_wgmma(void);
  * update_wg_kernel's TMA form above: compute capability 9.0 and a driver with cuTensorMapEncodeTiled,
  * unless ELMO_UPDATE_TMA=0), 0 for the cp.async forms; the same weights either way. */
 int elmo_cuda_cls_update_tma(void);
+/* 1 when the wgmma dX (elmo_cuda_cls_dx_wgmma) moves its stages by TMA (compute capability 9.0 and a
+ * driver with cuTensorMapEncodeTiled, unless ELMO_DX_TMA=0); the same bits either way. */
+int elmo_cuda_cls_dx_tma(void);
 /* Slices of the dX kernel for this batch capacity and width: about two blocks per SM of an
  * H100 over all (batch, feature) tiles. c->dx_part holds [slices, B_cap, d] FP32. */
 int64_t elmo_cuda_cls_dx_slices(elmo_dtype dt, int64_t B_cap, int64_t d);

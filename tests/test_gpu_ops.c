@@ -580,7 +580,8 @@ static void test_cls_ops_fp8_update_kernels(void **state) {
 /* The e4m3 updates with their tiles moved by TMA (the default on compute capability 9.0:
  * update_tma_kernel up to 128 rows, update_wg_kernel's TMA form above) give the same weights and Kahan
  * words, bit for bit, as the cp.async forms (ELMO_UPDATE_TMA=0) from the same weights and G, chunk after
- * chunk: the same products and rounding, only the copies differ. The shapes: a feature tile wider than d
+ * chunk: the same products and rounding, only the copies differ; likewise the wgmma dX with and without
+ * TMA stages (ELMO_DX_TMA=0), bit for bit. The shapes: a feature tile wider than d
  * (the box's columns past d arrive as zeros and are not stored), partial label tiles and padded labels
  * (rows past L are not stored), full and partial batches and batch stages, head rows (Kahan), and no
  * weight decay. */
@@ -594,11 +595,25 @@ static void run_update_tma(cls_case cc) {
   const size_t wb = (size_t)(f.L_pad * d), kb = 2 * (size_t)(cc.n_head * d);
   uint8_t *w0 = malloc(wb), *wv[2] = {malloc(wb), malloc(wb)};
   uint16_t *k0 = malloc(kb + 2), *kv[2] = {malloc(kb + 2), malloc(kb + 2)};
-  int64_t changed = 0;
+  float *dxv[2] = {malloc(sizeof(float) * (size_t)(B * d)), malloc(sizeof(float) * (size_t)(B * d))};
+  int64_t changed = 0, dx_nonzero = 0;
   for (int64_t l0 = 0; l0 < f.L_pad; l0 += cc.chunk) {
     const int64_t n = f.L_pad - l0 < cc.chunk ? f.L_pad - l0 : cc.chunk;
     elmo_cuda_cls_logits(&f.c, B, l0, n, 0, S);
     elmo_cuda_cls_grad(&f.c, B, l0, n, f.d_yp, f.d_yi, 1, S);
+    for (int v = 0; v < 2; v++) { /* dX: 0 cp.async stages, 1 TMA stages (the wgmma kernel either way) */
+      CK(cudaMemset(f.dX, 0, sizeof(float) * (size_t)(B * d)));
+      if (v == 0) setenv("ELMO_DX_TMA", "0", 1);
+      else unsetenv("ELMO_DX_TMA");
+      assert_int_equal(elmo_cuda_cls_dx_tma(), v);
+      elmo_cuda_cls_dx(&f.c, B, l0, n, f.dX, S);
+      down(dxv[v], f.dX, sizeof(float) * (size_t)(B * d));
+    }
+    for (int64_t i = 0; i < B * d; i++) {
+      if (memcmp(&dxv[0][i], &dxv[1][i], sizeof(float)))
+        fail_msg("chunk %lld: dX[%lld] %g with TMA, %g without", (long long)l0, (long long)i, dxv[1][i], dxv[0][i]);
+      dx_nonzero += dxv[0][i] != 0.0f;
+    }
     down(w0, f.c.W, wb);
     if (kb) down(k0, f.c.kahan, kb);
     for (int v = 0; v < 2; v++) { /* 0: update_res_kernel, 1: update_tma_kernel */
@@ -620,17 +635,17 @@ static void run_update_tma(cls_case cc) {
     if (kb && memcmp(kv[0], kv[1], kb)) fail_msg("chunk %lld: Kahan words differ with and without TMA", (long long)l0);
     f.c.widened_l0 = -1; /* W changed */
   }
-  print_message("update with TMA (L %lld, d %lld, B %lld): %lld weights changed, all as without\n", (long long)cc.L,
-                (long long)d, (long long)B, (long long)changed);
-  if (changed == 0) fail_msg("no weight changed: the comparison says nothing");
+  print_message("update with TMA (L %lld, d %lld, B %lld): %lld weights changed, all as without; dX the same bits "
+                "(%lld nonzero)\n", (long long)cc.L, (long long)d, (long long)B, (long long)changed, (long long)dx_nonzero);
+  if (changed == 0 || dx_nonzero == 0) fail_msg("no weight changed or dX all zero: the comparison says nothing");
   cudaFree(dXin);
-  free(w0); free(wv[0]); free(wv[1]); free(k0); free(kv[0]); free(kv[1]);
+  free(w0); free(wv[0]); free(wv[1]); free(k0); free(kv[0]); free(kv[1]); free(dxv[0]); free(dxv[1]);
   fix_free(&f);
 }
 
 static void test_cls_update_tma(void **state) {
   (void)state;
-  if (!elmo_cuda_cls_update_tma()) skip();
+  if (!elmo_cuda_cls_update_tma() || !elmo_cuda_cls_dx_tma()) skip();
   run_update_tma((cls_case){.dt = ELMO_FP8, .fp8_input = 1, .L = 300, .d = 64, .B = 37, .chunk = 128, .n_head = 5, .seed = 1});
   run_update_tma((cls_case){.dt = ELMO_FP8, .fp8_input = 1, .L = 700, .d = 208, .B = 128, .chunk = 512, .n_head = 3, .seed = 31});
   run_update_tma((cls_case){.dt = ELMO_FP8, .fp8_input = 1, .L = 333, .d = 384, .B = 16, .chunk = 336, .n_head = 0, .seed = 32,
@@ -641,6 +656,7 @@ static void test_cls_update_tma(void **state) {
   run_update_tma((cls_case){.dt = ELMO_FP8, .fp8_input = 0, .L = 333, .d = 208, .B = 300, .chunk = 336, .n_head = 4, .seed = 35,
                             .no_decay = 1});
   unsetenv("ELMO_UPDATE_TMA");
+  unsetenv("ELMO_DX_TMA");
 }
 
 /* The fused e4m3 logits + gradient (elmo_cuda_cls_logits_grad) against the CPU's logits and G:
