@@ -1916,7 +1916,9 @@ struct lg_args {
   int kb;                /* 128-byte K-blocks: ceil(d / 128) */
 };
 
-static constexpr size_t lg_smem_bytes(int kb) { return (size_t)(kb + 2 * LG_NST) * LG_STAGE + 2 * 128 * 20 + 1024; }
+static constexpr size_t lg_smem_bytes(int kb) {
+  return (size_t)(kb + 2 * LG_NST) * LG_STAGE + 2 * 128 * 20 + 2 * LG_NST * sizeof(uint64_t) + 1024;
+}
 
 #if defined(ELMO_HAVE_WGMMA)
 /* d[64] = (acc ? d : 0) + A (64 x 32 e4m3, desc a) B^T (128 x 32 e4m3, desc b), both K-major. */
@@ -2013,7 +2015,11 @@ static __device__ __forceinline__ void lg_epilogue(const lg_args &a, const float
 }
 #endif
 
-static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a) {
+/* TMA (sm_90a): each ring stage (128 labels x 128 features e4m3) arrives as one TMA box that thread 0
+ * of the warpgroup issues, counted by a barrier per ring slot, instead of the warpgroup's cp.async
+ * pieces; the same products in the same order (the same G). */
+template <bool TMA>
+static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a, const __grid_constant__ CUtensorMap tmW) {
 #if defined(ELMO_HAVE_WGMMA)
   extern __shared__ __align__(16) uint8_t smem_raw[];
   uint8_t *smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
@@ -2021,6 +2027,19 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a) {
   uint8_t *xs = smem, *ring = smem + (size_t)(a.kb + q * LG_NST) * LG_STAGE;
   int64_t *cur = (int64_t *)(smem + (size_t)(a.kb + 2 * LG_NST) * LG_STAGE) + q * 256, *cend = cur + 128;
   int32_t *ny = (int32_t *)(smem + (size_t)(a.kb + 2 * LG_NST) * LG_STAGE + 2 * 128 * 16) + q * 128;
+  uint64_t *bar = (uint64_t *)(smem + (size_t)(a.kb + 2 * LG_NST) * LG_STAGE + 2 * 128 * 20) + q * LG_NST;
+  auto issue = [&](int64_t st) { /* TMA: stage st into its slot, by thread 0 of the warpgroup */
+    mbar_expect_tx(&bar[st % LG_NST], LG_STAGE);
+    tma_load_2d(ring + (st % LG_NST) * LG_STAGE, &tmW, (int)((st % a.kb) * 128), (int)(lg_tile(a, q, st) * LG_TL),
+                &bar[st % LG_NST]);
+  };
+  if (TMA) {
+    if (ti == 0) {
+      for (int i = 0; i < LG_NST; i++) mbar_init(&bar[i], 1);
+      mbar_init_fence();
+    }
+    __syncthreads();
+  }
   const int64_t blk_tiles = (a.tiles - blockIdx.x + gridDim.x - 1) / gridDim.x; /* this block's */
   const int64_t my_tiles = (blk_tiles - q + 1) / 2, ns = my_tiles * a.kb;       /* this warpgroup's */
   /* Xq: 128 rows (zeros from B on) x kb K-blocks, every thread a share, joining the first group */
@@ -2032,9 +2051,14 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a) {
   }
 #pragma unroll
   for (int s = 0; s < LG_NST - 1; s++) {
-    if (s < ns) lg_load_stage(a, q, s, ring);
-    cp_async_commit();
+    if (TMA) {
+      if (s < ns && ti == 0) issue(s);
+    } else {
+      if (s < ns) lg_load_stage(a, q, s, ring);
+      cp_async_commit();
+    }
   }
+  if (TMA) cp_async_commit(); /* the Xq group */
   { /* this warpgroup's row cursors, from its first tile */
     int32_t first = INT32_MAX;
     if (ti < a.B) {
@@ -2053,11 +2077,17 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a) {
 #pragma unroll
   for (int i = 0; i < 64; i++) acc[0][i] = acc[1][i] = 0.0f;
   for (int64_t s = 0; s < ns; s++) {
-    cp_async_wait<LG_NST - 2>();
-    wg_fence_proxy();
-    wg_bar(q); /* stage s landed for the warpgroup; its wgmma of stage s - 1 is done */
-    if (s + LG_NST - 1 < ns) lg_load_stage(a, q, s + LG_NST - 1, ring);
-    cp_async_commit();
+    if (TMA) {
+      wg_bar(q); /* the warpgroup's wgmma of stage s - 1 is done: its slot takes stage s + 2 */
+      if (s + LG_NST - 1 < ns && ti == 0) issue(s + LG_NST - 1);
+      mbar_wait(&bar[s % LG_NST], (unsigned)(s / LG_NST) & 1u); /* stage s landed */
+    } else {
+      cp_async_wait<LG_NST - 2>();
+      wg_fence_proxy();
+      wg_bar(q); /* stage s landed for the warpgroup; its wgmma of stage s - 1 is done */
+      if (s + LG_NST - 1 < ns) lg_load_stage(a, q, s + LG_NST - 1, ring);
+      cp_async_commit();
+    }
     const int ks = (int)(s % a.kb);
     const uint8_t *xa = xs + ks * LG_STAGE, *wb = ring + (s % LG_NST) * LG_STAGE;
     /* each stage's 128 products summed apart on the tensor cores, then added in FP32: the FP8 wgmma
@@ -2093,6 +2123,8 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a) {
 /* 1 when the e4m3 logits and gradient of batches up to 128 rows run fused on Hopper's warpgroup MMA
  * (compute capability 9.0, unless ELMO_LG_WGMMA=0 is set in the environment). */
 extern "C" int elmo_cuda_cls_lg_wgmma(void) { return wgmma_enabled("ELMO_LG_WGMMA"); }
+/* 1 when that kernel's weight stages arrive by TMA (and the driver encodes maps), unless ELMO_LG_TMA=0. */
+extern "C" int elmo_cuda_cls_lg_tma(void) { return wgmma_enabled("ELMO_LG_TMA") && tmap_encoder() != NULL; }
 
 extern "C" int elmo_cuda_cls_lg_ok(const elmo_cuda_cls *c, int64_t B) {
   return c->dtype == ELMO_FP8 && c->fp8_input && c->Xq8 && B <= 128 && (c->d + 127) / 128 <= LG_MAX_KB &&
@@ -2121,11 +2153,18 @@ extern "C" int elmo_cuda_cls_lg_fused(const elmo_cuda_cls *c, int64_t B, int64_t
   const size_t smem = lg_smem_bytes(kb);
   static size_t attr = 0;
   if (attr < smem) {
-    ELMO_CUDA_CHECK(cudaFuncSetAttribute(lg_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    ELMO_CUDA_CHECK(cudaFuncSetAttribute(lg_wgmma_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    ELMO_CUDA_CHECK(cudaFuncSetAttribute(lg_wgmma_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     attr = smem;
   }
   const int64_t blocks = a.tiles < sm_count() ? a.tiles : sm_count();
-  lg_wgmma_kernel<<<(unsigned)blocks, 256, smem, s>>>(a);
+  CUtensorMap mw; /* the chunk's n weight rows, as the cp.async form reads them */
+  memset(&mw, 0, sizeof mw);
+  if (n % 8 == 0 && elmo_cuda_cls_lg_tma() &&
+      tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, a.W + l0 * c->d, c->d, n, c->d, 128, LG_TL))
+    lg_wgmma_kernel<true><<<(unsigned)blocks, 256, smem, s>>>(a, mw);
+  else
+    lg_wgmma_kernel<false><<<(unsigned)blocks, 256, smem, s>>>(a, mw);
   ELMO_LAUNCH_CHECK();
   return 1;
 }

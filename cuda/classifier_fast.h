@@ -50,6 +50,9 @@ int elmo_cuda_cls_update_tma(void);
 /* 1 when the wgmma dX (elmo_cuda_cls_dx_wgmma) moves its stages by TMA (compute capability 9.0 and a
  * driver with cuTensorMapEncodeTiled, unless ELMO_DX_TMA=0); the same bits either way. */
 int elmo_cuda_cls_dx_tma(void);
+/* 1 when the fused e4m3 logits + gradient (elmo_cuda_cls_lg_fused) takes its weight stages by TMA
+ * (compute capability 9.0 and the driver's map encoder, unless ELMO_LG_TMA=0); the same G either way. */
+int elmo_cuda_cls_lg_tma(void);
 /* Slices of the dX kernel for this batch capacity and width: about two blocks per SM of an
  * H100 over all (batch, feature) tiles. c->dx_part holds [slices, B_cap, d] FP32. */
 int64_t elmo_cuda_cls_dx_slices(elmo_dtype dt, int64_t B_cap, int64_t d);

@@ -708,6 +708,15 @@ static void run_lg_fused(int64_t L, int64_t d, int64_t B, int64_t chunk, uint64_
     assert_int_equal(elmo_cuda_cls_logits_grad(&f.c, B, l0, n, f.d_yp, f.d_yi, S), d <= 768);
     if (d > 768) break;
     down_z(&f, n, Gd);
+    if (elmo_cuda_cls_lg_tma()) { /* the cp.async form of the kernel: the same G bit for bit */
+      setenv("ELMO_LG_TMA", "0", 1);
+      CK(cudaMemset(f.c.z, 0xFF, (size_t)(B * n) * 2));
+      assert_int_equal(elmo_cuda_cls_logits_grad(&f.c, B, l0, n, f.d_yp, f.d_yi, S), 1);
+      unsetenv("ELMO_LG_TMA");
+      down_z(&f, n, zd);
+      if (memcmp(zd, Gd, sizeof(float) * (size_t)(B * n)))
+        fail_msg("chunk %lld: fused logits + gradient differ with and without TMA stages", (long long)l0);
+    }
     /* the same G through cuBLASLt's logits and the gradient kernel, for the count of differences */
     elmo_cuda_cls_logits(&f.c, B, l0, n, 0, S);
     elmo_cuda_cls_grad(&f.c, B, l0, n, f.d_yp, f.d_yi, 0, S);
