@@ -42,7 +42,7 @@ extern "C" void elmo_cuda_cls_layout(elmo_cuda_cls *c, elmo_pool *p) {
   c->Xq8 = c->fp8_input ? (uint8_t *)elmo_pool_take(p, bd, ELMO_MEM_ACTIVATIONS) : NULL;
   c->Xq16 = (uint16_t *)elmo_pool_take(p, bd * 2, ELMO_MEM_ACTIVATIONS);
   c->Xp16 = (uint16_t *)elmo_pool_take(p, (size_t)(c->B_cap * elmo_cuda_cls_xp_cols(c->d)) * 2, ELMO_MEM_ACTIVATIONS);
-  c->Xt16 = c->dtype == ELMO_FP8 && c->B_cap > 128
+  c->Xt16 = c->dtype == ELMO_FP8
                 ? (uint16_t *)elmo_pool_take(p, (size_t)(elmo_cuda_cls_xp_cols(c->d) * elmo_cuda_cls_xt_cols(c->B_cap)) * 2,
                                              ELMO_MEM_ACTIVATIONS)
                 : NULL;
@@ -152,9 +152,11 @@ extern "C" void elmo_cuda_cls_init_paths(elmo_cuda_cls *c, FILE *log) {
   }
   if (log)
     fprintf(log, "elmo cuda: %-22s %-22s %s\n", "classifier update", "G^T Xq bf16 -> fp32",
-            c->dtype == ELMO_FP8 && c->B_cap > 128 && c->Xt16 && elmo_cuda_cls_update_wgmma()
-                ? "fused tiles (BF16 tensor cores: wgmma above 128 batch rows, mma.sync up to 128) + SGD + "
-                  "stochastic rounding, no gradient buffer"
+            c->dtype == ELMO_FP8 && c->Xt16 && elmo_cuda_cls_update_wgmma()
+                ? (elmo_cuda_cls_update_tma() ? "fused tiles (BF16 tensor cores: wgmma; tiles moved by TMA) + SGD + "
+                                                "stochastic rounding, no gradient buffer"
+                                              : "fused tiles (BF16 tensor cores: wgmma) + SGD + stochastic rounding, no "
+                                                "gradient buffer")
                 : "fused mma.sync tiles (BF16 tensor cores) + SGD + stochastic rounding, no gradient buffer");
   init_piece(c, log);
 }

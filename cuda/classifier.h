@@ -66,8 +66,8 @@ typedef struct elmo_cuda_cls {
   uint8_t *Xq8;               /* [B_cap, d] e4m3 codes (fp8 input) */
   uint16_t *Xq16;             /* [B_cap, d] bf16 codes of Xq */
   uint16_t *Xp16;             /* [B_cap, round32(d)] the same, columns permuted for the update kernels */
-  uint16_t *Xt16;             /* [round32(d), round64(B_cap)] Xp16 transposed (e4m3 weights, B_cap > 128: the
-                                 wgmma update's operand) or NULL */
+  uint16_t *Xt16;             /* [round32(d), round64(B_cap)] Xp16 transposed (e4m3 weights: the wgmma
+                                 update's operand) or NULL */
   float *Xq32;                /* [B_cap, d] Xq as FP32 (fp32 weights only) */
   void *z;                    /* [B_cap, chunk] logits / G: bf16, or FP32 for fp32 weights */
   size_t z_bytes;

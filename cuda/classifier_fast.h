@@ -38,10 +38,11 @@ extern "C" {
 
 /* Row length of c->Xp16, the update kernels' column-permuted copy of Xq16: d rounded up to 32. */
 int64_t elmo_cuda_cls_xp_cols(int64_t d);
-/* Row length of c->Xt16 (Xp16 transposed, for the wgmma update of batches above 128 rows). */
+/* Row length of c->Xt16 (Xp16 transposed, for the wgmma update). */
 int64_t elmo_cuda_cls_xt_cols(int64_t B_cap);
-/* 1 when e4m3 updates of batches above 128 rows run on Hopper's warpgroup MMA (a device of compute
- * capability 9.0, unless ELMO_UPDATE_WGMMA=0 is set in the environment), 0 for update_mma_kernel. */
+/* 1 when e4m3 updates run on Hopper's warpgroup MMA, any batch (a device of compute capability 9.0,
+ * unless ELMO_UPDATE_WGMMA=0 is set in the environment), 0 for update_res_kernel (up to 128 rows) and
+ * update_mma_kernel (above). */
 int elmo_cuda_cls_update_wgmma(void);
 /* 1 when the e4m3 updates move their tiles by TMA (update_tma_kernel for batches up to 128 rows,
  * update_wg_kernel's TMA form above: compute capability 9.0 and a driver with cuTensorMapEncodeTiled,

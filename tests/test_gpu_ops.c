@@ -562,9 +562,10 @@ static void test_cls_ops_fp8_dx_kernels(void **state) {
   unsetenv("ELMO_DX_WGMMA");
 }
 
-/* The e4m3 update of batches above 128 rows on both kernels where the device has two (wgmma on
- * compute capability 9.0, and update_mma_kernel): 130 rows (three 64-row stages, the last with two)
- * and 300 rows over two feature tiles and a partial label tile, each with head rows. */
+/* The e4m3 update on both kernels where the device has two (update_wg_kernel for every batch on compute
+ * capability 9.0; update_mma_kernel above 128 rows and update_res_kernel / update_tma_kernel up to 128
+ * otherwise), against the CPU: 130 rows (three 64-row stages, the last with two), 300 rows over two
+ * feature tiles and a partial label tile, 100 and 37 rows, each with head rows. */
 static void test_cls_ops_fp8_update_kernels(void **state) {
   (void)state;
   for (int m = 0; m < 2; m++) {
@@ -572,6 +573,9 @@ static void test_cls_ops_fp8_update_kernels(void **state) {
     if (m == 1) setenv("ELMO_UPDATE_WGMMA", "0", 1);
     /* bf16 input, as in test_cls_ops_fp8: FP8 logits of hundreds of terms can exceed their tolerance */
     run_cls_ops((cls_case){.dt = ELMO_FP8, .fp8_input = 0, .L = 700, .d = 384, .B = 130, .chunk = 512, .n_head = 3, .seed = 21});
+    /* up to 128 rows: update_wg_kernel (two stages, the second partial) or update_res_kernel / update_tma_kernel */
+    run_cls_ops((cls_case){.dt = ELMO_FP8, .fp8_input = 0, .L = 700, .d = 384, .B = 100, .chunk = 512, .n_head = 3, .seed = 23});
+    run_cls_ops((cls_case){.dt = ELMO_FP8, .fp8_input = 1, .L = 300, .d = 64, .B = 37, .chunk = 128, .n_head = 5, .seed = 24});
     run_cls_ops((cls_case){.dt = ELMO_FP8, .fp8_input = 0, .L = 333, .d = 256, .B = 300, .chunk = 336, .n_head = 4, .seed = 22});
   }
   unsetenv("ELMO_UPDATE_WGMMA");
@@ -616,23 +620,30 @@ static void run_update_tma(cls_case cc) {
     }
     down(w0, f.c.W, wb);
     if (kb) down(k0, f.c.kahan, kb);
-    for (int v = 0; v < 2; v++) { /* 0: update_res_kernel, 1: update_tma_kernel */
-      CK(cudaMemcpy(f.c.W, w0, wb, cudaMemcpyHostToDevice));
-      if (kb) CK(cudaMemcpy(f.c.kahan, k0, kb, cudaMemcpyHostToDevice));
-      if (v == 0) setenv("ELMO_UPDATE_TMA", "0", 1);
-      else unsetenv("ELMO_UPDATE_TMA");
-      assert_int_equal(elmo_cuda_cls_update_tma(), v);
-      elmo_cuda_cls_update(&f.c, B, l0, n, &h, S);
-      down(wv[v], f.c.W, wb);
-      if (kb) down(kv[v], f.c.kahan, kb);
+    for (int wg = 1; wg >= 0; wg--) { /* update_wg_kernel; update_res_kernel / update_tma_kernel up to 128 rows */
+      if (wg) unsetenv("ELMO_UPDATE_WGMMA");
+      else setenv("ELMO_UPDATE_WGMMA", "0", 1);
+      if (!wg && B > 128) continue; /* update_mma_kernel has no TMA form */
+      for (int v = 0; v < 2; v++) { /* 0: cp.async copies, 1: TMA */
+        CK(cudaMemcpy(f.c.W, w0, wb, cudaMemcpyHostToDevice));
+        if (kb) CK(cudaMemcpy(f.c.kahan, k0, kb, cudaMemcpyHostToDevice));
+        if (v == 0) setenv("ELMO_UPDATE_TMA", "0", 1);
+        else unsetenv("ELMO_UPDATE_TMA");
+        assert_int_equal(elmo_cuda_cls_update_tma(), v);
+        elmo_cuda_cls_update(&f.c, B, l0, n, &h, S);
+        down(wv[v], f.c.W, wb);
+        if (kb) down(kv[v], f.c.kahan, kb);
+      }
+      for (size_t i = 0; i < wb; i++) {
+        if (wv[0][i] != wv[1][i])
+          fail_msg("chunk %lld (%s): weight %zu (label %lld, feature %lld) 0x%02x with TMA, 0x%02x without", (long long)l0,
+                   wg ? "wgmma" : "mma.sync", i, (long long)(i / (size_t)d), (long long)(i % (size_t)d), wv[1][i], wv[0][i]);
+        changed += wv[0][i] != w0[i];
+      }
+      if (kb && memcmp(kv[0], kv[1], kb)) fail_msg("chunk %lld: Kahan words differ with and without TMA", (long long)l0);
     }
-    for (size_t i = 0; i < wb; i++) {
-      if (wv[0][i] != wv[1][i])
-        fail_msg("chunk %lld: weight %zu (label %lld, feature %lld) 0x%02x with TMA, 0x%02x without", (long long)l0, i,
-                 (long long)(i / (size_t)d), (long long)(i % (size_t)d), wv[1][i], wv[0][i]);
-      changed += wv[0][i] != w0[i];
-    }
-    if (kb && memcmp(kv[0], kv[1], kb)) fail_msg("chunk %lld: Kahan words differ with and without TMA", (long long)l0);
+    unsetenv("ELMO_UPDATE_WGMMA");
+    CK(cudaMemcpy(f.c.W, wv[1], wb, cudaMemcpyHostToDevice)); /* the next chunk from the wgmma (or last) result */
     f.c.widened_l0 = -1; /* W changed */
   }
   print_message("update with TMA (L %lld, d %lld, B %lld): %lld weights changed, all as without; dX the same bits "
