@@ -959,7 +959,10 @@ static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_a
       float g4[1][4][4];                            /* the group's accumulators, registers renamed */
 #pragma unroll
       for (int e = 0; e < 16; e++) g4[0][e >> 2][e & 3] = acc[16 * q + e];
-      epilogue8_at<ELMO_FP8, CONST_BITS, 1, LDW>(a, j0, k0, g4, sw, slots + buf * U_TL, mw, 32 * q);
+      if (a.decay == 1.0f) /* no weight decay (the default): no decay product, the same bits */
+        epilogue8_at<ELMO_FP8, CONST_BITS, 1, LDW, false>(a, j0, k0, g4, sw, slots + buf * U_TL, mw, 32 * q);
+      else
+        epilogue8_at<ELMO_FP8, CONST_BITS, 1, LDW>(a, j0, k0, g4, sw, slots + buf * U_TL, mw, 32 * q);
     }
     if (TMA) wg_fence_proxy();                      /* this thread's weights, visible to the TMA store */
     __syncthreads();
