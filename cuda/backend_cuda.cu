@@ -271,7 +271,9 @@ extern "C" int elmo_cuda_choose_chunks(const elmo_config *cfg, elmo_model_desc *
   int rc = budget_bytes(cfg, &budget, err);
   if (rc) return rc;
   const int64_t n0 = md->n_chunks;
-  const int64_t by_z = ELMO_CUDA_CHUNK_Z_BYTES / (2 * round16(md->batch_size > 0 ? md->batch_size : 1)) / 16 * 16;
+  const int64_t wb = md->L_pad * md->d * (int64_t)elmo_dtype_size(md->cls_dtype) / ELMO_CUDA_CHUNK_W_DIV;
+  const int64_t zb = wb > ELMO_CUDA_CHUNK_Z_BYTES ? wb : ELMO_CUDA_CHUNK_Z_BYTES;
+  const int64_t by_z = zb / (2 * round16(md->batch_size > 0 ? md->batch_size : 1)) / 16 * 16;
   const int64_t cmax = by_z > ELMO_CUDA_CHUNK_MAX ? by_z : ELMO_CUDA_CHUNK_MAX;
   int64_t n = (md->L_pad + cmax - 1) / cmax;
   elmo_model_desc_set_chunks(md, n);

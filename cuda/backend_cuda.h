@@ -23,13 +23,17 @@ extern "C" {
 #include "../src/model.h"
 
 /* Chunks are never larger than this many labels, or than the labels whose logits (bf16, the batch
- * rows rounded to 16) fill ELMO_CUDA_CHUNK_Z_BYTES, whichever is more: larger chunks only raise
- * peak memory (the logits grow with them), while each chunk costs a pipeline fill and a
- * read-modify-write of the dX partials (H100, 2026-11-27, BERT-base B 128 at 2.81M labels:
- * 11 chunks 33.95 ms / 4.47 GiB, 5 chunks 33.48 / 4.54, 3 chunks 33.27 / 4.63; DistilBERT 8.6M:
- * 33 chunks 37.32 ms, 12 chunks 35.66). */
+ * rows rounded to 16) fill ELMO_CUDA_CHUNK_Z_BYTES or 1 / ELMO_CUDA_CHUNK_W_DIV of the classifier
+ * weights' bytes, whichever is most: larger chunks only raise peak memory (the logits grow with
+ * them), while each chunk costs a pipeline fill and a read-modify-write of the dX partials (H100,
+ * 2026-11-27, BERT-base B 128 at 2.81M labels: 11 chunks 33.95 ms / 4.47 GiB, 5 chunks 33.48 / 4.54,
+ * 3 chunks 33.27 / 4.63; DistilBERT 8.6M: 33 chunks 37.32 ms, 12 chunks 35.66; after the TMA kernels,
+ * DistilBERT 8.6M 14 / 8 / 6 chunks 32.49 / 31.97 / 31.64 ms at 7.95 / 8.06 / 8.15 GiB). The weight
+ * share keeps the chunk buffers at ~6% of the weights while large label sets take fewer chunks;
+ * below ~2.7 GB of weights (BERT-base at 2.81M labels: 2.16 GB) the byte cap decides. */
 #define ELMO_CUDA_CHUNK_MAX 262144
 #define ELMO_CUDA_CHUNK_Z_BYTES ((int64_t)160 << 20)
+#define ELMO_CUDA_CHUNK_W_DIV 16
 
 typedef struct elmo_cuda_plan_t {
   size_t bytes[ELMO_MEM_NCAT];  /* per category (pool.h), bytes */
@@ -45,7 +49,8 @@ size_t elmo_cuda_plan(const elmo_model_desc *md, elmo_cuda_plan_t *out);
 /* The plan as a table (one row per category, GiB and MiB, then the total and the chunking). */
 void elmo_cuda_plan_print(const elmo_cuda_plan_t *p, const elmo_model_desc *md, FILE *fp);
 /* When cfg->chunks is 0: sets md's chunks (elmo_model_desc_set_chunks) to the fewest chunks of at
- * most max(ELMO_CUDA_CHUNK_MAX, ELMO_CUDA_CHUNK_Z_BYTES / (2 round16(batch))) labels whose plan fits the budget: model.classifier.memory_budget_gib,
+ * most max(ELMO_CUDA_CHUNK_MAX, max(ELMO_CUDA_CHUNK_Z_BYTES, weight bytes / ELMO_CUDA_CHUNK_W_DIV) /
+ * (2 round16(batch))) labels whose plan fits the budget: model.classifier.memory_budget_gib,
  * or (0) the device's free memory minus 1 GiB. ELMO_ERUNTIME naming the plan when even 16-label
  * chunks do not fit, or (budget 0) when no device answers. cfg->chunks > 0: md unchanged. */
 int elmo_cuda_choose_chunks(const elmo_config *cfg, elmo_model_desc *md, elmo_err *err);
