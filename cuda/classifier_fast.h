@@ -14,7 +14,9 @@
  *           lanes). SR bits as src/classifier.h says (Philox4x32-7 with its round keys
  *           precomputed, one block per 4 elements) and the rounding is elmo_sr_fp8 /
  *           elmo_sr_bf16 bit for bit (e4m3: an FP32 form finished by
- *           the hardware's e4m3x2 conversion, checked on the device in tests).
+ *           the hardware's e4m3x2 conversion, checked on the device in tests). On compute
+ *           capability 9.0 e4m3 updates of any batch run as 128 x 128 tiles on wgmma
+ *           (elmo_cuda_cls_update_wgmma).
  *   dX:     split over labels (K): block (batch tile, feature tile, slice s) sums G W over its
  *           labels into dx_part[s] (overwrites or adds, a fixed assignment, no atomics); e4m3
  *           tiles (128 features, 8 warps) are widened to BF16 in shared memory, bf16 tiles take
@@ -25,6 +27,9 @@
  *   logits + grad (e4m3 weights and input, B <= 128, sm_90a): G = grad_tab[y][bf16(Xq W^T)] per
  *           128-label tile on FP8 wgmma with Xq resident in shared memory, two warpgroups that
  *           alternate tiles, the gradient table and the positives in the epilogue.
+ * On sm_90a the wgmma kernels and update_tma_kernel take their tiles by TMA (box copies one thread
+ * issues, counted by shared-memory barriers, 128-byte swizzle) and the updates store by TMA; each
+ * keeps its cp.async form behind a switch (elmo_cuda_cls_update_tma, _dx_tma, _lg_tma), bit for bit. 
  * Weights e4m3 or bf16 (fp32 reference weights take the cuBLASLt path in classifier.cu); the
  * update also takes fp32 weights (G in FP32 holding bf16 values). */
 #ifndef ELMO_CUDA_CLASSIFIER_FAST_H
@@ -44,9 +49,9 @@ int64_t elmo_cuda_cls_xt_cols(int64_t B_cap);
  * unless ELMO_UPDATE_WGMMA=0 is set in the environment), 0 for update_res_kernel (up to 128 rows) and
  * update_mma_kernel (above). */
 int elmo_cuda_cls_update_wgmma(void);
-/* 1 when the e4m3 updates move their tiles by TMA (update_tma_kernel for batches up to 128 rows,
- * update_wg_kernel's TMA form above: compute capability 9.0 and a driver with cuTensorMapEncodeTiled,
- * unless ELMO_UPDATE_TMA=0), 0 for the cp.async forms; the same weights either way. */
+/* 1 when the e4m3 updates move their tiles by TMA (update_wg_kernel's TMA form, and update_tma_kernel
+ * when ELMO_UPDATE_WGMMA=0 sends batches up to 128 rows there: compute capability 9.0 and a driver with
+ * cuTensorMapEncodeTiled, unless ELMO_UPDATE_TMA=0), 0 for the cp.async forms; the same weights either way. */
 int elmo_cuda_cls_update_tma(void);
 /* 1 when the wgmma dX (elmo_cuda_cls_dx_wgmma) moves its stages by TMA (compute capability 9.0 and a
  * driver with cuTensorMapEncodeTiled, unless ELMO_DX_TMA=0); the same bits either way. */
