@@ -136,8 +136,9 @@ extern "C" void elmo_cuda_cls_init_paths(elmo_cuda_cls *c, FILE *log) {
                                           : "BF16 tensor cores";
   log_path(log, "classifier logits", &gt, tc);
   if (log && c->fp8_logits && elmo_cuda_cls_lg_ok(c, c->B_cap))
-    fprintf(log, "elmo cuda: %-22s %-22s %s\n", "classifier logits+grad", "e4m3 x e4m3 -> G bf16",
-            "one kernel (FP8 wgmma, gradient table in the epilogue, logits never stored) on skip-loss steps");
+    fprintf(log, "elmo cuda: %-22s %-22s %s%s\n", "classifier logits+grad", "e4m3 x e4m3 -> G bf16",
+            "one kernel (FP8 wgmma, gradient table in the epilogue, logits never stored) on skip-loss steps",
+            elmo_cuda_cls_lg_tma() ? "; weight stages by TMA" : "");
   log_path(log, "prediction logits", &gp, c->fp8_logits_f32 ? "FP8 tensor cores, FP32 out"
                                           : want_fp8 ? "BF16 FALLBACK (W chunk widened), FP32 out" : "FP32 out");
   if (c->dtype == ELMO_F32) {
@@ -146,7 +147,11 @@ extern "C" void elmo_cuda_cls_init_paths(elmo_cuda_cls *c, FILE *log) {
   } else if (log) {
     fprintf(log, "elmo cuda: %-22s %-22s %s\n", "classifier dX", c->dtype == ELMO_FP8 ? "bf16 x e4m3 -> fp32" : "bf16 x bf16 -> fp32",
             c->dtype == ELMO_FP8 ? (elmo_cuda_cls_dx_wgmma()
-                                        ? "BF16 tensor cores (wgmma), W tiles widened in shared memory, split over labels"
+                                        ? (elmo_cuda_cls_dx_tma()
+                                               ? "BF16 tensor cores (wgmma), stages by TMA, W tiles widened in shared "
+                                                 "memory, split over labels"
+                                               : "BF16 tensor cores (wgmma), W tiles widened in shared memory, split "
+                                                 "over labels")
                                         : "BF16 tensor cores (mma.sync), W tiles widened in shared memory, split over labels")
                                  : "BF16 tensor cores (mma.sync), split over labels");
   }
