@@ -687,9 +687,9 @@ template <> struct wcodec8<ELMO_F32> {
  * elements, reads the 8 weights at once, rounds them and writes them back (head rows, slot >= 0,
  * are left for u_kahan). LDW: bytes per row of the weight tile. epilogue8_at takes the warp's first
  * row m0 and the 32-feature group n0 from the caller (the wgmma kernel's warp layout). */
-template <int DT, bool CONST_BITS, int MI, int LDW, bool DECAY = true>
-static __device__ __forceinline__ void epilogue8_at(const update_args &a, int64_t j0, int64_t k0, float acc[MI][4][4],
-                                                    uint8_t *sw, const int32_t *sslot, int m0, int n0) {
+template <int DT, bool CONST_BITS, int MI, int LDW, bool DECAY>
+static __device__ __forceinline__ void epilogue8_rows(const update_args &a, int64_t j0, int64_t k0, float acc[MI][4][4],
+                                                      uint8_t *sw, const int32_t *sslot, int m0, int n0) {
   constexpr int ES = wcodec<DT>::es;
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int cb = n0 + 8 * t;
@@ -727,11 +727,20 @@ static __device__ __forceinline__ void epilogue8_at(const update_args &a, int64_
   }
 }
 
-template <int DT, bool CONST_BITS, int MI, int LDW, bool DECAY = true>
+/* Without weight decay (a.decay 1, training's default) the decay product is left out: the same bits,
+ * one instruction a weight less. */
+template <int DT, bool CONST_BITS, int MI, int LDW>
+static __device__ __forceinline__ void epilogue8_at(const update_args &a, int64_t j0, int64_t k0, float acc[MI][4][4],
+                                                    uint8_t *sw, const int32_t *sslot, int m0, int n0) {
+  if (a.decay == 1.0f) epilogue8_rows<DT, CONST_BITS, MI, LDW, false>(a, j0, k0, acc, sw, sslot, m0, n0);
+  else epilogue8_rows<DT, CONST_BITS, MI, LDW, true>(a, j0, k0, acc, sw, sslot, m0, n0);
+}
+
+template <int DT, bool CONST_BITS, int MI, int LDW>
 static __device__ __forceinline__ void epilogue8(const update_args &a, int64_t j0, int64_t k0, float acc[MI][4][4],
                                                  uint8_t *sw, const int32_t *sslot) {
   const int warp = threadIdx.x >> 5;
-  epilogue8_at<DT, CONST_BITS, MI, LDW, DECAY>(a, j0, k0, acc, sw, sslot, (warp >> 2) * 16 * MI, (warp & 3) * 32);
+  epilogue8_at<DT, CONST_BITS, MI, LDW>(a, j0, k0, acc, sw, sslot, (warp >> 2) * 16 * MI, (warp & 3) * 32);
 }
 
 /* The rounded tile (TL labels x U_TD features) back to W, 16 bytes per thread and row piece;
@@ -959,10 +968,7 @@ static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_a
       float g4[1][4][4];                            /* the group's accumulators, registers renamed */
 #pragma unroll
       for (int e = 0; e < 16; e++) g4[0][e >> 2][e & 3] = acc[16 * q + e];
-      if (a.decay == 1.0f) /* no weight decay (the default): no decay product, the same bits */
-        epilogue8_at<ELMO_FP8, CONST_BITS, 1, LDW, false>(a, j0, k0, g4, sw, slots + buf * U_TL, mw, 32 * q);
-      else
-        epilogue8_at<ELMO_FP8, CONST_BITS, 1, LDW>(a, j0, k0, g4, sw, slots + buf * U_TL, mw, 32 * q);
+      epilogue8_at<ELMO_FP8, CONST_BITS, 1, LDW>(a, j0, k0, g4, sw, slots + buf * U_TL, mw, 32 * q);
     }
     if (TMA) wg_fence_proxy();                      /* this thread's weights, visible to the TMA store */
     __syncthreads();
@@ -1144,8 +1150,7 @@ static __global__ void __launch_bounds__(U_THREADS, r_blocks_per_sm(DT)) update_
       cp_async_commit();
     }
     uint8_t *sw = wbuf + buf * r_w_bytes(ES);
-    if (a.decay == 1.0f) epilogue8<DT, CONST_BITS, 2, R_LDW(ES), false>(a, lt * R_TL, k0, acc, sw, slots + buf * R_TL);
-    else epilogue8<DT, CONST_BITS, 2, R_LDW(ES)>(a, lt * R_TL, k0, acc, sw, slots + buf * R_TL);
+    epilogue8<DT, CONST_BITS, 2, R_LDW(ES)>(a, lt * R_TL, k0, acc, sw, slots + buf * R_TL);
     __syncthreads();
     r_store_tile_w<ES, R_LDW(ES)>(a, cu, lt * R_TL, sw);
     if (NB == 1 && more) {
@@ -1223,8 +1228,7 @@ static __global__ void __launch_bounds__(U_THREADS, 3) update_tma_kernel(update_
       tile_slots<R_TL>(a, j1, slots + (buf ^ 1) * R_TL);
     }
     uint8_t *sw = wbuf + buf * T_W_BYTES;
-    if (a.decay == 1.0f) epilogue8<ELMO_FP8, CONST_BITS, 2, W_SWZ, false>(a, lt * R_TL, k0, acc, sw, slots + buf * R_TL);
-    else epilogue8<ELMO_FP8, CONST_BITS, 2, W_SWZ>(a, lt * R_TL, k0, acc, sw, slots + buf * R_TL);
+    epilogue8<ELMO_FP8, CONST_BITS, 2, W_SWZ>(a, lt * R_TL, k0, acc, sw, slots + buf * R_TL);
     wg_fence_proxy(); /* this thread's shared-memory writes, visible to the TMA store */
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -1258,13 +1262,13 @@ static tmap_encode_fn tmap_encoder(void) {
   return fn;
 }
 
-/* A 2-D map of rows x cols elements (es bytes, rows ld elements apart) with box box_c x box_r, 128-byte
+/* A 2-D map of a dense row-major rows x cols matrix (es bytes an element) with box box_c x box_r, 128-byte
  * swizzle, zeros outside; 0 when the driver refuses it. */
 static int tmap_2d(CUtensorMap *m, CUtensorMapDataType type, int es, const void *base, int64_t cols, int64_t rows,
-                   int64_t ld, int box_c, int box_r) {
+                   int box_c, int box_r) {
   tmap_encode_fn enc = tmap_encoder();
   if (!enc || rows < 1 || cols < 1) return 0;
-  const cuuint64_t dim[2] = {(cuuint64_t)cols, (cuuint64_t)rows}, stride[1] = {(cuuint64_t)(ld * es)};
+  const cuuint64_t dim[2] = {(cuuint64_t)cols, (cuuint64_t)rows}, stride[1] = {(cuuint64_t)(cols * es)};
   const cuuint32_t box[2] = {(cuuint32_t)box_c, (cuuint32_t)box_r}, estr[2] = {1, 1};
   return enc(m, type, 2, (void *)base, dim, stride, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
              CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
@@ -1280,8 +1284,8 @@ static int launch_update_tma(const update_args &a, int64_t blocks, cudaStream_t 
   const int64_t nl = a.L - a.l0 < a.n ? a.L - a.l0 : a.n; /* rows of the chunk that exist */
   const int bp = (int)((a.B + 15) / 16 * 16);
   CUtensorMap mg, mw;
-  if (!tmap_2d(&mg, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.G, a.n, a.B, a.n, R_TL, bp) ||
-      !tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (const uint8_t *)a.W + a.l0 * a.d, a.d, nl, a.d, U_TD, R_TL))
+  if (!tmap_2d(&mg, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.G, a.n, a.B, R_TL, bp) ||
+      !tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (const uint8_t *)a.W + a.l0 * a.d, a.d, nl, U_TD, R_TL))
     return 0;
   static bool attr = false;
   if (!attr) {
@@ -1342,9 +1346,9 @@ static void launch_update(const update_args &a, cudaStream_t s) {
     memset(&mg, 0, sizeof mg);
     memset(&mw, 0, sizeof mw);
     if (a.n % 8 == 0 && elmo_cuda_cls_update_tma() &&
-        tmap_2d(&mx, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.Xt, a.ldt, a.dp, a.ldt, V_BK, U_TD) &&
-        tmap_2d(&mg, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.G, a.n, a.B, a.n, 64, V_BK) &&
-        tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (const uint8_t *)a.W + a.l0 * a.d, a.d, nl, a.d, U_TD, U_TL))
+        tmap_2d(&mx, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.Xt, a.ldt, a.dp, V_BK, U_TD) &&
+        tmap_2d(&mg, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.G, a.n, a.B, 64, V_BK) &&
+        tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (const uint8_t *)a.W + a.l0 * a.d, a.d, nl, U_TD, U_TL))
       update_wg_kernel<CONST_BITS, true><<<(unsigned)blocks, U_THREADS, v_tma_smem_bytes(), s>>>(a, mx, mg, mw);
     else
       update_wg_kernel<CONST_BITS, false><<<(unsigned)blocks, U_THREADS, v_smem_bytes(), s>>>(a, mx, mg, mw);
@@ -1833,8 +1837,8 @@ template <int TD> static void launch_dx_wgmma_td(const dx_args &a, dim3 grid, cu
   memset(&mg, 0, sizeof mg);
   memset(&mw, 0, sizeof mw);
   if (a.n % 8 == 0 && elmo_cuda_cls_dx_tma() &&
-      tmap_2d(&mg, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.G, a.n, a.B, a.n, X_BK, X_TB) &&
-      tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (const uint8_t *)a.W + a.l0 * a.d, a.d, a.n, a.d, 128, X_BK))
+      tmap_2d(&mg, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.G, a.n, a.B, X_BK, X_TB) &&
+      tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (const uint8_t *)a.W + a.l0 * a.d, a.d, a.n, 128, X_BK))
     dx_wgmma_kernel<TD, true><<<grid, 256, dxg_tma_smem_bytes(TD), s>>>(a, mg, mw);
   else
     dx_wgmma_kernel<TD, false><<<grid, 256, dxg_smem_bytes(TD), s>>>(a, mg, mw);
@@ -2166,7 +2170,7 @@ extern "C" int elmo_cuda_cls_lg_fused(const elmo_cuda_cls *c, int64_t B, int64_t
   CUtensorMap mw; /* the chunk's n weight rows, as the cp.async form reads them */
   memset(&mw, 0, sizeof mw);
   if (n % 8 == 0 && elmo_cuda_cls_lg_tma() &&
-      tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, a.W + l0 * c->d, c->d, n, c->d, 128, LG_TL))
+      tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, a.W + l0 * c->d, c->d, n, 128, LG_TL))
     lg_wgmma_kernel<true><<<(unsigned)blocks, 256, smem, s>>>(a, mw);
   else
     lg_wgmma_kernel<false><<<(unsigned)blocks, 256, smem, s>>>(a, mw);

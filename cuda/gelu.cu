@@ -12,21 +12,25 @@ typedef __nv_bfloat16 bf16;
 
 enum { EW_THREADS = 256, COL_ROWS = 64, COL_THREADS = 128 };
 
-static __device__ float gelu_f(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
-
-static __device__ float gelu_grad(float x) {
-  const float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
-  const float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
-  return cdf + x * pdf;
-}
-
-/* gelu_f(x) and gelu_grad(x) from one erff: the same expressions, so the same bits as the two. */
+/* GELU(x) and, in *grad, GELU'(x) from one erff (the one definition of both; a caller that uses only
+ * one of them leaves the other's arithmetic to dead-code elimination). */
 static __device__ __forceinline__ float gelu_and_grad(float x, float *grad) {
   const float e = erff(x * 0.70710678118654752f);
   const float cdf = 0.5f * (1.0f + e);
   const float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
   *grad = cdf + x * pdf;
   return 0.5f * x * (1.0f + e);
+}
+
+static __device__ float gelu_f(float x) {
+  float unused;
+  return gelu_and_grad(x, &unused);
+}
+
+static __device__ float gelu_grad(float x) {
+  float grad;
+  gelu_and_grad(x, &grad);
+  return grad;
 }
 
 static unsigned grid_for(int64_t n) {
