@@ -107,6 +107,13 @@ static __device__ __forceinline__ void wgmma_m64n128k16(float d[64], uint64_t a,
                : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
                : "l"(a), "l"(b), "r"(1));
 }
+/* As wgmma_m64n128k16 with A (64 x 16) MN-major (transposed: the 64 M elements of each K row contiguous,
+ * 128-byte swizzle, 8-row atoms of 1024 bytes; a k16 step advances the start by 16 rows). */
+static __device__ __forceinline__ void wgmma_m64n128k16_ta(float d[64], uint64_t a, uint64_t b) {
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %66, 0;\n wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 1, 0;\n}\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+               : "l"(a), "l"(b), "r"(1));
+}
 static __device__ __forceinline__ void wgmma_m64n256k16(float d[128], uint64_t a, uint64_t b) {
   asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %130, 0;\n wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 0;\n}\n"
                : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
@@ -182,24 +189,54 @@ static __host__ __device__ __forceinline__ uint32_t mulhi32(uint32_t a, uint32_t
 #endif
 }
 
-template <int ROUNDS>
-static __host__ __device__ __forceinline__ void philox_rk(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
-                                                          const uint32_t rk[20], uint32_t out[4]) {
+/* N Philox blocks with counters (c0[n], c1[n], c2, c3), round by round across the blocks, so that the
+ * N dependency chains sit side by side in the instruction stream (the same bits as philox_rk). */
+template <int ROUNDS, int N>
+static __host__ __device__ __forceinline__ void philox_rk_n(const uint32_t c0in[N], const uint32_t c1in[N], uint32_t c2in,
+                                                            uint32_t c3in, const uint32_t rk[20], uint32_t out[N][4]) {
+  uint32_t c0[N], c1[N], c2[N], c3[N];
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
-  for (int r = 0; r < ROUNDS; r++) {
-    const uint32_t hi0 = mulhi32(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
-    const uint32_t hi1 = mulhi32(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
-    c0 = hi1 ^ c1 ^ rk[2 * r];
-    c2 = hi0 ^ c3 ^ rk[2 * r + 1];
-    c1 = lo1;
-    c3 = lo0;
+  for (int n = 0; n < N; n++) {
+    c0[n] = c0in[n];
+    c1[n] = c1in[n];
+    c2[n] = c2in;
+    c3[n] = c3in;
   }
-  out[0] = c0;
-  out[1] = c1;
-  out[2] = c2;
-  out[3] = c3;
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int r = 0; r < ROUNDS; r++)
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+    for (int n = 0; n < N; n++) {
+      const uint32_t hi0 = mulhi32(0xD2511F53u, c0[n]), lo0 = 0xD2511F53u * c0[n];
+      const uint32_t hi1 = mulhi32(0xCD9E8D57u, c2[n]), lo1 = 0xCD9E8D57u * c2[n];
+      c0[n] = hi1 ^ c1[n] ^ rk[2 * r];
+      c2[n] = hi0 ^ c3[n] ^ rk[2 * r + 1];
+      c1[n] = lo1;
+      c3[n] = lo0;
+    }
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int n = 0; n < N; n++) {
+    out[n][0] = c0[n];
+    out[n][1] = c1[n];
+    out[n][2] = c2[n];
+    out[n][3] = c3[n];
+  }
+}
+
+/* One block: counter (c0, c1, c2, c3). */
+template <int ROUNDS>
+static __host__ __device__ __forceinline__ void philox_rk(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
+                                                          const uint32_t rk[20], uint32_t out[4]) {
+  uint32_t o[1][4];
+  philox_rk_n<ROUNDS, 1>(&c0, &c1, c2, c3, rk, o);
+  for (int i = 0; i < 4; i++) out[i] = o[0][i];
 }
 
 /* The round keys of elmo_rand_block(seed, step, ...). */
@@ -653,16 +690,18 @@ template <> struct wcodec8<ELMO_FP8> {
       v[4 * h + 3] = b.y;
     }
   }
-  static __device__ __forceinline__ void put_sr(uint8_t *p, const float v[8], const uint32_t r[8]) {
+  static __device__ __forceinline__ void put_sr(uint8_t *p, const float v[8], const uint32_t r[8], bool st) {
     float q[8];
 #pragma unroll
     for (int e = 0; e < 8; e++) q[e] = sr8_value(v[e], r[e]);
-    *(uint2 *)p = make_uint2(cvt_e4m3x4(q[0], q[1], q[2], q[3]), cvt_e4m3x4(q[4], q[5], q[6], q[7]));
+    const uint2 c = make_uint2(cvt_e4m3x4(q[0], q[1], q[2], q[3]), cvt_e4m3x4(q[4], q[5], q[6], q[7]));
+    if (st) *(uint2 *)p = c;
   }
 };
 template <> struct wcodec8<ELMO_BF16> {
   static __device__ __forceinline__ void get(const uint8_t *p, float v[8]) { elmo_bf16x8_to_f32(p, v); }
-  static __device__ __forceinline__ void put_sr(uint8_t *p, const float v[8], const uint32_t r[8]) {
+  static __device__ __forceinline__ void put_sr(uint8_t *p, const float v[8], const uint32_t r[8], bool st) {
+    if (!st) return; /* sr16 has a rare branch of its own */
     uint32_t c[4];
 #pragma unroll
     for (int q = 0; q < 4; q++) c[q] = __byte_perm(sr16(v[2 * q], r[2 * q]), sr16(v[2 * q + 1], r[2 * q + 1]), 0x5410);
@@ -675,7 +714,8 @@ template <> struct wcodec8<ELMO_F32> {
     v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
     v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
   }
-  static __device__ __forceinline__ void put_sr(uint8_t *p, const float v[8], const uint32_t *) {
+  static __device__ __forceinline__ void put_sr(uint8_t *p, const float v[8], const uint32_t *, bool st) {
+    if (!st) return;
     *(float4 *)p = make_float4(v[0], v[1], v[2], v[3]);
     *(float4 *)(p + 16) = make_float4(v[4], v[5], v[6], v[7]);
   }
@@ -687,6 +727,52 @@ template <> struct wcodec8<ELMO_F32> {
  * elements, reads the 8 weights at once, rounds them and writes them back (head rows, slot >= 0,
  * are left for u_kahan). LDW: bytes per row of the weight tile. epilogue8_at takes the warp's first
  * row m0 and the 32-feature group n0 from the caller (the wgmma kernel's warp layout). */
+/* epilogue8_rows without head rows, e4m3, the four Philox blocks of a lane's two rows drawn side by side
+ * (the same bits). */
+template <bool CONST_BITS, int LDW, bool DECAY>
+static __device__ __forceinline__ void epilogue8_il(const update_args &a, int64_t j0, int64_t k0, float acc[1][4][4],
+                                                    uint8_t *sw, int m0, int n0) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int cb = n0 + 8 * t;
+  const uint64_t tb4 = (uint64_t)((a.l0 + j0) * a.d + k0 + cb) >> 2;
+  const uint32_t d4 = (uint32_t)(a.d >> 2);
+  uint32_t w[4][4];
+  if (CONST_BITS) {
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const uint64_t blk = tb4 + (uint64_t)((uint32_t)(m0 + g + 8 * h) * d4);
+      u_bits<true>(a, blk, w[2 * h]);
+      u_bits<true>(a, blk + 1, w[2 * h + 1]);
+    }
+  } else {
+    uint32_t c0[4], c1[4];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const uint64_t blk = tb4 + (uint64_t)((uint32_t)(m0 + g + 8 * h) * d4);
+      c0[2 * h] = (uint32_t)blk;
+      c1[2 * h] = (uint32_t)(blk >> 32);
+      c0[2 * h + 1] = (uint32_t)(blk + 1);
+      c1[2 * h + 1] = (uint32_t)((blk + 1) >> 32);
+    }
+    philox_rk_n<ELMO_CLS_SR_ROUNDS, 4>(c0, c1, a.step_lo, ELMO_RNG_CLS_SR, a.rk, w);
+  }
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    const int r = m0 + g + 8 * h;
+    uint8_t *pw = w_at<LDW>(sw, r, cb);
+    float p[8], v[8];
+    wcodec8<ELMO_FP8>::get(pw, p);
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      v[2 * j] = u_new<DECAY>(a, acc[0][j][2 * h], p[2 * j]);
+      v[2 * j + 1] = u_new<DECAY>(a, acc[0][j][2 * h + 1], p[2 * j + 1]);
+    }
+    const uint32_t rr[8] = {w[2 * h][0], w[2 * h][1], w[2 * h][2], w[2 * h][3],
+                            w[2 * h + 1][0], w[2 * h + 1][1], w[2 * h + 1][2], w[2 * h + 1][3]};
+    wcodec8<ELMO_FP8>::put_sr(pw, v, rr, true);
+  }
+}
+
 template <int DT, bool CONST_BITS, int MI, int LDW, bool DECAY>
 static __device__ __forceinline__ void epilogue8_rows(const update_args &a, int64_t j0, int64_t k0, float acc[MI][4][4],
                                                       uint8_t *sw, const int32_t *sslot, int m0, int n0) {
@@ -715,7 +801,9 @@ static __device__ __forceinline__ void epilogue8_rows(const update_args &a, int6
         v[2 * j] = u_new<DECAY>(a, acc[i][j][2 * h], p[2 * j]);
         v[2 * j + 1] = u_new<DECAY>(a, acc[i][j][2 * h + 1], p[2 * j + 1]);
       }
-      if (slot[h] < 0) wcodec8<DT>::put_sr(pw, v, w);
+      /* e4m3: rounded for every row and stored for the SR rows only, so that no branch splits the rows
+       * and the scheduler can interleave one row's Philox chains with another's rounding */
+      wcodec8<DT>::put_sr(pw, v, w, slot[h] < 0);
     }
     if (__any_sync(0xFFFFFFFFu, slot[0] >= 0 || slot[1] >= 0)) /* rare: head rows */
 #pragma unroll
@@ -846,8 +934,10 @@ static __device__ __forceinline__ void v_load_stage(const update_args &a, int kt
 /* TMA (a.Xt etc. as maps, see launch_update): each stage's Xq^T box (64 batch rows x 128 features)
  * and its two G^T boxes (64 rows x 64 labels, one per warpgroup) arrive by TMA from one thread,
  * counted by a barrier per stage slot, and the weight tile (128 x 128 e4m3) by TMA with a barrier per
- * buffer; the rounded tile leaves by a TMA store. Boxes land with the 128-byte swizzle. The same
- * products in the same order: the weights are bit for bit those of the cp.async form. */
+ * buffer; the rounded tile leaves by a TMA store. Boxes land with the 128-byte swizzle. The G^T box is
+ * the wgmma's A operand as it lies (MN-major, read transposed: no ldmatrix), and the next tile's first
+ * two stages load while this tile is rounded. The same products in the same order: the weights are bit
+ * for bit those of the cp.async form. */
 #define V_GT_BYTES (V_BK * 128)                  /* one warpgroup's G^T box: 64 rows of 64 labels */
 #define V_TSTAGE (V_X_BYTES + 2 * V_GT_BYTES)
 #define V_TW_BYTES (U_TL * 128)
@@ -855,6 +945,20 @@ static constexpr size_t v_tma_smem_bytes() {
   return 1024 + 2 * V_TSTAGE + 2 * V_TW_BYTES + 2 * 4 * U_TL + 4 * sizeof(uint64_t);
 }
 static_assert(V_TSTAGE % 1024 == 0 && V_TW_BYTES % 1024 == 0, "swizzle atoms stay 1 KB aligned");
+
+/* update_wg_kernel's epilogue: warp rows mw.. by the four 32-feature groups of its accumulators. */
+template <bool CONST_BITS, int LDW, bool DECAY, bool HEADS>
+static __device__ __forceinline__ void epilogue_wg(const update_args &a, int64_t j0, int64_t k0, const float acc[64],
+                                                   uint8_t *sw, const int32_t *ss, int mw) {
+#pragma unroll
+  for (int q = 0; q < 4; q++) {
+    float g4[1][4][4];                              /* the group's accumulators, registers renamed */
+#pragma unroll
+    for (int e = 0; e < 16; e++) g4[0][e >> 2][e & 3] = acc[16 * q + e];
+    if (HEADS) epilogue8_rows<ELMO_FP8, CONST_BITS, 1, LDW, DECAY>(a, j0, k0, g4, sw, ss, mw, 32 * q);
+    else epilogue8_il<CONST_BITS, LDW, DECAY>(a, j0, k0, g4, sw, mw, 32 * q);
+  }
+}
 
 template <bool CONST_BITS, bool TMA>
 static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_args a, const __grid_constant__ CUtensorMap tmX,
@@ -899,6 +1003,7 @@ static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_a
       if (threadIdx.x == 0) {
         tma_weights(j0, k0, 0);
         tma_stage(0, j0, k0, 0);
+        if (nk > 1) tma_stage(1, j0, k0, 1);
       }
       tile_slots<U_TL>(a, j0, slots);
     } else {
@@ -921,7 +1026,7 @@ static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_a
       }
       __syncthreads();                              /* (TMA: and the tile's slots) */
       if (TMA) {
-        if (kt + 1 < nk && threadIdx.x == 0) tma_stage(kt + 1, j0, k0, (kt + 1) & 1);
+        if (kt >= 1 && kt + 1 < nk && threadIdx.x == 0) tma_stage(kt + 1, j0, k0, (kt + 1) & 1); /* 0, 1: early */
         mbar_wait(&sbar[kt & 1], (sph >> (kt & 1)) & 1u);
         sph ^= 1u << (kt & 1);
       } else {
@@ -934,11 +1039,12 @@ static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_a
       for (int kk = 0; kk < V_BK; kk += 16) {
         uint32_t af[4];                             /* A = G^T stored [k = b][m = label]: transposed loads */
         const int row = kk + (lane & 7) + ((lane >> 4) & 1) * 8, col = mw + ((lane >> 3) & 1) * 8;
-        if (TMA) /* this warpgroup's box: labels 64 wgi .., swizzled rows of 128 bytes */
-          ldsm_x4_t(af, st + V_X_BYTES + wgi * V_GT_BYTES + row * 128 + (((((col & 63) >> 3) ^ row) & 7) << 4));
-        else
+        if (TMA) { /* A = G^T straight from this warpgroup's box (labels 64 wgi .., rows of 128 bytes), transposed */
+          wgmma_m64n128k16_ta(acc, wg_desc(st + V_X_BYTES + wgi * V_GT_BYTES + kk * 128), wg_desc(st + kk * 2));
+        } else {
           ldsm_x4_t(af, (const uint16_t *)(st + V_X_BYTES) + row * U_LDG + col);
-        wgmma_rs_m64n128k16(acc, af, wg_desc(st + kk * 2));
+          wgmma_rs_m64n128k16(acc, af, wg_desc(st + kk * 2));
+        }
       }
       wg_commit();
     }
@@ -953,6 +1059,7 @@ static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_a
           bulk_wait_read0();                        /* the store of the tile before has read buffer buf ^ 1 */
           tma_weights(nj0, nk0, buf ^ 1);
           tma_stage(0, nj0, nk0, 0);
+          if (nk > 1) tma_stage(1, nj0, nk0, 1); /* both slots are free here */
         }
         tile_slots<U_TL>(a, nj0, slots + (buf ^ 1) * U_TL);
       } else {
@@ -963,13 +1070,13 @@ static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_a
     if (TMA) mbar_wait(&wbar[buf], (unsigned)(it >> 1) & 1u);
     else cp_async_commit();
     uint8_t *sw = wbuf + buf * WB;
-#pragma unroll
-    for (int q = 0; q < 4; q++) {
-      float g4[1][4][4];                            /* the group's accumulators, registers renamed */
-#pragma unroll
-      for (int e = 0; e < 16; e++) g4[0][e >> 2][e & 3] = acc[16 * q + e];
-      epilogue8_at<ELMO_FP8, CONST_BITS, 1, LDW>(a, j0, k0, g4, sw, slots + buf * U_TL, mw, 32 * q);
-    }
+    const int32_t *ss = slots + buf * U_TL;
+    /* One branch for the whole epilogue (the warp's rows are the same in its four feature groups):
+     * straight-line code lets the scheduler overlap the groups' Philox chains and rounding. */
+    const bool heads = __any_sync(0xFFFFFFFFu, ss[mw + (lane >> 2)] >= 0 || ss[mw + (lane >> 2) + 8] >= 0);
+    if (a.decay != 1.0f) epilogue_wg<CONST_BITS, LDW, true, true>(a, j0, k0, acc, sw, ss, mw);
+    else if (heads) epilogue_wg<CONST_BITS, LDW, false, true>(a, j0, k0, acc, sw, ss, mw);
+    else epilogue_wg<CONST_BITS, LDW, false, false>(a, j0, k0, acc, sw, ss, mw);
     if (TMA) wg_fence_proxy();                      /* this thread's weights, visible to the TMA store */
     __syncthreads();
     if (!TMA) store_w_tile<1, U_TL>(a, j0, k0, sw);
