@@ -7,7 +7,7 @@
  *   G  = bf16(sigmoid(z) - y)   in place, looked up per bf16 logit code in elmo_cls_grad_table
  *                               (the CPU's own values); padded labels 0; summed BCE per block,
  *                               reduced in order
- *                               On steps that form no loss, with e4m3 weights and input, B <= 128,
+ *                               On steps that form no loss, with e4m3 weights and input, B <= 512 (ELMO_LG_MAX_B),
  *                               d <= 768 and compute capability 9.0, z and G are one kernel
  *                               (elmo_cuda_cls_logits_grad, FP8 wgmma): the logits never reach memory
  *   dX += G W_c                 e4m3/bf16 W: BF16 tensor-core kernel split over labels into
@@ -101,7 +101,7 @@ void elmo_cuda_cls_logits(elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, in
  * chunk to *c->loss when want_loss. */
 void elmo_cuda_cls_grad(elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, const int64_t *y_indptr,
                         const int32_t *y_indices, int want_loss, cudaStream_t s);
-/* logits and grad in one pass where the device has it (e4m3 weights and input, B <= 128, compute
+/* logits and grad in one pass where the device has it (e4m3 weights and input, B <= 512, compute
  * capability 9.0; classifier_fast.h): c->z [round16(B), n] = G of the logits Xq W[l0:l0+n]^T (rows < B),
  * the logits never stored and no loss formed. Returns 0, doing nothing, where it does not apply. */
 int elmo_cuda_cls_logits_grad(elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, const int64_t *y_indptr,

@@ -2002,7 +2002,8 @@ extern "C" void elmo_cuda_cls_dx_reduce(const elmo_cuda_cls *c, int64_t B, float
   ELMO_LAUNCH_CHECK();
 }
 
-/* ==== logits and gradient in one pass (e4m3 weights and input, batches up to 128 rows) ==========
+/* ==== logits and gradient in one pass (e4m3 weights and input, batches up to 512 rows) ==========
+ * Batches above 128 rows run as slices of 128 (the grid's y), each block with its slice's Xq resident.
  * G = grad_tab[y][bf16(Xq W^T)] per 128-label tile without storing the logits. The FP8 product runs
  * on wgmma m64n128k32 (e4m3 x e4m3, FP32 accumulators): A = Xq, resident in shared memory for the
  * whole kernel (128 rows x d bytes in 128-byte K-blocks with the 128-byte swizzle), B = the weight
@@ -2078,7 +2079,7 @@ static __device__ __forceinline__ int64_t lg_lower_bound(const int32_t *y, int64
 /* G of tile j0 (labels L0 = l0 + j0 ..) from one m64 half's accumulators: rows b = 64 half + 16 w4
  * + g + 8 h, labels 8 j + 2 t + e; cursors of this warpgroup's rows. */
 static __device__ __forceinline__ void lg_epilogue(const lg_args &a, const float acc[64], int half, int64_t j0,
-                                                   int64_t *cur, const int64_t *cend, int32_t *ny) {
+                                                   int64_t *cur, const int64_t *cend, int32_t *ny, int64_t r0, int64_t Bs) {
   const int lane = threadIdx.x & 31, w4 = (threadIdx.x >> 5) & 3, g = lane >> 2, t = lane & 3;
   const int64_t L0 = a.l0 + j0;
   uint32_t pm[2] = {0u, 0u};
@@ -2086,7 +2087,7 @@ static __device__ __forceinline__ void lg_epilogue(const lg_args &a, const float
 #pragma unroll
   for (int h = 0; h < 2; h++) {
     const int b = 64 * half + 16 * w4 + g + 8 * h;
-    if (b >= a.B || ny[b] >= L0 + LG_TL) continue; /* the usual case: no positive here or before */
+    if (b >= Bs || ny[b] >= L0 + LG_TL) continue; /* the usual case: no positive here or before */
     int64_t p = cur[b];
     const int64_t e = cend[b];
     for (; p < e && a.y_indices[p] < L0 + LG_TL; p++) {
@@ -2104,8 +2105,8 @@ static __device__ __forceinline__ void lg_epilogue(const lg_args &a, const float
       cur[b] = adv[h];
       ny[b] = adv[h] < cend[b] ? a.y_indices[adv[h]] : INT32_MAX;
     }
-    if (b >= a.B) continue;
-    uint16_t *grow = a.G + (int64_t)b * a.n + j0;
+    if (b >= Bs) continue;
+    uint16_t *grow = a.G + (r0 + b) * a.n + j0;
     if (pm[h] == 0 && inner) { /* the usual tile: no positive, no edge */
 #pragma unroll
       for (int j = 0; j < 16; j++) {
@@ -2156,14 +2157,16 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a, cons
     }
     __syncthreads();
   }
+  /* batch rows r0 .. r0 + Bs of this block's slice (blockIdx.y; one slice up to 128 rows) */
+  const int64_t r0 = (int64_t)blockIdx.y * 128, Bs = a.B - r0 < 128 ? a.B - r0 : 128;
   const int64_t blk_tiles = (a.tiles - blockIdx.x + gridDim.x - 1) / gridDim.x; /* this block's */
   const int64_t my_tiles = (blk_tiles - q + 1) / 2, ns = my_tiles * a.kb;       /* this warpgroup's */
   /* Xq: 128 rows (zeros from B on) x kb K-blocks, every thread a share, joining the first group */
   for (int i = tid; i < 128 * 8 * a.kb; i += 256) {
     const int r = i / (8 * a.kb), rem = i % (8 * a.kb), kbi = rem >> 3, c = rem & 7;
     const int64_t k = (int64_t)kbi * 128 + 16 * c;
-    const bool v = r < a.B && k < a.d;
-    cp_async16(xs + kbi * LG_STAGE + r * 128 + ((c ^ (r & 7)) << 4), v ? a.Xq8 + r * a.d + k : a.Xq8, v);
+    const bool v = r < Bs && k < a.d;
+    cp_async16(xs + kbi * LG_STAGE + r * 128 + ((c ^ (r & 7)) << 4), v ? a.Xq8 + (r0 + r) * a.d + k : a.Xq8, v);
   }
 #pragma unroll
   for (int s = 0; s < LG_NST - 1; s++) {
@@ -2177,9 +2180,9 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a, cons
   if (TMA) cp_async_commit(); /* the Xq group */
   { /* this warpgroup's row cursors, from its first tile */
     int32_t first = INT32_MAX;
-    if (ti < a.B) {
-      const int64_t e = a.y_indptr[ti + 1];
-      const int64_t p = lg_lower_bound(a.y_indices, a.y_indptr[ti], e, a.l0 + lg_tile(a, q, 0) * LG_TL);
+    if (ti < Bs) {
+      const int64_t e = a.y_indptr[r0 + ti + 1];
+      const int64_t p = lg_lower_bound(a.y_indices, a.y_indptr[r0 + ti], e, a.l0 + lg_tile(a, q, 0) * LG_TL);
       cur[ti] = p;
       cend[ti] = e;
       if (p < e) first = a.y_indices[p];
@@ -2188,7 +2191,7 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a, cons
   }
   cp_async_wait<0>();
   __syncthreads(); /* Xq (loaded by both warpgroups) is here for both */
-  const bool two = a.B > 64; /* the second m64 half has rows */
+  const bool two = Bs > 64; /* the second m64 half has rows */
   float acc[2][64];
 #pragma unroll
   for (int i = 0; i < 64; i++) acc[0][i] = acc[1][i] = 0.0f;
@@ -2227,8 +2230,8 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a, cons
     }
     if (ks != a.kb - 1) continue;
     const int64_t j0 = lg_tile(a, q, s) * LG_TL;
-    lg_epilogue(a, acc[0], 0, j0, cur, cend, ny);
-    if (two) lg_epilogue(a, acc[1], 1, j0, cur, cend, ny);
+    lg_epilogue(a, acc[0], 0, j0, cur, cend, ny, r0, Bs);
+    if (two) lg_epilogue(a, acc[1], 1, j0, cur, cend, ny, r0, Bs);
 #pragma unroll
     for (int i = 0; i < 64; i++) acc[0][i] = acc[1][i] = 0.0f;
   }
@@ -2242,8 +2245,18 @@ extern "C" int elmo_cuda_cls_lg_wgmma(void) { return wgmma_enabled("ELMO_LG_WGMM
 /* 1 when that kernel's weight stages arrive by TMA (and the driver encodes maps), unless ELMO_LG_TMA=0. */
 extern "C" int elmo_cuda_cls_lg_tma(void) { return wgmma_enabled("ELMO_LG_TMA") && tmap_encoder() != NULL; }
 
+/* Largest batch the fused kernel takes, in slices of 128 rows (ELMO_LG_MAX_B, default 512). */
+static int64_t lg_max_batch(void) {
+  static int64_t m = -1;
+  if (m < 0) {
+    const char *e = getenv("ELMO_LG_MAX_B");
+    m = e ? atoll(e) : 512;
+  }
+  return m;
+}
+
 extern "C" int elmo_cuda_cls_lg_ok(const elmo_cuda_cls *c, int64_t B) {
-  return c->dtype == ELMO_FP8 && c->fp8_input && c->Xq8 && B <= 128 && (c->d + 127) / 128 <= LG_MAX_KB &&
+  return c->dtype == ELMO_FP8 && c->fp8_input && c->Xq8 && B <= lg_max_batch() && (c->d + 127) / 128 <= LG_MAX_KB &&
          elmo_cuda_cls_lg_wgmma();
 }
 
@@ -2273,14 +2286,17 @@ extern "C" int elmo_cuda_cls_lg_fused(const elmo_cuda_cls *c, int64_t B, int64_t
     ELMO_CUDA_CHECK(cudaFuncSetAttribute(lg_wgmma_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     attr = smem;
   }
-  const int64_t blocks = a.tiles < sm_count() ? a.tiles : sm_count();
+  /* one slice of up to 128 rows per grid row; the slices' blocks with the same x walk the same tiles at
+   * about the same pace, so each weight tile comes from DRAM about once and from L2 for the others */
+  const int64_t slices = (B + 127) / 128, per = sm_count() / slices > 1 ? sm_count() / slices : 1;
+  const dim3 blocks((unsigned)(a.tiles < per ? a.tiles : per), (unsigned)slices);
   CUtensorMap mw; /* the chunk's n weight rows, as the cp.async form reads them */
   memset(&mw, 0, sizeof mw);
   if (n % 8 == 0 && elmo_cuda_cls_lg_tma() &&
       tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, a.W + l0 * c->d, c->d, n, 128, LG_TL))
-    lg_wgmma_kernel<true><<<(unsigned)blocks, 256, smem, s>>>(a, mw);
+    lg_wgmma_kernel<true><<<blocks, 256, smem, s>>>(a, mw);
   else
-    lg_wgmma_kernel<false><<<(unsigned)blocks, 256, smem, s>>>(a, mw);
+    lg_wgmma_kernel<false><<<blocks, 256, smem, s>>>(a, mw);
   ELMO_LAUNCH_CHECK();
   return 1;
 }

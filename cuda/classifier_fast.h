@@ -27,7 +27,7 @@
  *           the e4m3 blocks run on wgmma instead of mma.sync (elmo_cuda_cls_dx_wgmma). Then
  *           elmo_cuda_cls_dx_reduce adds the slices in order into dX, so the result does not
  *           depend on scheduling.
- *   logits + grad (e4m3 weights and input, B <= 128, sm_90a): G = grad_tab[y][bf16(Xq W^T)] per
+ *   logits + grad (e4m3 weights and input, B <= 512 in slices of 128, sm_90a): G = grad_tab[y][bf16(Xq W^T)] per
  *           128-label tile on FP8 wgmma with Xq resident in shared memory, two warpgroups that
  *           alternate tiles, the gradient table and the positives in the epilogue.
  * On sm_90a the wgmma kernels and update_tma_kernel take their tiles by TMA (box copies one thread
@@ -77,7 +77,8 @@ void elmo_cuda_cls_dx_reduce(const elmo_cuda_cls *c, int64_t B, float *dX, cudaS
 /* 1 when e4m3 logits + gradient of batches up to 128 rows run fused on Hopper's warpgroup MMA (compute
  * capability 9.0, unless ELMO_LG_WGMMA=0 is set in the environment). */
 int elmo_cuda_cls_lg_wgmma(void);
-/* 1 when elmo_cuda_cls_lg_fused takes a batch of B rows with c's shapes (e4m3 weights and input, B <= 128,
+/* 1 when elmo_cuda_cls_lg_fused takes a batch of B rows with c's shapes (e4m3 weights and input, B <= 512
+ * (ELMO_LG_MAX_B), in slices of 128 rows,
  * d <= 768, lg_wgmma on). */
 int elmo_cuda_cls_lg_ok(const elmo_cuda_cls *c, int64_t B);
 /* c->z [round16(B), n] (rows < B) = grad_tab[y][bf16(Xq8 W[l0:l0+n]^T)] in one kernel, c->grad_tab filled:

@@ -769,6 +769,8 @@ static void test_cls_logits_grad_fused(void **state) {
   run_lg_fused(401, 768, 64, 416, 34);    /* one m64 half of rows */
   run_lg_fused(160, 1024, 64, 160, 36);   /* too wide: not taken */
   run_lg_fused(20000, 32, 40, 20000, 35); /* 157 label tiles: blocks take several, cursors skip */
+  run_lg_fused(700, 80, 200, 352, 37);    /* two batch slices, the second partial (72 rows, one m64 half + 8) */
+  run_lg_fused(1500, 768, 512, 768, 38);  /* four full slices of 128 rows */
 }
 
 static void test_cls_ops_bf16(void **state) {
