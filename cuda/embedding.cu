@@ -12,6 +12,9 @@
 typedef __nv_bfloat16 bf16;
 
 enum { EW_THREADS = 256, COL_THREADS = 128, WORD_THREADS = 128 };
+/* word gradients: runs of WORD_LONG rows and more go to word_grad_long_kernel (WORD_LONG_BLOCKS blocks,
+ * WORD_ROWS rows a group, up to 8 columns a thread) */
+enum { WORD_LONG = 32, WORD_LONG_BLOCKS = 64, WORD_ROWS = 8 };
 
 static unsigned grid_for(int64_t n) {
   const int64_t blocks = (n + EW_THREADS - 1) / EW_THREADS;
@@ -87,11 +90,12 @@ extern "C" int elmo_cuda_embed_forward(const elmo_bf16 *word, const elmo_bf16 *p
 
 /* ------------------------------------------------------------------ backward */
 
-/* Scratch carved from ws: sorted keys, row ids before and after the sort, position partial sums
- * [max_tp, H] and CUB's temporary storage. */
+/* Scratch carved from ws: sorted keys, row ids before and after the sort, the long runs' count and starts,
+ * position partial sums [max_tp, H] and CUB's temporary storage. */
 typedef struct embed_ws {
   uint32_t *keys_out;
   int32_t *rows_in, *rows_out;
+  int32_t *long_runs; /* [0]: count, then the sorted positions where runs of >= WORD_LONG rows start */
   float *pos_part;
   void *sort_tmp;
   size_t sort_bytes;
@@ -113,6 +117,7 @@ static size_t carve_ws(char *base, int64_t rows, int max_tp, int H, size_t sort_
   w->keys_out = (uint32_t *)(base ? base + at : NULL); at += align256((size_t)rows * 4);
   w->rows_in = (int32_t *)(base ? base + at : NULL); at += align256((size_t)rows * 4);
   w->rows_out = (int32_t *)(base ? base + at : NULL); at += align256((size_t)rows * 4);
+  w->long_runs = (int32_t *)(base ? base + at : NULL); at += align256((size_t)(rows / WORD_LONG + 2) * 4);
   w->pos_part = (float *)(base ? base + at : NULL); at += align256((size_t)max_tp * H * 4);
   w->sort_tmp = base ? base + at : NULL;
   w->sort_bytes = sort_bytes;
@@ -132,18 +137,93 @@ static __global__ void iota_kernel(int64_t n, int32_t *x) {
 }
 
 /* Block i of the sorted order: when i starts a run of one id < V, sums the run's rows of de (in row
- * order) and adds them to that word row. */
+ * order) and adds them to that word row. Runs of WORD_LONG rows or more ([CLS] and [SEP] are in every
+ * sequence) are only listed in long_runs, for word_grad_long_kernel: one block walking hundreds of rows
+ * one at a time held the whole grid up. */
 static __global__ void word_grad_kernel(const float *de, const uint32_t *key, const int32_t *row, int64_t n,
-                                        uint32_t V, int H, float *dword) {
+                                        uint32_t V, int H, float *dword, int32_t *long_runs) {
   const int64_t i = blockIdx.x;
   const uint32_t k = key[i];
   if (k >= V || (i > 0 && key[i - 1] == k)) return;
   int64_t end = i + 1;
-  while (end < n && key[end] == k) end++;
+  while (end < n && key[end] == k && end - i < WORD_LONG) end++;
+  if (end - i >= WORD_LONG) {
+    if (threadIdx.x == 0) long_runs[1 + atomicAdd(&long_runs[0], 1)] = (int32_t)i;
+    return;
+  }
   for (int j = threadIdx.x; j < H; j += blockDim.x) {
     float acc = 0.0f;
     for (int64_t m = i; m < end; m++) acc += de[(int64_t)row[m] * H + j];
     dword[(int64_t)k * H + j] += acc;
+  }
+}
+
+/* The long runs, a few blocks walking the list: each thread keeps WORD_COLS columns' sums and the rows
+ * come in groups of WORD_ROWS, the next group's values and the group after's row numbers in flight
+ * while a group is added. Every column still sums its rows in row order (the same bits as above). */
+template <int WORD_COLS>
+static __global__ void word_grad_long_kernel(const float *__restrict__ de, const uint32_t *__restrict__ key,
+                                             const int32_t *__restrict__ row, int64_t n, int H,
+                                             float *__restrict__ dword, const int32_t *__restrict__ long_runs) {
+  const int lane = threadIdx.x & 31;
+  for (int t = blockIdx.x; t < long_runs[0]; t += gridDim.x) {
+    const int64_t i = long_runs[1 + t];
+    const uint32_t k = key[i];
+    int64_t end = i + WORD_LONG; /* the run's end, 32 keys a step (each warp alike) */
+    for (;;) {
+      const int64_t p = end + lane;
+      const unsigned same = __ballot_sync(0xFFFFFFFFu, p < n && key[p] == k);
+      if (same != 0xFFFFFFFFu) {
+        end += __ffs(~same) - 1;
+        break;
+      }
+      end += 32;
+    }
+    const int64_t len = end - i;
+    for (int j0 = threadIdx.x; j0 < H; j0 += WORD_COLS * blockDim.x) {
+      float acc[WORD_COLS], v[WORD_ROWS][WORD_COLS];
+      int32_t r[WORD_ROWS];
+      auto rows_of = [&](int64_t g, int32_t out[WORD_ROWS]) { /* group g's row numbers, -1 past the run */
+#pragma unroll
+        for (int p = 0; p < WORD_ROWS; p++) out[p] = g * WORD_ROWS + p < len ? row[i + g * WORD_ROWS + p] : -1;
+      };
+      auto values_of = [&](const int32_t rr[WORD_ROWS], float out[WORD_ROWS][WORD_COLS]) {
+#pragma unroll
+        for (int p = 0; p < WORD_ROWS; p++)
+#pragma unroll
+          for (int c = 0; c < WORD_COLS; c++) {
+            const int j = j0 + c * (int)blockDim.x;
+            out[p][c] = rr[p] >= 0 && j < H ? de[(int64_t)rr[p] * H + j] : 0.0f;
+          }
+      };
+#pragma unroll
+      for (int c = 0; c < WORD_COLS; c++) acc[c] = 0.0f;
+      rows_of(0, r);
+      values_of(r, v);
+      rows_of(1, r);
+      for (int64_t g = 0; g * WORD_ROWS < len; g++) {
+        int32_t r2[WORD_ROWS];
+        float vn[WORD_ROWS][WORD_COLS];
+        rows_of(g + 2, r2);
+        values_of(r, vn);
+#pragma unroll
+        for (int p = 0; p < WORD_ROWS; p++)
+#pragma unroll
+          for (int c = 0; c < WORD_COLS; c++)
+            if (g * WORD_ROWS + p < len) acc[c] += v[p][c];
+#pragma unroll
+        for (int p = 0; p < WORD_ROWS; p++) {
+          r[p] = r2[p];
+#pragma unroll
+          for (int c = 0; c < WORD_COLS; c++) v[p][c] = vn[p][c];
+        }
+      }
+#pragma unroll
+      for (int c = 0; c < WORD_COLS; c++) {
+        const int j = j0 + c * (int)blockDim.x;
+        if (j < H) dword[(int64_t)k * H + j] += acc[c];
+      }
+    }
   }
 }
 
@@ -200,8 +280,25 @@ static int word_grads(const float *de, const int32_t *keys, int V, int64_t rows,
   ELMO_LAUNCH_CHECK();
   ELMO_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(w->sort_tmp, need, (const uint32_t *)keys, w->keys_out,
                                                (const int32_t *)w->rows_in, w->rows_out, (int)rows, 0, end_bit, s));
+  ELMO_CUDA_CHECK(cudaMemsetAsync(w->long_runs, 0, sizeof(int32_t), s));
   word_grad_kernel<<<(unsigned)rows, WORD_THREADS, 0, s>>>(de, w->keys_out, w->rows_out, rows, (uint32_t)V, H,
-                                                           dword);
+                                                           dword, w->long_runs);
+  ELMO_LAUNCH_CHECK();
+  const int cols = (H + WORD_THREADS - 1) / WORD_THREADS; /* columns a thread (wider: several passes of 8) */
+#define WORD_LONG_LAUNCH(C)                                                                                \
+  word_grad_long_kernel<C><<<WORD_LONG_BLOCKS, WORD_THREADS, 0, s>>>(de, w->keys_out, w->rows_out, rows, H, \
+                                                                     dword, w->long_runs)
+  switch (cols) {
+    case 1: WORD_LONG_LAUNCH(1); break;
+    case 2: WORD_LONG_LAUNCH(2); break;
+    case 3: WORD_LONG_LAUNCH(3); break;
+    case 4: WORD_LONG_LAUNCH(4); break;
+    case 5: WORD_LONG_LAUNCH(5); break;
+    case 6: WORD_LONG_LAUNCH(6); break;
+    case 7: WORD_LONG_LAUNCH(7); break;
+    default: WORD_LONG_LAUNCH(8); break;
+  }
+#undef WORD_LONG_LAUNCH
   ELMO_LAUNCH_CHECK();
   return ELMO_OK;
 }

@@ -690,13 +690,9 @@ static void test_fp8_linear(void **state) {
 
 /* ------------------------------------------------------------------ embedding */
 
-static void test_embedding(void **state) {
-  (void)state;
-  uint64_t rng = 606;
-  const int V = 11, P = 20, H = 48, B = 4, T = 17, Tp = 24;
-  static const int len[4] = {17, 5, 0, 12};
+static void embedding_case(int V, int P, int H, int B, int T, int Tp, const int *len, uint64_t rng) {
   const int64_t rows = (int64_t)B * Tp;
-  uint8_t *mask = make_mask(B, T, len, 3), *mask_p = pad_mask(mask, B, T, Tp);
+  uint8_t *mask = make_mask(B, T, len, B - 1), *mask_p = pad_mask(mask, B, T, Tp);
   int32_t *ids = malloc((size_t)B * T * sizeof *ids);
   for (int i = 0; i < B * T; i++)
     ids[i] = mask[i] ? (int32_t)(tu_rand_u64(&rng) % (uint64_t)V) : (i % 2 ? -7 : 100000);  /* garbage when masked */
@@ -771,6 +767,17 @@ static void test_embedding(void **state) {
   free(mask); free(mask_p); free(ids); free(word); free(pos); free(type); free(ss); free(ps); free(tid); free(tpos);
   free(e); free(g_e_all); free(g_e); free(keys); free(de); free(de_p); free(dword); free(dpos); free(dtype);
   free(g_dword); free(g_dpos); free(g_dtype);
+}
+
+static void test_embedding(void **state) {
+  (void)state;
+  static const int len[4] = {17, 5, 0, 12};
+  embedding_case(11, 20, 48, 4, 17, 24, len, 606);
+  /* three ids over 24 full rows of 40: word-gradient runs of ~300 rows (the long-run kernel, six columns
+   * a thread as at BERT's width) and a width that is not a multiple of its 128 threads */
+  int len24[24];
+  for (int b = 0; b < 24; b++) len24[b] = 40;
+  embedding_case(3, 48, 712, 24, 40, 40, len24, 607);
 }
 
 /* ------------------------------------------------------------------ pooling */
