@@ -189,54 +189,24 @@ static __host__ __device__ __forceinline__ uint32_t mulhi32(uint32_t a, uint32_t
 #endif
 }
 
-/* N Philox blocks with counters (c0[n], c1[n], c2, c3), round by round across the blocks, so that the
- * N dependency chains sit side by side in the instruction stream (the same bits as philox_rk). */
-template <int ROUNDS, int N>
-static __host__ __device__ __forceinline__ void philox_rk_n(const uint32_t c0in[N], const uint32_t c1in[N], uint32_t c2in,
-                                                            uint32_t c3in, const uint32_t rk[20], uint32_t out[N][4]) {
-  uint32_t c0[N], c1[N], c2[N], c3[N];
-#if defined(__CUDA_ARCH__)
-#pragma unroll
-#endif
-  for (int n = 0; n < N; n++) {
-    c0[n] = c0in[n];
-    c1[n] = c1in[n];
-    c2[n] = c2in;
-    c3[n] = c3in;
-  }
-#if defined(__CUDA_ARCH__)
-#pragma unroll
-#endif
-  for (int r = 0; r < ROUNDS; r++)
-#if defined(__CUDA_ARCH__)
-#pragma unroll
-#endif
-    for (int n = 0; n < N; n++) {
-      const uint32_t hi0 = mulhi32(0xD2511F53u, c0[n]), lo0 = 0xD2511F53u * c0[n];
-      const uint32_t hi1 = mulhi32(0xCD9E8D57u, c2[n]), lo1 = 0xCD9E8D57u * c2[n];
-      c0[n] = hi1 ^ c1[n] ^ rk[2 * r];
-      c2[n] = hi0 ^ c3[n] ^ rk[2 * r + 1];
-      c1[n] = lo1;
-      c3[n] = lo0;
-    }
-#if defined(__CUDA_ARCH__)
-#pragma unroll
-#endif
-  for (int n = 0; n < N; n++) {
-    out[n][0] = c0[n];
-    out[n][1] = c1[n];
-    out[n][2] = c2[n];
-    out[n][3] = c3[n];
-  }
-}
-
-/* One block: counter (c0, c1, c2, c3). */
 template <int ROUNDS>
 static __host__ __device__ __forceinline__ void philox_rk(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
                                                           const uint32_t rk[20], uint32_t out[4]) {
-  uint32_t o[1][4];
-  philox_rk_n<ROUNDS, 1>(&c0, &c1, c2, c3, rk, o);
-  for (int i = 0; i < 4; i++) out[i] = o[0][i];
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int r = 0; r < ROUNDS; r++) {
+    const uint32_t hi0 = mulhi32(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
+    const uint32_t hi1 = mulhi32(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
+    c0 = hi1 ^ c1 ^ rk[2 * r];
+    c2 = hi0 ^ c3 ^ rk[2 * r + 1];
+    c1 = lo1;
+    c3 = lo0;
+  }
+  out[0] = c0;
+  out[1] = c1;
+  out[2] = c2;
+  out[3] = c3;
 }
 
 /* The round keys of elmo_rand_block(seed, step, ...). */
@@ -727,52 +697,6 @@ template <> struct wcodec8<ELMO_F32> {
  * elements, reads the 8 weights at once, rounds them and writes them back (head rows, slot >= 0,
  * are left for u_kahan). LDW: bytes per row of the weight tile. epilogue8_at takes the warp's first
  * row m0 and the 32-feature group n0 from the caller (the wgmma kernel's warp layout). */
-/* epilogue8_rows without head rows, e4m3, the four Philox blocks of a lane's two rows drawn side by side
- * (the same bits). */
-template <bool CONST_BITS, int LDW, bool DECAY>
-static __device__ __forceinline__ void epilogue8_il(const update_args &a, int64_t j0, int64_t k0, float acc[1][4][4],
-                                                    uint8_t *sw, int m0, int n0) {
-  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int cb = n0 + 8 * t;
-  const uint64_t tb4 = (uint64_t)((a.l0 + j0) * a.d + k0 + cb) >> 2;
-  const uint32_t d4 = (uint32_t)(a.d >> 2);
-  uint32_t w[4][4];
-  if (CONST_BITS) {
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      const uint64_t blk = tb4 + (uint64_t)((uint32_t)(m0 + g + 8 * h) * d4);
-      u_bits<true>(a, blk, w[2 * h]);
-      u_bits<true>(a, blk + 1, w[2 * h + 1]);
-    }
-  } else {
-    uint32_t c0[4], c1[4];
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      const uint64_t blk = tb4 + (uint64_t)((uint32_t)(m0 + g + 8 * h) * d4);
-      c0[2 * h] = (uint32_t)blk;
-      c1[2 * h] = (uint32_t)(blk >> 32);
-      c0[2 * h + 1] = (uint32_t)(blk + 1);
-      c1[2 * h + 1] = (uint32_t)((blk + 1) >> 32);
-    }
-    philox_rk_n<ELMO_CLS_SR_ROUNDS, 4>(c0, c1, a.step_lo, ELMO_RNG_CLS_SR, a.rk, w);
-  }
-#pragma unroll
-  for (int h = 0; h < 2; h++) {
-    const int r = m0 + g + 8 * h;
-    uint8_t *pw = w_at<LDW>(sw, r, cb);
-    float p[8], v[8];
-    wcodec8<ELMO_FP8>::get(pw, p);
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-      v[2 * j] = u_new<DECAY>(a, acc[0][j][2 * h], p[2 * j]);
-      v[2 * j + 1] = u_new<DECAY>(a, acc[0][j][2 * h + 1], p[2 * j + 1]);
-    }
-    const uint32_t rr[8] = {w[2 * h][0], w[2 * h][1], w[2 * h][2], w[2 * h][3],
-                            w[2 * h + 1][0], w[2 * h + 1][1], w[2 * h + 1][2], w[2 * h + 1][3]};
-    wcodec8<ELMO_FP8>::put_sr(pw, v, rr, true);
-  }
-}
-
 template <int DT, bool CONST_BITS, int MI, int LDW, bool DECAY>
 static __device__ __forceinline__ void epilogue8_rows(const update_args &a, int64_t j0, int64_t k0, float acc[MI][4][4],
                                                       uint8_t *sw, const int32_t *sslot, int m0, int n0) {
@@ -947,7 +871,7 @@ static constexpr size_t v_tma_smem_bytes() {
 static_assert(V_TSTAGE % 1024 == 0 && V_TW_BYTES % 1024 == 0, "swizzle atoms stay 1 KB aligned");
 
 /* update_wg_kernel's epilogue: warp rows mw.. by the four 32-feature groups of its accumulators. */
-template <bool CONST_BITS, int LDW, bool DECAY, bool HEADS>
+template <bool CONST_BITS, int LDW, bool DECAY>
 static __device__ __forceinline__ void epilogue_wg(const update_args &a, int64_t j0, int64_t k0, const float acc[64],
                                                    uint8_t *sw, const int32_t *ss, int mw) {
 #pragma unroll
@@ -955,8 +879,7 @@ static __device__ __forceinline__ void epilogue_wg(const update_args &a, int64_t
     float g4[1][4][4];                              /* the group's accumulators, registers renamed */
 #pragma unroll
     for (int e = 0; e < 16; e++) g4[0][e >> 2][e & 3] = acc[16 * q + e];
-    if (HEADS) epilogue8_rows<ELMO_FP8, CONST_BITS, 1, LDW, DECAY>(a, j0, k0, g4, sw, ss, mw, 32 * q);
-    else epilogue8_il<CONST_BITS, LDW, DECAY>(a, j0, k0, g4, sw, mw, 32 * q);
+    epilogue8_rows<ELMO_FP8, CONST_BITS, 1, LDW, DECAY>(a, j0, k0, g4, sw, ss, mw, 32 * q);
   }
 }
 
@@ -1071,12 +994,8 @@ static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_a
     else cp_async_commit();
     uint8_t *sw = wbuf + buf * WB;
     const int32_t *ss = slots + buf * U_TL;
-    /* One branch for the whole epilogue (the warp's rows are the same in its four feature groups):
-     * straight-line code lets the scheduler overlap the groups' Philox chains and rounding. */
-    const bool heads = __any_sync(0xFFFFFFFFu, ss[mw + (lane >> 2)] >= 0 || ss[mw + (lane >> 2) + 8] >= 0);
-    if (a.decay != 1.0f) epilogue_wg<CONST_BITS, LDW, true, true>(a, j0, k0, acc, sw, ss, mw);
-    else if (heads) epilogue_wg<CONST_BITS, LDW, false, true>(a, j0, k0, acc, sw, ss, mw);
-    else epilogue_wg<CONST_BITS, LDW, false, false>(a, j0, k0, acc, sw, ss, mw);
+    if (a.decay != 1.0f) epilogue_wg<CONST_BITS, LDW, true>(a, j0, k0, acc, sw, ss, mw); /* the choice once a tile */
+    else epilogue_wg<CONST_BITS, LDW, false>(a, j0, k0, acc, sw, ss, mw);
     if (TMA) wg_fence_proxy();                      /* this thread's weights, visible to the TMA store */
     __syncthreads();
     if (!TMA) store_w_tile<1, U_TL>(a, j0, k0, sw);

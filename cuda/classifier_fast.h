@@ -18,8 +18,7 @@
  *           capability 9.0 e4m3 updates of any batch run as 128 x 128 tiles on wgmma
  *           (elmo_cuda_cls_update_wgmma): G^T read as the transposed A operand straight from its
  *           TMA box, the next tile's first two batch stages loading during the rounding, whose
- *           rows run without branches (one head-row vote a tile) and draw a lane's four Philox
- *           blocks side by side.
+ *           rows run without branches (each row rounded, SR rows stored).
  *   dX:     split over labels (K): block (batch tile, feature tile, slice s) sums G W over its
  *           labels into dx_part[s] (overwrites or adds, a fixed assignment, no atomics); e4m3
  *           tiles (128 features, 8 warps) are widened to BF16 in shared memory, bf16 tiles take
