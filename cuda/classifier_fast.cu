@@ -101,18 +101,14 @@ static __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_
 template <int N> static __device__ __forceinline__ void wg_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
-/* d[N / 2] += A (64 x 16, desc a) B^T (N x 16, desc b), both K-major bf16. */
+/* d[N / 2] += A (64 x 16, desc a) B^T (N x 16, desc b), both K-major bf16; TA = 1: A MN-major instead
+ * (transposed: the 64 M elements of each K row contiguous, 128-byte swizzle, 8-row atoms of 1024 bytes;
+ * a k16 step advances the start by 16 rows). */
+template <int TA = 0>
 static __device__ __forceinline__ void wgmma_m64n128k16(float d[64], uint64_t a, uint64_t b) {
-  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %66, 0;\n wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %66, 0;\n wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, %67, 0;\n}\n"
                : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-               : "l"(a), "l"(b), "r"(1));
-}
-/* As wgmma_m64n128k16 with A (64 x 16) MN-major (transposed: the 64 M elements of each K row contiguous,
- * 128-byte swizzle, 8-row atoms of 1024 bytes; a k16 step advances the start by 16 rows). */
-static __device__ __forceinline__ void wgmma_m64n128k16_ta(float d[64], uint64_t a, uint64_t b) {
-  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %66, 0;\n wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 1, 0;\n}\n"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-               : "l"(a), "l"(b), "r"(1));
+               : "l"(a), "l"(b), "r"(1), "n"(TA));
 }
 static __device__ __forceinline__ void wgmma_m64n256k16(float d[128], uint64_t a, uint64_t b) {
   asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %130, 0;\n wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 0;\n}\n"
@@ -870,19 +866,6 @@ static constexpr size_t v_tma_smem_bytes() {
 }
 static_assert(V_TSTAGE % 1024 == 0 && V_TW_BYTES % 1024 == 0, "swizzle atoms stay 1 KB aligned");
 
-/* update_wg_kernel's epilogue: warp rows mw.. by the four 32-feature groups of its accumulators. */
-template <bool CONST_BITS, int LDW, bool DECAY>
-static __device__ __forceinline__ void epilogue_wg(const update_args &a, int64_t j0, int64_t k0, const float acc[64],
-                                                   uint8_t *sw, const int32_t *ss, int mw) {
-#pragma unroll
-  for (int q = 0; q < 4; q++) {
-    float g4[1][4][4];                              /* the group's accumulators, registers renamed */
-#pragma unroll
-    for (int e = 0; e < 16; e++) g4[0][e >> 2][e & 3] = acc[16 * q + e];
-    epilogue8_rows<ELMO_FP8, CONST_BITS, 1, LDW, DECAY>(a, j0, k0, g4, sw, ss, mw, 32 * q);
-  }
-}
-
 template <bool CONST_BITS, bool TMA>
 static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_args a, const __grid_constant__ CUtensorMap tmX,
                                                                         const __grid_constant__ CUtensorMap tmG,
@@ -960,11 +943,11 @@ static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_a
       wg_fence();
 #pragma unroll
       for (int kk = 0; kk < V_BK; kk += 16) {
-        uint32_t af[4];                             /* A = G^T stored [k = b][m = label]: transposed loads */
-        const int row = kk + (lane & 7) + ((lane >> 4) & 1) * 8, col = mw + ((lane >> 3) & 1) * 8;
         if (TMA) { /* A = G^T straight from this warpgroup's box (labels 64 wgi .., rows of 128 bytes), transposed */
-          wgmma_m64n128k16_ta(acc, wg_desc(st + V_X_BYTES + wgi * V_GT_BYTES + kk * 128), wg_desc(st + kk * 2));
-        } else {
+          wgmma_m64n128k16<1>(acc, wg_desc(st + V_X_BYTES + wgi * V_GT_BYTES + kk * 128), wg_desc(st + kk * 2));
+        } else {                                    /* A = G^T stored [k = b][m = label]: transposed loads */
+          uint32_t af[4];
+          const int row = kk + (lane & 7) + ((lane >> 4) & 1) * 8, col = mw + ((lane >> 3) & 1) * 8;
           ldsm_x4_t(af, (const uint16_t *)(st + V_X_BYTES) + row * U_LDG + col);
           wgmma_rs_m64n128k16(acc, af, wg_desc(st + kk * 2));
         }
@@ -993,9 +976,13 @@ static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_a
     if (TMA) mbar_wait(&wbar[buf], (unsigned)(it >> 1) & 1u);
     else cp_async_commit();
     uint8_t *sw = wbuf + buf * WB;
-    const int32_t *ss = slots + buf * U_TL;
-    if (a.decay != 1.0f) epilogue_wg<CONST_BITS, LDW, true>(a, j0, k0, acc, sw, ss, mw); /* the choice once a tile */
-    else epilogue_wg<CONST_BITS, LDW, false>(a, j0, k0, acc, sw, ss, mw);
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+      float g4[1][4][4];                            /* the group's accumulators, registers renamed */
+#pragma unroll
+      for (int e = 0; e < 16; e++) g4[0][e >> 2][e & 3] = acc[16 * q + e];
+      epilogue8_at<ELMO_FP8, CONST_BITS, 1, LDW>(a, j0, k0, g4, sw, slots + buf * U_TL, mw, 32 * q);
+    }
     if (TMA) wg_fence_proxy();                      /* this thread's weights, visible to the TMA store */
     __syncthreads();
     if (!TMA) store_w_tile<1, U_TL>(a, j0, k0, sw);
@@ -1201,7 +1188,6 @@ static __global__ void __launch_bounds__(U_THREADS, r_blocks_per_sm(DT)) update_
 static constexpr size_t t_smem_bytes() {
   return 1024 + T_G_BYTES + 2 * T_W_BYTES + R_X_BYTES + 2 * 4 * R_TL + 2 * sizeof(uint64_t);
 }
-
 
 /* grid: d_tiles x Q blocks, as update_res_kernel. tmG: G [B rows, n labels] bf16, box 64 x bp;
  * tmW: the chunk's weights [rows that exist, d] e4m3, box 128 x 64. */
@@ -2158,7 +2144,7 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a, cons
 #endif
 }
 
-/* 1 when the e4m3 logits and gradient of batches up to 128 rows run fused on Hopper's warpgroup MMA
+/* 1 when the e4m3 logits and gradient (batches up to ELMO_LG_MAX_B rows) run fused on Hopper's warpgroup MMA
  * (compute capability 9.0, unless ELMO_LG_WGMMA=0 is set in the environment). */
 extern "C" int elmo_cuda_cls_lg_wgmma(void) { return wgmma_enabled("ELMO_LG_WGMMA"); }
 /* 1 when that kernel's weight stages arrive by TMA (and the driver encodes maps), unless ELMO_LG_TMA=0. */

@@ -31,7 +31,7 @@
  *           alternate tiles, the gradient table and the positives in the epilogue.
  * On sm_90a the wgmma kernels and update_tma_kernel take their tiles by TMA (box copies one thread
  * issues, counted by shared-memory barriers, 128-byte swizzle) and the updates store by TMA; each
- * keeps its cp.async form behind a switch (elmo_cuda_cls_update_tma, _dx_tma, _lg_tma), bit for bit. 
+ * keeps its cp.async form behind a switch (elmo_cuda_cls_update_tma, _dx_tma, _lg_tma), bit for bit.
  * Weights e4m3 or bf16 (fp32 reference weights take the cuBLASLt path in classifier.cu); the
  * update also takes fp32 weights (G in FP32 holding bf16 values). */
 #ifndef ELMO_CUDA_CLASSIFIER_FAST_H
@@ -73,12 +73,11 @@ void elmo_cuda_cls_dx_part(const elmo_cuda_cls *c, int64_t B, int64_t l0, int64_
 int elmo_cuda_cls_dx_wgmma(void);
 /* dX[B, d] += sum over s in order of dx_part[s]. */
 void elmo_cuda_cls_dx_reduce(const elmo_cuda_cls *c, int64_t B, float *dX, cudaStream_t s);
-/* 1 when e4m3 logits + gradient of batches up to 128 rows run fused on Hopper's warpgroup MMA (compute
+/* 1 when e4m3 logits + gradient (batches up to ELMO_LG_MAX_B rows) run fused on Hopper's warpgroup MMA (compute
  * capability 9.0, unless ELMO_LG_WGMMA=0 is set in the environment). */
 int elmo_cuda_cls_lg_wgmma(void);
 /* 1 when elmo_cuda_cls_lg_fused takes a batch of B rows with c's shapes (e4m3 weights and input, B <= 512
- * (ELMO_LG_MAX_B), in slices of 128 rows,
- * d <= 768, lg_wgmma on). */
+ * (ELMO_LG_MAX_B) in slices of 128 rows, d <= 768, lg_wgmma on). */
 int elmo_cuda_cls_lg_ok(const elmo_cuda_cls *c, int64_t B);
 /* c->z [round16(B), n] (rows < B) = grad_tab[y][bf16(Xq8 W[l0:l0+n]^T)] in one kernel, c->grad_tab filled:
  * elmo_cuda_cls_lg_ok. Returns 0, launching nothing, otherwise. */
