@@ -47,6 +47,8 @@ extern "C" {
 
 /* elmo_cuda_cls.bench_flags (benchmarks only; 0 in training and tests) */
 #define ELMO_CLS_BENCH_CONST_BITS 1 /* update draws cheap stand-in bits instead of Philox (wrong SR) */
+#define ELMO_CLS_BENCH_NO_ROUND 2   /* e4m3 wgmma update: no SGD + SR epilogue (weights unchanged) */
+#define ELMO_CLS_BENCH_NO_PRODUCT 4 /* e4m3 wgmma update: no G^T Xq product (zero gradient) */
 
 typedef struct elmo_cuda_cls {
   /* set by the caller */

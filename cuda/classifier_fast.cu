@@ -345,7 +345,7 @@ template <> struct wcodec<ELMO_F32> {
 /* The update kernels read Xq through a copy whose column c holds feature xperm(c) (within each 32
  * columns): mma column 8j + 2t + e (n8 tile j, lane quad t) is then feature 8t + 2j + e, so the
  * accumulators of lane t are features 8t..8t+7 of its rows, and the epilogue reads, rounds and
- * writes 8 adjacent weights at a time with two whole Philox blocks and no exchange between lanes. */
+ * writes 8 adjacent weights at a time from whole Philox blocks and no exchange between lanes. */
 static __host__ __device__ __forceinline__ int xperm(int c) {
   return (c & ~31) | (((c >> 1) & 3) << 3) | (((c >> 3) & 3) << 1) | (c & 1);
 }
@@ -440,6 +440,7 @@ struct update_args {
   uint32_t rk[20];         /* Philox round keys of (seed, step) */
   int64_t tiles;           /* label tiles x feature tiles */
   int d_tiles;
+  int bench;               /* ELMO_CLS_BENCH_* (benchmarks only; 0 in training) */
 };
 
 /* Eight labels (j..j+7) of G row b into shared memory as bf16 codes. */
@@ -687,10 +688,47 @@ template <> struct wcodec8<ELMO_F32> {
   }
 };
 
+/* The 20-bit SR fields of one e4m3 quarter (positions 8q .. 8q + 7 of its group, features cb .. cb + 7)
+ * from the group's words 5q .. 5q + 4 (elmo_cls_sr8_pick; sr8_value masks what lies above bit 20). */
+static __device__ __forceinline__ void sr8_fields(const uint32_t u[5], uint32_t r[8]) {
+  r[0] = u[0];
+  r[1] = __funnelshift_r(u[0], u[1], 20);
+  r[2] = u[1] >> 8;
+  r[3] = __funnelshift_r(u[1], u[2], 28);
+  r[4] = __funnelshift_r(u[2], u[3], 16);
+  r[5] = u[3] >> 4;
+  r[6] = __funnelshift_r(u[3], u[4], 24);
+  r[7] = u[4] >> 12;
+}
+
+/* The first e4m3 SR block of a lane's quarter in a tile (labels j0.., features k0.., k0 a multiple of
+ * 128): quarter t = lane & 3 of the 32-feature group at cb, row r adds r * 20 ceil(d / 128) (classifier.h:
+ * block 5 grp + q holds the quarter's words 5q ..). */
+static __device__ __forceinline__ uint64_t sr8_tile_block(const update_args &a, int64_t j0, int64_t k0, int cb) {
+  const uint64_t grp = ((uint64_t)(a.l0 + j0) * (uint64_t)a.d_tiles + (uint64_t)(k0 >> 7)) * 4u + (uint64_t)((cb >> 3) & 3);
+  return 5u * grp + (uint64_t)((cb >> 5) & 3);
+}
+
+/* The quarter's eight fields from its two blocks (words q .. q + 4 of their eight). */
+template <bool CONST_BITS>
+static __device__ __forceinline__ void sr8_quarter_bits(const update_args &a, uint64_t blk, int q, uint32_t r[8]) {
+  uint32_t w[8], u[5];
+  u_bits<CONST_BITS>(a, blk, w);
+  u_bits<CONST_BITS>(a, blk + 1, w + 4);
+  switch (q) { /* warp-uniform; a constant in the wgmma kernel's unrolled groups */
+    case 0: for (int i = 0; i < 5; i++) u[i] = w[i]; break;
+    case 1: for (int i = 0; i < 5; i++) u[i] = w[i + 1]; break;
+    case 2: for (int i = 0; i < 5; i++) u[i] = w[i + 2]; break;
+    default: for (int i = 0; i < 5; i++) u[i] = w[i + 3]; break;
+  }
+  sr8_fields(u, r);
+}
+
 /* The SGD + SR epilogue of a warp's MI x 16 rows by 32 features (warps 2 x 4 over the tile; the
  * Xq columns were permuted by xperm). Lane (g, t) holds rows m0 + 16 i + g + 8 h (i < MI, h = 0, 1),
- * features cb = n0 + 8t .. cb + 7 of each: per row it draws the two Philox blocks of those 8
- * elements, reads the 8 weights at once, rounds them and writes them back (head rows, slot >= 0,
+ * features cb = n0 + 8t .. cb + 7 of each: per row it draws the two Philox blocks that hold those 8
+ * weights' bits (e4m3: words 5q .. 5q + 4 of their group, sr8_quarter_bits; wider: a block per 4
+ * elements), reads the 8 weights at once, rounds them and writes them back (head rows, slot >= 0,
  * are left for u_kahan). LDW: bytes per row of the weight tile. epilogue8_at takes the warp's first
  * row m0 and the 32-feature group n0 from the caller (the wgmma kernel's warp layout). */
 template <int DT, bool CONST_BITS, int MI, int LDW, bool DECAY>
@@ -699,7 +737,10 @@ static __device__ __forceinline__ void epilogue8_rows(const update_args &a, int6
   constexpr int ES = wcodec<DT>::es;
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int cb = n0 + 8 * t;
-  /* Philox block of (row r, feature cb) = tb4 + r d / 4 (d is a multiple of 16, cb of 8) */
+  /* e4m3: the quarter's first block sb + 20 ceil(d / 128) r; wider weights: the Philox block of (row r,
+   * feature cb) = tb4 + r d / 4 (d is a multiple of 16, cb of 8) */
+  const uint64_t sb = sr8_tile_block(a, j0, k0, cb);
+  const uint32_t s20 = 20u * (uint32_t)a.d_tiles;
   const uint64_t tb4 = (uint64_t)((a.l0 + j0) * a.d + k0 + cb) >> 2;
   const uint32_t d4 = (uint32_t)(a.d >> 2);
 #pragma unroll
@@ -709,10 +750,14 @@ static __device__ __forceinline__ void epilogue8_rows(const update_args &a, int6
     for (int h = 0; h < 2; h++) {
       const int r = m0 + 16 * i + g + 8 * h;
       slot[h] = sslot[r];
-      const uint64_t blk = tb4 + (uint64_t)((uint32_t)r * d4);
       uint32_t w[8];
-      u_bits<CONST_BITS>(a, blk, w);
-      u_bits<CONST_BITS>(a, blk + 1, w + 4);
+      if (DT == ELMO_FP8) {
+        sr8_quarter_bits<CONST_BITS>(a, sb + (uint64_t)((uint32_t)r * s20), (cb >> 5) & 3, w);
+      } else {
+        const uint64_t blk = tb4 + (uint64_t)((uint32_t)r * d4);
+        u_bits<CONST_BITS>(a, blk, w);
+        u_bits<CONST_BITS>(a, blk + 1, w + 4);
+      }
       uint8_t *pw = w_at<LDW>(sw, r, cb * ES);
       float p[8], v[8];
       wcodec8<DT>::get(pw, p);
@@ -749,6 +794,53 @@ static __device__ __forceinline__ void epilogue8(const update_args &a, int64_t j
                                                  uint8_t *sw, const int32_t *sslot) {
   const int warp = threadIdx.x >> 5;
   epilogue8_at<DT, CONST_BITS, MI, LDW>(a, j0, k0, acc, sw, sslot, (warp >> 2) * 16 * MI, (warp & 3) * 32);
+}
+
+/* update_wg_kernel's epilogue: lane (g, t) holds rows mw + g + 8h (h = 0, 1) and features 32q + 8t .. + 7
+ * (q = 0..3) of the tile, i.e. all four quarters of each row's e4m3 SR group, so it draws the group's five
+ * blocks once (epilogue8_rows, which sees one quarter, draws two per quarter): blocks q and q + 1 for
+ * quarter q, kept as a ring of two. The same bits and stores as epilogue8_at over q = 0..3. */
+template <bool CONST_BITS, int LDW, bool DECAY>
+static __device__ __forceinline__ void epilogue_wg_rows(const update_args &a, int64_t j0, int64_t k0, const float (&acc)[64],
+                                                        uint8_t *sw, const int32_t *sslot, int mw) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const uint64_t sb = sr8_tile_block(a, j0, k0, 8 * t); /* quarter 0's first block, row 0 */
+  const uint32_t s20 = 20u * (uint32_t)a.d_tiles;
+  int32_t slot[2];
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    const int r = mw + g + 8 * h;
+    slot[h] = sslot[r];
+    const uint64_t blk = sb + (uint64_t)((uint32_t)r * s20);
+    uint32_t w[8]; /* block b's words at w[4 (b & 1)] */
+    u_bits<CONST_BITS>(a, blk, w);
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+      u_bits<CONST_BITS>(a, blk + q + 1, w + 4 * ((q + 1) & 1));
+      uint32_t u[5], rr[8];
+#pragma unroll
+      for (int i = 0; i < 5; i++) u[i] = w[4 * (((5 * q + i) >> 2) & 1) + ((5 * q + i) & 3)];
+      sr8_fields(u, rr);
+      uint8_t *pw = w_at<LDW>(sw, r, 32 * q + 8 * t);
+      float p[8], v[8];
+      wcodec8<ELMO_FP8>::get(pw, p);
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        v[2 * j] = u_new<DECAY>(a, acc[16 * q + 4 * j + 2 * h], p[2 * j]);
+        v[2 * j + 1] = u_new<DECAY>(a, acc[16 * q + 4 * j + 2 * h + 1], p[2 * j + 1]);
+      }
+      wcodec8<ELMO_FP8>::put_sr(pw, v, rr, slot[h] < 0);
+    }
+  }
+  if (__any_sync(0xFFFFFFFFu, slot[0] >= 0 || slot[1] >= 0)) /* rare: head rows */
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+      for (int q = 0; q < 4; q++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+          u_kahan<ELMO_FP8, LDW>(a, k0, mw + g + 8 * h, 32 * q + 8 * t + 2 * j, slot[h], acc[16 * q + 4 * j + 2 * h],
+                                 acc[16 * q + 4 * j + 2 * h + 1], sw);
 }
 
 /* The rounded tile (TL labels x U_TD features) back to W, 16 bytes per thread and row piece;
@@ -866,7 +958,8 @@ static constexpr size_t v_tma_smem_bytes() {
 }
 static_assert(V_TSTAGE % 1024 == 0 && V_TW_BYTES % 1024 == 0, "swizzle atoms stay 1 KB aligned");
 
-template <bool CONST_BITS, bool TMA>
+/* BM: 0, or ELMO_CLS_BENCH_* bits (benchmarks only: 1 constant SR bits, 2 no rounding, 4 no product). */
+template <int BM, bool TMA>
 static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_args a, const __grid_constant__ CUtensorMap tmX,
                                                                         const __grid_constant__ CUtensorMap tmG,
                                                                         const __grid_constant__ CUtensorMap tmW) {
@@ -942,7 +1035,7 @@ static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_a
       const uint8_t *st = smem + (kt & 1) * STAGE;
       wg_fence();
 #pragma unroll
-      for (int kk = 0; kk < V_BK; kk += 16) {
+      for (int kk = 0; kk < ((BM & ELMO_CLS_BENCH_NO_PRODUCT) ? 0 : V_BK); kk += 16) {
         if (TMA) { /* A = G^T straight from this warpgroup's box (labels 64 wgi .., rows of 128 bytes), transposed */
           wgmma_m64n128k16<1>(acc, wg_desc(st + V_X_BYTES + wgi * V_GT_BYTES + kk * 128), wg_desc(st + kk * 2));
         } else {                                    /* A = G^T stored [k = b][m = label]: transposed loads */
@@ -976,12 +1069,10 @@ static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_a
     if (TMA) mbar_wait(&wbar[buf], (unsigned)(it >> 1) & 1u);
     else cp_async_commit();
     uint8_t *sw = wbuf + buf * WB;
-#pragma unroll
-    for (int q = 0; q < 4; q++) {
-      float g4[1][4][4];                            /* the group's accumulators, registers renamed */
-#pragma unroll
-      for (int e = 0; e < 16; e++) g4[0][e >> 2][e & 3] = acc[16 * q + e];
-      epilogue8_at<ELMO_FP8, CONST_BITS, 1, LDW>(a, j0, k0, g4, sw, slots + buf * U_TL, mw, 32 * q);
+    if (!(BM & ELMO_CLS_BENCH_NO_ROUND)) {
+      constexpr bool CB = (BM & ELMO_CLS_BENCH_CONST_BITS) != 0;
+      if (a.decay == 1.0f) epilogue_wg_rows<CB, LDW, false>(a, j0, k0, acc, sw, slots + buf * U_TL, mw);
+      else epilogue_wg_rows<CB, LDW, true>(a, j0, k0, acc, sw, slots + buf * U_TL, mw);
     }
     if (TMA) wg_fence_proxy();                      /* this thread's weights, visible to the TMA store */
     __syncthreads();
@@ -1320,6 +1411,32 @@ static int sm_count(void) {
   return sms;
 }
 
+/* update_wg_kernel over the chunk: by TMA when the shapes allow, else its cp.async form (BM as the kernel's). */
+template <int BM>
+static void launch_update_wg(const update_args &a, cudaStream_t s) {
+  static bool wg_attr = false;
+  if (!wg_attr) {
+    ELMO_CUDA_CHECK(cudaFuncSetAttribute(update_wg_kernel<BM, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)v_smem_bytes()));
+    ELMO_CUDA_CHECK(cudaFuncSetAttribute(update_wg_kernel<BM, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)v_tma_smem_bytes()));
+    wg_attr = true;
+  }
+  const int64_t blocks = a.tiles < 2 * sm_count() ? a.tiles : 2 * sm_count();
+  const int64_t nl = a.L - a.l0 < a.n ? a.L - a.l0 : a.n; /* rows of the chunk that exist */
+  CUtensorMap mx, mg, mw;
+  memset(&mx, 0, sizeof mx);
+  memset(&mg, 0, sizeof mg);
+  memset(&mw, 0, sizeof mw);
+  if (a.n % 8 == 0 && elmo_cuda_cls_update_tma() &&
+      tmap_2d(&mx, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.Xt, a.ldt, a.dp, V_BK, U_TD) &&
+      tmap_2d(&mg, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.G, a.n, a.B, 64, V_BK) &&
+      tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (const uint8_t *)a.W + a.l0 * a.d, a.d, nl, U_TD, U_TL))
+    update_wg_kernel<BM, true><<<(unsigned)blocks, U_THREADS, v_tma_smem_bytes(), s>>>(a, mx, mg, mw);
+  else
+    update_wg_kernel<BM, false><<<(unsigned)blocks, U_THREADS, v_smem_bytes(), s>>>(a, mx, mg, mw);
+}
+
 /* e4m3 weights with bf16 G on compute capability 9.0 (a.Xt set): update_wg_kernel for every batch
  * (H100, 2026-11-27, with TMA: 2.81M x B 128 update 4.11 -> 3.69 / 3.73 ms against update_tma_kernel;
  * 1.31M x B 512 2.72 ms). Otherwise batches up to R_BMAX rows take update_res_kernel / update_tma_kernel
@@ -1343,27 +1460,9 @@ static void launch_update(const update_args &a, cudaStream_t s) {
       return;
     update_res_kernel<GT, DT, CONST_BITS><<<(unsigned)(q * a.d_tiles), U_THREADS, smem_res, s>>>(a);
   } else if (DT == ELMO_FP8 && sizeof(GT) == 2 && a.Xt) {
-    static bool wg_attr = false;
-    if (!wg_attr) {
-      ELMO_CUDA_CHECK(cudaFuncSetAttribute(update_wg_kernel<CONST_BITS, false>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)v_smem_bytes()));
-      ELMO_CUDA_CHECK(cudaFuncSetAttribute(update_wg_kernel<CONST_BITS, true>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)v_tma_smem_bytes()));
-      wg_attr = true;
-    }
-    const int64_t blocks = a.tiles < 2 * sm_count() ? a.tiles : 2 * sm_count();
-    const int64_t nl = a.L - a.l0 < a.n ? a.L - a.l0 : a.n; /* rows of the chunk that exist */
-    CUtensorMap mx, mg, mw;
-    memset(&mx, 0, sizeof mx);
-    memset(&mg, 0, sizeof mg);
-    memset(&mw, 0, sizeof mw);
-    if (a.n % 8 == 0 && elmo_cuda_cls_update_tma() &&
-        tmap_2d(&mx, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.Xt, a.ldt, a.dp, V_BK, U_TD) &&
-        tmap_2d(&mg, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.G, a.n, a.B, 64, V_BK) &&
-        tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (const uint8_t *)a.W + a.l0 * a.d, a.d, nl, U_TD, U_TL))
-      update_wg_kernel<CONST_BITS, true><<<(unsigned)blocks, U_THREADS, v_tma_smem_bytes(), s>>>(a, mx, mg, mw);
-    else
-      update_wg_kernel<CONST_BITS, false><<<(unsigned)blocks, U_THREADS, v_smem_bytes(), s>>>(a, mx, mg, mw);
+    if (a.bench & ELMO_CLS_BENCH_NO_ROUND) launch_update_wg<ELMO_CLS_BENCH_NO_ROUND>(a, s);
+    else if (a.bench & ELMO_CLS_BENCH_NO_PRODUCT) launch_update_wg<ELMO_CLS_BENCH_NO_PRODUCT>(a, s);
+    else launch_update_wg<CONST_BITS ? ELMO_CLS_BENCH_CONST_BITS : 0>(a, s);
   } else {
     const int64_t per_sm = DT == ELMO_F32 ? 1 : 2;
     const int64_t blocks = a.tiles < per_sm * sm_count() ? a.tiles : per_sm * sm_count();
@@ -1405,6 +1504,7 @@ extern "C" void elmo_cuda_cls_update_mma(const elmo_cuda_cls *c, int64_t B, int6
   philox_round_keys(h->seed, (uint64_t)h->step, a.rk);
   a.d_tiles = (int)((c->d + U_TD - 1) / U_TD);
   a.tiles = (n + U_TL - 1) / U_TL * a.d_tiles;
+  a.bench = c->bench_flags;
   const int cb = (c->bench_flags & ELMO_CLS_BENCH_CONST_BITS) != 0;
   switch (c->dtype) {
     case ELMO_FP8:

@@ -134,6 +134,24 @@ void elmo_cls_update(elmo_cls_weights *w, const float *G, const float *Xq, int64
       update_kahan_row(w, l, grad, &cf, w->kahan + (int64_t)slot * d);
       continue;
     }
+    if (w->dtype == ELMO_FP8) { /* 20 bits a weight, five blocks per group of 32 (classifier.h) */
+      for (int64_t k0 = 0; k0 < d; k0 += 128)
+        for (int64_t t = 0; t < 4; t++) {
+          const uint64_t grp = elmo_cls_sr8_group(l, k0 + 8 * t, d);
+          uint32_t words[20];
+          for (int j = 0; j < 5; j++)
+            elmo_rand_block_r(h->seed, (uint64_t)h->step, ELMO_RNG_CLS_SR, 5 * grp + (uint64_t)j, ELMO_CLS_SR_ROUNDS,
+                              words + 4 * j);
+          for (int q = 0; q < 4; q++)
+            for (int e = 0; e < 8; e++) {
+              const int64_t k = k0 + 32 * q + 8 * t + e;
+              if (k >= d) continue;
+              const float p = elmo_cls_w(w, l, k);
+              store_sr(w, l * d + k, fmaf(cf.nlr, grad[k], cf.decay * p), elmo_cls_sr8_pick(words + 5 * q, e));
+            }
+        }
+      continue;
+    }
     uint32_t bits[4];
     for (int64_t k = 0; k < d; k++) {
       int64_t i = l * d + k;

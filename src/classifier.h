@@ -8,9 +8,18 @@
  * The update in FP32, with c = elmo_cls_coefs(h) and g = (G^T Xq)[l, k] (FP32 sum):
  *   SR rows     W <- SR(fma(c.nlr, g, c.decay * W))          nlr = -lr, decay = 1 - lr wd
  *   head rows   u = fma(c.nlr, g, c.ndecay * W) + comp;  W' = RN(W + u);  comp' = bf16(u - (W' - W))
- * (fused multiply-adds, the same bits as the GPU's FFMA). Random bits for SR: word k % 4 of
- * elmo_rand_block_r(seed, step, ELMO_RNG_CLS_SR, (label * d + k) / 4, ELMO_CLS_SR_ROUNDS): one
- * Philox4x32-7 block per 4 weights (the generator's cost is a fifth of the GPU update). */
+ * (fused multiply-adds, the same bits as the GPU's FFMA). Random bits for SR, from Philox4x32-7 blocks
+ * P(j) = elmo_rand_block_r(seed, step, ELMO_RNG_CLS_SR, j, ELMO_CLS_SR_ROUNDS):
+ *   e4m3 weights, 20 bits a weight (all elmo_sr_fp8 uses): weight (l, k) belongs to group
+ *     grp = (l * ceil(d / 128) + k / 128) * 4 + (k % 32) / 8
+ *   (its row, its 128-feature span, and which 8 of each 32 features) at position
+ *     p = 8 ((k % 128) / 32) + k % 8,
+ *   the group's 640 bits are the 20 words of P(5 grp) .. P(5 grp + 4) in order, and weight p takes
+ *   bits 20 p .. 20 p + 19 (little-endian across words): elmo_cls_sr8_pick. Five blocks per 32
+ *   weights; positions 8q .. 8q + 7 (8 adjacent features, what a GPU lane rounds at once) are
+ *   exactly words 5q .. 5q + 4, and a lane that holds all four q of a row draws the five blocks once.
+ *   bf16 weights: word k % 4 of P((label * d + k) / 4) (16 bits used).
+ * (The generator was a third of the GPU update with one block per 4 e4m3 weights.) */
 #ifndef ELMO_CLASSIFIER_H
 #define ELMO_CLASSIFIER_H
 
@@ -37,6 +46,20 @@ typedef struct elmo_cls_hyper {
 } elmo_cls_hyper;
 
 #define ELMO_CLS_SR_ROUNDS 7
+
+/* The e4m3 SR group of weight (l, k) of rows d wide and its position in it (header comment). */
+static inline uint64_t elmo_cls_sr8_group(int64_t l, int64_t k, int64_t d) {
+  return ((uint64_t)l * (uint64_t)((d + 127) / 128) + (uint64_t)(k / 128)) * 4u + (uint64_t)((k % 32) / 8);
+}
+static inline int elmo_cls_sr8_pos(int64_t k) { return (int)(8 * ((k % 128) / 32) + k % 8); }
+/* Bits 20 e .. 20 e + 19 of the 160-bit string u[0..4] (e < 8): position 8q + e of a group whose
+ * words 5q .. 5q + 4 are u. */
+static inline uint32_t elmo_cls_sr8_pick(const uint32_t u[5], int e) {
+  const int o = 20 * e, q = o >> 5, s = o & 31;
+  uint32_t r = u[q] >> s;
+  if (s > 12) r |= u[q + 1] << (32 - s);
+  return r & 0xFFFFFu;
+}
 
 /* The update's FP32 coefficients (above), rounded once from the double hyperparameters. */
 typedef struct elmo_cls_coef {

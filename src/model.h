@@ -33,7 +33,7 @@ enum {
 
 /* Random-bit streams: elmo_rand_u32(seed, step, stream, element). */
 enum {
-  ELMO_RNG_CLS_SR = 1,      /* classifier stochastic rounding, element = label * d + k */
+  ELMO_RNG_CLS_SR = 1,      /* classifier stochastic rounding (block numbering: src/classifier.h) */
   ELMO_RNG_DROPOUT = 2,     /* dropout on the pooled vector, element = row * d + k */
   ELMO_RNG_SHUFFLE = 3,     /* epoch permutation, step = epoch */
   ELMO_RNG_INIT_CLS = 4,    /* classifier init */

@@ -176,6 +176,58 @@ static void test_head_kahan(void **state) {
   assert_true(elmo_bf16_to_f32(W[0]) > 1.09f);
 }
 
+/* e4m3 SR bits (classifier.h), rebuilt here bit by bit from the definition: weight (l, k) is position
+ * p = 8 ((k % 128) / 32) + k % 8 of group ((l * ceil(d / 128) + k / 128) * 4 + (k % 32) / 8), whose
+ * 640 bits are the words of Philox blocks 5 grp .. 5 grp + 4, and it takes bits 20 p .. 20 p + 19.
+ * d = 176: a whole 128-feature span and a part of one (quarters 0, 1 of its second 32 only). */
+static uint32_t sr8_bits_ref(const elmo_cls_hyper *h, int64_t l, int64_t k, int64_t d) {
+  const uint64_t grp = ((uint64_t)l * (uint64_t)((d + 127) / 128) + (uint64_t)(k / 128)) * 4 + (uint64_t)((k % 32) / 8);
+  const int p = (int)(8 * ((k % 128) / 32) + k % 8);
+  uint32_t words[20];
+  for (int j = 0; j < 5; j++)
+    elmo_rand_block_r(h->seed, (uint64_t)h->step, ELMO_RNG_CLS_SR, 5 * grp + (uint64_t)j, ELMO_CLS_SR_ROUNDS,
+                      words + 4 * j);
+  uint32_t r = 0;
+  for (int b = 0; b < 20; b++) {
+    const int bit = 20 * p + b;
+    r |= ((words[bit / 32] >> (bit % 32)) & 1u) << b;
+  }
+  return r;
+}
+
+static void test_sr8_bits(void **state) {
+  (void)state;
+  enum { NB = 3, ND = 176, NL = 5, NLP = 16 };
+  uint64_t s = 99;
+  uint8_t W8[NLP * ND] = {0};
+  float Wf[NLP * ND] = {0}, G[NB * NLP], Xq[NB * ND];
+  for (int i = 0; i < NL * ND; i++) {
+    W8[i] = elmo_f32_to_fp8(0.05f * tu_rand_normal(&s));
+    Wf[i] = elmo_fp8_to_f32(W8[i]);
+  }
+  for (int i = 0; i < NB * NLP; i++) G[i] = elmo_bf16_to_f32(elmo_f32_to_bf16(0.5f * tu_rand_normal(&s)));
+  for (int i = 0; i < NB * ND; i++) Xq[i] = elmo_fp8_to_f32(elmo_f32_to_fp8(tu_rand_normal(&s)));
+  elmo_cls_weights w8 = {.W = W8, .dtype = ELMO_FP8, .L = NL, .L_pad = NLP, .d = ND};
+  elmo_cls_weights wf = {.W = Wf, .dtype = ELMO_F32, .L = NL, .L_pad = NLP, .d = ND};
+  elmo_cls_hyper h = {.lr = 0.01, .weight_decay = 0.0, .seed = 0x1234567890ABCDEFull, .step = 41};
+  elmo_cls_update(&w8, G, Xq, NB, 0, NLP, &h);
+  elmo_cls_update(&wf, G, Xq, NB, 0, NLP, &h); /* the exact values the e4m3 update rounds */
+  int moved = 0;
+  for (int64_t l = 0; l < NL; l++)
+    for (int64_t k = 0; k < ND; k++) {
+      const float v = Wf[l * ND + k];
+      const uint8_t want = elmo_sr_fp8(v, sr8_bits_ref(&h, l, k, ND)), got = W8[l * ND + k];
+      if (got != want) fail_msg("weight (%lld, %lld): 0x%02x, definition gives 0x%02x (value %g)", (long long)l,
+                                (long long)k, got, want, v);
+      moved += elmo_fp8_to_f32(got) != elmo_fp8_to_f32(elmo_f32_to_fp8(v));
+    }
+  assert_true(moved > 0); /* some rounded away from the nearest code: the bits are in use */
+  /* the fields of distinct positions are distinct draws: no two of a row's 176 fields coincide here */
+  for (int64_t k = 0; k < ND; k++)
+    for (int64_t k2 = k + 1; k2 < ND; k2++)
+      assert_true(sr8_bits_ref(&h, 2, k, ND) != sr8_bits_ref(&h, 2, k2, ND));
+}
+
 /* Top-k merge: score order, ties to the lower label, filters, padded labels ignored. */
 /* The GPU's gradient table gives elmo_cls_grad's bits for every bf16 logit, positive or not. */
 static void test_grad_table(void **state) {
@@ -221,7 +273,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_dx_and_loss), cmocka_unit_test(test_update_fp32), cmocka_unit_test(test_sr_neighbours),
     cmocka_unit_test(test_chunk_invariance), cmocka_unit_test(test_head_kahan), cmocka_unit_test(test_grad_table),
-    cmocka_unit_test(test_topk_merge),
+    cmocka_unit_test(test_topk_merge), cmocka_unit_test(test_sr8_bits),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -565,7 +565,7 @@ static void test_cls_ops_fp8_dx_kernels(void **state) {
 /* The e4m3 update on both kernels where the device has two (update_wg_kernel for every batch on compute
  * capability 9.0; update_mma_kernel above 128 rows and update_res_kernel / update_tma_kernel up to 128
  * otherwise), against the CPU: 130 rows (three 64-row stages, the last with two), 300 rows over two
- * feature tiles and a partial label tile, 100 and 37 rows, each with head rows. */
+ * feature tiles and a partial label tile, 100 and 37 rows, each with head rows, and d = 176. */
 static void test_cls_ops_fp8_update_kernels(void **state) {
   (void)state;
   for (int m = 0; m < 2; m++) {
@@ -577,6 +577,8 @@ static void test_cls_ops_fp8_update_kernels(void **state) {
     run_cls_ops((cls_case){.dt = ELMO_FP8, .fp8_input = 0, .L = 700, .d = 384, .B = 100, .chunk = 512, .n_head = 3, .seed = 23});
     run_cls_ops((cls_case){.dt = ELMO_FP8, .fp8_input = 1, .L = 300, .d = 64, .B = 37, .chunk = 128, .n_head = 5, .seed = 24});
     run_cls_ops((cls_case){.dt = ELMO_FP8, .fp8_input = 0, .L = 333, .d = 256, .B = 300, .chunk = 336, .n_head = 4, .seed = 22});
+    /* d = 176: a part of a 128-feature span whose last 32-feature group has two quarters of the SR groups */
+    run_cls_ops((cls_case){.dt = ELMO_FP8, .fp8_input = 0, .L = 300, .d = 176, .B = 64, .chunk = 160, .n_head = 2, .seed = 25});
   }
   unsetenv("ELMO_UPDATE_WGMMA");
 }
