@@ -727,8 +727,8 @@ static __device__ __forceinline__ void sr8_quarter_bits(const update_args &a, ui
 /* The SGD + SR epilogue of a warp's MI x 16 rows by 32 features (warps 2 x 4 over the tile; the
  * Xq columns were permuted by xperm). Lane (g, t) holds rows m0 + 16 i + g + 8 h (i < MI, h = 0, 1),
  * features cb = n0 + 8t .. cb + 7 of each: per row it draws the two Philox blocks that hold those 8
- * weights' bits (e4m3: words 5q .. 5q + 4 of their group, sr8_quarter_bits; wider: a block per 4
- * elements), reads the 8 weights at once, rounds them and writes them back (head rows, slot >= 0,
+ * weights' bits (e4m3: words 5q .. 5q + 4 of their group, sr8_quarter_bits; bf16: one block, 16 bits
+ * a weight), reads the 8 weights at once, rounds them and writes them back (head rows, slot >= 0,
  * are left for u_kahan). LDW: bytes per row of the weight tile. epilogue8_at takes the warp's first
  * row m0 and the 32-feature group n0 from the caller (the wgmma kernel's warp layout). */
 template <int DT, bool CONST_BITS, int MI, int LDW, bool DECAY>
@@ -737,12 +737,12 @@ static __device__ __forceinline__ void epilogue8_rows(const update_args &a, int6
   constexpr int ES = wcodec<DT>::es;
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int cb = n0 + 8 * t;
-  /* e4m3: the quarter's first block sb + 20 ceil(d / 128) r; wider weights: the Philox block of (row r,
-   * feature cb) = tb4 + r d / 4 (d is a multiple of 16, cb of 8) */
+  /* e4m3: the quarter's first block sb + 20 ceil(d / 128) r; bf16: the Philox block of (row r, feature
+   * cb) = tb8 + r d / 8 (d is a multiple of 16, cb of 8) */
   const uint64_t sb = sr8_tile_block(a, j0, k0, cb);
   const uint32_t s20 = 20u * (uint32_t)a.d_tiles;
-  const uint64_t tb4 = (uint64_t)((a.l0 + j0) * a.d + k0 + cb) >> 2;
-  const uint32_t d4 = (uint32_t)(a.d >> 2);
+  const uint64_t tb8 = (uint64_t)((a.l0 + j0) * a.d + k0 + cb) >> 3;
+  const uint32_t d8 = (uint32_t)(a.d >> 3);
 #pragma unroll
   for (int i = 0; i < MI; i++) {
     int32_t slot[2];
@@ -753,10 +753,10 @@ static __device__ __forceinline__ void epilogue8_rows(const update_args &a, int6
       uint32_t w[8];
       if (DT == ELMO_FP8) {
         sr8_quarter_bits<CONST_BITS>(a, sb + (uint64_t)((uint32_t)r * s20), (cb >> 5) & 3, w);
-      } else {
-        const uint64_t blk = tb4 + (uint64_t)((uint32_t)r * d4);
-        u_bits<CONST_BITS>(a, blk, w);
-        u_bits<CONST_BITS>(a, blk + 1, w + 4);
+      } else if (DT == ELMO_BF16) { /* one block for the 8 weights, 16 bits each (fp32 weights use none) */
+        u_bits<CONST_BITS>(a, tb8 + (uint64_t)((uint32_t)r * d8), w);
+#pragma unroll
+        for (int e = 7; e >= 0; e--) w[e] = w[e >> 1] >> (16 * (e & 1)); /* sr16 keeps the low 16 */
       }
       uint8_t *pw = w_at<LDW>(sw, r, cb * ES);
       float p[8], v[8];

@@ -14,7 +14,7 @@
  *           lanes). SR bits as src/classifier.h says (Philox4x32-7 with its round keys
  *           precomputed; e4m3: 20 bits a weight, five blocks per 32 weights, of which a lane
  *           holding one quarter of 8 draws two and the wgmma kernel's lane, holding all four of a
- *           row, the five once; bf16: one block per 4 elements) and the rounding is elmo_sr_fp8 /
+ *           row, the five once; bf16: one block per 8 weights) and the rounding is elmo_sr_fp8 /
  *           elmo_sr_bf16 bit for bit (e4m3: an FP32 form finished by
  *           the hardware's e4m3x2 conversion, checked on the device in tests). On compute
  *           capability 9.0 e4m3 updates of any batch run as 128 x 128 tiles on wgmma

@@ -152,13 +152,13 @@ void elmo_cls_update(elmo_cls_weights *w, const float *G, const float *Xq, int64
         }
       continue;
     }
-    uint32_t bits[4];
+    uint32_t bits[4]; /* bf16: 16 bits a weight, one block per 8 (classifier.h); fp32 uses none */
     for (int64_t k = 0; k < d; k++) {
       int64_t i = l * d + k;
-      if (k == 0 || (i & 3) == 0)
-        elmo_rand_block_r(h->seed, (uint64_t)h->step, ELMO_RNG_CLS_SR, (uint64_t)i >> 2, ELMO_CLS_SR_ROUNDS, bits);
+      if (w->dtype == ELMO_BF16 && (k == 0 || (i & 7) == 0))
+        elmo_rand_block_r(h->seed, (uint64_t)h->step, ELMO_RNG_CLS_SR, (uint64_t)i >> 3, ELMO_CLS_SR_ROUNDS, bits);
       float p = elmo_cls_w(w, l, k);
-      store_sr(w, i, fmaf(cf.nlr, grad[k], cf.decay * p), bits[i & 3]);
+      store_sr(w, i, fmaf(cf.nlr, grad[k], cf.decay * p), bits[(i & 7) >> 1] >> (16 * (i & 1)));
     }
   }
 }

@@ -18,7 +18,8 @@
  *   bits 20 p .. 20 p + 19 (little-endian across words): elmo_cls_sr8_pick. Five blocks per 32
  *   weights; positions 8q .. 8q + 7 (8 adjacent features, what a GPU lane rounds at once) are
  *   exactly words 5q .. 5q + 4, and a lane that holds all four q of a row draws the five blocks once.
- *   bf16 weights: word k % 4 of P((label * d + k) / 4) (16 bits used).
+ *   bf16 weights, 16 bits a weight: element i = label * d + k takes the low (i even) or high (i odd)
+ *   half of word (i % 8) / 2 of P(i / 8), one block per 8 weights.
  * (The generator was a third of the GPU update with one block per 4 e4m3 weights.) */
 #ifndef ELMO_CLASSIFIER_H
 #define ELMO_CLASSIFIER_H

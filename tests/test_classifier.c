@@ -228,6 +228,37 @@ static void test_sr8_bits(void **state) {
       assert_true(sr8_bits_ref(&h, 2, k, ND) != sr8_bits_ref(&h, 2, k2, ND));
 }
 
+/* bf16 SR bits (classifier.h): element i = l d + k takes the low (even i) or high (odd i) 16 bits of word
+ * (i % 8) / 2 of Philox block i / 8. */
+static void test_sr16_bits(void **state) {
+  (void)state;
+  enum { NB = 2, ND = 48, NL = 3, NLP = 16 };
+  uint64_t s = 7;
+  uint16_t W16[NLP * ND] = {0};
+  float Wf[NLP * ND] = {0}, G[NB * NLP], Xq[NB * ND];
+  for (int i = 0; i < NL * ND; i++) {
+    W16[i] = elmo_f32_to_bf16(0.05f * tu_rand_normal(&s));
+    Wf[i] = elmo_bf16_to_f32(W16[i]);
+  }
+  for (int i = 0; i < NB * NLP; i++) G[i] = elmo_bf16_to_f32(elmo_f32_to_bf16(0.5f * tu_rand_normal(&s)));
+  for (int i = 0; i < NB * ND; i++) Xq[i] = elmo_bf16_to_f32(elmo_f32_to_bf16(tu_rand_normal(&s)));
+  elmo_cls_weights wb = {.W = W16, .dtype = ELMO_BF16, .L = NL, .L_pad = NLP, .d = ND};
+  elmo_cls_weights wf = {.W = Wf, .dtype = ELMO_F32, .L = NL, .L_pad = NLP, .d = ND};
+  elmo_cls_hyper h = {.lr = 0.01, .weight_decay = 0.0, .seed = 5, .step = 8};
+  elmo_cls_update(&wb, G, Xq, NB, 0, NLP, &h);
+  elmo_cls_update(&wf, G, Xq, NB, 0, NLP, &h);
+  int moved = 0;
+  for (int64_t i = 0; i < NL * ND; i++) {
+    uint32_t blk[4];
+    elmo_rand_block_r(h.seed, (uint64_t)h.step, ELMO_RNG_CLS_SR, (uint64_t)(i / 8), ELMO_CLS_SR_ROUNDS, blk);
+    const uint32_t r = (blk[(i % 8) / 2] >> (i % 2 ? 16 : 0)) & 0xFFFFu;
+    const uint16_t want = elmo_sr_bf16(Wf[i], r);
+    if (W16[i] != want) fail_msg("element %lld: 0x%04x, definition gives 0x%04x", (long long)i, W16[i], want);
+    moved += W16[i] != elmo_f32_to_bf16(Wf[i]);
+  }
+  assert_true(moved > 0);
+}
+
 /* Top-k merge: score order, ties to the lower label, filters, padded labels ignored. */
 /* The GPU's gradient table gives elmo_cls_grad's bits for every bf16 logit, positive or not. */
 static void test_grad_table(void **state) {
@@ -273,7 +304,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_dx_and_loss), cmocka_unit_test(test_update_fp32), cmocka_unit_test(test_sr_neighbours),
     cmocka_unit_test(test_chunk_invariance), cmocka_unit_test(test_head_kahan), cmocka_unit_test(test_grad_table),
-    cmocka_unit_test(test_topk_merge), cmocka_unit_test(test_sr8_bits),
+    cmocka_unit_test(test_topk_merge), cmocka_unit_test(test_sr8_bits), cmocka_unit_test(test_sr16_bits),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
