@@ -688,6 +688,19 @@ template <> struct wcodec8<ELMO_F32> {
   }
 };
 
+/* A lane's 8 adjacent weights of a tile row at pw: read, SGD with their gradient sums gs (u_new), SR
+ * with bits r, stored when st (e4m3 rounds every row and stores the SR rows only, so that no branch
+ * splits the rows and the scheduler can interleave one row's Philox chains with another's rounding). */
+template <int DT, bool DECAY>
+static __device__ __forceinline__ void sgd_sr8(const update_args &a, uint8_t *pw, const float (&gs)[8],
+                                               const uint32_t (&r)[8], bool st) {
+  float p[8], v[8];
+  wcodec8<DT>::get(pw, p);
+#pragma unroll
+  for (int e = 0; e < 8; e++) v[e] = u_new<DECAY>(a, gs[e], p[e]);
+  wcodec8<DT>::put_sr(pw, v, r, st);
+}
+
 /* The 20-bit SR fields of one e4m3 quarter (positions 8q .. 8q + 7 of its group, features cb .. cb + 7)
  * from the group's words 5q .. 5q + 4 (elmo_cls_sr8_pick; sr8_value masks what lies above bit 20). */
 static __device__ __forceinline__ void sr8_fields(const uint32_t u[5], uint32_t r[8]) {
@@ -758,17 +771,10 @@ static __device__ __forceinline__ void epilogue8_rows(const update_args &a, int6
 #pragma unroll
         for (int e = 7; e >= 0; e--) w[e] = w[e >> 1] >> (16 * (e & 1)); /* sr16 keeps the low 16 */
       }
-      uint8_t *pw = w_at<LDW>(sw, r, cb * ES);
-      float p[8], v[8];
-      wcodec8<DT>::get(pw, p);
+      float gs[8];
 #pragma unroll
-      for (int j = 0; j < 4; j++) {
-        v[2 * j] = u_new<DECAY>(a, acc[i][j][2 * h], p[2 * j]);
-        v[2 * j + 1] = u_new<DECAY>(a, acc[i][j][2 * h + 1], p[2 * j + 1]);
-      }
-      /* e4m3: rounded for every row and stored for the SR rows only, so that no branch splits the rows
-       * and the scheduler can interleave one row's Philox chains with another's rounding */
-      wcodec8<DT>::put_sr(pw, v, w, slot[h] < 0);
+      for (int e = 0; e < 8; e++) gs[e] = acc[i][e >> 1][2 * h + (e & 1)];
+      sgd_sr8<DT, DECAY>(a, w_at<LDW>(sw, r, cb * ES), gs, w, slot[h] < 0);
     }
     if (__any_sync(0xFFFFFFFFu, slot[0] >= 0 || slot[1] >= 0)) /* rare: head rows */
 #pragma unroll
@@ -821,15 +827,10 @@ static __device__ __forceinline__ void epilogue_wg_rows(const update_args &a, in
 #pragma unroll
       for (int i = 0; i < 5; i++) u[i] = w[4 * (((5 * q + i) >> 2) & 1) + ((5 * q + i) & 3)];
       sr8_fields(u, rr);
-      uint8_t *pw = w_at<LDW>(sw, r, 32 * q + 8 * t);
-      float p[8], v[8];
-      wcodec8<ELMO_FP8>::get(pw, p);
+      float gs[8];
 #pragma unroll
-      for (int j = 0; j < 4; j++) {
-        v[2 * j] = u_new<DECAY>(a, acc[16 * q + 4 * j + 2 * h], p[2 * j]);
-        v[2 * j + 1] = u_new<DECAY>(a, acc[16 * q + 4 * j + 2 * h + 1], p[2 * j + 1]);
-      }
-      wcodec8<ELMO_FP8>::put_sr(pw, v, rr, slot[h] < 0);
+      for (int e = 0; e < 8; e++) gs[e] = acc[16 * q + 4 * (e >> 1) + 2 * h + (e & 1)];
+      sgd_sr8<ELMO_FP8, DECAY>(a, w_at<LDW>(sw, r, 32 * q + 8 * t), gs, rr, slot[h] < 0);
     }
   }
   if (__any_sync(0xFFFFFFFFu, slot[0] >= 0 || slot[1] >= 0)) /* rare: head rows */

@@ -195,23 +195,37 @@ static uint32_t sr8_bits_ref(const elmo_cls_hyper *h, int64_t l, int64_t k, int6
   return r;
 }
 
+/* Random codes in lw (e4m3 or bf16, nl rows of d) and their values in wf, then one update of both with
+ * random G and Xq: wf then holds the exact FP32 values that lw's update rounded with SR. */
+static void update_twins(elmo_cls_weights *lw, elmo_cls_weights *wf, int64_t nb, const elmo_cls_hyper *h, uint64_t seed) {
+  const int64_t d = lw->d, n = lw->L_pad, fp8 = lw->dtype == ELMO_FP8;
+  float *G = malloc(sizeof(float) * (size_t)(nb * n)), *Xq = malloc(sizeof(float) * (size_t)(nb * d));
+  for (int64_t i = 0; i < lw->L * d; i++) {
+    const float v = 0.05f * tu_rand_normal(&seed);
+    if (fp8) ((uint8_t *)lw->W)[i] = elmo_f32_to_fp8(v);
+    else ((uint16_t *)lw->W)[i] = elmo_f32_to_bf16(v);
+    ((float *)wf->W)[i] = elmo_cls_w(lw, i / d, i % d);
+  }
+  for (int64_t i = 0; i < nb * n; i++) G[i] = elmo_bf16_to_f32(elmo_f32_to_bf16(0.5f * tu_rand_normal(&seed)));
+  for (int64_t i = 0; i < nb * d; i++) {
+    const float x = tu_rand_normal(&seed);
+    Xq[i] = fp8 ? elmo_fp8_to_f32(elmo_f32_to_fp8(x)) : elmo_bf16_to_f32(elmo_f32_to_bf16(x));
+  }
+  elmo_cls_update(lw, G, Xq, nb, 0, n, h);
+  elmo_cls_update(wf, G, Xq, nb, 0, n, h);
+  free(G);
+  free(Xq);
+}
+
 static void test_sr8_bits(void **state) {
   (void)state;
   enum { NB = 3, ND = 176, NL = 5, NLP = 16 };
-  uint64_t s = 99;
   uint8_t W8[NLP * ND] = {0};
-  float Wf[NLP * ND] = {0}, G[NB * NLP], Xq[NB * ND];
-  for (int i = 0; i < NL * ND; i++) {
-    W8[i] = elmo_f32_to_fp8(0.05f * tu_rand_normal(&s));
-    Wf[i] = elmo_fp8_to_f32(W8[i]);
-  }
-  for (int i = 0; i < NB * NLP; i++) G[i] = elmo_bf16_to_f32(elmo_f32_to_bf16(0.5f * tu_rand_normal(&s)));
-  for (int i = 0; i < NB * ND; i++) Xq[i] = elmo_fp8_to_f32(elmo_f32_to_fp8(tu_rand_normal(&s)));
+  float Wf[NLP * ND] = {0};
   elmo_cls_weights w8 = {.W = W8, .dtype = ELMO_FP8, .L = NL, .L_pad = NLP, .d = ND};
   elmo_cls_weights wf = {.W = Wf, .dtype = ELMO_F32, .L = NL, .L_pad = NLP, .d = ND};
   elmo_cls_hyper h = {.lr = 0.01, .weight_decay = 0.0, .seed = 0x1234567890ABCDEFull, .step = 41};
-  elmo_cls_update(&w8, G, Xq, NB, 0, NLP, &h);
-  elmo_cls_update(&wf, G, Xq, NB, 0, NLP, &h); /* the exact values the e4m3 update rounds */
+  update_twins(&w8, &wf, NB, &h, 99);
   int moved = 0;
   for (int64_t l = 0; l < NL; l++)
     for (int64_t k = 0; k < ND; k++) {
@@ -233,20 +247,12 @@ static void test_sr8_bits(void **state) {
 static void test_sr16_bits(void **state) {
   (void)state;
   enum { NB = 2, ND = 48, NL = 3, NLP = 16 };
-  uint64_t s = 7;
   uint16_t W16[NLP * ND] = {0};
-  float Wf[NLP * ND] = {0}, G[NB * NLP], Xq[NB * ND];
-  for (int i = 0; i < NL * ND; i++) {
-    W16[i] = elmo_f32_to_bf16(0.05f * tu_rand_normal(&s));
-    Wf[i] = elmo_bf16_to_f32(W16[i]);
-  }
-  for (int i = 0; i < NB * NLP; i++) G[i] = elmo_bf16_to_f32(elmo_f32_to_bf16(0.5f * tu_rand_normal(&s)));
-  for (int i = 0; i < NB * ND; i++) Xq[i] = elmo_bf16_to_f32(elmo_f32_to_bf16(tu_rand_normal(&s)));
+  float Wf[NLP * ND] = {0};
   elmo_cls_weights wb = {.W = W16, .dtype = ELMO_BF16, .L = NL, .L_pad = NLP, .d = ND};
   elmo_cls_weights wf = {.W = Wf, .dtype = ELMO_F32, .L = NL, .L_pad = NLP, .d = ND};
   elmo_cls_hyper h = {.lr = 0.01, .weight_decay = 0.0, .seed = 5, .step = 8};
-  elmo_cls_update(&wb, G, Xq, NB, 0, NLP, &h);
-  elmo_cls_update(&wf, G, Xq, NB, 0, NLP, &h);
+  update_twins(&wb, &wf, NB, &h, 7);
   int moved = 0;
   for (int64_t i = 0; i < NL * ND; i++) {
     uint32_t blk[4];
