@@ -714,6 +714,7 @@ static __device__ __forceinline__ void sr8_fields(const uint32_t u[5], uint32_t 
   r[7] = u[4] >> 12;
 }
 
+static_assert(U_TD == 128, "a.d_tiles = ceil(d / U_TD) stands for the SR numbering's ceil(d / 128) spans");
 /* The first e4m3 SR block of a lane's quarter in a tile (labels j0.., features k0.., k0 a multiple of
  * 128): quarter t = lane & 3 of the 32-feature group at cb, row r adds r * 20 ceil(d / 128) (classifier.h:
  * block 5 grp + q holds the quarter's words 5q ..). */
@@ -728,7 +729,7 @@ static __device__ __forceinline__ void sr8_quarter_bits(const update_args &a, ui
   uint32_t w[8], u[5];
   u_bits<CONST_BITS>(a, blk, w);
   u_bits<CONST_BITS>(a, blk + 1, w + 4);
-  switch (q) { /* warp-uniform; a constant in the wgmma kernel's unrolled groups */
+  switch (q) { /* warp-uniform: the warp's 32-feature group in the tile */
     case 0: for (int i = 0; i < 5; i++) u[i] = w[i]; break;
     case 1: for (int i = 0; i < 5; i++) u[i] = w[i + 1]; break;
     case 2: for (int i = 0; i < 5; i++) u[i] = w[i + 2]; break;
