@@ -19,7 +19,7 @@
  *                               Xq are exact in BF16; 64x128 tiles with Xq resident for batches
  *                               up to 128 rows, 128x128 above) and rounds the weights in
  *                               registers: the weight gradient never reaches global memory. SR
- *                               bits (Philox4x32-7 per 4 weights), the FP32 update (FMA) and the
+ *                               bits (Philox4x32-7, numbered as src/classifier.h says), the FP32 update (FMA) and the
  *                               rounding bit for bit as on the CPU; head labels get the CPU's
  *                               Kahan round-to-nearest rows.
  * Shapes: d a multiple of 16; chunk a multiple of 16; row capacity B_cap a multiple of 16. Rows
