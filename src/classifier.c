@@ -152,7 +152,7 @@ void elmo_cls_update(elmo_cls_weights *w, const float *G, const float *Xq, int64
         }
       continue;
     }
-    uint32_t bits[4]; /* bf16: 16 bits a weight, one block per 8 (classifier.h); fp32 uses none */
+    uint32_t bits[4] = {0, 0, 0, 0}; /* bf16: 16 bits a weight, one block per 8 (classifier.h); fp32 uses none */
     for (int64_t k = 0; k < d; k++) {
       int64_t i = l * d + k;
       if (w->dtype == ELMO_BF16 && (k == 0 || (i & 7) == 0))

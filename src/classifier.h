@@ -48,11 +48,10 @@ typedef struct elmo_cls_hyper {
 
 #define ELMO_CLS_SR_ROUNDS 7
 
-/* The e4m3 SR group of weight (l, k) of rows d wide and its position in it (header comment). */
+/* The e4m3 SR group of weight (l, k) of rows d wide (header comment). */
 static inline uint64_t elmo_cls_sr8_group(int64_t l, int64_t k, int64_t d) {
   return ((uint64_t)l * (uint64_t)((d + 127) / 128) + (uint64_t)(k / 128)) * 4u + (uint64_t)((k % 32) / 8);
 }
-static inline int elmo_cls_sr8_pos(int64_t k) { return (int)(8 * ((k % 128) / 32) + k % 8); }
 /* Bits 20 e .. 20 e + 19 of the 160-bit string u[0..4] (e < 8): position 8q + e of a group whose
  * words 5q .. 5q + 4 are u. */
 static inline uint32_t elmo_cls_sr8_pick(const uint32_t u[5], int e) {
