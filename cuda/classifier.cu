@@ -58,6 +58,8 @@ extern "C" void elmo_cuda_cls_layout(elmo_cuda_cls *c, elmo_pool *p) {
   c->dx_part = c->dtype != ELMO_F32 ? (float *)elmo_pool_take(p, dx_part_bytes(c->dtype, c->B_cap, c->d), ELMO_MEM_CHUNK)
                                     : NULL;
   c->grad_tab = (uint16_t *)elmo_pool_take(p, 2 * 65536 * sizeof(uint16_t), ELMO_MEM_CHUNK);
+  c->xp_rows = -1;
+  c->pdl_step = 0;
   c->grad_tab_ready = 0;
   c->widened_l0 = -1;
 }
@@ -186,6 +188,7 @@ extern "C" int64_t elmo_cuda_cls_piece(const elmo_cuda_cls *c) {
 
 extern "C" void elmo_cuda_cls_cast(elmo_cuda_cls *c, const float *X, int64_t B, cudaStream_t s) {
   elmo_cuda_cast_input(X, B, round16(B), c->d, c->fp8_input, c->Xq8, c->Xq16, c->Xq32, s);
+  c->xp_rows = -1; /* Xp16 / Xt16 are made again from this Xq */
 }
 
 /* Wc16 <- bf16(W[l0:l0+n]) unless already there. */
@@ -383,6 +386,7 @@ extern "C" void elmo_cuda_cls_step(elmo_cuda_cls *c, const float *X, int64_t B, 
   const int64_t piece = elmo_cuda_cls_piece(c);
   const int split_dx = c->dtype != ELMO_F32;
   int first = 1;
+  c->pdl_step = 1;
   for (int64_t l0 = 0; l0 < c->L_pad; l0 += c->chunk) {
     const int64_t n = c->L_pad - l0 < c->chunk ? c->L_pad - l0 : c->chunk;
     for (int64_t p0 = l0; p0 < l0 + n; p0 += piece) {
@@ -397,6 +401,7 @@ extern "C" void elmo_cuda_cls_step(elmo_cuda_cls *c, const float *X, int64_t B, 
       first = 0;
     }
   }
+  c->pdl_step = 0;
   if (split_dx && !first) elmo_cuda_cls_dx_reduce(c, B, dX, s);
   c->widened_l0 = -1;
 }

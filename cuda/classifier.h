@@ -84,6 +84,9 @@ typedef struct elmo_cuda_cls {
   int fp8_logits;             /* train logits through FP8 tensor cores */
   int fp8_logits_f32;         /* prediction logits (FP32 out) through FP8 tensor cores */
   int64_t widened_l0, widened_n; /* labels currently in Wc16 (l0 = -1: none) */
+  int64_t xp_rows;            /* rows of Xp16 / Xt16 made from the current Xq (-1: none; the cast resets it) */
+  int pdl_step;               /* set by elmo_cuda_cls_step around its chunk loop: the fused kernels there may
+                                 launch before the kernel ahead of them ends (programmatic dependent launch) */
 } elmo_cuda_cls;
 
 /* Takes the scratch buffers from the pool (planning pools give NULL pointers). */

@@ -84,6 +84,42 @@ static __device__ __forceinline__ void load_b_frags(uint32_t bf[4][2], const uin
   }
 }
 
+/* ---- work distribution and launches --------------------------------------------------------- */
+
+/* Tiles handed out at run time (update_wg_kernel's blocks): word 0 counts tiles taken, word 1 workers
+ * finished; the last worker to finish zeroes both for the next launch (which starts only after this one
+ * has ended). A worker's tiles ascend, and each tile is computed whole by one worker, so the results do
+ * not depend on who takes what. (The fused logits kernel keeps its round-robin tiles: taken at run time
+ * they made it 5-10% slower, docs/PERFORMANCE.md, ninth round.) */
+__device__ unsigned elmo_tile_ctr[2];
+
+/* Run-time switches for measurements (default on): ELMO_CLS_PDL=0 launches the step's fused kernels the
+ * usual way, ELMO_CLS_DYN=0 gives the update's tiles out round-robin instead of at run time. */
+static int env_on(const char *var) {
+  const char *e = getenv(var);
+  return !(e && e[0] == '0');
+}
+static int cls_pdl_on(void) { return env_on("ELMO_CLS_PDL"); } /* read at every launch: tests switch them */
+static int cls_dyn_on(void) { return env_on("ELMO_CLS_DYN"); }
+
+/* kernel<<<grid, threads, smem, s>>>(args...), with programmatic stream serialization when pdl (only for
+ * kernels that keep the protocol of pdl_wait). */
+template <typename... KArgs, typename... Args>
+static void launch_k(bool pdl, void (*kernel)(KArgs...), dim3 grid, int threads, size_t smem, cudaStream_t s,
+                     Args... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3((unsigned)threads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cudaLaunchAttribute at[1] = {};
+  at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = at;
+  cfg.numAttrs = pdl && cls_pdl_on() ? 1 : 0;
+  ELMO_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
+}
+
 /* ---- Hopper warpgroup MMA (sm_90a code only) ------------------------------------------------ */
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -100,6 +136,39 @@ static __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sy
 static __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N> static __device__ __forceinline__ void wg_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+/* The next tile from counter pair ctr, or `tiles` when none is left (then again without asking). */
+static __device__ __forceinline__ int64_t tile_take(unsigned *ctr, int64_t tiles, bool &dry) {
+  if (dry) return tiles;
+  const int64_t t = atomicAdd(ctr, 1u);
+  if (t < tiles) return t;
+  dry = true;
+  return tiles;
+}
+static __device__ __forceinline__ void tile_done(unsigned *ctr, unsigned workers) {
+  __threadfence();
+  if (atomicAdd(ctr + 1, 1u) == workers - 1) {
+    ctr[0] = 0;
+    ctr[1] = 0;
+    __threadfence();
+  }
+}
+
+/* Programmatic dependent launch (sm_90): a kernel launched with programmatic stream serialization may
+ * start while the kernel ahead of it in the stream still runs. pdl_wait blocks until that kernel has ended
+ * and its writes are visible; pdl_trigger lets the kernel after this one launch once every block here has
+ * triggered or exited. Both do nothing in a kernel launched the usual way. The step's protocol
+ * (launch_k): every kernel triggers only after its own wait, so when kernel N + 1 starts, kernel N - 1 and
+ * all before it have ended: before its wait, N + 1 may read what N - 1 and earlier wrote, and must neither
+ * read what N writes nor write what N reads. */
+static __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+static __device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
+/* pdl_wait then pdl_trigger, once per thread (flag: done already). */
+static __device__ __forceinline__ void pdl_sync(bool &done) {
+  if (done) return;
+  pdl_wait();
+  pdl_trigger();
+  done = true;
 }
 /* d[N / 2] += A (64 x 16, desc a) B^T (N x 16, desc b), both K-major bf16; TA = 1: A MN-major instead
  * (transposed: the 64 M elements of each K row contiguous, 128-byte swizzle, 8-row atoms of 1024 bytes;
@@ -441,6 +510,8 @@ struct update_args {
   int64_t tiles;           /* label tiles x feature tiles */
   int d_tiles;
   int bench;               /* ELMO_CLS_BENCH_* (benchmarks only; 0 in training) */
+  int dyn;                 /* update_wg_kernel's TMA form: tiles taken at run time (elmo_tile_ctr) */
+  int pdl;                 /* host: that form may launch early (the step, Xt16 made before) */
 };
 
 /* Eight labels (j..j+7) of G row b into shared memory as bf16 codes. */
@@ -991,12 +1062,20 @@ static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_a
     tma_load_2d(wbuf + b * WB, &tmW, (int)k0, (int)j0, &wbar[b]);
   };
   int64_t tile = blockIdx.x;
+  /* dyn: the block's next tile in ntile[(it + 1) % 2], asked for by thread 0 as tile it starts, stored
+   * after its products (the atomic's answer has come by then), read by all after the barrier there */
+  __shared__ int64_t ntile[2];
+  const bool dyn = TMA && a.dyn;
+  bool dry = false, waited = false;
+  int64_t traw = 0;
   if (TMA) {
     if (threadIdx.x == 0) {
       for (int i = 0; i < 4; i++) mbar_init(&sbar[i], 1);
       mbar_init_fence();
+      if (dyn) ntile[0] = tile_take(elmo_tile_ctr, a.tiles, dry);
     }
     __syncthreads();
+    if (dyn) tile = ntile[0];
   }
   if (tile < a.tiles) {
     const int64_t j0 = tile / a.d_tiles * U_TL, k0 = tile % a.d_tiles * U_TD;
@@ -1013,8 +1092,9 @@ static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_a
     }
   }
   if (!TMA) cp_async_commit();
-  for (int buf = 0, it = 0; tile < a.tiles; tile += gridDim.x, buf ^= 1, it++) {
+  for (int buf = 0, it = 0; tile < a.tiles; buf ^= 1, it++) {
     const int64_t j0 = tile / a.d_tiles * U_TL, k0 = tile % a.d_tiles * U_TD;
+    if (dyn && threadIdx.x == 0) traw = dry ? a.tiles : (int64_t)atomicAdd(elmo_tile_ctr, 1u);
     float acc[64];
 #pragma unroll
     for (int i = 0; i < 64; i++) acc[i] = 0.0f;
@@ -1052,9 +1132,14 @@ static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_a
     wg_wait<0>();
     wg_pin<64>(acc);
     if (!TMA) cp_async_wait<0>();
+    if (dyn && threadIdx.x == 0) {
+      dry = traw >= a.tiles;
+      ntile[(it + 1) & 1] = dry ? a.tiles : traw;
+    }
     __syncthreads();                                /* stages free (TMA: this tile's weights waited below) */
-    if (tile + gridDim.x < a.tiles) {
-      const int64_t nt = tile + gridDim.x, nj0 = nt / a.d_tiles * U_TL, nk0 = nt % a.d_tiles * U_TD;
+    const int64_t nt = dyn ? ntile[(it + 1) & 1] : tile + gridDim.x;
+    if (nt < a.tiles) {
+      const int64_t nj0 = nt / a.d_tiles * U_TL, nk0 = nt % a.d_tiles * U_TD;
       if (TMA) {
         if (threadIdx.x == 0) {
           bulk_wait_read0();                        /* the store of the tile before has read buffer buf ^ 1 */
@@ -1071,6 +1156,7 @@ static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_a
     if (TMA) mbar_wait(&wbar[buf], (unsigned)(it >> 1) & 1u);
     else cp_async_commit();
     uint8_t *sw = wbuf + buf * WB;
+    if (TMA) pdl_sync(waited); /* the weights: the kernel ahead (dX) reads them */
     if (!(BM & ELMO_CLS_BENCH_NO_ROUND)) {
       constexpr bool CB = (BM & ELMO_CLS_BENCH_CONST_BITS) != 0;
       if (a.decay == 1.0f) epilogue_wg_rows<CB, LDW, false>(a, j0, k0, acc, sw, slots + buf * U_TL, mw);
@@ -1083,8 +1169,11 @@ static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_a
       tma_store_2d(&tmW, (int)k0, (int)j0, sw);
       bulk_commit();
     }
+    tile = nt;
   }
   if (TMA && threadIdx.x == 0) bulk_wait0();
+  if (TMA) pdl_sync(waited);
+  if (dyn && threadIdx.x == 0) tile_done(elmo_tile_ctr, gridDim.x);
 #endif
 }
 
@@ -1415,7 +1504,7 @@ static int sm_count(void) {
 
 /* update_wg_kernel over the chunk: by TMA when the shapes allow, else its cp.async form (BM as the kernel's). */
 template <int BM>
-static void launch_update_wg(const update_args &a, cudaStream_t s) {
+static void launch_update_wg(update_args a, cudaStream_t s) {
   static bool wg_attr = false;
   if (!wg_attr) {
     ELMO_CUDA_CHECK(cudaFuncSetAttribute(update_wg_kernel<BM, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -1433,10 +1522,14 @@ static void launch_update_wg(const update_args &a, cudaStream_t s) {
   if (a.n % 8 == 0 && elmo_cuda_cls_update_tma() &&
       tmap_2d(&mx, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.Xt, a.ldt, a.dp, V_BK, U_TD) &&
       tmap_2d(&mg, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.G, a.n, a.B, 64, V_BK) &&
-      tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (const uint8_t *)a.W + a.l0 * a.d, a.d, nl, U_TD, U_TL))
-    update_wg_kernel<BM, true><<<(unsigned)blocks, U_THREADS, v_tma_smem_bytes(), s>>>(a, mx, mg, mw);
-  else
+      tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (const uint8_t *)a.W + a.l0 * a.d, a.d, nl, U_TD, U_TL)) {
+    a.dyn = cls_dyn_on();
+    launch_k(a.pdl != 0, update_wg_kernel<BM, true>, dim3((unsigned)blocks), U_THREADS, v_tma_smem_bytes(), s, a, mx,
+             mg, mw);
+  } else {
+    a.dyn = 0;
     update_wg_kernel<BM, false><<<(unsigned)blocks, U_THREADS, v_smem_bytes(), s>>>(a, mx, mg, mw);
+  }
 }
 
 /* e4m3 weights with bf16 G on compute capability 9.0 (a.Xt set): update_wg_kernel for every batch
@@ -1473,7 +1566,7 @@ static void launch_update(const update_args &a, cudaStream_t s) {
   ELMO_LAUNCH_CHECK();
 }
 
-extern "C" void elmo_cuda_cls_update_mma(const elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n,
+extern "C" void elmo_cuda_cls_update_mma(elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n,
                                          const elmo_cls_hyper *h, cudaStream_t s) {
   if (n <= 0) return;
   update_args a;
@@ -1488,16 +1581,21 @@ extern "C" void elmo_cuda_cls_update_mma(const elmo_cuda_cls *c, int64_t B, int6
   a.G = c->z;
   a.Xq16 = c->Xp16;
   a.dp = xperm_ld(c->d);
-  permute_x(c, B, s); /* the permuted copy of Xq's rows < B (a few hundred KB) */
+  /* the permuted copy of Xq's rows < B (a few hundred KB) and its transpose: once per cast, not per chunk */
+  const bool prep = c->xp_rows != B;
+  if (prep) permute_x(c, B, s);
   a.Xt = NULL;
   a.ldt = 0;
   if (c->dtype == ELMO_FP8 && c->Xt16 && elmo_cuda_cls_update_wgmma()) { /* update_wg_kernel, any batch */
     a.Xt = c->Xt16;
     a.ldt = elmo_cuda_cls_xt_cols(c->B_cap);
     const int64_t n = a.dp * a.ldt, blocks = (n + 255) / 256 < 1024 ? (n + 255) / 256 : 1024;
-    transpose_x_kernel<<<(unsigned)blocks, 256, 0, s>>>(c->Xp16, c->Xt16, B, a.dp, a.ldt);
+    if (prep) transpose_x_kernel<<<(unsigned)blocks, 256, 0, s>>>(c->Xp16, c->Xt16, B, a.dp, a.ldt);
     ELMO_LAUNCH_CHECK();
   }
+  c->xp_rows = B;
+  a.pdl = c->pdl_step && !prep; /* not right behind the transpose, whose output it reads before its wait */
+  a.dyn = 0;
   const elmo_cls_coef cf = elmo_cls_coefs(h);
   a.nlr = cf.nlr;
   a.decay = cf.decay;
@@ -1809,14 +1907,18 @@ static __global__ void __launch_bounds__(256, TD == 128 ? 2 : 1) dx_wgmma_kernel
   float acc[NACC];
 #pragma unroll
   for (int i = 0; i < NACC; i++) acc[i] = 0.0f;
-  auto issue = [&](int kt) {                        /* TMA: stage kt into its slot (thread 0) */
+  /* TMA: stage kt into its slot (thread 0); part 1: the barrier's bytes and the weights, 2: G */
+  auto issue = [&](int kt, int part) {
     const int sl = kt % XG_NST;
     const int64_t j = jb + (int64_t)kt * X_BK;
-    mbar_expect_tx(&bar[sl], (unsigned)(XG_G_BYTES + X_BK * TD));
-    tma_load_2d(XG_SG(sl), &tmG, (int)j, (int)b0, &bar[sl]);
+    if (part & 1) {
+      mbar_expect_tx(&bar[sl], (unsigned)(XG_G_BYTES + X_BK * TD));
 #pragma unroll
-    for (int h = 0; h < TD / 128; h++) tma_load_2d(XG_SW(sl) + h * X_BK * 128, &tmW, (int)(k0 + 128 * h), (int)j, &bar[sl]);
+      for (int h = 0; h < TD / 128; h++) tma_load_2d(XG_SW(sl) + h * X_BK * 128, &tmW, (int)(k0 + 128 * h), (int)j, &bar[sl]);
+    }
+    if (part & 2) tma_load_2d(XG_SG(sl), &tmG, (int)j, (int)b0, &bar[sl]);
   };
+  bool waited = false;
   auto wait_stage = [&](int kt) { mbar_wait(&bar[kt % XG_NST], (unsigned)(kt / XG_NST) & 1u); };
   if (TMA) {
     if (threadIdx.x == 0) {
@@ -1824,9 +1926,14 @@ static __global__ void __launch_bounds__(256, TD == 128 ? 2 : 1) dx_wgmma_kernel
       mbar_init_fence();
     }
     __syncthreads();
+    if (threadIdx.x == 0) { /* the weights before the kernel ahead (which writes G) has ended */
+      if (nk > 0) issue(0, 1);
+      if (nk > 1) issue(1, 1);
+    }
+    pdl_sync(waited);
     if (threadIdx.x == 0) {
-      if (nk > 0) issue(0);
-      if (nk > 1) issue(1);
+      if (nk > 0) issue(0, 2);
+      if (nk > 1) issue(1, 2);
     }
     if (nk > 0) {
       wait_stage(0);
@@ -1855,7 +1962,7 @@ static __global__ void __launch_bounds__(256, TD == 128 ? 2 : 1) dx_wgmma_kernel
      * above), and stage kt + 1 widened into the other buffer (read by wgmma kt - 1) */
     const int nx = kt + 2;
     if (TMA) {
-      if (nx < nk && threadIdx.x == 0) issue(nx);
+      if (nx < nk && threadIdx.x == 0) issue(nx, 3);
       if (kt + 1 < nk) {
         wait_stage(kt + 1);
         xg_widen<TD, true>(XG_SW((kt + 1) % XG_NST), wbuf + ((kt + 1) & 1) * xg_wb_bytes(TD));
@@ -1938,7 +2045,7 @@ extern "C" int elmo_cuda_cls_dx_wgmma(void) { return wgmma_enabled("ELMO_DX_WGMM
  * unless ELMO_DX_TMA=0); the same bits either way. */
 extern "C" int elmo_cuda_cls_dx_tma(void) { return wgmma_enabled("ELMO_DX_TMA") && tmap_encoder() != NULL; }
 
-template <int TD> static void launch_dx_wgmma_td(const dx_args &a, dim3 grid, cudaStream_t s) {
+template <int TD> static void launch_dx_wgmma_td(const dx_args &a, dim3 grid, bool pdl, cudaStream_t s) {
   static bool attr_set = false;
   if (!attr_set) {
     ELMO_CUDA_CHECK(cudaFuncSetAttribute(dx_wgmma_kernel<TD, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -1953,7 +2060,7 @@ template <int TD> static void launch_dx_wgmma_td(const dx_args &a, dim3 grid, cu
   if (a.n % 8 == 0 && elmo_cuda_cls_dx_tma() &&
       tmap_2d(&mg, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.G, a.n, a.B, X_BK, X_TB) &&
       tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (const uint8_t *)a.W + a.l0 * a.d, a.d, a.n, 128, X_BK))
-    dx_wgmma_kernel<TD, true><<<grid, 256, dxg_tma_smem_bytes(TD), s>>>(a, mg, mw);
+    launch_k(pdl, dx_wgmma_kernel<TD, true>, grid, 256, dxg_tma_smem_bytes(TD), s, a, mg, mw);
   else
     dx_wgmma_kernel<TD, false><<<grid, 256, dxg_smem_bytes(TD), s>>>(a, mg, mw);
   ELMO_LAUNCH_CHECK();
@@ -1963,15 +2070,15 @@ template <int TD> static void launch_dx_wgmma_td(const dx_args &a, dim3 grid, cu
  * 256 in the environment forces one. The slice count stays the mma.sync kernel's (dx_part's shape):
  * 256-feature tiles make half the blocks. H100, 2026-11-27 (dX ms, 128 / 256 features): 2.81M x B 128
  * whole chunk 1.40 / 1.43, in 8 chunks 1.80 / 1.69; 1.31M x B 512 2.53 / 2.60. */
-static void launch_dx_wgmma(dx_args a, int64_t B, int slices, cudaStream_t s) {
+static void launch_dx_wgmma(dx_args a, int64_t B, int slices, bool pdl, cudaStream_t s) {
   const char *e = getenv("ELMO_DX_WGMMA");
   int td = B <= X_TB ? 256 : 128;
   if (e && strcmp(e, "128") == 0) td = 128;
   if (e && strcmp(e, "256") == 0) td = 256;
   a.d_tiles = (int)((a.d + td - 1) / td);
   const dim3 grid((unsigned)((B + X_TB - 1) / X_TB * a.d_tiles), (unsigned)slices);
-  if (td == 128) launch_dx_wgmma_td<128>(a, grid, s);
-  else launch_dx_wgmma_td<256>(a, grid, s);
+  if (td == 128) launch_dx_wgmma_td<128>(a, grid, pdl, s);
+  else launch_dx_wgmma_td<256>(a, grid, pdl, s);
 }
 
 extern "C" void elmo_cuda_cls_dx_part(const elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, int accumulate,
@@ -1994,7 +2101,7 @@ extern "C" void elmo_cuda_cls_dx_part(const elmo_cuda_cls *c, int64_t B, int64_t
   if (a.per < X_BK) a.per = X_BK;
   dim3 grid((unsigned)((B + X_TB - 1) / X_TB * a.d_tiles), (unsigned)c->dx_slices);
   const int wg = c->dtype == ELMO_FP8 ? elmo_cuda_cls_dx_wgmma() : 0;
-  if (wg) launch_dx_wgmma(a, B, (int)c->dx_slices, s);
+  if (wg) launch_dx_wgmma(a, B, (int)c->dx_slices, c->pdl_step != 0, s);
   else if (c->dtype == ELMO_FP8) launch_dx<ELMO_FP8>(a, grid, s);
   else launch_dx<ELMO_BF16>(a, grid, s);
 }
@@ -2152,6 +2259,7 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a, cons
   int64_t *cur = (int64_t *)(smem + (size_t)(a.kb + 2 * LG_NST) * LG_STAGE) + q * 256, *cend = cur + 128;
   int32_t *ny = (int32_t *)(smem + (size_t)(a.kb + 2 * LG_NST) * LG_STAGE + 2 * 128 * 16) + q * 128;
   uint64_t *bar = (uint64_t *)(smem + (size_t)(a.kb + 2 * LG_NST) * LG_STAGE + 2 * 128 * 20) + q * LG_NST;
+  bool waited = false;
   auto issue = [&](int64_t st) { /* TMA: stage st into its slot, by thread 0 of the warpgroup */
     mbar_expect_tx(&bar[st % LG_NST], LG_STAGE);
     tma_load_2d(ring + (st % LG_NST) * LG_STAGE, &tmW, (int)((st % a.kb) * 128), (int)(lg_tile(a, q, st) * LG_TL),
@@ -2237,12 +2345,14 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a, cons
     }
     if (ks != a.kb - 1) continue;
     const int64_t j0 = lg_tile(a, q, s) * LG_TL;
+    if (TMA) pdl_sync(waited); /* G: the kernel ahead (the last update) reads the buffer */
     lg_epilogue(a, acc[0], 0, j0, cur, cend, ny, r0, Bs);
     if (two) lg_epilogue(a, acc[1], 1, j0, cur, cend, ny, r0, Bs);
 #pragma unroll
     for (int i = 0; i < 64; i++) acc[0][i] = acc[1][i] = 0.0f;
   }
   cp_async_wait<0>();
+  if (TMA) pdl_sync(waited);
 #endif
 }
 
@@ -2301,7 +2411,9 @@ extern "C" int elmo_cuda_cls_lg_fused(const elmo_cuda_cls *c, int64_t B, int64_t
   memset(&mw, 0, sizeof mw);
   if (n % 8 == 0 && elmo_cuda_cls_lg_tma() &&
       tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, a.W + l0 * c->d, c->d, n, 128, LG_TL))
-    lg_wgmma_kernel<true><<<blocks, 256, smem, s>>>(a, mw);
+    /* inside the step, chunks after the first launch early: Xq, the weights and the first tile's products
+     * before the first G store waits for the update ahead */
+    launch_k(c->pdl_step && l0 > 0, lg_wgmma_kernel<true>, blocks, 256, smem, s, a, mw);
   else
     lg_wgmma_kernel<false><<<blocks, 256, smem, s>>>(a, mw);
   ELMO_LAUNCH_CHECK();

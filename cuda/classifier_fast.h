@@ -86,7 +86,7 @@ int elmo_cuda_cls_lg_ok(const elmo_cuda_cls *c, int64_t B);
 int elmo_cuda_cls_lg_fused(const elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, const int64_t *y_indptr,
                            const int32_t *y_indices, cudaStream_t s);
 /* W[l0:l0+n] <- SR(W - lr (G^T Xq + wd W)) with G in c->z [round16(B), n]. */
-void elmo_cuda_cls_update_mma(const elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, const elmo_cls_hyper *h,
+void elmo_cuda_cls_update_mma(elmo_cuda_cls *c, int64_t B, int64_t l0, int64_t n, const elmo_cls_hyper *h,
                               cudaStream_t s);
 /* For tests, both must equal numerics.h bit for bit: the update kernel's e4m3 SR run on the
  * device over n (even) device values x with bits r into out (elmo_sr_fp8(x[i], r[i])), and

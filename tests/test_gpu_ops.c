@@ -885,6 +885,65 @@ static void run_cls_step_fused(cls_case cc) {
   }
 }
 
+/* The step with its fused kernels launched early and their tiles taken at run time (the defaults) against
+ * the same two steps with both off (ELMO_CLS_PDL=0, ELMO_CLS_DYN=0): the same bits, weights and dX. The
+ * positive labels are spread over every chunk, so the fused logits kernel's row cursors cross tiles other
+ * warpgroups took; the second step finds the tile counters zeroed by the first. */
+static void run_cls_step_sched(cls_case cc) {
+  cls_fix f[2];
+  float *dg[2];
+  void *Wg[2];
+  const int64_t B = cc.B, d = cc.d;
+  for (int v = 0; v < 2; v++) {
+    memset(&f[v], 0, sizeof f[v]);
+    f[v].cc = cc;
+    fix_host(&f[v]);
+    int64_t n = 0; /* 0..5 labels a row, sorted and unique, anywhere in [0, L) */
+    for (int64_t b = 0; b < B; b++) {
+      const int64_t cnt = f[v].yp[b + 1] - f[v].yp[b], step = cc.L / (cnt + 1);
+      f[v].yp[b] = n;
+      for (int64_t j = 0; j < cnt; j++) f[v].yi[n++] = (int32_t)(j * step + (b * 7919 + j * 104729) % step);
+    }
+    f[v].yp[B] = n;
+    fix_device(&f[v]);
+    float *dXin = dup_up(f[v].X, sizeof(float) * (size_t)(B * d));
+    if (v == 0) {
+      setenv("ELMO_CLS_PDL", "0", 1);
+      setenv("ELMO_CLS_DYN", "0", 1);
+    }
+    for (int st = 0; st < 2; st++) {
+      elmo_cls_hyper h = {.lr = 0.3, .weight_decay = 0.0, .seed = 99, .step = 12 + st};
+      elmo_cuda_cls_step(&f[v].c, dXin, B, f[v].d_yp, f[v].d_yi, &h, 0, f[v].dX, S);
+    }
+    unsetenv("ELMO_CLS_PDL");
+    unsetenv("ELMO_CLS_DYN");
+    dg[v] = malloc(sizeof(float) * (size_t)(B * d));
+    down(dg[v], f[v].dX, sizeof(float) * (size_t)(B * d));
+    Wg[v] = malloc((size_t)(f[v].L_pad * d));
+    down(Wg[v], f[v].c.W, (size_t)(f[v].L_pad * d));
+    cudaFree(dXin);
+  }
+  int64_t wdiff = 0, xdiff = 0, nan = 0;
+  for (int64_t i = 0; i < f[0].L_pad * d; i++) wdiff += ((uint8_t *)Wg[0])[i] != ((uint8_t *)Wg[1])[i];
+  for (int64_t i = 0; i < B * d; i++) {
+    xdiff += memcmp(&dg[0][i], &dg[1][i], 4) != 0;
+    nan += isnan(dg[1][i]);
+  }
+  int64_t moved = 0; /* the steps did something: weights that left their start */
+  for (int64_t i = 0; i < f[0].L_pad * d; i++) moved += ((uint8_t *)Wg[1])[i] != ((uint8_t *)f[1].W)[i];
+  print_message("step L %lld d %lld B %lld chunk %lld, launched early + tiles at run time vs neither: %lld weights "
+                "and %lld dX differ (%lld weights moved)\n", (long long)cc.L, (long long)d, (long long)B,
+                (long long)cc.chunk, (long long)wdiff, (long long)xdiff, (long long)moved);
+  if (wdiff || xdiff || nan || moved * 10 < f[0].L_pad * d)
+    fail_msg("scheduled step: %lld weights, %lld dX differ, %lld NaN, %lld moved", (long long)wdiff, (long long)xdiff,
+             (long long)nan, (long long)moved);
+  for (int v = 0; v < 2; v++) {
+    free(dg[v]);
+    free(Wg[v]);
+    fix_free(&f[v]);
+  }
+}
+
 static void test_cls_step(void **state) {
   run_cls_step((cls_case){.dt = ELMO_FP8, .fp8_input = 1, .L = 500, .d = 128, .B = 64, .chunk = 160, .n_head = 6, .seed = 7});
   run_cls_step((cls_case){.dt = ELMO_BF16, .fp8_input = 1, .L = 250, .d = 64, .B = 33, .chunk = 256, .n_head = 0, .seed = 8});
@@ -901,6 +960,14 @@ static void test_cls_step(void **state) {
                                 .n_head = 4, .seed = 14, .skip_loss = 1});
   run_cls_step((cls_case){.dt = ELMO_FP8, .fp8_input = 1, .L = 700, .d = 96, .B = 50, .chunk = 352, .n_head = 0,
                           .seed = 15, .skip_loss = 1});
+  /* launched early, tiles at run time: several tiles a worker (2 x 547 logits tiles, 2 x 3,282 update tiles);
+   * two slices of 128 rows (logits tiles round-robin, launched early); one 128-feature block (d 96) */
+  run_cls_step_sched((cls_case){.dt = ELMO_FP8, .fp8_input = 1, .L = 140000, .d = 768, .B = 128, .chunk = 70016,
+                                .n_head = 4, .seed = 16, .skip_loss = 1});
+  run_cls_step_sched((cls_case){.dt = ELMO_FP8, .fp8_input = 1, .L = 40000, .d = 256, .B = 256, .chunk = 13344,
+                                .n_head = 2, .seed = 17, .skip_loss = 1});
+  run_cls_step_sched((cls_case){.dt = ELMO_FP8, .fp8_input = 1, .L = 70000, .d = 96, .B = 100, .chunk = 35008,
+                                .n_head = 0, .seed = 18, .skip_loss = 1});
 }
 
 /* ---- top-k --------------------------------------------------------------------------------- */
