@@ -838,6 +838,15 @@ static void run_cls_step(cls_case cc) {
   fix_free(&f);
 }
 
+/* dX [B, d] and the e4m3 weights [L_pad, d] of a fixture's device step, into new host buffers. */
+static void step_download(cls_fix *f, float **dg, void **Wg) {
+  const int64_t B = f->cc.B, d = f->cc.d;
+  *dg = malloc(sizeof(float) * (size_t)(B * d));
+  down(*dg, f->dX, sizeof(float) * (size_t)(B * d));
+  *Wg = malloc((size_t)(f->L_pad * d));
+  down(*Wg, f->c.W, (size_t)(f->L_pad * d));
+}
+
 /* A skip-loss e4m3 step at BERT's width against the same step with logits and grad unfused
  * (ELMO_LG_WGMMA=0), both on the device: at d = 768, B = 128 both differ from the CPU in hundreds of
  * label rows by more than one code step (lr 0.3 turns a one-ulp G difference into several steps of
@@ -858,10 +867,7 @@ static void run_cls_step_fused(cls_case cc) {
     if (v == 0) setenv("ELMO_LG_WGMMA", "0", 1);
     elmo_cuda_cls_step(&f[v].c, dXin, B, f[v].d_yp, f[v].d_yi, &h, 0, f[v].dX, S);
     unsetenv("ELMO_LG_WGMMA");
-    dg[v] = malloc(sizeof(float) * (size_t)(B * d));
-    down(dg[v], f[v].dX, sizeof(float) * (size_t)(B * d));
-    Wg[v] = malloc((size_t)(f[v].L_pad * d));
-    down(Wg[v], f[v].c.W, (size_t)(f[v].L_pad * d));
+    step_download(&f[v], &dg[v], &Wg[v]);
     cudaFree(dXin);
   }
   double scale = 0;
@@ -917,10 +923,7 @@ static void run_cls_step_sched(cls_case cc) {
     }
     unsetenv("ELMO_CLS_PDL");
     unsetenv("ELMO_CLS_DYN");
-    dg[v] = malloc(sizeof(float) * (size_t)(B * d));
-    down(dg[v], f[v].dX, sizeof(float) * (size_t)(B * d));
-    Wg[v] = malloc((size_t)(f[v].L_pad * d));
-    down(Wg[v], f[v].c.W, (size_t)(f[v].L_pad * d));
+    step_download(&f[v], &dg[v], &Wg[v]);
     cudaFree(dXin);
   }
   int64_t wdiff = 0, xdiff = 0, nan = 0;
