@@ -97,7 +97,7 @@ __device__ unsigned elmo_tile_ctr[2];
  * usual way, ELMO_CLS_DYN=0 gives the update's tiles out round-robin instead of at run time. */
 static int env_on(const char *var) {
   const char *e = getenv(var);
-  return !(e && e[0] == '0');
+  return !(e && strcmp(e, "0") == 0);
 }
 static int cls_pdl_on(void) { return env_on("ELMO_CLS_PDL"); } /* read at every launch: tests switch them */
 static int cls_dyn_on(void) { return env_on("ELMO_CLS_DYN"); }
@@ -136,14 +136,6 @@ static __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sy
 static __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int N> static __device__ __forceinline__ void wg_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-/* The next tile from counter pair ctr, or `tiles` when none is left (then again without asking). */
-static __device__ __forceinline__ int64_t tile_take(unsigned *ctr, int64_t tiles, bool &dry) {
-  if (dry) return tiles;
-  const int64_t t = atomicAdd(ctr, 1u);
-  if (t < tiles) return t;
-  dry = true;
-  return tiles;
 }
 static __device__ __forceinline__ void tile_done(unsigned *ctr, unsigned workers) {
   __threadfence();
@@ -466,8 +458,7 @@ static int wgmma_enabled(const char *var) {
     ELMO_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
     sm90 = major == 9 && minor == 0;
   }
-  const char *e = getenv(var);
-  return sm90 && !(e && strcmp(e, "0") == 0);
+  return sm90 && env_on(var);
 }
 
 extern "C" int elmo_cuda_cls_update_wgmma(void) { return wgmma_enabled("ELMO_UPDATE_WGMMA"); }
@@ -1072,7 +1063,11 @@ static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_a
     if (threadIdx.x == 0) {
       for (int i = 0; i < 4; i++) mbar_init(&sbar[i], 1);
       mbar_init_fence();
-      if (dyn) ntile[0] = tile_take(elmo_tile_ctr, a.tiles, dry);
+      if (dyn) { /* the first tile (the later ones are asked for a tile ahead, below) */
+        const int64_t t0 = atomicAdd(elmo_tile_ctr, 1u);
+        dry = t0 >= a.tiles;
+        ntile[0] = dry ? a.tiles : t0;
+      }
     }
     __syncthreads();
     if (dyn) tile = ntile[0];
