@@ -52,6 +52,9 @@ int elmo_cuda_attention_backward(elmo_cuda_tf_gemm *g, const elmo_bf16 *qkv, elm
  * 32 or 64, and the environment does not set ELMO_ATTN_FUSED=0 (the switch back to the batched path,
  * for benchmarks and comparisons). */
 int elmo_cuda_attention_fused_ok(int Tp, int dh);
+/* Shared memory a block may have on the current device (opt-in), bytes; ELMO_SMEM_OPTIN_KB in the
+ * environment stands in for it (tests of smaller cards' paths on a larger one). */
+int elmo_cuda_smem_optin(void);
 /* ctx = softmax(q k^T / sqrt(dh)) v per (sequence, head), masked. ld_qkv: the row stride of q, k, v
  * (and of dq, dk, dv in the backward) in elements, 0 for heads * dh; 3 heads dh when they are the
  * column blocks of one [B * Tp, 3 heads dh] matrix (a multiple of 8, >= heads * dh). */

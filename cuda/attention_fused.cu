@@ -594,6 +594,22 @@ int fused_shape_ok(int Tp, int dh) {
   return Tp >= 8 && Tp <= ELMO_CUDA_ATTN_FUSED_MAX_TP && Tp % 8 == 0 && (dh == 16 || dh == 32 || dh == 64);
 }
 
+/* Shared memory a block of the kernels launch() picks for this shape needs (the larger of the two ways). */
+template <int DH> size_t smem_need_dh(int Tp) {
+  const int kt = (Tp + 15) / 16;
+  if (kt <= 1) return bwd_smem<DH, 1>() > fwd_smem<DH, 1>() ? bwd_smem<DH, 1>() : fwd_smem<DH, 1>();
+  if (kt <= 2) return bwd_smem<DH, 2>() > fwd_smem<DH, 2>() ? bwd_smem<DH, 2>() : fwd_smem<DH, 2>();
+  if (kt <= 4) return bwd_smem<DH, 4>() > fwd_smem<DH, 4>() ? bwd_smem<DH, 4>() : fwd_smem<DH, 4>();
+  return bwd_smem<DH, 8>() > fwd_pipe_smem<DH, 8>() ? bwd_smem<DH, 8>() : fwd_pipe_smem<DH, 8>();
+}
+
+/* The current device gives a block that much shared memory (sm_86 / sm_89 cards stop at 99 KB, below the
+ * backward's 109 KB at Tp 128 and head dim 64). */
+int smem_fits(int Tp, int dh) {
+  const size_t need = dh == 16 ? smem_need_dh<16>(Tp) : dh == 32 ? smem_need_dh<32>(Tp) : smem_need_dh<64>(Tp);
+  return need <= (size_t)elmo_cuda_smem_optin();
+}
+
 int check_fused(const char *what, const void *const *ptrs, int n, int B, int Tp, int heads, int dh, elmo_err *err) {
   if (B < 0 || heads < 1 || (int64_t)B * heads > 0x7FFFFFFF || !fused_shape_ok(Tp, dh))
     return elmo_fail(err, ELMO_EINPUT, "%s: B %d, Tp %d, heads %d, head dim %d (expected B >= 0, heads >= 1, "
@@ -616,10 +632,22 @@ int check_ld(const char *what, int ld, int H, elmo_err *err) {
 
 /* ------------------------------------------------------------------ entries */
 
+extern "C" int elmo_cuda_smem_optin(void) {
+  const char *e = getenv("ELMO_SMEM_OPTIN_KB");
+  if (e && atoi(e) > 0) return atoi(e) * 1024;
+  int dev = 0, optin = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return optin;
+}
+
 extern "C" int elmo_cuda_attention_fused_ok(int Tp, int dh) {
   const char *e = getenv("ELMO_ATTN_FUSED");
   if (e && strcmp(e, "0") == 0) return 0;
-  return fused_shape_ok(Tp, dh);
+  return fused_shape_ok(Tp, dh) && smem_fits(Tp, dh);
 }
 
 extern "C" int elmo_cuda_attention_fused_forward(const elmo_bf16 *q, const elmo_bf16 *k, const elmo_bf16 *v,

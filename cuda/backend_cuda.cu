@@ -3,6 +3,7 @@
  * backward -> AdamW), prediction with a running top-k, checkpoint buffer I/O, peak memory.
  * It follows backend_cpu.c op by op; the kernels live in the other files of cuda/. */
 #include "backend_cuda.h"
+#include "attention.h"
 #include "blas.h"
 #include "check.h"
 #include "classifier.h"
@@ -397,6 +398,31 @@ static void log_create(const elmo_model *m) {
                         : "batched cuBLASLt GEMMs + softmax kernels (padded length > 128 or head dim not 16/32/64)");
 }
 
+/* What this device cannot run, said before anything is allocated: no code for it in the binary, the FP8
+ * encoder without FP8 tensor cores, classifier kernels that want more shared memory than it has. */
+static int check_device(const elmo_model_desc *md, elmo_err *err) {
+  int dev = 0;
+  cudaDeviceProp prop;
+  ELMO_CUDA_CHECK(cudaGetDevice(&dev));
+  ELMO_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+  const int optin = elmo_cuda_smem_optin();
+  if (elmo_cuda_code_kind() < 0)
+    return elmo_fail(err, ELMO_ERUNTIME, "this build has no GPU code for the %s (compute capability %d.%d): "
+                     "rebuild with -Dgpu_gencode='-gencode=arch=compute_%d%d,code=sm_%d%d' added (meson configure "
+                     "BUILD_DIR -Dgpu_gencode=...), or run with --device cpu", prop.name, prop.major, prop.minor,
+                     prop.major, prop.minor, prop.major, prop.minor);
+  if (md->enc_fp8_gemm && !elmo_cuda_fp8_gemm_ok())
+    return elmo_fail(err, ELMO_EINPUT, "model.encoder.dtype \"fp8\" needs FP8 tensor cores (compute capability 8.9 "
+                     "or newer) and the %s has %d.%d: use \"bf16\"", prop.name, prop.major, prop.minor);
+  const size_t need = elmo_cuda_cls_smem_need(md->cls_dtype, round16(md->batch_size));
+  if (elmo_cuda_code_kind() != 1 && need > (size_t)optin)
+    return elmo_fail(err, ELMO_EINPUT, "model.classifier.dtype \"%s\" with %lld batch rows needs %zu KB of shared "
+                     "memory a block on this device, and the %s offers %d KB: use \"fp8\"%s",
+                     md->cls_dtype == ELMO_FP8 ? "fp8" : md->cls_dtype == ELMO_BF16 ? "bf16" : "fp32", (long long)md->batch_size, need / 1024, prop.name, optin / 1024,
+                     md->batch_size > 128 ? " or at most 128 rows a batch" : "");
+  return ELMO_OK;
+}
+
 static int cuda_create(const elmo_config *cfg, const elmo_model_desc *md, elmo_model **out, elmo_err *err) {
   *out = NULL;
   int ndev = 0;
@@ -404,13 +430,15 @@ static int cuda_create(const elmo_config *cfg, const elmo_model_desc *md, elmo_m
     cudaGetLastError();
     return elmo_fail(err, ELMO_ERUNTIME, "no CUDA device");
   }
+  int rc = check_device(md, err);
+  if (rc) return rc;
   elmo_model *m = (elmo_model *)elmo_calloc(1, sizeof *m);
   m->md = *md;
   m->enc_opt = cfg->enc_opt;
   m->cls_opt = cfg->cls_opt;
   m->B_cap = round16(md->batch_size);
   m->cap = default_caps(md, m->B_cap);
-  int rc = elmo_cuda_choose_chunks(cfg, &m->md, err);
+  rc = elmo_cuda_choose_chunks(cfg, &m->md, err);
   if (!rc) rc = check_desc(&m->md, err);
   if (rc) {
     free(m);

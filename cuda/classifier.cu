@@ -26,8 +26,11 @@ static size_t dx_part_bytes(elmo_dtype t, int64_t B_cap, int64_t d) {
 }
 
 /* FP8 tensor cores (sm_89 and newer). Without a device (planning on a build machine) the plan
- * assumes them, as on the H100 it is made for. */
-static int device_has_fp8(void) {
+ * assumes them, as on the H100 it is made for. ELMO_NO_FP8_GEMM=1 in the environment takes them away
+ * (an Ampere card's paths, for tests on newer cards). */
+extern "C" int elmo_cuda_fp8_gemm_ok(void) {
+  const char *e = getenv("ELMO_NO_FP8_GEMM");
+  if (e && strcmp(e, "1") == 0) return 0;
   int dev;
   cudaDeviceProp prop;
   if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess) {
@@ -36,6 +39,7 @@ static int device_has_fp8(void) {
   }
   return prop.major * 10 + prop.minor >= 89;
 }
+static int device_has_fp8(void) { return elmo_cuda_fp8_gemm_ok(); }
 
 extern "C" void elmo_cuda_cls_layout(elmo_cuda_cls *c, elmo_pool *p) {
   size_t bd = (size_t)(c->B_cap * c->d);
@@ -122,10 +126,10 @@ static void log_path(FILE *log, const char *op, const elmo_gemm *g, const char *
 }
 
 extern "C" void elmo_cuda_cls_init_paths(elmo_cuda_cls *c, FILE *log) {
-  int want_fp8 = c->dtype == ELMO_FP8 && c->fp8_input;
+  int want_fp8 = c->dtype == ELMO_FP8 && c->fp8_input, can_fp8 = want_fp8 && device_has_fp8();
   elmo_gemm g8 = logits_gemm(c, c->B_cap, 0, c->chunk, 1, 0), g8f = logits_gemm(c, c->B_cap, 0, c->chunk, 1, 1);
-  c->fp8_logits = want_fp8 && elmo_blas_supported(c->blas, &g8);
-  c->fp8_logits_f32 = want_fp8 && elmo_blas_supported(c->blas, &g8f);
+  c->fp8_logits = can_fp8 && elmo_blas_supported(c->blas, &g8);
+  c->fp8_logits_f32 = can_fp8 && elmo_blas_supported(c->blas, &g8f);
   if (want_fp8 && (!c->fp8_logits || !c->fp8_logits_f32) && !c->Wc16)
     elmo_cuda_die("cuBLASLt offers no FP8 logits GEMM for this shape on this FP8-capable device; "
                   "set model.classifier.input_dtype=bf16", "elmo_cuda_cls_init_paths", __FILE__, __LINE__);

@@ -91,6 +91,14 @@ typedef struct elmo_cuda_cls {
 
 /* Takes the scratch buffers from the pool (planning pools give NULL pointers). */
 void elmo_cuda_cls_layout(elmo_cuda_cls *c, elmo_pool *p);
+/* The code the current device runs from this binary: -1 none (built for other GPUs), 0 the portable
+ * kernels (any device of compute capability 8.0 or newer), 1 also the sm_90a ones (wgmma, TMA). */
+int elmo_cuda_code_kind(void);
+/* 1 when cuBLASLt's FP8 GEMMs run here (compute capability 8.9 or newer; ELMO_NO_FP8_GEMM=1 says no). */
+int elmo_cuda_fp8_gemm_ok(void);
+/* Shared memory a block of the portable classifier kernels needs for these weights and batch rows
+ * (bytes; the sm_90a kernels run on the H100's 227 KB). */
+size_t elmo_cuda_cls_smem_need(elmo_dtype dt, int64_t B_cap);
 /* Picks the GEMM paths cuBLASLt can run for these shapes (and the piece size: whole chunks when
  * c->piece is 0); writes one line per op to `log` (may be NULL) saying which path runs. */
 void elmo_cuda_cls_init_paths(elmo_cuda_cls *c, FILE *log);

@@ -311,19 +311,28 @@ static __device__ __forceinline__ uint32_t sr16(float v, uint32_t r) {
 /* Four FP32 values -> four e4m3 codes (a in the low byte), round to nearest, satfinite: two conversions
  * straight into the halves of one register (no masks or byte permutes). */
 static __device__ __forceinline__ uint32_t cvt_e4m3x4(float a, float b, float c, float d) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890 /* no e4m3 conversion instruction: the reference's */
+  return (uint32_t)elmo_f32_to_fp8(a) | (uint32_t)elmo_f32_to_fp8(b) << 8 | (uint32_t)elmo_f32_to_fp8(c) << 16 |
+         (uint32_t)elmo_f32_to_fp8(d) << 24;
+#else
   uint32_t r;
   asm("{ .reg .b16 lo, hi;\n cvt.rn.satfinite.e4m3x2.f32 lo, %2, %1;\n cvt.rn.satfinite.e4m3x2.f32 hi, %4, %3;\n"
       " mov.b32 %0, {lo, hi}; }"
       : "=r"(r)
       : "f"(a), "f"(b), "f"(c), "f"(d));
   return r;
+#endif
 }
 
 /* Two FP32 values -> two e4m3 codes (lo in the low byte), round to nearest, satfinite. */
 static __device__ __forceinline__ uint32_t cvt_e4m3x2(float lo, float hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
+  return (uint32_t)elmo_f32_to_fp8(lo) | (uint32_t)elmo_f32_to_fp8(hi) << 8;
+#else
   uint16_t p;
   asm("{ .reg .b16 t;\n cvt.rn.satfinite.e4m3x2.f32 t, %1, %2;\n mov.b16 %0, t; }" : "=h"(p) : "f"(hi), "f"(lo));
   return p;
+#endif
 }
 
 /* For tests: the update kernel's SR of x[i] + zero (zero = -0.0f: the add every update value
@@ -447,8 +456,37 @@ static __global__ void transpose_x_kernel(const uint16_t *Xp, uint16_t *Xt, int6
 /* Row length of c->Xt16: the batch capacity rounded up to the wgmma update's 64-row stages. */
 extern "C" int64_t elmo_cuda_cls_xt_cols(int64_t B_cap) { return (B_cap + 63) / 64 * 64; }
 
-/* 1 when the device runs the sm_90a code (compute capability 9.0, asked once) and the environment
- * variable `var` is not "0" (read on every call: tests switch it). */
+/* Which code the device runs: the probe writes 1 where the sm_90a code (wgmma, TMA, programmatic launch)
+ * was compiled in and 0 in the code for other targets. A build for Ampere only, run on an H100, has the
+ * sm_90a kernels empty, so the compute capability alone cannot decide. */
+__device__ int elmo_code_probe_out;
+static __global__ void code_probe_kernel() {
+#if defined(ELMO_HAVE_WGMMA)
+  elmo_code_probe_out = 1;
+#else
+  elmo_code_probe_out = 0;
+#endif
+}
+
+/* -1: this binary has no code the current device can run; 0: code without the sm_90a features; 1: the
+ * sm_90a code. Asked once (a launch and a synchronisation), then cached. */
+extern "C" int elmo_cuda_code_kind(void) {
+  static int kind = -2;
+  if (kind > -2) return kind;
+  int v = 0;
+  code_probe_kernel<<<1, 1>>>();
+  cudaError_t e = cudaGetLastError();
+  if (e == cudaSuccess) e = cudaDeviceSynchronize();
+  if (e == cudaSuccess) e = cudaMemcpyFromSymbol(&v, elmo_code_probe_out, sizeof v);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return kind = -1;
+  }
+  return kind = v;
+}
+
+/* 1 when the device runs the sm_90a code (compute capability 9.0 and that code in the binary, asked once)
+ * and the environment variable `var` is not "0" (read on every call: tests switch it). */
 static int wgmma_enabled(const char *var) {
   static int sm90 = -1;
   if (sm90 < 0) {
@@ -456,7 +494,7 @@ static int wgmma_enabled(const char *var) {
     ELMO_CUDA_CHECK(cudaGetDevice(&dev));
     ELMO_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
     ELMO_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
-    sm90 = major == 9 && minor == 0;
+    sm90 = major == 9 && minor == 0 && elmo_cuda_code_kind() == 1;
   }
   return sm90 && env_on(var);
 }
@@ -2030,6 +2068,13 @@ static void launch_dx(const dx_args &a, dim3 grid, cudaStream_t s) {
   }
   dx_part_kernel<DT><<<grid, X_THREADS, smem, s>>>(a);
   ELMO_LAUNCH_CHECK();
+}
+
+extern "C" size_t elmo_cuda_cls_smem_need(elmo_dtype dt, int64_t B_cap) {
+  const size_t dx = dt == ELMO_FP8 ? dx_smem_bytes<ELMO_FP8>() : dt == ELMO_BF16 ? dx_smem_bytes<ELMO_BF16>() : 0;
+  const int es = dt == ELMO_FP8 ? 1 : dt == ELMO_BF16 ? 2 : 4;
+  const size_t up = B_cap <= R_BMAX ? r_smem_bytes(es) : update_smem_bytes(dt, es);
+  return dx > up ? dx : up;
 }
 
 /* 0: the mma.sync kernel; 1: dx_wgmma_kernel (a device of compute capability 9.0, the sm_90a code).
