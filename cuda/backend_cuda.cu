@@ -406,11 +406,13 @@ static int check_device(const elmo_model_desc *md, elmo_err *err) {
   ELMO_CUDA_CHECK(cudaGetDevice(&dev));
   ELMO_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
   const int optin = elmo_cuda_smem_optin();
-  if (elmo_cuda_code_kind() < 0)
+  if (elmo_cuda_code_kind() < 0) {
+    const char *a = prop.major == 9 && prop.minor == 0 ? "a" : ""; /* Hopper: the sm_90a code */
     return elmo_fail(err, ELMO_ERUNTIME, "this build has no GPU code for the %s (compute capability %d.%d): "
-                     "rebuild with -Dgpu_gencode='-gencode=arch=compute_%d%d,code=sm_%d%d' added (meson configure "
+                     "rebuild with -Dgpu_gencode='-gencode=arch=compute_%d%d%s,code=sm_%d%d%s' added (meson configure "
                      "BUILD_DIR -Dgpu_gencode=...), or run with --device cpu", prop.name, prop.major, prop.minor,
-                     prop.major, prop.minor, prop.major, prop.minor);
+                     prop.major, prop.minor, a, prop.major, prop.minor, a);
+  }
   if (md->enc_fp8_gemm && !elmo_cuda_fp8_gemm_ok())
     return elmo_fail(err, ELMO_EINPUT, "model.encoder.dtype \"fp8\" needs FP8 tensor cores (compute capability 8.9 "
                      "or newer) and the %s has %d.%d: use \"bf16\"", prop.name, prop.major, prop.minor);
