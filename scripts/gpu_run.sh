@@ -30,6 +30,8 @@ gcc -O2 -std=c11 -D_POSIX_C_SOURCE=200809L -I. -Isrc -Icuda -I"$BUILD" -I"$CUDA_
 bins+=("$PACK/bin/bench_cls")
 gcc -O2 -std=c11 -I"$CUDA_HOME/include" scripts/bench_gemm.c -L"$CUDA_HOME/lib64" -lcudart -lcublasLt \
   -o "$PACK/bin/bench_gemm"
+gcc -O2 -std=c11 -I"$CUDA_HOME/include" scripts/bench_peaks.c -L"$CUDA_HOME/lib64" -lcudart -lcublasLt \
+  -o "$PACK/bin/bench_peaks"
 # libraries outside the CUDA toolkit that the device image may not have
 for b in "${bins[@]}"; do
   ldd "$b" | awk '/libcjson|libcmocka/ {print $3}' | while read -r lib; do cp -L "$lib" "$PACK/lib/"; done
