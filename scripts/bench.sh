@@ -63,6 +63,7 @@ roof() { awk -v b="$1" -v f="$2" -v bw="$PEAK_TBS" -v fl="$PEAK_TFLOPS" 'BEGIN {
 
 row() { # name mode ms gib roof elmo_ms elmo_gib
   rows+=("$(awk -v n="$1" -v mo="$2" -v ms="$3" -v g="$4" -v r="$5" -v em="$6" -v eg="$7" 'BEGIN {
+    if (ms <= 0) { printf "%-44s %-5s %9s   (failed: see the message above the table)", n, mo, "-"; exit }
     printf "%-44s %-5s %9.2f %7.2f %9.2f %7.0f%%", n, mo, ms, g, r, (ms > 0 ? 100 * r / ms : 0)
     if (em > 0) printf " %9.1f %7.2fx %7.2f %6.2fx", em, ms / em, eg, (eg > 0 ? g / eg : 0)
     else printf " %9s %8s %7s %7s", "-", "-", "-", "-" }')")
@@ -72,7 +73,10 @@ cls_row() { # L B chunks dtype elmo_ms elmo_gib
   local L=$1 B=$2 n=$3 dt=$4 d=768
   local chunk=$(( ((L + n - 1) / n + 15) / 16 * 16 ))
   local out
-  out=$("$ELMO_BIN/bench_cls" "$L" "$B" $d $chunk "$dt" fp8 10 2>&1 | grep '^RESULT')
+  local all
+  all=$("$ELMO_BIN/bench_cls" "$L" "$B" $d $chunk "$dt" fp8 10 2>&1)
+  out=$(grep '^RESULT' <<<"$all")
+  [ -n "$out" ] || echo "classifier L=$L B=$B $dt failed: $(tail -2 <<<"$all")" >&2
   local ms gib
   ms=$(sed -n 's/.*step \([0-9.]*\) ms.*/\1/p' <<<"$out")
   gib=$(sed -n 's/.*device memory \([0-9.]*\) GiB.*/\1/p' <<<"$out")
