@@ -60,7 +60,8 @@ typedef struct run {
   elmo_model *mc, *mg;
 } run;
 
-static void setup_backends(run *r, const char *json) {
+/* Config, data and model description of json, and the two backends (nothing created yet). */
+static void prepare_run(run *r, const char *json) {
   elmo_err err = {0};
   if (elmo_config_parse(&r->cfg, json, "gpu_train.json", NULL, 0, &err)) fail_msg("config: %s", err.msg);
   if (elmo_dataset_load(&r->ds, &r->cfg, 0, &err)) fail_msg("data: %s", err.msg);
@@ -70,6 +71,11 @@ static void setup_backends(run *r, const char *json) {
   r->cpu = elmo_backend_cpu();
   r->gpu = elmo_backend_cuda(&err);
   if (!r->gpu) fail_msg("cuda backend: %s", err.msg);
+}
+
+static void setup_backends(run *r, const char *json) {
+  elmo_err err = {0};
+  prepare_run(r, json);
   if (r->cpu->create(&r->cfg, &r->md, &r->mc, &err)) fail_msg("cpu create: %s", err.msg);
   if (r->gpu->create(&r->cfg, &r->md, &r->mg, &err)) fail_msg("gpu create: %s", err.msg);
 }
@@ -179,6 +185,52 @@ static void test_train_transformer(void **state) {
   teardown_run(&r);
 }
 
+/* The GPU backend's create under env=value (NULL: none) must give want (ELMO_OK or an error whose message
+ * holds `says`). */
+static void create_expect(run *r, const char *env, const char *value, int want, const char *says) {
+  elmo_err err = {0};
+  if (env) setenv(env, value, 1);
+  const int rc = r->gpu->create(&r->cfg, &r->md, &r->mg, &err);
+  if (env) unsetenv(env);
+  print_message("create with %s=%s: rc %d%s%s\n", env ? env : "(nothing)", env ? value : "", rc, rc ? ": " : "",
+                rc ? err.msg : "");
+  if (rc != want || (rc && !strstr(err.msg, says))) fail_msg("create: rc %d (wanted %d), \"%s\"", rc, want, err.msg);
+  if (r->mg) r->gpu->destroy(&r->mg);
+}
+
+/* What a smaller card cannot run is refused at create with the reason (exit 2 in elmo-train), nothing
+ * allocated: the bf16 classifier's 153 KB blocks on the 99 KB of an sm_86 / sm_89 card
+ * (ELMO_SMEM_OPTIN_KB=99 stands for one), the FP8 encoder without FP8 GEMMs (ELMO_NO_FP8_GEMM=1 stands
+ * for an A100). The same configs are created fine without the stand-ins. */
+static void test_device_refusals(void **state) {
+  run r = {0};
+  char *dir = data_dir(), *vocab = elmo_path_join(getenv("ELMO_SOURCE_ROOT") ? getenv("ELMO_SOURCE_ROOT") : ".",
+                                                  "datasets/vocab/vocab.txt");
+  char json[2048];
+  snprintf(json, sizeof json,
+           "{\"data\": {\"dir\": \"%s\", \"format\": \"bow\"},"
+           " \"model\": {\"encoder\": {\"kind\": \"sparse\", \"dim\": 64}, \"classifier\": {\"dtype\": \"bf16\"}},"
+           " \"training\": {\"batch_size\": 128}, \"output\": {\"dir\": \"/tmp/elmo-gpu-train\"}}", dir);
+  prepare_run(&r, json);
+  create_expect(&r, "ELMO_SMEM_OPTIN_KB", "99", ELMO_EINPUT, "shared memory");
+  create_expect(&r, NULL, NULL, ELMO_OK, NULL);
+  teardown_run(&r);
+  memset(&r, 0, sizeof r);
+  snprintf(json, sizeof json,
+           "{\"data\": {\"dir\": \"%s\", \"format\": \"bow\", \"feature_words\": \"features.txt\","
+           "  \"vocab\": \"%s\", \"max_len\": 32},"
+           " \"model\": {\"encoder\": {\"kind\": \"transformer\", \"dim\": 64, \"layers\": 1, \"heads\": 2,"
+           "  \"ffn_dim\": 128, \"max_position\": 64, \"dtype\": \"fp8\"}},"
+           " \"training\": {\"batch_size\": 64}, \"output\": {\"dir\": \"/tmp/elmo-gpu-train\"}}",
+           dir, vocab);
+  free(dir);
+  free(vocab);
+  prepare_run(&r, json);
+  create_expect(&r, "ELMO_NO_FP8_GEMM", "1", ELMO_EINPUT, "FP8 tensor cores");
+  create_expect(&r, NULL, NULL, ELMO_OK, NULL);
+  teardown_run(&r);
+}
+
 /* Compares two top-k lists with the near-tie rule of the file comment; returns swaps. */
 static int64_t compare_topk(const int32_t *ka, const float *sa, const int32_t *kb, const float *sb, int64_t n) {
   int64_t swaps = 0;
@@ -284,7 +336,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_train_fp8), cmocka_unit_test(test_train_bf16_layernorm), cmocka_unit_test(test_train_fp32),
     cmocka_unit_test(test_checkpoint_to_cpu), cmocka_unit_test(test_train_transformer),
-    cmocka_unit_test(test_predict_few_rows),
+    cmocka_unit_test(test_predict_few_rows), cmocka_unit_test(test_device_refusals),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
