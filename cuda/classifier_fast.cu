@@ -297,7 +297,9 @@ static __device__ __forceinline__ float sr8_value(float v, uint32_t r) {
   asm("lop3.b32 %0, %1, 0xFFFFF, 0x3C800000, 0xEA;" : "=r"(f) : "r"(r));
   const uint32_t n = (u + f - 0x3C800000u) & 0xFFF00000u; /* u + rr, truncated */
   const float t = __fadd_rn(fabsf(v), __uint_as_float(f));
-  const float s = __fsub_rn(__uint_as_float(__float_as_uint(t) & 0xFFF00000u), 0.015625f); /* >= +0 or NaN */
+  /* t cut to the 2^-9 grid, minus 2^-6 (>= +0 or NaN), on the FMA pipes: t + 2^14 rounded toward zero keeps
+   * t's bits down to 2^-9 (t < 2^-5 + 2^-29), and the difference with 2^14 + 2^-6 is exact */
+  const float s = __fadd_rn(__fadd_rz(t, 16384.0f), -16384.015625f);
   return __uint_as_float(fabsf(v) >= 0.015625f ? n : lop3_or_and(__float_as_uint(s), u, 0x80000000u));
 }
 
