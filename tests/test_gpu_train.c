@@ -43,6 +43,12 @@ static char *data_dir(void) {
   return elmo_path_join(src ? src : ".", "datasets/bibtex");
 }
 
+/* The bundled BERT vocabulary (the transformer configs). */
+static char *vocab_path(void) {
+  const char *src = getenv("ELMO_SOURCE_ROOT");
+  return elmo_path_join(src ? src : ".", "datasets/vocab/vocab.txt");
+}
+
 typedef struct variant {
   const char *cls_dtype, *input;
   int layernorm;
@@ -160,26 +166,31 @@ static void test_train_fp32(void **state) {
   teardown_run(&r);
 }
 
+/* A one-layer transformer on Bibtex pseudo-text (feature words, 32 tokens): enc adds encoder keys, model
+ * the model's further keys, training the training object's keys. */
+static void tf_config(char *json, size_t n, const char *enc, const char *model, const char *training) {
+  char *dir = data_dir(), *vocab = vocab_path();
+  snprintf(json, n,
+           "{\"data\": {\"dir\": \"%s\", \"format\": \"bow\", \"feature_words\": \"features.txt\","
+           "  \"vocab\": \"%s\", \"max_len\": 32},"
+           " \"model\": {\"encoder\": {\"kind\": \"transformer\", \"dim\": 64, \"layers\": 1, \"heads\": 2,"
+           "  \"ffn_dim\": 128, \"max_position\": 64%s}%s},"
+           " \"training\": {%s}, \"output\": {\"dir\": \"/tmp/elmo-gpu-train\"}}",
+           dir, vocab, enc, model, training);
+  free(dir);
+  free(vocab);
+}
+
 /* The transformer encoder on Bibtex pseudo-text (feature words), a small model, 5 steps: checks
  * the CUDA backend's wiring of cuda/transformer.h (token upload, forward, backward into the flat
  * gradient, AdamW over the padded layout). The GPU encoder keeps activations in BF16, so the
  * losses agree to 2e-2 relative. */
 static void test_train_transformer(void **state) {
   run r = {0};
-  char *dir = data_dir(), *vocab = elmo_path_join(getenv("ELMO_SOURCE_ROOT") ? getenv("ELMO_SOURCE_ROOT") : ".",
-                                                  "datasets/vocab/vocab.txt");
   char json[2048];
-  snprintf(json, sizeof json,
-           "{\"data\": {\"dir\": \"%s\", \"format\": \"bow\", \"feature_words\": \"features.txt\","
-           "  \"vocab\": \"%s\", \"max_len\": 32},"
-           " \"model\": {\"encoder\": {\"kind\": \"transformer\", \"dim\": 64, \"layers\": 1, \"heads\": 2,"
-           "  \"ffn_dim\": 128, \"max_position\": 64}, \"classifier\": {\"dtype\": \"fp8\", \"chunks\": 1}},"
-           " \"training\": {\"batch_size\": 64, \"seed\": 5, \"dropout\": 0.3,"
-           "  \"encoder\": {\"lr\": 1e-3, \"warmup_steps\": 2}, \"classifier\": {\"lr\": 0.05, \"warmup_steps\": 2}},"
-           " \"output\": {\"dir\": \"/tmp/elmo-gpu-train\"}}",
-           dir, vocab);
-  free(dir);
-  free(vocab);
+  tf_config(json, sizeof json, "", ", \"classifier\": {\"dtype\": \"fp8\", \"chunks\": 1}",
+            "\"batch_size\": 64, \"seed\": 5, \"dropout\": 0.3, \"encoder\": {\"lr\": 1e-3, \"warmup_steps\": 2},"
+            " \"classifier\": {\"lr\": 0.05, \"warmup_steps\": 2}");
   setup_backends(&r, json);
   train_steps(&r, "transformer", 2e-2, 5, 64);
   teardown_run(&r);
@@ -204,27 +215,19 @@ static void create_expect(run *r, const char *env, const char *value, int want, 
  * for an A100). The same configs are created fine without the stand-ins. */
 static void test_device_refusals(void **state) {
   run r = {0};
-  char *dir = data_dir(), *vocab = elmo_path_join(getenv("ELMO_SOURCE_ROOT") ? getenv("ELMO_SOURCE_ROOT") : ".",
-                                                  "datasets/vocab/vocab.txt");
+  char *dir = data_dir();
   char json[2048];
   snprintf(json, sizeof json,
            "{\"data\": {\"dir\": \"%s\", \"format\": \"bow\"},"
            " \"model\": {\"encoder\": {\"kind\": \"sparse\", \"dim\": 64}, \"classifier\": {\"dtype\": \"bf16\"}},"
            " \"training\": {\"batch_size\": 128}, \"output\": {\"dir\": \"/tmp/elmo-gpu-train\"}}", dir);
+  free(dir);
   prepare_run(&r, json);
   create_expect(&r, "ELMO_SMEM_OPTIN_KB", "99", ELMO_EINPUT, "shared memory");
   create_expect(&r, NULL, NULL, ELMO_OK, NULL);
   teardown_run(&r);
   memset(&r, 0, sizeof r);
-  snprintf(json, sizeof json,
-           "{\"data\": {\"dir\": \"%s\", \"format\": \"bow\", \"feature_words\": \"features.txt\","
-           "  \"vocab\": \"%s\", \"max_len\": 32},"
-           " \"model\": {\"encoder\": {\"kind\": \"transformer\", \"dim\": 64, \"layers\": 1, \"heads\": 2,"
-           "  \"ffn_dim\": 128, \"max_position\": 64, \"dtype\": \"fp8\"}},"
-           " \"training\": {\"batch_size\": 64}, \"output\": {\"dir\": \"/tmp/elmo-gpu-train\"}}",
-           dir, vocab);
-  free(dir);
-  free(vocab);
+  tf_config(json, sizeof json, ", \"dtype\": \"fp8\"", "", "\"batch_size\": 64");
   prepare_run(&r, json);
   create_expect(&r, "ELMO_NO_FP8_GEMM", "1", ELMO_EINPUT, "FP8 tensor cores");
   create_expect(&r, NULL, NULL, ELMO_OK, NULL);
