@@ -417,10 +417,11 @@ static int check_device(const elmo_model_desc *md, elmo_err *err) {
     return elmo_fail(err, ELMO_EINPUT, "model.encoder.dtype \"fp8\" needs FP8 tensor cores (compute capability 8.9 "
                      "or newer) and the %s has %d.%d: use \"bf16\"", prop.name, prop.major, prop.minor);
   const size_t need = elmo_cuda_cls_smem_need(md->cls_dtype, round16(md->batch_size));
+  const char *dt = md->cls_dtype == ELMO_FP8 ? "fp8" : md->cls_dtype == ELMO_BF16 ? "bf16" : "fp32";
   if (need > (size_t)optin)
     return elmo_fail(err, ELMO_EINPUT, "model.classifier.dtype \"%s\" with %lld batch rows needs %zu KB of shared "
-                     "memory a block on this device, and the %s offers %d KB: use \"fp8\"%s",
-                     md->cls_dtype == ELMO_FP8 ? "fp8" : md->cls_dtype == ELMO_BF16 ? "bf16" : "fp32", (long long)md->batch_size, need / 1024, prop.name, optin / 1024,
+                     "memory a block on this device, and the %s offers %d KB: use \"fp8\"%s", dt,
+                     (long long)md->batch_size, need / 1024, prop.name, optin / 1024,
                      md->batch_size > 128 ? " or at most 128 rows a batch" : "");
   return ELMO_OK;
 }

@@ -39,7 +39,6 @@ extern "C" int elmo_cuda_fp8_gemm_ok(void) {
   }
   return prop.major * 10 + prop.minor >= 89;
 }
-static int device_has_fp8(void) { return elmo_cuda_fp8_gemm_ok(); }
 
 extern "C" void elmo_cuda_cls_layout(elmo_cuda_cls *c, elmo_pool *p) {
   size_t bd = (size_t)(c->B_cap * c->d);
@@ -54,7 +53,7 @@ extern "C" void elmo_cuda_cls_layout(elmo_cuda_cls *c, elmo_pool *p) {
   c->z_bytes = z_bytes_for(c->dtype, c->B_cap, c->chunk);
   c->z = elmo_pool_take(p, c->z_bytes, ELMO_MEM_CHUNK);
   /* The BF16 copy of a W chunk only serves the bf16-input logits and the no-FP8-GEMM fallback. */
-  int widen = c->dtype == ELMO_FP8 && (!c->fp8_input || !device_has_fp8());
+  int widen = c->dtype == ELMO_FP8 && (!c->fp8_input || !elmo_cuda_fp8_gemm_ok());
   c->Wc16 = widen ? (uint16_t *)elmo_pool_take(p, (size_t)(c->chunk * c->d) * 2, ELMO_MEM_CHUNK) : NULL;
   c->loss_part = (double *)elmo_pool_take(p, sizeof(double) * (size_t)(c->B_cap * grad_tiles(c->chunk)), ELMO_MEM_CHUNK);
   c->loss = (double *)elmo_pool_take(p, sizeof(double), ELMO_MEM_CHUNK);
@@ -126,7 +125,7 @@ static void log_path(FILE *log, const char *op, const elmo_gemm *g, const char *
 }
 
 extern "C" void elmo_cuda_cls_init_paths(elmo_cuda_cls *c, FILE *log) {
-  int want_fp8 = c->dtype == ELMO_FP8 && c->fp8_input, can_fp8 = want_fp8 && device_has_fp8();
+  int want_fp8 = c->dtype == ELMO_FP8 && c->fp8_input, can_fp8 = want_fp8 && elmo_cuda_fp8_gemm_ok();
   elmo_gemm g8 = logits_gemm(c, c->B_cap, 0, c->chunk, 1, 0), g8f = logits_gemm(c, c->B_cap, 0, c->chunk, 1, 1);
   c->fp8_logits = can_fp8 && elmo_blas_supported(c->blas, &g8);
   c->fp8_logits_f32 = can_fp8 && elmo_blas_supported(c->blas, &g8f);
