@@ -594,13 +594,15 @@ int fused_shape_ok(int Tp, int dh) {
   return Tp >= 8 && Tp <= ELMO_CUDA_ATTN_FUSED_MAX_TP && Tp % 8 == 0 && (dh == 16 || dh == 32 || dh == 64);
 }
 
-/* Shared memory a block of the kernels launch() picks for this shape needs (the larger of the two ways). */
-template <int DH> size_t smem_need_dh(int Tp) {
+/* Shared memory a block of the kernels launch() picks for (DH, KT) needs (the larger of the two ways). */
+template <int DH, int KT> constexpr size_t smem_need() {
+  return bwd_smem<DH, KT>() > (KT >= 8 ? fwd_pipe_smem<DH, KT>() : fwd_smem<DH, KT>())
+             ? bwd_smem<DH, KT>()
+             : (KT >= 8 ? fwd_pipe_smem<DH, KT>() : fwd_smem<DH, KT>());
+}
+template <int DH> size_t smem_need_dh(int Tp) { /* launch_dh's key tiles */
   const int kt = (Tp + 15) / 16;
-  if (kt <= 1) return bwd_smem<DH, 1>() > fwd_smem<DH, 1>() ? bwd_smem<DH, 1>() : fwd_smem<DH, 1>();
-  if (kt <= 2) return bwd_smem<DH, 2>() > fwd_smem<DH, 2>() ? bwd_smem<DH, 2>() : fwd_smem<DH, 2>();
-  if (kt <= 4) return bwd_smem<DH, 4>() > fwd_smem<DH, 4>() ? bwd_smem<DH, 4>() : fwd_smem<DH, 4>();
-  return bwd_smem<DH, 8>() > fwd_pipe_smem<DH, 8>() ? bwd_smem<DH, 8>() : fwd_pipe_smem<DH, 8>();
+  return kt <= 1 ? smem_need<DH, 1>() : kt <= 2 ? smem_need<DH, 2>() : kt <= 4 ? smem_need<DH, 4>() : smem_need<DH, 8>();
 }
 
 /* The current device gives a block that much shared memory (sm_86 / sm_89 cards stop at 99 KB, below the
