@@ -395,7 +395,8 @@ static void log_create(const elmo_model *m) {
   if (m->tf)
     fprintf(stderr, "elmo cuda: attention %s\n", elmo_cuda_tf_attention_fused(m->tf)
                         ? "fused (one kernel per sequence and head each way, no score matrix)"
-                        : "batched cuBLASLt GEMMs + softmax kernels (padded length > 128, head dim not 16/32/64, or too little shared memory a block)");
+                        : "batched cuBLASLt GEMMs + softmax kernels (padded length > 128, head dim not 16/32/64, "
+                          "or too little shared memory a block)");
 }
 
 /* What this device cannot run, said before anything is allocated: no code for it in the binary, the FP8
