@@ -18,6 +18,15 @@ extern "C" {
 #include "../src/backend.h"
 }
 
+#include <dlfcn.h>
+#include <pthread.h>
+#if defined(__has_include)
+#if __has_include(<nccl.h>)
+#include <nccl.h>
+#define ELMO_NCCL_HEADER 1
+#endif
+#endif
+
 #include <math.h>
 #include <string.h>
 
@@ -70,6 +79,17 @@ struct elmo_model {
   cudaEvent_t ev[8];
   double prof_ms[7];
   int64_t prof_steps;
+  /* Label sharding (training.gpus > 1, DESIGN.md section 8): each GPU holds a model whose classifier is
+   * its share of the labels (md.label_base on) and a full encoder that runs its share of each batch's
+   * rows; the rows' pooled vectors are gathered to every GPU, each GPU's dX summed back to the GPU
+   * that encoded the rows, and the encoder gradients summed over GPUs (NCCL), so every GPU steps its
+   * encoder copy the same way. */
+  int gpu;                       /* CUDA device of this model */
+  int rank, nranks;              /* 0, 1 when not sharded */
+  int64_t B_enc;                 /* rows the encoder is planned for (md.enc_batch rounded up to 16) */
+  elmo_model **ranks;            /* rank 0 (the model the loop holds) only: every rank's model, [0] = itself */
+  void *comm;                    /* ncclComm_t of this rank */
+  int64_t glob_L_pad;            /* rank 0: the whole classifier's padded rows (checkpoint offsets) */
 };
 
 #define PROF_PHASES 7
@@ -107,6 +127,10 @@ static void prof_report(elmo_model *m) {
 static int64_t round16(int64_t x) { return (x + 15) / 16 * 16; }
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+static int64_t enc_rows_cap(const elmo_model_desc *md) {
+  return round16(md->enc_batch > 0 && md->enc_batch < md->batch_size ? md->enc_batch : md->batch_size);
+}
 
 static caps default_caps(const elmo_model_desc *md, int64_t B_cap) {
   caps c;
@@ -188,7 +212,7 @@ static void model_layout(elmo_model *m, elmo_pool *p, void **tf_mem) {
     m->se.xhat = md->sparse_layernorm ? (float *)elmo_pool_take(p, bd, ELMO_MEM_ACTIVATIONS) : NULL;
     m->se.rstd = md->sparse_layernorm ? (float *)elmo_pool_take(p, 4 * (size_t)m->B_cap, ELMO_MEM_ACTIVATIONS) : NULL;
   }
-  *tf_mem = elmo_pool_take(p, tf_bytes(md, m->B_cap), ELMO_MEM_ACTIVATIONS);
+  *tf_mem = elmo_pool_take(p, tf_bytes(md, m->B_enc), ELMO_MEM_ACTIVATIONS);
   size_t tk = (size_t)(m->B_cap * ELMO_CUDA_TOPK_MAX);
   m->topk = (int32_t *)elmo_pool_take(p, 4 * tk, ELMO_MEM_ACTIVATIONS);
   m->topv = (float *)elmo_pool_take(p, 4 * tk, ELMO_MEM_ACTIVATIONS);
@@ -231,6 +255,7 @@ extern "C" size_t elmo_cuda_plan(const elmo_model_desc *md, elmo_cuda_plan_t *ou
   memset(&m, 0, sizeof m);
   m.md = *md;
   m.B_cap = round16(md->batch_size);
+  m.B_enc = enc_rows_cap(md);
   m.cap = default_caps(md, m.B_cap);
   return plan_model(&m, out);
 }
@@ -373,7 +398,7 @@ static int encoder_setup(elmo_model *m, void *tf_mem, elmo_err *err) {
   if (m->md.encoder_kind == ELMO_ENC_TRANSFORMER) {
     elmo_tf_config tc;
     elmo_model_tf_config(&m->md, &tc);
-    return elmo_cuda_tf_create(&tc, (int)m->B_cap, (int)m->md.T, tf_flags(&m->md), tf_mem, &m->tf, err);
+    return elmo_cuda_tf_create(&tc, (int)m->B_enc, (int)m->md.T, tf_flags(&m->md), tf_mem, &m->tf, err);
   }
   m->se.E = tensor_ptr(m, "encoder.embedding.weight");
   m->se.gamma = tensor_ptr(m, "encoder.LayerNorm.weight");
@@ -427,20 +452,20 @@ static int check_device(const elmo_model_desc *md, elmo_err *err) {
   return ELMO_OK;
 }
 
-static int cuda_create(const elmo_config *cfg, const elmo_model_desc *md, elmo_model **out, elmo_err *err) {
+/* One model on the current device (the whole classifier, or one GPU's shard of it when md->label_base or
+ * md->enc_batch say so). */
+static int create_one(const elmo_config *cfg, const elmo_model_desc *md, elmo_model **out, elmo_err *err) {
   *out = NULL;
-  int ndev = 0;
-  if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
-    cudaGetLastError();
-    return elmo_fail(err, ELMO_ERUNTIME, "no CUDA device");
-  }
   int rc = check_device(md, err);
   if (rc) return rc;
   elmo_model *m = (elmo_model *)elmo_calloc(1, sizeof *m);
   m->md = *md;
   m->enc_opt = cfg->enc_opt;
   m->cls_opt = cfg->cls_opt;
+  m->nranks = 1;
+  ELMO_CUDA_CHECK(cudaGetDevice(&m->gpu));
   m->B_cap = round16(md->batch_size);
+  m->B_enc = enc_rows_cap(md);
   m->cap = default_caps(md, m->B_cap);
   rc = elmo_cuda_choose_chunks(cfg, &m->md, err);
   if (!rc) rc = check_desc(&m->md, err);
@@ -457,9 +482,9 @@ static int cuda_create(const elmo_config *cfg, const elmo_model_desc *md, elmo_m
     size_t n = strlen(err->msg);
     snprintf(err->msg + n, sizeof err->msg - n, "; plan: classifier weights %.2f GiB, chunk buffers %.2f GiB "
              "(%lld chunk(s)), activations %.2f GiB: raise model.classifier.chunks, lower training.batch_size "
-             "or model.classifier.memory_budget_gib", (double)plan.bytes[ELMO_MEM_CLS_WEIGHTS] / GIB,
+             "or model.classifier.memory_budget_gib%s", (double)plan.bytes[ELMO_MEM_CLS_WEIGHTS] / GIB,
              (double)plan.bytes[ELMO_MEM_CHUNK] / GIB, (long long)plan.n_chunks,
-             (double)plan.bytes[ELMO_MEM_ACTIVATIONS] / GIB);
+             (double)plan.bytes[ELMO_MEM_ACTIVATIONS] / GIB, cfg->gpus == 1 ? ", or shard over training.gpus" : "");
     ELMO_CUDA_CHECK(cudaStreamDestroy(m->s));
     free(m);
     return rc;
@@ -469,6 +494,7 @@ static int cuda_create(const elmo_config *cfg, const elmo_model_desc *md, elmo_m
   m->cls.W = m->buf[ELMO_BUF_CLS_W];
   m->cls.L = md->num_labels;
   m->cls.L_pad = md->L_pad;
+  m->cls.label_base = md->label_base;
   m->cls.kahan = md->n_head ? (uint16_t *)m->buf[ELMO_BUF_CLS_KAHAN] : NULL;
   m->cls.head_slot = m->head_slot;
   m->cls.blas = m->blas;
@@ -482,7 +508,7 @@ static int cuda_create(const elmo_config *cfg, const elmo_model_desc *md, elmo_m
     return rc;
   }
   log_create(m);
-  elmo_cuda_cls_init_paths(&m->cls, stderr);
+  elmo_cuda_cls_init_paths(&m->cls, md->label_base ? NULL : stderr);
   const char *pe = getenv("ELMO_PROFILE");
   m->prof = pe && *pe && strcmp(pe, "0") != 0;
   for (int i = 0; m->prof && i <= PROF_PHASES; i++) ELMO_CUDA_CHECK(cudaEventCreate(&m->ev[i]));
@@ -492,10 +518,182 @@ static int cuda_create(const elmo_config *cfg, const elmo_model_desc *md, elmo_m
   return ELMO_OK;
 }
 
-static void cuda_destroy(elmo_model **pm) {
+/* ---- NCCL, opened at run time (libnccl.so.2): only label-sharded training needs it ------------------ */
+
+#if ELMO_NCCL_HEADER
+typedef struct nccl_api {
+  ncclResult_t (*comm_init_all)(ncclComm_t *, int, const int *);
+  ncclResult_t (*comm_destroy)(ncclComm_t);
+  ncclResult_t (*broadcast)(const void *, void *, size_t, ncclDataType_t, int, ncclComm_t, cudaStream_t);
+  ncclResult_t (*reduce)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t, int, ncclComm_t, cudaStream_t);
+  ncclResult_t (*all_reduce)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t, cudaStream_t);
+  ncclResult_t (*group_start)(void);
+  ncclResult_t (*group_end)(void);
+  const char *(*error_string)(ncclResult_t);
+} nccl_api;
+static nccl_api nccl;
+
+static int nccl_open(elmo_err *err) {
+  if (nccl.comm_init_all) return ELMO_OK;
+  void *lib = dlopen("libnccl.so.2", RTLD_NOW | RTLD_LOCAL);
+  if (!lib) lib = dlopen("libnccl.so", RTLD_NOW | RTLD_LOCAL);
+  if (!lib)
+    return elmo_fail(err, ELMO_ERUNTIME, "training.gpus > 1 needs NCCL and libnccl.so.2 was not found (%s): install "
+                     "NCCL (Debian/Ubuntu: libnccl2) or add its folder to LD_LIBRARY_PATH", dlerror());
+  nccl_api a;
+  void **f[] = {(void **)&a.comm_init_all, (void **)&a.comm_destroy, (void **)&a.broadcast, (void **)&a.reduce,
+                (void **)&a.all_reduce, (void **)&a.group_start, (void **)&a.group_end, (void **)&a.error_string};
+  const char *names[] = {"ncclCommInitAll", "ncclCommDestroy", "ncclBroadcast", "ncclReduce", "ncclAllReduce",
+                         "ncclGroupStart", "ncclGroupEnd", "ncclGetErrorString"};
+  for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+    *f[i] = dlsym(lib, names[i]);
+    if (!*f[i]) {
+      dlclose(lib);
+      return elmo_fail(err, ELMO_ERUNTIME, "libnccl.so.2 has no %s: NCCL 2.7 or newer is needed", names[i]);
+    }
+  }
+  nccl = a;
+  return ELMO_OK;
+}
+
+#define ELMO_NCCL_CHECK(stmt)                                                                \
+  do {                                                                                        \
+    ncclResult_t elmo_r_ = (stmt);                                                            \
+    if (elmo_r_ != ncclSuccess) elmo_cuda_die(nccl.error_string(elmo_r_), #stmt, __FILE__, __LINE__); \
+  } while (0)
+#endif
+
+/* ---- label sharding over GPUs ----------------------------------------------------------------------- */
+
+/* GPU q of n: labels [base, base + count) of L, base a multiple of 16; batch rows are split alike. */
+static void shard_span(int64_t L, int n, int q, int64_t *base, int64_t *count) {
+  const int64_t per = round16((L + n - 1) / n);
+  *base = min64((int64_t)q * per, L);
+  *count = min64(per, L - *base);
+}
+
+static void shard_rows(const elmo_model *m, int64_t B, int64_t *r0, int64_t *nr) {
+  if (m->nranks == 1) {
+    *r0 = 0;
+    *nr = B;
+    return;
+  }
+  const int64_t per = (B + m->nranks - 1) / m->nranks;
+  *r0 = min64((int64_t)m->rank * per, B);
+  *nr = min64(per, B - *r0);
+}
+
+/* The rows [r0, r0 + nr) of a batch as a batch of their own. */
+static elmo_batch batch_rows(const elmo_batch *b, int64_t r0, int64_t nr) {
+  elmo_batch s = *b;
+  s.B = nr;
+  if (b->rows) s.rows = b->rows + r0;
+  if (b->x_indptr) s.x_indptr = b->x_indptr + r0;
+  if (b->ids) s.ids = b->ids + r0 * b->T;
+  if (b->mask) s.mask = b->mask + r0 * b->T;
+  if (b->y_indptr) s.y_indptr = b->y_indptr + r0;
+  return s;
+}
+
+extern "C" void elmo_cuda_shard_desc(const elmo_model_desc *md, int n, int q, elmo_model_desc *out) {
+  *out = *md;
+  int64_t base, count;
+  shard_span(md->num_labels, n, q, &base, &count);
+  out->label_base = base;
+  out->num_labels = count;
+  out->L_pad = round16(count);
+  out->enc_batch = (md->batch_size + n - 1) / n;
+  out->buf_numel[ELMO_BUF_CLS_W] = out->L_pad * out->d;
+  elmo_model_desc_set_chunks(out, (out->L_pad + md->chunk_labels - 1) / md->chunk_labels);
+}
+
+static int create_sharded(const elmo_config *cfg, const elmo_model_desc *md, int n, elmo_model **out,
+                          elmo_err *err) {
+#if ELMO_NCCL_HEADER
+  if (md->n_head)
+    return elmo_fail(err, ELMO_EINPUT, "model.classifier.head_ratio %g with training.gpus %d: Kahan head labels are "
+                     "not sharded yet; set head_ratio 0 or training.gpus 1", cfg->head_ratio, n);
+  if (md->num_labels < 16 * (int64_t)n)
+    return elmo_fail(err, ELMO_EINPUT, "training.gpus %d: %lld labels are too few to shard (16 or more a GPU)", n,
+                     (long long)md->num_labels);
+  int rc = nccl_open(err);
+  if (rc) return rc;
+  int dev0 = 0;
+  ELMO_CUDA_CHECK(cudaGetDevice(&dev0));
+  elmo_model **r = (elmo_model **)elmo_calloc((size_t)n, sizeof *r);
+  for (int q = 0; q < n && !rc; q++) {
+    elmo_model_desc sd;
+    elmo_cuda_shard_desc(md, n, q, &sd);
+    const int64_t base = sd.label_base, count = sd.num_labels;
+    ELMO_CUDA_CHECK(cudaSetDevice(q));
+    rc = create_one(cfg, &sd, &r[q], err);
+    if (rc) {
+      size_t k = strlen(err->msg);
+      snprintf(err->msg + k, sizeof err->msg - k, " (GPU %d, labels %lld..%lld)", q, (long long)base,
+               (long long)(base + count - 1));
+      break;
+    }
+    r[q]->rank = q;
+    r[q]->nranks = n;
+  }
+  if (!rc) {
+    ncclComm_t comms[32];
+    int devs[32];
+    for (int q = 0; q < n; q++) devs[q] = q;
+    ELMO_NCCL_CHECK(nccl.comm_init_all(comms, n, devs));
+    for (int q = 0; q < n; q++) r[q]->comm = comms[q];
+  }
+  ELMO_CUDA_CHECK(cudaSetDevice(dev0));
+  if (rc) {
+    for (int q = n - 1; q >= 0; q--)
+      if (r[q]) {
+        ELMO_CUDA_CHECK(cudaSetDevice(q));
+        cuda_destroy(&r[q]);
+      }
+    ELMO_CUDA_CHECK(cudaSetDevice(dev0));
+    free(r);
+    return rc;
+  }
+  r[0]->ranks = r;
+  r[0]->glob_L_pad = md->L_pad;
+  fprintf(stderr, "elmo cuda: classifier sharded by labels over %d GPUs (NCCL):", n);
+  for (int q = 0; q < n; q++)
+    fprintf(stderr, " GPU %d labels %lld..%lld%s", q, (long long)r[q]->md.label_base,
+            (long long)(r[q]->md.label_base + r[q]->md.num_labels - 1), q + 1 < n ? ";" : "");
+  fprintf(stderr, "; encoder data-parallel, up to %lld rows a GPU\n", (long long)r[0]->md.enc_batch);
+  *out = r[0];
+  return ELMO_OK;
+#else
+  (void)cfg; (void)md; (void)out;
+  return elmo_fail(err, ELMO_EINPUT, "training.gpus %d: this elmo was built without NCCL's header (nccl.h); rebuild "
+                   "with NCCL installed, or set training.gpus 1", n);
+#endif
+}
+
+static int cuda_create(const elmo_config *cfg, const elmo_model_desc *md, elmo_model **out, elmo_err *err) {
+  *out = NULL;
+  int ndev = 0;
+  if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+    cudaGetLastError();
+    return elmo_fail(err, ELMO_ERUNTIME, "no CUDA device");
+  }
+  const int n = cfg->gpus == 0 ? (ndev < 32 ? ndev : 32) : (int)cfg->gpus;
+  if (n > ndev)
+    return elmo_fail(err, ELMO_EINPUT, "training.gpus %d: this machine shows %d CUDA device(s) "
+                     "(CUDA_VISIBLE_DEVICES picks which)", n, ndev);
+  if (n > 1) return create_sharded(cfg, md, n, out, err);
+  return create_one(cfg, md, out, err);
+}
+
+static void destroy_one(elmo_model **pm) {
   elmo_model *m = *pm;
   if (!m) return;
+  ELMO_CUDA_CHECK(cudaSetDevice(m->gpu));
   if (m->s) ELMO_CUDA_CHECK(cudaStreamSynchronize(m->s));
+#if ELMO_NCCL_HEADER
+  if (m->comm) ELMO_NCCL_CHECK(nccl.comm_destroy((ncclComm_t)m->comm));
+#endif
+  if (m->nranks > 1 && m->prof) fprintf(stderr, "elmo cuda profile: GPU %d\n", m->rank);
   prof_report(m);
   for (int i = 0; m->prof && i <= PROF_PHASES; i++) ELMO_CUDA_CHECK(cudaEventDestroy(m->ev[i]));
   if (m->tf) elmo_cuda_tf_destroy(&m->tf);
@@ -507,6 +705,24 @@ static void cuda_destroy(elmo_model **pm) {
   if (m->s) ELMO_CUDA_CHECK(cudaStreamDestroy(m->s));
   free(m);
   *pm = NULL;
+}
+
+static void cuda_destroy(elmo_model **pm) {
+  elmo_model *m = *pm;
+  if (!m) return;
+  int dev0 = 0;
+  ELMO_CUDA_CHECK(cudaGetDevice(&dev0));
+  elmo_model **r = m->ranks;
+  if (r) {
+    for (int q = 0; q < m->nranks; q++) { /* every stream idle before any communicator goes */
+      ELMO_CUDA_CHECK(cudaSetDevice(r[q]->gpu));
+      ELMO_CUDA_CHECK(cudaStreamSynchronize(r[q]->s));
+    }
+    for (int q = m->nranks - 1; q >= 1; q--) destroy_one(&r[q]);
+  }
+  destroy_one(pm);
+  free(r);
+  ELMO_CUDA_CHECK(cudaSetDevice(dev0));
 }
 
 /* ---- batch upload ---------------------------------------------------------------------------- */
@@ -563,14 +779,22 @@ static int64_t filter_nnz(const elmo_batch *b, const elmo_csr *f) {
   return n;
 }
 
+/* Keeps the ids of this model's labels, re-based to its first label (all of them unless sharded). */
+static int64_t own_labels(const elmo_model *m, const int32_t *src, int64_t n, int32_t *dst) {
+  const int64_t lo = m->md.label_base, hi = lo + m->md.num_labels;
+  int64_t k = 0;
+  for (int64_t i = 0; i < n; i++)
+    if (src[i] >= lo && src[i] < hi) dst[k++] = (int32_t)(src[i] - lo);
+  return k;
+}
+
 static void fill_filter(elmo_model *m, const elmo_batch *b, const elmo_csr *f) {
   int64_t *ip = m->host.f_indptr, n = 0;
   ip[0] = 0;
   for (int64_t i = 0; i < b->B; i++) {
     int64_t r = b->rows ? b->rows[i] : i;
     if (r >= 0 && r < f->rows) {
-      int64_t len = f->indptr[r + 1] - f->indptr[r];
-      memcpy(m->host.f_indices + n, f->indices + f->indptr[r], 4 * (size_t)len);
+      int64_t len = own_labels(m, f->indices + f->indptr[r], f->indptr[r + 1] - f->indptr[r], m->host.f_indices + n);
       sort_i32(m->host.f_indices + n, len);
       n += len;
     }
@@ -581,12 +805,16 @@ static void fill_filter(elmo_model *m, const elmo_batch *b, const elmo_csr *f) {
 }
 
 static void fill_labels(elmo_model *m, const elmo_batch *b) {
-  int64_t base = b->y_indptr[0], n = b->y_indptr[b->B] - base;
-  for (int64_t i = 0; i <= b->B; i++) m->host.y_indptr[i] = b->y_indptr[i] - base;
-  memcpy(m->host.y_indices, b->y_indices + base, 4 * (size_t)n);
-  for (int64_t i = 0; i < b->B; i++)
-    sort_i32(m->host.y_indices + m->host.y_indptr[i], m->host.y_indptr[i + 1] - m->host.y_indptr[i]);
-  copy_up(m->dev.y_indptr, m->host.y_indptr, 8 * (size_t)(b->B + 1), m->s);
+  int64_t *ip = m->host.y_indptr, n = 0;
+  ip[0] = 0;
+  for (int64_t i = 0; i < b->B; i++) {
+    int64_t len = own_labels(m, b->y_indices + b->y_indptr[i], b->y_indptr[i + 1] - b->y_indptr[i],
+                             m->host.y_indices + n);
+    sort_i32(m->host.y_indices + n, len);
+    n += len;
+    ip[i + 1] = n;
+  }
+  copy_up(m->dev.y_indptr, ip, 8 * (size_t)(b->B + 1), m->s);
   copy_up(m->dev.y_indices, m->host.y_indices, 4 * (size_t)n, m->s);
 }
 
@@ -608,6 +836,8 @@ static void fill_features(elmo_model *m, const elmo_batch *b) {
   copy_up(m->dev.x_values, m->host.x_values, 4 * (size_t)n, m->s);
 }
 
+/* b: the whole batch (its labels when `labels`, its filter rows when `filter`); the features uploaded are
+ * those of this model's rows of it (all of them unless sharded). */
 static int upload_batch(elmo_model *m, const elmo_batch *b, int labels, const elmo_csr *filter, elmo_err *err) {
   if (b->B < 1 || b->B > m->md.batch_size)
     return elmo_fail(err, ELMO_EINPUT, "batch of %lld rows (the model was planned for 1..%lld)", (long long)b->B,
@@ -615,8 +845,11 @@ static int upload_batch(elmo_model *m, const elmo_batch *b, int labels, const el
   if (m->md.encoder_kind == ELMO_ENC_TRANSFORMER && b->T > m->md.T)
     return elmo_fail(err, ELMO_EINPUT, "batch of %lld tokens per row (the model was planned for %lld)",
                      (long long)b->T, (long long)m->md.T);
+  int64_t r0, nr;
+  shard_rows(m, b->B, &r0, &nr);
+  const elmo_batch fb = batch_rows(b, r0, nr);
   caps need = {0, 0, 0};
-  if (m->md.encoder_kind == ELMO_ENC_SPARSE) need.x = b->x_indptr[b->B] - b->x_indptr[0];
+  if (m->md.encoder_kind == ELMO_ENC_SPARSE) need.x = fb.x_indptr[fb.B] - fb.x_indptr[0];
   if (labels) need.y = b->y_indptr[b->B] - b->y_indptr[0];
   need.f = filter_nnz(b, filter);
   if (need.x > m->cap.x || need.y > m->cap.y || need.f > m->cap.f) {
@@ -624,7 +857,7 @@ static int upload_batch(elmo_model *m, const elmo_batch *b, int labels, const el
     if (rc) return rc;
   }
   ELMO_CUDA_CHECK(cudaStreamSynchronize(m->s)); /* the pinned buffers are free to overwrite */
-  fill_features(m, b);
+  fill_features(m, &fb);
   if (labels) fill_labels(m, b);
   if (filter) fill_filter(m, b, filter);
   return ELMO_OK;
@@ -632,22 +865,25 @@ static int upload_batch(elmo_model *m, const elmo_batch *b, int labels, const el
 
 /* ---- the step ------------------------------------------------------------------------------- */
 
-static int encoder_forward(elmo_model *m, const elmo_batch *b, elmo_err *err) {
+/* The encoder on rows b (X: their pooled vectors). */
+static int encoder_forward(elmo_model *m, const elmo_batch *b, float *X, elmo_err *err) {
   if (m->md.encoder_kind == ELMO_ENC_TRANSFORMER)
     return elmo_cuda_tf_forward(m->tf, m->buf[ELMO_BUF_ENC_PARAM], m->md.enc_dtype == ELMO_BF16, m->dev.ids,
-                                b->mask ? m->dev.mask : NULL, (int)b->B, (int)b->T, m->X, m->s, err);
-  elmo_cuda_sparse_forward(&m->se, b->B, m->dev.x_indptr, m->dev.x_indices, m->dev.x_values, m->X, m->s);
+                                b->mask ? m->dev.mask : NULL, (int)b->B, (int)b->T, X, m->s, err);
+  elmo_cuda_sparse_forward(&m->se, b->B, m->dev.x_indptr, m->dev.x_indices, m->dev.x_values, X, m->s);
   return ELMO_OK;
 }
 
-static int encoder_backward(elmo_model *m, const elmo_batch *b, elmo_err *err) {
+/* enc_grad = the encoder's gradient from dX of rows b (zero for no rows). */
+static int encoder_backward(elmo_model *m, const elmo_batch *b, float *dX, elmo_err *err) {
   ELMO_CUDA_CHECK(cudaMemsetAsync(m->enc_grad, 0, 4 * (size_t)m->md.enc_numel, m->s));
+  if (b->B == 0) return ELMO_OK;
   if (m->md.encoder_kind == ELMO_ENC_TRANSFORMER)
-    return elmo_cuda_tf_backward(m->tf, m->buf[ELMO_BUF_ENC_PARAM], m->md.enc_dtype == ELMO_BF16, m->dX,
+    return elmo_cuda_tf_backward(m->tf, m->buf[ELMO_BUF_ENC_PARAM], m->md.enc_dtype == ELMO_BF16, dX,
                                  m->enc_grad, m->s, err);
   int64_t nnz = b->x_indptr[b->B] - b->x_indptr[0];
   elmo_cuda_sparse_prepare(&m->srt, b->B, nnz, m->dev.x_indptr, m->dev.x_indices, m->s);
-  elmo_cuda_sparse_backward(&m->se, b->B, nnz, m->dev.x_values, &m->srt, m->dX, grad_ptr(m, "encoder.embedding.weight"),
+  elmo_cuda_sparse_backward(&m->se, b->B, nnz, m->dev.x_values, &m->srt, dX, grad_ptr(m, "encoder.embedding.weight"),
                             grad_ptr(m, "encoder.LayerNorm.weight"), grad_ptr(m, "encoder.LayerNorm.bias"), m->s);
   return ELMO_OK;
 }
@@ -665,17 +901,50 @@ static void encoder_update(elmo_model *m, const elmo_step *s) {
                   m->md.enc_numel, &m->decay_view, &ah, m->s);
 }
 
-static int cuda_train_step(elmo_model *m, const elmo_batch *b, const elmo_step *s, double *loss, elmo_err *err) {
-  *loss = NAN;
-  prof_mark(m, 0); /* upload: host-side filling of the pinned buffers included */
-  int rc = upload_batch(m, b, 1, NULL, err);
-  if (rc) return rc;
-  prof_mark(m, 1);
-  rc = encoder_forward(m, b, err);
+/* Sharded: every GPU's rows of buf [B, d] to all GPUs (all-gather by rows), or (sum) the sum over GPUs
+ * of each GPU's rows to the GPU that owns them (reduce-scatter by rows). Nothing when not sharded. */
+static void exchange_rows(elmo_model *m, float *buf, int64_t B, int sum) {
+#if ELMO_NCCL_HEADER
+  if (m->nranks == 1) return;
+  const int64_t d = m->md.d, per = (B + m->nranks - 1) / m->nranks;
+  ELMO_NCCL_CHECK(nccl.group_start());
+  for (int q = 0; q < m->nranks; q++) {
+    const int64_t r0 = min64((int64_t)q * per, B), nr = min64(per, B - r0);
+    if (nr <= 0) continue;
+    float *p = buf + r0 * d;
+    if (sum) ELMO_NCCL_CHECK(nccl.reduce(p, p, (size_t)(nr * d), ncclFloat32, ncclSum, q, (ncclComm_t)m->comm, m->s));
+    else ELMO_NCCL_CHECK(nccl.broadcast(p, p, (size_t)(nr * d), ncclFloat32, q, (ncclComm_t)m->comm, m->s));
+  }
+  ELMO_NCCL_CHECK(nccl.group_end());
+#else
+  (void)m; (void)buf; (void)B; (void)sum;
+#endif
+}
+
+/* Sharded: enc_grad summed over GPUs on every GPU (the same bits everywhere). */
+static void sum_encoder_grad(elmo_model *m) {
+#if ELMO_NCCL_HEADER
+  if (m->nranks == 1) return;
+  ELMO_NCCL_CHECK(nccl.all_reduce(m->enc_grad, m->enc_grad, (size_t)m->md.enc_numel, ncclFloat32, ncclSum,
+                                  (ncclComm_t)m->comm, m->s));
+#else
+  (void)m;
+#endif
+}
+
+/* One model's part of the step after upload_batch: the whole step unless sharded. Leaves its summed BCE
+ * (this model's labels) in *m->loss_host when s->compute_loss. */
+static int model_step(elmo_model *m, const elmo_batch *b, const elmo_step *s, elmo_err *err) {
+  int64_t r0, nr;
+  shard_rows(m, b->B, &r0, &nr);
+  const elmo_batch fb = batch_rows(b, r0, nr);
+  const int64_t d = m->md.d;
+  float *X = m->X + r0 * d, *dX = m->dX + r0 * d;
+  int rc = nr ? encoder_forward(m, &fb, X, err) : ELMO_OK;
   if (rc) return rc;
   prof_mark(m, 2);
-  const int64_t n = b->B * m->md.d;
-  elmo_cuda_dropout(m->X, n, m->md.dropout, m->md.seed, s->step, m->s);
+  elmo_cuda_dropout(X, nr * d, r0 * d, m->md.dropout, m->md.seed, s->step, m->s);
+  exchange_rows(m, m->X, b->B, 0);
   prof_mark(m, 3);
   elmo_cls_hyper h;
   h.lr = s->lr_classifier;
@@ -685,19 +954,105 @@ static int cuda_train_step(elmo_model *m, const elmo_batch *b, const elmo_step *
   elmo_cuda_cls_step(&m->cls, m->X, b->B, m->dev.y_indptr, m->dev.y_indices, &h, s->compute_loss, m->dX, m->s);
   if (s->compute_loss)
     ELMO_CUDA_CHECK(cudaMemcpyAsync(m->loss_host, m->cls.loss, sizeof(double), cudaMemcpyDeviceToHost, m->s));
+  exchange_rows(m, m->dX, b->B, 1);
   prof_mark(m, 4);
-  elmo_cuda_dropout(m->dX, n, m->md.dropout, m->md.seed, s->step, m->s); /* the same mask */
+  elmo_cuda_dropout(dX, nr * d, r0 * d, m->md.dropout, m->md.seed, s->step, m->s); /* the same mask */
   prof_mark(m, 5);
-  rc = encoder_backward(m, b, err);
+  rc = encoder_backward(m, &fb, dX, err);
   if (rc) return rc;
+  sum_encoder_grad(m);
   prof_mark(m, 6);
   encoder_update(m, s);
   prof_mark(m, 7);
   ELMO_CUDA_CHECK(cudaStreamSynchronize(m->s));
   prof_collect(m);
   elmo_mem_probe_sample(&m->probe);
+  return ELMO_OK;
+}
+
+/* ---- running the ranks of a sharded model, one host thread each -------------------------------------- */
+
+typedef struct rank_call {
+  elmo_model *m;
+  int what;                  /* 0 upload for training, 1 step, 2 upload for prediction, 3 predict */
+  const elmo_batch *b;
+  const elmo_step *s;
+  const elmo_csr *filter;
+  int k;
+  int32_t *topk;
+  float *scores;
+  int rc;
+  elmo_err err;
+} rank_call;
+
+static int model_predict(elmo_model *m, const elmo_batch *b, int k, const elmo_csr *filter, int32_t *topk,
+                         float *scores, elmo_err *err);
+
+static void *rank_run(void *p) {
+  rank_call *c = (rank_call *)p;
+  ELMO_CUDA_CHECK(cudaSetDevice(c->m->gpu));
+  switch (c->what) {
+    case 0:
+      prof_mark(c->m, 0);
+      c->rc = upload_batch(c->m, c->b, 1, NULL, &c->err);
+      prof_mark(c->m, 1);
+      break;
+    case 1: c->rc = model_step(c->m, c->b, c->s, &c->err); break;
+    case 2: c->rc = upload_batch(c->m, c->b, 0, c->filter, &c->err); break;
+    default: c->rc = model_predict(c->m, c->b, c->k, c->filter, c->topk, c->scores, &c->err); break;
+  }
+  return NULL;
+}
+
+/* calls[q] on rank q, all at once (rank 0 on this thread); the first failure's code and message. */
+static int on_ranks(elmo_model *m, rank_call *calls, elmo_err *err) {
+  const int n = m->nranks;
+  pthread_t th[32];
+  int started[32] = {0};
+  for (int q = 1; q < n; q++) started[q] = pthread_create(&th[q], NULL, rank_run, &calls[q]) == 0;
+  for (int q = 1; q < n; q++)
+    if (!started[q]) rank_run(&calls[q]); /* no thread: in turn (a collective would wait forever) */
+  rank_run(&calls[0]);
+  for (int q = 1; q < n; q++)
+    if (started[q]) pthread_join(th[q], NULL);
+  ELMO_CUDA_CHECK(cudaSetDevice(m->gpu));
+  for (int q = 0; q < n; q++)
+    if (calls[q].rc) {
+      *err = calls[q].err;
+      return calls[q].rc;
+    }
+  return ELMO_OK;
+}
+
+static int cuda_train_step(elmo_model *m, const elmo_batch *b, const elmo_step *s, double *loss, elmo_err *err) {
+  *loss = NAN;
+  int rc;
+  double sum = 0.0;
+  if (!m->ranks) {
+    prof_mark(m, 0); /* upload: host-side filling of the pinned buffers included */
+    rc = upload_batch(m, b, 1, NULL, err);
+    if (rc) return rc;
+    prof_mark(m, 1);
+    rc = model_step(m, b, s, err);
+    if (rc) return rc;
+    sum = *m->loss_host;
+  } else {
+    rank_call c[32];
+    memset(c, 0, sizeof c);
+    for (int q = 0; q < m->nranks; q++) {
+      c[q].m = m->ranks[q];
+      c[q].b = b;
+      c[q].s = s;
+    }
+    rc = on_ranks(m, c, err); /* uploads first: an input error stops every rank before any collective */
+    if (rc) return rc;
+    for (int q = 0; q < m->nranks; q++) c[q].what = 1;
+    rc = on_ranks(m, c, err);
+    if (rc) return rc;
+    for (int q = 0; q < m->nranks; q++) sum += *m->ranks[q]->loss_host;
+  }
   if (s->compute_loss) {
-    *loss = *m->loss_host;
+    *loss = sum;
     if (!isfinite(*loss))
       return elmo_fail(err, ELMO_ERUNTIME, "step %lld: loss is not finite (%g); lower the learning rates",
                        (long long)s->step, *loss);
@@ -705,14 +1060,15 @@ static int cuda_train_step(elmo_model *m, const elmo_batch *b, const elmo_step *
   return ELMO_OK;
 }
 
-static int cuda_predict(elmo_model *m, const elmo_batch *b, int k, const elmo_csr *filter, int32_t *topk,
-                        float *scores, elmo_err *err) {
-  if (k < 1 || k > ELMO_CUDA_TOPK_MAX)
-    return elmo_fail(err, ELMO_EINPUT, "top-k of %d: the CUDA backend ranks 1..%d labels per row (eval.topk)", k,
-                     ELMO_CUDA_TOPK_MAX);
-  int rc = upload_batch(m, b, 0, filter, err);
-  if (!rc) rc = encoder_forward(m, b, err);
+/* One model's top-k over its labels (ids of the whole model's label space) after upload_batch. */
+static int model_predict(elmo_model *m, const elmo_batch *b, int k, const elmo_csr *filter, int32_t *topk,
+                         float *scores, elmo_err *err) {
+  int64_t r0, nr;
+  shard_rows(m, b->B, &r0, &nr);
+  const elmo_batch fb = batch_rows(b, r0, nr);
+  int rc = nr ? encoder_forward(m, &fb, m->X + r0 * m->md.d, err) : ELMO_OK;
   if (rc) return rc;
+  exchange_rows(m, m->X, b->B, 0);
   elmo_cuda_cls_cast(&m->cls, m->X, b->B, m->s);
   elmo_cuda_topk_init(m->topk, m->topv, b->B, k, m->s);
   const int64_t span = elmo_cuda_cls_predict_span(&m->cls, b->B);
@@ -728,14 +1084,75 @@ static int cuda_predict(elmo_model *m, const elmo_batch *b, int k, const elmo_cs
   ELMO_CUDA_CHECK(cudaMemcpyAsync(topk, m->topk, 4 * nk, cudaMemcpyDeviceToHost, m->s));
   ELMO_CUDA_CHECK(cudaMemcpyAsync(scores, m->topv, 4 * nk, cudaMemcpyDeviceToHost, m->s));
   ELMO_CUDA_CHECK(cudaStreamSynchronize(m->s));
+  for (size_t i = 0; m->md.label_base && i < nk; i++)
+    if (topk[i] >= 0) topk[i] += (int32_t)m->md.label_base;
   elmo_mem_probe_sample(&m->probe);
   return ELMO_OK;
 }
 
-static int cuda_buffer_io(elmo_model *m, int buf, int write, size_t offset, void *host, size_t nbytes, elmo_err *err) {
+/* Entry e of list q of row i comes before entry f of list p: higher score, then lower label id. */
+static int topk_before(float sa, int32_t ia, float sb, int32_t ib) {
+  if (ia < 0) return 0;
+  if (ib < 0) return 1;
+  return sa > sb || (sa == sb && ia < ib);
+}
+
+static int cuda_predict(elmo_model *m, const elmo_batch *b, int k, const elmo_csr *filter, int32_t *topk,
+                        float *scores, elmo_err *err) {
+  if (k < 1 || k > ELMO_CUDA_TOPK_MAX)
+    return elmo_fail(err, ELMO_EINPUT, "top-k of %d: the CUDA backend ranks 1..%d labels per row (eval.topk)", k,
+                     ELMO_CUDA_TOPK_MAX);
+  if (!m->ranks) {
+    ELMO_CUDA_CHECK(cudaSetDevice(m->gpu));
+    int rc = upload_batch(m, b, 0, filter, err);
+    return rc ? rc : model_predict(m, b, k, filter, topk, scores, err);
+  }
+  /* every GPU ranks its labels for all rows; the lists are merged here */
+  const int n = m->nranks;
+  const size_t nk = (size_t)(b->B * k);
+  int32_t *ids = (int32_t *)elmo_malloc(4 * nk * (size_t)n);
+  float *sc = (float *)elmo_malloc(4 * nk * (size_t)n);
+  rank_call c[32];
+  memset(c, 0, sizeof c);
+  for (int q = 0; q < n; q++) {
+    c[q].m = m->ranks[q];
+    c[q].what = 2;
+    c[q].b = b;
+    c[q].filter = filter;
+    c[q].k = k;
+    c[q].topk = ids + nk * (size_t)q;
+    c[q].scores = sc + nk * (size_t)q;
+  }
+  int rc = on_ranks(m, c, err);
+  for (int q = 0; !rc && q < n; q++) c[q].what = 3;
+  if (!rc) rc = on_ranks(m, c, err);
+  for (int64_t i = 0; !rc && i < b->B; i++) {
+    int at[32] = {0};
+    for (int e = 0; e < k; e++) {
+      int best = 0;
+      for (int q = 1; q < n; q++) {
+        size_t a = nk * (size_t)q + (size_t)(i * k + at[q]), o = nk * (size_t)best + (size_t)(i * k + at[best]);
+        int32_t ia = at[q] < k ? ids[a] : -1, ib = at[best] < k ? ids[o] : -1;
+        if (topk_before(sc[a], ia, sc[o], ib)) best = q;
+      }
+      size_t o = nk * (size_t)best + (size_t)(i * k + at[best]);
+      const int have = at[best] < k && ids[o] >= 0;
+      topk[i * k + e] = have ? ids[o] : -1;
+      scores[i * k + e] = have ? sc[o] : 0.0f;
+      if (have) at[best]++;
+    }
+  }
+  free(ids);
+  free(sc);
+  return rc;
+}
+
+static int buffer_io_one(elmo_model *m, int buf, int write, size_t offset, void *host, size_t nbytes,
+                         elmo_err *err) {
   if (buf < 0 || buf >= ELMO_NUM_BUFS || offset + nbytes > elmo_buf_bytes(&m->md, buf))
     return elmo_fail(err, ELMO_ERUNTIME, "buffer %d: access [%zu, %zu) out of range", buf, offset, offset + nbytes);
   if (!nbytes) return ELMO_OK;
+  ELMO_CUDA_CHECK(cudaSetDevice(m->gpu));
   ELMO_CUDA_CHECK(cudaStreamSynchronize(m->s));
   char *p = (char *)m->buf[buf] + offset;
   if (write) ELMO_CUDA_CHECK(cudaMemcpy(p, host, nbytes, cudaMemcpyHostToDevice));
@@ -744,9 +1161,39 @@ static int cuda_buffer_io(elmo_model *m, int buf, int write, size_t offset, void
   return ELMO_OK;
 }
 
+/* Sharded: the encoder's buffers are the same on every GPU (read from the first, written to all); the
+ * classifier's rows are laid end to end in label order, every shard but the last a multiple of 16 rows, so
+ * the whole model's [L_pad, d] is the shards' buffers one after another. */
+static int cuda_buffer_io(elmo_model *m, int buf, int write, size_t offset, void *host, size_t nbytes, elmo_err *err) {
+  if (!m->ranks) return buffer_io_one(m, buf, write, offset, host, nbytes, err);
+  int rc = ELMO_OK;
+  if (buf != ELMO_BUF_CLS_W) {
+    for (int q = 0; q < (write ? m->nranks : 1) && !rc; q++)
+      rc = buffer_io_one(m->ranks[q], buf, write, offset, host, nbytes, err);
+  } else {
+    const size_t rb = (size_t)m->md.d * elmo_dtype_size(m->md.cls_dtype);
+    if (offset + nbytes > (size_t)m->glob_L_pad * rb)
+      return elmo_fail(err, ELMO_ERUNTIME, "buffer %d: access [%zu, %zu) out of range", buf, offset, offset + nbytes);
+    for (int q = 0; q < m->nranks && !rc; q++) {
+      const elmo_model *r = m->ranks[q];
+      const size_t a = (size_t)r->md.label_base * rb, e = a + (size_t)r->md.L_pad * rb;
+      const size_t lo = offset > a ? offset : a, hi = offset + nbytes < e ? offset + nbytes : e;
+      if (lo < hi) rc = buffer_io_one(m->ranks[q], buf, write, lo - a, (char *)host + (lo - offset), hi - lo, err);
+    }
+  }
+  ELMO_CUDA_CHECK(cudaSetDevice(m->gpu));
+  return rc;
+}
+
+/* Per GPU: the largest of the GPUs' peaks when sharded. */
 static size_t cuda_peak_bytes(elmo_model *m) {
-  size_t own = m->pool.size + m->overflow.size;
-  return m->probe.peak > own ? m->probe.peak : own;
+  size_t peak = 0;
+  for (int q = 0; q < (m->ranks ? m->nranks : 1); q++) {
+    const elmo_model *r = m->ranks ? m->ranks[q] : m;
+    size_t own = r->pool.size + r->overflow.size, p = r->probe.peak > own ? r->probe.peak : own;
+    if (p > peak) peak = p;
+  }
+  return peak;
 }
 
 static const elmo_backend cuda_backend = {

@@ -54,6 +54,11 @@ void elmo_cuda_plan_print(const elmo_cuda_plan_t *p, const elmo_model_desc *md, 
  * or (0) the device's free memory minus 1 GiB. ELMO_ERUNTIME naming the plan when even 16-label
  * chunks do not fit, or (budget 0) when no device answers. cfg->chunks > 0: md unchanged. */
 int elmo_cuda_choose_chunks(const elmo_config *cfg, elmo_model_desc *md, elmo_err *err);
+/* GPU q's model when md's classifier is sharded by labels over n GPUs (training.gpus): labels
+ * [label_base, label_base + num_labels), label_base = q round16(ceil(L / n)); the encoder planned for
+ * ceil(batch_size / n) rows; md's chunk size kept. Shares md's tensor table (no head labels: sharding
+ * refuses head_ratio > 0). */
+void elmo_cuda_shard_desc(const elmo_model_desc *md, int n, int q, elmo_model_desc *out);
 
 #ifdef __cplusplus
 }

@@ -35,4 +35,14 @@ static inline void elmo_cuda_die(const char *what, const char *stmt, const char 
 /* After a kernel launch: catches bad launch configurations at once. */
 #define ELMO_LAUNCH_CHECK() ELMO_CUDA_CHECK(cudaGetLastError())
 
+/* 1 the first time it is asked for the current device, then 0: per-device one-time setup such as a
+ * kernel's shared-memory attribute (devices 0..31; one host thread per device, as the label-sharded
+ * backend runs them). */
+static inline int elmo_cuda_first_on_device(unsigned *mask) {
+  int dev = 0;
+  ELMO_CUDA_CHECK(cudaGetDevice(&dev));
+  const unsigned bit = 1u << (dev & 31);
+  return !(__atomic_fetch_or(mask, bit, __ATOMIC_RELAXED) & bit);
+}
+
 #endif

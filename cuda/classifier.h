@@ -55,6 +55,8 @@ typedef struct elmo_cuda_cls {
   void *W;                    /* [L_pad, d] e4m3 | bf16 | fp32 (model buffer) */
   elmo_dtype dtype;
   int64_t L, L_pad, d;
+  int64_t label_base;         /* global label of W's row 0: the SR bits are keyed by global labels, so a shard
+                                 of a label-sharded model rounds as the whole model would (0 unsharded) */
   uint16_t *kahan;            /* [n_head, d] bf16, or NULL */
   const int32_t *head_slot;   /* [L_pad] row in kahan or -1, or NULL */
   int fp8_input;              /* Xq = e4m3(X) (1) or bf16(X) (0) */

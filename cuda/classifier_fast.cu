@@ -528,6 +528,7 @@ static constexpr size_t update_smem_bytes(int dt, int es) { return u_w_off(dt) +
 struct update_args {
   void *W;                 /* [L_pad, d] */
   int64_t d, L, l0, n, B;
+  int64_t lbase;           /* global label of W's row 0 (label-sharded models): keys the SR bits */
   uint16_t *kahan;         /* [n_head, d] or NULL */
   const int32_t *head_slot;
   const void *G;           /* [round16(B), n]: bf16 codes, or FP32 (fp32 weights) */
@@ -821,7 +822,7 @@ static_assert(U_TD == 128, "a.d_tiles = ceil(d / U_TD) stands for the SR numberi
  * 128): quarter t = lane & 3 of the 32-feature group at cb, row r adds r * 20 ceil(d / 128) (classifier.h:
  * block 5 grp + q holds the quarter's words 5q ..). */
 static __device__ __forceinline__ uint64_t sr8_tile_block(const update_args &a, int64_t j0, int64_t k0, int cb) {
-  const uint64_t grp = ((uint64_t)(a.l0 + j0) * (uint64_t)a.d_tiles + (uint64_t)(k0 >> 7)) * 4u + (uint64_t)((cb >> 3) & 3);
+  const uint64_t grp = ((uint64_t)(a.lbase + a.l0 + j0) * (uint64_t)a.d_tiles + (uint64_t)(k0 >> 7)) * 4u + (uint64_t)((cb >> 3) & 3);
   return 5u * grp + (uint64_t)((cb >> 5) & 3);
 }
 
@@ -857,7 +858,7 @@ static __device__ __forceinline__ void epilogue8_rows(const update_args &a, int6
    * cb) = tb8 + r d / 8 (d is a multiple of 16, cb of 8) */
   const uint64_t sb = sr8_tile_block(a, j0, k0, cb);
   const uint32_t s20 = 20u * (uint32_t)a.d_tiles;
-  const uint64_t tb8 = (uint64_t)((a.l0 + j0) * a.d + k0 + cb) >> 3;
+  const uint64_t tb8 = (uint64_t)((a.lbase + a.l0 + j0) * a.d + k0 + cb) >> 3;
   const uint32_t d8 = (uint32_t)(a.d >> 3);
 #pragma unroll
   for (int i = 0; i < MI; i++) {
@@ -1516,12 +1517,10 @@ static int launch_update_tma(const update_args &a, int64_t blocks, cudaStream_t 
   if (!tmap_2d(&mg, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.G, a.n, a.B, R_TL, bp) ||
       !tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (const uint8_t *)a.W + a.l0 * a.d, a.d, nl, U_TD, R_TL))
     return 0;
-  static bool attr = false;
-  if (!attr) {
+  static unsigned attr = 0;
+  if (elmo_cuda_first_on_device(&attr))
     ELMO_CUDA_CHECK(cudaFuncSetAttribute(update_tma_kernel<CONST_BITS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          (int)t_smem_bytes()));
-    attr = true;
-  }
   update_tma_kernel<CONST_BITS><<<(unsigned)blocks, U_THREADS, t_smem_bytes(), s>>>(a, mg, mw);
   ELMO_LAUNCH_CHECK();
   return 1;
@@ -1540,13 +1539,12 @@ static int sm_count(void) {
 /* update_wg_kernel over the chunk: by TMA when the shapes allow, else its cp.async form (BM as the kernel's). */
 template <int BM>
 static void launch_update_wg(update_args a, cudaStream_t s) {
-  static bool wg_attr = false;
-  if (!wg_attr) {
+  static unsigned wg_attr = 0;
+  if (elmo_cuda_first_on_device(&wg_attr)) {
     ELMO_CUDA_CHECK(cudaFuncSetAttribute(update_wg_kernel<BM, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          (int)v_smem_bytes()));
     ELMO_CUDA_CHECK(cudaFuncSetAttribute(update_wg_kernel<BM, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          (int)v_tma_smem_bytes()));
-    wg_attr = true;
   }
   const int64_t blocks = a.tiles < 2 * sm_count() ? a.tiles : 2 * sm_count();
   const int64_t nl = a.L - a.l0 < a.n ? a.L - a.l0 : a.n; /* rows of the chunk that exist */
@@ -1574,13 +1572,12 @@ static void launch_update_wg(update_args a, cudaStream_t s) {
 template <typename GT, int DT, bool CONST_BITS>
 static void launch_update(const update_args &a, cudaStream_t s) {
   const size_t smem_res = r_smem_bytes(wcodec<DT>::es), smem_mma = update_smem_bytes(DT, wcodec<DT>::es);
-  static bool attr_set = false; /* one instantiation per (GT, DT, CONST_BITS) */
-  if (!attr_set) {
+  static unsigned attr_set = 0; /* one instantiation per (GT, DT, CONST_BITS) */
+  if (elmo_cuda_first_on_device(&attr_set)) {
     ELMO_CUDA_CHECK(cudaFuncSetAttribute(update_res_kernel<GT, DT, CONST_BITS>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_res));
     ELMO_CUDA_CHECK(cudaFuncSetAttribute(update_mma_kernel<GT, DT, CONST_BITS>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_mma));
-    attr_set = true;
   }
   if (a.B <= R_BMAX && !(DT == ELMO_FP8 && sizeof(GT) == 2 && a.Xt)) {
     const int64_t ltiles = (a.n + R_TL - 1) / R_TL, per_tile = r_blocks_per_sm(DT) * sm_count() / a.d_tiles;
@@ -1609,6 +1606,7 @@ extern "C" void elmo_cuda_cls_update_mma(elmo_cuda_cls *c, int64_t B, int64_t l0
   a.d = c->d;
   a.L = c->L;
   a.l0 = l0;
+  a.lbase = c->label_base;
   a.n = n;
   a.B = B;
   a.kahan = c->kahan;
@@ -2063,10 +2061,9 @@ static __global__ void __launch_bounds__(256) dx_reduce_kernel(const float4 *par
 template <int DT>
 static void launch_dx(const dx_args &a, dim3 grid, cudaStream_t s) {
   const size_t smem = dx_smem_bytes<DT>();
-  static bool attr_set = false;
-  if (!attr_set) {
+  static unsigned attr_set = 0;
+  if (elmo_cuda_first_on_device(&attr_set)) {
     ELMO_CUDA_CHECK(cudaFuncSetAttribute(dx_part_kernel<DT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    attr_set = true;
   }
   dx_part_kernel<DT><<<grid, X_THREADS, smem, s>>>(a);
   ELMO_LAUNCH_CHECK();
@@ -2088,13 +2085,12 @@ extern "C" int elmo_cuda_cls_dx_wgmma(void) { return wgmma_enabled("ELMO_DX_WGMM
 extern "C" int elmo_cuda_cls_dx_tma(void) { return wgmma_enabled("ELMO_DX_TMA") && tmap_encoder() != NULL; }
 
 template <int TD> static void launch_dx_wgmma_td(const dx_args &a, dim3 grid, bool pdl, cudaStream_t s) {
-  static bool attr_set = false;
-  if (!attr_set) {
+  static unsigned attr_set = 0;
+  if (elmo_cuda_first_on_device(&attr_set)) {
     ELMO_CUDA_CHECK(cudaFuncSetAttribute(dx_wgmma_kernel<TD, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          (int)dxg_smem_bytes(TD)));
     ELMO_CUDA_CHECK(cudaFuncSetAttribute(dx_wgmma_kernel<TD, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          (int)dxg_tma_smem_bytes(TD)));
-    attr_set = true;
   }
   CUtensorMap mg, mw; /* the chunk's n weight rows (padded labels' rows included, as the cp.async form reads) */
   memset(&mg, 0, sizeof mg);
@@ -2439,11 +2435,13 @@ extern "C" int elmo_cuda_cls_lg_fused(const elmo_cuda_cls *c, int64_t B, int64_t
   a.tiles = (n + LG_TL - 1) / LG_TL;
   a.kb = kb;
   const size_t smem = lg_smem_bytes(kb);
-  static size_t attr = 0;
-  if (attr < smem) {
+  static size_t attr[32]; /* per device */
+  int dev = 0;
+  ELMO_CUDA_CHECK(cudaGetDevice(&dev));
+  if (attr[dev & 31] < smem) {
     ELMO_CUDA_CHECK(cudaFuncSetAttribute(lg_wgmma_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     ELMO_CUDA_CHECK(cudaFuncSetAttribute(lg_wgmma_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    attr = smem;
+    attr[dev & 31] = smem;
   }
   /* one slice of up to 128 rows per grid row; the slices' blocks with the same x walk the same tiles at
    * about the same pace, so each weight tile comes from DRAM about once and from L2 for the others */

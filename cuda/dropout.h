@@ -13,8 +13,10 @@
 extern "C" {
 #endif
 
-/* x [n] FP32 in place; p <= 0 does nothing. */
-void elmo_cuda_dropout(float *x, int64_t n, double p, uint64_t seed, int64_t step, cudaStream_t s);
+/* x [n] FP32 in place, x[i] being element first + i of the step's mask (first a multiple of 4: a
+ * slice of rows of a larger batch, as the label-sharded backend's encoder shards hold); p <= 0 does
+ * nothing. */
+void elmo_cuda_dropout(float *x, int64_t n, int64_t first, double p, uint64_t seed, int64_t step, cudaStream_t s);
 
 #ifdef __cplusplus
 }

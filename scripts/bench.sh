@@ -10,7 +10,9 @@
 # figures (2.88 TB/s, 764 TFLOP/s) define the targets' rooflines; PEAK_TBS / PEAK_TFLOPS override both.
 # ELMO's columns are its H100 80GB HBM3 measurements whatever the card.
 #
-#   scripts/bench.sh [cls|full|all]      (default all)
+#   scripts/bench.sh [cls|full|all|multi] (default all; multi: the fp8 full-step rows with the classifier
+#                   sharded by labels over GPUS GPUs, default 2, e.g. GPUS="1 2 4"; GiB is the largest
+#                   GPU's peak, the roofline one GPU's share of the work; needs NCCL's libnccl.so.2)
 #   ELMO_BIN=dir    prebuilt elmo-train + bench_cls (e.g. .dev/gpu/bin from scripts/gpu_run.sh);
 #                   otherwise builds build-bench with -Dcuda=enabled
 #   STEPS=n         training steps per full-step row (default 40)
@@ -85,13 +87,14 @@ cls_row() { # L B chunks dtype elmo_ms elmo_gib
     "$(roof $((2 * wb * L * d)) $((6 * B * L * d)))" "$5" "$6"
 }
 
-full_row() { # name layers T B L elmo_ms elmo_gib dtype
-  local name=$1 layers=$2 T=$3 B=$4 L=$5 dt=$8 d=768 ffn=3072
+full_row() { # name layers T B L elmo_ms elmo_gib dtype [gpus]
+  local name=$1 layers=$2 T=$3 B=$4 L=$5 dt=$8 d=768 ffn=3072 gpus=${9:-1}
   local data=$TMP/synth-$L-$B
   [ -f "$data/trn_X.txt" ] || bash scripts/make_synthetic.sh "$data" $((B * STEPS)) 64 "$L" 5 $((T / 2)) 1 >/dev/null
-  local run=$TMP/run-$name-$dt
+  local run=$TMP/run-$name-$dt-$gpus
   "$ELMO_BIN/elmo-train" configs/synth-amazon3m-bert.json --device cuda --set data.dir="$data" --set data.max_len=$T \
     --set model.encoder.layers=$layers --set training.batch_size=$B --set training.max_steps=$STEPS \
+    --set training.gpus=$gpus \
     --set model.classifier.dtype=$dt --set model.encoder.recompute=${RECOMPUTE:-true} --set output.checkpoints=false \
     --set eval.every_epochs=1 --out "$run" >"$run.log" 2>&1
   local sps gib
@@ -107,7 +110,11 @@ full_row() { # name layers T B L elmo_ms elmo_gib dtype
     printf "%.0f", 6 * B * L * d + 6 * B * T * n * (4 * d * d + 2 * d * f) + 12 * n * B * T * T * d }')
   bytes=$(awk -v L=$L -v d=$d -v n=$layers -v f=$ffn -v w=$([ "$dt" = bf16 ] && echo 2 || echo 1) 'BEGIN {
     printf "%.0f", 2 * w * L * d + 20 * (n * (4 * d * d + 2 * d * f) + 30522 * d) }')
-  row "full $name seq $T B=$B L=$L" "$dt" "$ms" "${gib:-0}" "$(roof "$bytes" "$flops")" "$6" "$7"
+  # sharded over GPUs: the roofline is the work of one GPU (a 1 / gpus share of the labels and the rows)
+  local label="full $name seq $T B=$B L=$L"
+  [ "$gpus" = 1 ] || label="$label, $gpus GPUs"
+  row "$label" "$dt" "$ms" "${gib:-0}" "$(roof "$(awk -v b="$bytes" -v g=$gpus 'BEGIN { printf "%.0f", b / g }')" \
+    "$(awk -v f="$flops" -v g=$gpus 'BEGIN { printf "%.0f", f / g }')")" "$6" "$7"
   [ -n "$sps" ] || echo "full $name $dt failed: $(tail -3 "$run.log")" >&2
 }
 
@@ -130,6 +137,13 @@ if [ "$what" = full ] || [ "$what" = all ]; then
   full_row bert-base 12 128 128 2812281 0 0 bf16      # no published ELMO baseline for these
   full_row distilbert 6 32 512 1305265 0 0 bf16
   full_row distilbert 6 128 128 8623847 0 0 bf16
+fi
+if [ "$what" = multi ]; then # label sharding: the fp8 full-step rows over GPUS GPUs (GiB: the largest GPU's peak)
+  for g in ${GPUS:-2}; do
+    full_row bert-base 12 128 128 2812281 63.7 7.72 fp8 "$g"
+    full_row distilbert 6 32 512 1305265 48.6 4.94 fp8 "$g"
+    full_row distilbert 6 128 128 8623847 90.9 9.45 fp8 "$g"
+  done
 fi
 echo
 echo "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), $(date -u +%F); roofline: ${PEAK_TBS} TB/s, ${PEAK_TFLOPS} TFLOP/s BF16 ($peaks_from); elmo_* columns: ELMO on an H100 80GB HBM3"

@@ -107,6 +107,8 @@ static const key_spec SCHEMA[] = {
   FLT("training.dropout", dropout, "0.5", 0, 1, F_MAX_OPEN, "dropout on the pooled vector"),
   INT("training.log_every", log_every, "50", 1, NO_MAX, 1, "compute and log the summed BCE loss every N steps"),
   INT("training.max_steps", max_steps, "0", 0, NO_MAX, 1, "stop after N steps (0 = no limit)"),
+  INT("training.gpus", gpus, "1", 0, 32, 1,
+      "GPUs of this machine (CUDA backend, NCCL): classifier sharded by labels, encoder data-parallel (0 = all)"),
   INT("training.patience", patience, "0", 0, NO_MAX, 1,
       "stop after N evaluations without improvement of select_metric (0 = off)"),
   STR("training.select_metric", select_metric, "P@1", 0,

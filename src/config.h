@@ -62,6 +62,7 @@ typedef struct elmo_config {
   double dropout;             /* dropout on the pooled vector (default 0.5) */
   int64_t log_every;          /* compute the summed BCE every N steps (default 50) */
   int64_t max_steps;          /* stop after N steps (0 = no limit) */
+  int64_t gpus;               /* training.gpus: GPUs the classifier is sharded over by labels (0 = all; default 1) */
   int64_t patience;           /* early stopping in evaluations without improvement (0 = off) */
   char select_metric[16];     /* training.select_metric: "P@1" (best checkpoint by this) */
   elmo_opt_config enc_opt;    /* training.encoder.* */

@@ -145,6 +145,7 @@ int elmo_model_desc_init(elmo_model_desc *md, const elmo_config *cfg, int64_t nu
   md->L_pad = (num_labels + 15) / 16 * 16;
   md->d = cfg->dim;
   md->batch_size = cfg->batch_size;
+  md->enc_batch = cfg->batch_size;
   md->num_features = num_features;
   md->sparse_layernorm = cfg->encoder_layernorm;
   md->vocab_size = vocab_size;
@@ -252,9 +253,10 @@ static void *init_classifier_part(void *arg) {
   const elmo_model_desc *md = j->md;
   const float a = 1.0f / sqrtf((float)md->d);
   const int64_t n = md->num_labels * md->d;
+  const int64_t g0 = md->label_base * md->d / 4; /* a shard's first block: label_base is a multiple of 16 */
   for (int64_t blk = j->b0; blk < j->b1; blk++) {
     uint32_t r[4];
-    elmo_rand_block(md->seed, 0, ELMO_RNG_INIT_CLS, (uint64_t)blk, r);
+    elmo_rand_block(md->seed, 0, ELMO_RNG_INIT_CLS, (uint64_t)(g0 + blk), r);
     for (int w = 0; w < 4 && 4 * blk + w < n; w++) {
       int64_t i = 4 * blk + w;
       float x = a * (2.0f * ((float)r[w] * (1.0f / 4294967296.0f)) - 1.0f);

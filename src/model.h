@@ -57,6 +57,10 @@ typedef struct elmo_model_desc {
   int64_t L_pad;             /* L rounded up to a multiple of 16 */
   int64_t d;                 /* pooled dimension = classifier input */
   int64_t batch_size;        /* largest batch */
+  int64_t enc_batch;         /* rows the encoder runs at once: batch_size, or a GPU's share of it when the
+                                CUDA backend shards the classifier over GPUs (training.gpus) */
+  int64_t label_base;        /* global label of the classifier's row 0: 0, or a GPU's first label when
+                                sharded; keys the classifier's init and SR bits by global labels */
   int64_t chunk_labels;      /* labels per classifier chunk (multiple of 16) */
   int64_t n_chunks;
   /* sparse encoder */

@@ -288,6 +288,9 @@ static int setup(run *r, const elmo_config *cfg, const elmo_train_opts *o, elmo_
   double A, B;
   elmo_eval_AB(cfg, &A, &B);
   elmo_inv_propensity(&r->ds.train_Y_all, A, B, r->inv_prop);
+  if (strcmp(r->be->name, "cuda") && cfg->gpus != 1)
+    fprintf(stderr, "elmo: training.gpus %lld applies to the CUDA backend; the CPU reference runs on this machine's "
+            "cores\n", (long long)cfg->gpus);
   rc = elmo_mkdirs(cfg->out_dir, err);
   r->metrics_path = elmo_path_join(cfg->out_dir, "metrics.jsonl");
   r->loss_path = elmo_path_join(cfg->out_dir, "loss.tsv");
@@ -319,8 +322,20 @@ static int print_plan(const elmo_config *cfg, elmo_err *err) {
   if (rc) return rc;
   elmo_model_desc md;
   rc = elmo_model_desc_init(&md, cfg, ds.num_labels, ds.num_features, ds.vocab_size, ds.T, ds.label_freq, err);
-  if (!rc) rc = elmo_cuda_choose_chunks(cfg, &md, err);
-  if (!rc) {
+  if (!rc && cfg->gpus > 1) { /* GPU 0's share (the largest) */
+    elmo_model_desc sd;
+    elmo_cuda_shard_desc(&md, (int)cfg->gpus, 0, &sd);
+    /* sd shares md's tables; md frees them */
+    printf("classifier sharded by labels over %lld GPUs: the plan of GPU 0 (labels 0..%lld, encoder rows %lld)\n",
+           (long long)cfg->gpus, (long long)sd.num_labels - 1, (long long)sd.enc_batch);
+    rc = elmo_cuda_choose_chunks(cfg, &sd, err);
+    if (!rc) {
+      elmo_cuda_plan_t p;
+      elmo_cuda_plan(&sd, &p);
+      elmo_cuda_plan_print(&p, &sd, stdout);
+    }
+  } else if (!rc) rc = elmo_cuda_choose_chunks(cfg, &md, err);
+  if (!rc && cfg->gpus <= 1) {
     elmo_cuda_plan_t p;
     elmo_cuda_plan(&md, &p);
     elmo_cuda_plan_print(&p, &md, stdout);

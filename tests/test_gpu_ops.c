@@ -1223,7 +1223,7 @@ static void test_dropout(void **state) {
   float *x = malloc(sizeof(float) * n), *g = malloc(sizeof(float) * n);
   for (int64_t i = 0; i < n; i++) x[i] = tu_rand_normal(&s);
   float *dx = dup_up(x, sizeof(float) * n);
-  elmo_cuda_dropout(dx, n, p, seed, step, S);
+  elmo_cuda_dropout(dx, n, 0, p, seed, step, S);
   down(g, dx, sizeof(float) * n);
   uint32_t thr = (uint32_t)(p * 4294967296.0);
   float scale = (float)(1.0 / (1.0 - p));
@@ -1234,6 +1234,16 @@ static void test_dropout(void **state) {
     dropped += ref == 0.0f;
   }
   assert_true(dropped > n / 2 && dropped < n * 3 / 4); /* about p of them */
+  cudaFree(dx);
+  /* a slice from element 1000 (a shard's rows of the batch) draws the whole batch's mask there */
+  const int64_t f0 = 1000;
+  dx = dup_up(x + f0, sizeof(float) * (n - f0));
+  elmo_cuda_dropout(dx, n - f0, f0, p, seed, step, S);
+  down(g, dx, sizeof(float) * (n - f0));
+  for (int64_t i = f0; i < n; i++) {
+    float ref = elmo_rand_u32(seed, (uint64_t)step, ELMO_RNG_DROPOUT, (uint64_t)i) < thr ? 0.0f : x[i] * scale;
+    if (memcmp(&g[i - f0], &ref, 4)) fail_msg("dropout slice[%lld]: gpu %g cpu %g", (long long)i, g[i - f0], ref);
+  }
   cudaFree(dx);
   free(x); free(g);
 }

@@ -11,6 +11,7 @@
  *     same top-5 on the first 256 test rows. Rule for rare swaps: at a rank where the labels
  *     differ, the two scores at that rank must be a near tie (|a - b| <= 1e-3 (1 + |b|)); at most
  *     1% of the entries may differ, and scores of equal labels agree to 1e-3 (1 + |b|).
+ *  3. Label sharding over two GPUs against one GPU and the CPU (test_sharded; skipped on one GPU).
  * Data: $ELMO_TEST_DATA/bibtex (the device machine's carried copy), else $ELMO_SHARED_DATA/bibtex,
  * else the bundled datasets/bibtex under $ELMO_SOURCE_ROOT. */
 #include "testutil.h"
@@ -330,6 +331,99 @@ static void test_predict_few_rows(void **state) {
   }
 }
 
+/* Label sharding over two GPUs (training.gpus 2; skipped with fewer): the same training as one GPU's.
+ *  - After one step the classifier bytes equal the one-GPU model's (the shards round with the whole
+ *    model's SR bits, keyed by global labels; the encoder shards' rows drop out with the batch's mask).
+ *  - 20 steps: losses within the fp8 tolerance of the CPU reference's, as the one-GPU model's are; a
+ *    batch of 255 rows (unequal shares) and of 1 row (the second GPU encodes nothing) step fine.
+ *  - The same weights (written through buffer_io) give the one-GPU model's top-k. */
+static void test_sharded(void **state) {
+  int ndev = 0;
+  cudaGetDeviceCount(&ndev);
+  if (ndev < 2) {
+    print_message("label sharding: %d CUDA device(s), needs 2: skipped\n", ndev);
+    skip();
+  }
+  run r = {0}, one = {0};
+  variant v = {"fp8", "fp8", 0, 0.0, 2, 0.1, 3e-3, 2e-3};
+  setup_run(&one, &v);
+  r.cfg = one.cfg;
+  r.cfg.gpus = 2;
+  elmo_err err = {0};
+  r.cpu = one.cpu;
+  r.gpu = one.gpu;
+  if (elmo_dataset_load(&r.ds, &r.cfg, 0, &err)) fail_msg("data: %s", err.msg);
+  if (elmo_model_desc_init(&r.md, &r.cfg, r.ds.num_labels, r.ds.num_features, r.ds.vocab_size, r.ds.T,
+                           r.ds.label_freq, &err))
+    fail_msg("desc: %s", err.msg);
+  if (r.gpu->create(&r.cfg, &r.md, &r.mg, &err)) fail_msg("sharded create: %s", err.msg);
+  if (r.cpu->create(&r.cfg, &r.md, &r.mc, &err)) fail_msg("cpu create: %s", err.msg);
+  const size_t wb = elmo_buf_bytes(&r.md, ELMO_BUF_CLS_W);
+  uint8_t *w1 = malloc(wb), *w2 = malloc(wb);
+  for (int pass = 0; pass < 2; pass++) { /* the initial weights, then after one step */
+    if (pass) {
+      int64_t rows[BATCH];
+      step_rows(&r, 0, rows);
+      elmo_batch_buf bb = {0};
+      elmo_batch b;
+      elmo_batch_gather(&r.ds.train, rows, BATCH, &bb, &b);
+      elmo_step st = {.step = 0, .lr_encoder = 1e-3, .lr_classifier = 0.5, .compute_loss = 1};
+      double l1, l2;
+      if (one.gpu->train_step(one.mg, &b, &st, &l1, &err)) fail_msg("one-GPU step: %s", err.msg);
+      if (r.gpu->train_step(r.mg, &b, &st, &l2, &err)) fail_msg("sharded step: %s", err.msg);
+      print_message("sharded: step 0 loss one GPU %.9g, two GPUs %.9g\n", l1, l2);
+      if (!(fabs(l1 - l2) <= 1e-6 * fabs(l1))) fail_msg("step 0 losses %.9g / %.9g", l1, l2);
+      elmo_batch_buf_free(&bb);
+    }
+    if (one.gpu->buffer_io(one.mg, ELMO_BUF_CLS_W, 0, 0, w1, wb, &err) ||
+        r.gpu->buffer_io(r.mg, ELMO_BUF_CLS_W, 0, 0, w2, wb, &err))
+      fail_msg("buffer_io: %s", err.msg);
+    size_t diff = 0;
+    for (size_t i = 0; i < wb; i++) diff += w1[i] != w2[i];
+    print_message("sharded: %s: %zu of %zu classifier bytes differ from the one-GPU model's\n",
+                  pass ? "after one step" : "initial", diff, wb);
+    if (diff) fail_msg("%zu classifier bytes differ %s", diff, pass ? "after one step" : "at init");
+  }
+  /* training from the same start as the CPU's: the CPU model gets the sharded model's weights */
+  for (int bf = 0; bf < ELMO_NUM_BUFS; bf++) {
+    size_t n = elmo_buf_bytes(&r.md, bf);
+    void *h = malloc(n ? n : 1);
+    if (r.gpu->buffer_io(r.mg, bf, 0, 0, h, n, &err) || r.cpu->buffer_io(r.mc, bf, 1, 0, h, n, &err))
+      fail_msg("buffer_io: %s", err.msg);
+    free(h);
+  }
+  train_steps(&r, "fp8, two GPUs", v.tol, STEPS, BATCH);
+  train_steps(&r, "fp8, two GPUs, 255 rows", v.tol, 2, 255);
+  train_steps(&r, "fp8, two GPUs, 1 row", 1e-2, 1, 1);
+  /* prediction: the one-GPU model's weights in the sharded model give its top-k */
+  for (int bf = 0; bf < ELMO_NUM_BUFS; bf++) {
+    size_t n = elmo_buf_bytes(&r.md, bf);
+    void *h = malloc(n ? n : 1);
+    if (one.gpu->buffer_io(one.mg, bf, 0, 0, h, n, &err) || r.gpu->buffer_io(r.mg, bf, 1, 0, h, n, &err))
+      fail_msg("buffer_io: %s", err.msg);
+    free(h);
+  }
+  int64_t rows[EVAL_ROWS];
+  for (int64_t i = 0; i < EVAL_ROWS; i++) rows[i] = i;
+  elmo_batch_buf bb = {0};
+  elmo_batch b;
+  elmo_batch_gather(&r.ds.test, rows, EVAL_ROWS, &bb, &b);
+  int32_t k1[EVAL_ROWS * TOPK], k2[EVAL_ROWS * TOPK];
+  float s1[EVAL_ROWS * TOPK], s2[EVAL_ROWS * TOPK];
+  if (one.gpu->predict(one.mg, &b, TOPK, NULL, k1, s1, &err)) fail_msg("one-GPU predict: %s", err.msg);
+  if (r.gpu->predict(r.mg, &b, TOPK, NULL, k2, s2, &err)) fail_msg("sharded predict: %s", err.msg);
+  int64_t swaps = compare_topk(k2, s2, k1, s1, EVAL_ROWS * TOPK), same = 0;
+  for (int64_t i = 0; i < EVAL_ROWS * TOPK; i++) same += k1[i] == k2[i] && s1[i] == s2[i];
+  print_message("sharded: top-%d of %d rows: %lld of %d entries identical, %lld near-tie swaps\n", TOPK, EVAL_ROWS,
+                (long long)same, EVAL_ROWS * TOPK, (long long)swaps);
+  if (swaps) fail_msg("%lld top-k swaps against the one-GPU model", (long long)swaps);
+  elmo_batch_buf_free(&bb);
+  free(w1);
+  free(w2);
+  teardown_run(&one);
+  teardown_run(&r);
+}
+
 int main(void) {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
@@ -339,7 +433,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_train_fp8), cmocka_unit_test(test_train_bf16_layernorm), cmocka_unit_test(test_train_fp32),
     cmocka_unit_test(test_checkpoint_to_cpu), cmocka_unit_test(test_train_transformer),
-    cmocka_unit_test(test_predict_few_rows), cmocka_unit_test(test_device_refusals),
+    cmocka_unit_test(test_predict_few_rows), cmocka_unit_test(test_device_refusals), cmocka_unit_test(test_sharded),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
