@@ -921,7 +921,9 @@ static void exchange_rows(elmo_model *m, float *buf, int64_t B, int sum) {
 #endif
 }
 
-/* Sharded: enc_grad summed over GPUs on every GPU (the same bits everywhere). */
+/* Sharded: enc_grad summed over GPUs on every GPU (the same bits everywhere). Summing each layer's share
+ * on a second stream while the lower layers' backward runs was tried and measured no faster (H100 x2 and
+ * x4, docs/PERFORMANCE.md). */
 static void sum_encoder_grad(elmo_model *m) {
 #if ELMO_NCCL_HEADER
   if (m->nranks == 1) return;

@@ -9,10 +9,11 @@
 
 static const char usage[] =
     "usage: elmo-train CONFIG.json [--set key.path=value ...] [--out DIR] [--resume CKPT_DIR]\n"
-    "                  [--device auto|cpu|cuda] [--plan]\n"
+    "                  [--device auto|cpu|cuda] [--gpus N] [--plan]\n"
     "  Trains an XMC model as CONFIG describes (see README.md for every key), evaluates on the\n"
     "  test split every eval.every_epochs, and writes DIR/{metrics.jsonl,loss.tsv,predictions.txt,\n"
-    "  best/,last/}. --device auto (default) uses the GPU when one is present.\n"
+    "  best/,last/}. --device auto (default) uses the GPU when one is present. --gpus N (the same\n"
+    "  as --set training.gpus=N) shards the classifier by labels over N GPUs of this machine (0: all).\n"
     "  --plan prints the memory plan without training. Exit codes: 0 ok, 1 runtime failure,\n"
     "  2 bad usage, config or input.\n";
 
@@ -48,6 +49,11 @@ static int parse_args(int argc, char **argv, args *a, char **out_override) {
         fprintf(stderr, "elmo-train: --device %s: expected auto, cpu or cuda\n%s", a->opts.device, usage);
         return ELMO_EINPUT;
       }
+    } else if (!strcmp(s, "--gpus") && has_val) {
+      size_t n = strlen(argv[i + 1]) + 16;
+      char *v = malloc(n); /* lives as long as the process, as the other option strings */
+      snprintf(v, n, "training.gpus=%s", argv[++i]);
+      a->sets[a->n_sets++] = v;
     } else if (!strcmp(s, "--plan")) {
       a->opts.plan_only = 1;
     } else if (s[0] == '-') {

@@ -424,6 +424,27 @@ static void test_sharded(void **state) {
   teardown_run(&r);
 }
 
+/* The transformer sharded over two GPUs (skipped with fewer): each GPU encodes half of the rows and the
+ * encoder gradients are summed over both; 5 steps against the CPU as test_train_transformer, then a 1-row
+ * batch (the second GPU encodes nothing and adds zeros). */
+static void test_sharded_transformer(void **state) {
+  int ndev = 0;
+  cudaGetDeviceCount(&ndev);
+  if (ndev < 2) {
+    print_message("label sharding (transformer): %d CUDA device(s), needs 2: skipped\n", ndev);
+    skip();
+  }
+  run r = {0};
+  char json[2048];
+  tf_config(json, sizeof json, "", ", \"classifier\": {\"dtype\": \"fp8\", \"chunks\": 1}",
+            "\"batch_size\": 64, \"seed\": 5, \"dropout\": 0.3, \"gpus\": 2,"
+            " \"encoder\": {\"lr\": 1e-3, \"warmup_steps\": 2}, \"classifier\": {\"lr\": 0.05, \"warmup_steps\": 2}");
+  setup_backends(&r, json);
+  train_steps(&r, "transformer, two GPUs", 2e-2, 5, 64);
+  train_steps(&r, "transformer, two GPUs, 1 row", 2e-2, 1, 1);
+  teardown_run(&r);
+}
+
 int main(void) {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
@@ -434,6 +455,7 @@ int main(void) {
     cmocka_unit_test(test_train_fp8), cmocka_unit_test(test_train_bf16_layernorm), cmocka_unit_test(test_train_fp32),
     cmocka_unit_test(test_checkpoint_to_cpu), cmocka_unit_test(test_train_transformer),
     cmocka_unit_test(test_predict_few_rows), cmocka_unit_test(test_device_refusals), cmocka_unit_test(test_sharded),
+    cmocka_unit_test(test_sharded_transformer),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
