@@ -484,7 +484,8 @@ static int create_one(const elmo_config *cfg, const elmo_model_desc *md, elmo_mo
              "(%lld chunk(s)), activations %.2f GiB: raise model.classifier.chunks, lower training.batch_size "
              "or model.classifier.memory_budget_gib%s", (double)plan.bytes[ELMO_MEM_CLS_WEIGHTS] / GIB,
              (double)plan.bytes[ELMO_MEM_CHUNK] / GIB, (long long)plan.n_chunks,
-             (double)plan.bytes[ELMO_MEM_ACTIVATIONS] / GIB, cfg->gpus == 1 ? ", or shard over training.gpus" : "");
+             (double)plan.bytes[ELMO_MEM_ACTIVATIONS] / GIB,
+             cfg->gpus == 1 ? ", or shard the labels over more GPUs (training.gpus, --gpus)" : "");
     ELMO_CUDA_CHECK(cudaStreamDestroy(m->s));
     free(m);
     return rc;

@@ -22,8 +22,8 @@ static const char *USAGE =
     "usage: elmo-eval --pred FILE --truth FILE --train FILE [-k 5] [-A a -B b]\n"
     "                 [--family amazon|wiki|other] [--filter FILE] [--remove-invalid]\n"
     "                 [--psp-train-aug] [--json]\n"
-    "       elmo-eval CHECKPOINT_DIR [--data DIR] [--split tst] [-k 5] [--topk 100]\n"
-    "                 [--predictions FILE] [--json]\n";
+    "       elmo-eval CHECKPOINT_DIR [--data DIR] [--split tst|val|trn] [-k 5] [--topk 100]\n"
+    "                 [--predictions FILE] [--device auto|cpu|cuda] [--gpus N] [--json]\n";
 
 static const char *HELP =
     "Scores a sparse prediction file (header \"rows labels\", lines \"label:score ...\") with\n"

@@ -13,12 +13,12 @@
 
 typedef struct ck_opts {
   const char *dir, *data, *split, *predictions, *device;
-  int k, topk, json;
+  int k, topk, json, gpus;
 } ck_opts;
 
 static const char ck_usage[] =
     "usage: elmo-eval CHECKPOINT_DIR [--data DIR] [--split tst|val|trn] [-k 5] [--topk 100]\n"
-    "                 [--predictions FILE] [--device auto|cpu|cuda] [--json]\n";
+    "                 [--predictions FILE] [--device auto|cpu|cuda] [--gpus N] [--json]\n";
 
 static int parse_int(const char *flag, const char *s, int lo, int hi, int *out) {
   char *end;
@@ -38,6 +38,7 @@ static int ck_parse(int argc, char **argv, ck_opts *o) {
   o->device = "auto";
   o->k = -1;
   o->topk = -1;
+  o->gpus = 1;
   for (int i = 2; i < argc; i++) {
     const char *a = argv[i];
     int more = i + 1 < argc;
@@ -47,6 +48,7 @@ static int ck_parse(int argc, char **argv, ck_opts *o) {
     else if (!strcmp(a, "--predictions") && more) o->predictions = argv[++i];
     else if (!strcmp(a, "--device") && more) o->device = argv[++i];
     else if (!strcmp(a, "-k") && more) { if (parse_int("-k", argv[++i], 1, 100, &o->k)) return ELMO_EINPUT; }
+    else if (!strcmp(a, "--gpus") && more) { if (parse_int("--gpus", argv[++i], 0, 32, &o->gpus)) return ELMO_EINPUT; }
     else if (!strcmp(a, "--topk") && more) { if (parse_int("--topk", argv[++i], 1, 100000, &o->topk)) return ELMO_EINPUT; }
     else {
       fprintf(stderr, "elmo-eval: unknown or incomplete option '%s'\n%s", a, ck_usage);
@@ -72,7 +74,11 @@ typedef struct ck_run {
 static int ck_eval(ck_run *r, const ck_opts *o, elmo_err *err) {
   const char *sets[4];
   int n = 0;
-  char data_set[1100], k_set[64];
+  char data_set[1100], k_set[64], gpu_set[64];
+  /* the GPUs to predict on are this run's choice, not the training run's (a checkpoint of a sharded
+   * model is the same files as one GPU's) */
+  snprintf(gpu_set, sizeof gpu_set, "training.gpus=%d", o->gpus);
+  sets[n++] = gpu_set;
   if (o->data) { snprintf(data_set, sizeof data_set, "data.dir=%s", o->data); sets[n++] = data_set; }
   if (o->k > 0) { snprintf(k_set, sizeof k_set, "eval.k=%d", o->k); sets[n++] = k_set; }
   int rc = elmo_checkpoint_config(o->dir, &r->cfg, sets, n, err);
