@@ -139,10 +139,10 @@ if [ "$what" = full ] || [ "$what" = all ]; then
   full_row distilbert 6 128 128 8623847 0 0 bf16
 fi
 if [ "$what" = multi ]; then # label sharding: the fp8 full-step rows over GPUS GPUs (GiB: the largest GPU's peak)
-  for g in ${GPUS:-2}; do
-    full_row bert-base 12 128 128 2812281 63.7 7.72 fp8 "$g"
-    full_row distilbert 6 32 512 1305265 48.6 4.94 fp8 "$g"
-    full_row distilbert 6 128 128 8623847 90.9 9.45 fp8 "$g"
+  for g in ${GPUS:-2}; do # MULTI_ROWS="1 3": only those rows (1 BERT-base, 2 DistilBERT-32, 3 DistilBERT at 8.6M)
+    [[ " ${MULTI_ROWS:-1 2 3} " == *" 1 "* ]] && full_row bert-base 12 128 128 2812281 63.7 7.72 fp8 "$g"
+    [[ " ${MULTI_ROWS:-1 2 3} " == *" 2 "* ]] && full_row distilbert 6 32 512 1305265 48.6 4.94 fp8 "$g"
+    [[ " ${MULTI_ROWS:-1 2 3} " == *" 3 "* ]] && full_row distilbert 6 128 128 8623847 90.9 9.45 fp8 "$g"
   done
 fi
 echo

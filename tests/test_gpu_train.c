@@ -21,6 +21,7 @@
 #include "dataset.h"
 #include "model.h"
 #include "optim.h"
+#include "numerics.h"
 
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -383,6 +384,26 @@ static void test_sharded(void **state) {
     print_message("sharded: %s: %zu of %zu classifier bytes differ from the one-GPU model's\n",
                   pass ? "after one step" : "initial", diff, wb);
     if (diff) fail_msg("%zu classifier bytes differ %s", diff, pass ? "after one step" : "at init");
+  }
+  /* the encoder after that step: its parameters and AdamW moments (each GPU steps a slice of them and
+   * keeps that slice's moments) as one GPU's, up to the order of the gradient sums */
+  for (int bf = ELMO_BUF_ENC_PARAM; bf <= ELMO_BUF_ENC_V; bf++) {
+    const size_t n = elmo_buf_bytes(&r.md, bf);
+    uint16_t *a = malloc(n), *g = malloc(n);
+    if (one.gpu->buffer_io(one.mg, bf, 0, 0, a, n, &err) || r.gpu->buffer_io(r.mg, bf, 0, 0, g, n, &err))
+      fail_msg("buffer_io: %s", err.msg);
+    double amax = 0, dmax = 0;
+    for (size_t i = 0; i < n / 2; i++) {
+      const double x = elmo_bf16_to_f32(a[i]), y = elmo_bf16_to_f32(g[i]);
+      if (isnan(y)) fail_msg("encoder buffer %d: NaN at %zu", bf, i);
+      if (fabs(x) > amax) amax = fabs(x);
+      if (fabs(x - y) > dmax) dmax = fabs(x - y);
+    }
+    print_message("sharded: encoder buffer %d after one step: max |difference| %.3g of max |value| %.3g\n", bf, dmax,
+                  amax);
+    if (!(dmax <= 1e-2 * amax)) fail_msg("encoder buffer %d differs from one GPU's by %g (max %g)", bf, dmax, amax);
+    free(a);
+    free(g);
   }
   /* training from the same start as the CPU's: the CPU model gets the sharded model's weights */
   for (int bf = 0; bf < ELMO_NUM_BUFS; bf++) {
