@@ -65,7 +65,8 @@ struct elmo_model {
   elmo_cuda_decay decay_view;    /* decayed ranges of the whole encoder */
   elmo_cuda_decay decay_part[2]; /* sharded: of this GPU's slice and of the tail (re-based to their starts) */
   int64_t opt_per;               /* sharded: parameters a GPU steps (its slice [rank per, (rank + 1) per)); the
-                                    tail [nranks per, enc_numel) is stepped by every GPU; 0 = not split */
+                                    tail [nranks per, enc_numel) is stepped by every GPU; 0 = not split. A GPU's
+                                    AdamW buffers (ENC_M, ENC_V, ENC_KAHAN) hold its slice, then the tail */
   float *X, *dX;                 /* [B_cap, d] */
   int32_t *topk;                 /* [B_cap, ELMO_CUDA_TOPK_MAX] */
   float *topv;
@@ -629,8 +630,21 @@ static elmo_batch batch_rows(const elmo_batch *b, int64_t r0, int64_t nr) {
   return s;
 }
 
+/* Parameters of each GPU's slice of the encoder's AdamW over n GPUs: a multiple of 128; 0 = every GPU steps
+ * the whole encoder (ELMO_SPLIT_ADAMW=0, or too few parameters). */
+static int64_t opt_slice(const elmo_model_desc *md, int n) {
+  const char *z = getenv("ELMO_SPLIT_ADAMW");
+  return n < 2 || (z && !strcmp(z, "0")) ? 0 : md->enc_numel / n / 128 * 128;
+}
+
 extern "C" void elmo_cuda_shard_desc(const elmo_model_desc *md, int n, int q, elmo_model_desc *out) {
   *out = *md;
+  const int64_t per = opt_slice(md, n);
+  if (per) { /* the AdamW state of the GPU's slice and of the tail */
+    const int64_t own = per + md->enc_numel - n * per;
+    out->buf_numel[ELMO_BUF_ENC_M] = out->buf_numel[ELMO_BUF_ENC_V] = own;
+    out->buf_numel[ELMO_BUF_ENC_KAHAN] = md->enc_kahan ? own : 0;
+  }
   int64_t base, count;
   shard_span(md->num_labels, n, q, &base, &count);
   out->label_base = base;
@@ -676,8 +690,7 @@ static int create_sharded(const elmo_config *cfg, const elmo_model_desc *md, int
     for (int q = 0; q < n; q++) devs[q] = q;
     ELMO_NCCL_CHECK(nccl.comm_init_all(comms, n, devs));
     /* the encoder's optimizer split over the GPUs: slices of a multiple of 128 parameters */
-    const char *z = getenv("ELMO_SPLIT_ADAMW");
-    const int64_t per = z && !strcmp(z, "0") ? 0 : md->enc_numel / n / 128 * 128;
+    const int64_t per = opt_slice(md, n);
     for (int q = 0; q < n; q++) {
       r[q]->comm = comms[q];
       r[q]->opt_per = per;
@@ -932,8 +945,10 @@ static int encoder_backward(elmo_model *m, const elmo_batch *b, float *dX, elmo_
   return ELMO_OK;
 }
 
-/* AdamW on parameters [lo, lo + n) of the encoder, `view` their decayed ranges re-based to lo. */
-static void encoder_update_range(elmo_model *m, const elmo_step *s, int64_t lo, int64_t n, const elmo_cuda_decay *view) {
+/* AdamW on parameters [lo, lo + n) of the encoder, their moments from element mo of the AdamW buffers, `view`
+ * their decayed ranges re-based to lo. */
+static void encoder_update_range(elmo_model *m, const elmo_step *s, int64_t lo, int64_t mo, int64_t n,
+                                 const elmo_cuda_decay *view) {
   if (n <= 0) return;
   elmo_adamw_hyper ah;
   ah.lr = (float)s->lr_encoder;
@@ -943,14 +958,14 @@ static void encoder_update_range(elmo_model *m, const elmo_step *s, int64_t lo, 
   ah.weight_decay = (float)m->enc_opt.weight_decay;
   ah.t = s->step + 1;
   const size_t es = elmo_dtype_size(m->md.enc_dtype);
-  elmo_cuda_adamw((char *)m->buf[ELMO_BUF_ENC_PARAM] + lo * es, (char *)m->buf[ELMO_BUF_ENC_M] + lo * es,
-                  (char *)m->buf[ELMO_BUF_ENC_V] + lo * es,
-                  m->md.enc_kahan ? (uint16_t *)m->buf[ELMO_BUF_ENC_KAHAN] + lo : NULL, m->md.enc_dtype,
+  elmo_cuda_adamw((char *)m->buf[ELMO_BUF_ENC_PARAM] + lo * es, (char *)m->buf[ELMO_BUF_ENC_M] + mo * es,
+                  (char *)m->buf[ELMO_BUF_ENC_V] + mo * es,
+                  m->md.enc_kahan ? (uint16_t *)m->buf[ELMO_BUF_ENC_KAHAN] + mo : NULL, m->md.enc_dtype,
                   m->enc_grad + lo, n, view, &ah, m->s);
 }
 
 static void encoder_update(elmo_model *m, const elmo_step *s) {
-  encoder_update_range(m, s, 0, m->md.enc_numel, &m->decay_view);
+  encoder_update_range(m, s, 0, 0, m->md.enc_numel, &m->decay_view);
 }
 
 /* Sharded: every GPU's rows of buf [B, d] to all GPUs (all-gather by rows), or (sum) the sum over GPUs
@@ -999,8 +1014,8 @@ static void encoder_update_split(elmo_model *m, const elmo_step *s) {
   if (nt > 0)
     ELMO_NCCL_CHECK(nccl.all_reduce(m->enc_grad + tail, m->enc_grad + tail, (size_t)nt, ncclFloat32, ncclSum, c, m->s));
   ELMO_NCCL_CHECK(nccl.group_end());
-  encoder_update_range(m, s, lo, per, &m->decay_part[0]);
-  encoder_update_range(m, s, tail, nt, &m->decay_part[1]);
+  encoder_update_range(m, s, lo, 0, per, &m->decay_part[0]);
+  encoder_update_range(m, s, tail, per, nt, &m->decay_part[1]);
   const int bf = m->md.enc_dtype == ELMO_BF16;
   const size_t es = bf ? 2 : 4;
   char *p = (char *)m->buf[ELMO_BUF_ENC_PARAM];
@@ -1248,13 +1263,20 @@ static int cuda_buffer_io(elmo_model *m, int buf, int write, size_t offset, void
   if (!m->ranks) return buffer_io_one(m, buf, write, offset, host, nbytes, err);
   int rc = ELMO_OK;
   const int moments = buf == ELMO_BUF_ENC_M || buf == ELMO_BUF_ENC_V || buf == ELMO_BUF_ENC_KAHAN;
-  if (moments && !write && m->opt_per) { /* each GPU's slice from that GPU, the tail from the first */
+  if (moments && m->opt_per) { /* GPU q's slice on GPU q (its buffer's start), the tail on every GPU (after it) */
     const size_t es = elmo_dtype_size(m->md.buf_dtype[buf]), per = (size_t)m->opt_per * es;
+    const size_t whole = (size_t)m->md.enc_numel * es * (m->md.buf_numel[buf] > 0);
+    if (offset + nbytes > whole)
+      return elmo_fail(err, ELMO_ERUNTIME, "buffer %d: access [%zu, %zu) out of range", buf, offset, offset + nbytes);
     for (int q = 0; q <= m->nranks && !rc; q++) {
-      const size_t a = per * (size_t)q, e = q < m->nranks ? a + per : elmo_buf_bytes(&m->md, buf);
+      const size_t a = per * (size_t)q, e = q < m->nranks ? a + per : whole;
       const size_t lo = offset > a ? offset : a, hi = offset + nbytes < e ? offset + nbytes : e;
-      if (lo < hi)
-        rc = buffer_io_one(m->ranks[q < m->nranks ? q : 0], buf, 0, lo, (char *)host + (lo - offset), hi - lo, err);
+      if (lo >= hi) continue;
+      char *h = (char *)host + (lo - offset);
+      if (q < m->nranks) rc = buffer_io_one(m->ranks[q], buf, write, lo - a, h, hi - lo, err);
+      else
+        for (int t = 0; t < (write ? m->nranks : 1) && !rc; t++)
+          rc = buffer_io_one(m->ranks[t], buf, write, per + (lo - a), h, hi - lo, err);
     }
   } else if (buf != ELMO_BUF_CLS_W) {
     for (int q = 0; q < (write ? m->nranks : 1) && !rc; q++)
