@@ -187,16 +187,20 @@ static void tf_config(char *json, size_t n, const char *enc, const char *model, 
  * the CUDA backend's wiring of cuda/transformer.h (token upload, forward, backward into the flat
  * gradient, AdamW over the padded layout). The GPU encoder keeps activations in BF16, so the
  * losses agree to 2e-2 relative. */
-static void test_train_transformer(void **state) {
+static void run_transformer(int gpus) {
   run r = {0};
-  char json[2048];
-  tf_config(json, sizeof json, "", ", \"classifier\": {\"dtype\": \"fp8\", \"chunks\": 1}",
-            "\"batch_size\": 64, \"seed\": 5, \"dropout\": 0.3, \"encoder\": {\"lr\": 1e-3, \"warmup_steps\": 2},"
-            " \"classifier\": {\"lr\": 0.05, \"warmup_steps\": 2}");
+  char json[2048], training[512];
+  snprintf(training, sizeof training, "\"batch_size\": 64, \"seed\": 5, \"dropout\": 0.3, \"gpus\": %d,"
+           " \"encoder\": {\"lr\": 1e-3, \"warmup_steps\": 2}, \"classifier\": {\"lr\": 0.05, \"warmup_steps\": 2}",
+           gpus);
+  tf_config(json, sizeof json, "", ", \"classifier\": {\"dtype\": \"fp8\", \"chunks\": 1}", training);
   setup_backends(&r, json);
-  train_steps(&r, "transformer", 2e-2, 5, 64);
+  train_steps(&r, gpus > 1 ? "transformer, two GPUs" : "transformer", 2e-2, 5, 64);
+  if (gpus > 1) train_steps(&r, "transformer, two GPUs, 1 row", 2e-2, 1, 1);
   teardown_run(&r);
 }
+
+static void test_train_transformer(void **state) { run_transformer(1); }
 
 /* The GPU backend's create under env=value (NULL: none) must give want (ELMO_OK or an error whose message
  * holds `says`). */
@@ -249,6 +253,13 @@ static int64_t compare_topk(const int32_t *ka, const float *sa, const int32_t *k
   return swaps;
 }
 
+/* The first EVAL_ROWS test rows as one batch. */
+static void eval_batch(const run *r, elmo_batch_buf *bb, elmo_batch *b) {
+  int64_t rows[EVAL_ROWS];
+  for (int64_t i = 0; i < EVAL_ROWS; i++) rows[i] = i;
+  elmo_batch_gather(&r->ds.test, rows, EVAL_ROWS, bb, b);
+}
+
 static void test_checkpoint_to_cpu(void **state) {
   run r = {0};
   variant v = {"fp8", "fp8", 0, 0.05, 2, 0.1, 3e-3, 2e-3};
@@ -270,11 +281,9 @@ static void test_checkpoint_to_cpu(void **state) {
     fail_msg("buffer_io: %s", err.msg);
   assert_memory_equal(wg, wc, wb);
   /* top-k of the test rows */
-  int64_t rows[EVAL_ROWS];
-  for (int64_t i = 0; i < EVAL_ROWS; i++) rows[i] = i;
   elmo_batch_buf bb = {0};
   elmo_batch b;
-  elmo_batch_gather(&r.ds.test, rows, EVAL_ROWS, &bb, &b);
+  eval_batch(&r, &bb, &b);
   int32_t kg[EVAL_ROWS * TOPK], kc[EVAL_ROWS * TOPK];
   float sg[EVAL_ROWS * TOPK], sc[EVAL_ROWS * TOPK];
   memset(kg, 0xFF, sizeof kg);
@@ -298,6 +307,29 @@ static void test_checkpoint_to_cpu(void **state) {
   teardown_run(&r);
 }
 
+/* Skips the calling test (cmocka) on a machine with fewer than n CUDA devices. */
+static void need_gpus(int n, const char *what) {
+  int ndev = 0;
+  cudaGetDeviceCount(&ndev);
+  if (ndev < n) {
+    print_message("%s: %d CUDA device(s), needs %d: skipped\n", what, ndev, n);
+    skip();
+  }
+}
+
+/* Every model buffer of `from` written into `to` (the same weights and optimiser state on both). */
+static void copy_buffers(const elmo_backend *bfrom, elmo_model *from, const elmo_backend *bto, elmo_model *to,
+                         const elmo_model_desc *md) {
+  elmo_err err = {0};
+  for (int bf = 0; bf < ELMO_NUM_BUFS; bf++) {
+    size_t n = elmo_buf_bytes(md, bf);
+    void *h = malloc(n ? n : 1);
+    if (bfrom->buffer_io(from, bf, 0, 0, h, n, &err) || bto->buffer_io(to, bf, 1, 0, h, n, &err))
+      fail_msg("buffer_io: %s", err.msg);
+    free(h);
+  }
+}
+
 /* Prediction with far fewer rows than the batch the model was planned for, for each classifier
  * dtype: the FP32 prediction logits of a few rows must still come one chunk at a time (a BF16 model
  * once asked for more labels than a chunk holds), and the GPU's top-k must match the CPU's. */
@@ -308,13 +340,7 @@ static void test_predict_few_rows(void **state) {
     variant v = {dts[i], "fp8", 0, 0.0, 3, 0.1, 3e-3, 2e-3}; /* 3 chunks: a chunk < the labels */
     setup_run(&r, &v);
     elmo_err err = {0};
-    for (int bf = 0; bf < ELMO_NUM_BUFS; bf++) { /* same weights on both backends */
-      size_t n = elmo_buf_bytes(&r.md, bf);
-      void *h = malloc(n ? n : 1);
-      if (r.cpu->buffer_io(r.mc, bf, 0, 0, h, n, &err) || r.gpu->buffer_io(r.mg, bf, 1, 0, h, n, &err))
-        fail_msg("buffer_io: %s", err.msg);
-      free(h);
-    }
+    copy_buffers(r.cpu, r.mc, r.gpu, r.mg, &r.md); /* same weights on both backends */
     enum { ROWS = 3, K = 5 };
     int64_t rows[ROWS] = {0, 1, 2};
     elmo_batch_buf bb = {0};
@@ -339,12 +365,7 @@ static void test_predict_few_rows(void **state) {
  *    batch of 255 rows (unequal shares) and of 1 row (the second GPU encodes nothing) step fine.
  *  - The same weights (written through buffer_io) give the one-GPU model's top-k. */
 static void test_sharded(void **state) {
-  int ndev = 0;
-  cudaGetDeviceCount(&ndev);
-  if (ndev < 2) {
-    print_message("label sharding: %d CUDA device(s), needs 2: skipped\n", ndev);
-    skip();
-  }
+  need_gpus(2, "label sharding");
   run r = {0}, one = {0};
   variant v = {"fp8", "fp8", 0, 0.0, 2, 0.1, 3e-3, 2e-3};
   setup_run(&one, &v);
@@ -406,13 +427,7 @@ static void test_sharded(void **state) {
     free(g);
   }
   /* training from the same start as the CPU's: the CPU model gets the sharded model's weights */
-  for (int bf = 0; bf < ELMO_NUM_BUFS; bf++) {
-    size_t n = elmo_buf_bytes(&r.md, bf);
-    void *h = malloc(n ? n : 1);
-    if (r.gpu->buffer_io(r.mg, bf, 0, 0, h, n, &err) || r.cpu->buffer_io(r.mc, bf, 1, 0, h, n, &err))
-      fail_msg("buffer_io: %s", err.msg);
-    free(h);
-  }
+  copy_buffers(r.gpu, r.mg, r.cpu, r.mc, &r.md);
   train_steps(&r, "fp8, two GPUs", v.tol, STEPS, BATCH);
   train_steps(&r, "fp8, two GPUs, 255 rows", v.tol, 2, 255);
   train_steps(&r, "fp8, two GPUs, 1 row", 1e-2, 1, 1);
@@ -431,11 +446,9 @@ static void test_sharded(void **state) {
     free(h);
     free(back);
   }
-  int64_t rows[EVAL_ROWS];
-  for (int64_t i = 0; i < EVAL_ROWS; i++) rows[i] = i;
   elmo_batch_buf bb = {0};
   elmo_batch b;
-  elmo_batch_gather(&r.ds.test, rows, EVAL_ROWS, &bb, &b);
+  eval_batch(&r, &bb, &b);
   int32_t k1[EVAL_ROWS * TOPK], k2[EVAL_ROWS * TOPK];
   float s1[EVAL_ROWS * TOPK], s2[EVAL_ROWS * TOPK];
   if (one.gpu->predict(one.mg, &b, TOPK, NULL, k1, s1, &err)) fail_msg("one-GPU predict: %s", err.msg);
@@ -456,21 +469,8 @@ static void test_sharded(void **state) {
  * encoder gradients are summed over both; 5 steps against the CPU as test_train_transformer, then a 1-row
  * batch (the second GPU encodes nothing and adds zeros). */
 static void test_sharded_transformer(void **state) {
-  int ndev = 0;
-  cudaGetDeviceCount(&ndev);
-  if (ndev < 2) {
-    print_message("label sharding (transformer): %d CUDA device(s), needs 2: skipped\n", ndev);
-    skip();
-  }
-  run r = {0};
-  char json[2048];
-  tf_config(json, sizeof json, "", ", \"classifier\": {\"dtype\": \"fp8\", \"chunks\": 1}",
-            "\"batch_size\": 64, \"seed\": 5, \"dropout\": 0.3, \"gpus\": 2,"
-            " \"encoder\": {\"lr\": 1e-3, \"warmup_steps\": 2}, \"classifier\": {\"lr\": 0.05, \"warmup_steps\": 2}");
-  setup_backends(&r, json);
-  train_steps(&r, "transformer, two GPUs", 2e-2, 5, 64);
-  train_steps(&r, "transformer, two GPUs, 1 row", 2e-2, 1, 1);
-  teardown_run(&r);
+  need_gpus(2, "label sharding (transformer)");
+  run_transformer(2);
 }
 
 int main(void) {
