@@ -1066,7 +1066,16 @@ static int model_step(elmo_model *m, const elmo_batch *b, const elmo_step *s, el
 
 /* ---- running the ranks of a sharded model, one host thread each -------------------------------------- */
 
+/* Rank threads wait at this gate until every one of them exists: a rank must not enter a collective that
+ * a rank without a thread would never join. */
+typedef struct rank_gate {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int state;                 /* 0 wait, 1 run, -1 give up */
+} rank_gate;
+
 typedef struct rank_call {
+  rank_gate *gate;
   elmo_model *m;
   int what;                  /* 0 upload for training, 1 step, 2 upload for prediction, 3 predict */
   const elmo_batch *b;
@@ -1084,6 +1093,13 @@ static int model_predict(elmo_model *m, const elmo_batch *b, int k, const elmo_c
 
 static void *rank_run(void *p) {
   rank_call *c = (rank_call *)p;
+  if (c->gate) {
+    pthread_mutex_lock(&c->gate->mu);
+    while (c->gate->state == 0) pthread_cond_wait(&c->gate->cv, &c->gate->mu);
+    const int go = c->gate->state > 0;
+    pthread_mutex_unlock(&c->gate->mu);
+    if (!go) return NULL;
+  }
   ELMO_CUDA_CHECK(cudaSetDevice(c->m->gpu));
   switch (c->what) {
     case 0:
@@ -1102,14 +1118,26 @@ static void *rank_run(void *p) {
 static int on_ranks(elmo_model *m, rank_call *calls, elmo_err *err) {
   const int n = m->nranks;
   pthread_t th[32];
-  int started[32] = {0};
-  for (int q = 1; q < n; q++) started[q] = pthread_create(&th[q], NULL, rank_run, &calls[q]) == 0;
-  for (int q = 1; q < n; q++)
-    if (!started[q]) rank_run(&calls[q]); /* no thread: in turn (a collective would wait forever) */
-  rank_run(&calls[0]);
-  for (int q = 1; q < n; q++)
-    if (started[q]) pthread_join(th[q], NULL);
+  rank_gate gate;
+  pthread_mutex_init(&gate.mu, NULL);
+  pthread_cond_init(&gate.cv, NULL);
+  gate.state = 0;
+  int started = 1;
+  for (int q = 1; q < n && started == q; q++) {
+    calls[q].gate = &gate;
+    started += pthread_create(&th[q], NULL, rank_run, &calls[q]) == 0;
+  }
+  pthread_mutex_lock(&gate.mu);
+  gate.state = started == n ? 1 : -1;
+  pthread_cond_broadcast(&gate.cv);
+  pthread_mutex_unlock(&gate.mu);
+  if (started == n) rank_run(&calls[0]);
+  for (int q = 1; q < started; q++) pthread_join(th[q], NULL);
+  pthread_cond_destroy(&gate.cv);
+  pthread_mutex_destroy(&gate.mu);
   ELMO_CUDA_CHECK(cudaSetDevice(m->gpu));
+  if (started < n)
+    return elmo_fail(err, ELMO_ERUNTIME, "could not start a host thread for GPU %d of %d (pthread_create)", started, n);
   for (int q = 0; q < n; q++)
     if (calls[q].rc) {
       *err = calls[q].err;

@@ -41,7 +41,9 @@ int elmo_pick_backend(const char *device, const elmo_backend **out, elmo_err *er
 
 int elmo_prepare_desc(const elmo_backend *be, const elmo_config *cfg, elmo_model_desc *md, elmo_err *err) {
 #if ELMO_HAVE_CUDA
-  if (!strcmp(be->name, "cuda")) return elmo_cuda_choose_chunks(cfg, md, err);
+  /* sharded over GPUs (training.gpus != 1), each GPU chooses the chunks of its share of the labels: the
+   * whole classifier need not fit one GPU */
+  if (!strcmp(be->name, "cuda") && cfg->gpus == 1) return elmo_cuda_choose_chunks(cfg, md, err);
 #else
   (void)be; (void)cfg; (void)md; (void)err;
 #endif
@@ -275,9 +277,12 @@ static int setup(run *r, const elmo_config *cfg, const elmo_train_opts *o, elmo_
   if (!rc) rc = elmo_prepare_desc(r->be, cfg, &r->md, err);
   if (!rc) rc = r->be->create(cfg, &r->md, &r->m, err);
   if (rc) return rc;
-  fprintf(stderr, "model: %s encoder (%lld parameters, %s), classifier [%lld, %lld] %s in %lld chunk(s), backend %s\n",
+  char chunks[48] = "sharded over GPUs";
+  if (strcmp(r->be->name, "cuda") || cfg->gpus == 1)
+    snprintf(chunks, sizeof chunks, "in %lld chunk(s)", (long long)r->md.n_chunks);
+  fprintf(stderr, "model: %s encoder (%lld parameters, %s), classifier [%lld, %lld] %s %s, backend %s\n",
           cfg->encoder_kind, (long long)r->md.enc_numel, cfg->encoder_dtype, (long long)r->md.L_pad,
-          (long long)r->md.d, cfg->classifier_dtype, (long long)r->md.n_chunks, r->be->name);
+          (long long)r->md.d, cfg->classifier_dtype, chunks, r->be->name);
   if (o->resume) {
     rc = elmo_checkpoint_load(o->resume, r->be, r->m, &r->md, &r->st, err);
     if (rc) return rc;
