@@ -277,9 +277,13 @@ static int setup(run *r, const elmo_config *cfg, const elmo_train_opts *o, elmo_
   if (!rc) rc = elmo_prepare_desc(r->be, cfg, &r->md, err);
   if (!rc) rc = r->be->create(cfg, &r->md, &r->m, err);
   if (rc) return rc;
-  char chunks[48] = "sharded over GPUs";
+  char chunks[64];
   if (strcmp(r->be->name, "cuda") || cfg->gpus == 1)
     snprintf(chunks, sizeof chunks, "in %lld chunk(s)", (long long)r->md.n_chunks);
+  else if (cfg->gpus > 1)
+    snprintf(chunks, sizeof chunks, "sharded over %lld GPUs", (long long)cfg->gpus);
+  else
+    snprintf(chunks, sizeof chunks, "over every GPU of this machine");
   fprintf(stderr, "model: %s encoder (%lld parameters, %s), classifier [%lld, %lld] %s %s, backend %s\n",
           cfg->encoder_kind, (long long)r->md.enc_numel, cfg->encoder_dtype, (long long)r->md.L_pad,
           (long long)r->md.d, cfg->classifier_dtype, chunks, r->be->name);
