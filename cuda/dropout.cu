@@ -32,6 +32,7 @@ extern "C" void elmo_cuda_dropout(float *x, int64_t n, int64_t first, double p, 
   const uint32_t thr = (uint32_t)(p * 4294967296.0);
   const float scale = (float)(1.0 / (1.0 - p));
   int64_t blocks = ((n + 3) / 4 + 255) / 256;
-  dropout_kernel<<<(unsigned)(blocks > 32768 ? 32768 : blocks), 256, 0, s>>>(x, n, first, thr, scale, seed, (uint64_t)step);
+  dropout_kernel<<<(unsigned)(blocks > 32768 ? 32768 : blocks), 256, 0, s>>>(x, n, first, thr, scale, seed,
+                                                                             (uint64_t)step);
   ELMO_LAUNCH_CHECK();
 }
