@@ -16,6 +16,7 @@
 
 extern "C" {
 #include "../src/backend.h"
+#include "../src/metrics.h"
 }
 
 #include <dlfcn.h>
@@ -1212,13 +1213,6 @@ static int model_predict(elmo_model *m, const elmo_batch *b, int k, const elmo_c
   return ELMO_OK;
 }
 
-/* Entry e of list q of row i comes before entry f of list p: higher score, then lower label id. */
-static int topk_before(float sa, int32_t ia, float sb, int32_t ib) {
-  if (ia < 0) return 0;
-  if (ib < 0) return 1;
-  return sa > sb || (sa == sb && ia < ib);
-}
-
 static int cuda_predict(elmo_model *m, const elmo_batch *b, int k, const elmo_csr *filter, int32_t *topk,
                         float *scores, elmo_err *err) {
   if (k < 1 || k > ELMO_CUDA_TOPK_MAX)
@@ -1248,22 +1242,7 @@ static int cuda_predict(elmo_model *m, const elmo_batch *b, int k, const elmo_cs
   int rc = on_ranks(m, c, err);
   for (int q = 0; !rc && q < n; q++) c[q].what = 3;
   if (!rc) rc = on_ranks(m, c, err);
-  for (int64_t i = 0; !rc && i < b->B; i++) {
-    int at[32] = {0};
-    for (int e = 0; e < k; e++) {
-      int best = 0;
-      for (int q = 1; q < n; q++) {
-        size_t a = nk * (size_t)q + (size_t)(i * k + at[q]), o = nk * (size_t)best + (size_t)(i * k + at[best]);
-        int32_t ia = at[q] < k ? ids[a] : -1, ib = at[best] < k ? ids[o] : -1;
-        if (topk_before(sc[a], ia, sc[o], ib)) best = q;
-      }
-      size_t o = nk * (size_t)best + (size_t)(i * k + at[best]);
-      const int have = at[best] < k && ids[o] >= 0;
-      topk[i * k + e] = have ? ids[o] : -1;
-      scores[i * k + e] = have ? sc[o] : 0.0f;
-      if (have) at[best]++;
-    }
-  }
+  if (!rc) elmo_topk_merge_lists(n, b->B, k, ids, sc, topk, scores);
   free(ids);
   free(sc);
   return rc;

@@ -172,6 +172,36 @@ static int64_t max_row_len(const elmo_csr *m) {
   return best;
 }
 
+void elmo_topk_merge_lists(int n, int64_t rows, int k, const int32_t *lists, const float *list_scores, int32_t *out,
+                           float *out_scores) {
+  const size_t stride = (size_t)rows * (size_t)k;
+  int *at = elmo_calloc((size_t)(n > 0 ? n : 1), sizeof(int));
+  for (int64_t r = 0; r < rows; r++) {
+    memset(at, 0, sizeof(int) * (size_t)(n > 0 ? n : 1));
+    for (int e = 0; e < k; e++) {
+      int best = -1;
+      int32_t bl = -1;
+      float bs = -INFINITY;
+      for (int q = 0; q < n; q++) {
+        if (at[q] >= k) continue;
+        const size_t i = stride * (size_t)q + (size_t)(r * k + at[q]);
+        const int32_t l = lists[i];
+        if (l < 0) continue;
+        const float sc = list_scores[i];
+        if (best < 0 || sc > bs || (sc == bs && l < bl)) {
+          best = q;
+          bl = l;
+          bs = sc;
+        }
+      }
+      out[r * k + e] = bl;
+      out_scores[r * k + e] = best < 0 ? -INFINITY : bs;
+      if (best >= 0) at[best]++;
+    }
+  }
+  free(at);
+}
+
 void elmo_topk_from_csr(const elmo_csr *pred, const elmo_csr *filter, int k, int32_t *topk, float *scores) {
   if (k <= 0) return;
   int64_t cap = max_row_len(pred) > k ? max_row_len(pred) : k;

@@ -34,6 +34,12 @@ void elmo_inv_propensity_counts(const int64_t *counts, int64_t L, int64_t N, dou
  * -inf for padding. Any k >= 1 (k <= 16 and larger k take different, equally exact paths). */
 void elmo_topk_from_csr(const elmo_csr *pred, const elmo_csr *filter, int k, int32_t *topk, float *scores);
 
+/* Merges n ranked lists of k per row into one: lists [n][rows][k] (labels of disjoint label sets, -1 =
+ * empty, each list ranked by score then lower label), out [rows][k] the k best of their union by score,
+ * ties to the lower label, empty entries (-1, score -inf) last: the top-k of labels sharded over GPUs. */
+void elmo_topk_merge_lists(int n, int64_t rows, int k, const int32_t *lists, const float *list_scores, int32_t *out,
+                           float *out_scores);
+
 /* Metrics @1..k from ranked labels [truth->rows * k] (-1 = padding) against the ground truth
  * (binarised: value != 0 is a label). w: inverse propensities [truth->cols] (NULL: PS metrics
  * are 0). remove_invalid: rows without labels are dropped instead of counting 0.

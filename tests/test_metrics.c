@@ -305,6 +305,56 @@ static void test_topk_random_vs_sort(void **state) {
   for (int i = 0; i < 6; i++) check_topk_random(ks[i], 12345 + (uint64_t)i);
 }
 
+/* Ranks labels [l0, l1) of row sc (score, then lower label) into k entries, -1 / -inf past the labels. */
+static void rank_span(const float *sc, int l0, int l1, int k, int32_t *ids, float *scores) {
+  for (int e = 0; e < k; e++) {
+    int best = -1;
+    for (int l = l0; l < l1; l++) {
+      int taken = 0;
+      for (int j = 0; j < e; j++) taken |= ids[j] == l;
+      if (!taken && (best < 0 || sc[l] > sc[best])) best = l; /* ascending l: ties keep the lower label */
+    }
+    ids[e] = best;
+    scores[e] = best < 0 ? -INFINITY : sc[best];
+  }
+}
+
+/* elmo_topk_merge_lists against the top-k of the whole score matrix: L labels in n contiguous shards as the
+ * sharded CUDA backend splits them (the last shorter, or shorter than k), scores from 6 levels so that
+ * ties cross shards. */
+static void test_topk_merge_shards(void **state) {
+  (void)state;
+  enum { ROWS = 9, L = 37, KMAX = 40 };
+  uint64_t seed = 4242;
+  float sc[ROWS][L];
+  for (int r = 0; r < ROWS; r++)
+    for (int l = 0; l < L; l++) sc[r][l] = (float)(tu_rand_u64(&seed) % 6) - 2.0f;
+  const int ks[4] = {1, 5, 12, KMAX};
+  for (int n = 1; n <= 4; n++) {
+    for (int ki = 0; ki < 4; ki++) {
+      const int k = ks[ki], per = (L + n - 1) / n;
+      int32_t *lists = malloc(sizeof(int32_t) * (size_t)(n * ROWS * k)), *got = malloc(sizeof(int32_t) * ROWS * k);
+      float *ls = malloc(sizeof(float) * (size_t)(n * ROWS * k)), *gs = malloc(sizeof(float) * ROWS * k);
+      for (int q = 0; q < n; q++)
+        for (int r = 0; r < ROWS; r++) {
+          const int l0 = q * per < L ? q * per : L, l1 = (q + 1) * per < L ? (q + 1) * per : L;
+          rank_span(sc[r], l0, l1, k, lists + (q * ROWS + r) * k, ls + (q * ROWS + r) * k);
+        }
+      elmo_topk_merge_lists(n, ROWS, k, lists, ls, got, gs);
+      for (int r = 0; r < ROWS; r++) {
+        int32_t want[KMAX];
+        float ws[KMAX];
+        rank_span(sc[r], 0, L, k, want, ws);
+        for (int e = 0; e < k; e++)
+          if (got[r * k + e] != want[e] || memcmp(&gs[r * k + e], &ws[e], sizeof(float)))
+            fail_msg("n %d k %d row %d rank %d: merged (%d, %g), whole (%d, %g)", n, k, r, e, got[r * k + e],
+                     gs[r * k + e], want[e], ws[e]);
+      }
+      free(lists); free(got); free(ls); free(gs);
+    }
+  }
+}
+
 static void test_print_and_json(void **state) {
   (void)state;
   double w[6];
@@ -345,6 +395,7 @@ int main(void) {
       cmocka_unit_test(test_k_beyond_labels),
       cmocka_unit_test(test_binarised_truth),
       cmocka_unit_test(test_topk_random_vs_sort),
+      cmocka_unit_test(test_topk_merge_shards),
       cmocka_unit_test(test_print_and_json),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
