@@ -8,11 +8,17 @@
 #   NCU=1                     also profile the classifier kernels once with Nsight Compute (ncu.txt)
 #   E2E=1                     also train configs/bibtex.json end to end with elmo-train on cuda and
 #                             cpu (E2E_SETS: extra --set options) and print both test metric tables
+#   MULTI=1                   also (machines with 2+ GPUs) Bibtex with --gpus 2, its checkpoint scored on
+#                             one GPU, and scripts/bench.sh multi (GPUS, MULTI_ROWS as there)
+# NCCL (label sharding over GPUs) is opened at run time: the first libnccl.so.2 found under /opt or /usr
+# (on the lent machines, PyTorch's wheel's) is put on LD_LIBRARY_PATH, and NVLink multicast stays off.
 set -u
 PACK=${PACK:-.dev/gpu}
 OUT=${OUT:-/tmp/elmo-gpu-out}
 mkdir -p "$OUT"
-export LD_LIBRARY_PATH=$PWD/$PACK/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+NCCL_LIB=$(find /opt /usr -name 'libnccl.so.2' 2>/dev/null | head -1)
+export LD_LIBRARY_PATH=$PWD/$PACK/lib:/usr/local/cuda/lib64:${NCCL_LIB:+$(dirname "$NCCL_LIB"):}${LD_LIBRARY_PATH:-}
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export ELMO_TEST_DATA=$PWD/$PACK/data ELMO_SOURCE_ROOT=$PWD
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; } | tee "$OUT/card.txt"
 summary=()
@@ -50,6 +56,17 @@ if [ "${E2E:-0}" = 1 ]; then
       "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) / 1e9 }')" "$(grep -E '^P@k' "$OUT/e2e-$dev.log")")")
     grep -E 'elmo cuda: [A-Z]|^model:|^eval epoch|^best|error' "$OUT/e2e-$dev.log" | head -12
   done
+fi
+if [ "${MULTI:-0}" = 1 ]; then
+  B=$ELMO_TEST_DATA/bibtex
+  "$PACK/bin/elmo-train" configs/bibtex.json --device cuda --gpus 2 --set data.dir="$B" --out /tmp/multi-b2 \
+    >"$OUT/multi-b2.log" 2>&1
+  rc=$?
+  summary+=("$(printf 'elmo-train --gpus 2 rc=%-3s %s' "$rc" "$(grep -E '^P@k' "$OUT/multi-b2.log")")")
+  "$PACK/bin/elmo-eval" /tmp/multi-b2/last --data "$B" --device cuda >"$OUT/multi-eval.log" 2>&1
+  rc=$?
+  summary+=("$(printf 'elmo-eval (1 GPU) of it rc=%-3s %s' "$rc" "$(grep -E '^P@k' "$OUT/multi-eval.log")")")
+  ELMO_BIN=$PACK/bin timeout 400 bash scripts/bench.sh multi 2>&1 | tail -8 | tee "$OUT/multi-bench.txt"
 fi
 if [ "${NCU:-0}" = 1 ]; then
   NCU_BIN=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
