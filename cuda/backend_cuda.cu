@@ -484,9 +484,12 @@ static int check_device(const elmo_model_desc *md, elmo_err *err) {
   return ELMO_OK;
 }
 
-/* One model on the current device (the whole classifier, or one GPU's shard of it when md->label_base or
- * md->enc_batch say so). */
-static int create_one(const elmo_config *cfg, const elmo_model_desc *md, elmo_model **out, elmo_err *err) {
+/* One model on the current device: the whole classifier (rank 0 of 1), or GPU `rank`'s shard of it (md from
+ * elmo_cuda_shard_desc). */
+static int64_t opt_slice(const elmo_model_desc *md, int n);
+
+static int create_one(const elmo_config *cfg, const elmo_model_desc *md, int rank, int nranks, elmo_model **out,
+                      elmo_err *err) {
   *out = NULL;
   int rc = check_device(md, err);
   if (rc) return rc;
@@ -494,7 +497,9 @@ static int create_one(const elmo_config *cfg, const elmo_model_desc *md, elmo_mo
   m->md = *md;
   m->enc_opt = cfg->enc_opt;
   m->cls_opt = cfg->cls_opt;
-  m->nranks = 1;
+  m->rank = rank;
+  m->nranks = nranks;
+  m->opt_per = opt_slice(md, nranks); /* before upload_decay, which uploads the slice's decay table too */
   ELMO_CUDA_CHECK(cudaGetDevice(&m->gpu));
   m->B_cap = round16(md->batch_size);
   m->B_enc = enc_rows_cap(md);
@@ -601,22 +606,17 @@ static int nccl_open(elmo_err *err) {
 
 /* ---- label sharding over GPUs ----------------------------------------------------------------------- */
 
-/* GPU q of n: labels [base, base + count) of L, base a multiple of 16; batch rows are split alike. */
-static void shard_span(int64_t L, int n, int q, int64_t *base, int64_t *count) {
-  const int64_t per = round16((L + n - 1) / n);
-  *base = min64((int64_t)q * per, L);
-  *count = min64(per, L - *base);
+/* GPU q of n: [base, base + count) of `total` items in shares of ceil(total / n) rounded up to `align` (labels:
+ * 16; batch rows: 1, the last GPUs' shares possibly short or empty). */
+static void split_span(int64_t total, int n, int q, int64_t align, int64_t *base, int64_t *count) {
+  const int64_t per = ((total + n - 1) / n + align - 1) / align * align;
+  *base = min64((int64_t)q * per, total);
+  *count = min64(per, total - *base);
 }
 
+/* This model's rows of a batch of B (all of them unless sharded). */
 static void shard_rows(const elmo_model *m, int64_t B, int64_t *r0, int64_t *nr) {
-  if (m->nranks == 1) {
-    *r0 = 0;
-    *nr = B;
-    return;
-  }
-  const int64_t per = (B + m->nranks - 1) / m->nranks;
-  *r0 = min64((int64_t)m->rank * per, B);
-  *nr = min64(per, B - *r0);
+  split_span(B, m->nranks, m->rank, 1, r0, nr);
 }
 
 /* The rows [r0, r0 + nr) of a batch as a batch of their own. */
@@ -647,7 +647,7 @@ extern "C" void elmo_cuda_shard_desc(const elmo_model_desc *md, int n, int q, el
     out->buf_numel[ELMO_BUF_ENC_KAHAN] = md->enc_kahan ? own : 0;
   }
   int64_t base, count;
-  shard_span(md->num_labels, n, q, &base, &count);
+  split_span(md->num_labels, n, q, 16, &base, &count);
   out->label_base = base;
   out->num_labels = count;
   out->L_pad = round16(count);
@@ -675,31 +675,20 @@ static int create_sharded(const elmo_config *cfg, const elmo_model_desc *md, int
     elmo_cuda_shard_desc(md, n, q, &sd);
     const int64_t base = sd.label_base, count = sd.num_labels;
     ELMO_CUDA_CHECK(cudaSetDevice(q));
-    rc = create_one(cfg, &sd, &r[q], err);
+    rc = create_one(cfg, &sd, q, n, &r[q], err);
     if (rc) {
       size_t k = strlen(err->msg);
       snprintf(err->msg + k, sizeof err->msg - k, " (GPU %d, labels %lld..%lld)", q, (long long)base,
                (long long)(base + count - 1));
       break;
     }
-    r[q]->rank = q;
-    r[q]->nranks = n;
   }
   if (!rc) {
     ncclComm_t comms[32];
     int devs[32];
     for (int q = 0; q < n; q++) devs[q] = q;
     ELMO_NCCL_CHECK(nccl.comm_init_all(comms, n, devs));
-    /* the encoder's optimizer split over the GPUs: slices of a multiple of 128 parameters */
-    const int64_t per = opt_slice(md, n);
-    for (int q = 0; q < n; q++) {
-      r[q]->comm = comms[q];
-      r[q]->opt_per = per;
-      if (per) {
-        ELMO_CUDA_CHECK(cudaSetDevice(q));
-        upload_decay(r[q]);
-      }
-    }
+    for (int q = 0; q < n; q++) r[q]->comm = comms[q];
   }
   ELMO_CUDA_CHECK(cudaSetDevice(dev0));
   if (rc) {
@@ -740,7 +729,7 @@ static int cuda_create(const elmo_config *cfg, const elmo_model_desc *md, elmo_m
     return elmo_fail(err, ELMO_EINPUT, "training.gpus %d: this machine shows %d CUDA device(s) "
                      "(CUDA_VISIBLE_DEVICES picks which)", n, ndev);
   if (n > 1) return create_sharded(cfg, md, n, out, err);
-  return create_one(cfg, md, out, err);
+  return create_one(cfg, md, 0, 1, out, err);
 }
 
 static void destroy_one(elmo_model **pm) {
@@ -974,10 +963,11 @@ static void encoder_update(elmo_model *m, const elmo_step *s) {
 static void exchange_rows(elmo_model *m, float *buf, int64_t B, int sum) {
 #if ELMO_NCCL_HEADER
   if (m->nranks == 1) return;
-  const int64_t d = m->md.d, per = (B + m->nranks - 1) / m->nranks;
+  const int64_t d = m->md.d;
   ELMO_NCCL_CHECK(nccl.group_start());
   for (int q = 0; q < m->nranks; q++) {
-    const int64_t r0 = min64((int64_t)q * per, B), nr = min64(per, B - r0);
+    int64_t r0, nr;
+    split_span(B, m->nranks, q, 1, &r0, &nr);
     if (nr <= 0) continue;
     float *p = buf + r0 * d;
     if (sum) ELMO_NCCL_CHECK(nccl.reduce(p, p, (size_t)(nr * d), ncclFloat32, ncclSum, q, (ncclComm_t)m->comm, m->s));
@@ -1262,6 +1252,12 @@ static int buffer_io_one(elmo_model *m, int buf, int write, size_t offset, void 
   return ELMO_OK;
 }
 
+/* [lo, hi) = [offset, offset + n) within [a, e); lo >= hi when they do not meet. */
+static void overlap(size_t offset, size_t n, size_t a, size_t e, size_t *lo, size_t *hi) {
+  *lo = offset > a ? offset : a;
+  *hi = offset + n < e ? offset + n : e;
+}
+
 /* Sharded: the encoder's parameters are the same on every GPU (read from the first, written to all), its
  * AdamW moments each GPU's slice on that GPU (read from there, written to all); the
  * classifier's rows are laid end to end in label order, every shard but the last a multiple of 16 rows, so
@@ -1277,7 +1273,8 @@ static int cuda_buffer_io(elmo_model *m, int buf, int write, size_t offset, void
       return elmo_fail(err, ELMO_ERUNTIME, "buffer %d: access [%zu, %zu) out of range", buf, offset, offset + nbytes);
     for (int q = 0; q <= m->nranks && !rc; q++) {
       const size_t a = per * (size_t)q, e = q < m->nranks ? a + per : whole;
-      const size_t lo = offset > a ? offset : a, hi = offset + nbytes < e ? offset + nbytes : e;
+      size_t lo, hi;
+      overlap(offset, nbytes, a, e, &lo, &hi);
       if (lo >= hi) continue;
       char *h = (char *)host + (lo - offset);
       if (q < m->nranks) rc = buffer_io_one(m->ranks[q], buf, write, lo - a, h, hi - lo, err);
@@ -1295,7 +1292,8 @@ static int cuda_buffer_io(elmo_model *m, int buf, int write, size_t offset, void
     for (int q = 0; q < m->nranks && !rc; q++) {
       const elmo_model *r = m->ranks[q];
       const size_t a = (size_t)r->md.label_base * rb, e = a + (size_t)r->md.L_pad * rb;
-      const size_t lo = offset > a ? offset : a, hi = offset + nbytes < e ? offset + nbytes : e;
+      size_t lo, hi;
+      overlap(offset, nbytes, a, e, &lo, &hi);
       if (lo < hi) rc = buffer_io_one(m->ranks[q], buf, write, lo - a, (char *)host + (lo - offset), hi - lo, err);
     }
   }

@@ -331,23 +331,18 @@ static int print_plan(const elmo_config *cfg, elmo_err *err) {
   if (rc) return rc;
   elmo_model_desc md;
   rc = elmo_model_desc_init(&md, cfg, ds.num_labels, ds.num_features, ds.vocab_size, ds.T, ds.label_freq, err);
-  if (!rc && cfg->gpus > 1) { /* GPU 0's share (the largest) */
-    elmo_model_desc sd;
+  elmo_model_desc sd = md, *pd = &md; /* sharded: GPU 0's share (the largest); sd shares md's tables */
+  if (!rc && cfg->gpus > 1) {
     elmo_cuda_shard_desc(&md, (int)cfg->gpus, 0, &sd);
-    /* sd shares md's tables; md frees them */
+    pd = &sd;
     printf("classifier sharded by labels over %lld GPUs: the plan of GPU 0 (labels 0..%lld, encoder rows %lld)\n",
            (long long)cfg->gpus, (long long)sd.num_labels - 1, (long long)sd.enc_batch);
-    rc = elmo_cuda_choose_chunks(cfg, &sd, err);
-    if (!rc) {
-      elmo_cuda_plan_t p;
-      elmo_cuda_plan(&sd, &p);
-      elmo_cuda_plan_print(&p, &sd, stdout);
-    }
-  } else if (!rc) rc = elmo_cuda_choose_chunks(cfg, &md, err);
-  if (!rc && cfg->gpus <= 1) {
+  }
+  if (!rc) rc = elmo_cuda_choose_chunks(cfg, pd, err);
+  if (!rc) {
     elmo_cuda_plan_t p;
-    elmo_cuda_plan(&md, &p);
-    elmo_cuda_plan_print(&p, &md, stdout);
+    elmo_cuda_plan(pd, &p);
+    elmo_cuda_plan_print(&p, pd, stdout);
   }
   elmo_model_desc_free(&md);
   elmo_dataset_free(&ds);
