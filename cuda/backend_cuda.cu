@@ -95,6 +95,8 @@ struct elmo_model {
   elmo_model **ranks;            /* rank 0 (the model the loop holds) only: every rank's model, [0] = itself */
   void *comm;                    /* ncclComm_t of this rank */
   int64_t glob_L_pad;            /* rank 0: the whole classifier's padded rows (checkpoint offsets) */
+  int64_t glob_n_head;           /* rank 0: the whole model's head labels */
+  int64_t *head_glob;            /* sharded: [md.n_head] the whole model's head slot of each of this GPU's */
 };
 
 #define PROF_PHASES 7
@@ -653,15 +655,22 @@ extern "C" void elmo_cuda_shard_desc(const elmo_model_desc *md, int n, int q, el
   out->L_pad = round16(count);
   out->enc_batch = (md->batch_size + n - 1) / n;
   out->buf_numel[ELMO_BUF_CLS_W] = out->L_pad * out->d;
+  out->n_head = 0;
+  out->head_labels = NULL;
+  for (int64_t h = 0; h < md->n_head; h++) {
+    const int64_t l = md->head_labels[h] - base;
+    if (l < 0 || l >= count) continue;
+    if (!out->head_labels) out->head_labels = (int32_t *)elmo_malloc(sizeof(int32_t) * (size_t)md->n_head);
+    out->head_labels[out->n_head++] = (int32_t)l;
+  }
+  out->buf_numel[ELMO_BUF_CLS_KAHAN] = out->n_head * out->d;
+  out->buf_numel[ELMO_BUF_CLS_HEAD] = out->n_head;
   elmo_model_desc_set_chunks(out, (out->L_pad + md->chunk_labels - 1) / md->chunk_labels);
 }
 
 static int create_sharded(const elmo_config *cfg, const elmo_model_desc *md, int n, elmo_model **out,
                           elmo_err *err) {
 #if ELMO_NCCL_HEADER
-  if (md->n_head)
-    return elmo_fail(err, ELMO_EINPUT, "model.classifier.head_ratio %g with training.gpus %d: Kahan head labels are "
-                     "not sharded yet; set head_ratio 0 or training.gpus 1", cfg->head_ratio, n);
   if (md->num_labels < 16 * (int64_t)n)
     return elmo_fail(err, ELMO_EINPUT, "training.gpus %d: %lld labels are too few to shard (16 or more a GPU)", n,
                      (long long)md->num_labels);
@@ -676,6 +685,13 @@ static int create_sharded(const elmo_config *cfg, const elmo_model_desc *md, int
     const int64_t base = sd.label_base, count = sd.num_labels;
     ELMO_CUDA_CHECK(cudaSetDevice(q));
     rc = create_one(cfg, &sd, q, n, &r[q], err);
+    if (!rc && sd.n_head) { /* the model owns its head list; and where each of its head rows is in the whole's */
+      r[q]->head_glob = (int64_t *)elmo_malloc(sizeof(int64_t) * (size_t)sd.n_head);
+      for (int64_t h = 0, j = 0; h < md->n_head; h++)
+        if (md->head_labels[h] >= base && md->head_labels[h] < base + count) r[q]->head_glob[j++] = h;
+    } else if (rc) {
+      free(sd.head_labels);
+    }
     if (rc) {
       size_t k = strlen(err->msg);
       snprintf(err->msg + k, sizeof err->msg - k, " (GPU %d, labels %lld..%lld)", q, (long long)base,
@@ -703,6 +719,7 @@ static int create_sharded(const elmo_config *cfg, const elmo_model_desc *md, int
   }
   r[0]->ranks = r;
   r[0]->glob_L_pad = md->L_pad;
+  r[0]->glob_n_head = md->n_head;
   fprintf(stderr, "elmo cuda: classifier sharded by labels over %d GPUs (NCCL):", n);
   for (int q = 0; q < n; q++)
     fprintf(stderr, " GPU %d labels %lld..%lld%s", q, (long long)r[q]->md.label_base,
@@ -750,6 +767,8 @@ static void destroy_one(elmo_model **pm) {
   if (m->pinned) ELMO_CUDA_CHECK(cudaFreeHost(m->pinned));
   if (m->loss_host) ELMO_CUDA_CHECK(cudaFreeHost(m->loss_host));
   if (m->s) ELMO_CUDA_CHECK(cudaStreamDestroy(m->s));
+  if (m->nranks > 1) free(m->md.head_labels); /* a shard's own list (elmo_cuda_shard_desc) */
+  free(m->head_glob);
   free(m);
   *pm = NULL;
 }
@@ -1258,6 +1277,50 @@ static void overlap(size_t offset, size_t n, size_t a, size_t e, size_t *lo, siz
   *hi = offset + n < e ? offset + n : e;
 }
 
+/* Sharded, the head labels' buffers (CLS_KAHAN rows, CLS_HEAD ids): the whole model's head slot h is on the GPU
+ * that holds label head_labels[h], as that GPU's slot j (head_glob[j] = h); a GPU keeps its ids re-based to its
+ * first label. Each GPU's buffer goes through a host copy (checkpoints only: small). A write of ids other than
+ * the model's own is refused: the shards were laid out for those. */
+static int head_io(elmo_model *m, int buf, int write, size_t offset, void *host, size_t nbytes, elmo_err *err) {
+  const size_t rb = buf == ELMO_BUF_CLS_HEAD ? 4 : (size_t)m->md.d * 2;
+  if (offset + nbytes > (size_t)m->glob_n_head * rb)
+    return elmo_fail(err, ELMO_ERUNTIME, "buffer %d: access [%zu, %zu) out of range", buf, offset, offset + nbytes);
+  int rc = ELMO_OK;
+  for (int q = 0; q < m->nranks && !rc; q++) {
+    elmo_model *r = m->ranks[q];
+    const int64_t nh = r->md.n_head;
+    if (!nh) continue;
+    uint8_t *stage = (uint8_t *)elmo_malloc((size_t)nh * rb);
+    rc = buffer_io_one(r, buf, 0, 0, stage, (size_t)nh * rb, err);
+    for (int64_t j = 0; j < nh && !rc; j++) {
+      const size_t a = (size_t)r->head_glob[j] * rb;
+      size_t lo, hi;
+      overlap(offset, nbytes, a, a + rb, &lo, &hi);
+      if (lo >= hi) continue;
+      uint8_t *h = (uint8_t *)host + (lo - offset), *at = stage + (size_t)j * rb + (lo - a);
+      if (buf == ELMO_BUF_CLS_HEAD) { /* one id: the global one outside, this GPU's inside */
+        int32_t id = *(int32_t *)(stage + (size_t)j * rb) + (int32_t)r->md.label_base;
+        uint8_t *b = (uint8_t *)&id + (lo - a);
+        if (!write) {
+          memcpy(h, b, hi - lo);
+          continue;
+        }
+        memcpy(b, h, hi - lo);
+        if (id != r->md.head_labels[j] + (int32_t)r->md.label_base)
+          rc = elmo_fail(err, ELMO_EINPUT, "classifier.head_labels[%lld] = %d, but this model's head label there is "
+                         "%lld: the labels were sharded for other head labels", (long long)r->head_glob[j], id,
+                         (long long)(r->md.head_labels[j] + r->md.label_base));
+        continue;
+      }
+      if (write) memcpy(at, h, hi - lo);
+      else memcpy(h, at, hi - lo);
+    }
+    if (!rc && write && buf == ELMO_BUF_CLS_KAHAN) rc = buffer_io_one(r, buf, 1, 0, stage, (size_t)nh * rb, err);
+    free(stage);
+  }
+  return rc;
+}
+
 /* Sharded: the encoder's parameters are the same on every GPU (read from the first, written to all), its
  * AdamW moments each GPU's slice on that GPU (read from there, written to all); the
  * classifier's rows are laid end to end in label order, every shard but the last a multiple of 16 rows, so
@@ -1282,6 +1345,8 @@ static int cuda_buffer_io(elmo_model *m, int buf, int write, size_t offset, void
         for (int t = 0; t < (write ? m->nranks : 1) && !rc; t++)
           rc = buffer_io_one(m->ranks[t], buf, write, per + (lo - a), h, hi - lo, err);
     }
+  } else if ((buf == ELMO_BUF_CLS_KAHAN || buf == ELMO_BUF_CLS_HEAD) && m->glob_n_head) {
+    rc = head_io(m, buf, write, offset, host, nbytes, err);
   } else if (buf != ELMO_BUF_CLS_W) {
     for (int q = 0; q < (write ? m->nranks : 1) && !rc; q++)
       rc = buffer_io_one(m->ranks[q], buf, write, offset, host, nbytes, err);

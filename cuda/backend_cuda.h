@@ -57,8 +57,9 @@ int elmo_cuda_choose_chunks(const elmo_config *cfg, elmo_model_desc *md, elmo_er
 /* GPU q's model when md's classifier is sharded by labels over n GPUs (training.gpus): labels
  * [label_base, label_base + num_labels), label_base = q round16(ceil(L / n)); the encoder planned for
  * ceil(batch_size / n) rows; md's chunk size kept; the AdamW buffers (ENC_M, ENC_V, ENC_KAHAN) sized for
- * the GPU's slice of the encoder's parameters plus the tail (unless ELMO_SPLIT_ADAMW=0). Shares md's tensor
- * table (no head labels: sharding refuses head_ratio > 0). */
+ * the GPU's slice of the encoder's parameters plus the tail (unless ELMO_SPLIT_ADAMW=0); its head labels are
+ * md's within its range, most frequent first, re-based to label_base (CLS_KAHAN and CLS_HEAD sized for them),
+ * in out->head_labels, a new array the caller frees (NULL when it has none). Shares md's tensor table. */
 void elmo_cuda_shard_desc(const elmo_model_desc *md, int n, int q, elmo_model_desc *out);
 
 #ifdef __cplusplus

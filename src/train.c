@@ -331,7 +331,7 @@ static int print_plan(const elmo_config *cfg, elmo_err *err) {
   if (rc) return rc;
   elmo_model_desc md;
   rc = elmo_model_desc_init(&md, cfg, ds.num_labels, ds.num_features, ds.vocab_size, ds.T, ds.label_freq, err);
-  elmo_model_desc sd = md, *pd = &md; /* sharded: GPU 0's share (the largest); sd shares md's tables */
+  elmo_model_desc sd = md, *pd = &md; /* sharded: GPU 0's share (the largest); sd shares md's other tables */
   if (!rc && cfg->gpus > 1) {
     elmo_cuda_shard_desc(&md, (int)cfg->gpus, 0, &sd);
     pd = &sd;
@@ -344,6 +344,7 @@ static int print_plan(const elmo_config *cfg, elmo_err *err) {
     elmo_cuda_plan(pd, &p);
     elmo_cuda_plan_print(&p, pd, stdout);
   }
+  if (pd == &sd) free(sd.head_labels); /* the shard's own head list */
   elmo_model_desc_free(&md);
   elmo_dataset_free(&ds);
   return rc;
