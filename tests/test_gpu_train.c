@@ -117,16 +117,21 @@ static void step_rows(const run *r, int64_t s, int64_t *rows) {
   for (int64_t i = 0; i < BATCH; i++) rows[i] = (s * BATCH + i * 7) % r->ds.train.n;
 }
 
+/* Step s of `steps` with bs rows: its batch (into bb) and its learning rates. */
+static elmo_step batch_at(run *r, int64_t s, int64_t steps, int64_t bs, elmo_batch_buf *bb, elmo_batch *b) {
+  int64_t rows[BATCH];
+  step_rows(r, s, rows);
+  elmo_batch_gather(&r->ds.train, rows, bs, bb, b);
+  return (elmo_step){.step = s, .lr_encoder = elmo_lr_at(&r->cfg.enc_opt, s, steps),
+                     .lr_classifier = elmo_lr_at(&r->cfg.cls_opt, s, steps), .compute_loss = 1};
+}
+
 static void train_steps(run *r, const char *name, double tol, int64_t steps, int64_t bs) {
   elmo_batch_buf bb = {0};
-  int64_t rows[BATCH];
   double worst = 0;
   for (int64_t s = 0; s < steps; s++) {
-    step_rows(r, s, rows);
     elmo_batch b;
-    elmo_batch_gather(&r->ds.train, rows, bs, &bb, &b);
-    elmo_step st = {.step = s, .lr_encoder = elmo_lr_at(&r->cfg.enc_opt, s, steps),
-                    .lr_classifier = elmo_lr_at(&r->cfg.cls_opt, s, steps), .compute_loss = 1};
+    elmo_step st = batch_at(r, s, steps, bs, &bb, &b);
     double lc = NAN, lg = NAN;
     elmo_err err = {0};
     if (r->cpu->train_step(r->mc, &b, &st, &lc, &err)) fail_msg("cpu step %lld: %s", (long long)s, err.msg);
@@ -150,14 +155,10 @@ static void train_both(run *r, const char *name, double tol) { train_steps(r, na
  * within tol, or twice that drift, of both. */
 static void train_lockstep(run *r, run *one, const char *name, double tol) {
   elmo_batch_buf bb = {0};
-  int64_t rows[BATCH];
   double w1c = 0, w2c = 0, w21 = 0;
   for (int64_t s = 0; s < STEPS; s++) {
-    step_rows(r, s, rows);
     elmo_batch b;
-    elmo_batch_gather(&r->ds.train, rows, BATCH, &bb, &b);
-    elmo_step st = {.step = s, .lr_encoder = elmo_lr_at(&r->cfg.enc_opt, s, STEPS),
-                    .lr_classifier = elmo_lr_at(&r->cfg.cls_opt, s, STEPS), .compute_loss = 1};
+    elmo_step st = batch_at(r, s, STEPS, BATCH, &bb, &b);
     double lc = NAN, l1 = NAN, l2 = NAN;
     elmo_err err = {0};
     if (r->cpu->train_step(r->mc, &b, &st, &lc, &err)) fail_msg("cpu step %lld: %s", (long long)s, err.msg);
