@@ -1,5 +1,5 @@
 /* topk.cu: running top-k with filter masking (topk.h). One block per row; the row is scanned
- * in tiles of TK_THREADS scores; a tile's candidates are merged by rank. */
+ * in super-tiles of TK_V x TK_THREADS scores; a tile's candidates are merged by rank. */
 #include "topk.h"
 #include "check.h"
 
@@ -99,33 +99,57 @@ static __device__ void merge_candidates(topk_smem &sm, int k, int c) {
   __syncthreads();
 }
 
+/* One block per row. Each thread holds TK_V scores of a super-tile (TK_V tiles of TK_THREADS labels, each
+ * tile's loads coalesced) in flight at once. A super-tile none of whose scores beats the running k-th entry
+ * costs one barrier: the k-th entry only rises, so such a super-tile has no candidate then or later. Any other
+ * super-tile is merged tile by tile: a tile's scores that beat the k-th entry (and are not filtered) are the
+ * candidates, ranked against the list and each other by merge_candidates. */
+#define TK_V 16
 static __global__ void __launch_bounds__(TK_THREADS)
-topk_merge_kernel(const float *z, int64_t ldz, int64_t l0, int64_t n, int64_t L, int k, const int64_t *f_indptr,
-                  const int32_t *f_indices, int32_t *topk, float *topv) {
+topk_scan_kernel(const float *z, int64_t ldz, int64_t l0, int64_t n, int64_t L, int k, const int64_t *f_indptr,
+                 const int32_t *f_indices, int32_t *topk, float *topv) {
   __shared__ topk_smem sm;
   const int64_t b = blockIdx.x;
   for (int i = threadIdx.x; i < k; i += TK_THREADS) {
     sm.rv[i] = topv[b * k + i];
     sm.rl[i] = topk[b * k + i];
   }
-  for (int64_t t0 = 0; t0 < n; t0 += TK_THREADS) {
-    if (threadIdx.x == 0) sm.count = 0;
-    __syncthreads();
-    const int64_t j = t0 + threadIdx.x, label = l0 + j;
-    if (j < n && label < L) {
-      float s = z[b * ldz + j];
-      if (isnan(s)) s = -INFINITY;
-      if (better(s, (int32_t)label, sm.rv[k - 1], sm.rl[k - 1]) &&
+  __syncthreads();
+  const int64_t m = min(n, L - l0); /* scores of labels < L */
+  const float *zr = z + b * ldz;
+  for (int64_t t0 = 0; t0 < m; t0 += (int64_t)TK_V * TK_THREADS) {
+    float v[TK_V];
+#pragma unroll
+    for (int q = 0; q < TK_V; q++) {
+      const int64_t j = t0 + q * TK_THREADS + threadIdx.x;
+      v[q] = j < m ? __ldg(zr + j) : -INFINITY;
+      if (isnan(v[q])) v[q] = -INFINITY;
+    }
+    const float kv = sm.rv[k - 1];
+    const int32_t kl = sm.rl[k - 1];
+    int any = 0;
+#pragma unroll
+    for (int q = 0; q < TK_V; q++) {
+      const int64_t j = t0 + q * TK_THREADS + threadIdx.x;
+      any |= j < m && better(v[q], (int32_t)(l0 + j), kv, kl);
+    }
+    if (!__syncthreads_or(any)) continue;
+#pragma unroll
+    for (int q = 0; q < TK_V; q++) {
+      if (threadIdx.x == 0) sm.count = 0;
+      __syncthreads();
+      const int64_t j = t0 + q * TK_THREADS + threadIdx.x, label = l0 + j;
+      if (j < m && better(v[q], (int32_t)label, sm.rv[k - 1], sm.rl[k - 1]) &&
           !filtered(f_indptr, f_indices, b, (int32_t)label)) {
         int pos = atomicAdd(&sm.count, 1);
-        sm.cv[pos] = s;
+        sm.cv[pos] = v[q];
         sm.cl[pos] = (int32_t)label;
       }
+      __syncthreads();
+      const int c = sm.count;
+      __syncthreads(); /* everyone has read count before thread 0 resets it */
+      if (c > 0) merge_candidates(sm, k, c);
     }
-    __syncthreads();
-    const int c = sm.count;
-    __syncthreads(); /* everyone has read count before thread 0 resets it */
-    if (c > 0) merge_candidates(sm, k, c);
   }
   for (int i = threadIdx.x; i < k; i += TK_THREADS) {
     topv[b * k + i] = sm.rv[i];
@@ -141,6 +165,6 @@ extern "C" void elmo_cuda_topk_merge(const float *z, int64_t ldz, int64_t B, int
     fprintf(stderr, "elmo: internal error: top-k %d > %d on CUDA\n", k, ELMO_CUDA_TOPK_MAX);
     abort();
   }
-  topk_merge_kernel<<<(unsigned)B, TK_THREADS, 0, s>>>(z, ldz, l0, n, L, k, f_indptr, f_indices, topk, topv);
+  topk_scan_kernel<<<(unsigned)B, TK_THREADS, 0, s>>>(z, ldz, l0, n, L, k, f_indptr, f_indices, topk, topv);
   ELMO_LAUNCH_CHECK();
 }

@@ -10,9 +10,11 @@
 # figures (2.88 TB/s, 764 TFLOP/s) define the targets' rooflines; PEAK_TBS / PEAK_TFLOPS override both.
 # ELMO's columns are its H100 80GB HBM3 measurements whatever the card.
 #
-#   scripts/bench.sh [cls|full|all|multi] (default all; multi: the fp8 full-step rows with the classifier
-#                   sharded by labels over GPUS GPUs, default 2, e.g. GPUS="1 2 4"; GiB is the largest
-#                   GPU's peak, the roofline one GPU's share of the work; needs NCCL's libnccl.so.2)
+#   scripts/bench.sh [cls|full|all|multi|predict] (default all; multi: the fp8 full-step rows with the
+#                   classifier sharded by labels over GPUS GPUs, default 2, e.g. GPUS="1 2 4"; GiB is the
+#                   largest GPU's peak, the roofline one GPU's share of the work; needs NCCL's libnccl.so.2;
+#                   predict: elmo-train's top-100 prediction of PRED_ROWS (8192) synthetic test rows after
+#                   4 steps, in ms per 1,000 rows, roofline = FP32 logits written + read and the FLOPs)
 #   ELMO_BIN=dir    prebuilt elmo-train + bench_cls (e.g. .dev/gpu/bin from scripts/gpu_run.sh);
 #                   otherwise builds build-bench with -Dcuda=enabled
 #   STEPS=n         training steps per full-step row (default 40)
@@ -137,6 +139,33 @@ if [ "$what" = full ] || [ "$what" = all ]; then
   full_row bert-base 12 128 128 2812281 0 0 bf16      # no published ELMO baseline for these
   full_row distilbert 6 32 512 1305265 0 0 bf16
   full_row distilbert 6 128 128 8623847 0 0 bf16
+fi
+predict_row() { # name layers T B L: elmo-train's test-split prediction (top-100) after a few steps
+  local name=$1 layers=$2 T=$3 B=$4 L=$5 d=768 ffn=3072 n=${PRED_ROWS:-8192}
+  local data=$TMP/synth-pred-$L-$B-$n
+  [ -f "$data/trn_X.txt" ] || bash scripts/make_synthetic.sh "$data" $((B * 4)) "$n" "$L" 5 $((T / 2)) 2 >/dev/null
+  local run=$TMP/run-pred-$name
+  "$ELMO_BIN/elmo-train" configs/synth-amazon3m-bert.json --device cuda --set data.dir="$data" --set data.max_len=$T \
+    --set model.encoder.layers=$layers --set training.batch_size=$B --set training.epochs=1 \
+    --set eval.topk=100 --set output.checkpoints=false --set eval.every_epochs=1 --out "$run" >"$run.log" 2>&1
+  local es gib ms
+  es=$(grep -o '"eval_seconds":[0-9.e+-]*' "$run/metrics.jsonl" 2>/dev/null | tail -1 | cut -d: -f2)
+  gib=$(grep -o '"peak_mem_gib":[0-9.e+]*' "$run/metrics.jsonl" 2>/dev/null | tail -1 | cut -d: -f2)
+  ms=$(awk -v e="${es:-0}" -v n=$n 'BEGIN { printf "%.3f", 1e6 * e / n }')
+  # per 1,000 rows: the FP32 logits written and read (8 L bytes a row); the classifier's 2 L d and the
+  # encoder's 2 T (layer weights) FLOPs a row
+  local flops bytes
+  flops=$(awk -v L=$L -v d=$d -v T=$T -v l=$layers -v f=$ffn 'BEGIN {
+    printf "%.0f", 1000 * (2 * L * d + 2 * T * l * (4 * d * d + 2 * d * f)) }')
+  bytes=$(awk -v L=$L 'BEGIN { printf "%.0f", 1000 * 8 * L }')
+  row "predict $name seq $T L=$L, ms/1000 rows" fp8 "$ms" "${gib:-0}" \
+    "$(roof "$bytes" "$flops")" 0 0
+  [ -n "$es" ] || echo "predict $name failed: $(tail -3 "$run.log")" >&2
+}
+
+if [ "$what" = predict ]; then # prediction (eval) speed; no ELMO baseline
+  predict_row bert-base 12 128 128 2812281
+  predict_row distilbert 6 32 512 1305265
 fi
 if [ "$what" = multi ]; then # label sharding: the fp8 full-step rows over GPUS GPUs (GiB: the largest GPU's peak)
   for g in ${GPUS:-2}; do # MULTI_ROWS="1 3": only those rows (1 BERT-base, 2 DistilBERT-32, 3 DistilBERT at 8.6M)

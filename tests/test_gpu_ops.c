@@ -975,15 +975,17 @@ static void test_cls_step(void **state) {
 
 /* ---- top-k --------------------------------------------------------------------------------- */
 
-static void run_topk(int k, uint64_t seed) {
-  const int64_t B = 23, L = 1000, Lp = 1008, span = 336;
+/* L labels (padded to Lp = round16(L)) in chunks of `span`, against the CPU's elmo_topk_merge. */
+static void run_topk_at(int k, uint64_t seed, int64_t L, int64_t span) {
+  const int64_t B = 23, Lp = (L + 15) / 16 * 16 + (L % 16 ? 0 : 16); /* at least one padded label */
   uint64_t s = seed;
   float *z = malloc(sizeof(float) * B * Lp);
   for (int64_t i = 0; i < B * Lp; i++) z[i] = roundf(tu_rand_normal(&s) * 8.0f) / 4.0f; /* many exact ties */
   for (int64_t b = 0; b < B; b++) {
     z[b * Lp + (b * 37) % L] = 50.0f + (float)b; /* planted large scores */
     z[b * Lp + (b * 11 + 400) % L] = 50.0f + (float)b; /* a tie among them */
-    z[b * Lp + 1003] = 1e9f;                     /* a padded label: never ranked */
+    z[b * Lp + L - 1 - (b * 13) % (L / 2)] = 60.0f; /* late ones, after the lists have filled */
+    z[b * Lp + L + 3 % (Lp - L)] = 1e9f;           /* a padded label: never ranked */
     z[b * Lp + 5] = -INFINITY;
   }
   /* filter: a few labels per row, including a planted winner */
@@ -1024,11 +1026,16 @@ static void run_topk(int k, uint64_t seed) {
   free(z); free(fp); free(fi); free(tk); free(gk); free(tv); free(gv); free(zc);
 }
 
+static void run_topk(int k, uint64_t seed) { run_topk_at(k, seed, 1000, 336); }
+
 static void test_topk(void **state) {
   run_topk(1, 21);
   run_topk(5, 22);
   run_topk(100, 23);
   run_topk(700, 24); /* more than one chunk's worth of candidates per merge */
+  /* chunks of several of the scan's super-tiles (16 x 512 scores a thread block), most of them skipped */
+  run_topk_at(5, 25, 100000, 40000);
+  run_topk_at(100, 26, 77777, 77792);
 }
 
 /* ---- sparse encoder -------------------------------------------------------------------------- */
