@@ -102,8 +102,9 @@ static __device__ void merge_candidates(topk_smem &sm, int k, int c) {
 /* One block per row. Each thread holds TK_V scores of a super-tile (TK_V tiles of TK_THREADS labels, each
  * tile's loads coalesced) in flight at once. A super-tile none of whose scores beats the running k-th entry
  * costs one barrier: the k-th entry only rises, so such a super-tile has no candidate then or later. Any other
- * super-tile is merged tile by tile: a tile's scores that beat the k-th entry (and are not filtered) are the
- * candidates, ranked against the list and each other by merge_candidates. */
+ * super-tile's candidates (scores that beat the k-th entry, not filtered) are ranked against the list and each
+ * other by merge_candidates, all at once when they fit its TK_THREADS slots (after the first super-tiles nearly
+ * always), else tile by tile. Either way the list becomes the top k of itself and the candidates. */
 #define TK_V 16
 static __global__ void __launch_bounds__(TK_THREADS)
 topk_scan_kernel(const float *z, int64_t ldz, int64_t l0, int64_t n, int64_t L, int k, const int64_t *f_indptr,
@@ -134,6 +135,28 @@ topk_scan_kernel(const float *z, int64_t ldz, int64_t l0, int64_t n, int64_t L, 
       any |= j < m && better(v[q], (int32_t)(l0 + j), kv, kl);
     }
     if (!__syncthreads_or(any)) continue;
+    { /* the super-tile's candidates at once when they fit the buffer: one merge, not one a tile */
+      if (threadIdx.x == 0) sm.count = 0;
+      __syncthreads();
+#pragma unroll
+      for (int q = 0; q < TK_V; q++) {
+        const int64_t j = t0 + q * TK_THREADS + threadIdx.x, label = l0 + j;
+        if (j < m && better(v[q], (int32_t)label, kv, kl) && !filtered(f_indptr, f_indices, b, (int32_t)label)) {
+          const int pos = atomicAdd(&sm.count, 1);
+          if (pos < TK_THREADS) {
+            sm.cv[pos] = v[q];
+            sm.cl[pos] = (int32_t)label;
+          }
+        }
+      }
+      __syncthreads();
+      const int c = sm.count;
+      __syncthreads();
+      if (c <= TK_THREADS) {
+        if (c > 0) merge_candidates(sm, k, c);
+        continue;
+      }
+    }
 #pragma unroll
     for (int q = 0; q < TK_V; q++) {
       if (threadIdx.x == 0) sm.count = 0;
