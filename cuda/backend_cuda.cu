@@ -655,14 +655,7 @@ extern "C" void elmo_cuda_shard_desc(const elmo_model_desc *md, int n, int q, el
   out->L_pad = round16(count);
   out->enc_batch = (md->batch_size + n - 1) / n;
   out->buf_numel[ELMO_BUF_CLS_W] = out->L_pad * out->d;
-  out->n_head = 0;
-  out->head_labels = NULL;
-  for (int64_t h = 0; h < md->n_head; h++) {
-    const int64_t l = md->head_labels[h] - base;
-    if (l < 0 || l >= count) continue;
-    if (!out->head_labels) out->head_labels = (int32_t *)elmo_malloc(sizeof(int32_t) * (size_t)md->n_head);
-    out->head_labels[out->n_head++] = (int32_t)l;
-  }
+  out->n_head = elmo_model_shard_heads(md, base, count, &out->head_labels, NULL);
   out->buf_numel[ELMO_BUF_CLS_KAHAN] = out->n_head * out->d;
   out->buf_numel[ELMO_BUF_CLS_HEAD] = out->n_head;
   elmo_model_desc_set_chunks(out, (out->L_pad + md->chunk_labels - 1) / md->chunk_labels);
@@ -685,13 +678,10 @@ static int create_sharded(const elmo_config *cfg, const elmo_model_desc *md, int
     const int64_t base = sd.label_base, count = sd.num_labels;
     ELMO_CUDA_CHECK(cudaSetDevice(q));
     rc = create_one(cfg, &sd, q, n, &r[q], err);
-    if (!rc && sd.n_head) { /* the model owns its head list; and where each of its head rows is in the whole's */
-      r[q]->head_glob = (int64_t *)elmo_malloc(sizeof(int64_t) * (size_t)sd.n_head);
-      for (int64_t h = 0, j = 0; h < md->n_head; h++)
-        if (md->head_labels[h] >= base && md->head_labels[h] < base + count) r[q]->head_glob[j++] = h;
-    } else if (rc) {
+    if (!rc) /* the model owns its head list (sd's); and where each of its head rows is in the whole's */
+      elmo_model_shard_heads(md, base, count, NULL, &r[q]->head_glob);
+    else
       free(sd.head_labels);
-    }
     if (rc) {
       size_t k = strlen(err->msg);
       snprintf(err->msg + k, sizeof err->msg - k, " (GPU %d, labels %lld..%lld)", q, (long long)base,

@@ -313,6 +313,23 @@ void elmo_model_decay_mask(const elmo_model_desc *md, uint8_t *decay) {
   }
 }
 
+int64_t elmo_model_shard_heads(const elmo_model_desc *md, int64_t base, int64_t count, int32_t **labels,
+                               int64_t **glob) {
+  int64_t n = 0;
+  if (labels) *labels = NULL;
+  if (glob) *glob = NULL;
+  for (int64_t h = 0; h < md->n_head; h++) {
+    const int64_t l = md->head_labels[h] - base;
+    if (l < 0 || l >= count) continue;
+    if (!n && labels) *labels = elmo_malloc(sizeof(int32_t) * (size_t)md->n_head);
+    if (!n && glob) *glob = elmo_malloc(sizeof(int64_t) * (size_t)md->n_head);
+    if (labels) (*labels)[n] = (int32_t)l;
+    if (glob) (*glob)[n] = h;
+    n++;
+  }
+  return n;
+}
+
 void elmo_model_head_slots(const elmo_model_desc *md, int32_t *head_slot) {
   for (int64_t l = 0; l < md->L_pad; l++) head_slot[l] = -1;
   for (int64_t h = 0; h < md->n_head; h++) head_slot[md->head_labels[h]] = (int32_t)h;

@@ -119,3 +119,8 @@ void elmo_model_init_host(const elmo_model_desc *md, void *host[ELMO_NUM_BUFS]);
 void elmo_model_decay_mask(const elmo_model_desc *md, uint8_t *decay);
 /* head_slot[l] = row of label l in CLS_KAHAN, or -1. [L_pad] */
 void elmo_model_head_slots(const elmo_model_desc *md, int32_t *head_slot);
+/* Label sharding: md's head labels within [base, base + count), most frequent first. Each of labels and glob
+ * may be NULL; otherwise it gets a new array (NULL when there are none; the caller frees it): *labels the
+ * labels re-based to base, *glob the slot of each in md's list. Returns how many there are. */
+int64_t elmo_model_shard_heads(const elmo_model_desc *md, int64_t base, int64_t count, int32_t **labels,
+                               int64_t **glob);

@@ -2,6 +2,7 @@
  * math: dX, loss, the fused update, SR neighbours, chunk invariance, padded rows, head Kahan, top-k. */
 #include "testutil.h"
 #include "classifier.h"
+#include "model.h"
 #include "numerics.h"
 
 #include <math.h>
@@ -176,6 +177,68 @@ static void test_head_kahan(void **state) {
   assert_true(elmo_bf16_to_f32(W[0]) > 1.09f);
 }
 
+/* Label sharding's head lists (elmo_model_shard_heads): each shard gets the head labels in its range in md's
+ * (frequency) order, re-based, and each one's slot in md's list; over the shards every slot once. */
+static void test_shard_heads(void **state) {
+  elmo_model_desc md = {0};
+  int32_t heads[6] = {90, 3, 47, 12, 88, 79}; /* most frequent first */
+  md.head_labels = heads;
+  md.n_head = 6;
+  int32_t *lab;
+  int64_t *glob;
+  assert_int_equal(elmo_model_shard_heads(&md, 0, 64, &lab, &glob), 3);
+  assert_int_equal(lab[0], 3);
+  assert_int_equal(lab[1], 47);
+  assert_int_equal(lab[2], 12);
+  assert_int_equal(glob[0], 1);
+  assert_int_equal(glob[1], 2);
+  assert_int_equal(glob[2], 3);
+  free(lab);
+  free(glob);
+  assert_int_equal(elmo_model_shard_heads(&md, 64, 36, &lab, NULL), 3);
+  assert_int_equal(lab[0], 26);
+  assert_int_equal(lab[1], 24);
+  assert_int_equal(lab[2], 15);
+  free(lab);
+  assert_int_equal(elmo_model_shard_heads(&md, 91, 9, &lab, &glob), 0); /* none: both stay NULL */
+  assert_null(lab);
+  assert_null(glob);
+  /* random head sets over 1..5 shards of 16-aligned spans: a partition of the slots, order kept */
+  uint64_t s = 7;
+  for (int trial = 0; trial < 50; trial++) {
+    const int64_t L = 17 + (int64_t)((uint32_t)tu_rand_u64(&s) % 5000), n = 1 + (int)((uint32_t)tu_rand_u64(&s) % 5);
+    int32_t ids[64];
+    md.n_head = 1 + (int64_t)((uint32_t)tu_rand_u64(&s) % 64);
+    if (md.n_head > L) md.n_head = L;
+    for (int64_t h = 0; h < md.n_head; h++) { /* distinct labels */
+      int32_t v;
+      int dup;
+      do {
+        v = (int32_t)((uint32_t)tu_rand_u64(&s) % (uint32_t)L);
+        dup = 0;
+        for (int64_t i = 0; i < h; i++) dup |= ids[i] == v;
+      } while (dup);
+      ids[h] = v;
+    }
+    md.head_labels = ids;
+    int seen[64] = {0};
+    const int64_t per = ((L + n - 1) / n + 15) / 16 * 16;
+    for (int64_t base = 0; base < L; base += per) {
+      const int64_t count = L - base < per ? L - base : per;
+      const int64_t got = elmo_model_shard_heads(&md, base, count, &lab, &glob);
+      for (int64_t j = 0; j < got; j++) {
+        assert_true(lab[j] >= 0 && lab[j] < count);
+        assert_int_equal(lab[j] + base, ids[glob[j]]);
+        if (j) assert_true(glob[j] > glob[j - 1]);
+        seen[glob[j]]++;
+      }
+      free(lab);
+      free(glob);
+    }
+    for (int64_t h = 0; h < md.n_head; h++) assert_int_equal(seen[h], 1);
+  }
+}
+
 /* e4m3 SR bits (classifier.h), rebuilt here bit by bit from the definition: weight (l, k) is position
  * p = 8 ((k % 128) / 32) + k % 8 of group ((l * ceil(d / 128) + k / 128) * 4 + (k % 32) / 8), whose
  * 640 bits are the words of Philox blocks 5 grp .. 5 grp + 4, and it takes bits 20 p .. 20 p + 19.
@@ -309,7 +372,8 @@ static void test_topk_merge(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_dx_and_loss), cmocka_unit_test(test_update_fp32), cmocka_unit_test(test_sr_neighbours),
-    cmocka_unit_test(test_chunk_invariance), cmocka_unit_test(test_head_kahan), cmocka_unit_test(test_grad_table),
+    cmocka_unit_test(test_chunk_invariance), cmocka_unit_test(test_head_kahan), cmocka_unit_test(test_shard_heads),
+    cmocka_unit_test(test_grad_table),
     cmocka_unit_test(test_topk_merge), cmocka_unit_test(test_sr8_bits), cmocka_unit_test(test_sr16_bits),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
