@@ -409,6 +409,40 @@ extern "C" void elmo_cuda_cls_step(elmo_cuda_cls *c, const float *X, int64_t B, 
   c->widened_l0 = -1;
 }
 
+/* Four elements a thread (one Philox block), as model.c's init_classifier_part; the arithmetic in explicit
+ * round-to-nearest steps so that nothing is contracted into an FMA (the host's C11 build contracts nothing). */
+static __global__ void cls_init_kernel(void *W, int dt, int64_t n, int64_t g0, uint64_t seed, uint32_t tensor,
+                                       float a) {
+  const int64_t nb = (n + 3) / 4;
+  for (int64_t blk = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; blk < nb;
+       blk += (int64_t)gridDim.x * blockDim.x) {
+    uint32_t r[4];
+    elmo_rand_block(seed, 0, tensor, (uint64_t)(g0 + blk), r);
+    for (int w = 0; w < 4 && 4 * blk + w < n; w++) {
+      const int64_t i = 4 * blk + w;
+      const float u = __fmul_rn(__uint2float_rn(r[w]), 1.0f / 4294967296.0f);
+      const float x = __fmul_rn(a, __fadd_rn(__fmul_rn(2.0f, u), -1.0f));
+      if (dt == ELMO_FP8) ((uint8_t *)W)[i] = elmo_f32_to_fp8(x);
+      else if (dt == ELMO_BF16) ((uint16_t *)W)[i] = elmo_f32_to_bf16(x);
+      else ((float *)W)[i] = x;
+    }
+  }
+}
+
+extern "C" void elmo_cuda_cls_init_weights(void *W, elmo_dtype dt, int64_t num_labels, int64_t L_pad, int64_t d,
+                                           int64_t label_base, uint64_t seed, uint32_t tensor, cudaStream_t s) {
+  const size_t es = elmo_dtype_size(dt);
+  const int64_t n = num_labels * d;
+  if (L_pad > num_labels)
+    ELMO_CUDA_CHECK(cudaMemsetAsync((char *)W + (size_t)n * es, 0, (size_t)((L_pad - num_labels) * d) * es, s));
+  if (n <= 0) return;
+  const float a = 1.0f / sqrtf((float)d);
+  const int64_t nb = (n + 3) / 4, blocks = (nb + 255) / 256;
+  cls_init_kernel<<<(unsigned)(blocks < 65536 ? blocks : 65536), 256, 0, s>>>(W, (int)dt, n, label_base * d / 4, seed,
+                                                                             tensor, a);
+  ELMO_LAUNCH_CHECK();
+}
+
 extern "C" int64_t elmo_cuda_cls_predict_span(const elmo_cuda_cls *c, int64_t B) {
   int64_t span = (int64_t)(c->z_bytes / ((size_t)round16(B) * 4)) / 16 * 16;
   if (span > c->L_pad) span = c->L_pad;

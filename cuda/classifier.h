@@ -133,6 +133,11 @@ void elmo_cuda_cls_step(elmo_cuda_cls *c, const float *X, int64_t B, const int64
                         cudaStream_t s);
 /* Labels per prediction sub-chunk: FP32 logits of round16(B) rows must fit in c->z. */
 int64_t elmo_cuda_cls_predict_span(const elmo_cuda_cls *c, int64_t B);
+/* The initial weights W [L_pad, d] of dtype dt on the device, bit for bit model.c's (elmo_model_init_host):
+ * element i of a shard starting at label_base draws Philox block (seed, 0, tensor, (label_base d + i) / 4) and is
+ * a (2 r 2^-32 - 1), a = 1 / sqrtf(d), rounded to dt; rows num_labels..L_pad - 1 are zero. */
+void elmo_cuda_cls_init_weights(void *W, elmo_dtype dt, int64_t num_labels, int64_t L_pad, int64_t d,
+                                int64_t label_base, uint64_t seed, uint32_t tensor, cudaStream_t s);
 
 #ifdef __cplusplus
 }

@@ -301,8 +301,8 @@ void elmo_model_init_host(const elmo_model_desc *md, void *host[ELMO_NUM_BUFS]) 
       store_enc(md, host[ELMO_BUF_ENC_PARAM], s->offset + i, x);
     }
   }
-  init_classifier(md, host[ELMO_BUF_CLS_W]);
-  if (md->n_head)
+  if (host[ELMO_BUF_CLS_W]) init_classifier(md, host[ELMO_BUF_CLS_W]);
+  if (md->n_head && host[ELMO_BUF_CLS_HEAD])
     memcpy(host[ELMO_BUF_CLS_HEAD], md->head_labels, sizeof(int32_t) * (size_t)md->n_head);
 }
 

@@ -113,7 +113,8 @@ void elmo_model_tf_config(const elmo_model_desc *md, struct elmo_tf_config *c);
 /* Host-side initial values (the same on every backend): encoder tensors by name (LayerNorm
  * weights 1, biases 0, other tensors normal(0, 0.02)) or the pretrained weights, classifier U(-1/sqrt(d), 1/sqrt(d))
  * rounded to its dtype, padded rows 0; optimiser buffers 0; CLS_HEAD = head labels.
- * host[b] must hold elmo_buf_bytes(md, b) bytes for every buffer. */
+ * host[b] must hold elmo_buf_bytes(md, b) bytes, or be NULL: buffer b is skipped (the CUDA backend draws the
+ * classifier's weights on the device, elmo_cuda_cls_init_weights, bit for bit the same). */
 void elmo_model_init_host(const elmo_model_desc *md, void *host[ELMO_NUM_BUFS]);
 /* decay[i] = 0 for biases and LayerNorm parameters, 1 otherwise. [enc_numel] */
 void elmo_model_decay_mask(const elmo_model_desc *md, uint8_t *decay);

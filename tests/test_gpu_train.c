@@ -367,6 +367,37 @@ static void copy_buffers(const elmo_backend *bfrom, elmo_model *from, const elmo
   }
 }
 
+/* A new model's buffers on the GPU equal the CPU's byte for byte in every classifier dtype: the GPU draws the
+ * classifier's weights on the device (elmo_cuda_cls_init_weights), the CPU on the host; Bibtex's 159 labels
+ * leave a padded row, which must be zero on both. */
+static void test_init_matches_cpu(void **state) {
+  const char *dts[3] = {"fp8", "bf16", "fp32"};
+  for (int i = 0; i < 3; i++) {
+    run r = {0};
+    variant v = {dts[i], "fp8", 0, 0.05, 1, 0.1, 3e-3, 2e-3};
+    setup_run(&r, &v);
+    elmo_err err = {0};
+    for (int bf = 0; bf < ELMO_NUM_BUFS; bf++) {
+      const size_t n = elmo_buf_bytes(&r.md, bf);
+      uint8_t *g = malloc(n + 1), *c = malloc(n + 1);
+      if (r.gpu->buffer_io(r.mg, bf, 0, 0, g, n, &err) || r.cpu->buffer_io(r.mc, bf, 0, 0, c, n, &err))
+        fail_msg("buffer_io: %s", err.msg);
+      size_t diff = 0, nz = 0;
+      for (size_t k = 0; k < n; k++) {
+        diff += g[k] != c[k];
+        nz += g[k] != 0;
+      }
+      if (bf == ELMO_BUF_CLS_W)
+        print_message("init %s: classifier %zu bytes, %zu differ from the CPU's, %zu nonzero\n", dts[i], n, diff, nz);
+      if (diff) fail_msg("%s: buffer %d: %zu of %zu bytes differ from the CPU's at init", dts[i], bf, diff, n);
+      if (bf == ELMO_BUF_CLS_W && nz < n / 2) fail_msg("%s: only %zu of %zu classifier bytes nonzero", dts[i], nz, n);
+      free(g);
+      free(c);
+    }
+    teardown_run(&r);
+  }
+}
+
 /* Prediction with far fewer rows than the batch the model was planned for, for each classifier
  * dtype: the FP32 prediction logits of a few rows must still come one chunk at a time (a BF16 model
  * once asked for more labels than a chunk holds), and the GPU's top-k must match the CPU's. */
@@ -592,6 +623,7 @@ int main(void) {
     cmocka_unit_test(test_checkpoint_to_cpu), cmocka_unit_test(test_train_transformer),
     cmocka_unit_test(test_predict_few_rows), cmocka_unit_test(test_device_refusals), cmocka_unit_test(test_sharded),
     cmocka_unit_test(test_sharded_dtypes), cmocka_unit_test(test_sharded_transformer),
+    cmocka_unit_test(test_init_matches_cpu),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
