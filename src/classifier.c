@@ -205,6 +205,7 @@ void elmo_topk_merge(const float *z, int64_t B, int64_t l0, int64_t n, int64_t L
       int32_t l = (int32_t)(l0 + j);
       if (l >= L) break;
       float s = z[b * n + j];
+      if (isnan(s)) s = -INFINITY; /* as the CUDA top-k: a NaN score ranks as -inf */
       if (!better(s, l, tv[k - 1], tl[k - 1])) continue;
       if (filtered(f_indptr, f_indices, rows ? rows[b] : b, l)) continue;
       int p = k - 1;

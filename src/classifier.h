@@ -102,7 +102,7 @@ double elmo_cls_step(elmo_cls_weights *w, const float *X, int fp8_input, int64_t
 
 /* Top-k update for prediction: merges scores z[B, n] of labels l0.. into running lists
  * topk/topv [B, k] sorted by score desc then label asc; entries in filter (rows = dataset row
- * ids) and labels >= L are skipped. */
+ * ids) and labels >= L are skipped; a NaN score counts as -inf (as cuda/topk.h's). */
 void elmo_topk_merge(const float *z, int64_t B, int64_t l0, int64_t n, int64_t L, int k, const int64_t *rows,
                      const int64_t *f_indptr, const int32_t *f_indices, int32_t *topk, float *topv);
 

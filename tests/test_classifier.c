@@ -367,6 +367,15 @@ static void test_topk_merge(void **state) {
   assert_memory_equal(topk, e0, sizeof e0);
   assert_memory_equal(topk + 3, e1, sizeof e1);
   assert_true(topv[0] == 0.95f && topv[1] == 0.9f);
+  /* NaN scores rank as -inf (as on the GPU), behind every number, ties to the lower label */
+  float z3[4] = {NAN, 1.0f, NAN, 2.0f};
+  int32_t k3[4];
+  float v3[4];
+  for (int i = 0; i < 4; i++) { k3[i] = -1; v3[i] = -INFINITY; }
+  elmo_topk_merge(z3, 1, 0, 4, 4, 4, NULL, NULL, NULL, k3, v3);
+  int32_t e3[4] = {3, 1, 0, 2};
+  assert_memory_equal(k3, e3, sizeof e3);
+  assert_true(v3[0] == 2.0f && v3[1] == 1.0f && v3[2] == -INFINITY && v3[3] == -INFINITY);
 }
 
 int main(void) {

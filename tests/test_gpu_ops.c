@@ -987,6 +987,7 @@ static void run_topk_at(int k, uint64_t seed, int64_t L, int64_t span) {
     z[b * Lp + L - 1 - (b * 13) % (L / 2)] = 60.0f; /* late ones, after the lists have filled */
     z[b * Lp + L + 3 % (Lp - L)] = 1e9f;           /* a padded label: never ranked */
     z[b * Lp + 5] = -INFINITY;
+    if (b % 4 == 1) z[b * Lp + 7] = NAN; /* ranks as -inf on both */
   }
   /* filter: a few labels per row, including a planted winner */
   int64_t *fp = malloc(sizeof(int64_t) * (B + 1));
