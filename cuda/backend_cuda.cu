@@ -1277,40 +1277,34 @@ static void overlap(size_t offset, size_t n, size_t a, size_t e, size_t *lo, siz
  * first label. Each GPU's buffer goes through a host copy (checkpoints only: small). A write of ids other than
  * the model's own is refused: the shards were laid out for those. */
 static int head_io(elmo_model *m, int buf, int write, size_t offset, void *host, size_t nbytes, elmo_err *err) {
-  const size_t rb = buf == ELMO_BUF_CLS_HEAD ? 4 : (size_t)m->md.d * 2;
+  const int ids = buf == ELMO_BUF_CLS_HEAD;
+  const size_t rb = ids ? 4 : (size_t)m->md.d * 2;
   if (offset + nbytes > (size_t)m->glob_n_head * rb)
     return elmo_fail(err, ELMO_ERUNTIME, "buffer %d: access [%zu, %zu) out of range", buf, offset, offset + nbytes);
   int rc = ELMO_OK;
   for (int q = 0; q < m->nranks && !rc; q++) {
     elmo_model *r = m->ranks[q];
-    const int64_t nh = r->md.n_head;
+    const int64_t nh = r->md.n_head, base = r->md.label_base;
     if (!nh) continue;
     uint8_t *stage = (uint8_t *)elmo_malloc((size_t)nh * rb);
+    int32_t *id = (int32_t *)stage;
     rc = buffer_io_one(r, buf, 0, 0, stage, (size_t)nh * rb, err);
+    for (int64_t j = 0; ids && j < nh; j++) id[j] += (int32_t)base; /* the whole model's ids outside */
     for (int64_t j = 0; j < nh && !rc; j++) {
       const size_t a = (size_t)r->head_glob[j] * rb;
       size_t lo, hi;
       overlap(offset, nbytes, a, a + rb, &lo, &hi);
       if (lo >= hi) continue;
       uint8_t *h = (uint8_t *)host + (lo - offset), *at = stage + (size_t)j * rb + (lo - a);
-      if (buf == ELMO_BUF_CLS_HEAD) { /* one id: the global one outside, this GPU's inside */
-        int32_t id = *(int32_t *)(stage + (size_t)j * rb) + (int32_t)r->md.label_base;
-        uint8_t *b = (uint8_t *)&id + (lo - a);
-        if (!write) {
-          memcpy(h, b, hi - lo);
-          continue;
-        }
-        memcpy(b, h, hi - lo);
-        if (id != r->md.head_labels[j] + (int32_t)r->md.label_base)
-          rc = elmo_fail(err, ELMO_EINPUT, "classifier.head_labels[%lld] = %d, but this model's head label there is "
-                         "%lld: the labels were sharded for other head labels", (long long)r->head_glob[j], id,
-                         (long long)(r->md.head_labels[j] + r->md.label_base));
-        continue;
-      }
       if (write) memcpy(at, h, hi - lo);
       else memcpy(h, at, hi - lo);
     }
-    if (!rc && write && buf == ELMO_BUF_CLS_KAHAN) rc = buffer_io_one(r, buf, 1, 0, stage, (size_t)nh * rb, err);
+    for (int64_t j = 0; !rc && write && ids && j < nh; j++) /* the ids are the layout: checked, not written */
+      if (id[j] != r->md.head_labels[j] + (int32_t)base)
+        rc = elmo_fail(err, ELMO_EINPUT, "classifier.head_labels[%lld] = %d, but this model's head label there is "
+                       "%lld: the labels were sharded for other head labels", (long long)r->head_glob[j], id[j],
+                       (long long)(r->md.head_labels[j] + base));
+    if (!rc && write && !ids) rc = buffer_io_one(r, buf, 1, 0, stage, (size_t)nh * rb, err);
     free(stage);
   }
   return rc;

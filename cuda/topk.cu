@@ -135,28 +135,28 @@ topk_scan_kernel(const float *z, int64_t ldz, int64_t l0, int64_t n, int64_t L, 
       any |= j < m && better(v[q], (int32_t)(l0 + j), kv, kl);
     }
     if (!__syncthreads_or(any)) continue;
-    { /* the super-tile's candidates at once when they fit the buffer: one merge, not one a tile */
-      if (threadIdx.x == 0) sm.count = 0;
-      __syncthreads();
+    /* the super-tile's candidates at once when they fit the buffer: one merge, not one a tile */
+    if (threadIdx.x == 0) sm.count = 0;
+    __syncthreads();
 #pragma unroll
-      for (int q = 0; q < TK_V; q++) {
-        const int64_t j = t0 + q * TK_THREADS + threadIdx.x, label = l0 + j;
-        if (j < m && better(v[q], (int32_t)label, kv, kl) && !filtered(f_indptr, f_indices, b, (int32_t)label)) {
-          const int pos = atomicAdd(&sm.count, 1);
-          if (pos < TK_THREADS) {
-            sm.cv[pos] = v[q];
-            sm.cl[pos] = (int32_t)label;
-          }
+    for (int q = 0; q < TK_V; q++) {
+      const int64_t j = t0 + q * TK_THREADS + threadIdx.x, label = l0 + j;
+      if (j < m && better(v[q], (int32_t)label, kv, kl) && !filtered(f_indptr, f_indices, b, (int32_t)label)) {
+        const int pos = atomicAdd(&sm.count, 1);
+        if (pos < TK_THREADS) {
+          sm.cv[pos] = v[q];
+          sm.cl[pos] = (int32_t)label;
         }
       }
-      __syncthreads();
-      const int c = sm.count;
-      __syncthreads();
-      if (c <= TK_THREADS) {
-        if (c > 0) merge_candidates(sm, k, c);
-        continue;
-      }
     }
+    __syncthreads();
+    const int all = sm.count;
+    __syncthreads();
+    if (all <= TK_THREADS) {
+      if (all > 0) merge_candidates(sm, k, all);
+      continue;
+    }
+    /* too many to hold (the first super-tiles, while the list fills): tile by tile */
 #pragma unroll
     for (int q = 0; q < TK_V; q++) {
       if (threadIdx.x == 0) sm.count = 0;
