@@ -10,6 +10,8 @@
 #   ELMO_BIN=dir   elmo-train's directory (default build)
 #   OUT=dir        where the data and the run go (default runs/scale-check-L)
 #   DEVICE=cpu     the CPU reference instead (small L only: a check of the script itself)
+#   CKPT=1         also write the checkpoint (L x 768 bytes of classifier.weight on disk) and score it with
+#                  elmo-eval on GPUS GPUs: the same P@5 = 100 must come back from the file
 set -euo pipefail
 L=${1:-100000000}
 G=${2:-1}
@@ -34,7 +36,8 @@ start=$(date +%s)
 "$BIN/elmo-train" "$ROOT/configs/synth-amazon3m-bert.json" --device "${DEVICE:-cuda}" --set data.dir="$data" --set data.max_len=16 \
   --set model.encoder.layers=2 --set training.batch_size=128 --set training.epochs=1 --set training.max_steps=10 \
   --set training.gpus="$G" --set training.classifier.warmup_steps=0 --set training.encoder.warmup_steps=0 \
-  --set model.classifier.dtype=fp8 --set output.checkpoints=false --set eval.every_epochs=1 \
+  --set model.classifier.dtype=fp8 --set output.checkpoints="$([ "${CKPT:-0}" = 1 ] && echo true || echo false)" \
+  --set eval.every_epochs=1 \
   --out "$OUTD/run" > "$OUTD/run.log" 2>&1 || { tail -5 "$OUTD/run.log" >&2; exit 1; }
 p5=$(grep -o '"P@5":[0-9.e+-]*' "$OUTD/run/metrics.jsonl" | tail -1 | cut -d: -f2)
 ms=$(grep -o '"step_ms_median":[0-9.e+-]*' "$OUTD/run/metrics.jsonl" | tail -1 | cut -d: -f2)
@@ -42,4 +45,13 @@ gib=$(grep -o '"peak_mem_gib":[0-9.e+-]*' "$OUTD/run/metrics.jsonl" | tail -1 | 
 echo "L=$L gpus=$G: P@5 $p5 (positives $pos), step ${ms} ms, peak ${gib} GiB a GPU, $(($(date +%s) - start)) s"
 # metrics.jsonl keeps P@k as fractions
 awk -v p="${p5:-0}" 'BEGIN { exit !(p + 0 >= 0.9999) }' || { echo "scale_check.sh: FAILED, P@5 is $p5, not 1" >&2; exit 1; }
+if [ "${CKPT:-0}" = 1 ]; then
+  t0=$(date +%s)
+  "$BIN/elmo-eval" "$OUTD/run/last" --data "$data" --device "${DEVICE:-cuda}" --gpus "$G" --json > "$OUTD/eval.json" \
+    2> "$OUTD/eval.log" || { tail -5 "$OUTD/eval.log" >&2; exit 1; }
+  e5=$(grep -o '"P@5":[0-9.e+-]*' "$OUTD/eval.json" | cut -d: -f2)
+  echo "checkpoint: $(du -sh "$OUTD/run/last" | cut -f1) in $OUTD/run/last; elmo-eval P@5 $e5, $(($(date +%s) - t0)) s"
+  awk -v p="${e5:-0}" 'BEGIN { exit !(p + 0 >= 0.9999) }' ||
+    { echo "scale_check.sh: FAILED, the checkpoint's P@5 is $e5, not 1" >&2; exit 1; }
+fi
 echo "scale_check.sh: OK"
