@@ -124,8 +124,23 @@ static char *state_json(const elmo_train_state *st, const elmo_config *cfg) {
   return s;
 }
 
+/* Hard-links from_dir/name to path: 1 when done (no from_dir, or a file system without links: 0). */
+static int link_from(const char *from_dir, const char *name, const char *path) {
+  if (!from_dir) return 0;
+  char *src = elmo_path_join(from_dir, name);
+  const int ok = link(src, path) == 0;
+  free(src);
+  return ok;
+}
+
 int elmo_checkpoint_save(const char *dir, const elmo_backend *be, elmo_model *m, const elmo_model_desc *md,
                          const elmo_config *cfg, const elmo_train_state *st, const char *vocab_path, elmo_err *err) {
+  return elmo_checkpoint_save_as(dir, NULL, be, m, md, cfg, st, vocab_path, err);
+}
+
+int elmo_checkpoint_save_as(const char *dir, const char *same_as, const elmo_backend *be, elmo_model *m,
+                            const elmo_model_desc *md, const elmo_config *cfg, const elmo_train_state *st,
+                            const char *vocab_path, elmo_err *err) {
   size_t n = strlen(dir) + 32;
   char *tmp = elmo_malloc(n), *old = elmo_malloc(n);
   snprintf(tmp, n, "%s.tmp.%ld", dir, (long)getpid());
@@ -134,8 +149,11 @@ int elmo_checkpoint_save(const char *dir, const elmo_backend *be, elmo_model *m,
   int rc = elmo_mkdirs(tmp, err);
   char *p = NULL;
 #define FILE_IN(name) (free(p), p = elmo_path_join(tmp, name))
-  if (!rc) rc = save_st(FILE_IN("model.safetensors"), be, m, md, 0, err);
-  if (!rc) rc = save_st(FILE_IN("optimizer.safetensors"), be, m, md, 1, err);
+  /* the tensors: links to same_as's files where the caller says they would be the same bytes */
+  if (!rc && !link_from(same_as, "model.safetensors", FILE_IN("model.safetensors")))
+    rc = save_st(p, be, m, md, 0, err);
+  if (!rc && !link_from(same_as, "optimizer.safetensors", FILE_IN("optimizer.safetensors")))
+    rc = save_st(p, be, m, md, 1, err);
   if (!rc) {
     char *c = elmo_config_to_json(cfg);
     rc = write_text(FILE_IN("config.json"), c, err);

@@ -31,6 +31,13 @@ typedef struct elmo_train_state {
 
 int elmo_checkpoint_save(const char *dir, const elmo_backend *be, elmo_model *m, const elmo_model_desc *md,
                          const elmo_config *cfg, const elmo_train_state *st, const char *vocab_path, elmo_err *err);
+/* The same, but model.safetensors and optimizer.safetensors are hard links to those of the checkpoint in
+ * same_as when that one holds this very model and state (no step since it was written): the last checkpoint of
+ * a run whose last evaluation was its best costs no second copy of the weights (77 GB at 10^8 labels). Written
+ * as usual where the links fail (another file system) or same_as is NULL. */
+int elmo_checkpoint_save_as(const char *dir, const char *same_as, const elmo_backend *be, elmo_model *m,
+                            const elmo_model_desc *md, const elmo_config *cfg, const elmo_train_state *st,
+                            const char *vocab_path, elmo_err *err);
 /* Loads tensors (and state when st is not NULL) into a model created with the same desc. */
 int elmo_checkpoint_load(const char *dir, const elmo_backend *be, elmo_model *m, const elmo_model_desc *md,
                          elmo_train_state *st, elmo_err *err);

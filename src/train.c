@@ -76,6 +76,7 @@ typedef struct run {
   int tty;
   double *step_ms;             /* [total] wall time of each step run in this process, ms */
   int64_t n_step_ms;
+  int64_t best_step;           /* st.step when "best" was last written in this process, else -1 */
 } run;
 
 static int cmp_double(const void *a, const void *b) {
@@ -187,6 +188,7 @@ static int evaluate_epoch(run *r, int64_t epoch, int last, elmo_err *err, int *r
     if (cfg->save_checkpoints) {
       char *dir = elmo_path_join(cfg->out_dir, "best");
       *rc = elmo_checkpoint_save(dir, r->be, r->m, &r->md, cfg, &r->st, r->ds.vocab_path, err);
+      r->best_step = *rc ? -1 : r->st.step;
       free(dir);
     }
   } else if (!*rc) {
@@ -221,7 +223,10 @@ static int evaluate_epoch(run *r, int64_t epoch, int last, elmo_err *err, int *r
 static int save_last(run *r, elmo_err *err) {
   if (!r->cfg->save_checkpoints) return ELMO_OK;
   char *dir = elmo_path_join(r->cfg->out_dir, "last");
-  int rc = elmo_checkpoint_save(dir, r->be, r->m, &r->md, r->cfg, &r->st, r->ds.vocab_path, err);
+  /* nothing has changed since "best" was written at this step: link its tensors instead of a second copy */
+  char *best = r->best_step == r->st.step ? elmo_path_join(r->cfg->out_dir, "best") : NULL;
+  int rc = elmo_checkpoint_save_as(dir, best, r->be, r->m, &r->md, r->cfg, &r->st, r->ds.vocab_path, err);
+  free(best);
   free(dir);
   return rc;
 }
@@ -357,6 +362,7 @@ static int print_plan(const elmo_config *cfg, elmo_err *err) {
 int elmo_train_run(const elmo_config *cfg, const elmo_train_opts *o, elmo_err *err) {
   if (o->plan_only) return print_plan(cfg, err);
   run r = {0};
+  r.best_step = -1;
   r.t_start = elmo_now();
   int rc = setup(&r, cfg, o, err);
   int64_t *perm = rc ? NULL : elmo_malloc(sizeof(int64_t) * (size_t)r.ds.train.n);

@@ -38,6 +38,22 @@ awk -v J="$(cat "$T/eval.json")" '
     }
   }' "$T/a/metrics.jsonl" && ok "elmo-eval on the checkpoint reproduces the last evaluation" || bad "checkpoint metrics differ"
 
+# the last checkpoint shares the tensors of "best" (hard links) exactly when the last evaluation was the best
+be=$(sed -n 's/.*"best_epoch":[^0-9]*\([0-9]*\).*/\1/p' "$T/a/last/state.json")
+same=0; [ "$(stat -c %i "$T/a/best/model.safetensors")" = "$(stat -c %i "$T/a/last/model.safetensors")" ] && same=1
+[ "$same" = "$([ "$be" = 2 ] && echo 1 || echo 0)" ] && ok "last/ links best/'s tensors iff epoch 2 was the best (best epoch $be)" \
+  || bad "last/ and best/ share tensors: $same, best epoch $be"
+"$TRAIN" configs/bibtex.json "${SMALL[@]}" --set training.epochs=1 --out "$T/one" >/dev/null 2>"$T/one.err" || bad "1 epoch: $(tail -2 "$T/one.err")"
+if [ "$(stat -c %i "$T/one/best/model.safetensors")" = "$(stat -c %i "$T/one/last/model.safetensors")" ] &&
+   [ "$(stat -c %i "$T/one/best/optimizer.safetensors")" = "$(stat -c %i "$T/one/last/optimizer.safetensors")" ] &&
+   [ "$(stat -c %h "$T/one/last/model.safetensors")" = 2 ]; then
+  ok "one epoch: last/ holds best/'s tensors as hard links, no second copy"
+else
+  bad "one epoch: last/ wrote its own tensors"
+fi
+"$EVAL" "$T/one/last" --device cpu --json >"$T/one.json" 2>"$T/one.eerr" && grep -q '"P@1"' "$T/one.json" \
+  && ok "elmo-eval reads the linked checkpoint" || bad "elmo-eval on the linked checkpoint: $(cat "$T/one.eerr")"
+
 # --- 2. resume reproduces the uninterrupted run bit for bit ---------------------------------
 R=(--set training.log_every=1 --set training.epochs=3 --set output.checkpoint_every=1)
 "$TRAIN" configs/bibtex.json "${SMALL[@]}" "${R[@]}" --out "$T/full" >/dev/null 2>"$T/full.err" || bad "full run: $(tail -2 "$T/full.err")"
