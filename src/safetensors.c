@@ -5,6 +5,7 @@
 #include <cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,8 +63,7 @@ static void st_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) 
   if (k < cap) snprintf(buf + k, cap - k, "]");
 }
 
-static uint32_t st_crc(uint32_t crc, const void *data, size_t n) {
-  const unsigned char *p = data;
+static uint32_t st_crc_serial(uint32_t crc, const unsigned char *p, size_t n) {
   while (n > 0) {
     size_t m = n < ST_CRC_CHUNK ? n : ST_CRC_CHUNK;
     crc = (uint32_t)crc32(crc, p, (uInt)m);
@@ -72,6 +72,53 @@ static uint32_t st_crc(uint32_t crc, const void *data, size_t n) {
   }
   return crc;
 }
+
+enum { ST_CRC_MAX_THREADS = 16 };
+#define ST_CRC_PART ((size_t)32 << 20) /* bytes a thread at least */
+
+typedef struct st_crc_part {
+  const unsigned char *p;
+  size_t n;
+  uint32_t crc;
+} st_crc_part;
+
+static void *st_crc_part_run(void *arg) {
+  st_crc_part *c = arg;
+  c->crc = st_crc_serial((uint32_t)crc32(0L, Z_NULL, 0), c->p, c->n);
+  return NULL;
+}
+
+/* CRC32 (zlib's) of n bytes continuing crc. A large buffer is cut into contiguous parts, one a thread (up to
+ * the online cores, 16, and one per 32 MB), each part's CRC taken from scratch and the parts joined in order
+ * by crc32_combine: the same value as one serial pass. A checkpoint's weights (38 GB at 5 x 10^7 labels) took
+ * ~13 s of zlib's ~3 GB/s on one core, on save and again on load. */
+uint32_t elmo_st_crc32(uint32_t crc, const void *data, size_t n) {
+  const unsigned char *p = data;
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  size_t T = n / ST_CRC_PART;
+  if (cores > 0 && T > (size_t)cores) T = (size_t)cores;
+  if (T > ST_CRC_MAX_THREADS) T = ST_CRC_MAX_THREADS;
+  if (T < 2) return st_crc_serial(crc, p, n);
+  st_crc_part part[ST_CRC_MAX_THREADS];
+  pthread_t th[ST_CRC_MAX_THREADS];
+  int started[ST_CRC_MAX_THREADS] = {0};
+  const size_t per = n / T;
+  for (size_t i = 0; i < T; i++) {
+    part[i].p = p + i * per;
+    part[i].n = i + 1 < T ? per : n - i * per;
+    /* part 0 runs on this thread; a part whose thread cannot start runs here too */
+    if (i > 0) started[i] = pthread_create(&th[i], NULL, st_crc_part_run, &part[i]) == 0;
+  }
+  st_crc_part_run(&part[0]);
+  for (size_t i = 1; i < T; i++) {
+    if (started[i]) pthread_join(th[i], NULL);
+    else st_crc_part_run(&part[i]);
+  }
+  for (size_t i = 0; i < T; i++) crc = (uint32_t)crc32_combine(crc, part[i].crc, (z_off_t)part[i].n);
+  return crc;
+}
+
+static uint32_t st_crc(uint32_t crc, const void *data, size_t n) { return elmo_st_crc32(crc, data, n); }
 
 /* ---- writer ---- */
 

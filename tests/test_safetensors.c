@@ -558,6 +558,39 @@ static void test_python_interop(void **state) {
   free(script);
 }
 
+/* The threaded CRC equals zlib's serial pass: empty, small, and buffers cut into parts (sizes not multiples
+ * of anything, a running CRC carried in), on random bytes. */
+static void test_crc_parallel_matches_zlib(void **state) {
+  (void)state;
+  const size_t sizes[] = {0, 1, 4095, ((size_t)32 << 20) * 2 + 13, ((size_t)200 << 20) + 7};
+  const size_t big = sizes[4];
+  unsigned char *b = malloc(big);
+  assert_non_null(b);
+  uint64_t x = 0x9E3779B97F4A7C15ull;
+  for (size_t i = 0; i < big; i++) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    b[i] = (unsigned char)x;
+  }
+  for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+    for (int carry = 0; carry < 2; carry++) {
+      const size_t off = carry ? 3 : 0; /* carry: the CRC of 3 bytes before continues */
+      const size_t n = sizes[k] > big - off ? big - off : sizes[k];
+      uLong want = crc32(0L, Z_NULL, 0);
+      if (off) want = crc32(want, b, (uInt)off);
+      const uLong start = want;
+      for (size_t o = 0; o < n;) {
+        const size_t m = n - o < ((size_t)1 << 30) ? n - o : ((size_t)1 << 30);
+        want = crc32(want, b + off + o, (uInt)m);
+        o += m;
+      }
+      const uint32_t got = elmo_st_crc32((uint32_t)start, b + off, n);
+      if (got != (uint32_t)want)
+        fail_msg("%zu bytes (carry %d): threaded CRC %08x, zlib %08lx", n, carry, (unsigned)got, want);
+    }
+  }
+  free(b);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_roundtrip_dtypes),
@@ -571,6 +604,7 @@ int main(void) {
     cmocka_unit_test(test_bad_headers_rejected),
     cmocka_unit_test(test_foreign_file_accepted),
     cmocka_unit_test(test_python_interop),
+    cmocka_unit_test(test_crc_parallel_matches_zlib),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
