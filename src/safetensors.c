@@ -328,27 +328,88 @@ static int st_write(FILE *fp, const void *p, size_t n, const char *path, elmo_er
   return ELMO_OK;
 }
 
-/* Writes one tensor's bytes in chunks, computing its CRC on the way. */
-static int st_write_tensor(FILE *fp, st_wtensor *t, size_t chunk, void *buf, const char *path,
+/* One chunk's CRC and write, on a thread of its own while the next chunk is filled. */
+typedef struct st_wjob {
+  FILE *fp;
+  const void *src;
+  size_t n;
+  uint32_t crc;           /* in: the tensor's CRC so far; out: with this chunk */
+  int rc;
+  const char *path;
+  elmo_err err;
+} st_wjob;
+
+static void *st_wjob_run(void *arg) {
+  st_wjob *j = arg;
+  j->crc = st_crc(j->crc, j->src, j->n);
+  j->rc = st_write(j->fp, j->src, j->n, j->path, &j->err);
+  return NULL;
+}
+
+/* Writes one tensor's bytes in chunks, computing its CRC on the way. A streamed tensor fills chunk k + 1 (into
+ * the other of the two buffers; a device-to-host copy for the CUDA backend) while a second thread checksums and
+ * writes chunk k; the chunks still reach the file and the CRC in order. */
+static int st_write_tensor(FILE *fp, st_wtensor *t, size_t chunk, void *buf[2], const char *path,
                            elmo_err *err) {
   uint32_t crc = (uint32_t)crc32(0L, Z_NULL, 0);
-  for (size_t off = 0; off < t->nbytes; ) {
-    size_t n = t->nbytes - off < chunk ? t->nbytes - off : chunk;
-    const void *src = (const unsigned char *)t->data + off;
-    if (t->fill) {
-      elmo_err e = {0};
-      if (t->fill(t->ctx, off, buf, n, &e) != ELMO_OK)
-        return elmo_fail(err, e.code ? e.code : ELMO_ERUNTIME, "%s: tensor '%s': %s", path,
-                         t->name, e.msg[0] ? e.msg : "data source failed");
-      src = buf;
+  if (!t->fill) {
+    for (size_t off = 0; off < t->nbytes; ) {
+      size_t n = t->nbytes - off < chunk ? t->nbytes - off : chunk;
+      const void *src = (const unsigned char *)t->data + off;
+      crc = st_crc(crc, src, n);
+      int rc = st_write(fp, src, n, path, err);
+      if (rc) return rc;
+      off += n;
     }
-    crc = st_crc(crc, src, n);
-    int rc = st_write(fp, src, n, path, err);
-    if (rc) return rc;
+    t->crc = crc;
+    return ELMO_OK;
+  }
+  st_wjob job;
+  pthread_t th;
+  int running = 0, rc = ELMO_OK;
+  for (size_t off = 0, k = 0; off < t->nbytes && !rc; k++) {
+    size_t n = t->nbytes - off < chunk ? t->nbytes - off : chunk;
+    void *b = buf[k & 1];
+    elmo_err e = {0};
+    const int frc = t->fill(t->ctx, off, b, n, &e);
+    if (running) { /* chunk k - 1's write, which ran beside this fill */
+      pthread_join(th, NULL);
+      running = 0;
+      crc = job.crc;
+      if (job.rc) {
+        *err = job.err;
+        rc = job.rc;
+        break;
+      }
+    }
+    if (frc != ELMO_OK) {
+      rc = elmo_fail(err, e.code ? e.code : ELMO_ERUNTIME, "%s: tensor '%s': %s", path, t->name,
+                     e.msg[0] ? e.msg : "data source failed");
+      break;
+    }
+    job = (st_wjob){fp, b, n, crc, ELMO_OK, path, {0, {0}}};
+    if (pthread_create(&th, NULL, st_wjob_run, &job) == 0) {
+      running = 1;
+    } else { /* no thread: this one does it */
+      st_wjob_run(&job);
+      crc = job.crc;
+      if (job.rc) {
+        *err = job.err;
+        rc = job.rc;
+      }
+    }
     off += n;
   }
+  if (running) {
+    pthread_join(th, NULL);
+    crc = job.crc;
+    if (!rc && job.rc) {
+      *err = job.err;
+      rc = job.rc;
+    }
+  }
   t->crc = crc;
-  return ELMO_OK;
+  return rc;
 }
 
 static int st_write_header(FILE *fp, const elmo_st_writer *w, st_wtensor *const *order,
@@ -379,9 +440,10 @@ static int st_write_all(FILE *fp, elmo_st_writer *w, st_wtensor **order, const c
   for (size_t i = 0; i < w->n; i++)
     if (w->t[i].fill && w->t[i].nbytes > max_stream) max_stream = w->t[i].nbytes;
   size_t chunk = max_stream < w->chunk ? max_stream : w->chunk;
-  void *buf = chunk ? elmo_malloc(chunk) : NULL;
+  void *buf[2] = {chunk ? elmo_malloc(chunk) : NULL, chunk ? elmo_malloc(chunk) : NULL};
   for (size_t i = 0; i < w->n && !rc; i++) rc = st_write_tensor(fp, order[i], w->chunk, buf, path, err);
-  free(buf);
+  free(buf[0]);
+  free(buf[1]);
   if (!rc && fseeko(fp, 0, SEEK_SET) != 0)
     rc = elmo_fail(err, ELMO_ERUNTIME, "%s: seek failed: %s", path, strerror(errno));
   if (!rc) rc = st_write_header(fp, w, order, len, path, err);
