@@ -346,24 +346,27 @@ static void *st_wjob_run(void *arg) {
   return NULL;
 }
 
-/* Writes one tensor's bytes in chunks, computing its CRC on the way. A streamed tensor fills chunk k + 1 (into
- * the other of the two buffers; a device-to-host copy for the CUDA backend) while a second thread checksums and
- * writes chunk k; the chunks still reach the file and the CRC in order. */
-static int st_write_tensor(FILE *fp, st_wtensor *t, size_t chunk, void *buf[2], const char *path,
-                           elmo_err *err) {
+/* An in-memory tensor's bytes in chunks, its CRC on the way. */
+static int st_write_held(FILE *fp, st_wtensor *t, size_t chunk, const char *path, elmo_err *err) {
   uint32_t crc = (uint32_t)crc32(0L, Z_NULL, 0);
-  if (!t->fill) {
-    for (size_t off = 0; off < t->nbytes; ) {
-      size_t n = t->nbytes - off < chunk ? t->nbytes - off : chunk;
-      const void *src = (const unsigned char *)t->data + off;
-      crc = st_crc(crc, src, n);
-      int rc = st_write(fp, src, n, path, err);
-      if (rc) return rc;
-      off += n;
-    }
-    t->crc = crc;
-    return ELMO_OK;
+  for (size_t off = 0; off < t->nbytes; ) {
+    size_t n = t->nbytes - off < chunk ? t->nbytes - off : chunk;
+    const void *src = (const unsigned char *)t->data + off;
+    crc = st_crc(crc, src, n);
+    int rc = st_write(fp, src, n, path, err);
+    if (rc) return rc;
+    off += n;
   }
+  t->crc = crc;
+  return ELMO_OK;
+}
+
+/* A streamed tensor: chunk k + 1 is filled (into the other of the two buffers; a device-to-host copy for the
+ * CUDA backend) while a second thread checksums and writes chunk k; the chunks still reach the file and the
+ * CRC in order. */
+static int st_write_streamed(FILE *fp, st_wtensor *t, size_t chunk, void *buf[2], const char *path,
+                             elmo_err *err) {
+  uint32_t crc = (uint32_t)crc32(0L, Z_NULL, 0);
   st_wjob job;
   pthread_t th;
   int running = 0, rc = ELMO_OK;
@@ -410,6 +413,12 @@ static int st_write_tensor(FILE *fp, st_wtensor *t, size_t chunk, void *buf[2], 
   }
   t->crc = crc;
   return rc;
+}
+
+/* Writes one tensor's bytes in chunks, computing its CRC on the way. */
+static int st_write_tensor(FILE *fp, st_wtensor *t, size_t chunk, void *buf[2], const char *path,
+                           elmo_err *err) {
+  return t->fill ? st_write_streamed(fp, t, chunk, buf, path, err) : st_write_held(fp, t, chunk, path, err);
 }
 
 static int st_write_header(FILE *fp, const elmo_st_writer *w, st_wtensor *const *order,
