@@ -91,7 +91,7 @@ static void *st_crc_part_run(void *arg) {
 /* CRC32 (zlib's) of n bytes continuing crc. A large buffer is cut into contiguous parts, one a thread (up to
  * the online cores, 16, and one per 32 MB), each part's CRC taken from scratch and the parts joined in order
  * by crc32_combine: the same value as one serial pass. A checkpoint's weights (38 GB at 5 x 10^7 labels) took
- * ~13 s of zlib's ~3 GB/s on one core, on save and again on load. */
+ * ~15 s of zlib's ~2-3 GB/s on one core, on save and again on load. */
 uint32_t elmo_st_crc32(uint32_t crc, const void *data, size_t n) {
   const unsigned char *p = data;
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
@@ -117,8 +117,6 @@ uint32_t elmo_st_crc32(uint32_t crc, const void *data, size_t n) {
   for (size_t i = 0; i < T; i++) crc = (uint32_t)crc32_combine(crc, part[i].crc, (z_off_t)part[i].n);
   return crc;
 }
-
-static uint32_t st_crc(uint32_t crc, const void *data, size_t n) { return elmo_st_crc32(crc, data, n); }
 
 /* ---- writer ---- */
 
@@ -341,9 +339,18 @@ typedef struct st_wjob {
 
 static void *st_wjob_run(void *arg) {
   st_wjob *j = arg;
-  j->crc = st_crc(j->crc, j->src, j->n);
+  j->crc = elmo_st_crc32(j->crc, j->src, j->n);
   j->rc = st_write(j->fp, j->src, j->n, j->path, &j->err);
   return NULL;
+}
+
+/* A job's end (joined first when th is given): the tensor's CRC goes on from the job's; its rc, err set on a
+ * failure. */
+static int st_wjob_end(pthread_t *th, st_wjob *job, uint32_t *crc, elmo_err *err) {
+  if (th) pthread_join(*th, NULL);
+  *crc = job->crc;
+  if (job->rc) *err = job->err;
+  return job->rc;
 }
 
 /* An in-memory tensor's bytes in chunks, its CRC on the way. */
@@ -352,7 +359,7 @@ static int st_write_held(FILE *fp, st_wtensor *t, size_t chunk, const char *path
   for (size_t off = 0; off < t->nbytes; ) {
     size_t n = t->nbytes - off < chunk ? t->nbytes - off : chunk;
     const void *src = (const unsigned char *)t->data + off;
-    crc = st_crc(crc, src, n);
+    crc = elmo_st_crc32(crc, src, n);
     int rc = st_write(fp, src, n, path, err);
     if (rc) return rc;
     off += n;
@@ -376,14 +383,8 @@ static int st_write_streamed(FILE *fp, st_wtensor *t, size_t chunk, void *buf[2]
     elmo_err e = {0};
     const int frc = t->fill(t->ctx, off, b, n, &e);
     if (running) { /* chunk k - 1's write, which ran beside this fill */
-      pthread_join(th, NULL);
       running = 0;
-      crc = job.crc;
-      if (job.rc) {
-        *err = job.err;
-        rc = job.rc;
-        break;
-      }
+      if ((rc = st_wjob_end(&th, &job, &crc, err))) break;
     }
     if (frc != ELMO_OK) {
       rc = elmo_fail(err, e.code ? e.code : ELMO_ERUNTIME, "%s: tensor '%s': %s", path, t->name,
@@ -391,26 +392,14 @@ static int st_write_streamed(FILE *fp, st_wtensor *t, size_t chunk, void *buf[2]
       break;
     }
     job = (st_wjob){fp, b, n, crc, ELMO_OK, path, {0, {0}}};
-    if (pthread_create(&th, NULL, st_wjob_run, &job) == 0) {
-      running = 1;
-    } else { /* no thread: this one does it */
+    running = pthread_create(&th, NULL, st_wjob_run, &job) == 0;
+    if (!running) { /* no thread: this one does it */
       st_wjob_run(&job);
-      crc = job.crc;
-      if (job.rc) {
-        *err = job.err;
-        rc = job.rc;
-      }
+      rc = st_wjob_end(NULL, &job, &crc, err);
     }
     off += n;
   }
-  if (running) {
-    pthread_join(th, NULL);
-    crc = job.crc;
-    if (!rc && job.rc) {
-      *err = job.err;
-      rc = job.rc;
-    }
-  }
+  if (running) rc = st_wjob_end(&th, &job, &crc, err); /* the last chunk's (rc is still 0 here) */
   t->crc = crc;
   return rc;
 }
@@ -735,7 +724,7 @@ int elmo_st_verify(const elmo_st_file *f, elmo_err *err) {
     if (!st_hex32(f->meta[i].val, &want))
       return elmo_fail(err, ELMO_EINPUT, "%s: metadata '%s' = '%s' (expected 8 hex digits)",
                        f->path, key, f->meta[i].val);
-    uint32_t got = st_crc((uint32_t)crc32(0L, Z_NULL, 0), f->buf + t->begin, t->end - t->begin);
+    uint32_t got = elmo_st_crc32((uint32_t)crc32(0L, Z_NULL, 0), f->buf + t->begin, t->end - t->begin);
     if (got != want)
       return elmo_fail(err, ELMO_EINPUT, "%s: tensor '%s' checksum mismatch (file corrupted?): "
                        "crc32 %08x, metadata says %08x", f->path, t->name, (unsigned)got,
