@@ -8,7 +8,7 @@
 #define CACHE_SIZE 64
 
 typedef struct gemm_key {
-  int transa, transb, accumulate;
+  int transa, transb, accumulate, fast_accum;
   int64_t m, n, k, lda, ldb, ldd;
   elmo_dtype ta, tb, td;
 } gemm_key;
@@ -43,6 +43,7 @@ static gemm_key key_of(const elmo_gemm *g) {
   k.transa = g->transa;
   k.transb = g->transb;
   k.accumulate = g->accumulate;
+  k.fast_accum = g->ta == ELMO_FP8 && g->fast_accum;
   k.m = g->m; k.n = g->n; k.k = g->k;
   k.lda = g->lda; k.ldb = g->ldb; k.ldd = g->ldd;
   k.ta = g->ta; k.tb = g->tb; k.td = g->td;
@@ -103,6 +104,10 @@ static void entry_build(elmo_blas *b, gemm_entry *e, const elmo_gemm *g) {
   cublasOperation_t ta = g->transa ? CUBLAS_OP_T : CUBLAS_OP_N, tb = g->transb ? CUBLAS_OP_T : CUBLAS_OP_N;
   ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
   ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+  if (e->key.fast_accum) {
+    const int8_t fast = 1;
+    ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast));
+  }
   ELMO_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e->a, cuda_type(g->ta), g->transa ? g->k : g->m,
                                                g->transa ? g->m : g->k, g->lda));
   ELMO_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e->b, cuda_type(g->tb), g->transb ? g->n : g->k,

@@ -34,6 +34,7 @@ typedef struct elmo_gemm {
   void *D;
   int64_t ldd;
   int accumulate;             /* 1: D += op(A) op(B) */
+  int fast_accum;             /* FP8: the tensor cores' own accumulation (CUBLASLT_MATMUL_DESC_FAST_ACCUM) */
 } elmo_gemm;
 
 typedef struct elmo_blas elmo_blas;

@@ -91,6 +91,7 @@ static elmo_gemm logits_gemm(const elmo_cuda_cls *c, int64_t Bp, int64_t l0, int
     g.ta = g.tb = ELMO_FP8;
     g.A = (const uint8_t *)c->W + l0 * c->d;
     g.B = c->Xq8;
+    g.fast_accum = elmo_cuda_fp8_fast_accum();
   } else {
     g.ta = g.tb = ELMO_BF16;
     g.A = c->dtype == ELMO_FP8 ? (const void *)c->Wc16 : (const void *)((const uint16_t *)c->W + l0 * c->d);

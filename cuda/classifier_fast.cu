@@ -101,6 +101,7 @@ static int env_on(const char *var) {
 }
 static int cls_pdl_on(void) { return env_on("ELMO_CLS_PDL"); } /* read at every launch: tests switch them */
 static int cls_dyn_on(void) { return env_on("ELMO_CLS_DYN"); }
+extern "C" int elmo_cuda_fp8_fast_accum(void) { return env_on("ELMO_FP8_FAST_ACCUM"); }
 
 /* kernel<<<grid, threads, smem, s>>>(args...), with programmatic stream serialization when pdl (only for
  * kernels that keep the protocol of pdl_wait). */
@@ -2287,7 +2288,7 @@ static __device__ __forceinline__ void lg_epilogue(const lg_args &a, const float
 /* TMA (sm_90a): each ring stage (128 labels x 128 features e4m3) arrives as one TMA box that thread 0
  * of the warpgroup issues, counted by a barrier per ring slot, instead of the warpgroup's cp.async
  * pieces; the same products in the same order (the same G). */
-template <bool TMA>
+template <bool TMA, bool CH>
 static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a, const __grid_constant__ CUtensorMap tmW) {
 #if defined(ELMO_HAVE_WGMMA)
   extern __shared__ __align__(16) uint8_t smem_raw[];
@@ -2348,46 +2349,95 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a, cons
   float acc[2][64];
 #pragma unroll
   for (int i = 0; i < 64; i++) acc[0][i] = acc[1][i] = 0.0f;
-  for (int64_t s = 0; s < ns; s++) {
-    if (TMA) {
-      wg_bar(q); /* the warpgroup's wgmma of stage s - 1 is done: its slot takes stage s + 2 */
-      if (s + LG_NST - 1 < ns && ti == 0) issue(s + LG_NST - 1);
-      mbar_wait(&bar[s % LG_NST], (unsigned)(s / LG_NST) & 1u); /* stage s landed */
-    } else {
-      cp_async_wait<LG_NST - 2>();
-      wg_fence_proxy();
-      wg_bar(q); /* stage s landed for the warpgroup; its wgmma of stage s - 1 is done */
-      if (s + LG_NST - 1 < ns) lg_load_stage(a, q, s + LG_NST - 1, ring);
-      cp_async_commit();
-    }
-    const int ks = (int)(s % a.kb);
-    const uint8_t *xa = xs + ks * LG_STAGE, *wb = ring + (s % LG_NST) * LG_STAGE;
-    /* each stage's 128 products summed apart on the tensor cores, then added in FP32: the FP8 wgmma
-     * accumulates with less than FP32 precision, and one sum over all of d gave 2.4x as many G
-     * differing from the CPU's as cuBLASLt's logits (H100, 2026-11-27); summed this way, exactly as
-     * many, and no slower */
+  if (CH) { /* one FP8 sum over all of d on the tensor cores (their fast accumulation, as cuBLASLt's
+             * CUBLASLT_MATMUL_DESC_FAST_ACCUM): stage s's products are issued before stage s - 1's are
+             * waited for, so the warpgroup's tensor work runs back to back through a tile */
+    for (int64_t t = 0; t < my_tiles; t++) {
+      for (int ks = 0; ks < a.kb; ks++) {
+        const int64_t s = t * a.kb + ks;
+        if (TMA) {
+          mbar_wait(&bar[s % LG_NST], (unsigned)(s / LG_NST) & 1u); /* stage s landed */
+        } else {
+          cp_async_wait<LG_NST - 2>();
+          wg_fence_proxy();
+          wg_bar(q); /* stage s landed for the warpgroup; its wgmma of stage s - 1 is done (waited below) */
+          if (s + LG_NST - 1 < ns) lg_load_stage(a, q, s + LG_NST - 1, ring);
+          cp_async_commit();
+        }
+        const uint8_t *xa = xs + ks * LG_STAGE, *wb = ring + (s % LG_NST) * LG_STAGE;
+        wg_fence();
+        wg_pin<64>(acc[0]);
+        wg_pin<64>(acc[1]);
 #pragma unroll
-    for (int half = 0; half < 2; half++) {
-      if (half && !two) break;
-      float part[64];
-      wg_fence();
-      wg_pin<64>(part);
-#pragma unroll
-      for (int kk = 0; kk < 4; kk++)
-        wgmma_e4m3_m64n128k32(part, wg_desc(xa + half * 64 * 128 + 32 * kk), wg_desc(wb + 32 * kk), kk);
-      wg_commit();
+        for (int kk = 0; kk < 4; kk++)
+          wgmma_e4m3_m64n128k32(acc[0], wg_desc(xa + 32 * kk), wg_desc(wb + 32 * kk), ks | kk);
+#pragma unroll /* both halves always (zero rows of Xq when !two): a branch here serialises the chain */
+        for (int kk = 0; kk < 4; kk++)
+          wgmma_e4m3_m64n128k32(acc[1], wg_desc(xa + 64 * 128 + 32 * kk), wg_desc(wb + 32 * kk), ks | kk);
+        wg_commit();
+        if (TMA) {
+          wg_wait<1>(); /* stage s - 1's products are done: its slot takes stage s + 2 */
+          wg_pin<64>(acc[0]);
+          wg_pin<64>(acc[1]);
+          wg_bar(q);
+          if (s + LG_NST - 1 < ns && ti == 0) issue(s + LG_NST - 1);
+        } else {
+          wg_wait<0>();
+          wg_pin<64>(acc[0]);
+          wg_pin<64>(acc[1]);
+        }
+      }
       wg_wait<0>();
-      wg_pin<64>(part);
-#pragma unroll
-      for (int i = 0; i < 64; i++) acc[half][i] += part[i];
+      wg_pin<64>(acc[0]);
+      wg_pin<64>(acc[1]);
+      const int64_t j0 = lg_tile(a, q, (t + 1) * a.kb - 1) * LG_TL;
+      if (TMA) pdl_sync(waited);
+      lg_epilogue(a, acc[0], 0, j0, cur, cend, ny, r0, Bs);
+      if (two) lg_epilogue(a, acc[1], 1, j0, cur, cend, ny, r0, Bs);
     }
-    if (ks != a.kb - 1) continue;
-    const int64_t j0 = lg_tile(a, q, s) * LG_TL;
-    if (TMA) pdl_sync(waited); /* G: the kernel ahead (the last update) reads the buffer */
-    lg_epilogue(a, acc[0], 0, j0, cur, cend, ny, r0, Bs);
-    if (two) lg_epilogue(a, acc[1], 1, j0, cur, cend, ny, r0, Bs);
+  } else {
+    for (int64_t s = 0; s < ns; s++) {
+      if (TMA) {
+        wg_bar(q); /* the warpgroup's wgmma of stage s - 1 is done: its slot takes stage s + 2 */
+        if (s + LG_NST - 1 < ns && ti == 0) issue(s + LG_NST - 1);
+        mbar_wait(&bar[s % LG_NST], (unsigned)(s / LG_NST) & 1u); /* stage s landed */
+      } else {
+        cp_async_wait<LG_NST - 2>();
+        wg_fence_proxy();
+        wg_bar(q); /* stage s landed for the warpgroup; its wgmma of stage s - 1 is done */
+        if (s + LG_NST - 1 < ns) lg_load_stage(a, q, s + LG_NST - 1, ring);
+        cp_async_commit();
+      }
+      const int ks = (int)(s % a.kb);
+      const uint8_t *xa = xs + ks * LG_STAGE, *wb = ring + (s % LG_NST) * LG_STAGE;
+      /* ELMO_FP8_FAST_ACCUM=0: each stage's 128 products summed apart on the tensor cores, then added
+       * in FP32, as cuBLASLt's FP8 GEMM without fast accumulation (the same G bit for bit). The FP8
+       * wgmma accumulates with less than FP32 precision: the chain above gives 2.4x as many G one
+       * bf16 step from the CPU's (3% of them at d 768, B 512) with no effect on Bibtex's P@k, and is
+       * 17-20% faster (PERFORMANCE.md, fourteenth round) */
 #pragma unroll
-    for (int i = 0; i < 64; i++) acc[0][i] = acc[1][i] = 0.0f;
+      for (int half = 0; half < 2; half++) {
+        if (half && !two) break;
+        float part[64];
+        wg_fence();
+        wg_pin<64>(part);
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++)
+          wgmma_e4m3_m64n128k32(part, wg_desc(xa + half * 64 * 128 + 32 * kk), wg_desc(wb + 32 * kk), kk);
+        wg_commit();
+        wg_wait<0>();
+        wg_pin<64>(part);
+#pragma unroll
+        for (int i = 0; i < 64; i++) acc[half][i] += part[i];
+      }
+      if (ks != a.kb - 1) continue;
+      const int64_t j0 = lg_tile(a, q, s) * LG_TL;
+      if (TMA) pdl_sync(waited); /* G: the kernel ahead (the last update) reads the buffer */
+      lg_epilogue(a, acc[0], 0, j0, cur, cend, ny, r0, Bs);
+      if (two) lg_epilogue(a, acc[1], 1, j0, cur, cend, ny, r0, Bs);
+#pragma unroll
+      for (int i = 0; i < 64; i++) acc[0][i] = acc[1][i] = 0.0f;
+    }
   }
   cp_async_wait<0>();
   if (TMA) pdl_sync(waited);
@@ -2439,23 +2489,29 @@ extern "C" int elmo_cuda_cls_lg_fused(const elmo_cuda_cls *c, int64_t B, int64_t
   int dev = 0;
   ELMO_CUDA_CHECK(cudaGetDevice(&dev));
   if (attr[dev & 31] < smem) {
-    ELMO_CUDA_CHECK(cudaFuncSetAttribute(lg_wgmma_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    ELMO_CUDA_CHECK(cudaFuncSetAttribute(lg_wgmma_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    ELMO_CUDA_CHECK(cudaFuncSetAttribute(lg_wgmma_kernel<false, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    ELMO_CUDA_CHECK(cudaFuncSetAttribute(lg_wgmma_kernel<true, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    ELMO_CUDA_CHECK(cudaFuncSetAttribute(lg_wgmma_kernel<false, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    ELMO_CUDA_CHECK(cudaFuncSetAttribute(lg_wgmma_kernel<true, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     attr[dev & 31] = smem;
   }
   /* one slice of up to 128 rows per grid row; the slices' blocks with the same x walk the same tiles at
    * about the same pace, so each weight tile comes from DRAM about once and from L2 for the others */
   const int64_t slices = (B + 127) / 128, per = sm_count() / slices > 1 ? sm_count() / slices : 1;
   const dim3 blocks((unsigned)(a.tiles < per ? a.tiles : per), (unsigned)slices);
+  const int ch = elmo_cuda_fp8_fast_accum();
   CUtensorMap mw; /* the chunk's n weight rows, as the cp.async form reads them */
   memset(&mw, 0, sizeof mw);
   if (n % 8 == 0 && elmo_cuda_cls_lg_tma() &&
       tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, a.W + l0 * c->d, c->d, n, 128, LG_TL))
     /* inside the step, chunks after the first launch early: Xq, the weights and the first tile's products
      * before the first G store waits for the update ahead */
-    launch_k(c->pdl_step && l0 > 0, lg_wgmma_kernel<true>, blocks, 256, smem, s, a, mw);
+    launch_k(c->pdl_step && l0 > 0, ch ? lg_wgmma_kernel<true, true> : lg_wgmma_kernel<true, false>, blocks, 256, smem, s,
+             a, mw);
+  else if (ch)
+    lg_wgmma_kernel<false, true><<<blocks, 256, smem, s>>>(a, mw);
   else
-    lg_wgmma_kernel<false><<<blocks, 256, smem, s>>>(a, mw);
+    lg_wgmma_kernel<false, false><<<blocks, 256, smem, s>>>(a, mw);
   ELMO_LAUNCH_CHECK();
   return 1;
 }

@@ -78,6 +78,10 @@ void elmo_cuda_cls_dx_reduce(const elmo_cuda_cls *c, int64_t B, float *dX, cudaS
 /* 1 when e4m3 logits + gradient (batches up to ELMO_LG_MAX_B rows) run fused on Hopper's warpgroup MMA (compute
  * capability 9.0, unless ELMO_LG_WGMMA=0 is set in the environment). */
 int elmo_cuda_cls_lg_wgmma(void);
+/* 1 (the default) when the classifier's FP8 logits sum over all of d in the tensor cores' own accumulation
+ * (the fused kernel in one chain, cuBLASLt with CUBLASLT_MATMUL_DESC_FAST_ACCUM), 0 when each 128-feature
+ * part is promoted to FP32 (ELMO_FP8_FAST_ACCUM=0; read at every call). */
+int elmo_cuda_fp8_fast_accum(void);
 /* 1 when elmo_cuda_cls_lg_fused takes a batch of B rows with c's shapes (e4m3 weights and input, B <= 512
  * (ELMO_LG_MAX_B) in slices of 128 rows, d <= 768, lg_wgmma on). */
 int elmo_cuda_cls_lg_ok(const elmo_cuda_cls *c, int64_t B);
