@@ -2,6 +2,11 @@
  * candidates, on the GEMM shapes of a BERT-base step (B 128 x T 128 = 16,384 tokens) and the FP8
  * classifier logits. Built and run by scripts/gpu_run.sh / gpu_remote.sh (BENCH_GEMM=1):
  *   bench_gemm [tokens [hidden [ffn]]]
+ *   bench_gemm fp8 [tokens [hidden [ffn]]]: every GEMM of an encoder layer (fused q/k/v) in the "TN" form
+ *     that Hopper's FP8 GEMMs need (both operands K-major), once with BF16 operands and once with FP8 ones
+ *     (forward E4M3 x E4M3 with fast accumulation; dgrad and wgrad E5M2 x E4M3 without, as torchao's
+ *     Float8Linear), BF16 output, random operands: what FP8 GEMMs alone would save per layer, casts,
+ *     transposes and scales left out.
  * Shapes use the encoder helper's row-major convention (cuda/transformer.cu: C[m, n] = op(A) op(B),
  * cuBLASLt's A is our B). Per shape: the heuristic's candidates (up to 16), each timed over 20 runs
  * after 3 warm-ups; prints the first's time, the best's, and TFLOP/s. A measurement tool, not a test. */
@@ -10,6 +15,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { fprintf(stderr, "%s: %s\n", #x, cudaGetErrorString(e_)); exit(1); } } while (0)
 #define LK(x) do { cublasStatus_t s_ = (x); if (s_ != CUBLAS_STATUS_SUCCESS) { fprintf(stderr, "%s: status %d\n", #x, (int)s_); exit(1); } } while (0)
@@ -48,7 +54,116 @@ static float time_algo(cublasLtMatmulDesc_t d, cublasLtMatrixLayout_t la, cublas
   return ms / 20.0f * 1000.0f; /* us */
 }
 
+/* Times the heuristic's candidates (up to 16) for d; *first: the first's us, *best: the fastest's. */
+static int time_candidates(cublasLtMatmulDesc_t d, cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb,
+                           cublasLtMatrixLayout_t lc, const void *pa, const void *pb, void *c, float beta, float *first,
+                           float *best, int *best_i) {
+  cublasLtMatmulPreference_t pref;
+  LK(cublasLtMatmulPreferenceCreate(&pref));
+  LK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &WS, sizeof WS));
+  cublasLtMatmulHeuristicResult_t res[16];
+  int found = 0;
+  if (cublasLtMatmulAlgoGetHeuristic(lt, d, la, lb, lc, lc, pref, 16, res, &found) != CUBLAS_STATUS_SUCCESS) found = 0;
+  cublasLtMatmulPreferenceDestroy(pref);
+  *first = -1;
+  *best = 1e30f;
+  *best_i = -1;
+  for (int i = 0; i < found; i++) {
+    float us = time_algo(d, la, lb, lc, &res[i].algo, pa, pb, c, beta);
+    if (i == 0) *first = us;
+    if (us > 0 && us < *best) { *best = us; *best_i = i; }
+  }
+  return found;
+}
+
+/* Random bytes in [p, p + n): one 64 MiB host block copied over and over (e4m3 codes 0x7F / 0xFF, the NaNs,
+ * become 0x7E; the values' sizes do not matter here, only that the tensor cores see varied data). */
+static void fill_random(void *p, size_t n) {
+  const size_t blk = (size_t)64 << 20;
+  unsigned char *h = malloc(blk);
+  uint64_t x = 0x9E3779B97F4A7C15ull;
+  for (size_t i = 0; i < blk; i++) {
+    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+    unsigned char v = (unsigned char)(x >> 24) & 0xBF; /* clear bit 6: e4m3 |v| < 2, bf16 high bytes small */
+    h[i] = (v & 0x7F) == 0x7F ? (unsigned char)(v - 1) : v;
+  }
+  for (size_t o = 0; o < n; o += blk) CK(cudaMemcpy((char *)p + o, h, n - o < blk ? n - o : blk, cudaMemcpyHostToDevice));
+  free(h);
+}
+
+/* bench_gemm fp8: BF16 against FP8 for an encoder layer's GEMMs, all in the TN form. */
+static int fp8_encoder(int64_t M, int64_t H, int64_t F) {
+  struct { const char *name; int64_t m, n, k; int grad; } g[] = {
+      /* column-major D[m, n] = A^T B, A [k, m] and B [k, n] K-major: forward (out, tokens, in), dgrad
+       * (in, tokens, out), wgrad (out, in, tokens) */
+      {"fwd  qkv", 3 * H, M, H, 0}, {"fwd  o", H, M, H, 0}, {"fwd  ff1", F, M, H, 0}, {"fwd  ff2", H, M, F, 0},
+      {"dgrad qkv", H, M, 3 * H, 1}, {"dgrad o", H, M, H, 1}, {"dgrad ff1", H, M, F, 1}, {"dgrad ff2", F, M, H, 1},
+      {"wgrad qkv", 3 * H, H, M, 1}, {"wgrad o", H, H, M, 1}, {"wgrad ff1", F, H, M, 1}, {"wgrad ff2", H, F, M, 1},
+  };
+  const int n = (int)(sizeof g / sizeof g[0]);
+  size_t big = 0;
+  for (int i = 0; i < n; i++) {
+    size_t e = (size_t)(g[i].m > g[i].n ? g[i].m : g[i].n) * (size_t)(g[i].k > g[i].n ? g[i].k : g[i].n) * 2;
+    if (e > big) big = e;
+  }
+  void *a, *b, *c;
+  CK(cudaMalloc(&a, big));
+  CK(cudaMalloc(&b, big));
+  CK(cudaMalloc(&c, big));
+  fill_random(a, big);
+  fill_random(b, big);
+  printf("%-10s %6s %6s %6s %9s %8s %9s %8s %7s\n", "gemm", "m", "n", "k", "bf16 us", "TFLOP/s", "fp8 us", "TFLOP/s",
+         "saves");
+  double t16[3] = {0, 0, 0}, t8[3] = {0, 0, 0};
+  for (int i = 0; i < n; i++) {
+    float us[2];
+    for (int v = 0; v < 2; v++) { /* 0: BF16, 1: FP8 */
+      cublasLtMatmulDesc_t d;
+      cublasLtMatrixLayout_t la, lb, lc;
+      LK(cublasLtMatmulDescCreate(&d, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+      const cublasOperation_t t = CUBLAS_OP_T, nn = CUBLAS_OP_N;
+      LK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t));
+      LK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSB, &nn, sizeof nn));
+      const cudaDataType_t ta = v ? CUDA_R_8F_E4M3 : CUDA_R_16BF,
+                           tb = v ? (g[i].grad ? CUDA_R_8F_E5M2 : CUDA_R_8F_E4M3) : CUDA_R_16BF;
+      if (v && !g[i].grad) {
+        const int8_t fast = 1;
+        LK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast));
+      }
+      LK(cublasLtMatrixLayoutCreate(&la, ta, g[i].k, g[i].m, g[i].k));
+      LK(cublasLtMatrixLayoutCreate(&lb, tb, g[i].k, g[i].n, g[i].k));
+      LK(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, g[i].m, g[i].n, g[i].m));
+      float best;
+      int bi;
+      if (!time_candidates(d, la, lb, lc, a, b, c, 0.0f, &us[v], &best, &bi)) us[v] = -1;
+      cublasLtMatrixLayoutDestroy(la);
+      cublasLtMatrixLayoutDestroy(lb);
+      cublasLtMatrixLayoutDestroy(lc);
+      cublasLtMatmulDescDestroy(d);
+    }
+    const double fl = 2.0 * g[i].m * g[i].n * g[i].k;
+    printf("%-10s %6lld %6lld %6lld %9.1f %8.0f %9.1f %8.0f %6.1f%%\n", g[i].name, (long long)g[i].m, (long long)g[i].n,
+           (long long)g[i].k, us[0], fl / us[0] * 1e-6, us[1], fl / us[1] * 1e-6, 100.0 * (us[0] - us[1]) / us[0]);
+    t16[i / 4] += us[0];
+    t8[i / 4] += us[1];
+  }
+  const char *part[3] = {"forward", "dgrad", "wgrad"};
+  for (int p = 0; p < 3; p++)
+    printf("layer %-8s bf16 %8.1f us, fp8 %8.1f us: saves %.1f us (%.0f%%)\n", part[p], t16[p], t8[p], t16[p] - t8[p],
+           100.0 * (t16[p] - t8[p]) / t16[p]);
+  cudaFree(a);
+  cudaFree(b);
+  cudaFree(c);
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  if (argc > 1 && !strcmp(argv[1], "fp8")) {
+    LK(cublasLtCreate(&lt));
+    CK(cudaMalloc(&ws, WS));
+    return fp8_encoder(argc > 2 ? atoll(argv[2]) : 16384, argc > 3 ? atoll(argv[3]) : 768,
+                       argc > 4 ? atoll(argv[4]) : 3072);
+  }
   const int64_t M = argc > 1 ? atoll(argv[1]) : 16384, H = argc > 2 ? atoll(argv[2]) : 768,
                 F = argc > 3 ? atoll(argv[3]) : 3072;
   const shape shapes[] = {
@@ -114,19 +229,9 @@ int main(int argc, char **argv) {
       pa = b; /* cuBLASLt's A is our B */
       pb = a;
     }
-    cublasLtMatmulPreference_t pref;
-    LK(cublasLtMatmulPreferenceCreate(&pref));
-    LK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &WS, sizeof WS));
-    cublasLtMatmulHeuristicResult_t res[16];
-    int found = 0;
-    LK(cublasLtMatmulAlgoGetHeuristic(lt, d, la, lb, lc, lc, pref, 16, res, &found));
-    float first = -1, best = 1e30f;
-    int bi = -1;
-    for (int i = 0; i < found; i++) {
-      float us = time_algo(d, la, lb, lc, &res[i].algo, pa, pb, c, s->beta);
-      if (i == 0) first = us;
-      if (us > 0 && us < best) { best = us; bi = i; }
-    }
+    float first, best;
+    int bi;
+    const int found = time_candidates(d, la, lb, lc, pa, pb, c, s->beta, &first, &best, &bi);
     const double fl = 2.0 * s->m * s->n * s->k;
     printf("%-24s %5d %9.1f %8.0f %9.1f %8.0f %5d %6.1f%%\n", s->name, found, first, fl / first * 1e-6, best,
            fl / best * 1e-6, bi, 100.0 * (first - best) / first);
@@ -134,7 +239,6 @@ int main(int argc, char **argv) {
       layer_first += s->per_layer * first;
       layer_best += s->per_layer * best;
     }
-    cublasLtMatmulPreferenceDestroy(pref);
     cublasLtMatrixLayoutDestroy(la);
     cublasLtMatrixLayoutDestroy(lb);
     cublasLtMatrixLayoutDestroy(lc);
