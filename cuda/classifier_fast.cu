@@ -2304,6 +2304,20 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a, cons
     tma_load_2d(ring + (st % LG_NST) * LG_STAGE, &tmW, (int)((st % a.kb) * 128), (int)(lg_tile(a, q, st) * LG_TL),
                 &bar[st % LG_NST]);
   };
+  /* CH: the same in issue order, from counters (slot, K-block, tile of the next stage to issue) instead of
+   * 64-bit divisions by LG_NST and kb, which thread 0 paid every stage while its warpgroup waited */
+  int i_slot = 0, i_ks = 0;
+  int64_t i_t = 0;
+  auto issue_next = [&]() {
+    mbar_expect_tx(&bar[i_slot], LG_STAGE);
+    tma_load_2d(ring + i_slot * LG_STAGE, &tmW, i_ks * 128,
+                (int)((blockIdx.x + (q + 2 * i_t) * (int64_t)gridDim.x) * LG_TL), &bar[i_slot]);
+    i_slot = i_slot == LG_NST - 1 ? 0 : i_slot + 1;
+    if (++i_ks == a.kb) {
+      i_ks = 0;
+      i_t++;
+    }
+  };
   if (TMA) {
     if (ti == 0) {
       for (int i = 0; i < LG_NST; i++) mbar_init(&bar[i], 1);
@@ -2325,7 +2339,10 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a, cons
 #pragma unroll
   for (int s = 0; s < LG_NST - 1; s++) {
     if (TMA) {
-      if (s < ns && ti == 0) issue(s);
+      if (s < ns && ti == 0) {
+        if (CH) issue_next();
+        else issue(s);
+      }
     } else {
       if (s < ns) lg_load_stage(a, q, s, ring);
       cp_async_commit();
@@ -2352,11 +2369,13 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a, cons
   if (CH) { /* one FP8 sum over all of d on the tensor cores (their fast accumulation, as cuBLASLt's
              * CUBLASLT_MATMUL_DESC_FAST_ACCUM): stage s's products are issued before stage s - 1's are
              * waited for, so the warpgroup's tensor work runs back to back through a tile */
-    for (int64_t t = 0; t < my_tiles; t++) {
-      for (int ks = 0; ks < a.kb; ks++) {
-        const int64_t s = t * a.kb + ks;
+    int c_slot = 0;      /* stage s's ring slot, s % LG_NST */
+    unsigned phase = 0u; /* bit i: the parity slot i waits for next */
+    for (int64_t t = 0, s = 0; t < my_tiles; t++) {
+      for (int ks = 0; ks < a.kb; ks++, s++) {
         if (TMA) {
-          mbar_wait(&bar[s % LG_NST], (unsigned)(s / LG_NST) & 1u); /* stage s landed */
+          mbar_wait(&bar[c_slot], (phase >> c_slot) & 1u); /* stage s landed */
+          phase ^= 1u << c_slot;
         } else {
           cp_async_wait<LG_NST - 2>();
           wg_fence_proxy();
@@ -2364,7 +2383,8 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a, cons
           if (s + LG_NST - 1 < ns) lg_load_stage(a, q, s + LG_NST - 1, ring);
           cp_async_commit();
         }
-        const uint8_t *xa = xs + ks * LG_STAGE, *wb = ring + (s % LG_NST) * LG_STAGE;
+        const uint8_t *xa = xs + ks * LG_STAGE, *wb = ring + (TMA ? c_slot : (int)(s % LG_NST)) * LG_STAGE;
+        c_slot = c_slot == LG_NST - 1 ? 0 : c_slot + 1;
         wg_fence();
         wg_pin<64>(acc[0]);
         wg_pin<64>(acc[1]);
@@ -2380,7 +2400,7 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a, cons
           wg_pin<64>(acc[0]);
           wg_pin<64>(acc[1]);
           wg_bar(q);
-          if (s + LG_NST - 1 < ns && ti == 0) issue(s + LG_NST - 1);
+          if (s + LG_NST - 1 < ns && ti == 0) issue_next(); /* stage s + 2 */
         } else {
           wg_wait<0>();
           wg_pin<64>(acc[0]);
@@ -2390,7 +2410,7 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a, cons
       wg_wait<0>();
       wg_pin<64>(acc[0]);
       wg_pin<64>(acc[1]);
-      const int64_t j0 = lg_tile(a, q, (t + 1) * a.kb - 1) * LG_TL;
+      const int64_t j0 = (blockIdx.x + (q + 2 * t) * (int64_t)gridDim.x) * LG_TL; /* lg_tile of the tile's stages */
       if (TMA) pdl_sync(waited);
       lg_epilogue(a, acc[0], 0, j0, cur, cend, ny, r0, Bs);
       if (two) lg_epilogue(a, acc[1], 1, j0, cur, cend, ny, r0, Bs);
