@@ -657,11 +657,20 @@ template <int MI> static __device__ __forceinline__ void zero_acc(float acc[MI][
       for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
 }
 
+/* Tile t's first label (t / d_tiles) and first feature (t % d_tiles), divided in 32 bits: a chunk has fewer
+ * than 2^32 tiles (elmo_cuda_cls_update checks), and 64-bit division is a long integer subroutine. */
+static __device__ __forceinline__ void tile_at(const update_args &a, int64_t t, int64_t &j0, int64_t &k0) {
+  const uint32_t tt = (uint32_t)t, dt = (uint32_t)a.d_tiles, lt = tt / dt;
+  j0 = (int64_t)lt * U_TL;
+  k0 = (int64_t)(tt - lt * dt) * U_TD;
+}
+
 /* Starts a tile: its weights, head slots and first NST-1 stages (NST-1 cp.async groups). */
 template <typename GT, int DT>
 static __device__ __forceinline__ void u_start_tile(const update_args &a, int64_t tile, int nk, uint8_t *smem,
                                                     uint8_t *sw, int32_t *sslot) {
-  const int64_t j0 = tile / a.d_tiles * U_TL, k0 = tile % a.d_tiles * U_TD;
+  int64_t j0, k0;
+  tile_at(a, tile, j0, k0);
   load_w_tile<wcodec<DT>::es, U_TL>(a, j0, k0, sw, sslot);
   const u_cursor u = u_cursor_at(a, j0, k0);
 #pragma unroll
@@ -975,7 +984,8 @@ static __global__ void __launch_bounds__(U_THREADS, DT == ELMO_F32 ? 1 : 2) upda
   int64_t tile = blockIdx.x;
   if (tile < a.tiles) u_start_tile<GT, DT>(a, tile, nk, smem, wbuf, slots);
   for (int buf = 0; tile < a.tiles; tile += gridDim.x, buf ^= 1) {
-    const int64_t j0 = tile / a.d_tiles * U_TL, k0 = tile % a.d_tiles * U_TD;
+    int64_t j0, k0;
+    tile_at(a, tile, j0, k0);
     uint8_t *sw = wbuf + buf * u_w_bytes(ES);
     float acc[4][4][4];
     zero_acc<4>(acc);
@@ -1115,7 +1125,8 @@ static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_a
     if (dyn) tile = ntile[0];
   }
   if (tile < a.tiles) {
-    const int64_t j0 = tile / a.d_tiles * U_TL, k0 = tile % a.d_tiles * U_TD;
+    int64_t j0, k0;
+    tile_at(a, tile, j0, k0);
     if (TMA) {
       if (threadIdx.x == 0) {
         tma_weights(j0, k0, 0);
@@ -1130,7 +1141,8 @@ static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_a
   }
   if (!TMA) cp_async_commit();
   for (int buf = 0, it = 0; tile < a.tiles; buf ^= 1, it++) {
-    const int64_t j0 = tile / a.d_tiles * U_TL, k0 = tile % a.d_tiles * U_TD;
+    int64_t j0, k0;
+    tile_at(a, tile, j0, k0);
     if (dyn && threadIdx.x == 0) traw = dry ? a.tiles : (int64_t)atomicAdd(elmo_tile_ctr, 1u);
     float acc[64];
 #pragma unroll
@@ -1176,7 +1188,8 @@ static __global__ void __launch_bounds__(U_THREADS, 2) update_wg_kernel(update_a
     __syncthreads();                                /* stages free (TMA: this tile's weights waited below) */
     const int64_t nt = dyn ? ntile[(it + 1) & 1] : tile + gridDim.x;
     if (nt < a.tiles) {
-      const int64_t nj0 = nt / a.d_tiles * U_TL, nk0 = nt % a.d_tiles * U_TD;
+      int64_t nj0, nk0;
+      tile_at(a, nt, nj0, nk0);
       if (TMA) {
         if (threadIdx.x == 0) {
           bulk_wait_read0();                        /* the store of the tile before has read buffer buf ^ 1 */
@@ -1638,6 +1651,8 @@ extern "C" void elmo_cuda_cls_update_mma(elmo_cuda_cls *c, int64_t B, int64_t l0
   philox_round_keys(h->seed, (uint64_t)h->step, a.rk);
   a.d_tiles = (int)((c->d + U_TD - 1) / U_TD);
   a.tiles = (n + U_TL - 1) / U_TL * a.d_tiles;
+  if (a.tiles >= ((int64_t)1 << 32))
+    elmo_cuda_die("classifier chunk of more than 2^32 update tiles", "elmo_cuda_cls_update", __FILE__, __LINE__);
   a.bench = c->bench_flags;
   const int cb = (c->bench_flags & ELMO_CLS_BENCH_CONST_BITS) != 0;
   switch (c->dtype) {
