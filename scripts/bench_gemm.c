@@ -1,6 +1,7 @@
 /* bench_gemm.c: how far the heuristic's first cuBLASLt algorithm is from the fastest of its
  * candidates, on the GEMM shapes of a BERT-base step (B 128 x T 128 = 16,384 tokens) and the FP8
- * classifier logits. Built and run by scripts/gpu_run.sh / gpu_remote.sh (BENCH_GEMM=1):
+ * classifier logits. (This default table keeps the fourth round's forms: q, k and v as three H x H GEMMs,
+ * since fused into one 3H x H GEMM in cuda/transformer.cu; the fp8 mode below uses the fused one.) Built and run by scripts/gpu_run.sh / gpu_remote.sh (BENCH_GEMM=1):
  *   bench_gemm [tokens [hidden [ffn]]]
  *   bench_gemm fp8 [tokens [hidden [ffn]]]: every GEMM of an encoder layer (fused q/k/v) in the "TN" form
  *     that Hopper's FP8 GEMMs need (both operands K-major), once with BF16 operands and once with FP8 ones
