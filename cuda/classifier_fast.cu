@@ -2303,7 +2303,7 @@ static __device__ __forceinline__ void lg_epilogue(const lg_args &a, const float
 /* TMA (sm_90a): each ring stage (128 labels x 128 features e4m3) arrives as one TMA box that thread 0
  * of the warpgroup issues, counted by a barrier per ring slot, instead of the warpgroup's cp.async
  * pieces; the same products in the same order (the same G). */
-template <bool TMA, bool CH>
+template <bool TMA, bool CH, bool ONE = false>
 static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a, const __grid_constant__ CUtensorMap tmW) {
 #if defined(ELMO_HAVE_WGMMA)
   extern __shared__ __align__(16) uint8_t smem_raw[];
@@ -2406,9 +2406,12 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a, cons
 #pragma unroll
         for (int kk = 0; kk < 4; kk++)
           wgmma_e4m3_m64n128k32(acc[0], wg_desc(xa + 32 * kk), wg_desc(wb + 32 * kk), ks | kk);
-#pragma unroll /* both halves always (zero rows of Xq when !two): a branch here serialises the chain */
-        for (int kk = 0; kk < 4; kk++)
-          wgmma_e4m3_m64n128k32(acc[1], wg_desc(xa + 64 * 128 + 32 * kk), wg_desc(wb + 32 * kk), ks | kk);
+        if (!ONE) { /* both halves (zero rows of Xq when !two) unless the whole batch has 64 rows or fewer (ONE):
+                     * a run-time branch here serialises the chain */
+#pragma unroll
+          for (int kk = 0; kk < 4; kk++)
+            wgmma_e4m3_m64n128k32(acc[1], wg_desc(xa + 64 * 128 + 32 * kk), wg_desc(wb + 32 * kk), ks | kk);
+        }
         wg_commit();
         if (TMA) {
           wg_wait<1>(); /* stage s - 1's products are done: its slot takes stage s + 2 */
@@ -2528,6 +2531,8 @@ extern "C" int elmo_cuda_cls_lg_fused(const elmo_cuda_cls *c, int64_t B, int64_t
     ELMO_CUDA_CHECK(cudaFuncSetAttribute(lg_wgmma_kernel<true, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     ELMO_CUDA_CHECK(cudaFuncSetAttribute(lg_wgmma_kernel<false, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     ELMO_CUDA_CHECK(cudaFuncSetAttribute(lg_wgmma_kernel<true, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    ELMO_CUDA_CHECK(cudaFuncSetAttribute(lg_wgmma_kernel<false, true, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    ELMO_CUDA_CHECK(cudaFuncSetAttribute(lg_wgmma_kernel<true, true, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     attr[dev & 31] = smem;
   }
   /* one slice of up to 128 rows per grid row; the slices' blocks with the same x walk the same tiles at
@@ -2541,8 +2546,11 @@ extern "C" int elmo_cuda_cls_lg_fused(const elmo_cuda_cls *c, int64_t B, int64_t
       tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, a.W + l0 * c->d, c->d, n, 128, LG_TL))
     /* inside the step, chunks after the first launch early: Xq, the weights and the first tile's products
      * before the first G store waits for the update ahead */
-    launch_k(c->pdl_step && l0 > 0, ch ? lg_wgmma_kernel<true, true> : lg_wgmma_kernel<true, false>, blocks, 256, smem, s,
-             a, mw);
+    launch_k(c->pdl_step && l0 > 0,
+             !ch ? lg_wgmma_kernel<true, false> : B <= 64 ? lg_wgmma_kernel<true, true, true> : lg_wgmma_kernel<true, true>,
+             blocks, 256, smem, s, a, mw);
+  else if (ch && B <= 64)
+    lg_wgmma_kernel<false, true, true><<<blocks, 256, smem, s>>>(a, mw);
   else if (ch)
     lg_wgmma_kernel<false, true><<<blocks, 256, smem, s>>>(a, mw);
   else
