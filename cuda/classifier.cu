@@ -136,14 +136,16 @@ extern "C" void elmo_cuda_cls_init_paths(elmo_cuda_cls *c, FILE *log) {
   elmo_gemm gt = logits_gemm(c, c->B_cap, 0, c->chunk, c->fp8_logits, 0);
   elmo_gemm gp = logits_gemm(c, c->B_cap, 0, c->chunk, c->fp8_logits_f32, 1);
   const char *tc = c->dtype == ELMO_F32 ? "FP32 reference GEMM (no tensor cores)"
-                   : c->fp8_logits ? "FP8 tensor cores (cuBLASLt, scale 1)"
+                   : c->fp8_logits ? (elmo_cuda_fp8_fast_accum() ? "FP8 tensor cores (cuBLASLt, scale 1, fast accumulation)"
+                                                                 : "FP8 tensor cores (cuBLASLt, scale 1, promoted every 128 features)")
                    : want_fp8 ? "BF16 FALLBACK: no FP8 GEMM on this device (W chunk widened to bf16)"
                    : c->dtype == ELMO_FP8 ? "BF16 tensor cores (W chunk widened, input kept bf16)"
                                           : "BF16 tensor cores";
   log_path(log, "classifier logits", &gt, tc);
   if (log && c->fp8_logits && elmo_cuda_cls_lg_ok(c, c->B_cap))
-    fprintf(log, "elmo cuda: %-22s %-22s %s%s\n", "classifier logits+grad", "e4m3 x e4m3 -> G bf16",
+    fprintf(log, "elmo cuda: %-22s %-22s %s%s%s\n", "classifier logits+grad", "e4m3 x e4m3 -> G bf16",
             "one kernel (FP8 wgmma, gradient table in the epilogue, logits never stored) on skip-loss steps",
+            elmo_cuda_fp8_fast_accum() ? "; fast accumulation (ELMO_FP8_FAST_ACCUM=0: promoted)" : "; promoted accumulation",
             elmo_cuda_cls_lg_tma() ? "; weight stages by TMA" : "");
   log_path(log, "prediction logits", &gp, c->fp8_logits_f32 ? "FP8 tensor cores, FP32 out"
                                           : want_fp8 ? "BF16 FALLBACK (W chunk widened), FP32 out" : "FP32 out");
