@@ -120,6 +120,13 @@ static void entry_build(elmo_blas *b, gemm_entry *e, const elmo_gemm *g) {
   cublasLtMatmulHeuristicResult_t res;
   int found = 0;
   cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(b->handle, e->op, e->a, e->b, e->d, e->d, pref, 1, &res, &found);
+  if (e->key.fast_accum && (st != CUBLAS_STATUS_SUCCESS || found == 0)) {
+    /* a card or cuBLASLt without fast FP8 accumulation for this shape: FP32 promotion, as without the flag (the
+     * fused kernel that must match it bit for bit runs only on compute capability 9.0, which has both) */
+    const int8_t fast = 0;
+    ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast));
+    st = cublasLtMatmulAlgoGetHeuristic(b->handle, e->op, e->a, e->b, e->d, e->d, pref, 1, &res, &found);
+  }
   ELMO_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
   e->ok = st == CUBLAS_STATUS_SUCCESS && found > 0;
   if (e->ok) e->algo = res.algo;
