@@ -2216,10 +2216,11 @@ static __device__ __forceinline__ void wgmma_e4m3_m64n128k32(float d[64], uint64
 /* The 128 threads of warpgroup q meet (named barrier 1 + q; barrier 0 is __syncthreads). */
 static __device__ __forceinline__ void wg_bar(int q) { asm volatile("bar.sync %0, 128;\n" ::"r"(1 + q) : "memory"); }
 
-/* Label tile of warpgroup q's local stage s: the block's tile q + 2 (s / kb). */
-static __device__ __forceinline__ int64_t lg_tile(const lg_args &a, int q, int64_t s) {
-  return blockIdx.x + (q + 2 * (s / a.kb)) * (int64_t)gridDim.x;
+/* Label tile of warpgroup q's local tile t (the block's tile q + 2 t), and of its local stage s. */
+static __device__ __forceinline__ int64_t lg_tile_t(int q, int64_t t) {
+  return blockIdx.x + (q + 2 * t) * (int64_t)gridDim.x;
 }
+static __device__ __forceinline__ int64_t lg_tile(const lg_args &a, int q, int64_t s) { return lg_tile_t(q, s / a.kb); }
 
 /* Warpgroup q's stage s into its ring slot s % LG_NST (thread i of the warpgroup: 8 pieces). */
 static __device__ __forceinline__ void lg_load_stage(const lg_args &a, int q, int64_t s, uint8_t *ring) {
@@ -2314,19 +2315,15 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a, cons
   int32_t *ny = (int32_t *)(smem + (size_t)(a.kb + 2 * LG_NST) * LG_STAGE + 2 * 128 * 16) + q * 128;
   uint64_t *bar = (uint64_t *)(smem + (size_t)(a.kb + 2 * LG_NST) * LG_STAGE + 2 * 128 * 20) + q * LG_NST;
   bool waited = false;
-  auto issue = [&](int64_t st) { /* TMA: stage st into its slot, by thread 0 of the warpgroup */
-    mbar_expect_tx(&bar[st % LG_NST], LG_STAGE);
-    tma_load_2d(ring + (st % LG_NST) * LG_STAGE, &tmW, (int)((st % a.kb) * 128), (int)(lg_tile(a, q, st) * LG_TL),
-                &bar[st % LG_NST]);
-  };
-  /* CH: the same in issue order, from counters (slot, K-block, tile of the next stage to issue) instead of
-   * 64-bit divisions by LG_NST and kb, which thread 0 paid every stage while its warpgroup waited */
+  /* TMA: the warpgroup's next stage into its slot, by thread 0; stages are issued in order, so slot, K-block and
+   * tile are counters (64-bit divisions by LG_NST and kb here cost thread 0, and its warpgroup waiting at the
+   * next barrier, ~6% of the kernel: PERFORMANCE.md, version 63) */
   int i_slot = 0, i_ks = 0;
   int64_t i_t = 0;
   auto issue_next = [&]() {
     mbar_expect_tx(&bar[i_slot], LG_STAGE);
     tma_load_2d(ring + i_slot * LG_STAGE, &tmW, i_ks * 128,
-                (int)((blockIdx.x + (q + 2 * i_t) * (int64_t)gridDim.x) * LG_TL), &bar[i_slot]);
+                (int)(lg_tile_t(q, i_t) * LG_TL), &bar[i_slot]);
     i_slot = i_slot == LG_NST - 1 ? 0 : i_slot + 1;
     if (++i_ks == a.kb) {
       i_ks = 0;
@@ -2354,10 +2351,7 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a, cons
 #pragma unroll
   for (int s = 0; s < LG_NST - 1; s++) {
     if (TMA) {
-      if (s < ns && ti == 0) {
-        if (CH) issue_next();
-        else issue(s);
-      }
+      if (s < ns && ti == 0) issue_next();
     } else {
       if (s < ns) lg_load_stage(a, q, s, ring);
       cp_async_commit();
@@ -2398,7 +2392,7 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a, cons
           if (s + LG_NST - 1 < ns) lg_load_stage(a, q, s + LG_NST - 1, ring);
           cp_async_commit();
         }
-        const uint8_t *xa = xs + ks * LG_STAGE, *wb = ring + (TMA ? c_slot : (int)(s % LG_NST)) * LG_STAGE;
+        const uint8_t *xa = xs + ks * LG_STAGE, *wb = ring + c_slot * LG_STAGE;
         c_slot = c_slot == LG_NST - 1 ? 0 : c_slot + 1;
         wg_fence();
         wg_pin<64>(acc[0]);
@@ -2428,7 +2422,7 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a, cons
       wg_wait<0>();
       wg_pin<64>(acc[0]);
       wg_pin<64>(acc[1]);
-      const int64_t j0 = (blockIdx.x + (q + 2 * t) * (int64_t)gridDim.x) * LG_TL; /* lg_tile of the tile's stages */
+      const int64_t j0 = lg_tile_t(q, t) * LG_TL;
       if (TMA) pdl_sync(waited);
       lg_epilogue(a, acc[0], 0, j0, cur, cend, ny, r0, Bs);
       if (two) lg_epilogue(a, acc[1], 1, j0, cur, cend, ny, r0, Bs);
@@ -2437,7 +2431,7 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a, cons
     for (int64_t s = 0; s < ns; s++) {
       if (TMA) {
         wg_bar(q); /* the warpgroup's wgmma of stage s - 1 is done: its slot takes stage s + 2 */
-        if (s + LG_NST - 1 < ns && ti == 0) issue(s + LG_NST - 1);
+        if (s + LG_NST - 1 < ns && ti == 0) issue_next(); /* stage s + 2 */
         mbar_wait(&bar[s % LG_NST], (unsigned)(s / LG_NST) & 1u); /* stage s landed */
       } else {
         cp_async_wait<LG_NST - 2>();
@@ -2480,6 +2474,15 @@ static __global__ void __launch_bounds__(256, 1) lg_wgmma_kernel(lg_args a, cons
   cp_async_wait<0>();
   if (TMA) pdl_sync(waited);
 #endif
+}
+
+/* lg_wgmma_kernel's form: TMA stages or cp.async, fast accumulation (CH) or promoted, one m64 half (ONE: CH and
+ * batches of 64 rows or fewer). */
+typedef void (*lg_fn)(lg_args, CUtensorMap);
+static lg_fn lg_kernel(bool tma, bool ch, bool one) {
+  if (!ch) return tma ? lg_wgmma_kernel<true, false> : lg_wgmma_kernel<false, false>;
+  if (one) return tma ? lg_wgmma_kernel<true, true, true> : lg_wgmma_kernel<false, true, true>;
+  return tma ? lg_wgmma_kernel<true, true> : lg_wgmma_kernel<false, true>;
 }
 
 /* 1 when the e4m3 logits and gradient (batches up to ELMO_LG_MAX_B rows) run fused on Hopper's warpgroup MMA
@@ -2527,12 +2530,9 @@ extern "C" int elmo_cuda_cls_lg_fused(const elmo_cuda_cls *c, int64_t B, int64_t
   int dev = 0;
   ELMO_CUDA_CHECK(cudaGetDevice(&dev));
   if (attr[dev & 31] < smem) {
-    ELMO_CUDA_CHECK(cudaFuncSetAttribute(lg_wgmma_kernel<false, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    ELMO_CUDA_CHECK(cudaFuncSetAttribute(lg_wgmma_kernel<true, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    ELMO_CUDA_CHECK(cudaFuncSetAttribute(lg_wgmma_kernel<false, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    ELMO_CUDA_CHECK(cudaFuncSetAttribute(lg_wgmma_kernel<true, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    ELMO_CUDA_CHECK(cudaFuncSetAttribute(lg_wgmma_kernel<false, true, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    ELMO_CUDA_CHECK(cudaFuncSetAttribute(lg_wgmma_kernel<true, true, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    for (int v = 0; v < 6; v++)
+      ELMO_CUDA_CHECK(cudaFuncSetAttribute(lg_kernel(v & 1, v >> 1 != 0, v >> 1 == 2),
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     attr[dev & 31] = smem;
   }
   /* one slice of up to 128 rows per grid row; the slices' blocks with the same x walk the same tiles at
@@ -2546,15 +2546,9 @@ extern "C" int elmo_cuda_cls_lg_fused(const elmo_cuda_cls *c, int64_t B, int64_t
       tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, a.W + l0 * c->d, c->d, n, 128, LG_TL))
     /* inside the step, chunks after the first launch early: Xq, the weights and the first tile's products
      * before the first G store waits for the update ahead */
-    launch_k(c->pdl_step && l0 > 0,
-             !ch ? lg_wgmma_kernel<true, false> : B <= 64 ? lg_wgmma_kernel<true, true, true> : lg_wgmma_kernel<true, true>,
-             blocks, 256, smem, s, a, mw);
-  else if (ch && B <= 64)
-    lg_wgmma_kernel<false, true, true><<<blocks, 256, smem, s>>>(a, mw);
-  else if (ch)
-    lg_wgmma_kernel<false, true><<<blocks, 256, smem, s>>>(a, mw);
+    launch_k(c->pdl_step && l0 > 0, lg_kernel(true, ch, ch && B <= 64), blocks, 256, smem, s, a, mw);
   else
-    lg_wgmma_kernel<false, false><<<blocks, 256, smem, s>>>(a, mw);
+    lg_kernel(false, ch, ch && B <= 64)<<<blocks, 256, smem, s>>>(a, mw);
   ELMO_LAUNCH_CHECK();
   return 1;
 }

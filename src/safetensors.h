@@ -62,11 +62,11 @@ void elmo_st_writer_free(elmo_st_writer **w);
 
 typedef struct elmo_st_file elmo_st_file;
 
-/* Opens, validates the header strictly, mmaps the file read-only and verifies every checksum in
- * the metadata. Errors (ELMO_EINPUT) name the path: "model.safetensors: tensor 'x' ...". */
 /* zlib's CRC32 of n bytes continuing crc (crc32(0, NULL, 0) to start), large buffers over several threads;
  * the value of one serial crc32 pass. The per-tensor checksums of the writer and the loader use it. */
 uint32_t elmo_st_crc32(uint32_t crc, const void *data, size_t n);
+/* Opens, validates the header strictly, mmaps the file read-only and verifies every checksum in
+ * the metadata. Errors (ELMO_EINPUT) name the path: "model.safetensors: tensor 'x' ...". */
 int elmo_st_open(elmo_st_file **out, const char *path, elmo_err *err);
 /* As elmo_st_open without reading the data (no checksum pass): for inspecting shapes. */
 int elmo_st_open_unverified(elmo_st_file **out, const char *path, elmo_err *err);
