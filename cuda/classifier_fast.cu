@@ -2053,6 +2053,107 @@ static __global__ void __launch_bounds__(256, TD == 128 ? 2 : 1) dx_wgmma_kernel
 #endif
 }
 
+/* dX^T = W^T G^T for batches above 128 rows (sm_90a, TMA, e4m3 weights): the same blocks, slices and stages as
+ * dx_wgmma_kernel<128, true> (a G box of 128 rows x 64 labels and a raw e4m3 box of 64 labels x 128 features a
+ * stage, three slots), but the weights are the register operand: each thread reads its A fragments' bytes from the
+ * raw stage (2-byte loads of two adjacent features, one per label), pairs them by label and converts them to
+ * BF16 in registers, and G is the K-major B operand as its box lies. Warpgroup q forms features 64 q .. 64 q + 63
+ * of the tile for all 128 batch rows (m64n128k16, RS form); fragment rows g and g + 8 of warp w are features
+ * 16 w + 2 g and 16 w + 2 g + 1, so one load gives both. Nothing is widened into shared memory: per multiply-add
+ * the block moves ~2/3 of the bytes dx_wgmma_kernel moves there (PERFORMANCE.md, fifteenth round). The same
+ * products summed in the same label order. */
+#define XR_STAGE (XG_G_BYTES + X_BK * 128)
+static constexpr size_t dxr_smem_bytes() { return 1024 + XG_NST * (size_t)XR_STAGE + XG_NST * sizeof(uint64_t); }
+static_assert(XR_STAGE % 1024 == 0, "swizzle atoms stay 1 KB aligned");
+
+static __global__ void __launch_bounds__(256, 2) dx_rs_kernel(dx_args a, const __grid_constant__ CUtensorMap tmG,
+                                                              const __grid_constant__ CUtensorMap tmW) {
+#if defined(ELMO_HAVE_WGMMA)
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  uint8_t *smem = smem_raw + ((1024 - (smem_addr(smem_raw) & 1023)) & 1023);
+  const int64_t b0 = (int64_t)(blockIdx.x / a.d_tiles) * X_TB, k0 = (int64_t)(blockIdx.x % a.d_tiles) * 128;
+  const int64_t jb = (int64_t)blockIdx.y * a.per, je = min64d(a.n, jb + a.per);
+  const int nk = je > jb ? (int)((je - jb + X_BK - 1) / X_BK) : 0;
+  uint64_t *bar = (uint64_t *)(smem + XG_NST * XR_STAGE);
+#define XR_SG(s) (smem + (s) * XR_STAGE)
+#define XR_SW(s) (smem + (s) * XR_STAGE + XG_G_BYTES)
+  const int wgi = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int c = 64 * wgi + 16 * warp + 2 * g; /* this thread's features c, c + 1 of the tile: fragment rows g, g + 8 */
+  float acc[64];
+#pragma unroll
+  for (int i = 0; i < 64; i++) acc[i] = 0.0f;
+  /* stage kt into its slot (thread 0); part 1: the barrier's bytes and the weights, 2: G */
+  auto issue = [&](int kt, int part) {
+    const int sl = kt % XG_NST;
+    const int64_t j = jb + (int64_t)kt * X_BK;
+    if (part & 1) {
+      mbar_expect_tx(&bar[sl], (unsigned)XR_STAGE);
+      tma_load_2d(XR_SW(sl), &tmW, (int)k0, (int)j, &bar[sl]);
+    }
+    if (part & 2) tma_load_2d(XR_SG(sl), &tmG, (int)j, (int)b0, &bar[sl]);
+  };
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < XG_NST; i++) mbar_init(&bar[i], 1);
+    mbar_init_fence();
+  }
+  __syncthreads();
+  bool waited = false;
+  if (threadIdx.x == 0) /* the weights before the kernel ahead (which writes G) has ended */
+    for (int kt = 0; kt < XG_NST && kt < nk; kt++) issue(kt, 1);
+  pdl_sync(waited);
+  if (threadIdx.x == 0)
+    for (int kt = 0; kt < XG_NST && kt < nk; kt++) issue(kt, 2);
+  for (int kt = 0; kt < nk; kt++) {
+    const int sl = kt % XG_NST;
+    mbar_wait(&bar[sl], (unsigned)(kt / XG_NST) & 1u);
+    /* A fragments of the four k16 steps: labels l = 16 kk + 2 t (+1, +8, +9), features c and c + 1 */
+    const uint8_t *sw = XR_SW(sl);
+    uint32_t af[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) {
+      uint32_t v[4];
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        const int l = 16 * kk + 2 * t + (i & 1) + 8 * (i >> 1);
+        v[i] = *(const uint16_t *)(sw + l * 128 + ((((c >> 4) ^ l) & 7) << 4) + (c & 15));
+      }
+      af[kk][0] = fp8x2_to_bf16x2(__byte_perm(v[0], v[1], 0x0040)); /* row g: labels l, l + 1 */
+      af[kk][1] = fp8x2_to_bf16x2(__byte_perm(v[0], v[1], 0x0051)); /* row g + 8 */
+      af[kk][2] = fp8x2_to_bf16x2(__byte_perm(v[2], v[3], 0x0040)); /* row g: labels l + 8, l + 9 */
+      af[kk][3] = fp8x2_to_bf16x2(__byte_perm(v[2], v[3], 0x0051));
+    }
+    wg_fence();
+    wg_pin<64>(acc);
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) wgmma_rs_m64n128k16(acc, af[kk], wg_desc(XR_SG(sl) + kk * 32));
+    wg_commit();
+    wg_wait<0>();
+    wg_pin<64>(acc);
+    __syncthreads(); /* every warpgroup is done with the slot */
+    if (kt + XG_NST < nk && threadIdx.x == 0) issue(kt + XG_NST, 3);
+  }
+#undef XR_SG
+#undef XR_SW
+  /* acc[4 j + 2 h + e]: feature k0 + c + h, batch row b0 + 8 j + 2 t + e */
+  float *part = a.part + (int64_t)blockIdx.y * a.B_cap * a.d;
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    const int64_t k = k0 + c + h;
+    if (k >= a.d) continue;
+#pragma unroll
+    for (int j = 0; j < 16; j++)
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        const int64_t b = b0 + 8 * j + 2 * t + e;
+        if (b >= a.B) continue;
+        float *p = part + b * a.d + k, v = acc[4 * j + 2 * h + e];
+        if (a.accumulate) v = *p + v;
+        *p = v;
+      }
+  }
+#endif
+}
+
 /* dX[i] += part[0][i] + part[1][i] + ... (in this order), four floats per thread. */
 static __global__ void __launch_bounds__(256) dx_reduce_kernel(const float4 *part, int64_t n4, int64_t stride4,
                                                                int64_t slices, float4 *dX) {
@@ -2099,6 +2200,7 @@ extern "C" int elmo_cuda_cls_dx_wgmma(void) { return wgmma_enabled("ELMO_DX_WGMM
 /* 1 when the wgmma dX moves its stages by TMA (compute capability 9.0 and the driver's map encoder,
  * unless ELMO_DX_TMA=0); the same bits either way. */
 extern "C" int elmo_cuda_cls_dx_tma(void) { return wgmma_enabled("ELMO_DX_TMA") && tmap_encoder() != NULL; }
+extern "C" int elmo_cuda_cls_dx_rs(void) { return env_on("ELMO_DX_RS"); }
 
 template <int TD> static void launch_dx_wgmma_td(const dx_args &a, dim3 grid, bool pdl, cudaStream_t s) {
   static unsigned attr_set = 0;
@@ -2113,9 +2215,17 @@ template <int TD> static void launch_dx_wgmma_td(const dx_args &a, dim3 grid, bo
   memset(&mw, 0, sizeof mw);
   if (a.n % 8 == 0 && elmo_cuda_cls_dx_tma() &&
       tmap_2d(&mg, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.G, a.n, a.B, X_BK, X_TB) &&
-      tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (const uint8_t *)a.W + a.l0 * a.d, a.d, a.n, 128, X_BK))
-    launch_k(pdl, dx_wgmma_kernel<TD, true>, grid, 256, dxg_tma_smem_bytes(TD), s, a, mg, mw);
-  else
+      tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (const uint8_t *)a.W + a.l0 * a.d, a.d, a.n, 128, X_BK)) {
+    if (TD == 128 && a.B > X_TB && elmo_cuda_cls_dx_rs()) { /* weights as the register operand (dx_rs_kernel) */
+      static unsigned rs_attr = 0;
+      if (elmo_cuda_first_on_device(&rs_attr))
+        ELMO_CUDA_CHECK(cudaFuncSetAttribute(dx_rs_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             (int)dxr_smem_bytes()));
+      launch_k(pdl, dx_rs_kernel, grid, 256, dxr_smem_bytes(), s, a, mg, mw);
+    } else {
+      launch_k(pdl, dx_wgmma_kernel<TD, true>, grid, 256, dxg_tma_smem_bytes(TD), s, a, mg, mw);
+    }
+  } else
     dx_wgmma_kernel<TD, false><<<grid, 256, dxg_smem_bytes(TD), s>>>(a, mg, mw);
   ELMO_LAUNCH_CHECK();
 }

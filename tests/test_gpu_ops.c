@@ -601,23 +601,32 @@ static void run_update_tma(cls_case cc) {
   const size_t wb = (size_t)(f.L_pad * d), kb = 2 * (size_t)(cc.n_head * d);
   uint8_t *w0 = malloc(wb), *wv[2] = {malloc(wb), malloc(wb)};
   uint16_t *k0 = malloc(kb + 2), *kv[2] = {malloc(kb + 2), malloc(kb + 2)};
-  float *dxv[2] = {malloc(sizeof(float) * (size_t)(B * d)), malloc(sizeof(float) * (size_t)(B * d))};
+  float *dxv[3] = {malloc(sizeof(float) * (size_t)(B * d)), malloc(sizeof(float) * (size_t)(B * d)),
+                   malloc(sizeof(float) * (size_t)(B * d))};
   int64_t changed = 0, dx_nonzero = 0;
   for (int64_t l0 = 0; l0 < f.L_pad; l0 += cc.chunk) {
     const int64_t n = f.L_pad - l0 < cc.chunk ? f.L_pad - l0 : cc.chunk;
     elmo_cuda_cls_logits(&f.c, B, l0, n, 0, S);
     elmo_cuda_cls_grad(&f.c, B, l0, n, f.d_yp, f.d_yi, 1, S);
-    for (int v = 0; v < 2; v++) { /* dX: 0 cp.async stages, 1 TMA stages (the wgmma kernel either way) */
+    /* dX: 0 cp.async stages, 1 TMA stages (the wgmma kernel either way; above 128 rows the weights as the
+     * register operand, dx_rs_kernel), 2 TMA stages with the weights widened in shared memory (ELMO_DX_RS=0) */
+    for (int v = 0; v < 3; v++) {
       CK(cudaMemset(f.dX, 0, sizeof(float) * (size_t)(B * d)));
       if (v == 0) setenv("ELMO_DX_TMA", "0", 1);
       else unsetenv("ELMO_DX_TMA");
-      assert_int_equal(elmo_cuda_cls_dx_tma(), v);
+      if (v == 2) setenv("ELMO_DX_RS", "0", 1);
+      else unsetenv("ELMO_DX_RS");
+      assert_int_equal(elmo_cuda_cls_dx_tma(), v > 0);
+      assert_int_equal(elmo_cuda_cls_dx_rs(), v < 2);
       elmo_cuda_cls_dx(&f.c, B, l0, n, f.dX, S);
       down(dxv[v], f.dX, sizeof(float) * (size_t)(B * d));
     }
+    unsetenv("ELMO_DX_RS");
     for (int64_t i = 0; i < B * d; i++) {
-      if (memcmp(&dxv[0][i], &dxv[1][i], sizeof(float)))
-        fail_msg("chunk %lld: dX[%lld] %g with TMA, %g without", (long long)l0, (long long)i, dxv[1][i], dxv[0][i]);
+      for (int v = 1; v < 3; v++)
+        if (memcmp(&dxv[0][i], &dxv[v][i], sizeof(float)))
+          fail_msg("chunk %lld: dX[%lld] %g with TMA (%s), %g without", (long long)l0, (long long)i, dxv[v][i],
+                   v == 1 ? "default" : "ELMO_DX_RS=0", dxv[0][i]);
       dx_nonzero += dxv[0][i] != 0.0f;
     }
     down(w0, f.c.W, wb);
@@ -649,10 +658,10 @@ static void run_update_tma(cls_case cc) {
     f.c.widened_l0 = -1; /* W changed */
   }
   print_message("update with TMA (L %lld, d %lld, B %lld): %lld weights changed, all as without; dX the same bits "
-                "(%lld nonzero)\n", (long long)cc.L, (long long)d, (long long)B, (long long)changed, (long long)dx_nonzero);
+                "in all three forms (%lld nonzero)\n", (long long)cc.L, (long long)d, (long long)B, (long long)changed, (long long)dx_nonzero);
   if (changed == 0 || dx_nonzero == 0) fail_msg("no weight changed or dX all zero: the comparison says nothing");
   cudaFree(dXin);
-  free(w0); free(wv[0]); free(wv[1]); free(k0); free(kv[0]); free(kv[1]); free(dxv[0]); free(dxv[1]);
+  free(w0); free(wv[0]); free(wv[1]); free(k0); free(kv[0]); free(kv[1]); free(dxv[0]); free(dxv[1]); free(dxv[2]);
   fix_free(&f);
 }
 
@@ -668,6 +677,8 @@ static void test_cls_update_tma(void **state) {
   run_update_tma((cls_case){.dt = ELMO_FP8, .fp8_input = 0, .L = 700, .d = 384, .B = 130, .chunk = 512, .n_head = 3, .seed = 34});
   run_update_tma((cls_case){.dt = ELMO_FP8, .fp8_input = 0, .L = 333, .d = 208, .B = 300, .chunk = 336, .n_head = 4, .seed = 35,
                             .no_decay = 1});
+  /* the DistilBERT-32 row's shape in small: four batch tiles (the last partial), six feature tiles */
+  run_update_tma((cls_case){.dt = ELMO_FP8, .fp8_input = 1, .L = 1200, .d = 768, .B = 500, .chunk = 608, .n_head = 2, .seed = 36});
   unsetenv("ELMO_UPDATE_TMA");
   unsetenv("ELMO_DX_TMA");
 }
