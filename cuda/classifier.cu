@@ -156,10 +156,9 @@ extern "C" void elmo_cuda_cls_init_paths(elmo_cuda_cls *c, FILE *log) {
     fprintf(log, "elmo cuda: %-22s %-22s %s\n", "classifier dX", c->dtype == ELMO_FP8 ? "bf16 x e4m3 -> fp32" : "bf16 x bf16 -> fp32",
             c->dtype == ELMO_FP8 ? (elmo_cuda_cls_dx_wgmma()
                                         ? (elmo_cuda_cls_dx_tma()
-                                               ? (c->B_cap > 128 && elmo_cuda_cls_dx_rs()
+                                               ? (elmo_cuda_cls_dx_rs()
                                                       ? "BF16 tensor cores (wgmma), stages by TMA, W converted into "
-                                                        "registers (above 128 rows; W tiles widened in shared memory "
-                                                        "up to 128), split over labels"
+                                                        "registers (dX^T = W^T G^T), split over labels"
                                                       : "BF16 tensor cores (wgmma), stages by TMA, W tiles widened in "
                                                         "shared memory, split over labels")
                                                : "BF16 tensor cores (wgmma), W tiles widened in shared memory, split "

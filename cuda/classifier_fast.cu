@@ -2053,7 +2053,7 @@ static __global__ void __launch_bounds__(256, TD == 128 ? 2 : 1) dx_wgmma_kernel
 #endif
 }
 
-/* dX^T = W^T G^T for batches above 128 rows (sm_90a, TMA, e4m3 weights): the same blocks, slices and stages as
+/* dX^T = W^T G^T (sm_90a, TMA, e4m3 weights): the same blocks, slices and stages as
  * dx_wgmma_kernel<128, true> (a G box of 128 rows x 64 labels and a raw e4m3 box of 64 labels x 128 features a
  * stage, three slots), but the weights are the register operand: each thread reads its A fragments' bytes from the
  * raw stage (2-byte loads of two adjacent features, one per label), pairs them by label and converts them to
@@ -2216,7 +2216,7 @@ template <int TD> static void launch_dx_wgmma_td(const dx_args &a, dim3 grid, bo
   if (a.n % 8 == 0 && elmo_cuda_cls_dx_tma() &&
       tmap_2d(&mg, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, a.G, a.n, a.B, X_BK, X_TB) &&
       tmap_2d(&mw, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, (const uint8_t *)a.W + a.l0 * a.d, a.d, a.n, 128, X_BK)) {
-    if (TD == 128 && a.B > X_TB && elmo_cuda_cls_dx_rs()) { /* weights as the register operand (dx_rs_kernel) */
+    if (TD == 128 && elmo_cuda_cls_dx_rs()) { /* weights as the register operand (dx_rs_kernel) */
       static unsigned rs_attr = 0;
       if (elmo_cuda_first_on_device(&rs_attr))
         ELMO_CUDA_CHECK(cudaFuncSetAttribute(dx_rs_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -2230,13 +2230,15 @@ template <int TD> static void launch_dx_wgmma_td(const dx_args &a, dim3 grid, bo
   ELMO_LAUNCH_CHECK();
 }
 
-/* Feature tile of the wgmma kernel: 256 for one batch tile (B <= 128), else 128; ELMO_DX_WGMMA=128 or
- * 256 in the environment forces one. The slice count stays the mma.sync kernel's (dx_part's shape):
- * 256-feature tiles make half the blocks. H100, 2026-11-27 (dX ms, 128 / 256 features): 2.81M x B 128
- * whole chunk 1.40 / 1.43, in 8 chunks 1.80 / 1.69; 1.31M x B 512 2.53 / 2.60. */
+/* Feature tile of the wgmma kernel: 128, where the TMA form runs dx_rs_kernel (the weights in registers); with
+ * ELMO_DX_RS=0 (widened weights) 256 for one batch tile (B <= 128), else 128; ELMO_DX_WGMMA=128 or 256 in the
+ * environment forces one. The slice count stays the mma.sync kernel's (dx_part's shape): 256-feature tiles
+ * make half the blocks. H100, 2026-11-27 (dX ms of the widening form, 128 / 256 features): 2.81M x B 128
+ * whole chunk 1.40 / 1.43, in 8 chunks 1.80 / 1.69; 1.31M x B 512 2.53 / 2.60. 2026-11-28, 8 chunks at
+ * B 128: widened 256 features 1.37 / 1.35, registers 1.34 / 1.33; B 64 1.20 / 1.45 against 1.10 / 1.12. */
 static void launch_dx_wgmma(dx_args a, int64_t B, int slices, bool pdl, cudaStream_t s) {
   const char *e = getenv("ELMO_DX_WGMMA");
-  int td = B <= X_TB ? 256 : 128;
+  int td = B <= X_TB && !(elmo_cuda_cls_dx_tma() && elmo_cuda_cls_dx_rs()) ? 256 : 128;
   if (e && strcmp(e, "128") == 0) td = 128;
   if (e && strcmp(e, "256") == 0) td = 256;
   a.d_tiles = (int)((a.d + td - 1) / td);

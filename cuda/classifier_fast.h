@@ -25,9 +25,9 @@
  *           labels into dx_part[s] (overwrites or adds, a fixed assignment, no atomics); e4m3
  *           tiles (128 features, 8 warps) are widened to BF16 in shared memory, bf16 tiles take
  *           256 features with 16 warps (fewer reads of each G tile). On compute capability 9.0
- *           the e4m3 blocks run on wgmma instead of mma.sync (elmo_cuda_cls_dx_wgmma); with TMA stages and
- *           more than 128 rows they form dX^T = W^T G^T with the weights converted straight into
- *           registers (elmo_cuda_cls_dx_rs), which moves a third fewer shared-memory bytes. Then
+ *           the e4m3 blocks run on wgmma instead of mma.sync (elmo_cuda_cls_dx_wgmma); with TMA stages
+ *           they form dX^T = W^T G^T with the weights converted straight into registers
+ *           (elmo_cuda_cls_dx_rs), which moves a third fewer shared-memory bytes. Then
  *           elmo_cuda_cls_dx_reduce adds the slices in order into dX, so the result does not
  *           depend on scheduling.
  *   logits + grad (e4m3 weights and input, B <= 512 in slices of 128, sm_90a): G = grad_tab[y][bf16(Xq W^T)] per
@@ -62,9 +62,9 @@ int elmo_cuda_cls_update_tma(void);
 /* 1 when the wgmma dX (elmo_cuda_cls_dx_wgmma) moves its stages by TMA (compute capability 9.0 and a
  * driver with cuTensorMapEncodeTiled, unless ELMO_DX_TMA=0); the same bits either way. */
 int elmo_cuda_cls_dx_tma(void);
-/* 1 when the TMA dX of batches above 128 rows takes the weights as the register operand (dx_rs_kernel:
- * dX^T = W^T G^T, the e4m3 stage converted into the A fragments, nothing widened into shared memory),
- * unless ELMO_DX_RS=0; the same bits as the widening form. */
+/* 1 when the TMA dX takes the weights as the register operand (dx_rs_kernel: dX^T = W^T G^T, the e4m3
+ * stage converted into the A fragments, nothing widened into shared memory; 128-feature tiles), unless
+ * ELMO_DX_RS=0; the same bits as the widening form. */
 int elmo_cuda_cls_dx_rs(void);
 /* 1 when the fused e4m3 logits + gradient (elmo_cuda_cls_lg_fused) takes its weight stages by TMA
  * (compute capability 9.0 and the driver's map encoder, unless ELMO_LG_TMA=0); the same G either way. */
