@@ -11,7 +11,8 @@
  *                               d <= 768 and compute capability 9.0, z and G are one kernel
  *                               (elmo_cuda_cls_logits_grad, FP8 wgmma): the logits never reach memory
  *   dX += G W_c                 e4m3/bf16 W: BF16 tensor-core kernel split over labels into
- *                               dx_part slices (e4m3 tiles widened in shared memory), the slices
+ *                               dx_part slices (e4m3 tiles converted in registers on sm_90a with
+ *                               TMA, else widened in shared memory), the slices
  *                               summed in order into dX once per step (classifier_fast.h);
  *                               fp32 W: cuBLASLt FP32
  *   W_c <- SR(W_c - lr (G^T Xq + wd W_c))  one kernel (classifier_fast.h): each block forms
