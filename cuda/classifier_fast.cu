@@ -2062,7 +2062,7 @@ static __global__ void __launch_bounds__(256, TD == 128 ? 2 : 1) dx_wgmma_kernel
  * 16 w + 2 g and 16 w + 2 g + 1, so one load gives both. Nothing is widened into shared memory: per multiply-add
  * the block moves ~2/3 of the bytes dx_wgmma_kernel moves there (PERFORMANCE.md, fifteenth round). The same
  * products summed in the same label order. */
-#define XR_STAGE (XG_G_BYTES + X_BK * 128)
+#define XR_STAGE xg_stage_tma(128) /* dx_wgmma_kernel<128, true>'s stage: the G box, then the raw e4m3 box */
 static constexpr size_t dxr_smem_bytes() { return 1024 + XG_NST * (size_t)XR_STAGE + XG_NST * sizeof(uint64_t); }
 static_assert(XR_STAGE % 1024 == 0, "swizzle atoms stay 1 KB aligned");
 
