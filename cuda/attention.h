@@ -61,6 +61,12 @@ int elmo_cuda_smem_optin(void);
 int elmo_cuda_attention_fused_forward(const elmo_bf16 *q, const elmo_bf16 *k, const elmo_bf16 *v, int ld_qkv,
                                       const uint8_t *mask, int B, int Tp, int heads, int dh, elmo_bf16 *ctx,
                                       cudaStream_t s, elmo_err *err);
+/* The same with an E4M3 copy: ctxq [B * Tp, heads * dh] = e4m3_satfinite(bf16(ctx) * *ctxq_scale) (a device
+ * scalar) when ctxq is given, ctx (bf16) only when ctx is given (one of them at least): the FP8 forward's
+ * output-projection input, cast where it is formed. */
+int elmo_cuda_attention_fused_forward_q(const elmo_bf16 *q, const elmo_bf16 *k, const elmo_bf16 *v, int ld_qkv,
+                                        const uint8_t *mask, int B, int Tp, int heads, int dh, elmo_bf16 *ctx,
+                                        uint8_t *ctxq, const float *ctxq_scale, cudaStream_t s, elmo_err *err);
 /* dq, dk, dv from dctx (rows of masked queries and keys come out zero). ctx: NULL, or also writes the
  * forward's output, bit for bit what elmo_cuda_attention_fused_forward gives (P is recomputed anyway),
  * so a backward need not rerun the forward for it. colpart: NULL, or [3][R][heads * dh] FP32 with

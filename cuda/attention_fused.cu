@@ -18,6 +18,7 @@
 
 #include "cuda/attention.h"
 #include "cuda/check.h"
+#include "cuda/e4m3.cuh"
 
 typedef __nv_bfloat16 bf16;
 
@@ -33,6 +34,8 @@ struct attn_args {
   int ldq;                   /* row stride of q, k, v, dq, dk, dv (elements); ctx, dctx: heads * dh */
   float *colpart;            /* backward: NULL, or column sums of the stored dq, dk, dv per warp's 16 rows,
                                 [3][B * KT][heads * dh] (the bias gradients' partials) */
+  uint8_t *ctxq;             /* forward: NULL, or the E4M3 copy of ctx, e4m3(bf16(ctx) * *ctxq_scale) */
+  const float *ctxq_scale;
 };
 
 /* ------------------------------------------------------------------ warp-level MMA helpers */
@@ -305,6 +308,27 @@ __device__ __forceinline__ void store_rows(const float (&acc)[DH / 8][4], bf16 *
   }
 }
 
+/* What store_rows writes, as E4M3 of the bf16-rounded values times *qs (two bytes a lane and column
+ * pair: the FP8 forward's copy of ctx, a quarter of the bytes of the bf16 one). */
+template <int DH>
+__device__ __forceinline__ void store_rows_q(const float (&acc)[DH / 8][4], uint8_t *out, const float *qs,
+                                             int64_t row0, int r0, int Tp, int ld, int col0, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+  const float q = *qs;
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    const int row = r0 + g + 8 * r;
+    if (row >= Tp) continue;
+    const int64_t o = (row0 + row) * ld + col0;
+#pragma unroll
+    for (int n = 0; n < DH / 8; n++) {
+      const float a = __bfloat162float(__float2bfloat16_rn(acc[n][2 * r])) * q;
+      const float b = __bfloat162float(__float2bfloat16_rn(acc[n][2 * r + 1])) * q;
+      *reinterpret_cast<uint16_t *>(out + o + n * 8 + 2 * t) = (uint16_t)e4m3x2(a, b);
+    }
+  }
+}
+
 /* The column sums of the bf16 values store_rows writes (rows r0 .. r0 + 15 below Tp) into out[0 .. DH):
  * each lane adds its two rows, then a butterfly over the eight row groups; a fixed order. */
 template <int DH>
@@ -415,7 +439,8 @@ __global__ void __launch_bounds__(32 * KT) attn_fwd_kernel(attn_args a) {
   __syncthreads();
   float o[DH / 8][4];
   mm_py<DH, KT>(p, sv, lane, o);
-  store_rows<DH>(o, a.ctx, row0, 16 * w, a.Tp, ld, col0, lane);
+  if (a.ctx) store_rows<DH>(o, a.ctx, row0, 16 * w, a.Tp, ld, col0, lane);
+  if (a.ctxq) store_rows_q<DH>(o, a.ctxq, a.ctxq_scale, row0, 16 * w, a.Tp, ld, col0, lane);
 }
 
 /* Block (sequence b, head h), KT warps: warp w owns query rows 16 w .. + 15 for P, ctx (when wanted),
@@ -528,7 +553,8 @@ __global__ void __launch_bounds__(32 * KT, 2) attn_fwd_pipe_kernel(attn_args a, 
     }
     float o[DH / 8][4];
     mm_py<DH, KT>(p, sv, lane, o);
-    store_rows<DH>(o, a.ctx, row0, 16 * w, a.Tp, ld, col0, lane);
+    if (a.ctx) store_rows<DH>(o, a.ctx, row0, 16 * w, a.Tp, ld, col0, lane);
+    if (a.ctxq) store_rows_q<DH>(o, a.ctxq, a.ctxq_scale, row0, 16 * w, a.Tp, ld, col0, lane);
     if (next < npairs && threadIdx.x < NK) smask[(cur ^ 1) * NK + threadIdx.x] = mnext;
   }
 }
@@ -652,17 +678,28 @@ extern "C" int elmo_cuda_attention_fused_ok(int Tp, int dh) {
   return fused_shape_ok(Tp, dh) && smem_fits(Tp, dh);
 }
 
-extern "C" int elmo_cuda_attention_fused_forward(const elmo_bf16 *q, const elmo_bf16 *k, const elmo_bf16 *v,
-                                                 int ld_qkv, const uint8_t *mask, int B, int Tp, int heads, int dh,
-                                                 elmo_bf16 *ctx, cudaStream_t s, elmo_err *err) {
+extern "C" int elmo_cuda_attention_fused_forward_q(const elmo_bf16 *q, const elmo_bf16 *k, const elmo_bf16 *v,
+                                                   int ld_qkv, const uint8_t *mask, int B, int Tp, int heads, int dh,
+                                                   elmo_bf16 *ctx, uint8_t *ctxq, const float *ctxq_scale,
+                                                   cudaStream_t s, elmo_err *err) {
   const void *ptrs[4] = {q, k, v, ctx};
   int rc = check_fused("fused attention forward", ptrs, 4, B, Tp, heads, dh, err);
   if (!rc) rc = check_ld("fused attention forward", ld_qkv, heads * dh, err);
+  if (!rc && (ctxq ? !ctxq_scale || (uintptr_t)ctxq % 2 : !ctx))
+    rc = elmo_fail(err, ELMO_EINPUT, "fused attention forward: no output, or an E4M3 output without its scale "
+                   "or 2-byte alignment");
   if (rc || B == 0) return rc;
   attn_args a = {(const bf16 *)q, (const bf16 *)k, (const bf16 *)v, NULL, mask, Tp, heads,
-                 1.0f / sqrtf((float)dh), (bf16 *)ctx, NULL, NULL, NULL, ld_qkv ? ld_qkv : heads * dh, NULL};
+                 1.0f / sqrtf((float)dh), (bf16 *)ctx, NULL, NULL, NULL, ld_qkv ? ld_qkv : heads * dh, NULL,
+                 ctxq, ctxq_scale};
   launch_any(a, B, dh, 0, s);
   return ELMO_OK;
+}
+
+extern "C" int elmo_cuda_attention_fused_forward(const elmo_bf16 *q, const elmo_bf16 *k, const elmo_bf16 *v,
+                                                 int ld_qkv, const uint8_t *mask, int B, int Tp, int heads, int dh,
+                                                 elmo_bf16 *ctx, cudaStream_t s, elmo_err *err) {
+  return elmo_cuda_attention_fused_forward_q(q, k, v, ld_qkv, mask, B, Tp, heads, dh, ctx, NULL, NULL, s, err);
 }
 
 /* B times the warps of a backward block: KT of launch_dh (key tiles of 16, rounded up to 1, 2, 4 or 8). */
@@ -682,7 +719,7 @@ extern "C" int elmo_cuda_attention_fused_backward(const elmo_bf16 *q, const elmo
   if (rc || B == 0) return rc;
   attn_args a = {(const bf16 *)q, (const bf16 *)k, (const bf16 *)v, (const bf16 *)dctx, mask, Tp, heads,
                  1.0f / sqrtf((float)dh), (bf16 *)ctx, (bf16 *)dq, (bf16 *)dk, (bf16 *)dv,
-                 ld_qkv ? ld_qkv : heads * dh, colpart};
+                 ld_qkv ? ld_qkv : heads * dh, colpart, NULL, NULL};
   launch_any(a, B, dh, 1, s);
   return ELMO_OK;
 }

@@ -7,6 +7,7 @@
 #include "cuda/convert.h"
 #include "cuda/check.h"
 #include "cuda/transformer.h"
+#include "cuda/e4m3.cuh"
 
 typedef __nv_bfloat16 bf16;
 
@@ -103,6 +104,23 @@ static __global__ void gelu_recompute8_kernel(const uint4 *pre, int64_t n8, uint
   }
 }
 
+/* The E4M3 copy of what gelu_recompute8_kernel stores: e4m3(bf16(GELU(pre)) * *qs), 8 a thread. */
+static __global__ void gelu_forward_q8_kernel(const uint4 *pre, int64_t n8, uint2 *gq, const float *qs) {
+  const float q = *qs;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += (int64_t)gridDim.x * blockDim.x) {
+    float f[8];
+    unpack8(pre[i], f);
+#pragma unroll
+    for (int k = 0; k < 8; k++) f[k] = __bfloat162float(__float2bfloat16_rn(gelu_f(f[k])));
+    gq[i] = make_uint2(e4m3x4(f, q), e4m3x4(f + 4, q));
+  }
+}
+
+static __global__ void gelu_forward_q_kernel(const bf16 *pre, int64_t n, uint8_t *gq, const float *qs) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    gq[i] = e4m3x1(__bfloat162float(__float2bfloat16_rn(gelu_f(__bfloat162float(pre[i])))) * *qs);
+}
+
 static __global__ void gelu_backward8_kernel(const uint4 *pre, const uint4 *dy, int64_t n8, uint4 *dx) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += (int64_t)gridDim.x * blockDim.x) {
     float x[8], g[8];
@@ -126,6 +144,18 @@ extern "C" int elmo_cuda_gelu_recompute(const elmo_bf16 *pre, int64_t n, elmo_bf
     gelu_recompute8_kernel<<<grid_for(n / 8), EW_THREADS, 0, s>>>((const uint4 *)pre, n / 8, (uint4 *)g);
   else
     gelu_recompute_kernel<<<grid_for(n), EW_THREADS, 0, s>>>((const bf16 *)pre, n, (bf16 *)g);
+  ELMO_LAUNCH_CHECK();
+  return ELMO_OK;
+}
+
+extern "C" int elmo_cuda_gelu_forward_q(const elmo_bf16 *pre, int64_t n, uint8_t *gq, const float *gq_scale,
+                                        cudaStream_t s, elmo_err *err) {
+  int rc = check_n("gelu forward (e4m3)", n, err);
+  if (rc || n == 0) return rc;
+  if (n % 8 == 0 && (uintptr_t)pre % 16 == 0 && (uintptr_t)gq % 8 == 0)
+    gelu_forward_q8_kernel<<<grid_for(n / 8), EW_THREADS, 0, s>>>((const uint4 *)pre, n / 8, (uint2 *)gq, gq_scale);
+  else
+    gelu_forward_q_kernel<<<grid_for(n), EW_THREADS, 0, s>>>((const bf16 *)pre, n, gq, gq_scale);
   ELMO_LAUNCH_CHECK();
   return ELMO_OK;
 }

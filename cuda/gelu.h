@@ -21,6 +21,10 @@ int elmo_cuda_gelu_forward(const float *a, const elmo_bf16 *bias, int64_t M, int
 /* g[n] = bf16(GELU(pre[n])), bf16 in and out; deterministic (the encoder's forward and backward
  * both use it, so they see the same bits). */
 int elmo_cuda_gelu_recompute(const elmo_bf16 *pre, int64_t n, elmo_bf16 *g, cudaStream_t s, elmo_err *err);
+/* gq[i] = e4m3_satfinite(bf16(GELU(pre[i])) * *gq_scale) (gq_scale a device scalar): the E4M3 copy of
+ * elmo_cuda_gelu_recompute's output, for the FP8 forward's second FFN GEMM, without the BF16 one. */
+int elmo_cuda_gelu_forward_q(const elmo_bf16 *pre, int64_t n, uint8_t *gq, const float *gq_scale, cudaStream_t s,
+                             elmo_err *err);
 /* dx = bf16(dy * GELU'(pre)) over n elements, bf16; dx may equal dy. */
 int elmo_cuda_gelu_backward(const elmo_bf16 *pre, const elmo_bf16 *dy, int64_t n, elmo_bf16 *dx,
                             cudaStream_t s, elmo_err *err);

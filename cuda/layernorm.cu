@@ -9,6 +9,7 @@
 #include "cuda/gelu.h"
 #include "cuda/check.h"
 #include "cuda/transformer.h"
+#include "cuda/e4m3.cuh"
 
 typedef __nv_bfloat16 bf16;
 
@@ -44,7 +45,7 @@ static __device__ __forceinline__ uint2 f32x4_to_bf16(const float v[4]) {
 template <int K>
 static __global__ void __launch_bounds__(LN_WARPS * 32)
 ln_forward_vec_kernel(const float *a, const bf16 *bias, const bf16 *res, const bf16 *w, const bf16 *b, int64_t M,
-                      float eps, bf16 *y, bf16 *xhat, float *rstd) {
+                      float eps, bf16 *y, bf16 *xhat, float *rstd, uint8_t *yq, const float *qs) {
   constexpr int H = 128 * K;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t r = (int64_t)blockIdx.x * LN_WARPS + warp;
@@ -94,7 +95,12 @@ ln_forward_vec_kernel(const float *a, const bf16 *bias, const bf16 *res, const b
 #pragma unroll
     for (int e = 0; e < 4; e++) o[e] = h[e] * wv[e] + bv[e];
     *(uint2 *)(xhat + base + j) = hq;
-    *(uint2 *)(y + base + j) = f32x4_to_bf16(o);
+    const uint2 yo = f32x4_to_bf16(o);
+    *(uint2 *)(y + base + j) = yo;
+    if (yq) {                      /* the E4M3 copy of the stored (bf16) y */
+      bf16x4_to_f32(yo, o);
+      *(uint32_t *)(yq + base + j) = e4m3x4(o, *qs);
+    }
   }
   if (lane == 0) rstd[r] = rs;
 }
@@ -212,7 +218,7 @@ static int ln_vec_ok(int H, const void *const *ptrs, int n) {
 /* Row r: pre (staged in shared memory) -> xhat, y, rstd. */
 static __global__ void ln_forward_kernel(const float *a, const bf16 *bias, const bf16 *res, const bf16 *w,
                                          const bf16 *b, int64_t M, int H, float eps, bf16 *y, bf16 *xhat,
-                                         float *rstd) {
+                                         float *rstd, uint8_t *yq, const float *qs) {
   extern __shared__ float ln_row[];                 /* [LN_WARPS, H] */
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t r = (int64_t)blockIdx.x * LN_WARPS + warp;
@@ -238,17 +244,21 @@ static __global__ void ln_forward_kernel(const float *a, const bf16 *bias, const
   for (int j = lane; j < H; j += 32) {
     const bf16 h = __float2bfloat16_rn((pre[j] - mean) * rs);
     xhat[base + j] = h;
-    y[base + j] = __float2bfloat16_rn(__bfloat162float(h) * __bfloat162float(w[j]) + __bfloat162float(b[j]));
+    const bf16 yo = __float2bfloat16_rn(__bfloat162float(h) * __bfloat162float(w[j]) + __bfloat162float(b[j]));
+    y[base + j] = yo;
+    if (yq) yq[base + j] = e4m3x1(__bfloat162float(yo) * *qs);
   }
   if (lane == 0) rstd[r] = rs;
 }
 
 static void ln_forward_launch(const float *a, const bf16 *bias, const bf16 *res, const bf16 *w, const bf16 *b,
-                              int64_t M, int H, float eps, bf16 *y, bf16 *xhat, float *rstd, cudaStream_t s) {
+                              int64_t M, int H, float eps, bf16 *y, bf16 *xhat, float *rstd, uint8_t *yq,
+                              const float *qs, cudaStream_t s) {
   const unsigned grid = (unsigned)((M + LN_WARPS - 1) / LN_WARPS);
   const void *ptrs[] = {a, bias ? (const void *)bias : a, res ? (const void *)res : a, w, b, y, xhat};
-  if (ln_vec_ok(H, ptrs, 7)) {
-#define LN_FWD(K) ln_forward_vec_kernel<K><<<grid, LN_WARPS * 32, 0, s>>>(a, bias, res, w, b, M, eps, y, xhat, rstd)
+  if (ln_vec_ok(H, ptrs, 7) && (uintptr_t)yq % 4 == 0) {
+#define LN_FWD(K) \
+  ln_forward_vec_kernel<K><<<grid, LN_WARPS * 32, 0, s>>>(a, bias, res, w, b, M, eps, y, xhat, rstd, yq, qs)
     LN_VEC_SWITCH(H / 128, LN_FWD)
 #undef LN_FWD
     ELMO_LAUNCH_CHECK();
@@ -258,7 +268,7 @@ static void ln_forward_launch(const float *a, const bf16 *bias, const bf16 *res,
   if (smem > 48 * 1024)
     ELMO_CUDA_CHECK(cudaFuncSetAttribute(ln_forward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       (int)smem));
-  ln_forward_kernel<<<grid, LN_WARPS * 32, smem, s>>>(a, bias, res, w, b, M, H, eps, y, xhat, rstd);
+  ln_forward_kernel<<<grid, LN_WARPS * 32, smem, s>>>(a, bias, res, w, b, M, H, eps, y, xhat, rstd, yq, qs);
   ELMO_LAUNCH_CHECK();
 }
 
@@ -269,33 +279,43 @@ static int check_rows(const char *what, int64_t M, int H, elmo_err *err) {
   return ELMO_OK;
 }
 
-extern "C" int elmo_cuda_layernorm_forward(const float *a, const elmo_bf16 *bias, const elmo_bf16 *res,
-                                           const elmo_bf16 *w, const elmo_bf16 *b, int64_t M, int H,
-                                           float eps, elmo_bf16 *y, elmo_bf16 *xhat, float *rstd,
-                                           cudaStream_t s, elmo_err *err) {
+extern "C" int elmo_cuda_layernorm_forward_q(const float *a, const elmo_bf16 *bias, const elmo_bf16 *res,
+                                             const elmo_bf16 *w, const elmo_bf16 *b, int64_t M, int H,
+                                             float eps, elmo_bf16 *y, elmo_bf16 *xhat, float *rstd, uint8_t *yq,
+                                             const float *yq_scale, cudaStream_t s, elmo_err *err) {
   int rc = check_rows("layernorm forward", M, H, err);
   if (rc) return rc;
   if (!(eps > 0.0f))
     return elmo_fail(err, ELMO_EINPUT, "layernorm forward: eps = %g (expected > 0)", (double)eps);
+  if (yq && !yq_scale) return elmo_fail(err, ELMO_EINPUT, "layernorm forward: an E4M3 output without its scale");
   if (M == 0) return ELMO_OK;
   ln_forward_launch(a, (const bf16 *)bias, (const bf16 *)res, (const bf16 *)w, (const bf16 *)b, M, H, eps,
-                    (bf16 *)y, (bf16 *)xhat, rstd, s);
+                    (bf16 *)y, (bf16 *)xhat, rstd, yq, yq_scale, s);
   return ELMO_OK;
+}
+
+extern "C" int elmo_cuda_layernorm_forward(const float *a, const elmo_bf16 *bias, const elmo_bf16 *res,
+                                           const elmo_bf16 *w, const elmo_bf16 *b, int64_t M, int H,
+                                           float eps, elmo_bf16 *y, elmo_bf16 *xhat, float *rstd,
+                                           cudaStream_t s, elmo_err *err) {
+  return elmo_cuda_layernorm_forward_q(a, bias, res, w, b, M, H, eps, y, xhat, rstd, NULL, NULL, s, err);
 }
 
 /* ------------------------------------------------------------------ apply */
 
 static __global__ void ln_apply_kernel(const bf16 *xhat, const bf16 *w, const bf16 *b, int64_t n, int H,
-                                       bf16 *y) {
+                                       bf16 *y, uint8_t *yq, const float *qs) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     const int j = (int)(i % H);
-    y[i] = __float2bfloat16_rn(__bfloat162float(xhat[i]) * __bfloat162float(w[j]) + __bfloat162float(b[j]));
+    const bf16 yo = __float2bfloat16_rn(__bfloat162float(xhat[i]) * __bfloat162float(w[j]) + __bfloat162float(b[j]));
+    y[i] = yo;
+    if (yq) yq[i] = e4m3x1(__bfloat162float(yo) * *qs);
   }
 }
 
 /* The same 8 columns at a time (H a multiple of 8, 16-byte aligned pointers); n8 = M * H / 8. */
 static __global__ void ln_apply8_kernel(const uint4 *xhat, const uint4 *w, const uint4 *b, int64_t n8, int H8,
-                                        uint4 *y) {
+                                        uint4 *y, uint2 *yq, const float *qs) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += (int64_t)gridDim.x * blockDim.x) {
     const int j8 = (int)(i % H8);
     const uint4 xu = xhat[i], wu = w[j8], bu = b[j8];
@@ -307,6 +327,13 @@ static __global__ void ln_apply8_kernel(const uint4 *xhat, const uint4 *w, const
     for (int k = 0; k < 8; k++)
       ov[k] = __float2bfloat16_rn(__bfloat162float(xv[k]) * __bfloat162float(wv[k]) + __bfloat162float(bv[k]));
     y[i] = out;
+    if (yq) {
+      float f[8];
+#pragma unroll
+      for (int k = 0; k < 8; k++) f[k] = __bfloat162float(ov[k]);
+      const float q = *qs;
+      yq[i] = make_uint2(e4m3x4(f, q), e4m3x4(f + 4, q));
+    }
   }
 }
 
@@ -315,18 +342,26 @@ static unsigned grid_for(int64_t n, int threads) {
   return (unsigned)(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
 }
 
-extern "C" int elmo_cuda_layernorm_apply(const elmo_bf16 *xhat, const elmo_bf16 *w, const elmo_bf16 *b,
-                                         int64_t M, int H, elmo_bf16 *y, cudaStream_t s, elmo_err *err) {
+extern "C" int elmo_cuda_layernorm_apply_q(const elmo_bf16 *xhat, const elmo_bf16 *w, const elmo_bf16 *b,
+                                           int64_t M, int H, elmo_bf16 *y, uint8_t *yq, const float *yq_scale,
+                                           cudaStream_t s, elmo_err *err) {
   int rc = check_rows("layernorm apply", M, H, err);
   if (rc || M == 0) return rc;
-  if (H % 8 == 0 && ((uintptr_t)xhat | (uintptr_t)w | (uintptr_t)b | (uintptr_t)y) % 16 == 0)
+  if (yq && !yq_scale) return elmo_fail(err, ELMO_EINPUT, "layernorm apply: an E4M3 output without its scale");
+  if (H % 8 == 0 && ((uintptr_t)xhat | (uintptr_t)w | (uintptr_t)b | (uintptr_t)y) % 16 == 0 && (uintptr_t)yq % 8 == 0)
     ln_apply8_kernel<<<grid_for(M * H / 8, 256), 256, 0, s>>>((const uint4 *)xhat, (const uint4 *)w,
-                                                              (const uint4 *)b, M * H / 8, H / 8, (uint4 *)y);
+                                                              (const uint4 *)b, M * H / 8, H / 8, (uint4 *)y,
+                                                              (uint2 *)yq, yq_scale);
   else
     ln_apply_kernel<<<grid_for(M * H, 256), 256, 0, s>>>((const bf16 *)xhat, (const bf16 *)w, (const bf16 *)b,
-                                                         M * H, H, (bf16 *)y);
+                                                         M * H, H, (bf16 *)y, yq, yq_scale);
   ELMO_LAUNCH_CHECK();
   return ELMO_OK;
+}
+
+extern "C" int elmo_cuda_layernorm_apply(const elmo_bf16 *xhat, const elmo_bf16 *w, const elmo_bf16 *b,
+                                         int64_t M, int H, elmo_bf16 *y, cudaStream_t s, elmo_err *err) {
+  return elmo_cuda_layernorm_apply_q(xhat, w, b, M, H, y, NULL, NULL, s, err);
 }
 
 /* ------------------------------------------------------------------ backward */

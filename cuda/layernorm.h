@@ -22,6 +22,15 @@ int elmo_cuda_layernorm_forward(const float *a, const elmo_bf16 *bias, const elm
 /* y[M, H] = bf16(xhat * w + b): the forward's output again from the stored xhat. */
 int elmo_cuda_layernorm_apply(const elmo_bf16 *xhat, const elmo_bf16 *w, const elmo_bf16 *b, int64_t M,
                               int H, elmo_bf16 *y, cudaStream_t s, elmo_err *err);
+/* The same two with an E4M3 copy of y: yq[M, H] = e4m3_satfinite(y * *yq_scale) (yq_scale a device
+ * scalar), written in the same pass when yq is not NULL (the FP8 forward's GEMM inputs). */
+int elmo_cuda_layernorm_forward_q(const float *a, const elmo_bf16 *bias, const elmo_bf16 *res,
+                                  const elmo_bf16 *w, const elmo_bf16 *b, int64_t M, int H, float eps,
+                                  elmo_bf16 *y, elmo_bf16 *xhat, float *rstd, uint8_t *yq, const float *yq_scale,
+                                  cudaStream_t s, elmo_err *err);
+int elmo_cuda_layernorm_apply_q(const elmo_bf16 *xhat, const elmo_bf16 *w, const elmo_bf16 *b, int64_t M,
+                                int H, elmo_bf16 *y, uint8_t *yq, const float *yq_scale, cudaStream_t s,
+                                elmo_err *err);
 
 /* Scratch floats elmo_cuda_layernorm_backward needs for M rows of H. */
 int64_t elmo_cuda_layernorm_ws_floats(int64_t M, int H);

@@ -17,11 +17,18 @@
 #include "cuda/pooling.h"
 #include "cuda/check.h"
 #include "cuda/transformer.h"
+#include "cuda/e4m3.cuh"
 
 typedef __nv_bfloat16 bf16;
 typedef elmo_bf16 h16;      /* bf16 bits as the op entries take them */
 
 enum { LT_WORKSPACE = 32 << 20, MM_CACHE = 128, MEM_ALIGN = 256 };
+/* The FP8 forward's per-layer table (f8tab): the four input scales (elmo_tf_fp8_scales' order), the six
+ * weights' scales and the six GEMMs' alphas (q, k, v, o, ff1, ff2), and a 0.0f for the GEMMs' beta;
+ * per-layer maxima (f8acc): the six weights' amax and the largest row norms of v_w and ff1_w, as FP32
+ * bit patterns (integer order = float order for non-negative values; NaN above all). */
+enum { F8_X = 0, F8_CTX = 1, F8_H1 = 2, F8_G = 3, F8_SW = 4, F8_ALPHA = 10, F8_ZERO = 16, F8_TAB = 17 };
+enum { F8_NV = 6, F8_NF = 7, F8_ACC = 8, F8_W = 6 };
 
 
 /* ==================================================================== cuBLASLt GEMM helper */
@@ -282,7 +289,10 @@ struct elmo_cuda_tf {
   h16 *shadow;               /* [num_params] BF16 copy of FP32 parameters */
   h16 *wqkv, *bqkv;          /* fused path: layer wqkv_layer's q, k, v weights [3 H, H] and biases [3 H] gathered */
   int wqkv_layer;            /* -1: none (reset by every forward and backward call) */
-  elmo_cuda_tf_fp8 fp8;      /* fp8 forward scratch: xq [M, max(H, F)], wq [max(3 H, F) * H] */
+  elmo_cuda_tf_fp8 fp8;      /* fp8 forward: xq [M, max(H, F)] (the current GEMM input), wq [4 H H + 2 H F]
+                                (the layer's six weights) */
+  float *f8tab;              /* fp8 forward: [layers][F8_TAB] scales and GEMM alphas (f8_scales_kernel) */
+  unsigned *f8acc;           /* fp8 forward: [layers][F8_ACC] weight maxima (f8_stats_kernel) */
   void *lt_ws;
   /* the last forward */
   int B, T, Tp, have_forward;
@@ -364,7 +374,9 @@ static void carve_scratch(carver *cv, elmo_cuda_tf *t, int64_t M, size_t emb_ws)
   t->shadow = (t->flags & ELMO_CUDA_TF_F32_PARAMS) ? (h16 *)carve(cv, (size_t)t->num_params * 2) : NULL;
   if (c->fp8_forward) {
     t->fp8.xq = (uint8_t *)carve(cv, (size_t)(M * (H > F ? H : F)));
-    t->fp8.wq = (uint8_t *)carve(cv, (size_t)((3 * H > F ? 3 * H : F) * H));
+    t->fp8.wq = (uint8_t *)carve(cv, (size_t)(4 * H * H + 2 * H * F));
+    t->f8tab = (float *)carve(cv, (size_t)c->layers * F8_TAB * sizeof(float));
+    t->f8acc = (unsigned *)carve(cv, (size_t)c->layers * F8_ACC * sizeof(unsigned));
     t->fp8.amax = (unsigned *)carve(cv, ELMO_CUDA_TF_FP8_SEGS * sizeof(unsigned));
     t->fp8.inv = (float *)carve(cv, ELMO_CUDA_TF_FP8_SEGS * sizeof(float));
     t->fp8.alpha = (float *)carve(cv, ELMO_CUDA_TF_FP8_SEGS * sizeof(float));
@@ -514,6 +526,21 @@ extern "C" int elmo_cuda_tf_bad_ids(elmo_cuda_tf *t, cudaStream_t s) {
   ELMO_CUDA_CHECK(cudaStreamSynchronize(s));
   if (flag) ELMO_CUDA_CHECK(cudaMemsetAsync(t->bad_id, 0, sizeof(int), s));
   return flag;
+}
+
+extern "C" int elmo_cuda_tf_fp8_scales(const elmo_cuda_tf *t, elmo_tf_fp8_scales *scales, cudaStream_t s,
+                                       elmo_err *err) {
+  if (!t->cfg.fp8_forward) return elmo_fail(err, ELMO_EINPUT, "CUDA transformer: no FP8 forward, no FP8 scales");
+  for (int i = 0; i < t->cfg.layers; i++) {
+    float tab[F8_TAB];
+    ELMO_CUDA_CHECK(cudaMemcpyAsync(tab, t->f8tab + (int64_t)i * F8_TAB, sizeof tab, cudaMemcpyDeviceToHost, s));
+    ELMO_CUDA_CHECK(cudaStreamSynchronize(s));
+    scales[i].x = tab[F8_X];
+    scales[i].ctx = tab[F8_CTX];
+    scales[i].h1 = tab[F8_H1];
+    scales[i].g = tab[F8_G];
+  }
+  return ELMO_OK;
 }
 
 /* ==================================================================== GEMM shorthands */
@@ -679,16 +706,216 @@ extern "C" void elmo_cuda_tf_fp8_linear(elmo_cuda_tf_gemm *g, const elmo_cuda_tf
   fp8_linear_ld(g, q, j, bias, M, in, out, y, out, y_f32, s);
 }
 
-/* The forward's linear layer: BF16 GEMM, or FP8 with per-tensor scaling when cfg.fp8_forward. */
-static int linear_fwd_any(elmo_cuda_tf *t, const h16 *x, const h16 *w, const h16 *bias, int64_t M, int in, int out,
-                          void *y, int y_f32, cudaStream_t s, elmo_err *err) {
-  if (!t->cfg.fp8_forward) {
-    linear_fwd(t, x, w, bias, M, in, out, y, y_f32, s);
-    return ELMO_OK;
+/* ---- the encoder's FP8 forward: scales from the parameters (src/transformer.h, elmo_tf_fp8_layer_scales) ----
+ * Per layer i, before the kernel that writes its input x (the embedding LayerNorm or layer i - 1's output
+ * LayerNorm): f8_stats_kernel (the six weights' amax, the row norms of v_w and ff1_w) and
+ * f8_scales_kernel (one block: the LayerNorm and bias bounds, the four input scales, the weight scales
+ * and the GEMM alphas into f8tab[i]). At the layer's start (and before a RECOMPUTE rerun) the six weights
+ * are cast into wq (f8_wcast_kernel); every GEMM input is written in E4M3 into xq by the kernel that
+ * produces it (LayerNorm forward or apply, attention, GELU), with its scale from f8tab[i]. */
+
+typedef struct f8_weights {
+  const h16 *w[F8_W];
+  int rows[F8_W], cols[F8_W];
+  uint8_t *q[F8_W];
+} f8_weights;
+
+/* The layer's weights in GEMM order q, k, v, o, ff1, ff2 and their places in wq. */
+static f8_weights f8_layer_weights(const elmo_cuda_tf *t, const h16 *P, int i) {
+  const layer_off *o = &t->off[i];
+  const int H = t->cfg.hidden, F = t->cfg.ffn;
+  const int64_t off[F8_W] = {o->q_w, o->k_w, o->v_w, o->o_w, o->ff1_w, o->ff2_w};
+  const int rows[F8_W] = {H, H, H, H, F, H}, cols[F8_W] = {H, H, H, H, H, F};
+  f8_weights w;
+  uint8_t *q = t->fp8.wq;
+  for (int j = 0; j < F8_W; j++) {
+    w.w[j] = P + off[j];
+    w.rows[j] = rows[j];
+    w.cols[j] = cols[j];
+    w.q[j] = q;
+    q += (int64_t)rows[j] * cols[j];
   }
-  int rc = elmo_cuda_tf_fp8_prepare(&t->fp8, x, t->mask, M, in, &w, 1, out, s, err);
-  if (!rc) elmo_cuda_tf_fp8_linear(t->gemm, &t->fp8, 0, bias, M, in, out, y, y_f32, s);
-  return rc;
+  return w;
+}
+
+static __device__ float f8_warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
+  return v;
+}
+
+/* Warp per row: amax of weight blockIdx.y into acc[y] (bf16 bits << 16) and, for v_w (y 2) and ff1_w
+ * (y 4), the largest row norm (FP32, the row's squares summed per lane in column order, then lane 0's
+ * butterfly) into acc[F8_NV], acc[F8_NF]. Columns a multiple of 8, rows 16-byte aligned. */
+static __global__ void f8_stats_kernel(f8_weights ws, unsigned *acc) {
+  const int j = blockIdx.y, R = ws.rows[j], C8 = ws.cols[j] / 8;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  unsigned am = 0, nm = 0;
+  for (int r = blockIdx.x * nw + warp; r < R; r += gridDim.x * nw) {
+    const uint4 *row = (const uint4 *)(ws.w[j] + (int64_t)r * C8 * 8);
+    float ss = 0.0f;
+    for (int c = lane; c < C8; c += 32) {
+      const uint4 v = row[c];
+      am = max(am, bf16_abs_max8(v));
+      const unsigned u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int k = 0; k < 4; k++) {
+        const float lo = __uint_as_float(u[k] << 16), hi = __uint_as_float(u[k] & 0xFFFF0000u);
+        ss = fmaf(lo, lo, ss);
+        ss = fmaf(hi, hi, ss);
+      }
+    }
+    ss = f8_warp_sum(ss);
+    if (lane == 0) nm = max(nm, __float_as_uint(sqrtf(ss)));
+  }
+  for (int o = 16; o > 0; o >>= 1) am = max(am, __shfl_xor_sync(0xFFFFFFFFu, am, o));
+  if (lane == 0) {
+    atomicMax(&acc[j], am << 16);
+    if (j == 2 || j == 4) atomicMax(&acc[j == 2 ? F8_NV : F8_NF], nm);
+  }
+}
+
+enum { F8_SC_THREADS = 256 };
+
+static __device__ double f8_nanmax(double a, double b) { return isnan(a) || a > b ? a : b; }
+/* A parameter's value from its bf16 bits (h16 is the bits, not __nv_bfloat16). */
+static __device__ double f8_bf16(h16 v) { return (double)__uint_as_float((uint32_t)v << 16); }
+
+/* Block-wide max (op 0) or sum (op 1) of v in a fixed order (the same bits every run). */
+static __device__ double f8_block_reduce(double v, int op, double *sh) {
+  sh[threadIdx.x] = v;
+  __syncthreads();
+  for (int w = F8_SC_THREADS / 2; w > 0; w >>= 1) {
+    if ((int)threadIdx.x < w)
+      sh[threadIdx.x] = op ? sh[threadIdx.x] + sh[threadIdx.x + w] : f8_nanmax(sh[threadIdx.x], sh[threadIdx.x + w]);
+    __syncthreads();
+  }
+  const double r = sh[0];
+  __syncthreads();
+  return r;
+}
+
+/* One block of F8_SC_THREADS: the bounds of elmo_tf_fp8_layer_scales from the bf16 parameters and acc,
+ * then the table row: input scales, weight scales (fp8_scale_of their amax, as the CPU's
+ * elmo_tf_fp8_scale), alphas = (1 / input scale) * (1 / weight scale) in FP32, and 0. */
+static __global__ void f8_scales_kernel(const h16 *in_w, const h16 *in_b, const h16 *ln1_w, const h16 *ln1_b,
+                                        const h16 *v_b, const h16 *ff1_b, int H, int F, const unsigned *acc,
+                                        float *tab) {
+  __shared__ double sh[F8_SC_THREADS];
+  const double r = sqrt((double)(H - 1));
+  double e_in = 0, g_in = 0, b_in = 0, e_1 = 0, g_1 = 0, b_1 = 0, vb = 0, fb = 0;
+  for (int j = threadIdx.x; j < H; j += F8_SC_THREADS) {
+    const double wi = fabs(f8_bf16(in_w[j])), bi = f8_bf16(in_b[j]);
+    const double w1 = fabs(f8_bf16(ln1_w[j])), b1 = f8_bf16(ln1_b[j]);
+    e_in = f8_nanmax(r * wi + fabs(bi), e_in);
+    g_in = f8_nanmax(wi, g_in);
+    b_in += bi * bi;
+    e_1 = f8_nanmax(r * w1 + fabs(b1), e_1);
+    g_1 = f8_nanmax(w1, g_1);
+    b_1 += b1 * b1;
+    vb = f8_nanmax(fabs(f8_bf16(v_b[j])), vb);
+  }
+  for (int j = threadIdx.x; j < F; j += F8_SC_THREADS) fb = f8_nanmax(fabs(f8_bf16(ff1_b[j])), fb);
+  e_in = f8_block_reduce(e_in, 0, sh);
+  g_in = f8_block_reduce(g_in, 0, sh);
+  b_in = f8_block_reduce(b_in, 1, sh);
+  e_1 = f8_block_reduce(e_1, 0, sh);
+  g_1 = f8_block_reduce(g_1, 0, sh);
+  b_1 = f8_block_reduce(b_1, 1, sh);
+  vb = f8_block_reduce(vb, 0, sh);
+  fb = f8_block_reduce(fb, 0, sh);
+  if (threadIdx.x != 0) return;
+  const double sH = sqrt((double)H);
+  elmo_tf_fp8_scales sc;
+  elmo_tf_fp8_scales_of(e_in, sH * g_in + sqrt(b_in), e_1, sH * g_1 + sqrt(b_1),
+                        (double)__uint_as_float(acc[F8_NV]), vb, (double)__uint_as_float(acc[F8_NF]), fb, &sc);
+  tab[F8_X] = sc.x;
+  tab[F8_CTX] = sc.ctx;
+  tab[F8_H1] = sc.h1;
+  tab[F8_G] = sc.g;
+  const float in_scale[F8_W] = {sc.x, sc.x, sc.x, sc.ctx, sc.h1, sc.g};
+  for (int j = 0; j < F8_W; j++) {
+    const float sw = fp8_scale_of(acc[j]);
+    tab[F8_SW + j] = sw;
+    tab[F8_ALPHA + j] = __fmul_rn(1.0f / in_scale[j], 1.0f / sw);
+  }
+  tab[F8_ZERO] = 0.0f;
+}
+
+/* wq_j = e4m3(w_j * sw_j) for the six weights (blockIdx.y = j), 8 elements a thread-step. */
+static __global__ void f8_wcast_kernel(f8_weights ws, const float *tab) {
+  const int j = blockIdx.y;
+  const float sw = tab[F8_SW + j];
+  const int64_t n8 = (int64_t)ws.rows[j] * ws.cols[j] / 8;
+  const uint4 *src = (const uint4 *)ws.w[j];
+  uint2 *dst = (uint2 *)ws.q[j];
+  for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < n8; c += (int64_t)gridDim.x * blockDim.x) {
+    const uint4 v = src[c];
+    const unsigned u[4] = {v.x, v.y, v.z, v.w};
+    float f[8];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+      f[2 * k] = __uint_as_float(u[k] << 16);
+      f[2 * k + 1] = __uint_as_float(u[k] & 0xFFFF0000u);
+    }
+    dst[c] = make_uint2(e4m3x4(f, sw), e4m3x4(f + 4, sw));
+  }
+}
+
+/* xq = e4m3(x * *qs), 8 elements a thread-step (the batched attention path's ctx). */
+static __global__ void f8_act_cast_kernel(const uint4 *x, int64_t n8, const float *qs, uint2 *xq) {
+  const float q = *qs;
+  for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < n8; c += (int64_t)gridDim.x * blockDim.x) {
+    const uint4 v = x[c];
+    const unsigned u[4] = {v.x, v.y, v.z, v.w};
+    float f[8];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+      f[2 * k] = __uint_as_float(u[k] << 16);
+      f[2 * k + 1] = __uint_as_float(u[k] & 0xFFFF0000u);
+    }
+    xq[c] = make_uint2(e4m3x4(f, q), e4m3x4(f + 4, q));
+  }
+}
+
+static const float *f8_tab(const elmo_cuda_tf *t, int i) { return t->f8tab + (int64_t)i * F8_TAB; }
+
+/* f8tab[i] from the parameters: the stats pass over the layer's weights, then the scales block. */
+static void f8_prepare(elmo_cuda_tf *t, const h16 *P, int i, cudaStream_t s) {
+  const layer_off *o = &t->off[i];
+  const int H = t->cfg.hidden, F = t->cfg.ffn;
+  unsigned *acc = t->f8acc + (int64_t)i * F8_ACC;
+  ELMO_CUDA_CHECK(cudaMemsetAsync(acc, 0, F8_ACC * sizeof(unsigned), s));
+  f8_stats_kernel<<<dim3(48, F8_W), 256, 0, s>>>(f8_layer_weights(t, P, i), acc);
+  ELMO_LAUNCH_CHECK();
+  const h16 *in_w = P + (i ? t->off[i - 1].ln2_w : t->emb_ln_w), *in_b = P + (i ? t->off[i - 1].ln2_b : t->emb_ln_b);
+  f8_scales_kernel<<<1, F8_SC_THREADS, 0, s>>>(in_w, in_b, P + o->ln1_w, P + o->ln1_b, P + o->v_b, P + o->ff1_b, H, F,
+                                               acc, t->f8tab + (int64_t)i * F8_TAB);
+  ELMO_LAUNCH_CHECK();
+}
+
+static void f8_cast_weights(elmo_cuda_tf *t, const h16 *P, int i, cudaStream_t s) {
+  f8_wcast_kernel<<<dim3(120, F8_W), 256, 0, s>>>(f8_layer_weights(t, P, i), f8_tab(t, i));
+  ELMO_LAUNCH_CHECK();
+}
+
+/* y[M, out] (rows ldy apart) = (xq wq_j^T) * alpha_j (+ bias) with xq the E4M3 input in t->fp8.xq. */
+static void f8_gemm(elmo_cuda_tf *t, int i, int j, const h16 *bias, int64_t M, int in, int out, void *y, int64_t ldy,
+                    int y_f32, cudaStream_t s) {
+  const int64_t H = t->cfg.hidden, F = t->cfg.ffn;
+  const int64_t at[F8_W] = {0, H * H, 2 * H * H, 3 * H * H, 4 * H * H, 4 * H * H + H * F};  /* f8_layer_weights' */
+  const float *tab = f8_tab(t, i);
+  elmo_cuda_tf_mm p = {0, 1, M, out, in, t->fp8.xq, in, 0, t->fp8.wq + at[j], in, 0, y, ldy, 0, y_f32, 0.0f, 1, bias,
+                       tab + F8_ALPHA + j, tab + F8_ZERO};
+  gemm_run(t->gemm, &p, 1, s);
+}
+
+/* Where the layer input's E4M3 copy goes, and its scale: layer i's q/k/v input (NULL, NULL off the FP8
+ * forward or past the last layer). */
+static uint8_t *f8_x_out(const elmo_cuda_tf *t, int i) {
+  return t->cfg.fp8_forward && i < t->cfg.layers ? t->fp8.xq : NULL;
+}
+static const float *f8_x_scale(const elmo_cuda_tf *t, int i) {
+  return t->cfg.fp8_forward && i < t->cfg.layers ? f8_tab(t, i) + F8_X : NULL;
 }
 
 /* ==================================================================== forward */
@@ -767,11 +994,8 @@ static int qkv_forward(elmo_cuda_tf *t, const h16 *P, const layer_off *o, const 
   const int64_t w[3] = {o->q_w, o->k_w, o->v_w}, b[3] = {o->q_b, o->k_b, o->v_b};
   const int64_t ld = t->fused ? 3 * H : H, step = t->fused ? H : M * H;   /* row stride, offset of k from q */
   h16 *y = t->fused ? a->qkv : t->g16;
-  if (t->cfg.fp8_forward) {   /* one scale for the shared input, one per weight */
-    const h16 *ws[3] = {P + w[0], P + w[1], P + w[2]};
-    int rc = elmo_cuda_tf_fp8_prepare(&t->fp8, x_in, t->mask, M, H, ws, 3, H, s, err);
-    if (rc) return rc;
-    for (int j = 0; j < 3; j++) fp8_linear_ld(t->gemm, &t->fp8, j, P + b[j], M, H, H, y + j * step, ld, 0, s);
+  if (t->cfg.fp8_forward) {   /* x_in's E4M3 copy in t->fp8.xq, the layer's weights cast (f8_cast_weights) */
+    for (int j = 0; j < 3; j++) f8_gemm(t, (int)(o - t->off), j, P + b[j], M, H, H, y + j * step, ld, 0, s);
   } else if (t->fused) {
     qkv_gather(t, P, o, s);
     linear_fwd(t, x_in, t->wqkv, t->bqkv, M, H, 3 * H, y, 0, s);
@@ -790,20 +1014,51 @@ static int layer_forward(elmo_cuda_tf *t, const h16 *P, int i, const h16 *x_in, 
   layer_acts *a = &t->act[i];
   const int64_t M = (int64_t)t->B * t->Tp;
   const int H = c->hidden, F = c->ffn;
+  if (!c->fp8_forward) {
+    int rc = qkv_forward(t, P, o, x_in, a, s, err);
+    if (!rc) rc = attention_core(t, a, s, err);
+    if (rc) return rc;
+    linear_fwd(t, t->ctx, P + o->o_w, NULL, M, H, H, t->f32, 1, s);
+    rc = elmo_cuda_layernorm_forward(t->f32, P + o->o_b, x_in, P + o->ln1_w, P + o->ln1_b, M, H, c->ln_eps, t->h1,
+                                     a->xhat1, a->rstd1, s, err);
+    if (rc) return rc;
+    linear_fwd(t, t->h1, P + o->ff1_w, P + o->ff1_b, M, H, F, a->ff, 0, s);  /* GELU input, bf16 */
+    rc = elmo_cuda_gelu_recompute(a->ff, M * F, t->g16, s, err);
+    if (rc) return rc;
+    linear_fwd(t, t->g16, P + o->ff2_w, NULL, M, F, H, t->f32, 1, s);
+    return elmo_cuda_layernorm_forward(t->f32, P + o->ff2_b, t->h1, P + o->ln2_w, P + o->ln2_b, M, H, c->ln_eps,
+                                       x_out, a->xhat2, a->rstd2, s, err);
+  }
+  /* FP8: each GEMM input's E4M3 copy in t->fp8.xq, written by the kernel that makes it (x_in's by the
+   * LayerNorm before this layer), each consumed by its GEMM before the next is written */
+  const float *tab = f8_tab(t, i);
+  uint8_t *xq = t->fp8.xq;
+  f8_cast_weights(t, P, i, s);
   int rc = qkv_forward(t, P, o, x_in, a, s, err);
-  if (!rc) rc = attention_core(t, a, s, err);
   if (rc) return rc;
-  rc = linear_fwd_any(t, t->ctx, P + o->o_w, NULL, M, H, H, t->f32, 1, s, err);
-  if (!rc) rc = elmo_cuda_layernorm_forward(t->f32, P + o->o_b, x_in, P + o->ln1_w, P + o->ln1_b, M, H, c->ln_eps, t->h1,
-                                   a->xhat1, a->rstd1, s, err);
+  if (t->fused) {
+    rc = elmo_cuda_attention_fused_forward_q(a->qkv, a->qkv + H, a->qkv + 2 * H, 3 * H, t->mask, t->B, t->Tp, c->heads,
+                                             H / c->heads, NULL, xq, tab + F8_CTX, s, err);
+  } else {
+    rc = attention_core(t, a, s, err);
+    if (!rc) {
+      f8_act_cast_kernel<<<(unsigned)((M * H / 8 + 255) / 256 < 4096 ? (M * H / 8 + 255) / 256 : 4096), 256, 0, s>>>(
+          (const uint4 *)t->ctx, M * H / 8, tab + F8_CTX, (uint2 *)xq);
+      ELMO_LAUNCH_CHECK();
+    }
+  }
   if (rc) return rc;
-  rc = linear_fwd_any(t, t->h1, P + o->ff1_w, P + o->ff1_b, M, H, F, a->ff, 0, s, err);  /* GELU input, bf16 */
-  if (!rc) rc = elmo_cuda_gelu_recompute(a->ff, M * F, t->g16, s, err);
+  f8_gemm(t, i, 3, NULL, M, H, H, t->f32, H, 1, s);
+  rc = elmo_cuda_layernorm_forward_q(t->f32, P + o->o_b, x_in, P + o->ln1_w, P + o->ln1_b, M, H, c->ln_eps, t->h1,
+                                     a->xhat1, a->rstd1, xq, tab + F8_H1, s, err);
   if (rc) return rc;
-  rc = linear_fwd_any(t, t->g16, P + o->ff2_w, NULL, M, F, H, t->f32, 1, s, err);
+  f8_gemm(t, i, 4, P + o->ff1_b, M, H, F, a->ff, F, 0, s);                /* GELU input, bf16 */
+  rc = elmo_cuda_gelu_forward_q(a->ff, M * F, xq, tab + F8_G, s, err);
   if (rc) return rc;
-  return elmo_cuda_layernorm_forward(t->f32, P + o->ff2_b, t->h1, P + o->ln2_w, P + o->ln2_b, M, H, c->ln_eps,
-                                     x_out, a->xhat2, a->rstd2, s, err);
+  f8_gemm(t, i, 5, NULL, M, F, H, t->f32, H, 1, s);
+  if (i + 1 < c->layers) f8_prepare(t, P, i + 1, s);                     /* the next layer's scales, for x_out */
+  return elmo_cuda_layernorm_forward_q(t->f32, P + o->ff2_b, t->h1, P + o->ln2_w, P + o->ln2_b, M, H, c->ln_eps,
+                                       x_out, a->xhat2, a->rstd2, f8_x_out(t, i + 1), f8_x_scale(t, i + 1), s, err);
 }
 
 /* Embeddings + their LayerNorm into t->xa. */
@@ -816,9 +1071,11 @@ static int embed_forward(elmo_cuda_tf *t, const h16 *P, const int32_t *ids, cons
     rc = elmo_cuda_embed_forward(P + t->word, P + t->pos, t->type >= 0 ? P + t->type : NULL, c->vocab_size,
                                  c->max_position, ids, t->mask, t->B, t->T, t->Tp, c->hidden, t->f32, t->keys,
                                  t->bad_id, s, err);
+  if (!rc && c->fp8_forward && c->layers > 0) f8_prepare(t, P, 0, s);
   if (!rc)
-    rc = elmo_cuda_layernorm_forward(t->f32, NULL, NULL, P + t->emb_ln_w, P + t->emb_ln_b, M, c->hidden,
-                                     c->ln_eps, t->xa, t->xhat_e, t->rstd_e, s, err);
+    rc = elmo_cuda_layernorm_forward_q(t->f32, NULL, NULL, P + t->emb_ln_w, P + t->emb_ln_b, M, c->hidden,
+                                       c->ln_eps, t->xa, t->xhat_e, t->rstd_e, f8_x_out(t, 0), f8_x_scale(t, 0), s,
+                                       err);
   return rc;
 }
 
@@ -862,13 +1119,18 @@ extern "C" int elmo_cuda_tf_forward(elmo_cuda_tf *t, const void *params, int par
 
 /* ==================================================================== backward */
 
-/* x_in of layer i into t->xa: the embedding LayerNorm output or layer i - 1's output. */
+/* x_in of layer i into t->xa: the embedding LayerNorm output or layer i - 1's output; with its E4M3
+ * copy in t->fp8.xq (the forward's bits) when a RECOMPUTE rerun of an FP8 forward needs it. */
 static int layer_input(elmo_cuda_tf *t, const h16 *P, int i, cudaStream_t s, elmo_err *err) {
   const int64_t M = (int64_t)t->B * t->Tp;
   const int H = t->cfg.hidden;
-  if (i == 0) return elmo_cuda_layernorm_apply(t->xhat_e, P + t->emb_ln_w, P + t->emb_ln_b, M, H, t->xa, s, err);
+  const int rq = (t->flags & ELMO_CUDA_TF_RECOMPUTE) != 0;
+  uint8_t *xq = rq ? f8_x_out(t, i) : NULL;
+  const float *qs = rq ? f8_x_scale(t, i) : NULL;
+  if (i == 0)
+    return elmo_cuda_layernorm_apply_q(t->xhat_e, P + t->emb_ln_w, P + t->emb_ln_b, M, H, t->xa, xq, qs, s, err);
   const layer_off *o = &t->off[i - 1];
-  return elmo_cuda_layernorm_apply(t->act[i - 1].xhat2, P + o->ln2_w, P + o->ln2_b, M, H, t->xa, s, err);
+  return elmo_cuda_layernorm_apply_q(t->act[i - 1].xhat2, P + o->ln2_w, P + o->ln2_b, M, H, t->xa, xq, qs, s, err);
 }
 
 /* Everything the layer backward reads besides the kept buffers: ctx and the probabilities (only off
@@ -882,11 +1144,15 @@ static int layer_recompute(elmo_cuda_tf *t, const h16 *P, int i, cudaStream_t s,
   const int H = t->cfg.hidden, F = t->cfg.ffn;
   const layer_off *o = &t->off[i];
   layer_acts *a = &t->act[i];
-  const int rec = t->flags & ELMO_CUDA_TF_RECOMPUTE;
+  const int rec = t->flags & ELMO_CUDA_TF_RECOMPUTE, q8 = rec && t->cfg.fp8_forward;
+  if (q8) f8_cast_weights(t, P, i, s);   /* the forward's E4M3 weights again (f8tab[i] holds their scales) */
   int rc = rec ? qkv_forward(t, P, o, t->xa, a, s, err) : ELMO_OK;
   if (!rc && !t->fused) rc = attention_core(t, a, s, err);
-  if (!rc) rc = elmo_cuda_layernorm_apply(a->xhat1, P + o->ln1_w, P + o->ln1_b, M, H, t->h1, s, err);
-  if (!rc && rec) rc = linear_fwd_any(t, t->h1, P + o->ff1_w, P + o->ff1_b, M, H, F, a->ff, 0, s, err);
+  if (!rc)
+    rc = elmo_cuda_layernorm_apply_q(a->xhat1, P + o->ln1_w, P + o->ln1_b, M, H, t->h1, q8 ? t->fp8.xq : NULL,
+                                     q8 ? f8_tab(t, i) + F8_H1 : NULL, s, err);
+  if (!rc && q8) f8_gemm(t, i, 4, P + o->ff1_b, M, H, F, a->ff, F, 0, s);
+  else if (!rc && rec) linear_fwd(t, t->h1, P + o->ff1_w, P + o->ff1_b, M, H, F, a->ff, 0, s);
   /* RECOMPUTE: GELU(ff) comes with the GELU backward (ffn_backward), which may overwrite ff */
   if (!rc && !rec) rc = elmo_cuda_gelu_recompute(a->ff, M * F, t->g16, s, err);
   return rc;

@@ -8,14 +8,20 @@
  * flat layout as the parameters, and ACCUMULATE (zero them before a step), as on the CPU.
  *
  * FP8 forward (cfg->fp8_forward, model.encoder.dtype "fp8"): the six linear layers' forward GEMMs
- * take E4M3 operands with per-tensor dynamic scaling (amax of the layer input over the unmasked rows,
- * amax of the BF16 weight, each step; see elmo_tf_linear_forward_fp8), FP32 accumulation with
- * cuBLASLt's fast accumulation (as torchao's forward), the product times 1/(scale_x scale_w) as the
- * GEMM's alpha (a device scalar), then the usual bias epilogue / FP32 output. Nothing else changes: the kept
- * activations are the BF16 outputs of those GEMMs, and the backward's GEMMs are BF16 on the BF16
- * layer inputs (recomputed as usual) and BF16 weights, never the E4M3 copies. RECOMPUTE reruns the
- * same FP8 forward, so both modes give the same bits. Needs hidden and ffn multiples of 16 (config
- * check). Extra scratch: [M, max(H, F)] + [max(3H, F), H] bytes.
+ * take E4M3 operands: the weights with their per-tensor amax scale (cast per layer and step), the
+ * layer inputs with the power-of-two scales of elmo_tf_fp8_layer_scales, bounds that follow from the
+ * parameters (computed on the device per layer and step: one pass over the layer's weights for their
+ * amax and row norms, one block for the LayerNorm and bias bounds). Because no pass over an activation
+ * is needed for its scale, the kernels that produce the GEMM inputs write the E4M3 copies themselves:
+ * the LayerNorm forward (and apply, on a RECOMPUTE rerun) for the q/k/v and intermediate inputs, the
+ * fused attention for ctx (the batched path casts ctx in a pass), the GELU for the second FFN input
+ * (which then writes no BF16 copy). FP32 accumulation with cuBLASLt's fast accumulation (as torchao's
+ * forward), the product times 1/(scale_x scale_w) as the GEMM's alpha (a device scalar), then the
+ * usual bias epilogue / FP32 output. Nothing else changes: the kept activations are the BF16 outputs
+ * of those GEMMs, and the backward's GEMMs are BF16 on the BF16 layer inputs (recomputed as usual)
+ * and BF16 weights, never the E4M3 copies. RECOMPUTE reruns the same FP8 forward, so both modes give
+ * the same bits. Needs hidden and ffn multiples of 16 (config check). Extra scratch: [M, max(H, F)] +
+ * [4 H H + 2 H F] bytes and a small per-layer table.
  *
  * Layout: batches stay padded, [B, Tp] with Tp = T rounded up to a multiple of 8; masked positions
  * (mask 0, or t >= T) get a zero embedding, are excluded from attention keys, have zero attention
@@ -90,6 +96,9 @@ int elmo_cuda_tf_backward(elmo_cuda_tf *t, const void *params, int params_bf16, 
                           float *grads, cudaStream_t s, elmo_err *err);
 /* Waits for s; 1 when a forward since the last call saw an unmasked id outside [0, V), else 0. */
 int elmo_cuda_tf_bad_ids(elmo_cuda_tf *t, cudaStream_t s);
+/* Waits for s; the FP8 forward's input scales of the last forward into scales[layers] (host), the GPU
+ * twin of elmo_tf_fp8_layer_scales. ELMO_EINPUT without cfg.fp8_forward. */
+int elmo_cuda_tf_fp8_scales(const elmo_cuda_tf *t, elmo_tf_fp8_scales *scales, cudaStream_t s, elmo_err *err);
 
 /* ---- internal to the encoder's .cu files ---- */
 

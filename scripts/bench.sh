@@ -20,6 +20,7 @@
 #                   otherwise builds build-bench with -Dcuda=enabled
 #   STEPS=n         training steps per full-step row (default 40)
 #   RECOMPUTE=false full-step rows keep all encoder activations (faster, more memory)
+#   ENCODER=fp8     full-step rows with the FP8 encoder option (model.encoder.dtype "fp8": E4M3 forward GEMMs)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -94,11 +95,12 @@ full_row() { # name layers T B L elmo_ms elmo_gib dtype [gpus]
   local name=$1 layers=$2 T=$3 B=$4 L=$5 dt=$8 d=768 ffn=3072 gpus=${9:-1}
   local data=$TMP/synth-$L-$B
   [ -f "$data/trn_X.txt" ] || bash scripts/make_synthetic.sh "$data" $((B * STEPS)) 64 "$L" 5 $((T / 2)) 1 >/dev/null
-  local run=$TMP/run-$name-$dt-$gpus
+  local run=$TMP/run-$name-$dt-$gpus-${ENCODER:-bf16}
   "$ELMO_BIN/elmo-train" configs/synth-amazon3m-bert.json --device cuda --set data.dir="$data" --set data.max_len=$T \
     --set model.encoder.layers=$layers --set training.batch_size=$B --set training.max_steps=$STEPS \
     --set training.gpus=$gpus \
     --set model.classifier.dtype=$dt --set model.encoder.recompute=${RECOMPUTE:-true} --set output.checkpoints=false \
+    --set model.encoder.dtype=${ENCODER:-bf16} \
     --set eval.every_epochs=1 --out "$run" >"$run.log" 2>&1
   local sps gib
   sps=$(grep -o '"samples_per_s":[0-9.e+]*' "$run/metrics.jsonl" 2>/dev/null | tail -1 | cut -d: -f2)
@@ -115,6 +117,7 @@ full_row() { # name layers T B L elmo_ms elmo_gib dtype [gpus]
     printf "%.0f", 2 * w * L * d + 20 * (n * (4 * d * d + 2 * d * f) + 30522 * d) }')
   # sharded over GPUs: the roofline is the work of one GPU (a 1 / gpus share of the labels and the rows)
   local label="full $name seq $T B=$B L=$L"
+  [ "${ENCODER:-bf16}" = bf16 ] || label="$label, ${ENCODER} encoder"
   [ "$gpus" = 1 ] || label="$label, $gpus GPUs"
   row "$label" "$dt" "$ms" "${gib:-0}" "$(roof "$(awk -v b="$bytes" -v g=$gpus 'BEGIN { printf "%.0f", b / g }')" \
     "$(awk -v f="$flops" -v g=$gpus 'BEGIN { printf "%.0f", f / g }')")" "$6" "$7"

@@ -479,10 +479,66 @@ void elmo_tf_fp8_quantize(const float *x, int64_t n, float scale, float *q) {
 
 void elmo_tf_linear_forward_fp8(const float *x, const float *w, const float *b, int64_t N, int in,
                                 int out, float *y, float *ws) {
+  elmo_tf_linear_forward_fp8_scaled(x, w, b, N, in, out, elmo_tf_fp8_scale(elmo_tf_amax(x, N * in)), y, ws);
+}
+
+double elmo_tf_fp8_ln_elem(const float *w, const float *b, int H) {
+  const double r = sqrt((double)(H - 1));
+  double m = 0.0;
+  for (int j = 0; j < H; j++) {
+    const double v = r * fabs((double)w[j]) + fabs((double)b[j]);
+    if (v > m || isnan(v)) m = v;
+    if (isnan(m)) return m;
+  }
+  return m;
+}
+
+double elmo_tf_fp8_ln_norm(const float *w, const float *b, int H) {
+  double mw = 0.0, sb = 0.0;
+  for (int j = 0; j < H; j++) {
+    const double a = fabs((double)w[j]);
+    mw = a > mw || isnan(a) ? a : mw;
+    sb += (double)b[j] * (double)b[j];
+  }
+  return sqrt((double)H) * mw + sqrt(sb);
+}
+
+double elmo_tf_fp8_row_norm_max(const float *w, int64_t rows, int cols) {
+  double m = 0.0;
+  for (int64_t r = 0; r < rows; r++) {
+    double ss = 0.0;
+    for (int k = 0; k < cols; k++) ss += (double)w[r * cols + k] * (double)w[r * cols + k];
+    const double n = sqrt(ss);
+    if (n > m || isnan(n)) m = n;
+    if (isnan(m)) return m;
+  }
+  return m;
+}
+
+double elmo_tf_fp8_abs_max(const float *b, int64_t n) {
+  double m = 0.0;
+  for (int64_t i = 0; i < n; i++) {
+    const double a = fabs((double)b[i]);
+    if (a > m || isnan(a)) m = a;
+    if (isnan(m)) return m;
+  }
+  return m;
+}
+
+void elmo_tf_fp8_layer_scales(const elmo_tf_config *cfg, const float *in_w, const float *in_b,
+                              const elmo_tf_layer *l, elmo_tf_fp8_scales *s) {
+  const int H = cfg->hidden, F = cfg->ffn;
+  elmo_tf_fp8_scales_of(elmo_tf_fp8_ln_elem(in_w, in_b, H), elmo_tf_fp8_ln_norm(in_w, in_b, H),
+                        elmo_tf_fp8_ln_elem(l->ln1_w, l->ln1_b, H), elmo_tf_fp8_ln_norm(l->ln1_w, l->ln1_b, H),
+                        elmo_tf_fp8_row_norm_max(l->v_w, H, H), elmo_tf_fp8_abs_max(l->v_b, H),
+                        elmo_tf_fp8_row_norm_max(l->ff1_w, F, H), elmo_tf_fp8_abs_max(l->ff1_b, F), s);
+}
+
+void elmo_tf_linear_forward_fp8_scaled(const float *x, const float *w, const float *b, int64_t N, int in,
+                                       int out, float sx, float *y, float *ws) {
   const int64_t nw = (int64_t)in * out;
   float *wq = ws, *xq = ws + nw;                    /* [in, out] (transposed), [N, in] */
   const float sw = elmo_tf_fp8_scale(elmo_tf_amax(w, nw));
-  const float sx = elmo_tf_fp8_scale(elmo_tf_amax(x, N * in));
   elmo_tf_transpose(w, out, in, in, wq);
   elmo_tf_fp8_quantize(wq, nw, sw, wq);
   elmo_tf_fp8_quantize(x, N * in, sx, xq);
@@ -823,30 +879,33 @@ static void add_inplace(float *y, const float *x, int64_t n) {
   for (int64_t i = 0; i < n; i++) y[i] += x[i];
 }
 
-/* The layer's linear forward: FP32, or FP8 GEMMs when cfg->fp8_forward. */
+/* The layer's linear forward: FP32, or FP8 GEMMs with input scale sx when cfg->fp8_forward. */
 static void linear_fwd(const elmo_tf_config *cfg, const float *x, const float *w, const float *b,
-                       int64_t N, int in, int out, float *y, float *ws) {
-  if (cfg->fp8_forward) elmo_tf_linear_forward_fp8(x, w, b, N, in, out, y, ws);
+                       int64_t N, int in, int out, float sx, float *y, float *ws) {
+  if (cfg->fp8_forward) elmo_tf_linear_forward_fp8_scaled(x, w, b, N, in, out, sx, y, ws);
   else elmo_tf_linear_forward(x, w, b, N, in, out, y, ws);
 }
 
-/* One encoder layer: in[N, H] -> lc->out[N, H]; c->d_x is the scratch for pre-LayerNorm sums. */
+/* One encoder layer: in[N, H] -> lc->out[N, H]; c->d_x is the scratch for pre-LayerNorm sums.
+ * in_w, in_b: the LayerNorm that produced in (for the FP8 scales). */
 static void layer_forward(const elmo_tf_config *cfg, const elmo_tf_layer *w, elmo_tf_layer_cache *lc,
-                          const elmo_tf_cache *c, const float *in) {
+                          const elmo_tf_cache *c, const float *in, const float *in_w, const float *in_b) {
   const int64_t N = c->ntok;
   const int H = cfg->hidden, F = cfg->ffn;
   float *pre = c->d_x;                                                   /* [N, H] */
-  linear_fwd(cfg, in, w->q_w, w->q_b, N, H, H, lc->q, c->ws);
-  linear_fwd(cfg, in, w->k_w, w->k_b, N, H, H, lc->k, c->ws);
-  linear_fwd(cfg, in, w->v_w, w->v_b, N, H, H, lc->v, c->ws);
+  elmo_tf_fp8_scales sc = {1.0f, 1.0f, 1.0f, 1.0f};
+  if (cfg->fp8_forward) elmo_tf_fp8_layer_scales(cfg, in_w, in_b, w, &sc);
+  linear_fwd(cfg, in, w->q_w, w->q_b, N, H, H, sc.x, lc->q, c->ws);
+  linear_fwd(cfg, in, w->k_w, w->k_b, N, H, H, sc.x, lc->k, c->ws);
+  linear_fwd(cfg, in, w->v_w, w->v_b, N, H, H, sc.x, lc->v, c->ws);
   elmo_tf_attention_forward(lc->q, lc->k, lc->v, c->seq_start, c->prob_start, c->B, H, cfg->heads,
                             lc->probs, lc->ctx, c->ws);
-  linear_fwd(cfg, lc->ctx, w->o_w, w->o_b, N, H, H, pre, c->ws);
+  linear_fwd(cfg, lc->ctx, w->o_w, w->o_b, N, H, H, sc.ctx, pre, c->ws);
   add_inplace(pre, in, N * H);
   elmo_tf_layernorm_forward(pre, w->ln1_w, w->ln1_b, N, H, cfg->ln_eps, lc->h1, lc->xhat1, lc->rstd1);
-  linear_fwd(cfg, lc->h1, w->ff1_w, w->ff1_b, N, H, F, lc->ff, c->ws);
+  linear_fwd(cfg, lc->h1, w->ff1_w, w->ff1_b, N, H, F, sc.h1, lc->ff, c->ws);
   elmo_tf_gelu_forward(lc->ff, N * F, lc->gelu);
-  linear_fwd(cfg, lc->gelu, w->ff2_w, w->ff2_b, N, F, H, pre, c->ws);
+  linear_fwd(cfg, lc->gelu, w->ff2_w, w->ff2_b, N, F, H, sc.g, pre, c->ws);
   add_inplace(pre, lc->h1, N * H);
   elmo_tf_layernorm_forward(pre, w->ln2_w, w->ln2_b, N, H, cfg->ln_eps, lc->out, lc->xhat2, lc->rstd2);
 }
@@ -867,7 +926,8 @@ int elmo_tf_forward(const elmo_tf_params *p, elmo_tf_cache *c, const int32_t *id
                             c->emb_xhat, c->emb_rstd);
   const float *x = c->x0;
   for (int i = 0; i < cfg->layers; i++) {
-    layer_forward(cfg, &p->layer[i], &c->layer[i], c, x);
+    layer_forward(cfg, &p->layer[i], &c->layer[i], c, x, i ? p->layer[i - 1].ln2_w : p->emb_ln_w,
+                  i ? p->layer[i - 1].ln2_b : p->emb_ln_b);
     x = c->layer[i].out;
   }
   c->hidden = (float *)x;

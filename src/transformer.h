@@ -18,11 +18,12 @@
  *
  * FP8 forward (cfg.fp8_forward = 1, model.encoder.dtype "fp8"): the six linear layers of every encoder
  * layer (query, key, value, attention output, intermediate, output) run their forward GEMM on E4M3
- * operands with per-tensor dynamic scaling, as torchao's Float8Linear forward does
- * (elmo_tf_linear_forward_fp8). Everything else, and the whole backward, is unchanged: the backward
+ * operands with per-tensor scaling: the weights by their amax, as torchao's Float8Linear forward does,
+ * the layer inputs by power-of-two scales from bounds that follow from the parameters
+ * (elmo_tf_fp8_layer_scales, elmo_tf_linear_forward_fp8_scaled). Everything else, and the whole backward, is unchanged: the backward
  * uses the saved unquantised layer inputs (layer input, attention context, h1, GELU output) and the
- * unquantised weights, i.e. the quantiser is passed straight through. The activation scale is taken
- * over the whole packed batch, so in this mode a sequence's output depends (slightly) on its batch.
+ * unquantised weights, i.e. the quantiser is passed straight through. The scales depend on the
+ * parameters only, so a sequence's output does not depend on its batch in this mode either.
  *
  * Ownership: elmo_tf_alloc / elmo_tf_cache_alloc allocate, the matching _free releases and zeroes
  * the struct. Views (word_emb, layer[i].q_w, ...) point into `flat` and are not freed separately.
@@ -32,7 +33,11 @@
 
 #include <stdint.h>
 
+#include <math.h>
+#include <string.h>
+
 #include "common.h"
+#include "numerics.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -212,6 +217,66 @@ void elmo_tf_fp8_quantize(const float *x, int64_t n, float scale, float *q);
 /* The FP8 twin of elmo_tf_linear_forward (formula above). ws: [in * out + N * in]. */
 void elmo_tf_linear_forward_fp8(const float *x, const float *w, const float *b, int64_t N, int in,
                                 int out, float *y, float *ws);
+
+/* ---- FP8 forward with scales from the parameters (what the encoder's FP8 mode runs) ----
+ * The four GEMM inputs of a layer are quantised with power-of-two scales that follow from bounds on
+ * their magnitude which hold for every row, computed from the parameters alone, so no pass over the
+ * activations is needed before the cast and the kernels that produce them (LayerNorm, attention,
+ * GELU) can write the E4M3 copy themselves. With in = the LayerNorm that made the layer input (the
+ * embedding LayerNorm, or the previous layer's output LayerNorm), and for a LayerNorm (w, b) of width H:
+ *   elem(w, b) = max_j (sqrt(H - 1) |w_j| + |b_j|)    >= |y_j| (|xhat_j| <= sqrt(H - 1) for any row)
+ *   norm(w, b) = sqrt(H) max_j |w_j| + ||b||_2        >= ||y||_2 (||xhat||_2 <= sqrt(H))
+ *   x   (q, k, v input)    elem(in)
+ *   ctx (attention output) norm(in) max_j ||v_w[j]||_2 + max |v_b|   (bounds |v|; ctx averages v rows)
+ *   h1  (intermediate in)  elem(ln1)
+ *   g   (GELU output)      max(norm(ln1) max_j ||ff1_w[j]||_2 + max |ff1_b|, 0.17)  (GELU(a) in [-0.17, a])
+ * each bound times ELMO_TF_FP8_BOUND_MARGIN (the BF16 and E4M3 roundings of the operands the GPU's
+ * values come from), in double; scale = elmo_tf_fp8_pow2_scale(bound), the largest power of two with
+ * bound * scale <= 448. The weights keep their exact per-tensor scale (elmo_tf_fp8_scale of their
+ * amax): they are small. Power-of-two scales make x * scale exact and the CPU's and GPU's scales the
+ * same unless a bound sits within rounding of a power of two. */
+#define ELMO_TF_FP8_BOUND_MARGIN 1.25
+#define ELMO_TF_FP8_GELU_MIN 0.17
+typedef struct elmo_tf_fp8_scales {
+  float x, ctx, h1, g;
+} elmo_tf_fp8_scales;
+/* 2^floor(log2(448 / bound)) within 2^-100 .. 2^100; NaN for NaN; bounds below 1e-30 count as 1e-30.
+ * Host and device (the CUDA encoder computes its scales with the same two functions). */
+ELMO_HD static inline float elmo_tf_fp8_pow2_scale(double bound) {
+  if (isnan(bound)) return (float)bound;
+  if (!(bound >= 1e-30)) bound = 1e-30;
+  const double v = 448.0 / bound;                   /* finite, >= 0 */
+  uint64_t u;
+  memcpy(&u, &v, sizeof u);
+  int e = (int)((u >> 52) & 0x7FF) - 1023;          /* floor(log2 v) from the exponent bits (v normal) */
+  e = e < -100 ? -100 : e > 100 ? 100 : e;
+  const uint32_t f = (uint32_t)(e + 127) << 23;     /* 2^e as FP32 bits */
+  float r;
+  memcpy(&r, &f, sizeof r);
+  return r;
+}
+/* The four scales from the parts of their bounds: elem and norm of the input's LayerNorm and of ln1,
+ * max_j ||v_w[j]||_2, max |v_b|, max_j ||ff1_w[j]||_2, max |ff1_b|. */
+ELMO_HD static inline void elmo_tf_fp8_scales_of(double in_elem, double in_norm, double ln1_elem, double ln1_norm,
+                                                 double v_row, double v_bias, double ff1_row, double ff1_bias,
+                                                 elmo_tf_fp8_scales *s) {
+  const double mg = ELMO_TF_FP8_BOUND_MARGIN, a = ln1_norm * ff1_row + ff1_bias;
+  s->x = elmo_tf_fp8_pow2_scale(mg * in_elem);
+  s->ctx = elmo_tf_fp8_pow2_scale(mg * (in_norm * v_row + v_bias));
+  s->h1 = elmo_tf_fp8_pow2_scale(mg * ln1_elem);
+  s->g = elmo_tf_fp8_pow2_scale(mg * (a > ELMO_TF_FP8_GELU_MIN || isnan(a) ? a : ELMO_TF_FP8_GELU_MIN));
+}
+double elmo_tf_fp8_ln_elem(const float *w, const float *b, int H);
+double elmo_tf_fp8_ln_norm(const float *w, const float *b, int H);
+/* max_j ||w[j]||_2 over the rows of w [rows, cols]; max_j |b_j| of b [n] */
+double elmo_tf_fp8_row_norm_max(const float *w, int64_t rows, int cols);
+double elmo_tf_fp8_abs_max(const float *b, int64_t n);
+/* The four input scales of a layer (formulas above); in_w, in_b: the layer input's LayerNorm. */
+void elmo_tf_fp8_layer_scales(const elmo_tf_config *cfg, const float *in_w, const float *in_b,
+                              const elmo_tf_layer *l, elmo_tf_fp8_scales *s);
+/* elmo_tf_linear_forward_fp8 with the input's scale given (sx) instead of taken from its amax. */
+void elmo_tf_linear_forward_fp8_scaled(const float *x, const float *w, const float *b, int64_t N, int in,
+                                       int out, float sx, float *y, float *ws);
 
 /* dw[out, in] += dy^T x, db[out] += column sums of dy (db may be NULL); dx[N, in] = dy w, or
  * dx += dy w when accumulate_dx (dx may be NULL). ws: [out * N]. */

@@ -52,6 +52,23 @@ static void download(void *h, const void *d, size_t bytes) {
   CK(cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost));
 }
 
+/* A device float holding v (the E4M3 producers' scale). */
+static float *dev_scalar(float v) { return dev_upload(&v, sizeof v); }
+
+/* The E4M3 copy q[n] (device) of the values x[n] (host, the producer's own bf16 output) at scale s:
+ * every byte is elmo_f32_to_fp8(x * s). */
+static void expect_e4m3_copy(const void *d_q, const float *x, size_t n, float s, const char *what) {
+  uint8_t *q = malloc(n > 0 ? n : 1);
+  download(q, d_q, n);
+  size_t bad = 0, first = 0;
+  for (size_t i = 0; i < n; i++)
+    if (q[i] != elmo_f32_to_fp8(x[i] * s) && bad++ == 0) first = i;
+  if (bad)
+    fail_msg("%s: %zu of %zu E4M3 bytes differ, first at %zu: 0x%02x for %g * %g (expected 0x%02x)", what, bad, n, first,
+             q[first], (double)x[first], (double)s, elmo_f32_to_fp8(x[first] * s));
+  free(q);
+}
+
 static float *randn(size_t n, uint64_t *rng, float scale, float shift) {
   float *x = malloc(n * sizeof *x);
   for (size_t i = 0; i < n; i++) x[i] = shift + scale * tu_rand_normal(rng);
@@ -170,6 +187,20 @@ static void run_layernorm_forward(int H) {
   assert_int_equal(elmo_cuda_layernorm_apply(d_xhat, d_w, d_b, M, H, d_y2, 0, &err), ELMO_OK);
   float *g_y2 = host_from_bf16(d_y2, (size_t)M * H);
   assert_memory_equal(g_y2, g_y, (size_t)M * H * sizeof(float));
+  /* with the E4M3 copy (the FP8 forward's GEMM input): the same y, and yq = e4m3(y * scale) */
+  float *d_s = dev_scalar(8.0f);
+  uint8_t *d_yq = dev_poisoned((size_t)M * H), *d_yq2 = dev_poisoned((size_t)M * H);
+  assert_int_equal(elmo_cuda_layernorm_forward_q(d_a, d_bias, d_res, d_w, d_b, M, H, eps, d_y2, d_xhat, d_rstd, d_yq, d_s,
+                                                 0, &err), ELMO_OK);
+  free(g_y2);
+  g_y2 = host_from_bf16(d_y2, (size_t)M * H);
+  assert_memory_equal(g_y2, g_y, (size_t)M * H * sizeof(float));
+  expect_e4m3_copy(d_yq, g_y, (size_t)M * H, 8.0f, "layernorm forward, E4M3 copy");
+  assert_int_equal(elmo_cuda_layernorm_apply_q(d_xhat, d_w, d_b, M, H, d_y2, d_yq2, d_s, 0, &err), ELMO_OK);
+  expect_e4m3_copy(d_yq2, g_y, (size_t)M * H, 8.0f, "layernorm apply, E4M3 copy");
+  assert_int_equal(elmo_cuda_layernorm_forward_q(d_a, d_bias, d_res, d_w, d_b, M, H, eps, d_y2, d_xhat, d_rstd, d_yq,
+                                                 NULL, 0, &err), ELMO_EINPUT);
+  cudaFree(d_s); cudaFree(d_yq); cudaFree(d_yq2);
   assert_int_equal(elmo_cuda_layernorm_forward(d_a, NULL, NULL, d_w, d_b, M, 0, eps, d_y, d_xhat, d_rstd, 0, &err),
                    ELMO_EINPUT);
 
@@ -256,6 +287,15 @@ static void test_gelu(void **state) {
   expect_close(g_pre, pre, n, 1e-2, "gelu pre-activation (bf16)");
   expect_close(g_g, g, n, 1e-2, "gelu forward (bf16)");
   expect_close(g_g2, g, n, 1e-2, "gelu recompute (bf16)");
+  {  /* the E4M3 copy of the recompute's output, 8 at a time and (odd count) one at a time */
+    float *d_s = dev_scalar(0.25f);
+    uint8_t *d_gq = dev_poisoned(n);
+    assert_int_equal(elmo_cuda_gelu_forward_q(d_pre, (int64_t)n, d_gq, d_s, 0, &err), ELMO_OK);
+    expect_e4m3_copy(d_gq, g_g2, n, 0.25f, "gelu forward, E4M3 copy");
+    assert_int_equal(elmo_cuda_gelu_forward_q(d_pre, (int64_t)n - 1, d_gq, d_s, 0, &err), ELMO_OK);
+    expect_e4m3_copy(d_gq, g_g2, n - 1, 0.25f, "gelu forward, E4M3 copy (scalar kernel)");
+    cudaFree(d_s); cudaFree(d_gq);
+  }
   assert_int_equal(elmo_cuda_gelu_backward(d_pre, d_dy, (int64_t)n, d_dy, 0, &err), ELMO_OK);   /* in place */
   float *g_dx = host_from_bf16(d_dy, n);
   /* CPU from the GPU's own rounded pre-activations */
@@ -545,6 +585,18 @@ static void fused_case(int B, int T, int Tp, int heads, int dh, const int *len, 
                                                      c.dh, d_ctx3, 0, &err), ELMO_OK);
   float *g_ctx3 = host_from_bf16(d_ctx3, per);
   assert_memory_equal(g_ctx3, g_ctx, per * sizeof *g_ctx);
+  {  /* the E4M3 copy alone (no bf16 ctx): e4m3(ctx * scale), padded rows untouched */
+    float *d_s = dev_scalar(16.0f);
+    uint8_t *d_cq = dev_poisoned(per);
+    CK(cudaMemset(d_cq, 0, per));
+    assert_int_equal(elmo_cuda_attention_fused_forward_q(d_qi, d_qi + H, d_qi + 2 * H, 3 * H, d_mask, c.B, c.Tp, c.heads,
+                                                         c.dh, NULL, d_cq, d_s, 0, &err), ELMO_OK);
+    snprintf(what, sizeof what, "fused attention ctx, E4M3 copy (Tp %d, dh %d)", Tp, dh);
+    expect_e4m3_copy(d_cq, g_ctx, per, 16.0f, what);
+    assert_int_equal(elmo_cuda_attention_fused_forward_q(d_qi, d_qi + H, d_qi + 2 * H, 3 * H, d_mask, c.B, c.Tp, c.heads,
+                                                         c.dh, NULL, NULL, d_s, 0, &err), ELMO_EINPUT);
+    cudaFree(d_s); cudaFree(d_cq);
+  }
   /* with the bias-gradient partials: their finished sums (added to random values) against the column
    * sums of the dq, dk, dv the kernel stored */
   const int64_t prow = elmo_cuda_attention_colpart_rows(c.B, c.Tp);
@@ -872,9 +924,10 @@ static void enc_case_free(enc_case *c) {
 typedef struct enc_result {
   float *pooled;             /* [B, H] */
   float *grads;              /* [num_params] */
+  elmo_tf_fp8_scales *scales;  /* [layers], FP8 forward only */
 } enc_result;
 
-static void enc_result_free(enc_result *r) { free(r->pooled); free(r->grads); }
+static void enc_result_free(enc_result *r) { free(r->pooled); free(r->grads); free(r->scales); }
 
 static void run_cpu(const enc_case *c, enc_result *r) {
   elmo_tf_cache cache;
@@ -882,6 +935,7 @@ static void run_cpu(const enc_case *c, enc_result *r) {
   elmo_err err;
   assert_int_equal(elmo_tf_cache_alloc(&cache, &c->cfg, c->B, c->T, &err), ELMO_OK);
   assert_int_equal(elmo_tf_alloc(&g, &c->cfg, &err), ELMO_OK);
+  r->scales = NULL;
   r->pooled = malloc((size_t)c->B * c->cfg.hidden * 4);
   assert_int_equal(elmo_tf_forward(&c->p, &cache, c->ids, c->mask, c->B, c->T, r->pooled, &err), ELMO_OK);
   assert_int_equal(elmo_tf_backward(&c->p, &cache, c->dpooled, &g, &err), ELMO_OK);
@@ -908,10 +962,16 @@ static void run_gpu(const enc_case *c, int flags, int f32_params, enc_result *r,
   assert_int_equal(elmo_cuda_tf_backward(t, d_params, !f32_params, d_dp, d_grads, 0, &err), ELMO_OK);
   r->pooled = host_from_f32(d_pooled, (size_t)c->B * H);
   r->grads = host_from_f32(d_grads, np);
+  r->scales = NULL;
+  if (c->cfg.fp8_forward) {
+    r->scales = calloc((size_t)c->cfg.layers, sizeof *r->scales);
+    assert_int_equal(elmo_cuda_tf_fp8_scales(t, r->scales, 0, &err), ELMO_OK);
+  }
   assert_int_equal(elmo_cuda_tf_bad_ids(t, 0), 0);     /* garbage ids sit only at masked positions */
   if (twice) {
     assert_int_equal(elmo_cuda_tf_backward(t, d_params, !f32_params, d_dp, d_grads, 0, &err), ELMO_OK);
     twice->pooled = NULL;
+    twice->scales = NULL;
     twice->grads = host_from_f32(d_grads, np);
   }
   elmo_cuda_tf_destroy(&t);
@@ -1042,9 +1102,10 @@ static void test_encoder_fused_vs_batched(void **state) {
   enc_case_free(&c);
 }
 
-/* FP8 forward GEMMs (cfg.fp8_forward): the GPU matches the CPU's FP8 forward within the encoder
- * tolerances; the gradients stay finite and close to the BF16 path's; FP8 really runs (its output
- * differs from BF16's); recompute and a repeated run give the same bits. */
+/* FP8 forward GEMMs (cfg.fp8_forward): the GPU's input scales are the CPU's (the same formulas on the
+ * same BF16 parameters) and its output matches the CPU's FP8 forward within the encoder tolerances;
+ * the gradients stay finite and close to the BF16 path's; FP8 really runs (its output differs from
+ * BF16's); recompute, a repeated run and the batched attention path give the same bits. */
 static void test_encoder_fp8(void **state) {
   (void)state;
   enc_case c;
@@ -1060,6 +1121,33 @@ static void test_encoder_fp8(void **state) {
   const double e_cpu = rel_err(gpu.pooled, cpu.pooled, ph), e_bf = rel_err(gpu.pooled, bf.pooled, ph);
   const double g_bf = rel_err(gpu.grads, bf.grads, np);
   print_message("fp8 pooled: vs CPU fp8 %.3e, vs GPU bf16 %.3e; gradients vs GPU bf16 %.3e\n", e_cpu, e_bf, g_bf);
+  {  /* the batched attention path (ctx cast by its own pass) gives the same bits as the fused one */
+    const char *was = getenv("ELMO_ATTN_FUSED");
+    char *saved = was ? strdup(was) : NULL;
+    set_fused_env("0");
+    enc_result nf;
+    run_gpu(&c, 0, 0, &nf, NULL);
+    set_fused_env(saved);
+    free(saved);
+    assert_memory_equal(nf.pooled, gpu.pooled, ph * 4);
+    enc_result_free(&nf);
+  }
+  /* the input scales: the CPU's formulas on the BF16 parameters the GPU read */
+  elmo_tf_params pb;
+  elmo_err err;
+  assert_int_equal(elmo_tf_alloc(&pb, &c.cfg, &err), ELMO_OK);
+  for (int64_t i = 0; i < c.p.num_params; i++) pb.flat[i] = elmo_bf16_to_f32(elmo_f32_to_bf16(c.p.flat[i]));
+  for (int i = 0; i < c.cfg.layers; i++) {
+    elmo_tf_fp8_scales want;
+    elmo_tf_fp8_layer_scales(&c.cfg, i ? pb.layer[i - 1].ln2_w : pb.emb_ln_w, i ? pb.layer[i - 1].ln2_b : pb.emb_ln_b,
+                             &pb.layer[i], &want);
+    print_message("layer %d fp8 scales x %g ctx %g h1 %g g %g (CPU %g %g %g %g)\n", i, (double)gpu.scales[i].x,
+                  (double)gpu.scales[i].ctx, (double)gpu.scales[i].h1, (double)gpu.scales[i].g, (double)want.x, (double)want.ctx,
+                  (double)want.h1, (double)want.g);
+    assert_true(gpu.scales[i].x == want.x && gpu.scales[i].ctx == want.ctx);
+    assert_true(gpu.scales[i].h1 == want.h1 && gpu.scales[i].g == want.g);
+  }
+  elmo_tf_free(&pb);
   expect_close(gpu.pooled, cpu.pooled, ph, 3e-2, "fp8 encoder pooled output vs CPU fp8");
   expect_grads_close(&c, gpu.grads, cpu.grads);
   assert_true(e_bf > 1e-4);                             /* the FP8 path ran */

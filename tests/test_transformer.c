@@ -932,6 +932,64 @@ static void test_fp8_model(void **state) {
   free(f);
 }
 
+static float amax_f(const float *x, int64_t n) {
+  float m = 0.0f;
+  for (int64_t i = 0; i < n; i++) m = fabsf(x[i]) > m ? fabsf(x[i]) : m;
+  return m;
+}
+
+/* The FP8 forward's input scales: every layer input, attention output, h1 and GELU output of an FP32
+ * forward (random parameters, so LayerNorm weights and biases far from 1 and 0) stays within the
+ * bound its scale comes from, each row's L2 norm within the norm bound, and the scales are the
+ * largest powers of two that keep bound * margin * scale <= 448. */
+static void test_fp8_bounds(void **state) {
+  (void)state;
+  assert_true(elmo_tf_fp8_pow2_scale(448.0) == 1.0f);
+  assert_true(elmo_tf_fp8_pow2_scale(448.5) == 0.5f);
+  assert_true(elmo_tf_fp8_pow2_scale(224.0) == 2.0f);
+  assert_true(elmo_tf_fp8_pow2_scale(0.01) == 32768.0f);
+  assert_true(elmo_tf_fp8_pow2_scale(0.0) == ldexpf(1.0f, 100));
+  assert_true(isnan(elmo_tf_fp8_pow2_scale(NAN)));
+  model_case *m = calloc(1, sizeof *m);
+  model_setup(m, ELMO_TF_POOL_MEAN, 63);
+  model_loss(m);
+  const elmo_tf_config *cfg = &m->p.cfg;
+  const int H = cfg->hidden, F = cfg->ffn;
+  const int64_t N = m->c.ntok;
+  for (int i = 0; i < cfg->layers; i++) {
+    const elmo_tf_layer *l = &m->p.layer[i];
+    const elmo_tf_layer_cache *lc = &m->c.layer[i];
+    const float *in = i ? m->c.layer[i - 1].out : m->c.x0;
+    const float *in_w = i ? m->p.layer[i - 1].ln2_w : m->p.emb_ln_w, *in_b = i ? m->p.layer[i - 1].ln2_b : m->p.emb_ln_b;
+    const double b_x = elmo_tf_fp8_ln_elem(in_w, in_b, H), n_in = elmo_tf_fp8_ln_norm(in_w, in_b, H);
+    const double b_ctx = n_in * elmo_tf_fp8_row_norm_max(l->v_w, H, H) + elmo_tf_fp8_abs_max(l->v_b, H);
+    const double b_h1 = elmo_tf_fp8_ln_elem(l->ln1_w, l->ln1_b, H);
+    double b_g = elmo_tf_fp8_ln_norm(l->ln1_w, l->ln1_b, H) * elmo_tf_fp8_row_norm_max(l->ff1_w, F, H) +
+                 elmo_tf_fp8_abs_max(l->ff1_b, F);
+    b_g = b_g > ELMO_TF_FP8_GELU_MIN ? b_g : ELMO_TF_FP8_GELU_MIN;
+    const double got[4] = {amax_f(in, N * H), amax_f(lc->ctx, N * H), amax_f(lc->h1, N * H), amax_f(lc->gelu, N * F)};
+    const double bound[4] = {b_x, b_ctx, b_h1, b_g};
+    elmo_tf_fp8_scales sc;
+    elmo_tf_fp8_layer_scales(cfg, in_w, in_b, l, &sc);
+    const float scale[4] = {sc.x, sc.ctx, sc.h1, sc.g};
+    for (int k = 0; k < 4; k++) {
+      print_message("layer %d input %d: amax %.4g, bound %.4g, scale %g\n", i, k, got[k], bound[k], (double)scale[k]);
+      assert_true(got[k] > 0.0 && got[k] <= bound[k]);
+      const double t = bound[k] * ELMO_TF_FP8_BOUND_MARGIN * scale[k];
+      int e;
+      assert_true(frexpf(scale[k], &e) == 0.5f);  /* a power of two */
+      assert_true(t <= 448.0 && 2.0 * t > 448.0);
+    }
+    for (int64_t n = 0; n < N; n++) {  /* the norm bound, row by row */
+      double ss = 0.0;
+      for (int j = 0; j < H; j++) ss += (double)in[n * H + j] * in[n * H + j];
+      assert_true(sqrt(ss) <= n_in);
+    }
+  }
+  model_teardown(m);
+  free(m);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_layout_names),
@@ -956,6 +1014,7 @@ int main(void) {
       cmocka_unit_test(test_fp8_quantize),
       cmocka_unit_test(test_fp8_linear),
       cmocka_unit_test(test_fp8_model),
+    cmocka_unit_test(test_fp8_bounds),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,22 @@
+/* e4m3.cuh: device helpers that write E4M3 copies of values a kernel already has (the FP8 forward's
+ * layer inputs, cast where they are produced). Round to nearest even, saturating to +-448 (satfinite),
+ * NaN stays NaN: the CPU's elmo_f32_to_fp8. */
+#ifndef ELMO_CUDA_E4M3_CUH
+#define ELMO_CUDA_E4M3_CUH
+
+#include <cuda_fp8.h>
+#include <stdint.h>
+
+/* Two values (already scaled) as two E4M3 bytes, a in the low byte. */
+static __device__ __forceinline__ uint32_t e4m3x2(float a, float b) {
+  return (uint32_t)__nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
+}
+/* Four values times s as four E4M3 bytes, v[0] in the low byte. */
+static __device__ __forceinline__ uint32_t e4m3x4(const float v[4], float s) {
+  return e4m3x2(v[0] * s, v[1] * s) | (e4m3x2(v[2] * s, v[3] * s) << 16);
+}
+static __device__ __forceinline__ uint8_t e4m3x1(float a) {
+  return (uint8_t)__nv_cvt_float_to_fp8(a, __NV_SATFINITE, __NV_E4M3);
+}
+
+#endif
