@@ -126,7 +126,9 @@ elmo_cuda_tf_gemm *elmo_cuda_tf_gemm_create(void *workspace, size_t ws_bytes);
 void elmo_cuda_tf_gemm_destroy(elmo_cuda_tf_gemm **g);
 void elmo_cuda_tf_gemm_run(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_mm *p, cudaStream_t s);
 
-/* FP8 forward GEMMs (the CUDA twin of elmo_tf_linear_forward_fp8), used by the encoder and its tests.
+/* One FP8 linear layer with per-tensor dynamic scaling (the CUDA twin of elmo_tf_linear_forward_fp8): the
+ * encoder's FP8 forward until the sixteenth session, now that of the tests' linear-layer parity check and
+ * ELMO_BENCH_TF's BF16-vs-FP8 GEMM timing (the encoder takes its input scales from the parameters).
  * Scratch, device, 16-byte aligned: xq [M, in] and wq [count, out, in] bytes (E4M3), amax, inv and
  * alpha [ELMO_CUDA_TF_FP8_SEGS] (amax/inv: slot 0 the input, 1 + j weight j; alpha: slot j weight j,
  * the last slot 0.0f, the GEMM's beta). */
