@@ -29,6 +29,9 @@ enum { LT_WORKSPACE = 32 << 20, MM_CACHE = 128, MEM_ALIGN = 256 };
  * bit patterns (integer order = float order for non-negative values; NaN above all). */
 enum { F8_X = 0, F8_CTX = 1, F8_H1 = 2, F8_G = 3, F8_SW = 4, F8_ALPHA = 10, F8_ZERO = 16, F8_TAB = 17 };
 enum { F8_NV = 6, F8_NF = 7, F8_ACC = 8, F8_W = 6 };
+/* f8off [layers][F8_OFF]: the parameter offsets the scales need: the six weights (GEMM order), v_b,
+ * ff1_b, the layer input's LayerNorm (the embedding one or the previous layer's output one), ln1. */
+enum { F8_OFF_VB = 6, F8_OFF_FB = 7, F8_OFF_INW = 8, F8_OFF_INB = 9, F8_OFF_L1W = 10, F8_OFF_L1B = 11, F8_OFF = 12 };
 
 
 /* ==================================================================== cuBLASLt GEMM helper */
@@ -293,6 +296,7 @@ struct elmo_cuda_tf {
                                 (the layer's six weights) */
   float *f8tab;              /* fp8 forward: [layers][F8_TAB] scales and GEMM alphas (f8_scales_kernel) */
   unsigned *f8acc;           /* fp8 forward: [layers][F8_ACC] weight maxima (f8_stats_kernel) */
+  int64_t *f8off;            /* fp8 forward: [layers][F8_OFF] parameter offsets (device, set at create) */
   void *lt_ws;
   /* the last forward */
   int B, T, Tp, have_forward;
@@ -377,6 +381,7 @@ static void carve_scratch(carver *cv, elmo_cuda_tf *t, int64_t M, size_t emb_ws)
     t->fp8.wq = (uint8_t *)carve(cv, (size_t)(4 * H * H + 2 * H * F));
     t->f8tab = (float *)carve(cv, (size_t)c->layers * F8_TAB * sizeof(float));
     t->f8acc = (unsigned *)carve(cv, (size_t)c->layers * F8_ACC * sizeof(unsigned));
+    t->f8off = (int64_t *)carve(cv, (size_t)c->layers * F8_OFF * sizeof(int64_t));
     t->fp8.amax = (unsigned *)carve(cv, ELMO_CUDA_TF_FP8_SEGS * sizeof(unsigned));
     t->fp8.inv = (float *)carve(cv, ELMO_CUDA_TF_FP8_SEGS * sizeof(float));
     t->fp8.alpha = (float *)carve(cv, ELMO_CUDA_TF_FP8_SEGS * sizeof(float));
@@ -504,6 +509,19 @@ extern "C" int elmo_cuda_tf_create(const elmo_tf_config *cfg, int max_batch, int
   carve_kept(&cv, t, M);
   carve_scratch(&cv, t, M, t->emb_ws_bytes);
   ELMO_CUDA_CHECK(cudaMemset(t->bad_id, 0, sizeof(int)));
+  if (t->cfg.fp8_forward && t->cfg.layers > 0) {   /* the offsets the per-step scale kernels read */
+    const int L = t->cfg.layers;
+    int64_t *h = (int64_t *)elmo_calloc((size_t)L * F8_OFF, sizeof(int64_t));
+    for (int i = 0; i < L; i++) {
+      const layer_off *o = &t->off[i];
+      const int64_t v[F8_OFF] = {o->q_w, o->k_w, o->v_w, o->o_w, o->ff1_w, o->ff2_w, o->v_b, o->ff1_b,
+                                 i ? t->off[i - 1].ln2_w : t->emb_ln_w, i ? t->off[i - 1].ln2_b : t->emb_ln_b,
+                                 o->ln1_w, o->ln1_b};
+      memcpy(h + (int64_t)i * F8_OFF, v, sizeof v);
+    }
+    ELMO_CUDA_CHECK(cudaMemcpy(t->f8off, h, (size_t)L * F8_OFF * sizeof(int64_t), cudaMemcpyHostToDevice));
+    free(h);
+  }
   t->gemm = elmo_cuda_tf_gemm_create(t->lt_ws, LT_WORKSPACE);
   *out = t;
   return ELMO_OK;
@@ -707,12 +725,12 @@ extern "C" void elmo_cuda_tf_fp8_linear(elmo_cuda_tf_gemm *g, const elmo_cuda_tf
 }
 
 /* ---- the encoder's FP8 forward: scales from the parameters (src/transformer.h, elmo_tf_fp8_layer_scales) ----
- * Per layer i, before the kernel that writes its input x (the embedding LayerNorm or layer i - 1's output
- * LayerNorm): f8_stats_kernel (the six weights' amax, the row norms of v_w and ff1_w) and
- * f8_scales_kernel (one block: the LayerNorm and bias bounds, the four input scales, the weight scales
- * and the GEMM alphas into f8tab[i]). At the layer's start (and before a RECOMPUTE rerun) the six weights
- * are cast into wq (f8_wcast_kernel); every GEMM input is written in E4M3 into xq by the kernel that
- * produces it (LayerNorm forward or apply, attention, GELU), with its scale from f8tab[i]. */
+ * Once a forward, before the embedding LayerNorm writes layer 0's input: f8_stats_kernel (every layer's
+ * six weights: amax, and the row norms of v_w and ff1_w) and f8_scales_kernel (a block a layer: the
+ * LayerNorm and bias bounds, the four input scales, the weight scales and the GEMM alphas into f8tab).
+ * At a layer's start (and before a RECOMPUTE rerun) its six weights are cast into wq (f8_wcast_kernel);
+ * every GEMM input is written in E4M3 into xq by the kernel that produces it (LayerNorm forward or
+ * apply, attention, GELU), with its scale from f8tab. */
 
 typedef struct f8_weights {
   const h16 *w[F8_W];
@@ -743,15 +761,18 @@ static __device__ float f8_warp_sum(float v) {
   return v;
 }
 
-/* Warp per row: amax of weight blockIdx.y into acc[y] (bf16 bits << 16) and, for v_w (y 2) and ff1_w
- * (y 4), the largest row norm (FP32, the row's squares summed per lane in column order, then lane 0's
- * butterfly) into acc[F8_NV], acc[F8_NF]. Columns a multiple of 8, rows 16-byte aligned. */
-static __global__ void f8_stats_kernel(f8_weights ws, unsigned *acc) {
-  const int j = blockIdx.y, R = ws.rows[j], C8 = ws.cols[j] / 8;
+/* Layer blockIdx.z, weight blockIdx.y (GEMM order), warp per row: the weight's amax into acc[y] (bf16 bits
+ * << 16) and, for v_w (y 2) and ff1_w (y 4), the largest row norm (FP32, the row's squares summed per lane
+ * in column order, then lane 0's butterfly) into acc[F8_NV], acc[F8_NF]; acc = f8acc[z]. Columns a
+ * multiple of 8, rows 16-byte aligned. */
+static __global__ void f8_stats_kernel(const h16 *P, const int64_t *offs, int H, int F, unsigned *accs) {
+  const int j = blockIdx.y, R = j == 4 ? F : H, C8 = (j == 5 ? F : H) / 8;
+  const h16 *w = P + offs[(int64_t)blockIdx.z * F8_OFF + j];
+  unsigned *acc = accs + (int64_t)blockIdx.z * F8_ACC;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
   unsigned am = 0, nm = 0;
   for (int r = blockIdx.x * nw + warp; r < R; r += gridDim.x * nw) {
-    const uint4 *row = (const uint4 *)(ws.w[j] + (int64_t)r * C8 * 8);
+    const uint4 *row = (const uint4 *)(w + (int64_t)r * C8 * 8);
     float ss = 0.0f;
     for (int c = lane; c < C8; c += 32) {
       const uint4 v = row[c];
@@ -794,12 +815,16 @@ static __device__ double f8_block_reduce(double v, int op, double *sh) {
   return r;
 }
 
-/* One block of F8_SC_THREADS: the bounds of elmo_tf_fp8_layer_scales from the bf16 parameters and acc,
- * then the table row: input scales, weight scales (fp8_scale_of their amax, as the CPU's
- * elmo_tf_fp8_scale), alphas = (1 / input scale) * (1 / weight scale) in FP32, and 0. */
-static __global__ void f8_scales_kernel(const h16 *in_w, const h16 *in_b, const h16 *ln1_w, const h16 *ln1_b,
-                                        const h16 *v_b, const h16 *ff1_b, int H, int F, const unsigned *acc,
-                                        float *tab) {
+/* Block z = layer z, F8_SC_THREADS threads: the bounds of elmo_tf_fp8_layer_scales from the bf16
+ * parameters and f8acc[z], then f8tab[z]: input scales, weight scales (fp8_scale_of their amax, as the
+ * CPU's elmo_tf_fp8_scale), alphas = (1 / input scale) * (1 / weight scale) in FP32, and 0. */
+static __global__ void f8_scales_kernel(const h16 *P, const int64_t *offs, int H, int F, const unsigned *accs,
+                                        float *tabs) {
+  const int64_t *of = offs + (int64_t)blockIdx.x * F8_OFF;
+  const h16 *in_w = P + of[F8_OFF_INW], *in_b = P + of[F8_OFF_INB], *ln1_w = P + of[F8_OFF_L1W];
+  const h16 *ln1_b = P + of[F8_OFF_L1B], *v_b = P + of[F8_OFF_VB], *ff1_b = P + of[F8_OFF_FB];
+  const unsigned *acc = accs + (int64_t)blockIdx.x * F8_ACC;
+  float *tab = tabs + (int64_t)blockIdx.x * F8_TAB;
   __shared__ double sh[F8_SC_THREADS];
   const double r = sqrt((double)(H - 1));
   double e_in = 0, g_in = 0, b_in = 0, e_1 = 0, g_1 = 0, b_1 = 0, vb = 0, fb = 0;
@@ -841,9 +866,10 @@ static __global__ void f8_scales_kernel(const h16 *in_w, const h16 *in_b, const 
   tab[F8_ZERO] = 0.0f;
 }
 
-/* wq_j = e4m3(w_j * sw_j) for the six weights (blockIdx.y = j), 8 elements a thread-step. */
-static __global__ void f8_wcast_kernel(f8_weights ws, const float *tab) {
+/* wq_j = e4m3(w_j * sw_j) for the weights j (blockIdx.y) in the bit mask `which`, 8 elements a thread-step. */
+static __global__ void f8_wcast_kernel(f8_weights ws, const float *tab, unsigned which) {
   const int j = blockIdx.y;
+  if (!(which >> j & 1u)) return;
   const float sw = tab[F8_SW + j];
   const int64_t n8 = (int64_t)ws.rows[j] * ws.cols[j] / 8;
   const uint4 *src = (const uint4 *)ws.w[j];
@@ -879,22 +905,20 @@ static __global__ void f8_act_cast_kernel(const uint4 *x, int64_t n8, const floa
 
 static const float *f8_tab(const elmo_cuda_tf *t, int i) { return t->f8tab + (int64_t)i * F8_TAB; }
 
-/* f8tab[i] from the parameters: the stats pass over the layer's weights, then the scales block. */
-static void f8_prepare(elmo_cuda_tf *t, const h16 *P, int i, cudaStream_t s) {
-  const layer_off *o = &t->off[i];
-  const int H = t->cfg.hidden, F = t->cfg.ffn;
-  unsigned *acc = t->f8acc + (int64_t)i * F8_ACC;
-  ELMO_CUDA_CHECK(cudaMemsetAsync(acc, 0, F8_ACC * sizeof(unsigned), s));
-  f8_stats_kernel<<<dim3(48, F8_W), 256, 0, s>>>(f8_layer_weights(t, P, i), acc);
+/* Every layer's f8tab row from the parameters, once a forward (before the embedding LayerNorm writes
+ * layer 0's input): the stats pass over all layers' weights, then one scales block a layer. */
+static void f8_prepare(elmo_cuda_tf *t, const h16 *P, cudaStream_t s) {
+  const int L = t->cfg.layers, H = t->cfg.hidden, F = t->cfg.ffn;
+  ELMO_CUDA_CHECK(cudaMemsetAsync(t->f8acc, 0, (size_t)L * F8_ACC * sizeof(unsigned), s));
+  f8_stats_kernel<<<dim3(24, F8_W, (unsigned)L), 256, 0, s>>>(P, t->f8off, H, F, t->f8acc);
   ELMO_LAUNCH_CHECK();
-  const h16 *in_w = P + (i ? t->off[i - 1].ln2_w : t->emb_ln_w), *in_b = P + (i ? t->off[i - 1].ln2_b : t->emb_ln_b);
-  f8_scales_kernel<<<1, F8_SC_THREADS, 0, s>>>(in_w, in_b, P + o->ln1_w, P + o->ln1_b, P + o->v_b, P + o->ff1_b, H, F,
-                                               acc, t->f8tab + (int64_t)i * F8_TAB);
+  f8_scales_kernel<<<(unsigned)L, F8_SC_THREADS, 0, s>>>(P, t->f8off, H, F, t->f8acc, t->f8tab);
   ELMO_LAUNCH_CHECK();
 }
 
-static void f8_cast_weights(elmo_cuda_tf *t, const h16 *P, int i, cudaStream_t s) {
-  f8_wcast_kernel<<<dim3(120, F8_W), 256, 0, s>>>(f8_layer_weights(t, P, i), f8_tab(t, i));
+/* Layer i's weights in the bit mask `which` (bit j = weight j in GEMM order) cast into wq. */
+static void f8_cast_weights(elmo_cuda_tf *t, const h16 *P, int i, unsigned which, cudaStream_t s) {
+  f8_wcast_kernel<<<dim3(120, F8_W), 256, 0, s>>>(f8_layer_weights(t, P, i), f8_tab(t, i), which);
   ELMO_LAUNCH_CHECK();
 }
 
@@ -1033,7 +1057,7 @@ static int layer_forward(elmo_cuda_tf *t, const h16 *P, int i, const h16 *x_in, 
    * LayerNorm before this layer), each consumed by its GEMM before the next is written */
   const float *tab = f8_tab(t, i);
   uint8_t *xq = t->fp8.xq;
-  f8_cast_weights(t, P, i, s);
+  f8_cast_weights(t, P, i, 0x3Fu, s);
   int rc = qkv_forward(t, P, o, x_in, a, s, err);
   if (rc) return rc;
   if (t->fused) {
@@ -1056,7 +1080,6 @@ static int layer_forward(elmo_cuda_tf *t, const h16 *P, int i, const h16 *x_in, 
   rc = elmo_cuda_gelu_forward_q(a->ff, M * F, xq, tab + F8_G, s, err);
   if (rc) return rc;
   f8_gemm(t, i, 5, NULL, M, F, H, t->f32, H, 1, s);
-  if (i + 1 < c->layers) f8_prepare(t, P, i + 1, s);                     /* the next layer's scales, for x_out */
   return elmo_cuda_layernorm_forward_q(t->f32, P + o->ff2_b, t->h1, P + o->ln2_w, P + o->ln2_b, M, H, c->ln_eps,
                                        x_out, a->xhat2, a->rstd2, f8_x_out(t, i + 1), f8_x_scale(t, i + 1), s, err);
 }
@@ -1071,7 +1094,7 @@ static int embed_forward(elmo_cuda_tf *t, const h16 *P, const int32_t *ids, cons
     rc = elmo_cuda_embed_forward(P + t->word, P + t->pos, t->type >= 0 ? P + t->type : NULL, c->vocab_size,
                                  c->max_position, ids, t->mask, t->B, t->T, t->Tp, c->hidden, t->f32, t->keys,
                                  t->bad_id, s, err);
-  if (!rc && c->fp8_forward && c->layers > 0) f8_prepare(t, P, 0, s);
+  if (!rc && c->fp8_forward && c->layers > 0) f8_prepare(t, P, s);
   if (!rc)
     rc = elmo_cuda_layernorm_forward_q(t->f32, NULL, NULL, P + t->emb_ln_w, P + t->emb_ln_b, M, c->hidden,
                                        c->ln_eps, t->xa, t->xhat_e, t->rstd_e, f8_x_out(t, 0), f8_x_scale(t, 0), s,
@@ -1145,7 +1168,7 @@ static int layer_recompute(elmo_cuda_tf *t, const h16 *P, int i, cudaStream_t s,
   const layer_off *o = &t->off[i];
   layer_acts *a = &t->act[i];
   const int rec = t->flags & ELMO_CUDA_TF_RECOMPUTE, q8 = rec && t->cfg.fp8_forward;
-  if (q8) f8_cast_weights(t, P, i, s);   /* the forward's E4M3 weights again (f8tab[i] holds their scales) */
+  if (q8) f8_cast_weights(t, P, i, 0x17u, s);   /* q, k, v, ff1 in E4M3 again (f8tab[i] holds their scales) */
   int rc = rec ? qkv_forward(t, P, o, t->xa, a, s, err) : ELMO_OK;
   if (!rc && !t->fused) rc = attention_core(t, a, s, err);
   if (!rc)

@@ -10,8 +10,8 @@
  * FP8 forward (cfg->fp8_forward, model.encoder.dtype "fp8"): the six linear layers' forward GEMMs
  * take E4M3 operands: the weights with their per-tensor amax scale (cast per layer and step), the
  * layer inputs with the power-of-two scales of elmo_tf_fp8_layer_scales, bounds that follow from the
- * parameters (computed on the device per layer and step: one pass over the layer's weights for their
- * amax and row norms, one block for the LayerNorm and bias bounds). Because no pass over an activation
+ * parameters (computed on the device once a forward: one pass over the weights for their amax and
+ * row norms, a block a layer for the LayerNorm and bias bounds). Because no pass over an activation
  * is needed for its scale, the kernels that produce the GEMM inputs write the E4M3 copies themselves:
  * the LayerNorm forward (and apply, on a RECOMPUTE rerun) for the q/k/v and intermediate inputs, the
  * fused attention for ctx (the batched path casts ctx in a pass), the GELU for the second FFN input
