@@ -654,17 +654,8 @@ static __global__ void fp8_cast_kernel(fp8_job job, const unsigned *amax, float 
     else alpha[FP8_SEGS - 1] = 0.0f;
   }
   const int64_t chunks = sg.rows * sg.cols / 8;
-  for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += (int64_t)gridDim.x * blockDim.x) {
-    const uint4 v = ((const uint4 *)sg.x)[c];
-    const unsigned w[4] = {v.x, v.y, v.z, v.w};
-    unsigned short pair[4];
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-      const float2 f = make_float2(__uint_as_float(w[j] << 16) * scale, __uint_as_float(w[j] & 0xFFFF0000u) * scale);
-      pair[j] = __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
-    }
-    ((uint2 *)sg.q)[c] = make_uint2(pair[0] | ((unsigned)pair[1] << 16), pair[2] | ((unsigned)pair[3] << 16));
-  }
+  for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += (int64_t)gridDim.x * blockDim.x)
+    ((uint2 *)sg.q)[c] = e4m3x8_bf16(((const uint4 *)sg.x)[c], scale);
 }
 
 /* Quantises the job's tensors: q->amax[i], q->inv[i] and seg[i].q for i < job->n. */
@@ -874,33 +865,15 @@ static __global__ void f8_wcast_kernel(f8_weights ws, const float *tab, unsigned
   const int64_t n8 = (int64_t)ws.rows[j] * ws.cols[j] / 8;
   const uint4 *src = (const uint4 *)ws.w[j];
   uint2 *dst = (uint2 *)ws.q[j];
-  for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < n8; c += (int64_t)gridDim.x * blockDim.x) {
-    const uint4 v = src[c];
-    const unsigned u[4] = {v.x, v.y, v.z, v.w};
-    float f[8];
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-      f[2 * k] = __uint_as_float(u[k] << 16);
-      f[2 * k + 1] = __uint_as_float(u[k] & 0xFFFF0000u);
-    }
-    dst[c] = make_uint2(e4m3x4(f, sw), e4m3x4(f + 4, sw));
-  }
+  for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < n8; c += (int64_t)gridDim.x * blockDim.x)
+    dst[c] = e4m3x8_bf16(src[c], sw);
 }
 
 /* xq = e4m3(x * *qs), 8 elements a thread-step (the batched attention path's ctx). */
 static __global__ void f8_act_cast_kernel(const uint4 *x, int64_t n8, const float *qs, uint2 *xq) {
   const float q = *qs;
-  for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < n8; c += (int64_t)gridDim.x * blockDim.x) {
-    const uint4 v = x[c];
-    const unsigned u[4] = {v.x, v.y, v.z, v.w};
-    float f[8];
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-      f[2 * k] = __uint_as_float(u[k] << 16);
-      f[2 * k + 1] = __uint_as_float(u[k] & 0xFFFF0000u);
-    }
-    xq[c] = make_uint2(e4m3x4(f, q), e4m3x4(f + 4, q));
-  }
+  for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < n8; c += (int64_t)gridDim.x * blockDim.x)
+    xq[c] = e4m3x8_bf16(x[c], q);
 }
 
 static const float *f8_tab(const elmo_cuda_tf *t, int i) { return t->f8tab + (int64_t)i * F8_TAB; }

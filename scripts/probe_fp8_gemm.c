@@ -1,6 +1,9 @@
 /* probe_fp8_gemm.c: which cuBLASLt FP8 (e4m3 x e4m3, TN) GEMM forms run on this card and how fast, at
  * the encoder's BERT-base shapes (16,384 tokens): FP32 output unscaled, BF16/FP32 output with the A/B
- * scale pointers, with a device alpha (pointer mode device), with a BF16 bias epilogue. A measurement
+ * scale pointers, with a device alpha (pointer mode device), with a BF16 bias epilogue; and, for an FP8
+ * backward, the scale modes that need no per-tensor amax (a scale per row / column: OUTER_VEC_32F; a
+ * scale per 128 elements of a row of x and per 128 x 128 block of w: VEC128_32F / BLK128x128_32F), also
+ * with x in E5M2 (a gradient). A measurement
  * tool, not a test: status 0 = ran (the value checks the scaling), 2015 = cublasLtMatmul answered
  * NOT_SUPPORTED. Build: gcc -O2 -std=c11 -I$CUDA_HOME/include scripts/probe_fp8_gemm.c
  *   -L$CUDA_HOME/lib64 -lcudart -lcublasLt -o probe_fp8_gemm */
@@ -18,7 +21,7 @@ static cublasLtHandle_t lt;
 static void *ws;
 static const size_t WS = (size_t)32 << 20;
 
-typedef struct variant { const char *name; int d_bf16, scales, bias, alpha_dev; } variant;
+typedef struct variant { const char *name; int d_bf16, scales, bias, alpha_dev, mode_w, mode_x, x_e5m2; } variant;
 
 static float run(const variant *v, int64_t M, int64_t N, int64_t K, int64_t ldc, const void *x, const void *w, void *d,
                  const float *sa, const float *sb, const void *bias, const float *alpha_d, int *status) {
@@ -29,9 +32,14 @@ static float run(const variant *v, int64_t M, int64_t N, int64_t K, int64_t ldc,
   cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
   int8_t fast = 1;
   cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast);
-  if (v->scales) {
-    cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof sa);
-    cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof sb);
+  if (v->scales) {   /* cuBLASLt's A is our w, its B our x */
+    cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sb, sizeof sb);
+    cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sa, sizeof sa);
+    if (v->mode_w || v->mode_x) {
+      const int32_t mw = v->mode_w, mx = v->mode_x;
+      cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mw, sizeof mw);
+      cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mx, sizeof mx);
+    }
   }
   if (v->bias) {
     cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
@@ -46,7 +54,7 @@ static float run(const variant *v, int64_t M, int64_t N, int64_t K, int64_t ldc,
   }
   cublasLtMatrixLayout_t la, lb, lc;
   cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, K, N, K);
-  cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, K, M, K);
+  cublasLtMatrixLayoutCreate(&lb, v->x_e5m2 ? CUDA_R_8F_E5M2 : CUDA_R_8F_E4M3, K, M, K);
   cublasLtMatrixLayoutCreate(&lc, v->d_bf16 ? CUDA_R_16BF : CUDA_R_32F, N, M, ldc);
   cublasLtMatmulPreference_t pref;
   cublasLtMatmulPreferenceCreate(&pref);
@@ -94,17 +102,36 @@ int main(void) {
                                                              {"o / ff2-like (N 768, K 768)", 768, 768, 768},
                                                              {"ff1 (N 3072, K 768)", 3072, 768, 3072},
                                                              {"ff2 (N 768, K 3072)", 768, 3072, 768}};
-  const variant vars[] = {{"fp32 out, unscaled (now)", 0, 0, 0, 0},
-                          {"bf16 out, A/B scales + bias", 1, 1, 1, 0},
-                          {"bf16 out, A/B scales", 1, 1, 0, 0},
-                          {"fp32 out, A/B scales", 0, 1, 0, 0},
-                          {"bf16 out, alpha dev + bias", 1, 0, 1, 1},
-                          {"fp32 out, alpha dev", 0, 0, 0, 1},
-                          {"bf16 out, unscaled + bias", 1, 0, 1, 0}};
+  const int OV = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F, V128 = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+  const int B128 = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
+  const variant vars[] = {{"fp32 out, unscaled (now)", 0, 0, 0, 0, 0, 0, 0},
+                          {"bf16 out, A/B scales + bias", 1, 1, 1, 0, 0, 0, 0},
+                          {"bf16 out, A/B scales", 1, 1, 0, 0, 0, 0, 0},
+                          {"fp32 out, A/B scales", 0, 1, 0, 0, 0, 0, 0},
+                          {"bf16 out, alpha dev + bias", 1, 0, 1, 1, 0, 0, 0},
+                          {"fp32 out, alpha dev", 0, 0, 0, 1, 0, 0, 0},
+                          {"bf16 out, unscaled + bias", 1, 0, 1, 0, 0, 0, 0},
+                          {"bf16 out, row/col vectors", 1, 1, 0, 0, OV, OV, 0},
+                          {"fp32 out, row/col vectors", 0, 1, 0, 0, OV, OV, 0},
+                          {"bf16 out, row/col, x e5m2", 1, 1, 0, 0, OV, OV, 1},
+                          {"bf16 out, w blk128 x vec128", 1, 1, 0, 0, B128, V128, 0},
+                          {"bf16 out, w vec128 x vec128", 1, 1, 0, 0, V128, V128, 0},
+                          {"bf16 out, blk128 x vec128, x e5m2", 1, 1, 0, 0, B128, V128, 1}};
   uint8_t *x, *w; void *d; float *sc; uint16_t *bias;
   const int64_t K = 3072, N = 3072;
   CK(cudaMalloc((void **)&x, M * K)); CK(cudaMalloc((void **)&w, N * K)); CK(cudaMalloc(&d, M * 3072 * 4));
+  const size_t NS = (size_t)(K / 128) * M;   /* enough for every scale mode's tensor at these shapes */
   CK(cudaMalloc((void **)&sc, 16)); CK(cudaMalloc((void **)&bias, N * 2));
+  float *sx, *sw;
+  CK(cudaMalloc((void **)&sx, NS * 4)); CK(cudaMalloc((void **)&sw, NS * 4));
+  {
+    float *h = malloc(NS * 4);
+    for (size_t i = 0; i < NS; i++) h[i] = 2.0f;
+    CK(cudaMemcpy(sx, h, NS * 4, cudaMemcpyHostToDevice));
+    for (size_t i = 0; i < NS; i++) h[i] = 3.0f;
+    CK(cudaMemcpy(sw, h, NS * 4, cudaMemcpyHostToDevice));
+    free(h);
+  }
   /* e4m3 0x38 = 1.0, 0x30 = 0.5: x all 1, w all 0.5 -> acc = 0.5 K; scales 2 and 3; bias 1.0 */
   CK(cudaMemset(x, 0x38, M * K)); CK(cudaMemset(w, 0x30, N * K));
   float hs[4] = {2.0f, 3.0f, 6.0f, 0.0f};
@@ -117,7 +144,9 @@ int main(void) {
     for (size_t v = 0; v < sizeof vars / sizeof vars[0]; v++) {
       int status = 0;
       CK(cudaMemset(d, 0, M * 3072 * 4));
-      const float us = run(&vars[v], M, shapes[s].N, shapes[s].K, shapes[s].ldc, x, w, d, sc, sc + 1, bias, sc + 2, &status);
+      const int vec = vars[v].mode_w || vars[v].mode_x;
+      const float us = run(&vars[v], M, shapes[s].N, shapes[s].K, shapes[s].ldc, x, w, d, vec ? sx : sc, vec ? sw : sc + 1,
+                           bias, sc + 2, &status);
       float got = NAN;
       if (us > 0) {
         if (vars[v].d_bf16) { uint16_t h; CK(cudaMemcpy(&h, (uint16_t *)d + 5 * shapes[s].ldc + 7, 2, cudaMemcpyDeviceToHost)); got = bf(h); }
