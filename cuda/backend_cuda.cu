@@ -461,6 +461,9 @@ static void log_create(const elmo_model *m) {
                         ? "fused (one kernel per sequence and head each way, no score matrix)"
                         : "batched cuBLASLt GEMMs + softmax kernels (padded length > 128, head dim not 16/32/64, "
                           "or too little shared memory a block)");
+  if (m->tf && m->md.enc_fp8_gemm)
+    fprintf(stderr, "elmo cuda: encoder linear forward GEMMs in E4M3 (weights by their amax; layer inputs by "
+                    "power-of-two scales from parameter bounds, cast by the kernels that make them); backward BF16\n");
 }
 
 /* What this device cannot run, said before anything is allocated: no code for it in the binary, the FP8
