@@ -292,8 +292,8 @@ struct elmo_cuda_tf {
   h16 *shadow;               /* [num_params] BF16 copy of FP32 parameters */
   h16 *wqkv, *bqkv;          /* fused path: layer wqkv_layer's q, k, v weights [3 H, H] and biases [3 H] gathered */
   int wqkv_layer;            /* -1: none (reset by every forward and backward call) */
-  elmo_cuda_tf_fp8 fp8;      /* fp8 forward: xq [M, max(H, F)] (the current GEMM input), wq [4 H H + 2 H F]
-                                (the layer's six weights) */
+  elmo_cuda_tf_fp8 fp8;      /* fp8 forward: xq [M, max(H, F)] (the current GEMM input; in g16 on the fused
+                                path), wq [4 H H + 2 H F] (the layer's six weights) */
   float *f8tab;              /* fp8 forward: [layers][F8_TAB] scales and GEMM alphas (f8_scales_kernel) */
   unsigned *f8acc;           /* fp8 forward: [layers][F8_ACC] weight maxima (f8_stats_kernel) */
   int64_t *f8off;            /* fp8 forward: [layers][F8_OFF] parameter offsets (device, set at create) */
@@ -377,7 +377,10 @@ static void carve_scratch(carver *cv, elmo_cuda_tf *t, int64_t M, size_t emb_ws)
   t->bad_id = (int *)carve(cv, sizeof(int));
   t->shadow = (t->flags & ELMO_CUDA_TF_F32_PARAMS) ? (h16 *)carve(cv, (size_t)t->num_params * 2) : NULL;
   if (c->fp8_forward) {
-    t->fp8.xq = (uint8_t *)carve(cv, (size_t)(M * (H > F ? H : F)));
+    /* the GEMM inputs' E4M3 copies: on the fused path in g16's space, which neither the forward (q/k/v go to
+     * the kept matrix, the GELU writes only E4M3) nor a RECOMPUTE rerun uses (the backward's first use of g16,
+     * dGELU, comes after the rerun's last E4M3 input was read; the next layer's rerun starts after its last) */
+    t->fp8.xq = t->fused ? (uint8_t *)t->g16 : (uint8_t *)carve(cv, (size_t)(M * (H > F ? H : F)));
     t->fp8.wq = (uint8_t *)carve(cv, (size_t)(4 * H * H + 2 * H * F));
     t->f8tab = (float *)carve(cv, (size_t)c->layers * F8_TAB * sizeof(float));
     t->f8acc = (unsigned *)carve(cv, (size_t)c->layers * F8_ACC * sizeof(unsigned));

@@ -20,8 +20,9 @@
  * usual bias epilogue / FP32 output. Nothing else changes: the kept activations are the BF16 outputs
  * of those GEMMs, and the backward's GEMMs are BF16 on the BF16 layer inputs (recomputed as usual)
  * and BF16 weights, never the E4M3 copies. RECOMPUTE reruns the same FP8 forward, so both modes give
- * the same bits. Needs hidden and ffn multiples of 16 (config check). Extra scratch: [M, max(H, F)] +
- * [4 H H + 2 H F] bytes and a small per-layer table.
+ * the same bits. Needs hidden and ffn multiples of 16 (config check). Extra scratch: [4 H H + 2 H F]
+ * bytes and a small per-layer table, and [M, max(H, F)] bytes for the E4M3 inputs off the fused attention
+ * path (on it they live in the GELU buffer's space, unused by the FP8 forward and a RECOMPUTE rerun).
  *
  * Layout: batches stay padded, [B, Tp] with Tp = T rounded up to a multiple of 8; masked positions
  * (mask 0, or t >= T) get a zero embedding, are excluded from attention keys, have zero attention
