@@ -884,7 +884,8 @@ static double rel_l2(const float *a, const float *b, int64_t n) {
 }
 
 /* The whole model in FP8 mode (BERT init): output and gradients close to FP32 but not equal,
- * finite, deterministic, padding-invariant; hidden/ffn must be multiples of 16. */
+ * finite, deterministic, padding-invariant and batch-invariant (the scales come from the parameters);
+ * hidden/ffn must be multiples of 16. */
 static void test_fp8_model(void **state) {
   (void)state;
   model_case *m = calloc(1, sizeof *m), *f = calloc(1, sizeof *f);
@@ -920,6 +921,12 @@ static void test_fp8_model(void **state) {
     if (!f->mask[i]) f->ids[i] = (f->ids[i] + 17) % 50;
   model_loss(f);
   assert_memory_equal(first, f->pooled, sizeof first);
+  /* another sequence in the batch (row 2's tokens changed) leaves rows 0 and 1 exactly as they were */
+  for (int t = 0; t < MT; t++)
+    if (f->mask[2 * MT + t]) f->ids[2 * MT + t] = (f->ids[2 * MT + t] + 5) % 50;
+  model_loss(f);
+  assert_memory_equal(first, f->pooled, sizeof(float) * 2 * 16);
+  assert_memory_not_equal(first + 2 * 16, f->pooled + 2 * 16, sizeof(float) * 16);
   /* FP8 tensor-core GEMMs need sizes in multiples of 16 */
   elmo_tf_params bad;
   cfg.hidden = 24;
