@@ -200,7 +200,8 @@ int64_t elmo_tf_workspace_floats(const elmo_tf_config *cfg, int max_len, int64_t
 /* y[N, out] = x[N, in] w^T + b; w [out, in], b [out] or NULL. ws: [in * out]. */
 void elmo_tf_linear_forward(const float *x, const float *w, const float *b, int64_t N, int in,
                             int out, float *y, float *ws);
-/* ---- FP8 forward GEMMs (per-tensor dynamic scaling, torchao Float8Linear's forward) ----
+/* ---- FP8 forward GEMMs (per-tensor scaling as torchao Float8Linear's forward; the encoder passes
+ * scale_x from the parameters, elmo_tf_linear_forward_fp8_scaled, below) ----
  *   scale_x = elmo_tf_fp8_scale(amax(x)), scale_w = elmo_tf_fp8_scale(amax(w)),
  *   xq = e4m3(x * scale_x), wq = e4m3(w * scale_w)   (FP32 product, round to nearest even, saturate
  *                                                     to +-448: elmo_f32_to_fp8),
