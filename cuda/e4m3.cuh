@@ -15,6 +15,10 @@ static __device__ __forceinline__ uint32_t e4m3x2(float a, float b) {
 static __device__ __forceinline__ uint32_t e4m3x4(const float v[4], float s) {
   return e4m3x2(v[0] * s, v[1] * s) | (e4m3x2(v[2] * s, v[3] * s) << 16);
 }
+/* Eight values times s as eight E4M3 bytes, f[0] first. */
+static __device__ __forceinline__ uint2 e4m3x8(const float f[8], float s) {
+  return make_uint2(e4m3x4(f, s), e4m3x4(f + 4, s));
+}
 /* Eight bf16 (16 bytes, as loaded) times s as eight E4M3 bytes in the same order. */
 static __device__ __forceinline__ uint2 e4m3x8_bf16(uint4 v, float s) {
   const unsigned u[4] = {v.x, v.y, v.z, v.w};
@@ -24,7 +28,7 @@ static __device__ __forceinline__ uint2 e4m3x8_bf16(uint4 v, float s) {
     f[2 * k] = __uint_as_float(u[k] << 16);
     f[2 * k + 1] = __uint_as_float(u[k] & 0xFFFF0000u);
   }
-  return make_uint2(e4m3x4(f, s), e4m3x4(f + 4, s));
+  return e4m3x8(f, s);
 }
 static __device__ __forceinline__ uint8_t e4m3x1(float a) {
   return (uint8_t)__nv_cvt_float_to_fp8(a, __NV_SATFINITE, __NV_E4M3);

@@ -112,7 +112,7 @@ static __global__ void gelu_forward_q8_kernel(const uint4 *pre, int64_t n8, uint
     unpack8(pre[i], f);
 #pragma unroll
     for (int k = 0; k < 8; k++) f[k] = __bfloat162float(__float2bfloat16_rn(gelu_f(f[k])));
-    gq[i] = make_uint2(e4m3x4(f, q), e4m3x4(f + 4, q));
+    gq[i] = e4m3x8(f, q);
   }
 }
 

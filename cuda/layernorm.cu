@@ -332,7 +332,7 @@ static __global__ void ln_apply8_kernel(const uint4 *xhat, const uint4 *w, const
 #pragma unroll
       for (int k = 0; k < 8; k++) f[k] = __bfloat162float(ov[k]);
       const float q = *qs;
-      yq[i] = make_uint2(e4m3x4(f, q), e4m3x4(f + 4, q));
+      yq[i] = e4m3x8(f, q);
     }
   }
 }

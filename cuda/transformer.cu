@@ -732,6 +732,12 @@ typedef struct f8_weights {
   uint8_t *q[F8_W];
 } f8_weights;
 
+/* Weight j's E4M3 copy in wq: q, k, v, o [H, H], ff1 [F, H], ff2 [H, F] one after another. */
+static uint8_t *f8_wq(const elmo_cuda_tf *t, int j) {
+  const int64_t HH = (int64_t)t->cfg.hidden * t->cfg.hidden, HF = (int64_t)t->cfg.hidden * t->cfg.ffn;
+  return t->fp8.wq + (j < 5 ? j * HH : 4 * HH + HF);
+}
+
 /* The layer's weights in GEMM order q, k, v, o, ff1, ff2 and their places in wq. */
 static f8_weights f8_layer_weights(const elmo_cuda_tf *t, const h16 *P, int i) {
   const layer_off *o = &t->off[i];
@@ -739,13 +745,11 @@ static f8_weights f8_layer_weights(const elmo_cuda_tf *t, const h16 *P, int i) {
   const int64_t off[F8_W] = {o->q_w, o->k_w, o->v_w, o->o_w, o->ff1_w, o->ff2_w};
   const int rows[F8_W] = {H, H, H, H, F, H}, cols[F8_W] = {H, H, H, H, H, F};
   f8_weights w;
-  uint8_t *q = t->fp8.wq;
   for (int j = 0; j < F8_W; j++) {
     w.w[j] = P + off[j];
     w.rows[j] = rows[j];
     w.cols[j] = cols[j];
-    w.q[j] = q;
-    q += (int64_t)rows[j] * cols[j];
+    w.q[j] = f8_wq(t, j);
   }
   return w;
 }
@@ -761,6 +765,7 @@ static __device__ float f8_warp_sum(float v) {
  * multiple of 8, rows 16-byte aligned. */
 static __global__ void f8_stats_kernel(const h16 *P, const int64_t *offs, int H, int F, unsigned *accs) {
   const int j = blockIdx.y, R = j == 4 ? F : H, C8 = (j == 5 ? F : H) / 8;
+  const bool norms = j == 2 || j == 4;   /* only v_w's and ff1_w's row norms enter the bounds */
   const h16 *w = P + offs[(int64_t)blockIdx.z * F8_OFF + j];
   unsigned *acc = accs + (int64_t)blockIdx.z * F8_ACC;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
@@ -771,6 +776,7 @@ static __global__ void f8_stats_kernel(const h16 *P, const int64_t *offs, int H,
     for (int c = lane; c < C8; c += 32) {
       const uint4 v = row[c];
       am = max(am, bf16_abs_max8(v));
+      if (!norms) continue;
       const unsigned u[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
       for (int k = 0; k < 4; k++) {
@@ -779,13 +785,14 @@ static __global__ void f8_stats_kernel(const h16 *P, const int64_t *offs, int H,
         ss = fmaf(hi, hi, ss);
       }
     }
+    if (!norms) continue;
     ss = f8_warp_sum(ss);
     if (lane == 0) nm = max(nm, __float_as_uint(sqrtf(ss)));
   }
   for (int o = 16; o > 0; o >>= 1) am = max(am, __shfl_xor_sync(0xFFFFFFFFu, am, o));
   if (lane == 0) {
     atomicMax(&acc[j], am << 16);
-    if (j == 2 || j == 4) atomicMax(&acc[j == 2 ? F8_NV : F8_NF], nm);
+    if (norms) atomicMax(&acc[j == 2 ? F8_NV : F8_NF], nm);
   }
 }
 
@@ -901,10 +908,8 @@ static void f8_cast_weights(elmo_cuda_tf *t, const h16 *P, int i, unsigned which
 /* y[M, out] (rows ldy apart) = (xq wq_j^T) * alpha_j (+ bias) with xq the E4M3 input in t->fp8.xq. */
 static void f8_gemm(elmo_cuda_tf *t, int i, int j, const h16 *bias, int64_t M, int in, int out, void *y, int64_t ldy,
                     int y_f32, cudaStream_t s) {
-  const int64_t H = t->cfg.hidden, F = t->cfg.ffn;
-  const int64_t at[F8_W] = {0, H * H, 2 * H * H, 3 * H * H, 4 * H * H, 4 * H * H + H * F};  /* f8_layer_weights' */
   const float *tab = f8_tab(t, i);
-  elmo_cuda_tf_mm p = {0, 1, M, out, in, t->fp8.xq, in, 0, t->fp8.wq + at[j], in, 0, y, ldy, 0, y_f32, 0.0f, 1, bias,
+  elmo_cuda_tf_mm p = {0, 1, M, out, in, t->fp8.xq, in, 0, f8_wq(t, j), in, 0, y, ldy, 0, y_f32, 0.0f, 1, bias,
                        tab + F8_ALPHA + j, tab + F8_ZERO};
   gemm_run(t->gemm, &p, 1, s);
 }
