@@ -5,6 +5,7 @@
 #include "numerics.h"
 
 #include <math.h>
+#include <stdint.h>
 
 struct adamw_args {
   void *p, *m, *v;
@@ -96,6 +97,26 @@ static __device__ __forceinline__ void adamw_math(const adamw_args &a, float g, 
   p = q;
 }
 
+/* adamw_math for bf16 state, also giving the bf16 codes of m, v, p (the values it returns are those
+ * codes widened), so that the stores need not encode them again. */
+static __device__ __forceinline__ float rnd_code(float x, uint32_t &q) {
+  q = elmo_f32_to_bf16(x);
+  return elmo_bf16_to_f32((uint16_t)q);
+}
+static __device__ __forceinline__ void adamw_math_codes(const adamw_args &a, float g, int dec, bool has_c, float &m,
+                                                        float &v, float &p, float &c, uint32_t &qm, uint32_t &qv,
+                                                        uint32_t &qp) {
+  m = rnd_code(__fadd_rn(__fmul_rn(a.b1, m), __fmul_rn(__fsub_rn(1.0f, a.b1), g)), qm);
+  v = rnd_code(__fadd_rn(__fmul_rn(a.b2, v), __fmul_rn(__fmul_rn(__fsub_rn(1.0f, a.b2), g), g)), qv);
+  const float wd = dec ? a.wd : 0.0f;
+  const float den = __fadd_rn(__fsqrt_rn(__fdiv_rn(v, a.bc2)), a.eps);
+  const float upd = __fmul_rn(-a.lr, __fadd_rn(__fdiv_rn(__fdiv_rn(m, a.bc1), den), __fmul_rn(wd, p)));
+  const float u = has_c ? __fadd_rn(upd, c) : upd;
+  const float q = rnd_code(__fadd_rn(p, u), qp);
+  if (has_c) c = __fsub_rn(u, __fsub_rn(q, p));
+  p = q;
+}
+
 /* One element (the odd tail and the unaligned fallback). */
 template <int BF16>
 static __device__ __forceinline__ void adamw_one(const adamw_args &a, int64_t i, int dec) {
@@ -125,6 +146,8 @@ static __global__ void __launch_bounds__(256) adamw_kernel(adamw_args a) {
     }
     __syncthreads(); /* also orders this span's read of s_lo[par] before its rewrite two spans on */
     int lo = s_lo[par];
+    /* the next range start after element i and the end of the range i lies in (or before) */
+    int64_t next = lo < a.decay.n ? a.decay.start[lo] : INT64_MAX, cur_end = lo > 0 ? a.decay.end[lo - 1] : 0;
 #pragma unroll
     for (int k = 0; k < AW_PER; k++) {
       const int64_t i = base + 2 * (threadIdx.x + (int64_t)k * blockDim.x);
@@ -132,8 +155,12 @@ static __global__ void __launch_bounds__(256) adamw_kernel(adamw_args a) {
       int dec[2];
 #pragma unroll
       for (int e = 0; e < 2; e++) {
-        while (lo < a.decay.n && a.decay.start[lo] <= i + e) lo++;
-        dec[e] = lo > 0 && i + e < a.decay.end[lo - 1];
+        while (i + e >= next) {
+          cur_end = a.decay.end[lo];
+          lo++;
+          next = lo < a.decay.n ? a.decay.start[lo] : INT64_MAX;
+        }
+        dec[e] = i + e < cur_end;
       }
       if (i + 1 >= a.n) { /* odd tail */
         adamw_one<BF16>(a, i, dec[0]);
@@ -146,12 +173,22 @@ static __global__ void __launch_bounds__(256) adamw_kernel(adamw_args a) {
       pair_io<BF16>::ld(a.v, i, v);
       pair_io<BF16>::ld(a.p, i, p);
       if (a.c) pair_io<1>::ld(a.c, i, c);
+      if constexpr (BF16) { /* the codes from the rounding, stored as they are */
+        uint32_t qm[2], qv[2], qp[2];
 #pragma unroll
-      for (int e = 0; e < 2; e++) adamw_math<BF16>(a, g[e], dec[e], a.c != NULL, m[e], v[e], p[e], c[e]);
-      pair_io<BF16>::st(a.m, i, m); /* already rounded: the stores re-encode them exactly */
-      pair_io<BF16>::st(a.v, i, v);
-      pair_io<BF16>::st(a.p, i, p);
-      if (a.c) pair_io<1>::st(a.c, i, c);
+        for (int e = 0; e < 2; e++) adamw_math_codes(a, g[e], dec[e], a.c != NULL, m[e], v[e], p[e], c[e], qm[e], qv[e], qp[e]);
+        ((uint32_t *)a.m)[i >> 1] = qm[0] | (qm[1] << 16);
+        ((uint32_t *)a.v)[i >> 1] = qv[0] | (qv[1] << 16);
+        ((uint32_t *)a.p)[i >> 1] = qp[0] | (qp[1] << 16);
+        if (a.c) ((uint32_t *)a.c)[i >> 1] = (uint32_t)elmo_f32_to_bf16(c[0]) | ((uint32_t)elmo_f32_to_bf16(c[1]) << 16);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 2; e++) adamw_math<BF16>(a, g[e], dec[e], a.c != NULL, m[e], v[e], p[e], c[e]);
+        pair_io<BF16>::st(a.m, i, m);
+        pair_io<BF16>::st(a.v, i, v);
+        pair_io<BF16>::st(a.p, i, p);
+        if (a.c) pair_io<1>::st(a.c, i, c);
+      }
     }
   }
 }

@@ -830,6 +830,12 @@ static void test_embedding(void **state) {
   int len24[24];
   for (int b = 0; b < 24; b++) len24[b] = 40;
   embedding_case(3, 48, 712, 24, 40, 40, len24, 607);
+  /* two ids over 64 rows of 40: runs of ~1,280 rows (the long-run kernel's end search past 1,024 keys),
+   * a width that is not a multiple of 8 (the element-wise forward) nor of 32 (a part slice), and 64
+   * sequences a position (several groups of the position sums) */
+  int len64[64];
+  for (int b = 0; b < 64; b++) len64[b] = b % 7 ? 40 : 33;
+  embedding_case(2, 40, 36, 64, 40, 40, len64, 608);
 }
 
 /* ------------------------------------------------------------------ pooling */
