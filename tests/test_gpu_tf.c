@@ -296,6 +296,35 @@ static void test_gelu(void **state) {
     expect_e4m3_copy(d_gq, g_g2, n - 1, 0.25f, "gelu forward, E4M3 copy (scalar kernel)");
     cudaFree(d_s); cudaFree(d_gq);
   }
+  {  /* every bf16 code: the table kernels (a multiple of 8, aligned) against the formula's scalar kernels
+      * (65,535 codes from code 0, and from code 1 at an address the vector paths refuse), bit for bit */
+    const int64_t N = 65536;
+    uint16_t *codes = malloc((size_t)N * 2), *o1 = malloc((size_t)N * 2), *o2 = malloc((size_t)N * 2);
+    uint8_t *q1 = malloc((size_t)N), *q2 = malloc((size_t)N);
+    for (int64_t c = 0; c < N; c++) codes[c] = (uint16_t)c;
+    uint16_t *d_codes = dev_upload(codes, (size_t)N * 2), *d_o1 = dev_poisoned((size_t)N * 2);
+    uint16_t *d_o2 = dev_poisoned((size_t)N * 2);
+    uint8_t *d_q1 = dev_poisoned((size_t)N), *d_q2 = dev_poisoned((size_t)N);
+    float *d_s = dev_scalar(0.0625f);
+    assert_int_equal(elmo_cuda_gelu_recompute(d_codes, N, d_o1, 0, &err), ELMO_OK);
+    assert_int_equal(elmo_cuda_gelu_forward_q(d_codes, N, d_q1, d_s, 0, &err), ELMO_OK);
+    download(o1, d_o1, (size_t)N * 2);
+    download(q1, d_q1, (size_t)N);
+    for (int from = 0; from < 2; from++) {
+      assert_int_equal(elmo_cuda_gelu_recompute(d_codes + from, N - 1, d_o2, 0, &err), ELMO_OK);
+      assert_int_equal(elmo_cuda_gelu_forward_q(d_codes + from, N - 1, d_q2 + 1, d_s, 0, &err), ELMO_OK);
+      download(o2, d_o2, (size_t)(N - 1) * 2);
+      download(q2, d_q2 + 1, (size_t)(N - 1));
+      for (int64_t c = from; c < N - 1 + from; c++) {
+        if (o1[c] != o2[c - from]) fail_msg("gelu of bf16 code 0x%04x: table 0x%04x, formula 0x%04x", (unsigned)c,
+                                            (unsigned)o1[c], (unsigned)o2[c - from]);
+        if (q1[c] != q2[c - from]) fail_msg("E4M3 gelu of bf16 code 0x%04x: table 0x%02x, formula 0x%02x",
+                                            (unsigned)c, (unsigned)q1[c], (unsigned)q2[c - from]);
+      }
+    }
+    cudaFree(d_codes); cudaFree(d_o1); cudaFree(d_o2); cudaFree(d_q1); cudaFree(d_q2); cudaFree(d_s);
+    free(codes); free(o1); free(o2); free(q1); free(q2);
+  }
   assert_int_equal(elmo_cuda_gelu_backward(d_pre, d_dy, (int64_t)n, d_dy, 0, &err), ELMO_OK);   /* in place */
   float *g_dx = host_from_bf16(d_dy, n);
   /* CPU from the GPU's own rounded pre-activations */
