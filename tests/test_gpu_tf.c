@@ -339,12 +339,19 @@ static void test_gelu(void **state) {
 /* The FFN's dff with its bias gradient in one pass: bit for bit the two-call path (gelu backward, then
  * column sums), and close to the CPU's sums; with g, also GELU(pre) written over pre, bit for bit
  * elmo_cuda_gelu_recompute's, and dx and the sums unchanged. */
-static void run_gelu_colsum(int64_t M, int F, uint64_t rng) {
+static void run_gelu_colsum(int64_t M, int F, uint64_t rng, int all_codes) {
   const size_t n = (size_t)M * F;
   float *pre = randn(n, &rng, 2.0f, 0.0f), *dy = randn(n, &rng, 1.0f, 0.0f), *out = randn(F, &rng, 1.0f, 0.0f);
   quantize(pre, n); quantize(dy, n);
   void *d_pre = dev_bf16(pre, n), *d_a = dev_bf16(dy, n), *d_b = dev_bf16(dy, n);
   void *d_pre_c = dev_bf16(pre, n), *d_c = dev_bf16(dy, n), *d_g = dev_poisoned(n * 2);
+  if (all_codes) { /* pre = every bf16 code in turn (the one-pass kernel's table and its formula path) */
+    uint16_t *codes = malloc(n * 2);
+    for (size_t i = 0; i < n; i++) codes[i] = (uint16_t)i;
+    CK(cudaMemcpy(d_pre, codes, n * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(d_pre_c, codes, n * 2, cudaMemcpyHostToDevice));
+    free(codes);
+  }
   float *d_oa = dev_upload(out, (size_t)F * 4), *d_ob = dev_upload(out, (size_t)F * 4), *d_oc = dev_upload(out, (size_t)F * 4);
   float *d_ws = dev_poisoned((size_t)elmo_cuda_colsum_ws_floats(M, F, 1) * 4);
   elmo_err err;
@@ -360,13 +367,15 @@ static void run_gelu_colsum(int64_t M, int F, uint64_t rng) {
   if (memcmp(ga, gc, n * sizeof *ga)) fail_msg("gelu backward + column sums + GELU: dx differs from the two-call path (%lld x %d)", (long long)M, F);
   if (memcmp(oa, oc, (size_t)F * sizeof *oa)) fail_msg("gelu backward + column sums + GELU: sums differ (%lld x %d)", (long long)M, F);
   if (memcmp(gg, gp, n * sizeof *gg)) fail_msg("gelu backward + column sums + GELU: GELU(pre) differs from the recompute (%lld x %d)", (long long)M, F);
-  float *gcpu = malloc(n * sizeof *gcpu);
-  elmo_tf_gelu_forward(pre, (int64_t)n, gcpu);
-  expect_close(gp, gcpu, n, 1e-2, "GELU(pre) written over pre (vs CPU)");
-  free(gcpu);
-  for (int64_t r = 0; r < M; r++)
-    for (int j = 0; j < F; j++) out[j] += ga[r * F + j];
-  expect_close(ob, out, (size_t)F, 1e-5, "gelu backward + column sums (vs CPU sums)");
+  if (!all_codes) {
+    float *gcpu = malloc(n * sizeof *gcpu);
+    elmo_tf_gelu_forward(pre, (int64_t)n, gcpu);
+    expect_close(gp, gcpu, n, 1e-2, "GELU(pre) written over pre (vs CPU)");
+    free(gcpu);
+    for (int64_t r = 0; r < M; r++)
+      for (int j = 0; j < F; j++) out[j] += ga[r * F + j];
+    expect_close(ob, out, (size_t)F, 1e-5, "gelu backward + column sums (vs CPU sums)");
+  }
   cudaFree(d_pre); cudaFree(d_a); cudaFree(d_b); cudaFree(d_oa); cudaFree(d_ob); cudaFree(d_ws);
   cudaFree(d_pre_c); cudaFree(d_c); cudaFree(d_g); cudaFree(d_oc);
   free(pre); free(dy); free(out); free(ga); free(gb); free(oa); free(ob); free(gc); free(oc); free(gg); free(gp);
@@ -374,9 +383,10 @@ static void run_gelu_colsum(int64_t M, int F, uint64_t rng) {
 
 static void test_gelu_colsum(void **state) {
   (void)state;
-  run_gelu_colsum(29, 112, 311);    /* one partial row block */
-  run_gelu_colsum(300, 3072, 312);  /* BERT's width: several row blocks and column tiles, a partial last block */
-  run_gelu_colsum(70, 20, 313);     /* 20 columns: the two-call fallback */
+  run_gelu_colsum(29, 112, 311, 0);    /* one partial row block */
+  run_gelu_colsum(300, 3072, 312, 0);  /* BERT's width: several row blocks and column tiles, a partial last block */
+  run_gelu_colsum(70, 20, 313, 0);     /* 20 columns: the two-call fallback */
+  run_gelu_colsum(512, 128, 314, 1);   /* pre = all 65,536 bf16 codes (NaN and inf included) */
 }
 
 /* count matrices of M x N with rows ld apart, matrix i at x + i * x_stride. */
