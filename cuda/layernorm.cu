@@ -106,11 +106,12 @@ ln_forward_vec_kernel(const float *a, const bf16 *bias, const bf16 *res, const b
 }
 
 /* Backward rows in registers with the parameter-gradient partial sums fused in (a separate partial
- * pass would read dy and xhat a second time): block b takes rows 16 b .. 16 b + 15, warp w rows w, w + 4, ...
- * of them; each lane sums dy * xhat and dy over its rows for its columns, then the four warps'
- * sums are added in warp order into pw[b], pb[b] ([R, H], R = ceil(M / 16)), which
- * ln_param_finish_kernel reduces in a fixed order as before. */
-enum { VP_ROWS = 64 }; /* rows a block: 16 -> 32 -> 64 took the finish 10 -> 7 -> 4.6 us a LayerNorm, the rows' pass 46 -> 43 us (DistilBERT-32, H200) */
+ * pass would read dy and xhat a second time): block b takes rows VP_ROWS b .. VP_ROWS b + VP_ROWS - 1, warp w
+ * rows w, w + 4, ... of them; each lane sums dy * xhat and dy over its rows for its columns, then the four
+ * warps' sums are added in warp order into pw[b], pb[b] ([R, H], R = ceil(M / VP_ROWS)), which
+ * ln_param_finish_kernel reduces in a fixed order as before. VP_ROWS 16 -> 32 -> 64 took the finish
+ * 10 -> 7 -> 4.6 us a LayerNorm and the rows' pass 46 -> 43 us (DistilBERT-32, H200, 2026-11-28). */
+enum { VP_ROWS = 64 };
 template <int K>
 static __global__ void __launch_bounds__(LN_WARPS * 32)
 ln_backward_vec_param_kernel(const float *dy, const bf16 *xhat, const float *rstd, const bf16 *w, int64_t M,
@@ -463,7 +464,7 @@ static void ln_backward_launch(const float *dy, const bf16 *xhat, const float *r
   ELMO_LAUNCH_CHECK();
 }
 
-/* Scratch for the parameter partials: R = ceil(M / 16) rows of the fused register kernel, three arrays
+/* Scratch for the parameter partials: R = ceil(M / VP_ROWS) rows of the fused register kernel, three arrays
  * (dw, db, dsum; the shared-memory path uses ceil(M / 64) rows of two, then the column sums' own). */
 extern "C" int64_t elmo_cuda_layernorm_ws_floats(int64_t M, int H) {
   const int64_t a = 3 * ((M + VP_ROWS - 1) / VP_ROWS) * H, c = elmo_cuda_colsum_ws_floats(M, H, 1);
