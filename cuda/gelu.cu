@@ -6,6 +6,7 @@
 #include <mutex>
 
 #include "cuda/gelu.h"
+#include "cuda/attention.h"
 #include "cuda/convert.h"
 #include "cuda/check.h"
 #include "cuda/transformer.h"
@@ -189,7 +190,8 @@ static __global__ void __launch_bounds__(TAB_THREADS) gelu_tab_kernel(const uint
 
 /* Builds this device's table the first time (once a process and device; waits for it), and gives the
  * persistent grid: one block an SM; 0 on a card whose blocks cannot have 128 KB of shared memory (the
- * formula kernels then). */
+ * formula kernels then). The table is a device global: nothing here resets devices (a cudaDeviceReset
+ * would drop it while tab_sms still said built). */
 static std::mutex tab_mu;
 static int tab_sms[64]; /* per device: 0 not yet, -1 no table, else the SM count */
 static unsigned tab_grid(cudaStream_t s) {
@@ -198,10 +200,9 @@ static unsigned tab_grid(cudaStream_t s) {
   if (dev < 0 || dev >= 64) return 0;
   std::lock_guard<std::mutex> lock(tab_mu);
   if (tab_sms[dev]) return tab_sms[dev] > 0 ? (unsigned)tab_sms[dev] : 0;
-  int sms = 0, optin = 0;
+  int sms = 0;
   ELMO_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  ELMO_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  if (optin < TAB_N * 2) {
+  if (elmo_cuda_smem_optin() < TAB_N * 2) { /* ELMO_SMEM_OPTIN_KB stands in for a smaller card */
     tab_sms[dev] = -1;
     return 0;
   }
