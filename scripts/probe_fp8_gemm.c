@@ -3,7 +3,9 @@
  * scale pointers, with a device alpha (pointer mode device), with a BF16 bias epilogue; and, for an FP8
  * backward, the scale modes that need no per-tensor amax (a scale per row / column: OUTER_VEC_32F; a
  * scale per 128 elements of a row of x and per 128 x 128 block of w: VEC128_32F / BLK128x128_32F), also
- * with x in E5M2 (a gradient). A measurement
+ * with x in E5M2 (a gradient), and with the bias epilogue (a scale per output column would let the FP8
+ * forward's q, k and v, each with its own weight scale, be one [M, 3 H] GEMM as in the BF16 path: compare
+ * "qkv fused" against three "qkv-part"). A measurement
  * tool, not a test: status 0 = ran (the value checks the scaling), 2015 = cublasLtMatmul answered
  * NOT_SUPPORTED. Build: gcc -O2 -std=c11 -I$CUDA_HOME/include scripts/probe_fp8_gemm.c
  *   -L$CUDA_HOME/lib64 -lcudart -lcublasLt -o probe_fp8_gemm */
@@ -99,6 +101,7 @@ int main(void) {
   CK(cudaMalloc(&ws, WS));
   const int64_t M = 16384;
   struct { const char *name; int64_t N, K, ldc; } shapes[] = {{"qkv-part (N 768, ldc 2304)", 768, 768, 2304},
+                                                             {"qkv fused (N 2304, K 768)", 2304, 768, 2304},
                                                              {"o / ff2-like (N 768, K 768)", 768, 768, 768},
                                                              {"ff1 (N 3072, K 768)", 3072, 768, 3072},
                                                              {"ff2 (N 768, K 3072)", 768, 3072, 768}};
@@ -112,6 +115,7 @@ int main(void) {
                           {"fp32 out, alpha dev", 0, 0, 0, 1, 0, 0, 0},
                           {"bf16 out, unscaled + bias", 1, 0, 1, 0, 0, 0, 0},
                           {"bf16 out, row/col vectors", 1, 1, 0, 0, OV, OV, 0},
+                          {"bf16 out, row/col vectors + bias", 1, 1, 1, 0, OV, OV, 0},
                           {"fp32 out, row/col vectors", 0, 1, 0, 0, OV, OV, 0},
                           {"bf16 out, row/col, x e5m2", 1, 1, 0, 0, OV, OV, 1},
                           {"bf16 out, w blk128 x vec128", 1, 1, 0, 0, B128, V128, 0},
