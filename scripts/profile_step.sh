@@ -27,8 +27,9 @@ command -v python3 >/dev/null || { echo "profile_step: python3 is needed to read
 S=${S:-3} TOP=${TOP:-25} ENCODER=${ENCODER:-fp8} WALL_STEPS=25
 TMP=${TMPDIR:-/tmp}/elmo-bench
 mkdir -p "$TMP"
-data=$TMP/synth-$L-$B
+data=$TMP/profile-synth-$L-$B   # its own: one epoch is WALL_STEPS batches, so the ncu runs never end an epoch
 [ -f "$data/trn_X.txt" ] || bash scripts/make_synthetic.sh "$data" $((B * WALL_STEPS)) 64 "$L" 5 $((T / 2)) 1 >/dev/null
+[ $((2 * S)) -lt $WALL_STEPS ] || { echo "profile_step: S must be below $((WALL_STEPS / 2))" >&2; exit 2; }
 train() { # steps out [prefix...]: elmo-train on the row, its log in out.log
   local steps=$1 out=$2
   shift 2
