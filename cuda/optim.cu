@@ -79,40 +79,28 @@ template <> struct pair_io<0> {
 };
 
 /* One element's update from its loaded values, the CPU's operations in its order
- * (elmo_adamw_update): m, v, p come back as the values to store (already rounded to the dtype),
- * c as the new Kahan compensation before its bf16 rounding (when has_c). */
+ * (elmo_adamw_update): m, v, p come back as the values to store (already rounded to the dtype), with
+ * their bf16 codes in qm, qv, qp for bf16 state (so that a store need not encode them again; 0 for
+ * FP32), c as the new Kahan compensation before its bf16 rounding (when has_c). */
 template <int BF16>
-static __device__ __forceinline__ float rnd(float x) { return BF16 ? elmo_bf16_to_f32(elmo_f32_to_bf16(x)) : x; }
+static __device__ __forceinline__ float rnd(float x, uint32_t &code) {
+  if (!BF16) {
+    code = 0;
+    return x;
+  }
+  code = elmo_f32_to_bf16(x);
+  return elmo_bf16_to_f32((uint16_t)code);
+}
 template <int BF16>
 static __device__ __forceinline__ void adamw_math(const adamw_args &a, float g, int dec, bool has_c, float &m, float &v,
-                                                  float &p, float &c) {
-  m = rnd<BF16>(__fadd_rn(__fmul_rn(a.b1, m), __fmul_rn(__fsub_rn(1.0f, a.b1), g)));
-  v = rnd<BF16>(__fadd_rn(__fmul_rn(a.b2, v), __fmul_rn(__fmul_rn(__fsub_rn(1.0f, a.b2), g), g)));
+                                                  float &p, float &c, uint32_t &qm, uint32_t &qv, uint32_t &qp) {
+  m = rnd<BF16>(__fadd_rn(__fmul_rn(a.b1, m), __fmul_rn(__fsub_rn(1.0f, a.b1), g)), qm);
+  v = rnd<BF16>(__fadd_rn(__fmul_rn(a.b2, v), __fmul_rn(__fmul_rn(__fsub_rn(1.0f, a.b2), g), g)), qv);
   const float wd = dec ? a.wd : 0.0f;
   const float den = __fadd_rn(__fsqrt_rn(__fdiv_rn(v, a.bc2)), a.eps);
   const float upd = __fmul_rn(-a.lr, __fadd_rn(__fdiv_rn(__fdiv_rn(m, a.bc1), den), __fmul_rn(wd, p)));
   const float u = has_c ? __fadd_rn(upd, c) : upd;
-  const float q = rnd<BF16>(__fadd_rn(p, u));
-  if (has_c) c = __fsub_rn(u, __fsub_rn(q, p));
-  p = q;
-}
-
-/* adamw_math for bf16 state, also giving the bf16 codes of m, v, p (the values it returns are those
- * codes widened), so that the stores need not encode them again. */
-static __device__ __forceinline__ float rnd_code(float x, uint32_t &q) {
-  q = elmo_f32_to_bf16(x);
-  return elmo_bf16_to_f32((uint16_t)q);
-}
-static __device__ __forceinline__ void adamw_math_codes(const adamw_args &a, float g, int dec, bool has_c, float &m,
-                                                        float &v, float &p, float &c, uint32_t &qm, uint32_t &qv,
-                                                        uint32_t &qp) {
-  m = rnd_code(__fadd_rn(__fmul_rn(a.b1, m), __fmul_rn(__fsub_rn(1.0f, a.b1), g)), qm);
-  v = rnd_code(__fadd_rn(__fmul_rn(a.b2, v), __fmul_rn(__fmul_rn(__fsub_rn(1.0f, a.b2), g), g)), qv);
-  const float wd = dec ? a.wd : 0.0f;
-  const float den = __fadd_rn(__fsqrt_rn(__fdiv_rn(v, a.bc2)), a.eps);
-  const float upd = __fmul_rn(-a.lr, __fadd_rn(__fdiv_rn(__fdiv_rn(m, a.bc1), den), __fmul_rn(wd, p)));
-  const float u = has_c ? __fadd_rn(upd, c) : upd;
-  const float q = rnd_code(__fadd_rn(p, u), qp);
+  const float q = rnd<BF16>(__fadd_rn(p, u), qp);
   if (has_c) c = __fsub_rn(u, __fsub_rn(q, p));
   p = q;
 }
@@ -121,7 +109,8 @@ static __device__ __forceinline__ void adamw_math_codes(const adamw_args &a, flo
 template <int BF16>
 static __device__ __forceinline__ void adamw_one(const adamw_args &a, int64_t i, int dec) {
   float m = ld(a.m, BF16, i), v = ld(a.v, BF16, i), p = ld(a.p, BF16, i), c = a.c ? elmo_bf16_to_f32(a.c[i]) : 0.0f;
-  adamw_math<BF16>(a, a.g[i], dec, a.c != NULL, m, v, p, c);
+  uint32_t qm, qv, qp;
+  adamw_math<BF16>(a, a.g[i], dec, a.c != NULL, m, v, p, c, qm, qv, qp);
   st(a.m, BF16, i, m);
   st(a.v, BF16, i, v);
   st(a.p, BF16, i, p);
@@ -173,17 +162,15 @@ static __global__ void __launch_bounds__(256) adamw_kernel(adamw_args a) {
       pair_io<BF16>::ld(a.v, i, v);
       pair_io<BF16>::ld(a.p, i, p);
       if (a.c) pair_io<1>::ld(a.c, i, c);
-      if constexpr (BF16) { /* the codes from the rounding, stored as they are */
-        uint32_t qm[2], qv[2], qp[2];
+      uint32_t qm[2], qv[2], qp[2];
 #pragma unroll
-        for (int e = 0; e < 2; e++) adamw_math_codes(a, g[e], dec[e], a.c != NULL, m[e], v[e], p[e], c[e], qm[e], qv[e], qp[e]);
+      for (int e = 0; e < 2; e++) adamw_math<BF16>(a, g[e], dec[e], a.c != NULL, m[e], v[e], p[e], c[e], qm[e], qv[e], qp[e]);
+      if constexpr (BF16) { /* the codes from the rounding, stored as they are */
         ((uint32_t *)a.m)[i >> 1] = qm[0] | (qm[1] << 16);
         ((uint32_t *)a.v)[i >> 1] = qv[0] | (qv[1] << 16);
         ((uint32_t *)a.p)[i >> 1] = qp[0] | (qp[1] << 16);
         if (a.c) ((uint32_t *)a.c)[i >> 1] = (uint32_t)elmo_f32_to_bf16(c[0]) | ((uint32_t)elmo_f32_to_bf16(c[1]) << 16);
       } else {
-#pragma unroll
-        for (int e = 0; e < 2; e++) adamw_math<BF16>(a, g[e], dec[e], a.c != NULL, m[e], v[e], p[e], c[e]);
         pair_io<BF16>::st(a.m, i, m);
         pair_io<BF16>::st(a.v, i, v);
         pair_io<BF16>::st(a.p, i, p);
