@@ -482,22 +482,23 @@ void elmo_tf_linear_forward_fp8(const float *x, const float *w, const float *b, 
   elmo_tf_linear_forward_fp8_scaled(x, w, b, N, in, out, elmo_tf_fp8_scale(elmo_tf_amax(x, N * in)), y, ws);
 }
 
+/* max(m, a) where a NaN, once met, stays (as the GPU's f8_nanmax). */
+static double nan_max(double m, double a) {
+  if (isnan(m)) return m;
+  return a > m || isnan(a) ? a : m;
+}
+
 double elmo_tf_fp8_ln_elem(const float *w, const float *b, int H) {
   const double r = sqrt((double)(H - 1));
   double m = 0.0;
-  for (int j = 0; j < H; j++) {
-    const double v = r * fabs((double)w[j]) + fabs((double)b[j]);
-    if (v > m || isnan(v)) m = v;
-    if (isnan(m)) return m;
-  }
+  for (int j = 0; j < H; j++) m = nan_max(m, r * fabs((double)w[j]) + fabs((double)b[j]));
   return m;
 }
 
 double elmo_tf_fp8_ln_norm(const float *w, const float *b, int H) {
   double mw = 0.0, sb = 0.0;
   for (int j = 0; j < H; j++) {
-    const double a = fabs((double)w[j]);
-    mw = a > mw || isnan(a) ? a : mw;
+    mw = nan_max(mw, fabs((double)w[j]));
     sb += (double)b[j] * (double)b[j];
   }
   return sqrt((double)H) * mw + sqrt(sb);
@@ -508,20 +509,14 @@ double elmo_tf_fp8_row_norm_max(const float *w, int64_t rows, int cols) {
   for (int64_t r = 0; r < rows; r++) {
     double ss = 0.0;
     for (int k = 0; k < cols; k++) ss += (double)w[r * cols + k] * (double)w[r * cols + k];
-    const double n = sqrt(ss);
-    if (n > m || isnan(n)) m = n;
-    if (isnan(m)) return m;
+    m = nan_max(m, sqrt(ss));
   }
   return m;
 }
 
 double elmo_tf_fp8_abs_max(const float *b, int64_t n) {
   double m = 0.0;
-  for (int64_t i = 0; i < n; i++) {
-    const double a = fabs((double)b[i]);
-    if (a > m || isnan(a)) m = a;
-    if (isnan(m)) return m;
-  }
+  for (int64_t i = 0; i < n; i++) m = nan_max(m, fabs((double)b[i]));
   return m;
 }
 
