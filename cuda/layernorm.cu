@@ -328,13 +328,7 @@ static __global__ void ln_apply8_kernel(const uint4 *xhat, const uint4 *w, const
     for (int k = 0; k < 8; k++)
       ov[k] = __float2bfloat16_rn(__bfloat162float(xv[k]) * __bfloat162float(wv[k]) + __bfloat162float(bv[k]));
     y[i] = out;
-    if (yq) {
-      float f[8];
-#pragma unroll
-      for (int k = 0; k < 8; k++) f[k] = __bfloat162float(ov[k]);
-      const float q = *qs;
-      yq[i] = e4m3x8(f, q);
-    }
+    if (yq) yq[i] = e4m3x8_bf16(out, *qs);   /* the E4M3 copy of the stored (bf16) y */
   }
 }
 
