@@ -294,7 +294,8 @@ static void softmax_launch(const float *S, const float *dP, const uint8_t *mask,
 static void head_mm(elmo_cuda_tf_gemm *g, int ta, int tb, int m, int n, int k, const bf16 *a, int lda, int64_t sa,
                     const bf16 *b, int ldb, int64_t sb, void *c, int ldc, int64_t sc, int c_f32, int batch,
                     cudaStream_t s) {
-  elmo_cuda_tf_mm p = {ta, tb, m, n, k, a, lda, sa, b, ldb, sb, c, ldc, sc, c_f32, 0.0f, batch, NULL, NULL, NULL};
+  elmo_cuda_tf_mm p = {ta, tb, m, n, k, a, lda, sa, b, ldb, sb, c, ldc, sc, c_f32, 0.0f, batch, NULL, NULL, NULL,
+                       NULL, NULL};
   elmo_cuda_tf_gemm_run(g, &p, s);
 }
 

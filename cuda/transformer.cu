@@ -37,7 +37,7 @@ enum { F8_OFF_VB = 6, F8_OFF_FB = 7, F8_OFF_INW = 8, F8_OFF_INB = 9, F8_OFF_L1W 
 /* ==================================================================== cuBLASLt GEMM helper */
 
 typedef struct mm_key {
-  int ta, tb, c_f32, batch, bias, fp8, dev_scalars;
+  int ta, tb, c_f32, batch, bias, fp8, dev_scalars, vec_scales;
   int64_t m, n, k, lda, ldb, ldc, sa, sb, sc;
   uint32_t al_a, al_b, al_c;
 } mm_key;
@@ -47,6 +47,7 @@ typedef struct mm_plan {
   cublasLtMatmulDesc_t desc;
   cublasLtMatrixLayout_t la, lb, lc;    /* cuBLASLt's A (= our B), B (= our A), C = D */
   cublasLtMatmulAlgo_t algo;
+  int ok;                               /* 0: cuBLASLt offers no algorithm (kept, so it is asked once) */
 } mm_plan;
 
 struct elmo_cuda_tf_gemm {
@@ -80,11 +81,18 @@ static cublasLtMatrixLayout_t make_layout(cudaDataType_t type, int64_t rows, int
 /* Pointers a plan's descriptor holds, set before each run. */
 typedef struct mm_ptrs {
   const void *bias;
+  const float *scale_n, *scale_m;
 } mm_ptrs;
 
 static void desc_set_ptrs(cublasLtMatmulDesc_t d, const mm_key *k, const mm_ptrs *p) {
   if (k->bias)
     ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p->bias, sizeof p->bias));
+  if (k->vec_scales) {   /* cuBLASLt's A is our B (the weights: a scale per output column n), its B our A */
+    ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &p->scale_n,
+                                                     sizeof p->scale_n));
+    ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &p->scale_m,
+                                                     sizeof p->scale_m));
+  }
 }
 
 static cublasLtMatmulDesc_t desc_create(const mm_key *k, int fast_accum) {
@@ -100,6 +108,15 @@ static cublasLtMatmulDesc_t desc_create(const mm_key *k, int fast_accum) {
   if (k->fp8) {
     const int8_t fast = (int8_t)fast_accum;
     ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof fast));
+  }
+  if (k->vec_scales) {   /* (the bias type stated, as scripts/probe_fp8_gemm.c found the algorithms with it) */
+    const int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+    ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof mode));
+    ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof mode));
+    if (k->bias) {
+      const cudaDataType_t bt = k->c_f32 ? CUDA_R_32F : CUDA_R_16BF;
+      ELMO_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+    }
   }
   if (k->dev_scalars) {   /* alpha and beta read from device memory (the FP8 scale, computed on the device) */
     const cublasLtPointerMode_t pm = CUBLASLT_POINTER_MODE_DEVICE;
@@ -148,7 +165,7 @@ static int pick_algo(elmo_cuda_tf_gemm *g, mm_plan *pl, cublasLtMatmulPreference
 /* Row-major C[m, n] = op(A) op(B) is column-major C^T[n, m] = op(B)^T op(A)^T: cuBLASLt's A is our B.
  * FP8: fast accumulation (as torchao's forward GEMM) when cuBLASLt offers it for the shape, else the
  * default accumulation. */
-static void plan_build(elmo_cuda_tf_gemm *g, const mm_key *k, mm_plan *pl) {
+static void plan_build(elmo_cuda_tf_gemm *g, const mm_key *k, const mm_ptrs *ptrs, mm_plan *pl) {
   pl->key = *k;
   const cudaDataType_t in_type = k->fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
   pl->la = make_layout(in_type, k->tb ? k->k : k->n, k->tb ? k->n : k->k, k->ldb, k->batch, k->sb);
@@ -158,15 +175,22 @@ static void plan_build(elmo_cuda_tf_gemm *g, const mm_key *k, mm_plan *pl) {
   int ok = 0;
   for (int fast = k->fp8; fast >= 0 && !ok; fast--) {
     pl->desc = desc_create(k, fast);
-    ok = pick_algo(g, pl, pref, k->fp8);
-    if (!ok) cublasLtMatmulDescDestroy(pl->desc);
+    desc_set_ptrs(pl->desc, k, ptrs);   /* (the heuristic offers nothing for scale modes without their pointers) */
+    ok = pick_algo(g, pl, pref, k->fp8) || (k->vec_scales && pick_algo(g, pl, pref, 0));
+    if (!ok && fast) cublasLtMatmulDescDestroy(pl->desc);
   }
   ELMO_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+  pl->ok = ok;
+  if (!ok && k->vec_scales) {   /* the caller has another way (gemm_try) */
+    fprintf(stderr, "elmo: note: cuBLASLt offers no FP8 GEMM with column scales for %lldx%lldx%lld (%s output); "
+            "taking one GEMM a weight\n", (long long)k->m, (long long)k->n, (long long)k->k, k->c_f32 ? "FP32" : "BF16");
+    return;
+  }
   if (!ok) {
     char what[256];
     snprintf(what, sizeof what, "no cuBLASLt algorithm for %lldx%lldx%lld ta %d tb %d batch %d bias %d fp8 %d "
-             "device scalars %d out %s", (long long)k->m, (long long)k->n, (long long)k->k, k->ta, k->tb, k->batch,
-             k->bias, k->fp8, k->dev_scalars, k->c_f32 ? "fp32" : "bf16");
+             "device scalars %d scale vectors %d out %s", (long long)k->m, (long long)k->n, (long long)k->k, k->ta,
+             k->tb, k->batch, k->bias, k->fp8, k->dev_scalars, k->vec_scales, k->c_f32 ? "fp32" : "bf16");
     elmo_cuda_die("cublasLtMatmulAlgoGetHeuristic/AlgoCheck found no algorithm", what, __FILE__, __LINE__);
   }
 }
@@ -178,7 +202,7 @@ static void plan_release(mm_plan *pl) {
   cublasLtMatrixLayoutDestroy(pl->lc);
 }
 
-static const mm_plan *plan_get(elmo_cuda_tf_gemm *g, const mm_key *k) {
+static mm_plan *plan_get(elmo_cuda_tf_gemm *g, const mm_key *k, const mm_ptrs *ptrs) {
   for (int i = 0; i < g->n_plans; i++)
     if (memcmp(&g->plans[i].key, k, sizeof *k) == 0) return &g->plans[i];
   mm_plan *pl;
@@ -189,7 +213,7 @@ static const mm_plan *plan_get(elmo_cuda_tf_gemm *g, const mm_key *k) {
     g->next_evict = (g->next_evict + 1) % MM_CACHE;
     plan_release(pl);
   }
-  plan_build(g, k, pl);
+  plan_build(g, k, ptrs, pl);
   return pl;
 }
 
@@ -209,9 +233,11 @@ extern "C" void elmo_cuda_tf_gemm_destroy(elmo_cuda_tf_gemm **g) {
   *g = NULL;
 }
 
-/* Runs p; fp8: a and b are E4M3 (x[m, k] w[n, k]^T, the layout cuBLASLt's FP8 GEMMs take). */
-static void gemm_run(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_mm *p, int fp8, cudaStream_t s) {
-  if (p->m <= 0 || p->n <= 0 || p->batch <= 0) return;
+/* Runs p; fp8: a and b are E4M3 (x[m, k] w[n, k]^T, the layout cuBLASLt's FP8 GEMMs take). Returns 0
+ * only for scale vectors (p->scale_n) that this cuBLASLt offers no algorithm for, or refuses to run:
+ * nothing was done, and the caller takes another way; any other failure is fatal. */
+static int gemm_try(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_mm *p, int fp8, cudaStream_t s) {
+  if (p->m <= 0 || p->n <= 0 || p->batch <= 0) return 1;
   mm_key k;
   memset(&k, 0, sizeof k);
   if (p->bias && (p->c_f32 || p->batch > 1))
@@ -220,24 +246,39 @@ static void gemm_run(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_mm *p, int fp8, cu
     elmo_cuda_die("FP8 GEMMs need x[m, k] w[n, k]^T and batch 1", "gemm_run", __FILE__, __LINE__);
   if (!p->alpha_dev != !p->beta_dev)
     elmo_cuda_die("device alpha and beta go together", "gemm_run", __FILE__, __LINE__);
+  if (!p->scale_n != !p->scale_m || (p->scale_n && (!fp8 || p->alpha_dev)))
+    elmo_cuda_die("scale vectors: both, FP8 only, without device scalars", "gemm_run", __FILE__, __LINE__);
   const int64_t es = fp8 ? 1 : 2;
   k.ta = p->trans_a; k.tb = p->trans_b; k.c_f32 = p->c_f32; k.batch = p->batch; k.bias = p->bias != NULL;
   k.fp8 = fp8;
   k.dev_scalars = p->alpha_dev != NULL;
+  k.vec_scales = p->scale_n != NULL;
   k.m = p->m; k.n = p->n; k.k = p->k;
   k.lda = p->lda; k.ldb = p->ldb; k.ldc = p->ldc;
   if (p->batch > 1) { k.sa = p->stride_a; k.sb = p->stride_b; k.sc = p->stride_c; }
   k.al_a = align_of(p->a, p->stride_a * es, p->batch);
   k.al_b = align_of(p->b, p->stride_b * es, p->batch);
   k.al_c = align_of(p->c, p->stride_c * (p->c_f32 ? 4 : 2), p->batch);
-  const mm_ptrs ptrs = {p->bias};
-  const mm_plan *pl = plan_get(g, &k);
+  const mm_ptrs ptrs = {p->bias, p->scale_n, p->scale_m};
+  mm_plan *pl = plan_get(g, &k, &ptrs);
+  if (!pl->ok) return 0;
   desc_set_ptrs(pl->desc, &k, &ptrs);
   const float alpha = 1.0f, beta = p->beta;
   const void *pa = p->alpha_dev ? (const void *)p->alpha_dev : (const void *)&alpha;
   const void *pb = p->beta_dev ? (const void *)p->beta_dev : (const void *)&beta;
-  ELMO_CUBLAS_CHECK(cublasLtMatmul(g->lt, pl->desc, pa, p->b, pl->la, p->a, pl->lb, pb, p->c, pl->lc, p->c,
-                                   pl->lc, &pl->algo, g->ws, g->ws_bytes, s));
+  const cublasStatus_t st = cublasLtMatmul(g->lt, pl->desc, pa, p->b, pl->la, p->a, pl->lb, pb, p->c, pl->lc, p->c,
+                                           pl->lc, &pl->algo, g->ws, g->ws_bytes, s);
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED && k.vec_scales) {
+    pl->ok = 0;
+    return 0;
+  }
+  ELMO_CUBLAS_CHECK(st);
+  return 1;
+}
+
+static void gemm_run(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_mm *p, int fp8, cudaStream_t s) {
+  if (!gemm_try(g, p, fp8, s))
+    elmo_cuda_die("cuBLASLt has no algorithm for these FP8 scale vectors", "gemm_run", __FILE__, __LINE__);
 }
 
 extern "C" void elmo_cuda_tf_gemm_run(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_mm *p, cudaStream_t s) {
@@ -297,6 +338,10 @@ struct elmo_cuda_tf {
   float *f8tab;              /* fp8 forward: [layers][F8_TAB] scales and GEMM alphas (f8_scales_kernel) */
   unsigned *f8acc;           /* fp8 forward: [layers][F8_ACC] weight maxima (f8_stats_kernel) */
   int64_t *f8off;            /* fp8 forward: [layers][F8_OFF] parameter offsets (device, set at create) */
+  float *f8vec;              /* fp8 forward: [layers][4 H] GEMM scales by output column: the q, k, v alphas over the
+                                fused q/k/v GEMM's 3 H columns, then ff2's alpha over its H (f8_scales_kernel) */
+  float *f8ones;             /* fp8 forward: [M] 1.0f, the row scales of the GEMMs that take f8vec */
+  h16 *f8bqkv;               /* fp8 forward, fused path: the cast layer's q, k, v biases [3 H] (f8_wcast_kernel) */
   void *lt_ws;
   /* the last forward */
   int B, T, Tp, have_forward;
@@ -385,6 +430,9 @@ static void carve_scratch(carver *cv, elmo_cuda_tf *t, int64_t M, size_t emb_ws)
     t->f8tab = (float *)carve(cv, (size_t)c->layers * F8_TAB * sizeof(float));
     t->f8acc = (unsigned *)carve(cv, (size_t)c->layers * F8_ACC * sizeof(unsigned));
     t->f8off = (int64_t *)carve(cv, (size_t)c->layers * F8_OFF * sizeof(int64_t));
+    t->f8vec = (float *)carve(cv, (size_t)c->layers * 4 * H * sizeof(float));
+    t->f8ones = (float *)carve(cv, (size_t)M * sizeof(float));
+    t->f8bqkv = t->fused ? (h16 *)carve(cv, (size_t)(3 * H) * 2) : NULL;
     t->fp8.amax = (unsigned *)carve(cv, ELMO_CUDA_TF_FP8_SEGS * sizeof(unsigned));
     t->fp8.inv = (float *)carve(cv, ELMO_CUDA_TF_FP8_SEGS * sizeof(float));
     t->fp8.alpha = (float *)carve(cv, ELMO_CUDA_TF_FP8_SEGS * sizeof(float));
@@ -524,6 +572,10 @@ extern "C" int elmo_cuda_tf_create(const elmo_tf_config *cfg, int max_batch, int
     }
     ELMO_CUDA_CHECK(cudaMemcpy(t->f8off, h, (size_t)L * F8_OFF * sizeof(int64_t), cudaMemcpyHostToDevice));
     free(h);
+    float *ones = (float *)elmo_calloc((size_t)M, sizeof(float));
+    for (int64_t r = 0; r < M; r++) ones[r] = 1.0f;
+    ELMO_CUDA_CHECK(cudaMemcpy(t->f8ones, ones, (size_t)M * sizeof(float), cudaMemcpyHostToDevice));
+    free(ones);
   }
   t->gemm = elmo_cuda_tf_gemm_create(t->lt_ws, LT_WORKSPACE);
   *out = t;
@@ -569,14 +621,14 @@ extern "C" int elmo_cuda_tf_fp8_scales(const elmo_cuda_tf *t, elmo_tf_fp8_scales
 /* y[M, out] = x[M, in] w^T: FP32 y, or BF16 y = bf16(x w^T + bias) (bias [out] or NULL); w [out, in]. */
 static void linear_fwd(elmo_cuda_tf *t, const h16 *x, const h16 *w, const h16 *bias, int64_t M, int in, int out,
                        void *y, int y_f32, cudaStream_t s) {
-  elmo_cuda_tf_mm p = {0, 1, M, out, in, x, in, 0, w, in, 0, y, out, 0, y_f32, 0.0f, 1, bias, NULL, NULL};
+  elmo_cuda_tf_mm p = {0, 1, M, out, in, x, in, 0, w, in, 0, y, out, 0, y_f32, 0.0f, 1, bias, NULL, NULL, NULL, NULL};
   elmo_cuda_tf_gemm_run(t->gemm, &p, s);
 }
 
 /* dw[out, in] += dy[M, out]^T x[M, in] (FP32); dy's rows ldy elements apart. */
 static void linear_dw_ld(elmo_cuda_tf *t, const h16 *dy, int64_t ldy, const h16 *x, int64_t M, int in, int out,
                          float *dw, cudaStream_t s) {
-  elmo_cuda_tf_mm p = {1, 0, out, in, M, dy, ldy, 0, x, in, 0, dw, in, 0, 1, 1.0f, 1, NULL, NULL, NULL};
+  elmo_cuda_tf_mm p = {1, 0, out, in, M, dy, ldy, 0, x, in, 0, dw, in, 0, 1, 1.0f, 1, NULL, NULL, NULL, NULL, NULL};
   elmo_cuda_tf_gemm_run(t->gemm, &p, s);
 }
 static void linear_dw(elmo_cuda_tf *t, const h16 *dy, const h16 *x, int64_t M, int in, int out, float *dw,
@@ -587,7 +639,8 @@ static void linear_dw(elmo_cuda_tf *t, const h16 *dy, const h16 *x, int64_t M, i
 /* dx[M, in] = dy[M, out] w[out, in] (+ beta dx). */
 static void linear_dx(elmo_cuda_tf *t, const h16 *dy, const h16 *w, int64_t M, int in, int out, void *dx,
                       int dx_f32, float beta, cudaStream_t s) {
-  elmo_cuda_tf_mm p = {0, 0, M, in, out, dy, out, 0, w, in, 0, dx, in, 0, dx_f32, beta, 1, NULL, NULL, NULL};
+  elmo_cuda_tf_mm p = {0, 0, M, in, out, dy, out, 0, w, in, 0, dx, in, 0, dx_f32, beta, 1, NULL, NULL, NULL, NULL,
+                       NULL};
   elmo_cuda_tf_gemm_run(t->gemm, &p, s);
 }
 
@@ -710,7 +763,7 @@ static void fp8_linear_ld(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_fp8 *q, int j
                           int in, int out, void *y, int64_t ldy, int y_f32, cudaStream_t s) {
   if (M <= 0 || out <= 0) return;
   elmo_cuda_tf_mm p = {0, 1, M, out, in, q->xq, in, 0, q->wq + (int64_t)j * out * in, in, 0, y, ldy, 0, y_f32, 0.0f,
-                       1, bias, q->alpha + j, q->alpha + FP8_SEGS - 1};
+                       1, bias, q->alpha + j, q->alpha + FP8_SEGS - 1, NULL, NULL};
   gemm_run(g, &p, 1, s);
 }
 extern "C" void elmo_cuda_tf_fp8_linear(elmo_cuda_tf_gemm *g, const elmo_cuda_tf_fp8 *q, int j, const elmo_bf16 *bias,
@@ -730,6 +783,8 @@ typedef struct f8_weights {
   const h16 *w[F8_W];
   int rows[F8_W], cols[F8_W];
   uint8_t *q[F8_W];
+  const h16 *b[3];   /* q, k, v biases, copied one after another into bq (NULL: not) with their weights */
+  h16 *bq;
 } f8_weights;
 
 /* Weight j's E4M3 copy in wq: q, k, v, o [H, H], ff1 [F, H], ff2 [H, F] one after another. */
@@ -751,6 +806,10 @@ static f8_weights f8_layer_weights(const elmo_cuda_tf *t, const h16 *P, int i) {
     w.cols[j] = cols[j];
     w.q[j] = f8_wq(t, j);
   }
+  w.b[0] = P + o->q_b;
+  w.b[1] = P + o->k_b;
+  w.b[2] = P + o->v_b;
+  w.bq = t->f8bqkv;
   return w;
 }
 
@@ -816,11 +875,31 @@ static __device__ double f8_block_reduce(double v, int op, double *sh) {
   return r;
 }
 
+/* Thread 0 of f8_scales_kernel: f8tab[z] from the layer's reduced bounds and weight maxima. */
+static __device__ void f8_scales_tab(double e_in, double g_in, double b_in, double e_1, double g_1, double b_1,
+                                     double vb, double fb, int H, const unsigned *acc, float *tab) {
+  const double sH = sqrt((double)H);
+  elmo_tf_fp8_scales sc;
+  elmo_tf_fp8_scales_of(e_in, sH * g_in + sqrt(b_in), e_1, sH * g_1 + sqrt(b_1),
+                        (double)__uint_as_float(acc[F8_NV]), vb, (double)__uint_as_float(acc[F8_NF]), fb, &sc);
+  tab[F8_X] = sc.x;
+  tab[F8_CTX] = sc.ctx;
+  tab[F8_H1] = sc.h1;
+  tab[F8_G] = sc.g;
+  const float in_scale[F8_W] = {sc.x, sc.x, sc.x, sc.ctx, sc.h1, sc.g};
+  for (int j = 0; j < F8_W; j++) {
+    const float sw = fp8_scale_of(acc[j]);
+    tab[F8_SW + j] = sw;
+    tab[F8_ALPHA + j] = __fmul_rn(1.0f / in_scale[j], 1.0f / sw);
+  }
+  tab[F8_ZERO] = 0.0f;
+}
+
 /* Block z = layer z, F8_SC_THREADS threads: the bounds of elmo_tf_fp8_layer_scales from the bf16
  * parameters and f8acc[z], then f8tab[z]: input scales, weight scales (fp8_scale_of their amax, as the
  * CPU's elmo_tf_fp8_scale), alphas = (1 / input scale) * (1 / weight scale) in FP32, and 0. */
 static __global__ void f8_scales_kernel(const h16 *P, const int64_t *offs, int H, int F, const unsigned *accs,
-                                        float *tabs) {
+                                        float *tabs, float *vecs) {
   const int64_t *of = offs + (int64_t)blockIdx.x * F8_OFF;
   const h16 *in_w = P + of[F8_OFF_INW], *in_b = P + of[F8_OFF_INB], *ln1_w = P + of[F8_OFF_L1W];
   const h16 *ln1_b = P + of[F8_OFF_L1B], *v_b = P + of[F8_OFF_VB], *ff1_b = P + of[F8_OFF_FB];
@@ -849,28 +928,19 @@ static __global__ void f8_scales_kernel(const h16 *P, const int64_t *offs, int H
   b_1 = f8_block_reduce(b_1, 1, sh);
   vb = f8_block_reduce(vb, 0, sh);
   fb = f8_block_reduce(fb, 0, sh);
-  if (threadIdx.x != 0) return;
-  const double sH = sqrt((double)H);
-  elmo_tf_fp8_scales sc;
-  elmo_tf_fp8_scales_of(e_in, sH * g_in + sqrt(b_in), e_1, sH * g_1 + sqrt(b_1),
-                        (double)__uint_as_float(acc[F8_NV]), vb, (double)__uint_as_float(acc[F8_NF]), fb, &sc);
-  tab[F8_X] = sc.x;
-  tab[F8_CTX] = sc.ctx;
-  tab[F8_H1] = sc.h1;
-  tab[F8_G] = sc.g;
-  const float in_scale[F8_W] = {sc.x, sc.x, sc.x, sc.ctx, sc.h1, sc.g};
-  for (int j = 0; j < F8_W; j++) {
-    const float sw = fp8_scale_of(acc[j]);
-    tab[F8_SW + j] = sw;
-    tab[F8_ALPHA + j] = __fmul_rn(1.0f / in_scale[j], 1.0f / sw);
-  }
-  tab[F8_ZERO] = 0.0f;
+  if (threadIdx.x == 0) f8_scales_tab(e_in, g_in, b_in, e_1, g_1, b_1, vb, fb, H, acc, tab);
+  __syncthreads();                          /* tab's alphas, by output column of the fused q/k/v and the ff2 GEMM */
+  float *vec = vecs + (int64_t)blockIdx.x * 4 * H;
+  for (int c = threadIdx.x; c < 4 * H; c += F8_SC_THREADS) vec[c] = tab[F8_ALPHA + (c < 3 * H ? c / H : 5)];
 }
 
-/* wq_j = e4m3(w_j * sw_j) for the weights j (blockIdx.y) in the bit mask `which`, 8 elements a thread-step. */
+/* wq_j = e4m3(w_j * sw_j) for the weights j (blockIdx.y) in the bit mask `which`, 8 elements a thread-step;
+ * block 0 of q, k and v also copies their bias into ws.bq (the fused q/k/v GEMM's [3 H] bias). */
 static __global__ void f8_wcast_kernel(f8_weights ws, const float *tab, unsigned which) {
   const int j = blockIdx.y;
   if (!(which >> j & 1u)) return;
+  if (j < 3 && ws.bq && blockIdx.x == 0)
+    for (int c = threadIdx.x; c < ws.rows[j]; c += blockDim.x) ws.bq[j * ws.rows[j] + c] = ws.b[j][c];
   const float sw = tab[F8_SW + j];
   const int64_t n8 = (int64_t)ws.rows[j] * ws.cols[j] / 8;
   const uint4 *src = (const uint4 *)ws.w[j];
@@ -895,7 +965,7 @@ static void f8_prepare(elmo_cuda_tf *t, const h16 *P, cudaStream_t s) {
   ELMO_CUDA_CHECK(cudaMemsetAsync(t->f8acc, 0, (size_t)L * F8_ACC * sizeof(unsigned), s));
   f8_stats_kernel<<<dim3(24, F8_W, (unsigned)L), 256, 0, s>>>(P, t->f8off, H, F, t->f8acc);
   ELMO_LAUNCH_CHECK();
-  f8_scales_kernel<<<(unsigned)L, F8_SC_THREADS, 0, s>>>(P, t->f8off, H, F, t->f8acc, t->f8tab);
+  f8_scales_kernel<<<(unsigned)L, F8_SC_THREADS, 0, s>>>(P, t->f8off, H, F, t->f8acc, t->f8tab, t->f8vec);
   ELMO_LAUNCH_CHECK();
 }
 
@@ -911,9 +981,23 @@ static void f8_gemm(elmo_cuda_tf *t, int i, int j, const h16 *bias, int64_t M, i
                     int y_f32, cudaStream_t s) {
   const float *tab = f8_tab(t, i);
   elmo_cuda_tf_mm p = {0, 1, M, out, in, t->fp8.xq, in, 0, f8_wq(t, j), in, 0, y, ldy, 0, y_f32, 0.0f, 1, bias,
-                       tab + F8_ALPHA + j, tab + F8_ZERO};
+                       tab + F8_ALPHA + j, tab + F8_ZERO, NULL, NULL};
   gemm_run(t->gemm, &p, 1, s);
 }
+
+/* y[M, out] (rows ldy apart) = (xq wq^T) * f8vec row (+ bias), wq from weight j0's place on: the fused
+ * q/k/v GEMM (j0 0, out 3 H, the three weights one after another in wq, each column its weight's alpha)
+ * and ff2 (j0 5). The alphas multiply by output column (with 1.0f by row), so each element is the same
+ * FP32 product acc * alpha_j as in the per-weight GEMM; cuBLASLt's kernel for the shape may sum acc in
+ * another order. (H200, first heuristic algorithm, 16,384 rows: q/k/v 3 x 23.5 -> 57.3 us, ff2 58.9 ->
+ * 53.2 us; scripts/probe_fp8_gemm.c) */
+static int f8_gemm_vec(elmo_cuda_tf *t, int j0, const h16 *bias, int64_t M, int in, int out, void *y,
+                       int64_t ldy, int y_f32, const float *vec, cudaStream_t s) {
+  elmo_cuda_tf_mm p = {0, 1, M, out, in, t->fp8.xq, in, 0, f8_wq(t, j0), in, 0, y, ldy, 0, y_f32, 0.0f, 1, bias,
+                       NULL, NULL, vec, t->f8ones};
+  return gemm_try(t->gemm, &p, 1, s);
+}
+static const float *f8_vec(const elmo_cuda_tf *t, int i) { return t->f8vec + (int64_t)i * 4 * t->cfg.hidden; }
 
 /* Where the layer input's E4M3 copy goes, and its scale: layer i's q/k/v input (NULL, NULL off the FP8
  * forward or past the last layer). */
@@ -991,8 +1075,9 @@ static void qkv_gather(elmo_cuda_tf *t, const h16 *P, const layer_off *o, cudaSt
 }
 
 /* q, k, v from x_in: bf16(x_in W^T + b). Fused path: straight into a->qkv as the column blocks of one
- * [M, 3 H] matrix (one GEMM over the gathered weights; FP8: three GEMMs, each weight its own scale);
- * batched path: merged [3, M, H] into g16, then split into heads. */
+ * [M, 3 H] matrix (one GEMM over the gathered weights; FP8: one GEMM over the three cast weights with each
+ * output column scaled by its weight's alpha, or, where cuBLASLt lacks that, three GEMMs); batched path:
+ * merged [3, M, H] into g16, then split into heads. */
 static int qkv_forward(elmo_cuda_tf *t, const h16 *P, const layer_off *o, const h16 *x_in, layer_acts *a,
                        cudaStream_t s, elmo_err *err) {
   const int64_t M = (int64_t)t->B * t->Tp;
@@ -1000,8 +1085,11 @@ static int qkv_forward(elmo_cuda_tf *t, const h16 *P, const layer_off *o, const 
   const int64_t w[3] = {o->q_w, o->k_w, o->v_w}, b[3] = {o->q_b, o->k_b, o->v_b};
   const int64_t ld = t->fused ? 3 * H : H, step = t->fused ? H : M * H;   /* row stride, offset of k from q */
   h16 *y = t->fused ? a->qkv : t->g16;
-  if (t->cfg.fp8_forward) {   /* x_in's E4M3 copy in t->fp8.xq, the layer's weights cast (f8_cast_weights) */
-    for (int j = 0; j < 3; j++) f8_gemm(t, (int)(o - t->off), j, P + b[j], M, H, H, y + j * step, ld, 0, s);
+  const int i = (int)(o - t->off);
+  if (t->cfg.fp8_forward && t->fused && f8_gemm_vec(t, 0, t->f8bqkv, M, H, 3 * H, y, ld, 0, f8_vec(t, i), s)) {
+    /* one GEMM: the q, k, v weights one after another in wq, their biases in f8bqkv */
+  } else if (t->cfg.fp8_forward) {   /* x_in's E4M3 copy in t->fp8.xq, the layer's weights cast (f8_cast_weights) */
+    for (int j = 0; j < 3; j++) f8_gemm(t, i, j, P + b[j], M, H, H, y + j * step, ld, 0, s);
   } else if (t->fused) {
     qkv_gather(t, P, o, s);
     linear_fwd(t, x_in, t->wqkv, t->bqkv, M, H, 3 * H, y, 0, s);
@@ -1061,7 +1149,8 @@ static int layer_forward(elmo_cuda_tf *t, const h16 *P, int i, const h16 *x_in, 
   f8_gemm(t, i, 4, P + o->ff1_b, M, H, F, a->ff, F, 0, s);                /* GELU input, bf16 */
   rc = elmo_cuda_gelu_forward_q(a->ff, M * F, xq, tab + F8_G, s, err);
   if (rc) return rc;
-  f8_gemm(t, i, 5, NULL, M, F, H, t->f32, H, 1, s);
+  if (!f8_gemm_vec(t, 5, NULL, M, F, H, t->f32, H, 1, f8_vec(t, i) + 3 * H, s))
+    f8_gemm(t, i, 5, NULL, M, F, H, t->f32, H, 1, s);
   return elmo_cuda_layernorm_forward_q(t->f32, P + o->ff2_b, t->h1, P + o->ln2_w, P + o->ln2_b, M, H, c->ln_eps,
                                        x_out, a->xhat2, a->rstd2, f8_x_out(t, i + 1), f8_x_scale(t, i + 1), s, err);
 }
@@ -1218,7 +1307,7 @@ static int attention_backward(elmo_cuda_tf *t, const h16 *P, int i, float *G, cu
     if (rc) return rc;
     if (w[1] - w[0] == w[2] - w[1]) { /* the three weight gradients as one strided batch (x shared) */
       elmo_cuda_tf_mm p = {1, 0, H, H, M, dqkv, 3 * H, H, t->xa, H, 0, G + w[0], H, w[1] - w[0], 1, 1.0f, 3,
-                           NULL, NULL, NULL};
+                           NULL, NULL, NULL, NULL, NULL};
       elmo_cuda_tf_gemm_run(t->gemm, &p, s);
     } else {
       for (int j = 0; j < 3; j++) linear_dw_ld(t, dqkv + j * H, 3 * H, t->xa, M, H, H, G + w[j], s);

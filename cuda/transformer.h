@@ -120,6 +120,9 @@ typedef struct elmo_cuda_tf_mm {
   int batch;
   const void *bias;
   const float *alpha_dev, *beta_dev;   /* both NULL (alpha 1, beta as above), or device scalars used instead */
+  /* FP8 only, both or neither (then alpha 1, no device scalars): device FP32 vectors that multiply the
+   * product, scale_n[j] per output column and scale_m[r] per row (cuBLASLt's OUTER_VEC_32F scale modes) */
+  const float *scale_n, *scale_m;
 } elmo_cuda_tf_mm;
 typedef struct elmo_cuda_tf_gemm elmo_cuda_tf_gemm;
 /* workspace: device scratch for cuBLASLt (may be NULL with ws_bytes 0). */

@@ -1411,7 +1411,8 @@ static void bench_linear_shape(int64_t M, int in, int out) {
       CK(cudaEventRecord(e0, 0));
       for (int k = 0; k < 10; k++) {
         if (what == 0) {
-          elmo_cuda_tf_mm p = {0, 1, M, out, in, d_x, in, 0, d_w, in, 0, d_y, out, 0, 1, 0.0f, 1, NULL, NULL, NULL};
+          elmo_cuda_tf_mm p = {0, 1, M, out, in, d_x, in, 0, d_w, in, 0, d_y, out, 0, 1, 0.0f, 1, NULL, NULL,
+                               NULL, NULL, NULL};
           elmo_cuda_tf_gemm_run(g, &p, 0);
         } else if (what == 1) {
           elmo_cuda_tf_fp8_linear(g, &q, 0, NULL, M, in, out, d_y, 1, 0);
