@@ -342,6 +342,7 @@ struct elmo_cuda_tf {
                                 fused q/k/v GEMM's 3 H columns, then ff2's alpha over its H (f8_scales_kernel) */
   float *f8ones;             /* fp8 forward: [M] 1.0f, the row scales of the GEMMs that take f8vec */
   h16 *f8bqkv;               /* fp8 forward, fused path: the cast layer's q, k, v biases [3 H] (f8_wcast_kernel) */
+  int f8_colscale;           /* fp8 forward: GEMMs with f8vec (0: one GEMM a weight, ELMO_FP8_COLSCALE=0) */
   void *lt_ws;
   /* the last forward */
   int B, T, Tp, have_forward;
@@ -496,6 +497,8 @@ static elmo_cuda_tf *shell_new(const elmo_tf_config *cfg, int max_batch, int max
   t->fused = elmo_cuda_attention_fused_ok(t->max_tp, cfg->hidden / cfg->heads);
   t->act = (layer_acts *)elmo_calloc((size_t)(cfg->layers > 0 ? cfg->layers : 1), sizeof(layer_acts));
   t->wqkv_layer = -1;
+  const char *e = getenv("ELMO_FP8_COLSCALE");   /* 0: the per-weight FP8 GEMMs (tests compare both) */
+  t->f8_colscale = !(e && strcmp(e, "0") == 0);
   return t;
 }
 
@@ -993,6 +996,7 @@ static void f8_gemm(elmo_cuda_tf *t, int i, int j, const h16 *bias, int64_t M, i
  * 53.2 us; scripts/probe_fp8_gemm.c) */
 static int f8_gemm_vec(elmo_cuda_tf *t, int j0, const h16 *bias, int64_t M, int in, int out, void *y,
                        int64_t ldy, int y_f32, const float *vec, cudaStream_t s) {
+  if (!t->f8_colscale) return 0;
   elmo_cuda_tf_mm p = {0, 1, M, out, in, t->fp8.xq, in, 0, f8_wq(t, j0), in, 0, y, ldy, 0, y_f32, 0.0f, 1, bias,
                        NULL, NULL, vec, t->f8ones};
   return gemm_try(t->gemm, &p, 1, s);

@@ -1150,7 +1150,8 @@ static void test_encoder_fused_vs_batched(void **state) {
 /* FP8 forward GEMMs (cfg.fp8_forward): the GPU's input scales are the CPU's (the same formulas on the
  * same BF16 parameters) and its output matches the CPU's FP8 forward within the encoder tolerances;
  * the gradients stay finite and close to the BF16 path's; FP8 really runs (its output differs from
- * BF16's); recompute, a repeated run and the batched attention path give the same bits. */
+ * BF16's); recompute, a repeated run, the batched attention path and one GEMM a weight instead of the
+ * column-scaled q/k/v and ff2 GEMMs (ELMO_FP8_COLSCALE=0) give the same bits. */
 static void test_encoder_fp8(void **state) {
   (void)state;
   enc_case c;
@@ -1166,6 +1167,19 @@ static void test_encoder_fp8(void **state) {
   const double e_cpu = rel_err(gpu.pooled, cpu.pooled, ph), e_bf = rel_err(gpu.pooled, bf.pooled, ph);
   const double g_bf = rel_err(gpu.grads, bf.grads, np);
   print_message("fp8 pooled: vs CPU fp8 %.3e, vs GPU bf16 %.3e; gradients vs GPU bf16 %.3e\n", e_cpu, e_bf, g_bf);
+  {  /* one GEMM a weight (ELMO_FP8_COLSCALE=0) gives the same bits as q/k/v in one GEMM with column scales */
+    const char *was = getenv("ELMO_FP8_COLSCALE");
+    char *saved = was ? strdup(was) : NULL;
+    setenv("ELMO_FP8_COLSCALE", "0", 1);
+    enc_result pw;
+    run_gpu(&c, 0, 0, &pw, NULL);
+    if (saved) setenv("ELMO_FP8_COLSCALE", saved, 1);
+    else unsetenv("ELMO_FP8_COLSCALE");
+    free(saved);
+    assert_memory_equal(pw.pooled, gpu.pooled, ph * 4);
+    assert_memory_equal(pw.grads, gpu.grads, np * 4);
+    enc_result_free(&pw);
+  }
   {  /* the batched attention path (ctx cast by its own pass) gives the same bits as the fused one */
     const char *was = getenv("ELMO_ATTN_FUSED");
     char *saved = was ? strdup(was) : NULL;
