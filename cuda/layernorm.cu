@@ -112,10 +112,22 @@ ln_forward_vec_kernel(const float *a, const bf16 *bias, const bf16 *res, const b
  * ln_param_finish_kernel reduces in a fixed order as before. VP_ROWS 16 -> 32 -> 64 took the finish
  * 10 -> 7 -> 4.6 us a LayerNorm and the rows' pass 46 -> 43 us (DistilBERT-32, H200, 2026-11-28). */
 enum { VP_ROWS = 64 };
+/* Row scale of an E4M3 gradient row from the largest |bf16| code of it (bf16 bits without the sign: NaN
+ * above inf above every finite value): elmo_tf_fp8_pow2_scale of that value, as the CPU's
+ * elmo_tf_linear_dgrad_fp8. */
+static __device__ __forceinline__ float row_scale_of(unsigned amax_bits) {
+  return elmo_tf_fp8_pow2_scale((double)__uint_as_float(amax_bits << 16));
+}
+static __device__ __forceinline__ unsigned bf16x4_abs_max(uint2 v) {
+  const unsigned a = max(v.x & 0x7FFFu, (v.x >> 16) & 0x7FFFu), b = max(v.y & 0x7FFFu, (v.y >> 16) & 0x7FFFu);
+  return max(a, b);
+}
+/* dq (NULL: none): also each row's bf16 dx16 values times the row's power of two in E4M3, the scale's
+ * inverse in dq_inv[r] (the FP8 input gradient's operand; dx16 must then be given). */
 template <int K>
 static __global__ void __launch_bounds__(LN_WARPS * 32)
 ln_backward_vec_param_kernel(const float *dy, const bf16 *xhat, const float *rstd, const bf16 *w, int64_t M,
-                             float *dx, bf16 *dx16, float *pw, float *pb, float *pd) {
+                             float *dx, bf16 *dx16, float *pw, float *pb, float *pd, uint8_t *dq, float *dq_inv) {
   constexpr int H = 128 * K;
   __shared__ __align__(16) float s_p[LN_WARPS][2][H];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -148,6 +160,8 @@ ln_backward_vec_param_kernel(const float *dy, const bf16 *xhat, const float *rst
       }
     }
     const float mg = warp_sum(sum_g) / (float)H, mgh = warp_sum(sum_gh) / (float)H, rs = rstd[r];
+    uint2 hb[K];
+    unsigned am = 0;
 #pragma unroll
     for (int k = 0; k < K; k++) {
       const int j = 128 * k + 4 * lane;
@@ -158,7 +172,20 @@ ln_backward_vec_param_kernel(const float *dy, const bf16 *xhat, const float *rst
         ad[k][e] += d[e];
       }
       *(float4 *)(dx + base + j) = make_float4(d[0], d[1], d[2], d[3]);
-      if (dx16) *(uint2 *)(dx16 + base + j) = f32x4_to_bf16(d);
+      hb[k] = f32x4_to_bf16(d);
+      am = max(am, bf16x4_abs_max(hb[k]));
+      if (dx16) *(uint2 *)(dx16 + base + j) = hb[k];
+    }
+    if (dq) {
+      for (int o = 16; o > 0; o >>= 1) am = max(am, __shfl_xor_sync(0xFFFFFFFFu, am, o));
+      const float sc = row_scale_of(am);
+#pragma unroll
+      for (int k = 0; k < K; k++) {
+        float v[4];
+        bf16x4_to_f32(hb[k], v);
+        *(uint32_t *)(dq + base + 128 * k + 4 * lane) = e4m3x4(v, sc);
+      }
+      if (lane == 0) dq_inv[r] = 1.0f / sc;
     }
   }
 #pragma unroll
@@ -195,6 +222,24 @@ ln_backward_vec_param_kernel(const float *dy, const bf16 *xhat, const float *rst
 }
 
 /* The register kernels take H = 128 K (K = 1..8) with 16-byte aligned rows. */
+/* Warp per row of x16 [M, H] (H a multiple of 8, rows 16-byte aligned): the row in E4M3 times the power of two
+ * of its bf16 amax, and the scale's inverse (what ln_backward_vec_param_kernel writes with dq). */
+static __global__ void ln_rowcast_kernel(const bf16 *x16, int64_t M, int H, uint8_t *q, float *inv) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t r = (int64_t)blockIdx.x * (blockDim.x >> 5) + warp;
+  if (r >= M) return;
+  const uint4 *row = (const uint4 *)(x16 + r * H);
+  unsigned am = 0;
+  for (int c = lane; c < H / 8; c += 32) {
+    const uint4 v = row[c];
+    am = max(am, max(bf16x4_abs_max(make_uint2(v.x, v.y)), bf16x4_abs_max(make_uint2(v.z, v.w))));
+  }
+  for (int o = 16; o > 0; o >>= 1) am = max(am, __shfl_xor_sync(0xFFFFFFFFu, am, o));
+  const float sc = row_scale_of(am);
+  for (int c = lane; c < H / 8; c += 32) ((uint2 *)(q + r * H))[c] = e4m3x8_bf16(row[c], sc);
+  if (lane == 0) inv[r] = 1.0f / sc;
+}
+
 static int ln_vec_ok(int H, const void *const *ptrs, int n) {
   if (H % 128 || H > 1024) return 0;
   for (int i = 0; i < n; i++)
@@ -465,12 +510,15 @@ extern "C" int64_t elmo_cuda_layernorm_ws_floats(int64_t M, int H) {
   return a > c ? a : c;
 }
 
-extern "C" int elmo_cuda_layernorm_backward(const float *dy, const elmo_bf16 *xhat, const float *rstd,
-                                            const elmo_bf16 *w, int64_t M, int H, float *dx, elmo_bf16 *dx16,
-                                            float *dw, float *db, float *dsum, float *ws, cudaStream_t s,
-                                            elmo_err *err) {
+extern "C" int elmo_cuda_layernorm_backward_q(const float *dy, const elmo_bf16 *xhat, const float *rstd,
+                                              const elmo_bf16 *w, int64_t M, int H, float *dx, elmo_bf16 *dx16,
+                                              float *dw, float *db, float *dsum, float *ws, uint8_t *dq,
+                                              float *dq_inv, cudaStream_t s, elmo_err *err) {
   int rc = check_rows("layernorm backward", M, H, err);
   if (rc) return rc;
+  if (dq && (!dx16 || !dq_inv || H % 8 || ((uintptr_t)dx16 | (uintptr_t)dq) % 16))
+    return elmo_fail(err, ELMO_EINPUT, "layernorm backward: an E4M3 copy needs the bf16 one, its scales, a width "
+                     "that is a multiple of 8 and 16-byte aligned rows");
   if (part_blocks(M) > 65535)
     return elmo_fail(err, ELMO_EINPUT, "layernorm backward: %lld rows (expected at most %lld)",
                      (long long)M, (long long)65535 * PART_ROWS);
@@ -481,7 +529,7 @@ extern "C" int elmo_cuda_layernorm_backward(const float *dy, const elmo_bf16 *xh
     float *pw = ws, *pb = ws + R * H, *pd = dsum ? ws + 2 * R * H : NULL;
 #define LN_BWDP(K)                                                                                        \
   ln_backward_vec_param_kernel<K><<<(unsigned)R, LN_WARPS * 32, 0, s>>>(dy, (const bf16 *)xhat, rstd, (const bf16 *)w, \
-                                                                       M, dx, (bf16 *)dx16, pw, pb, pd)
+                                                                       M, dx, (bf16 *)dx16, pw, pb, pd, dq, dq_inv)
     LN_VEC_SWITCH(H / 128, LN_BWDP)
 #undef LN_BWDP
     ELMO_LAUNCH_CHECK();
@@ -493,6 +541,17 @@ extern "C" int elmo_cuda_layernorm_backward(const float *dy, const elmo_bf16 *xh
   /* parameter sums read dy before the row kernel may overwrite it in place */
   ln_params_launch(dy, (const bf16 *)xhat, M, H, dw, db, ws, s);
   ln_backward_launch(dy, (const bf16 *)xhat, rstd, (const bf16 *)w, M, H, dx, (bf16 *)dx16, s);
+  if (dq) {
+    ln_rowcast_kernel<<<(unsigned)((M + 7) / 8), 256, 0, s>>>((const bf16 *)dx16, M, H, dq, dq_inv);
+    ELMO_LAUNCH_CHECK();
+  }
   if (dsum) return elmo_cuda_colsum(dx, 0, M, H, 1, 0, dsum, 0, ws, s, err);
   return ELMO_OK;
+}
+
+extern "C" int elmo_cuda_layernorm_backward(const float *dy, const elmo_bf16 *xhat, const float *rstd,
+                                            const elmo_bf16 *w, int64_t M, int H, float *dx, elmo_bf16 *dx16,
+                                            float *dw, float *db, float *dsum, float *ws, cudaStream_t s,
+                                            elmo_err *err) {
+  return elmo_cuda_layernorm_backward_q(dy, xhat, rstd, w, M, H, dx, dx16, dw, db, dsum, ws, NULL, NULL, s, err);
 }

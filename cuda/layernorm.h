@@ -42,6 +42,13 @@ int64_t elmo_cuda_layernorm_ws_floats(int64_t M, int H);
 int elmo_cuda_layernorm_backward(const float *dy, const elmo_bf16 *xhat, const float *rstd,
                                  const elmo_bf16 *w, int64_t M, int H, float *dx, elmo_bf16 *dx16,
                                  float *dw, float *db, float *dsum, float *ws, cudaStream_t s, elmo_err *err);
+/* The same, and (dq not NULL) each row of dx16 in E4M3 times s_r = elmo_tf_fp8_pow2_scale(max |dx16[r]|)
+ * into dq [M, H], 1 / s_r into dq_inv [M]: the operand of the FP8 input gradient (elmo_tf_linear_dgrad_fp8).
+ * dx16 is then required, H a multiple of 8, dx16 and dq 16-byte aligned. */
+int elmo_cuda_layernorm_backward_q(const float *dy, const elmo_bf16 *xhat, const float *rstd,
+                                   const elmo_bf16 *w, int64_t M, int H, float *dx, elmo_bf16 *dx16,
+                                   float *dw, float *db, float *dsum, float *ws, uint8_t *dq, float *dq_inv,
+                                   cudaStream_t s, elmo_err *err);
 
 #ifdef __cplusplus
 }

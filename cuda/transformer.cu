@@ -32,6 +32,8 @@ enum { F8_NV = 6, F8_NF = 7, F8_ACC = 8, F8_W = 6 };
 /* f8off [layers][F8_OFF]: the parameter offsets the scales need: the six weights (GEMM order), v_b,
  * ff1_b, the layer input's LayerNorm (the embedding one or the previous layer's output one), ln1. */
 enum { F8_OFF_VB = 6, F8_OFF_FB = 7, F8_OFF_INW = 8, F8_OFF_INB = 9, F8_OFF_L1W = 10, F8_OFF_L1B = 11, F8_OFF = 12 };
+/* Floats of a layer's f8vec row: 3 H (q, k, v), H (ff2), H (o's dgrad), F (ff2's dgrad). */
+static __host__ __device__ inline int64_t f8_vec_len(int64_t H, int64_t F) { return 5 * H + F; }
 
 
 /* ==================================================================== cuBLASLt GEMM helper */
@@ -182,8 +184,9 @@ static void plan_build(elmo_cuda_tf_gemm *g, const mm_key *k, const mm_ptrs *ptr
   ELMO_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
   pl->ok = ok;
   if (!ok && k->vec_scales) {   /* the caller has another way (gemm_try) */
-    fprintf(stderr, "elmo: note: cuBLASLt offers no FP8 GEMM with column scales for %lldx%lldx%lld (%s output); "
-            "taking one GEMM a weight\n", (long long)k->m, (long long)k->n, (long long)k->k, k->c_f32 ? "FP32" : "BF16");
+    fprintf(stderr, "elmo: note: cuBLASLt offers no FP8 GEMM with row and column scales for %lldx%lldx%lld (%s "
+            "output); taking the per-weight or BF16 form\n", (long long)k->m, (long long)k->n, (long long)k->k,
+            k->c_f32 ? "FP32" : "BF16");
     return;
   }
   if (!ok) {
@@ -338,11 +341,15 @@ struct elmo_cuda_tf {
   float *f8tab;              /* fp8 forward: [layers][F8_TAB] scales and GEMM alphas (f8_scales_kernel) */
   unsigned *f8acc;           /* fp8 forward: [layers][F8_ACC] weight maxima (f8_stats_kernel) */
   int64_t *f8off;            /* fp8 forward: [layers][F8_OFF] parameter offsets (device, set at create) */
-  float *f8vec;              /* fp8 forward: [layers][4 H] GEMM scales by output column: the q, k, v alphas over the
-                                fused q/k/v GEMM's 3 H columns, then ff2's alpha over its H (f8_scales_kernel) */
+  float *f8vec;              /* fp8 forward: [layers][f8_vec_len(H, F)] GEMM scales by output column: the q, k, v alphas
+                                over the fused q/k/v GEMM's 3 H columns, ff2's alpha over its H, then the FP8 input
+                                gradients' 1 / sw of o_w over H and of ff2_w over F (f8_scales_kernel) */
   float *f8ones;             /* fp8 forward: [M] 1.0f, the row scales of the GEMMs that take f8vec */
   h16 *f8bqkv;               /* fp8 forward, fused path: the cast layer's q, k, v biases [3 H] (f8_wcast_kernel) */
   int f8_colscale;           /* fp8 forward: GEMMs with f8vec (0: one GEMM a weight, ELMO_FP8_COLSCALE=0) */
+  int f8_dgrad;              /* fp8: the input gradients of o and ff2 on E4M3 (0: BF16, ELMO_FP8_DGRAD=0) */
+  uint8_t *f8dq;             /* f8_dgrad: [M, H] the LayerNorm backward's gradient rows in E4M3 */
+  float *f8dq_inv;           /* f8_dgrad: [M] their 1 / scale */
   void *lt_ws;
   /* the last forward */
   int B, T, Tp, have_forward;
@@ -431,7 +438,9 @@ static void carve_scratch(carver *cv, elmo_cuda_tf *t, int64_t M, size_t emb_ws)
     t->f8tab = (float *)carve(cv, (size_t)c->layers * F8_TAB * sizeof(float));
     t->f8acc = (unsigned *)carve(cv, (size_t)c->layers * F8_ACC * sizeof(unsigned));
     t->f8off = (int64_t *)carve(cv, (size_t)c->layers * F8_OFF * sizeof(int64_t));
-    t->f8vec = (float *)carve(cv, (size_t)c->layers * 4 * H * sizeof(float));
+    t->f8vec = (float *)carve(cv, (size_t)(c->layers * f8_vec_len(H, F)) * sizeof(float));
+    t->f8dq = (uint8_t *)carve(cv, (size_t)(M * H));
+    t->f8dq_inv = (float *)carve(cv, (size_t)M * sizeof(float));
     t->f8ones = (float *)carve(cv, (size_t)M * sizeof(float));
     t->f8bqkv = t->fused ? (h16 *)carve(cv, (size_t)(3 * H) * 2) : NULL;
     t->fp8.amax = (unsigned *)carve(cv, ELMO_CUDA_TF_FP8_SEGS * sizeof(unsigned));
@@ -499,6 +508,8 @@ static elmo_cuda_tf *shell_new(const elmo_tf_config *cfg, int max_batch, int max
   t->wqkv_layer = -1;
   const char *e = getenv("ELMO_FP8_COLSCALE");   /* 0: the per-weight FP8 GEMMs (tests compare both) */
   t->f8_colscale = !(e && strcmp(e, "0") == 0);
+  e = getenv("ELMO_FP8_DGRAD");                   /* 0: BF16 input gradients (not the CPU's numerics) */
+  t->f8_dgrad = cfg->fp8_forward && !(e && strcmp(e, "0") == 0);
   return t;
 }
 
@@ -932,9 +943,10 @@ static __global__ void f8_scales_kernel(const h16 *P, const int64_t *offs, int H
   vb = f8_block_reduce(vb, 0, sh);
   fb = f8_block_reduce(fb, 0, sh);
   if (threadIdx.x == 0) f8_scales_tab(e_in, g_in, b_in, e_1, g_1, b_1, vb, fb, H, acc, tab);
-  __syncthreads();                          /* tab's alphas, by output column of the fused q/k/v and the ff2 GEMM */
-  float *vec = vecs + (int64_t)blockIdx.x * 4 * H;
-  for (int c = threadIdx.x; c < 4 * H; c += F8_SC_THREADS) vec[c] = tab[F8_ALPHA + (c < 3 * H ? c / H : 5)];
+  __syncthreads();   /* tab's alphas by output column of the fused q/k/v and the ff2 GEMM, then 1 / sw of o_w, ff2_w */
+  float *vec = vecs + (int64_t)blockIdx.x * f8_vec_len(H, F);
+  for (int c = threadIdx.x; c < f8_vec_len(H, F); c += F8_SC_THREADS)
+    vec[c] = c < 4 * H ? tab[F8_ALPHA + (c < 3 * H ? c / H : 5)] : 1.0f / tab[F8_SW + (c < 5 * H ? 3 : 5)];
 }
 
 /* wq_j = e4m3(w_j * sw_j) for the weights j (blockIdx.y) in the bit mask `which`, 8 elements a thread-step;
@@ -1001,7 +1013,52 @@ static int f8_gemm_vec(elmo_cuda_tf *t, int j0, const h16 *bias, int64_t M, int 
                        NULL, NULL, vec, t->f8ones};
   return gemm_try(t->gemm, &p, 1, s);
 }
-static const float *f8_vec(const elmo_cuda_tf *t, int i) { return t->f8vec + (int64_t)i * 4 * t->cfg.hidden; }
+static const float *f8_vec(const elmo_cuda_tf *t, int i) {
+  return t->f8vec + (int64_t)i * f8_vec_len(t->cfg.hidden, t->cfg.ffn);
+}
+
+/* ---- the FP8 input gradients of o and ff2 (elmo_tf_linear_dgrad_fp8): dx = dy w with dy's rows in E4M3 by
+ * their own powers of two (written by the LayerNorm backward into f8dq, f8dq_inv) and w^T in E4M3 by its
+ * forward scale, so cuBLASLt takes w^T as the K-major operand and scales rows and columns. ---- */
+
+/* blockIdx.z 0: o_w [H, H], 1: ff2_w [H, F] (rows = outputs), each into its wq slot transposed, [in, out]:
+ * wt[c, r] = e4m3(w[r, c] sw); 32 x 32 tiles through shared memory. */
+static __global__ void f8_wtcast_kernel(const h16 *wo, const h16 *w2, int H, int F, const float *tab, uint8_t *qo,
+                                        uint8_t *q2) {
+  __shared__ float tile[32][33];
+  const int z = blockIdx.z, R = H, C = z ? F : H;
+  const h16 *w = z ? w2 : wo;
+  uint8_t *wt = z ? q2 : qo;
+  const int c0 = blockIdx.x * 32, r0 = blockIdx.y * 32, tx = threadIdx.x, ty = threadIdx.y;
+  if (c0 >= C) return;
+  const float sw = tab[F8_SW + (z ? 5 : 3)];
+  for (int k = ty; k < 32; k += blockDim.y) {
+    const int r = r0 + k, c = c0 + tx;
+    tile[k][tx] = r < R && c < C ? __uint_as_float((uint32_t)w[(int64_t)r * C + c] << 16) : 0.0f;
+  }
+  __syncthreads();
+  for (int k = ty; k < 32; k += blockDim.y) {
+    const int c = c0 + k, r = r0 + tx;   /* output row c (column c of w), column r */
+    if (c < C && r < R) wt[(int64_t)c * R + r] = e4m3x1(tile[tx][k] * sw);
+  }
+}
+
+static void f8_cast_wt(elmo_cuda_tf *t, const h16 *P, int i, cudaStream_t s) {
+  const int H = t->cfg.hidden, F = t->cfg.ffn;
+  const layer_off *o = &t->off[i];
+  f8_wtcast_kernel<<<dim3((unsigned)((F > H ? F : H) + 31) / 32, (unsigned)(H + 31) / 32, 2), dim3(32, 8), 0, s>>>(
+      P + o->o_w, P + o->ff2_w, H, F, f8_tab(t, i), f8_wq(t, 3), f8_wq(t, 5));
+  ELMO_LAUNCH_CHECK();
+}
+
+/* y[M, in] (bf16) = dy w for weight j (3: o, 5: ff2; its transposed E4M3 copy in wq's slot j) from f8dq; 0 when
+ * cuBLASLt offers no scale-vector algorithm (the caller takes the BF16 GEMM). */
+static int f8_dgrad(elmo_cuda_tf *t, int i, int j, int64_t M, int in, int out, h16 *y, cudaStream_t s) {
+  const float *vec = f8_vec(t, i) + (j == 3 ? 4 * (int64_t)t->cfg.hidden : 5 * (int64_t)t->cfg.hidden);
+  elmo_cuda_tf_mm p = {0, 1, M, in, out, t->f8dq, out, 0, f8_wq(t, j), out, 0, y, in, 0, 0, 0.0f, 1, NULL,
+                       NULL, NULL, vec, t->f8dq_inv};
+  return gemm_try(t->gemm, &p, 1, s);
+}
 
 /* Where the layer input's E4M3 copy goes, and its scale: layer i's q/k/v input (NULL, NULL off the FP8
  * forward or past the last layer). */
@@ -1263,15 +1320,17 @@ static int ffn_backward(elmo_cuda_tf *t, const h16 *P, int i, float *G, cudaStre
   const layer_acts *a = &t->act[i];
   const int64_t M = (int64_t)t->B * t->Tp;
   const int H = c->hidden, F = c->ffn;
-  int rc = elmo_cuda_layernorm_backward(t->dx, a->xhat2, a->rstd2, P + o->ln2_w, M, H, t->dx, t->d16,
-                                        G + o->ln2_w, G + o->ln2_b, G + o->ff2_b, t->part, s, err);
+  uint8_t *dq = t->f8_dgrad ? t->f8dq : NULL;   /* the rows for the FP8 input gradients of ff2, then o */
+  int rc = elmo_cuda_layernorm_backward_q(t->dx, a->xhat2, a->rstd2, P + o->ln2_w, M, H, t->dx, t->d16,
+                                          G + o->ln2_w, G + o->ln2_b, G + o->ff2_b, t->part, dq, t->f8dq_inv, s, err);
   if (rc) return rc;
   /* RECOMPUTE: ff is this backward's own rerun (layer_recompute), so the GELU backward replaces it by
    * g = GELU(ff) as it reads it (one pass over ff instead of a recompute pass and a backward pass);
    * otherwise ff is the forward's and stays (a second backward may follow), g16 holds g already. */
   const int g_in_ff = (t->flags & ELMO_CUDA_TF_RECOMPUTE) != 0;
   if (!g_in_ff) linear_dw(t, t->d16, t->g16, M, F, H, G + o->ff2_w, s);
-  linear_dx(t, t->d16, P + o->ff2_w, M, F, H, t->g16, 0, 0.0f, s);          /* dGELU (bf16) */
+  if (!(dq && f8_dgrad(t, i, 5, M, F, H, t->g16, s)))
+    linear_dx(t, t->d16, P + o->ff2_w, M, F, H, t->g16, 0, 0.0f, s);        /* dGELU (bf16) */
   rc = elmo_cuda_gelu_backward_colsum(a->ff, t->g16, M, F, t->g16, g_in_ff ? a->ff : NULL, G + o->ff1_b, t->part, s,
                                       err);                                  /* dff */
   if (rc) return rc;
@@ -1279,8 +1338,8 @@ static int ffn_backward(elmo_cuda_tf *t, const h16 *P, int i, float *G, cudaStre
   linear_dw(t, t->g16, t->h1, M, H, F, G + o->ff1_w, s);
   linear_dx(t, t->g16, P + o->ff1_w, M, H, F, t->dx, 1, 1.0f, s);           /* + residual */
   /* with the output projection's bias gradient (the column sums of d(pre1)) */
-  return elmo_cuda_layernorm_backward(t->dx, a->xhat1, a->rstd1, P + o->ln1_w, M, H, t->dx, t->d16,
-                                      G + o->ln1_w, G + o->ln1_b, G + o->o_b, t->part, s, err);
+  return elmo_cuda_layernorm_backward_q(t->dx, a->xhat1, a->rstd1, P + o->ln1_w, M, H, t->dx, t->d16,
+                                        G + o->ln1_w, G + o->ln1_b, G + o->o_b, t->part, dq, t->f8dq_inv, s, err);
 }
 
 /* Output projection, attention and q/k/v: t->dx from d(pre1) to d(x_in). */
@@ -1294,7 +1353,8 @@ static int attention_backward(elmo_cuda_tf *t, const h16 *P, int i, float *G, cu
   h16 *dqkv = (h16 *)t->f32;   /* fused: [M, 3 H], dq | dk | dv per row; batched: [3, M, H] merged */
   const int64_t w[3] = {o->q_w, o->k_w, o->v_w}, b[3] = {o->q_b, o->k_b, o->v_b};
   if (t->fused) {   /* dctx into h1 (free after the FFN backward); the kernel also writes ctx, for dW_o */
-    linear_dx(t, t->d16, P + o->o_w, M, H, H, t->h1, 0, 0.0f, s);
+    if (!(t->f8_dgrad && f8_dgrad(t, i, 3, M, H, H, t->h1, s)))
+      linear_dx(t, t->d16, P + o->o_w, M, H, H, t->h1, 0, 0.0f, s);
     /* the three bias gradients from column sums the kernel forms as it stores dq, dk, dv, when their
      * offsets are evenly spaced (they are in every layout we load) */
     const int even = b[1] - b[0] == b[2] - b[1];
@@ -1321,7 +1381,8 @@ static int attention_backward(elmo_cuda_tf *t, const h16 *P, int i, float *G, cu
     return ELMO_OK;
   }
   linear_dw(t, t->d16, t->ctx, M, H, H, G + o->o_w, s);
-  linear_dx(t, t->d16, P + o->o_w, M, H, H, t->ctx, 0, 0.0f, s);             /* dctx, merged */
+  if (!(t->f8_dgrad && f8_dgrad(t, i, 3, M, H, H, t->ctx, s)))
+    linear_dx(t, t->d16, P + o->o_w, M, H, H, t->ctx, 0, 0.0f, s);           /* dctx, merged */
   rc = elmo_cuda_heads_split(t->ctx, 0, NULL, 1, t->B, t->Tp, heads, dh, t->ctxp, s, err);
   if (!rc) rc = elmo_cuda_attention_backward(t->gemm, a->qkv, t->probs, t->ctxp, t->mask, t->B, t->Tp, heads, dh,
                                              t->f32, t->g16, s, err);
@@ -1339,6 +1400,7 @@ static int attention_backward(elmo_cuda_tf *t, const h16 *P, int i, float *G, cu
 static int layer_backward(elmo_cuda_tf *t, const h16 *P, int i, float *G, cudaStream_t s, elmo_err *err) {
   int rc = layer_input(t, P, i, s, err);
   if (!rc) rc = layer_recompute(t, P, i, s, err);
+  if (!rc && t->f8_dgrad) f8_cast_wt(t, P, i, s);   /* o_w^T, ff2_w^T in E4M3 for the input gradients */
   if (!rc) rc = ffn_backward(t, P, i, G, s, err);
   if (!rc) rc = attention_backward(t, P, i, G, s, err);
   return rc;

@@ -434,7 +434,7 @@ int64_t elmo_tf_workspace_floats(const elmo_tf_config *cfg, int max_len, int64_t
   int64_t n = max64(H * H, H * F);                  /* linear forward: w^T */
   n = max64(n, max64(H, F) * N);                    /* linear backward: dy^T */
   n = max64(n, 2 * T * T + dh * T);                 /* attention backward */
-  if (cfg->fp8_forward) n = max64(n, H * F + N * max64(H, F)); /* fp8 linear forward: wq^T, xq */
+  if (cfg->fp8_forward) n = max64(n, H * F + N * max64(H, F)); /* fp8 forward: wq^T, xq; fp8 dgrad: wq, dyq */
   return n;
 }
 
@@ -543,6 +543,33 @@ void elmo_tf_linear_forward_fp8_scaled(const float *x, const float *w, const flo
     float *restrict yr = y + n * out;
     for (int o = 0; o < out; o++) yr[o] = yr[o] * deq + (b ? b[o] : 0.0f);
   }
+}
+
+void elmo_tf_linear_dgrad_fp8(const float *dy, const float *w, int64_t N, int in, int out, float *dx, float *ws) {
+  const int64_t nw = (int64_t)in * out;
+  float *wq = ws, *dq = ws + nw;                    /* [out, in], [N, out] */
+  const float sw = elmo_tf_fp8_scale(elmo_tf_amax(w, nw));
+  elmo_tf_fp8_quantize(w, nw, sw, wq);
+  float *inv = (float *)elmo_malloc(sizeof(float) * (size_t)(N > 0 ? N : 1));   /* each row's 1 / s_n */
+  for (int64_t n = 0; n < N; n++) {
+    const float *restrict g = dy + n * out;
+    float *restrict q = dq + n * out;
+    double m = 0.0;
+    for (int k = 0; k < out; k++) {
+      q[k] = elmo_bf16_to_f32(elmo_f32_to_bf16(g[k]));
+      m = nan_max(m, fabs((double)q[k]));
+    }
+    const float sn = elmo_tf_fp8_pow2_scale(m);
+    elmo_tf_fp8_quantize(q, out, sn, q);
+    inv[n] = 1.0f / sn;
+  }
+  elmo_tf_gemm(N, in, out, dq, out, wq, in, dx, in, 0);
+  const float wi = 1.0f / sw;
+  for (int64_t n = 0; n < N; n++) {
+    float *restrict y = dx + n * in;
+    for (int c = 0; c < in; c++) y[c] = (y[c] * inv[n]) * wi;
+  }
+  free(inv);
 }
 
 void elmo_tf_linear_backward(const float *x, const float *w, const float *dy, int64_t N, int in,
@@ -937,14 +964,16 @@ int elmo_tf_forward(const elmo_tf_params *p, elmo_tf_cache *c, const int32_t *id
 static void layer_backward(const elmo_tf_config *cfg, const elmo_tf_layer *w, elmo_tf_layer *g,
                            const elmo_tf_layer_cache *lc, const elmo_tf_cache *c, const float *in) {
   const int64_t N = c->ntok;
-  const int H = cfg->hidden, F = cfg->ffn;
+  const int H = cfg->hidden, F = cfg->ffn, fp8 = cfg->fp8_forward;
   float *dx = c->d_x;
   elmo_tf_layernorm_backward(dx, lc->xhat2, lc->rstd2, w->ln2_w, N, H, dx, g->ln2_w, g->ln2_b);
-  elmo_tf_linear_backward(lc->gelu, w->ff2_w, dx, N, F, H, c->d_f, 0, g->ff2_w, g->ff2_b, c->ws);
+  elmo_tf_linear_backward(lc->gelu, w->ff2_w, dx, N, F, H, fp8 ? NULL : c->d_f, 0, g->ff2_w, g->ff2_b, c->ws);
+  if (fp8) elmo_tf_linear_dgrad_fp8(dx, w->ff2_w, N, F, H, c->d_f, c->ws);
   elmo_tf_gelu_backward(lc->ff, c->d_f, N * F, c->d_f);
   elmo_tf_linear_backward(lc->h1, w->ff1_w, c->d_f, N, H, F, dx, 1, g->ff1_w, g->ff1_b, c->ws);
   elmo_tf_layernorm_backward(dx, lc->xhat1, lc->rstd1, w->ln1_w, N, H, dx, g->ln1_w, g->ln1_b);
-  elmo_tf_linear_backward(lc->ctx, w->o_w, dx, N, H, H, c->d_y, 0, g->o_w, g->o_b, c->ws);
+  elmo_tf_linear_backward(lc->ctx, w->o_w, dx, N, H, H, fp8 ? NULL : c->d_y, 0, g->o_w, g->o_b, c->ws);
+  if (fp8) elmo_tf_linear_dgrad_fp8(dx, w->o_w, N, H, H, c->d_y, c->ws);
   elmo_tf_attention_backward(lc->q, lc->k, lc->v, lc->probs, c->d_y, c->seq_start, c->prob_start,
                              c->B, H, cfg->heads, c->d_q, c->d_k, c->d_v, c->ws);
   elmo_tf_linear_backward(in, w->q_w, c->d_q, N, H, H, dx, 1, g->q_w, g->q_b, c->ws);

@@ -20,10 +20,14 @@
  * layer (query, key, value, attention output, intermediate, output) run their forward GEMM on E4M3
  * operands with per-tensor scaling: the weights by their amax, as torchao's Float8Linear forward does,
  * the layer inputs by power-of-two scales from bounds that follow from the parameters
- * (elmo_tf_fp8_layer_scales, elmo_tf_linear_forward_fp8_scaled). Everything else, and the whole backward, is unchanged: the backward
- * uses the saved unquantised layer inputs (layer input, attention context, h1, GELU output) and the
+ * (elmo_tf_fp8_layer_scales, elmo_tf_linear_forward_fp8_scaled). In the backward, the input gradients of
+ * the attention output and the output linear layers (whose output gradients are rows that a LayerNorm
+ * backward makes) run on E4M3 too: each gradient row by a power of two from its own amax, the weight by
+ * its forward scale (elmo_tf_linear_dgrad_fp8). Everything else in the backward is unchanged: it uses
+ * the saved unquantised layer inputs (layer input, attention context, h1, GELU output) and the
  * unquantised weights, i.e. the quantiser is passed straight through. The scales depend on the
- * parameters only, so a sequence's output does not depend on its batch in this mode either.
+ * parameters (forward) and on each row alone (backward), so a sequence's output and gradients do not
+ * depend on its batch in this mode either.
  *
  * Ownership: elmo_tf_alloc / elmo_tf_cache_alloc allocate, the matching _free releases and zeroes
  * the struct. Views (word_emb, layer[i].q_w, ...) point into `flat` and are not freed separately.
@@ -278,6 +282,11 @@ void elmo_tf_fp8_layer_scales(const elmo_tf_config *cfg, const float *in_w, cons
 /* elmo_tf_linear_forward_fp8 with the input's scale given (sx) instead of taken from its amax. */
 void elmo_tf_linear_forward_fp8_scaled(const float *x, const float *w, const float *b, int64_t N, int in,
                                        int out, float sx, float *y, float *ws);
+
+/* dx[N, in] = dy w on E4M3 operands: row n of dy as e4m3(bf16(dy[n]) s_n), s_n =
+ * elmo_tf_fp8_pow2_scale(max_j |bf16(dy[n, j])|), w as e4m3(w sw), sw = elmo_tf_fp8_scale(amax w) (the
+ * forward's), products summed in FP32, then times 1 / s_n (exact) and 1 / sw. ws: [out * in + N * out]. */
+void elmo_tf_linear_dgrad_fp8(const float *dy, const float *w, int64_t N, int in, int out, float *dx, float *ws);
 
 /* dw[out, in] += dy^T x, db[out] += column sums of dy (db may be NULL); dx[N, in] = dy w, or
  * dx += dy w when accumulate_dx (dx may be NULL). ws: [out * N]. */

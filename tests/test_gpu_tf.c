@@ -121,7 +121,7 @@ static void expect_close(const float *gpu, const float *cpu, size_t n, double to
 
 /* Rows of x[B * Tp, H] whose mask_p is set, in order (the CPU's packed rows). */
 static float *gather_rows(const float *x, const uint8_t *mask_p, int64_t rows, int H, int64_t *N) {
-  float *out = malloc((size_t)rows * H * sizeof *out);
+  float *out = calloc((size_t)rows * H, sizeof *out);
   int64_t n = 0;
   for (int64_t r = 0; r < rows; r++)
     if (mask_p[r]) memcpy(out + (n++) * H, x + r * H, (size_t)H * sizeof *out);
@@ -224,8 +224,11 @@ static void run_layernorm_backward(int H) {
   float *w = randn(H, &rng, 0.2f, 1.0f), *rstd = malloc((size_t)M * sizeof *rstd);
   float *dw = randn(H, &rng, 1.0f, 0.0f), *db = randn(H, &rng, 1.0f, 0.0f), *ds = randn(H, &rng, 1.0f, 0.0f);
   for (int64_t r = 0; r < M; r++) rstd[r] = 0.5f + tu_rand_uniform(&rng);
+  for (int j = 0; j < H; j++) dy[7 * H + j] = 0.0f;   /* a zero row: its E4M3 copy is zeros */
+  dy[9 * H + 3] = 3e4f;                               /* an outlier: the rest of its row goes subnormal */
   quantize(xhat, (size_t)M * H); quantize(w, H);
   float *d_dy = dev_upload(dy, (size_t)M * H * 4), *d_rstd = dev_upload(rstd, (size_t)M * 4);
+  float *d_dy2 = dev_upload(dy, (size_t)M * H * 4);
   float *d_dw = dev_upload(dw, H * 4), *d_db = dev_upload(db, H * 4), *d_ds = dev_upload(ds, H * 4);
   void *d_xhat = dev_bf16(xhat, (size_t)M * H), *d_w = dev_bf16(w, H), *d_dx16 = dev_poisoned((size_t)M * H * 2);
   float *d_ws = dev_poisoned((size_t)elmo_cuda_layernorm_ws_floats(M, H) * 4);
@@ -245,8 +248,33 @@ static void run_layernorm_backward(int H) {
   expect_close(g_dx16, dx, (size_t)M * H, 1e-2, "layernorm dx (bf16 copy)");
   expect_close(g_dw, dw, H, 1e-5, "layernorm dw (accumulated)");
   expect_close(g_db, db, H, 1e-5, "layernorm db (accumulated)");
+  {  /* with the E4M3 rows for the FP8 input gradient: dx16 the same bits, each row of it in E4M3 times the
+      * power of two of its bf16 amax (the CPU's elmo_tf_linear_dgrad_fp8), byte for byte, and 1 / scale */
+    void *d_dx16b = dev_poisoned((size_t)M * H * 2);
+    uint8_t *d_dq = dev_poisoned((size_t)M * H);
+    float *d_inv = dev_poisoned((size_t)M * 4), *d_ws2 = dev_poisoned((size_t)elmo_cuda_layernorm_ws_floats(M, H) * 4);
+    float *d_dw2 = dev_upload(dw, H * 4), *d_db2 = dev_upload(db, H * 4);
+    assert_int_equal(elmo_cuda_layernorm_backward_q(d_dy2, d_xhat, d_rstd, d_w, M, H, d_dy2, d_dx16b, d_dw2, d_db2, NULL,
+                                                    d_ws2, d_dq, d_inv, 0, &err), ELMO_OK);
+    float *h16b = host_from_bf16(d_dx16b, (size_t)M * H), *inv = host_from_f32(d_inv, (size_t)M);
+    assert_memory_equal(h16b, g_dx16, (size_t)M * H * 4);
+    for (int64_t r = 0; r < M; r++) {
+      double m = 0.0;
+      for (int j = 0; j < H; j++) m = fmax(m, fabs((double)h16b[r * H + j]));
+      const float sc = elmo_tf_fp8_pow2_scale(m);
+      char what[64];
+      snprintf(what, sizeof what, "layernorm backward E4M3 row %lld (H %d)", (long long)r, H);
+      expect_e4m3_copy(d_dq + r * H, h16b + r * H, (size_t)H, sc, what);
+      if (!(inv[r] == 1.0f / sc)) fail_msg("%s: 1 / scale %g, expected %g", what, (double)inv[r], 1.0 / sc);
+    }
+    assert_true(inv[7] == 1.0f / elmo_tf_fp8_pow2_scale(0.0));
+    free(h16b); free(inv);
+    cudaFree(d_dx16b); cudaFree(d_dq); cudaFree(d_inv); cudaFree(d_ws2); cudaFree(d_dw2); cudaFree(d_db2);
+    assert_int_equal(elmo_cuda_layernorm_backward_q(d_dy, d_xhat, d_rstd, d_w, M, H, d_dy, NULL, d_dw, d_db, NULL, d_ws,
+                                                    d_dx16, d_rstd, 0, &err), ELMO_EINPUT);   /* dq needs dx16 */
+  }
 
-  cudaFree(d_dy); cudaFree(d_rstd); cudaFree(d_dw); cudaFree(d_db); cudaFree(d_xhat); cudaFree(d_w);
+  cudaFree(d_dy); cudaFree(d_dy2); cudaFree(d_rstd); cudaFree(d_dw); cudaFree(d_db); cudaFree(d_xhat); cudaFree(d_w);
   cudaFree(d_dx16); cudaFree(d_ws);
   free(dy); free(xhat); free(w); free(rstd); free(dw); free(db); free(dx);
   free(g_dx); free(g_dx16); free(g_dw); free(g_db);
@@ -1147,8 +1175,9 @@ static void test_encoder_fused_vs_batched(void **state) {
   enc_case_free(&c);
 }
 
-/* FP8 forward GEMMs (cfg.fp8_forward): the GPU's input scales are the CPU's (the same formulas on the
- * same BF16 parameters) and its output matches the CPU's FP8 forward within the encoder tolerances;
+/* FP8 forward GEMMs and the E4M3 input gradients of o and ff2 (cfg.fp8_forward): the GPU's input scales are
+ * the CPU's (the same formulas on the same BF16 parameters) and its output and gradients match the CPU's FP8
+ * encoder within the encoder tolerances;
  * the gradients stay finite and close to the BF16 path's; FP8 really runs (its output differs from
  * BF16's); recompute, a repeated run, the batched attention path and one GEMM a weight instead of the
  * column-scaled q/k/v and ff2 GEMMs (ELMO_FP8_COLSCALE=0) give the same bits. */
@@ -1179,6 +1208,23 @@ static void test_encoder_fp8(void **state) {
     assert_memory_equal(pw.pooled, gpu.pooled, ph * 4);
     assert_memory_equal(pw.grads, gpu.grads, np * 4);
     enc_result_free(&pw);
+  }
+  {  /* BF16 input gradients for o and ff2 (ELMO_FP8_DGRAD=0): the same forward, other gradients (the E4M3 ones
+      * ran), close to them */
+    const char *was = getenv("ELMO_FP8_DGRAD");
+    char *saved = was ? strdup(was) : NULL;
+    setenv("ELMO_FP8_DGRAD", "0", 1);
+    enc_result bd;
+    run_gpu(&c, 0, 0, &bd, NULL);
+    if (saved) setenv("ELMO_FP8_DGRAD", saved, 1);
+    else unsetenv("ELMO_FP8_DGRAD");
+    free(saved);
+    assert_memory_equal(bd.pooled, gpu.pooled, ph * 4);
+    const double e_dg = rel_err(gpu.grads, bd.grads, np);
+    print_message("fp8 input gradients vs bf16 ones: gradients %.3e apart\n", e_dg);
+    assert_true(e_dg > 1e-5);
+    expect_close(gpu.grads, bd.grads, np, 5e-2, "fp8 encoder gradients, FP8 vs BF16 input gradients");
+    enc_result_free(&bd);
   }
   {  /* the batched attention path (ctx cast by its own pass) gives the same bits as the fused one */
     const char *was = getenv("ELMO_ATTN_FUSED");

@@ -873,6 +873,50 @@ static void test_fp8_linear(void **state) {
   free(x); free(w); free(b); free(y); free(y32); free(ws); free(ref); free(bound);
 }
 
+/* The FP8 input gradient equals quantise-then-GEMM in double (each row of dy by the power of two of its
+ * bf16 amax, w by its forward scale); scaling a row by 2^k scales only that row's result, exactly; a zero
+ * row gives zeros and a NaN stays in its row. */
+static void test_fp8_dgrad(void **state) {
+  (void)state;
+  uint64_t rng = 907;
+  enum { N = 11, IN = 48, OUT = 32 };
+  float *dy = rand_array(N * OUT, 0.01f, &rng), *w = rand_array(OUT * IN, 0.05f, &rng);
+  for (int k = 0; k < OUT; k++) dy[4 * OUT + k] = 0.0f;   /* an all-zero row */
+  dy[2 * OUT + 3] = 0.9f;                                  /* a row whose outlier sends the rest subnormal */
+  float *dx = malloc(sizeof(float) * N * IN), *dx2 = malloc(sizeof(float) * N * IN);
+  float *ws = malloc(sizeof(float) * (IN * OUT + N * OUT));
+  elmo_tf_linear_dgrad_fp8(dy, w, N, IN, OUT, dx, ws);
+  const float sw = (float)(448.0 / ref_amax(w, OUT * IN));
+  for (int n = 0; n < N; n++) {
+    double m = 0.0;
+    for (int k = 0; k < OUT; k++) m = fmax(m, fabs((double)elmo_bf16_to_f32(elmo_f32_to_bf16(dy[n * OUT + k]))));
+    const double sn = m > 0.0 ? exp2(floor(log2(448.0 / m))) : exp2(100.0);
+    for (int c = 0; c < IN; c++) {
+      double acc = 0.0, bound = 0.0;
+      for (int k = 0; k < OUT; k++) {
+        const double pr = ref_e4m3(elmo_bf16_to_f32(elmo_f32_to_bf16(dy[n * OUT + k])) * sn) *
+                          ref_e4m3(w[k * IN + c] * sw);
+        acc += pr;
+        bound += fabs(pr);
+      }
+      const double ref = acc / sn / sw, tol = 1e-6 * bound / sn / sw + 1e-12;
+      if (!(fabs(dx[n * IN + c] - ref) <= tol))
+        fail_msg("fp8 dgrad dx[%d, %d] = %.9g, reference %.9g", n, c, (double)dx[n * IN + c], ref);
+    }
+  }
+  for (int c = 0; c < IN; c++) assert_true(dx[4 * IN + c] == 0.0f);
+  /* row 6 times 2^-5: its result times 2^-5 bit for bit, every other row the same bits */
+  for (int k = 0; k < OUT; k++) dy[6 * OUT + k] *= 0.03125f;
+  elmo_tf_linear_dgrad_fp8(dy, w, N, IN, OUT, dx2, ws);
+  for (int n = 0; n < N; n++)
+    for (int c = 0; c < IN; c++) assert_true(dx2[n * IN + c] == (n == 6 ? dx[n * IN + c] * 0.03125f : dx[n * IN + c]));
+  dy[8 * OUT + 1] = NAN;
+  elmo_tf_linear_dgrad_fp8(dy, w, N, IN, OUT, dx2, ws);
+  for (int n = 0; n < N; n++)
+    for (int c = 0; c < IN; c++) assert_true(n == 8 ? isnan(dx2[n * IN + c]) : isfinite(dx2[n * IN + c]));
+  free(dy); free(w); free(dx); free(dx2); free(ws);
+}
+
 static double rel_l2(const float *a, const float *b, int64_t n) {
   double num = 0.0, den = 0.0;
   for (int64_t i = 0; i < n; i++) {
@@ -1020,6 +1064,7 @@ int main(void) {
       cmocka_unit_test(test_forward_deterministic),
       cmocka_unit_test(test_fp8_quantize),
       cmocka_unit_test(test_fp8_linear),
+      cmocka_unit_test(test_fp8_dgrad),
       cmocka_unit_test(test_fp8_model),
     cmocka_unit_test(test_fp8_bounds),
   };
