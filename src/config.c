@@ -89,7 +89,7 @@ static const key_spec SCHEMA[] = {
   BOOL("model.encoder.recompute", encoder_recompute, "false",
        "transformer on CUDA: keep only each layer's two LayerNorm outputs and recompute its q/k/v and intermediate GEMMs in the backward (less memory, ~10% more time)"),
   ENUM("model.encoder.dtype", encoder_dtype, "bf16", "bf16|fp32|fp8",
-       "encoder parameters and GEMMs (fp8 = E4M3 forward GEMMs, BF16 parameters)"),
+       "encoder parameters and GEMMs (fp8 = E4M3 forward GEMMs and two input-gradient GEMMs, BF16 parameters)"),
 
   ENUM("model.classifier.dtype", classifier_dtype, "fp8", "fp8|bf16|fp32",
        "classifier weights: FP8 E4M3 (ELMO), BF16, or FP32 (reference)"),
