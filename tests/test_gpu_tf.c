@@ -1175,6 +1175,17 @@ static void test_encoder_fused_vs_batched(void **state) {
   enc_case_free(&c);
 }
 
+/* run_gpu (no flags, BF16 parameters) with the environment variable var set to value, restored after. */
+static void run_gpu_env(const enc_case *c, const char *var, const char *value, enc_result *r) {
+  const char *was = getenv(var);
+  char *saved = was ? strdup(was) : NULL;
+  setenv(var, value, 1);
+  run_gpu(c, 0, 0, r, NULL);
+  if (saved) setenv(var, saved, 1);
+  else unsetenv(var);
+  free(saved);
+}
+
 /* FP8 forward GEMMs and the E4M3 input gradients of o and ff2 (cfg.fp8_forward): the GPU's input scales are
  * the CPU's (the same formulas on the same BF16 parameters) and its output and gradients match the CPU's FP8
  * encoder within the encoder tolerances;
@@ -1197,28 +1208,16 @@ static void test_encoder_fp8(void **state) {
   const double g_bf = rel_err(gpu.grads, bf.grads, np);
   print_message("fp8 pooled: vs CPU fp8 %.3e, vs GPU bf16 %.3e; gradients vs GPU bf16 %.3e\n", e_cpu, e_bf, g_bf);
   {  /* one GEMM a weight (ELMO_FP8_COLSCALE=0) gives the same bits as q/k/v in one GEMM with column scales */
-    const char *was = getenv("ELMO_FP8_COLSCALE");
-    char *saved = was ? strdup(was) : NULL;
-    setenv("ELMO_FP8_COLSCALE", "0", 1);
     enc_result pw;
-    run_gpu(&c, 0, 0, &pw, NULL);
-    if (saved) setenv("ELMO_FP8_COLSCALE", saved, 1);
-    else unsetenv("ELMO_FP8_COLSCALE");
-    free(saved);
+    run_gpu_env(&c, "ELMO_FP8_COLSCALE", "0", &pw);
     assert_memory_equal(pw.pooled, gpu.pooled, ph * 4);
     assert_memory_equal(pw.grads, gpu.grads, np * 4);
     enc_result_free(&pw);
   }
   {  /* BF16 input gradients for o and ff2 (ELMO_FP8_DGRAD=0): the same forward, other gradients (the E4M3 ones
       * ran), close to them */
-    const char *was = getenv("ELMO_FP8_DGRAD");
-    char *saved = was ? strdup(was) : NULL;
-    setenv("ELMO_FP8_DGRAD", "0", 1);
     enc_result bd;
-    run_gpu(&c, 0, 0, &bd, NULL);
-    if (saved) setenv("ELMO_FP8_DGRAD", saved, 1);
-    else unsetenv("ELMO_FP8_DGRAD");
-    free(saved);
+    run_gpu_env(&c, "ELMO_FP8_DGRAD", "0", &bd);
     assert_memory_equal(bd.pooled, gpu.pooled, ph * 4);
     const double e_dg = rel_err(gpu.grads, bd.grads, np);
     print_message("fp8 input gradients vs bf16 ones: gradients %.3e apart\n", e_dg);
@@ -1227,13 +1226,8 @@ static void test_encoder_fp8(void **state) {
     enc_result_free(&bd);
   }
   {  /* the batched attention path (ctx cast by its own pass) gives the same bits as the fused one */
-    const char *was = getenv("ELMO_ATTN_FUSED");
-    char *saved = was ? strdup(was) : NULL;
-    set_fused_env("0");
     enc_result nf;
-    run_gpu(&c, 0, 0, &nf, NULL);
-    set_fused_env(saved);
-    free(saved);
+    run_gpu_env(&c, "ELMO_ATTN_FUSED", "0", &nf);
     assert_memory_equal(nf.pooled, gpu.pooled, ph * 4);
     enc_result_free(&nf);
   }
