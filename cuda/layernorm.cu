@@ -221,7 +221,6 @@ ln_backward_vec_param_kernel(const float *dy, const bf16 *xhat, const float *rst
   }
 }
 
-/* The register kernels take H = 128 K (K = 1..8) with 16-byte aligned rows. */
 /* Warp per row of x16 [M, H] (H a multiple of 8, rows 16-byte aligned): the row in E4M3 times the power of two
  * of its bf16 amax, and the scale's inverse (what ln_backward_vec_param_kernel writes with dq). */
 static __global__ void ln_rowcast_kernel(const bf16 *x16, int64_t M, int H, uint8_t *q, float *inv) {
@@ -240,6 +239,7 @@ static __global__ void ln_rowcast_kernel(const bf16 *x16, int64_t M, int H, uint
   if (lane == 0) inv[r] = 1.0f / sc;
 }
 
+/* The register kernels take H = 128 K (K = 1..8) with 16-byte aligned rows. */
 static int ln_vec_ok(int H, const void *const *ptrs, int n) {
   if (H % 128 || H > 1024) return 0;
   for (int i = 0; i < n; i++)
