@@ -381,9 +381,10 @@ static void colsum_launch(const T *x, int64_t M, int N, int64_t ld, int count, i
  * colsum_finish completes them). WITH_G: it also writes g = bf16(GELU(pre)), gelu_recompute8's bits,
  * from the same erff. Rows go four at a time, each loaded before it is written (dx may be dy, g may
  * be pre). */
+/* dxq non-NULL: also each stored dx row in E4M3 times its row scale rs[r] (the FP8 input gradient's operand). */
 template <bool WITH_G>
 static __global__ void gelu_backward_colsum8_kernel(const uint4 *pre, const uint4 *dy, int64_t M, int N, uint4 *dx,
-                                                    uint4 *g_out, float *part) {
+                                                    uint4 *g_out, float *part, uint2 *dxq, const float *rs) {
   constexpr int U = 4;
   const int j = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
   if (j >= N) return;
@@ -421,6 +422,7 @@ static __global__ void gelu_backward_colsum8_kernel(const uint4 *pre, const uint
       const uint4 q = pack8(g);
       dx[(r + u) * n8 + j / 8] = q;
       unpack8(q, g);
+      if (dxq) dxq[(r + u) * n8 + j / 8] = e4m3x8(g, rs[r + u]);
 #pragma unroll
       for (int e = 0; e < 8; e++) acc[e] += g[e];
     }
@@ -430,14 +432,27 @@ static __global__ void gelu_backward_colsum8_kernel(const uint4 *pre, const uint
   for (int e = 0; e < 8; e++) o[e] = acc[e];
 }
 
-extern "C" int elmo_cuda_gelu_backward_colsum(const elmo_bf16 *pre, const elmo_bf16 *dy, int64_t M, int N, elmo_bf16 *dx,
-                                              elmo_bf16 *g, float *out, float *ws, cudaStream_t s, elmo_err *err) {
+/* dxq[i] = e4m3(dx[i] rs[i / N]) (the generic paths' E4M3 copy, after dx is stored). */
+static __global__ void rowscale_cast_kernel(const bf16 *dx, int64_t M, int N, const float *rs, uint8_t *dxq) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < M * N; i += (int64_t)gridDim.x * blockDim.x)
+    dxq[i] = e4m3x1(__bfloat162float(dx[i]) * rs[i / N]);
+}
+
+extern "C" int elmo_cuda_gelu_backward_colsum_q(const elmo_bf16 *pre, const elmo_bf16 *dy, int64_t M, int N,
+                                                elmo_bf16 *dx, elmo_bf16 *g, float *out, float *ws, uint8_t *dxq,
+                                                const float *rs, cudaStream_t s, elmo_err *err) {
   if (M < 0 || N < 1 || (M + COL_ROWS - 1) / COL_ROWS > 65535)
     return elmo_fail(err, ELMO_EINPUT, "gelu backward with column sums: %lld x %d (expected at most %d rows, "
                      "columns >= 1)", (long long)M, N, 65535 * COL_ROWS);
+  if (dxq && !rs) return elmo_fail(err, ELMO_EINPUT, "gelu backward: an E4M3 copy without its row scales");
   if (M == 0) return ELMO_OK;
-  if (N % 8 || !vec8_ok(M * N, pre, dy, dx) || (g && (uintptr_t)g % 16)) {
+  if (N % 8 || !vec8_ok(M * N, pre, dy, dx) || (g && (uintptr_t)g % 16) || (uintptr_t)dxq % 8) {
     int rc = elmo_cuda_gelu_backward(pre, dy, M * N, dx, s, err);
+    if (!rc && dxq) {
+      const int64_t blocks = (M * N + 255) / 256;
+      rowscale_cast_kernel<<<(unsigned)(blocks < 65536 ? blocks : 65536), 256, 0, s>>>((const bf16 *)dx, M, N, rs, dxq);
+      ELMO_LAUNCH_CHECK();
+    }
     if (!rc && g) rc = elmo_cuda_gelu_recompute(pre, M * N, g, s, err);   /* after dx: g may be pre */
     return rc ? rc : elmo_cuda_colsum(dx, 1, M, N, 1, 0, out, 0, ws, s, err);
   }
@@ -445,13 +460,18 @@ extern "C" int elmo_cuda_gelu_backward_colsum(const elmo_bf16 *pre, const elmo_b
   const dim3 grid((unsigned)((N / 8 + COL_THREADS - 1) / COL_THREADS), (unsigned)R);
   if (g)
     gelu_backward_colsum8_kernel<true><<<grid, COL_THREADS, 0, s>>>((const uint4 *)pre, (const uint4 *)dy, M, N,
-                                                                    (uint4 *)dx, (uint4 *)g, ws);
+                                                                    (uint4 *)dx, (uint4 *)g, ws, (uint2 *)dxq, rs);
   else
     gelu_backward_colsum8_kernel<false><<<grid, COL_THREADS, 0, s>>>((const uint4 *)pre, (const uint4 *)dy, M, N,
-                                                                     (uint4 *)dx, NULL, ws);
+                                                                     (uint4 *)dx, NULL, ws, (uint2 *)dxq, rs);
   ELMO_LAUNCH_CHECK();
   elmo_cuda_colsum_finish(ws, R, N, 1, out, 0, s);
   return ELMO_OK;
+}
+
+extern "C" int elmo_cuda_gelu_backward_colsum(const elmo_bf16 *pre, const elmo_bf16 *dy, int64_t M, int N, elmo_bf16 *dx,
+                                              elmo_bf16 *g, float *out, float *ws, cudaStream_t s, elmo_err *err) {
+  return elmo_cuda_gelu_backward_colsum_q(pre, dy, M, N, dx, g, out, ws, NULL, NULL, s, err);
 }
 
 extern "C" void elmo_cuda_colsum_finish(const float *part, int64_t R, int N, int count, float *out,
