@@ -1048,9 +1048,9 @@ static const float *f8_vec(const elmo_cuda_tf *t, int i) {
  * forward scale, so cuBLASLt takes w^T as the K-major operand and scales rows and columns. ---- */
 
 /* blockIdx.z 0: o_w [H, H], 1: ff2_w [H, F], 2: ff1_w [F, H] (rows = outputs), each into its wq slot
- * transposed, [in, out]: wt[c, r] = e4m3(w[r, c] sw). A block a 64 x 64 tile: 16-byte loads of 8 weights, their bytes transposed in
- * shared memory, 16-byte stores (H and F multiples of 16; 32 x 32 tiles of one byte a thread took 12 us a
- * DistilBERT layer, H200). */
+ * transposed, [in, out]: wt[c, r] = e4m3(w[r, c] sw). A block a 64 x 64 tile: 16-byte loads of 8 weights,
+ * their bytes transposed in shared memory, 16-byte stores (H and F multiples of 16; 32 x 32 tiles of one
+ * byte a thread took 12 us a DistilBERT layer, H200). */
 enum { WT_T = 64, WT_LD = WT_T + 16 };
 typedef struct f8_wt {
   const h16 *w[3];
