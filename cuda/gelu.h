@@ -36,6 +36,11 @@ int elmo_cuda_gelu_backward(const elmo_bf16 *pre, const elmo_bf16 *dy, int64_t n
  * dx may equal dy, g may equal pre; ws: elmo_cuda_colsum_ws_floats(M, N, 1). */
 int elmo_cuda_gelu_backward_colsum(const elmo_bf16 *pre, const elmo_bf16 *dy, int64_t M, int N, elmo_bf16 *dx,
                                    elmo_bf16 *g, float *out, float *ws, cudaStream_t s, elmo_err *err);
+/* The same, and (dxq not NULL) each stored dx row in E4M3 times rs[r] into dxq [M, N] (the FP8 input gradient's
+ * operand; its row scales come from the LayerNorm backward, elmo_cuda_ln_q.bs). */
+int elmo_cuda_gelu_backward_colsum_q(const elmo_bf16 *pre, const elmo_bf16 *dy, int64_t M, int N, elmo_bf16 *dx,
+                                     elmo_bf16 *g, float *out, float *ws, uint8_t *dxq, const float *rs,
+                                     cudaStream_t s, elmo_err *err);
 /* out_i[j] += sum over r < R of part[i][r][j] for i < count (out_i = out + i * out_stride), rows in a
  * fixed order: the finishing pass of elmo_cuda_colsum over partial sums formed elsewhere. */
 void elmo_cuda_colsum_finish(const float *part, int64_t R, int N, int count, float *out, int64_t out_stride,

@@ -4,6 +4,7 @@
  * CPU twins: elmo_tf_layernorm_forward/backward in src/transformer.c. */
 #include <cuda_bf16.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "cuda/layernorm.h"
 #include "cuda/gelu.h"
@@ -122,12 +123,19 @@ static __device__ __forceinline__ unsigned bf16x4_abs_max(uint2 v) {
   const unsigned a = max(v.x & 0x7FFFu, (v.x >> 16) & 0x7FFFu), b = max(v.y & 0x7FFFu, (v.y >> 16) & 0x7FFFu);
   return max(a, b);
 }
-/* dq (NULL: none): also each row's bf16 dx16 values times the row's power of two in E4M3, the scale's
- * inverse in dq_inv[r] (the FP8 input gradient's operand; dx16 must then be given). */
+/* Lane 0 of row r's warp, ss = the warp's sum of the row's squared bf16 values: the bound scale of q. */
+static __device__ __forceinline__ void ln_q_bound(const elmo_cuda_ln_q &q, int64_t r, float ss) {
+  const float sc = elmo_tf_fp8_pow2_scale((double)(sqrtf(ss) * *q.bound));
+  q.bs[r] = sc;
+  q.bs_inv[r] = 1.0f / sc;
+}
+
+/* q (parts NULL: none): each row's bf16 dx16 values times the row's power of two in E4M3 and the scale's
+ * inverse, and the row's bound scale (elmo_cuda_ln_q; dx16 must then be given). */
 template <int K>
 static __global__ void __launch_bounds__(LN_WARPS * 32)
 ln_backward_vec_param_kernel(const float *dy, const bf16 *xhat, const float *rstd, const bf16 *w, int64_t M,
-                             float *dx, bf16 *dx16, float *pw, float *pb, float *pd, uint8_t *dq, float *dq_inv) {
+                             float *dx, bf16 *dx16, float *pw, float *pb, float *pd, elmo_cuda_ln_q lq) {
   constexpr int H = 128 * K;
   __shared__ __align__(16) float s_p[LN_WARPS][2][H];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -176,16 +184,28 @@ ln_backward_vec_param_kernel(const float *dy, const bf16 *xhat, const float *rst
       am = max(am, bf16x4_abs_max(hb[k]));
       if (dx16) *(uint2 *)(dx16 + base + j) = hb[k];
     }
-    if (dq) {
+    if (lq.dq) {
       for (int o = 16; o > 0; o >>= 1) am = max(am, __shfl_xor_sync(0xFFFFFFFFu, am, o));
       const float sc = row_scale_of(am);
 #pragma unroll
       for (int k = 0; k < K; k++) {
         float v[4];
         bf16x4_to_f32(hb[k], v);
-        *(uint32_t *)(dq + base + 128 * k + 4 * lane) = e4m3x4(v, sc);
+        *(uint32_t *)(lq.dq + base + 128 * k + 4 * lane) = e4m3x4(v, sc);
       }
-      if (lane == 0) dq_inv[r] = 1.0f / sc;
+      if (lane == 0) lq.dq_inv[r] = 1.0f / sc;
+    }
+    if (lq.bs) {
+      float ss = 0.0f;
+#pragma unroll
+      for (int k = 0; k < K; k++) {
+        float v[4];
+        bf16x4_to_f32(hb[k], v);
+#pragma unroll
+        for (int e = 0; e < 4; e++) ss = fmaf(v[e], v[e], ss);
+      }
+      ss = warp_sum(ss);
+      if (lane == 0) ln_q_bound(lq, r, ss);
     }
   }
 #pragma unroll
@@ -223,20 +243,34 @@ ln_backward_vec_param_kernel(const float *dy, const bf16 *xhat, const float *rst
 
 /* Warp per row of x16 [M, H] (H a multiple of 8, rows 16-byte aligned): the row in E4M3 times the power of two
  * of its bf16 amax, and the scale's inverse (what ln_backward_vec_param_kernel writes with dq). */
-static __global__ void ln_rowcast_kernel(const bf16 *x16, int64_t M, int H, uint8_t *q, float *inv) {
+static __global__ void ln_rowcast_kernel(const bf16 *x16, int64_t M, int H, elmo_cuda_ln_q q) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t r = (int64_t)blockIdx.x * (blockDim.x >> 5) + warp;
   if (r >= M) return;
   const uint4 *row = (const uint4 *)(x16 + r * H);
   unsigned am = 0;
+  float ss = 0.0f;
   for (int c = lane; c < H / 8; c += 32) {
     const uint4 v = row[c];
     am = max(am, max(bf16x4_abs_max(make_uint2(v.x, v.y)), bf16x4_abs_max(make_uint2(v.z, v.w))));
+    const unsigned u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+      const float lo = __uint_as_float(u[k] << 16), hi = __uint_as_float(u[k] & 0xFFFF0000u);
+      ss = fmaf(lo, lo, ss);
+      ss = fmaf(hi, hi, ss);
+    }
   }
-  for (int o = 16; o > 0; o >>= 1) am = max(am, __shfl_xor_sync(0xFFFFFFFFu, am, o));
-  const float sc = row_scale_of(am);
-  for (int c = lane; c < H / 8; c += 32) ((uint2 *)(q + r * H))[c] = e4m3x8_bf16(row[c], sc);
-  if (lane == 0) inv[r] = 1.0f / sc;
+  if (q.dq) {
+    for (int o = 16; o > 0; o >>= 1) am = max(am, __shfl_xor_sync(0xFFFFFFFFu, am, o));
+    const float sc = row_scale_of(am);
+    for (int c = lane; c < H / 8; c += 32) ((uint2 *)(q.dq + r * H))[c] = e4m3x8_bf16(row[c], sc);
+    if (lane == 0) q.dq_inv[r] = 1.0f / sc;
+  }
+  if (q.bs) {
+    ss = warp_sum(ss);
+    if (lane == 0) ln_q_bound(q, r, ss);
+  }
 }
 
 /* The register kernels take H = 128 K (K = 1..8) with 16-byte aligned rows. */
@@ -512,13 +546,17 @@ extern "C" int64_t elmo_cuda_layernorm_ws_floats(int64_t M, int H) {
 
 extern "C" int elmo_cuda_layernorm_backward_q(const float *dy, const elmo_bf16 *xhat, const float *rstd,
                                               const elmo_bf16 *w, int64_t M, int H, float *dx, elmo_bf16 *dx16,
-                                              float *dw, float *db, float *dsum, float *ws, uint8_t *dq,
-                                              float *dq_inv, cudaStream_t s, elmo_err *err) {
+                                              float *dw, float *db, float *dsum, float *ws, const elmo_cuda_ln_q *qp,
+                                              cudaStream_t s, elmo_err *err) {
   int rc = check_rows("layernorm backward", M, H, err);
   if (rc) return rc;
-  if (dq && (!dx16 || !dq_inv || H % 8 || ((uintptr_t)dx16 | (uintptr_t)dq) % 16))
-    return elmo_fail(err, ELMO_EINPUT, "layernorm backward: an E4M3 copy needs the bf16 one, its scales, a width "
-                     "that is a multiple of 8 and 16-byte aligned rows");
+  elmo_cuda_ln_q q;
+  memset(&q, 0, sizeof q);
+  if (qp) q = *qp;
+  if ((q.dq || q.bs) && (!dx16 || (q.dq && !q.dq_inv) || (q.bs && (!q.bs_inv || !q.bound)) || H % 8 ||
+                         ((uintptr_t)dx16 | (uintptr_t)q.dq) % 16))
+    return elmo_fail(err, ELMO_EINPUT, "layernorm backward: an E4M3 copy or row scales need the bf16 copy, their "
+                     "scales, a width that is a multiple of 8 and 16-byte aligned rows");
   if (part_blocks(M) > 65535)
     return elmo_fail(err, ELMO_EINPUT, "layernorm backward: %lld rows (expected at most %lld)",
                      (long long)M, (long long)65535 * PART_ROWS);
@@ -529,7 +567,7 @@ extern "C" int elmo_cuda_layernorm_backward_q(const float *dy, const elmo_bf16 *
     float *pw = ws, *pb = ws + R * H, *pd = dsum ? ws + 2 * R * H : NULL;
 #define LN_BWDP(K)                                                                                        \
   ln_backward_vec_param_kernel<K><<<(unsigned)R, LN_WARPS * 32, 0, s>>>(dy, (const bf16 *)xhat, rstd, (const bf16 *)w, \
-                                                                       M, dx, (bf16 *)dx16, pw, pb, pd, dq, dq_inv)
+                                                                       M, dx, (bf16 *)dx16, pw, pb, pd, q)
     LN_VEC_SWITCH(H / 128, LN_BWDP)
 #undef LN_BWDP
     ELMO_LAUNCH_CHECK();
@@ -541,8 +579,8 @@ extern "C" int elmo_cuda_layernorm_backward_q(const float *dy, const elmo_bf16 *
   /* parameter sums read dy before the row kernel may overwrite it in place */
   ln_params_launch(dy, (const bf16 *)xhat, M, H, dw, db, ws, s);
   ln_backward_launch(dy, (const bf16 *)xhat, rstd, (const bf16 *)w, M, H, dx, (bf16 *)dx16, s);
-  if (dq) {
-    ln_rowcast_kernel<<<(unsigned)((M + 7) / 8), 256, 0, s>>>((const bf16 *)dx16, M, H, dq, dq_inv);
+  if (q.dq || q.bs) {
+    ln_rowcast_kernel<<<(unsigned)((M + 7) / 8), 256, 0, s>>>((const bf16 *)dx16, M, H, q);
     ELMO_LAUNCH_CHECK();
   }
   if (dsum) return elmo_cuda_colsum(dx, 0, M, H, 1, 0, dsum, 0, ws, s, err);
@@ -553,5 +591,5 @@ extern "C" int elmo_cuda_layernorm_backward(const float *dy, const elmo_bf16 *xh
                                             const elmo_bf16 *w, int64_t M, int H, float *dx, elmo_bf16 *dx16,
                                             float *dw, float *db, float *dsum, float *ws, cudaStream_t s,
                                             elmo_err *err) {
-  return elmo_cuda_layernorm_backward_q(dy, xhat, rstd, w, M, H, dx, dx16, dw, db, dsum, ws, NULL, NULL, s, err);
+  return elmo_cuda_layernorm_backward_q(dy, xhat, rstd, w, M, H, dx, dx16, dw, db, dsum, ws, NULL, s, err);
 }

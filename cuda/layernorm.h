@@ -42,12 +42,17 @@ int64_t elmo_cuda_layernorm_ws_floats(int64_t M, int H);
 int elmo_cuda_layernorm_backward(const float *dy, const elmo_bf16 *xhat, const float *rstd,
                                  const elmo_bf16 *w, int64_t M, int H, float *dx, elmo_bf16 *dx16,
                                  float *dw, float *db, float *dsum, float *ws, cudaStream_t s, elmo_err *err);
-/* The same, and (dq not NULL) each row of dx16 in E4M3 times s_r = elmo_tf_fp8_pow2_scale(max |dx16[r]|)
- * into dq [M, H], 1 / s_r into dq_inv [M]: the operand of the FP8 input gradient (elmo_tf_linear_dgrad_fp8).
- * dx16 is then required, H a multiple of 8, dx16 and dq 16-byte aligned. */
+/* What the FP8 input gradients take from the LayerNorm backward's rows (each part NULL: not wanted). */
+typedef struct elmo_cuda_ln_q {
+  uint8_t *dq;              /* [M, H] each row of dx16 in E4M3 times s_r = elmo_tf_fp8_pow2_scale(max |dx16[r]|) */
+  float *dq_inv;            /* [M] 1 / s_r */
+  const float *bound;       /* device scalar f: bs_r = elmo_tf_fp8_pow2_scale(||dx16[r]||_2 * f) (FP32 product), */
+  float *bs, *bs_inv;       /* [M] bs_r and 1 / bs_r: the next gradient's row scales (elmo_tf_fp8_dff_factor) */
+} elmo_cuda_ln_q;
+/* The same, and q's parts (q NULL: none); dx16 is then required, H a multiple of 8, dx16 and dq 16-byte aligned. */
 int elmo_cuda_layernorm_backward_q(const float *dy, const elmo_bf16 *xhat, const float *rstd,
                                    const elmo_bf16 *w, int64_t M, int H, float *dx, elmo_bf16 *dx16,
-                                   float *dw, float *db, float *dsum, float *ws, uint8_t *dq, float *dq_inv,
+                                   float *dw, float *db, float *dsum, float *ws, const elmo_cuda_ln_q *q,
                                    cudaStream_t s, elmo_err *err);
 
 #ifdef __cplusplus

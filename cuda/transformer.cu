@@ -27,13 +27,13 @@ enum { LT_WORKSPACE = 32 << 20, MM_CACHE = 128, MEM_ALIGN = 256 };
  * weights' scales and the six GEMMs' alphas (q, k, v, o, ff1, ff2), and a 0.0f for the GEMMs' beta;
  * per-layer maxima (f8acc): the six weights' amax and the largest row norms of v_w and ff1_w, as FP32
  * bit patterns (integer order = float order for non-negative values; NaN above all). */
-enum { F8_X = 0, F8_CTX = 1, F8_H1 = 2, F8_G = 3, F8_SW = 4, F8_ALPHA = 10, F8_ZERO = 16, F8_TAB = 17 };
-enum { F8_NV = 6, F8_NF = 7, F8_ACC = 8, F8_W = 6 };
+enum { F8_X = 0, F8_CTX = 1, F8_H1 = 2, F8_G = 3, F8_SW = 4, F8_ALPHA = 10, F8_ZERO = 16, F8_BG = 17, F8_TAB = 18 };
+enum { F8_NV = 6, F8_NF = 7, F8_NC = 8, F8_ACC = 9, F8_W = 6 };
 /* f8off [layers][F8_OFF]: the parameter offsets the scales need: the six weights (GEMM order), v_b,
  * ff1_b, the layer input's LayerNorm (the embedding one or the previous layer's output one), ln1. */
 enum { F8_OFF_VB = 6, F8_OFF_FB = 7, F8_OFF_INW = 8, F8_OFF_INB = 9, F8_OFF_L1W = 10, F8_OFF_L1B = 11, F8_OFF = 12 };
-/* Floats of a layer's f8vec row: 3 H (q, k, v), H (ff2), H (o's dgrad), F (ff2's dgrad). */
-static __host__ __device__ inline int64_t f8_vec_len(int64_t H, int64_t F) { return 5 * H + F; }
+/* Floats of a layer's f8vec row: 3 H (q, k, v), H (ff2), H (o's dgrad), F (ff2's dgrad), H (ff1's dgrad). */
+static __host__ __device__ inline int64_t f8_vec_len(int64_t H, int64_t F) { return 6 * H + F; }
 
 
 /* ==================================================================== cuBLASLt GEMM helper */
@@ -350,6 +350,7 @@ struct elmo_cuda_tf {
   int f8_dgrad;              /* fp8: the input gradients of o and ff2 on E4M3 (0: BF16, ELMO_FP8_DGRAD=0) */
   uint8_t *f8dq;             /* f8_dgrad: [M, H] the LayerNorm backward's gradient rows in E4M3 */
   float *f8dq_inv;           /* f8_dgrad: [M] their 1 / scale */
+  float *f8bs, *f8bs_inv;    /* f8_dgrad: [M] the intermediate gradient's row scales (from a bound) and 1 / them */
   void *lt_ws;
   /* the last forward */
   int B, T, Tp, have_forward;
@@ -408,7 +409,8 @@ static void carve_scratch(carver *cv, elmo_cuda_tf *t, int64_t M, size_t emb_ws)
       t->act[i].ff = shared.ff;
     }
   }
-  t->f32 = (float *)carve(cv, (size_t)max3(M * H * 4, 3 * M * H * 2, S * 4));   /* fp32 or merged dq/dk/dv */
+  /* fp32 or merged dq/dk/dv; FP8 input gradients: also the intermediate gradient's E4M3 rows (ffn_backward) */
+  t->f32 = (float *)carve(cv, (size_t)max3(M * H * 4, 3 * M * H * 2, max3(S * 4, c->fp8_forward ? M * F : 0, 0)));
   t->probs = t->fused ? NULL : (h16 *)carve(cv, (size_t)S * 2);
   t->ctxp = t->fused ? NULL : (h16 *)carve(cv, M * H * 2);
   t->ctx = (h16 *)carve(cv, M * H * 2);
@@ -441,6 +443,8 @@ static void carve_scratch(carver *cv, elmo_cuda_tf *t, int64_t M, size_t emb_ws)
     t->f8vec = (float *)carve(cv, (size_t)(c->layers * f8_vec_len(H, F)) * sizeof(float));
     t->f8dq = (uint8_t *)carve(cv, (size_t)(M * H));
     t->f8dq_inv = (float *)carve(cv, (size_t)M * sizeof(float));
+    t->f8bs = (float *)carve(cv, (size_t)M * sizeof(float));
+    t->f8bs_inv = (float *)carve(cv, (size_t)M * sizeof(float));
     t->f8ones = (float *)carve(cv, (size_t)M * sizeof(float));
     t->f8bqkv = t->fused ? (h16 *)carve(cv, (size_t)(3 * H) * 2) : NULL;
     t->fp8.amax = (unsigned *)carve(cv, ELMO_CUDA_TF_FP8_SEGS * sizeof(unsigned));
@@ -869,6 +873,24 @@ static __global__ void f8_stats_kernel(const h16 *P, const int64_t *offs, int H,
   }
 }
 
+/* Layer blockIdx.y: max_j ||ff2_w[:, j]||_2 (FP32, a thread a column, its squares summed in row order) into
+ * acc[F8_NC] (the intermediate gradient's row bound, elmo_tf_fp8_dff_factor). ff2_w [H, F]. */
+static __global__ void f8_colnorm_kernel(const h16 *P, const int64_t *offs, int H, int F, unsigned *accs) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  unsigned m = 0;
+  if (j < F) {
+    const h16 *w = P + offs[(int64_t)blockIdx.y * F8_OFF + 5] + j;
+    float ss = 0.0f;
+    for (int r = 0; r < H; r++) {
+      const float v = __uint_as_float((uint32_t)w[(int64_t)r * F] << 16);
+      ss = fmaf(v, v, ss);
+    }
+    m = __float_as_uint(sqrtf(ss));
+  }
+  for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(0xFFFFFFFFu, m, o));
+  if ((threadIdx.x & 31) == 0) atomicMax(&accs[(int64_t)blockIdx.y * F8_ACC + F8_NC], m);
+}
+
 enum { F8_SC_THREADS = 256 };
 
 static __device__ double f8_nanmax(double a, double b) { return isnan(a) || a > b ? a : b; }
@@ -907,6 +929,7 @@ static __device__ void f8_scales_tab(double e_in, double g_in, double b_in, doub
     tab[F8_ALPHA + j] = __fmul_rn(1.0f / in_scale[j], 1.0f / sw);
   }
   tab[F8_ZERO] = 0.0f;
+  tab[F8_BG] = (float)(ELMO_TF_FP8_BOUND_MARGIN * ELMO_TF_FP8_GELU_GRAD_MAX * (double)__uint_as_float(acc[F8_NC]));
 }
 
 /* Block z = layer z, F8_SC_THREADS threads: the bounds of elmo_tf_fp8_layer_scales from the bf16
@@ -946,7 +969,8 @@ static __global__ void f8_scales_kernel(const h16 *P, const int64_t *offs, int H
   __syncthreads();   /* tab's alphas by output column of the fused q/k/v and the ff2 GEMM, then 1 / sw of o_w, ff2_w */
   float *vec = vecs + (int64_t)blockIdx.x * f8_vec_len(H, F);
   for (int c = threadIdx.x; c < f8_vec_len(H, F); c += F8_SC_THREADS)
-    vec[c] = c < 4 * H ? tab[F8_ALPHA + (c < 3 * H ? c / H : 5)] : 1.0f / tab[F8_SW + (c < 5 * H ? 3 : 5)];
+    vec[c] = c < 4 * H ? tab[F8_ALPHA + (c < 3 * H ? c / H : 5)]
+                       : 1.0f / tab[F8_SW + (c < 5 * H ? 3 : c < 5 * H + F ? 5 : 4)];
 }
 
 /* wq_j = e4m3(w_j * sw_j) for the weights j (blockIdx.y) in the bit mask `which`, 8 elements a thread-step;
@@ -979,6 +1003,8 @@ static void f8_prepare(elmo_cuda_tf *t, const h16 *P, cudaStream_t s) {
   const int L = t->cfg.layers, H = t->cfg.hidden, F = t->cfg.ffn;
   ELMO_CUDA_CHECK(cudaMemsetAsync(t->f8acc, 0, (size_t)L * F8_ACC * sizeof(unsigned), s));
   f8_stats_kernel<<<dim3(24, F8_W, (unsigned)L), 256, 0, s>>>(P, t->f8off, H, F, t->f8acc);
+  ELMO_LAUNCH_CHECK();
+  f8_colnorm_kernel<<<dim3((unsigned)((F + 255) / 256), (unsigned)L), 256, 0, s>>>(P, t->f8off, H, F, t->f8acc);
   ELMO_LAUNCH_CHECK();
   f8_scales_kernel<<<(unsigned)L, F8_SC_THREADS, 0, s>>>(P, t->f8off, H, F, t->f8acc, t->f8tab, t->f8vec);
   ELMO_LAUNCH_CHECK();
@@ -1021,20 +1047,23 @@ static const float *f8_vec(const elmo_cuda_tf *t, int i) {
  * their own powers of two (written by the LayerNorm backward into f8dq, f8dq_inv) and w^T in E4M3 by its
  * forward scale, so cuBLASLt takes w^T as the K-major operand and scales rows and columns. ---- */
 
-/* blockIdx.z 0: o_w [H, H], 1: ff2_w [H, F] (rows = outputs), each into its wq slot transposed, [in, out]:
- * wt[c, r] = e4m3(w[r, c] sw). A block a 64 x 64 tile: 16-byte loads of 8 weights, their bytes transposed in
- * shared memory, 16-byte stores (H and F multiples of 16; 32 x 32 tiles of one byte a thread took 12 us a
- * DistilBERT layer, H200). */
+/* blockIdx.z 0: o_w [H, H], 1: ff2_w [H, F], 2: ff1_w [F, H] (rows = outputs), each into its wq slot
+ * transposed, [in, out]: wt[c, r] = e4m3(w[r, c] sw). A block a 64 x 64 tile: 16-byte loads of 8 weights,
+ * their bytes transposed in shared memory, 16-byte stores (H and F multiples of 16; 32 x 32 tiles of one
+ * byte a thread took 12 us a DistilBERT layer, H200). */
 enum { WT_T = 64, WT_LD = WT_T + 16 };
-static __global__ void __launch_bounds__(256) f8_wtcast_kernel(const h16 *wo, const h16 *w2, int H, int F,
-                                                               const float *tab, uint8_t *qo, uint8_t *q2) {
+typedef struct f8_wt {
+  const h16 *w[3];
+  uint8_t *q[3];
+} f8_wt;
+static __global__ void __launch_bounds__(256) f8_wtcast_kernel(f8_wt ws, int H, int F, const float *tab) {
   __shared__ __align__(16) uint8_t tile[WT_T][WT_LD];   /* [c][r] */
-  const int z = blockIdx.z, R = H, C = z ? F : H;
-  const h16 *w = z ? w2 : wo;
-  uint8_t *wt = z ? q2 : qo;
+  const int z = blockIdx.z, R = z == 2 ? F : H, C = z == 1 ? F : H;
+  const h16 *w = ws.w[z];
+  uint8_t *wt = ws.q[z];
   const int c0 = blockIdx.x * WT_T, r0 = blockIdx.y * WT_T;
-  if (c0 >= C) return;
-  const float sw = tab[F8_SW + (z ? 5 : 3)];
+  if (c0 >= C || r0 >= R) return;
+  const float sw = tab[F8_SW + (z == 0 ? 3 : z == 1 ? 5 : 4)];
   for (int i = threadIdx.x; i < WT_T * WT_T / 8; i += blockDim.x) {
     const int rr = i / (WT_T / 8), cc = (i % (WT_T / 8)) * 8, r = r0 + rr, c = c0 + cc;
     uint2 q = make_uint2(0u, 0u);
@@ -1050,20 +1079,25 @@ static __global__ void __launch_bounds__(256) f8_wtcast_kernel(const h16 *wo, co
   }
 }
 
+/* o_w^T, ff2_w^T and ff1_w^T of layer i in E4M3 into wq's slots 3, 5 and 4 (after a RECOMPUTE rerun's GEMMs,
+ * which read slot 4). */
 static void f8_cast_wt(elmo_cuda_tf *t, const h16 *P, int i, cudaStream_t s) {
-  const int H = t->cfg.hidden, F = t->cfg.ffn;
+  const int H = t->cfg.hidden, F = t->cfg.ffn, big = ((F > H ? F : H) + WT_T - 1) / WT_T;
   const layer_off *o = &t->off[i];
-  f8_wtcast_kernel<<<dim3((unsigned)((F > H ? F : H) + WT_T - 1) / WT_T, (unsigned)(H + WT_T - 1) / WT_T, 2), 256, 0,
-                     s>>>(P + o->o_w, P + o->ff2_w, H, F, f8_tab(t, i), f8_wq(t, 3), f8_wq(t, 5));
+  const f8_wt ws = {{P + o->o_w, P + o->ff2_w, P + o->ff1_w}, {f8_wq(t, 3), f8_wq(t, 5), f8_wq(t, 4)}};
+  f8_wtcast_kernel<<<dim3((unsigned)big, (unsigned)big, 3), 256, 0, s>>>(ws, H, F, f8_tab(t, i));
   ELMO_LAUNCH_CHECK();
 }
 
-/* y[M, in] (bf16) = dy w for weight j (3: o, 5: ff2; its transposed E4M3 copy in wq's slot j) from f8dq; 0 when
- * cuBLASLt offers no scale-vector algorithm (the caller takes the BF16 GEMM). */
-static int f8_dgrad(elmo_cuda_tf *t, int i, int j, int64_t M, int in, int out, h16 *y, cudaStream_t s) {
-  const float *vec = f8_vec(t, i) + (j == 3 ? 4 * (int64_t)t->cfg.hidden : 5 * (int64_t)t->cfg.hidden);
-  elmo_cuda_tf_mm p = {0, 1, M, in, out, t->f8dq, out, 0, f8_wq(t, j), out, 0, y, in, 0, 0, 0.0f, 1, NULL,
-                       NULL, NULL, vec, t->f8dq_inv};
+/* y[M, in] = dy w (+ beta y) for weight j (3: o, 5: ff2, 4: ff1; its transposed E4M3 copy in wq's slot j), dy the
+ * E4M3 rows dq [M, out] and their 1 / scale dq_inv; y BF16 or (y_f32) FP32. 0 when cuBLASLt offers no
+ * scale-vector algorithm (the caller takes the BF16 GEMM). */
+static int f8_dgrad(elmo_cuda_tf *t, int i, int j, const uint8_t *dq, const float *dq_inv, int64_t M, int in, int out,
+                    void *y, int y_f32, float beta, cudaStream_t s) {
+  const int64_t H = t->cfg.hidden, F = t->cfg.ffn;
+  const float *vec = f8_vec(t, i) + (j == 3 ? 4 * H : j == 5 ? 5 * H : 5 * H + F);
+  elmo_cuda_tf_mm p = {0, 1, M, in, out, dq, out, 0, f8_wq(t, j), out, 0, y, in, 0, y_f32, beta, 1, NULL,
+                       NULL, NULL, vec, dq_inv};
   return gemm_try(t->gemm, &p, 1, s);
 }
 
@@ -1327,26 +1361,32 @@ static int ffn_backward(elmo_cuda_tf *t, const h16 *P, int i, float *G, cudaStre
   const layer_acts *a = &t->act[i];
   const int64_t M = (int64_t)t->B * t->Tp;
   const int H = c->hidden, F = c->ffn;
-  uint8_t *dq = t->f8_dgrad ? t->f8dq : NULL;   /* the rows for the FP8 input gradients of ff2, then o */
+  /* FP8 input gradients: the LayerNorm backward's rows for ff2's (and at the end o's), and the row scales of
+   * the intermediate gradient dff (bound: elmo_tf_fp8_dff_factor), which the GELU backward casts for ff1's */
+  const int q8 = t->f8_dgrad;
+  const elmo_cuda_ln_q q2 = {t->f8dq, t->f8dq_inv, f8_tab(t, i) + F8_BG, t->f8bs, t->f8bs_inv};
+  const elmo_cuda_ln_q q1 = {t->f8dq, t->f8dq_inv, NULL, NULL, NULL};
+  uint8_t *dffq = q8 ? (uint8_t *)t->f32 : NULL;   /* [M, F] bytes; t->f32 is free until the attention backward */
   int rc = elmo_cuda_layernorm_backward_q(t->dx, a->xhat2, a->rstd2, P + o->ln2_w, M, H, t->dx, t->d16,
-                                          G + o->ln2_w, G + o->ln2_b, G + o->ff2_b, t->part, dq, t->f8dq_inv, s, err);
+                                          G + o->ln2_w, G + o->ln2_b, G + o->ff2_b, t->part, q8 ? &q2 : NULL, s, err);
   if (rc) return rc;
   /* RECOMPUTE: ff is this backward's own rerun (layer_recompute), so the GELU backward replaces it by
    * g = GELU(ff) as it reads it (one pass over ff instead of a recompute pass and a backward pass);
    * otherwise ff is the forward's and stays (a second backward may follow), g16 holds g already. */
   const int g_in_ff = (t->flags & ELMO_CUDA_TF_RECOMPUTE) != 0;
   if (!g_in_ff) linear_dw(t, t->d16, t->g16, M, F, H, G + o->ff2_w, s);
-  if (!(dq && f8_dgrad(t, i, 5, M, F, H, t->g16, s)))
+  if (!(q8 && f8_dgrad(t, i, 5, t->f8dq, t->f8dq_inv, M, F, H, t->g16, 0, 0.0f, s)))
     linear_dx(t, t->d16, P + o->ff2_w, M, F, H, t->g16, 0, 0.0f, s);        /* dGELU (bf16) */
-  rc = elmo_cuda_gelu_backward_colsum(a->ff, t->g16, M, F, t->g16, g_in_ff ? a->ff : NULL, G + o->ff1_b, t->part, s,
-                                      err);                                  /* dff */
+  rc = elmo_cuda_gelu_backward_colsum_q(a->ff, t->g16, M, F, t->g16, g_in_ff ? a->ff : NULL, G + o->ff1_b, t->part,
+                                        dffq, t->f8bs, s, err);               /* dff */
   if (rc) return rc;
   if (g_in_ff) linear_dw(t, t->d16, a->ff, M, F, H, G + o->ff2_w, s);
   linear_dw(t, t->g16, t->h1, M, H, F, G + o->ff1_w, s);
-  linear_dx(t, t->g16, P + o->ff1_w, M, H, F, t->dx, 1, 1.0f, s);           /* + residual */
+  if (!(q8 && f8_dgrad(t, i, 4, dffq, t->f8bs_inv, M, H, F, t->dx, 1, 1.0f, s)))
+    linear_dx(t, t->g16, P + o->ff1_w, M, H, F, t->dx, 1, 1.0f, s);         /* + residual */
   /* with the output projection's bias gradient (the column sums of d(pre1)) */
   return elmo_cuda_layernorm_backward_q(t->dx, a->xhat1, a->rstd1, P + o->ln1_w, M, H, t->dx, t->d16,
-                                        G + o->ln1_w, G + o->ln1_b, G + o->o_b, t->part, dq, t->f8dq_inv, s, err);
+                                        G + o->ln1_w, G + o->ln1_b, G + o->o_b, t->part, q8 ? &q1 : NULL, s, err);
 }
 
 /* Output projection, attention and q/k/v: t->dx from d(pre1) to d(x_in). */
@@ -1360,7 +1400,7 @@ static int attention_backward(elmo_cuda_tf *t, const h16 *P, int i, float *G, cu
   h16 *dqkv = (h16 *)t->f32;   /* fused: [M, 3 H], dq | dk | dv per row; batched: [3, M, H] merged */
   const int64_t w[3] = {o->q_w, o->k_w, o->v_w}, b[3] = {o->q_b, o->k_b, o->v_b};
   if (t->fused) {   /* dctx into h1 (free after the FFN backward); the kernel also writes ctx, for dW_o */
-    if (!(t->f8_dgrad && f8_dgrad(t, i, 3, M, H, H, t->h1, s)))
+    if (!(t->f8_dgrad && f8_dgrad(t, i, 3, t->f8dq, t->f8dq_inv, M, H, H, t->h1, 0, 0.0f, s)))
       linear_dx(t, t->d16, P + o->o_w, M, H, H, t->h1, 0, 0.0f, s);
     /* the three bias gradients from column sums the kernel forms as it stores dq, dk, dv, when their
      * offsets are evenly spaced (they are in every layout we load) */
@@ -1388,7 +1428,7 @@ static int attention_backward(elmo_cuda_tf *t, const h16 *P, int i, float *G, cu
     return ELMO_OK;
   }
   linear_dw(t, t->d16, t->ctx, M, H, H, G + o->o_w, s);
-  if (!(t->f8_dgrad && f8_dgrad(t, i, 3, M, H, H, t->ctx, s)))
+  if (!(t->f8_dgrad && f8_dgrad(t, i, 3, t->f8dq, t->f8dq_inv, M, H, H, t->ctx, 0, 0.0f, s)))
     linear_dx(t, t->d16, P + o->o_w, M, H, H, t->ctx, 0, 0.0f, s);           /* dctx, merged */
   rc = elmo_cuda_heads_split(t->ctx, 0, NULL, 1, t->B, t->Tp, heads, dh, t->ctxp, s, err);
   if (!rc) rc = elmo_cuda_attention_backward(t->gemm, a->qkv, t->probs, t->ctxp, t->mask, t->B, t->Tp, heads, dh,

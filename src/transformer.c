@@ -545,7 +545,22 @@ void elmo_tf_linear_forward_fp8_scaled(const float *x, const float *w, const flo
   }
 }
 
-void elmo_tf_linear_dgrad_fp8(const float *dy, const float *w, int64_t N, int in, int out, float *dx, float *ws) {
+double elmo_tf_fp8_col_norm_max(const float *w, int64_t rows, int cols) {
+  double m = 0.0;
+  for (int c = 0; c < cols; c++) {
+    double ss = 0.0;
+    for (int64_t r = 0; r < rows; r++) ss += (double)w[r * cols + c] * (double)w[r * cols + c];
+    m = nan_max(m, sqrt(ss));
+  }
+  return m;
+}
+
+float elmo_tf_fp8_dff_factor(const float *ff2_w, int H, int F) {
+  return (float)(ELMO_TF_FP8_BOUND_MARGIN * ELMO_TF_FP8_GELU_GRAD_MAX * elmo_tf_fp8_col_norm_max(ff2_w, H, F));
+}
+
+void elmo_tf_linear_dgrad_fp8(const float *dy, const float *w, int64_t N, int in, int out, const float *row_bound,
+                              float *dx, int accumulate, float *ws) {
   const int64_t nw = (int64_t)in * out;
   float *wq = ws, *dq = ws + nw;                    /* [out, in], [N, out] */
   const float sw = elmo_tf_fp8_scale(elmo_tf_amax(w, nw));
@@ -559,16 +574,19 @@ void elmo_tf_linear_dgrad_fp8(const float *dy, const float *w, int64_t N, int in
       q[k] = elmo_bf16_to_f32(elmo_f32_to_bf16(g[k]));
       m = nan_max(m, fabs((double)q[k]));
     }
-    const float sn = elmo_tf_fp8_pow2_scale(m);
+    const float sn = elmo_tf_fp8_pow2_scale(row_bound ? (double)row_bound[n] : m);
     elmo_tf_fp8_quantize(q, out, sn, q);
     inv[n] = 1.0f / sn;
   }
-  elmo_tf_gemm(N, in, out, dq, out, wq, in, dx, in, 0);
+  float *prod = accumulate ? (float *)elmo_malloc(sizeof(float) * (size_t)(N * in > 0 ? N * in : 1)) : dx;
+  elmo_tf_gemm(N, in, out, dq, out, wq, in, prod, in, 0);
   const float wi = 1.0f / sw;
   for (int64_t n = 0; n < N; n++) {
     float *restrict y = dx + n * in;
-    for (int c = 0; c < in; c++) y[c] = (y[c] * inv[n]) * wi;
+    const float *restrict p = prod + n * in;
+    for (int c = 0; c < in; c++) y[c] = (accumulate ? y[c] : 0.0f) + (p[c] * inv[n]) * wi;
   }
+  if (accumulate) free(prod);
   free(inv);
 }
 
@@ -968,12 +986,27 @@ static void layer_backward(const elmo_tf_config *cfg, const elmo_tf_layer *w, el
   float *dx = c->d_x;
   elmo_tf_layernorm_backward(dx, lc->xhat2, lc->rstd2, w->ln2_w, N, H, dx, g->ln2_w, g->ln2_b);
   elmo_tf_linear_backward(lc->gelu, w->ff2_w, dx, N, F, H, fp8 ? NULL : c->d_f, 0, g->ff2_w, g->ff2_b, c->ws);
-  if (fp8) elmo_tf_linear_dgrad_fp8(dx, w->ff2_w, N, F, H, c->d_f, c->ws);
+  float *bound = NULL;   /* fp8: the intermediate gradient's row bounds (elmo_tf_fp8_dff_factor) */
+  if (fp8) {
+    elmo_tf_linear_dgrad_fp8(dx, w->ff2_w, N, F, H, NULL, c->d_f, 0, c->ws);
+    const float f = elmo_tf_fp8_dff_factor(w->ff2_w, H, F);
+    bound = (float *)elmo_malloc(sizeof(float) * (size_t)(N > 0 ? N : 1));
+    for (int64_t n = 0; n < N; n++) {
+      double ss = 0.0;
+      for (int j = 0; j < H; j++) {
+        const double v = elmo_bf16_to_f32(elmo_f32_to_bf16(dx[n * H + j]));
+        ss += v * v;
+      }
+      bound[n] = (float)sqrt(ss) * f;
+    }
+  }
   elmo_tf_gelu_backward(lc->ff, c->d_f, N * F, c->d_f);
-  elmo_tf_linear_backward(lc->h1, w->ff1_w, c->d_f, N, H, F, dx, 1, g->ff1_w, g->ff1_b, c->ws);
+  elmo_tf_linear_backward(lc->h1, w->ff1_w, c->d_f, N, H, F, fp8 ? NULL : dx, 1, g->ff1_w, g->ff1_b, c->ws);
+  if (fp8) elmo_tf_linear_dgrad_fp8(c->d_f, w->ff1_w, N, H, F, bound, dx, 1, c->ws);
+  free(bound);
   elmo_tf_layernorm_backward(dx, lc->xhat1, lc->rstd1, w->ln1_w, N, H, dx, g->ln1_w, g->ln1_b);
   elmo_tf_linear_backward(lc->ctx, w->o_w, dx, N, H, H, fp8 ? NULL : c->d_y, 0, g->o_w, g->o_b, c->ws);
-  if (fp8) elmo_tf_linear_dgrad_fp8(dx, w->o_w, N, H, H, c->d_y, c->ws);
+  if (fp8) elmo_tf_linear_dgrad_fp8(dx, w->o_w, N, H, H, NULL, c->d_y, 0, c->ws);
   elmo_tf_attention_backward(lc->q, lc->k, lc->v, lc->probs, c->d_y, c->seq_start, c->prob_start,
                              c->B, H, cfg->heads, c->d_q, c->d_k, c->d_v, c->ws);
   elmo_tf_linear_backward(in, w->q_w, c->d_q, N, H, H, dx, 1, g->q_w, g->q_b, c->ws);

@@ -283,10 +283,22 @@ void elmo_tf_fp8_layer_scales(const elmo_tf_config *cfg, const float *in_w, cons
 void elmo_tf_linear_forward_fp8_scaled(const float *x, const float *w, const float *b, int64_t N, int in,
                                        int out, float sx, float *y, float *ws);
 
-/* dx[N, in] = dy w on E4M3 operands: row n of dy as e4m3(bf16(dy[n]) s_n), s_n =
- * elmo_tf_fp8_pow2_scale(max_j |bf16(dy[n, j])|), w as e4m3(w sw), sw = elmo_tf_fp8_scale(amax w) (the
- * forward's), products summed in FP32, then times 1 / s_n (exact) and 1 / sw. ws: [out * in + N * out]. */
-void elmo_tf_linear_dgrad_fp8(const float *dy, const float *w, int64_t N, int in, int out, float *dx, float *ws);
+/* dx[N, in] = dy w (dx += dy w when accumulate) on E4M3 operands: row n of dy as e4m3(bf16(dy[n]) s_n),
+ * s_n = elmo_tf_fp8_pow2_scale(b_n) with b_n = row_bound[n], or (row_bound NULL) max_j |bf16(dy[n, j])|;
+ * w as e4m3(w sw), sw = elmo_tf_fp8_scale(amax w) (the forward's); products summed in FP32, then times
+ * 1 / s_n (exact) and 1 / sw. ws: [out * in + N * out]. */
+void elmo_tf_linear_dgrad_fp8(const float *dy, const float *w, int64_t N, int in, int out, const float *row_bound,
+                              float *dx, int accumulate, float *ws);
+/* |GELU'(x)| <= 1.13 for every x (its extremes: 1.129 at x = sqrt 2, -0.129 at -sqrt 2). */
+#define ELMO_TF_FP8_GELU_GRAD_MAX 1.13
+/* max_j ||w[:, j]||_2 over the columns of w [rows, cols] */
+double elmo_tf_fp8_col_norm_max(const float *w, int64_t rows, int cols);
+/* The intermediate's input gradient dff = GELU'(a) (dy ff2_w) has no row amax at hand where it is made (the
+ * GELU backward goes by columns), but a bound per row: |dff[n, j]| <= 1.13 ||dy[n]||_2 ||ff2_w[:, j]||_2.
+ * Its rows' scales are elmo_tf_fp8_pow2_scale of ||bf16(dy[n])||_2 (as FP32) times this factor (FP32):
+ * ELMO_TF_FP8_BOUND_MARGIN * 1.13 * max_j ||ff2_w[:, j]||_2 (the margin covers the E4M3 and bf16 roundings
+ * of the operands). */
+float elmo_tf_fp8_dff_factor(const float *ff2_w, int H, int F);
 
 /* dw[out, in] += dy^T x, db[out] += column sums of dy (db may be NULL); dx[N, in] = dy w, or
  * dx += dy w when accumulate_dx (dx may be NULL). ws: [out * N]. */

@@ -249,29 +249,44 @@ static void run_layernorm_backward(int H) {
   expect_close(g_dw, dw, H, 1e-5, "layernorm dw (accumulated)");
   expect_close(g_db, db, H, 1e-5, "layernorm db (accumulated)");
   {  /* with the E4M3 rows for the FP8 input gradient: dx16 the same bits, each row of it in E4M3 times the
-      * power of two of its bf16 amax (the CPU's elmo_tf_linear_dgrad_fp8), byte for byte, and 1 / scale */
+      * power of two of its bf16 amax (the CPU's elmo_tf_linear_dgrad_fp8), byte for byte, and 1 / scale; the
+      * bound scales pow2(||dx16[r]||_2 f) (elmo_tf_fp8_dff_factor's use), equal to the host's unless the host's
+      * bound lies within float rounding of a power of two (the GPU sums the squares in another order) */
     void *d_dx16b = dev_poisoned((size_t)M * H * 2);
     uint8_t *d_dq = dev_poisoned((size_t)M * H);
     float *d_inv = dev_poisoned((size_t)M * 4), *d_ws2 = dev_poisoned((size_t)elmo_cuda_layernorm_ws_floats(M, H) * 4);
-    float *d_dw2 = dev_upload(dw, H * 4), *d_db2 = dev_upload(db, H * 4);
+    float *d_dw2 = dev_upload(dw, H * 4), *d_db2 = dev_upload(db, H * 4), *d_f = dev_scalar(0.37f);
+    float *d_bs = dev_poisoned((size_t)M * 4), *d_bsi = dev_poisoned((size_t)M * 4);
+    const elmo_cuda_ln_q lq = {d_dq, d_inv, d_f, d_bs, d_bsi};
     assert_int_equal(elmo_cuda_layernorm_backward_q(d_dy2, d_xhat, d_rstd, d_w, M, H, d_dy2, d_dx16b, d_dw2, d_db2, NULL,
-                                                    d_ws2, d_dq, d_inv, 0, &err), ELMO_OK);
+                                                    d_ws2, &lq, 0, &err), ELMO_OK);
     float *h16b = host_from_bf16(d_dx16b, (size_t)M * H), *inv = host_from_f32(d_inv, (size_t)M);
+    float *bs = host_from_f32(d_bs, (size_t)M), *bsi = host_from_f32(d_bsi, (size_t)M);
     assert_memory_equal(h16b, g_dx16, (size_t)M * H * 4);
     for (int64_t r = 0; r < M; r++) {
-      double m = 0.0;
-      for (int j = 0; j < H; j++) m = fmax(m, fabs((double)h16b[r * H + j]));
+      double m = 0.0, ss = 0.0;
+      for (int j = 0; j < H; j++) {
+        m = fmax(m, fabs((double)h16b[r * H + j]));
+        ss += (double)h16b[r * H + j] * h16b[r * H + j];
+      }
       const float sc = elmo_tf_fp8_pow2_scale(m);
       char what[64];
       snprintf(what, sizeof what, "layernorm backward E4M3 row %lld (H %d)", (long long)r, H);
       expect_e4m3_copy(d_dq + r * H, h16b + r * H, (size_t)H, sc, what);
       if (!(inv[r] == 1.0f / sc)) fail_msg("%s: 1 / scale %g, expected %g", what, (double)inv[r], 1.0 / sc);
+      const double b = (double)((float)sqrt(ss) * 0.37f), lo = elmo_tf_fp8_pow2_scale(b * (1 + 1e-5));
+      const double hi = elmo_tf_fp8_pow2_scale(b * (1 - 1e-5));
+      if (!(bs[r] == elmo_tf_fp8_pow2_scale(b) || (bs[r] >= lo && bs[r] <= hi)) || !(bsi[r] == 1.0f / bs[r]))
+        fail_msg("%s: bound scale %g (1 / %g), expected %g", what, (double)bs[r], (double)bsi[r],
+                 (double)elmo_tf_fp8_pow2_scale(b));
     }
-    assert_true(inv[7] == 1.0f / elmo_tf_fp8_pow2_scale(0.0));
-    free(h16b); free(inv);
+    assert_true(inv[7] == 1.0f / elmo_tf_fp8_pow2_scale(0.0) && bs[7] == elmo_tf_fp8_pow2_scale(0.0));
+    free(h16b); free(inv); free(bs); free(bsi);
     cudaFree(d_dx16b); cudaFree(d_dq); cudaFree(d_inv); cudaFree(d_ws2); cudaFree(d_dw2); cudaFree(d_db2);
+    cudaFree(d_f); cudaFree(d_bs); cudaFree(d_bsi);
+    const elmo_cuda_ln_q bad = {d_dx16, d_rstd, NULL, NULL, NULL};
     assert_int_equal(elmo_cuda_layernorm_backward_q(d_dy, d_xhat, d_rstd, d_w, M, H, d_dy, NULL, d_dw, d_db, NULL, d_ws,
-                                                    d_dx16, d_rstd, 0, &err), ELMO_EINPUT);   /* dq needs dx16 */
+                                                    &bad, 0, &err), ELMO_EINPUT);   /* dq needs dx16 */
   }
 
   cudaFree(d_dy); cudaFree(d_dy2); cudaFree(d_rstd); cudaFree(d_dw); cudaFree(d_db); cudaFree(d_xhat); cudaFree(d_w);
@@ -395,6 +410,23 @@ static void run_gelu_colsum(int64_t M, int F, uint64_t rng, int all_codes) {
   if (memcmp(ga, gc, n * sizeof *ga)) fail_msg("gelu backward + column sums + GELU: dx differs from the two-call path (%lld x %d)", (long long)M, F);
   if (memcmp(oa, oc, (size_t)F * sizeof *oa)) fail_msg("gelu backward + column sums + GELU: sums differ (%lld x %d)", (long long)M, F);
   if (memcmp(gg, gp, n * sizeof *gg)) fail_msg("gelu backward + column sums + GELU: GELU(pre) differs from the recompute (%lld x %d)", (long long)M, F);
+  {  /* with the E4M3 copy of dx by row scales (the FP8 input gradient's operand): dx, the sums and GELU(pre)
+      * the same bits, the copy byte for byte e4m3(dx[r] rs[r]) */
+    float *rs = malloc((size_t)M * sizeof *rs);
+    for (int64_t r = 0; r < M; r++) rs[r] = ldexpf(1.0f, (int)(r % 11) - 3);
+    float *d_rs = dev_upload(rs, (size_t)M * 4), *d_od = dev_upload(out, (size_t)F * 4);
+    void *d_pre_d = dev_bf16(pre, n), *d_d = dev_bf16(dy, n);
+    if (all_codes) CK(cudaMemcpy(d_pre_d, d_pre, n * 2, cudaMemcpyDeviceToDevice));
+    uint8_t *d_q = dev_poisoned(n);
+    assert_int_equal(elmo_cuda_gelu_backward_colsum_q(d_pre_d, d_d, M, F, d_d, d_pre_d, d_od, d_ws, d_q, d_rs, 0, &err),
+                     ELMO_OK);
+    float *gd = host_from_bf16(d_d, n), *od = host_from_f32(d_od, F), *gpd = host_from_bf16(d_pre_d, n);
+    if (memcmp(ga, gd, n * sizeof *ga) || memcmp(oa, od, (size_t)F * sizeof *oa) || memcmp(gp, gpd, n * sizeof *gp))
+      fail_msg("gelu backward + column sums + E4M3 copy: dx, sums or GELU differ (%lld x %d)", (long long)M, F);
+    for (int64_t r = 0; r < M; r++) expect_e4m3_copy(d_q + r * F, ga + r * F, (size_t)F, rs[r], "gelu backward E4M3 rows");
+    cudaFree(d_rs); cudaFree(d_od); cudaFree(d_pre_d); cudaFree(d_d); cudaFree(d_q);
+    free(rs); free(gd); free(od); free(gpd);
+  }
   if (!all_codes) {
     float *gcpu = malloc(n * sizeof *gcpu);
     elmo_tf_gelu_forward(pre, (int64_t)n, gcpu);

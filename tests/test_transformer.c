@@ -885,7 +885,7 @@ static void test_fp8_dgrad(void **state) {
   dy[2 * OUT + 3] = 0.9f;                                  /* a row whose outlier sends the rest subnormal */
   float *dx = malloc(sizeof(float) * N * IN), *dx2 = malloc(sizeof(float) * N * IN);
   float *ws = malloc(sizeof(float) * (IN * OUT + N * OUT));
-  elmo_tf_linear_dgrad_fp8(dy, w, N, IN, OUT, dx, ws);
+  elmo_tf_linear_dgrad_fp8(dy, w, N, IN, OUT, NULL, dx, 0, ws);
   const float sw = (float)(448.0 / ref_amax(w, OUT * IN));
   for (int n = 0; n < N; n++) {
     double m = 0.0;
@@ -907,14 +907,73 @@ static void test_fp8_dgrad(void **state) {
   for (int c = 0; c < IN; c++) assert_true(dx[4 * IN + c] == 0.0f);
   /* row 6 times 2^-5: its result times 2^-5 bit for bit, every other row the same bits */
   for (int k = 0; k < OUT; k++) dy[6 * OUT + k] *= 0.03125f;
-  elmo_tf_linear_dgrad_fp8(dy, w, N, IN, OUT, dx2, ws);
+  elmo_tf_linear_dgrad_fp8(dy, w, N, IN, OUT, NULL, dx2, 0, ws);
   for (int n = 0; n < N; n++)
     for (int c = 0; c < IN; c++) assert_true(dx2[n * IN + c] == (n == 6 ? dx[n * IN + c] * 0.03125f : dx[n * IN + c]));
   dy[8 * OUT + 1] = NAN;
-  elmo_tf_linear_dgrad_fp8(dy, w, N, IN, OUT, dx2, ws);
+  elmo_tf_linear_dgrad_fp8(dy, w, N, IN, OUT, NULL, dx2, 0, ws);
   for (int n = 0; n < N; n++)
     for (int c = 0; c < IN; c++) assert_true(n == 8 ? isnan(dx2[n * IN + c]) : isfinite(dx2[n * IN + c]));
   free(dy); free(w); free(dx); free(dx2); free(ws);
+}
+
+/* The intermediate's input gradient: its row scales from the bound of elmo_tf_fp8_dff_factor hold every
+ * element of dff = GELU'(a) (dy ff2_w) (the ff2 product on E4M3 as the model forms it) below 448 / scale,
+ * pre-activations at GELU''s extremes included; with row_bound given, the dgrad takes those scales, and
+ * accumulate adds the same product to dx bit for bit. */
+static void test_fp8_dff_bound(void **state) {
+  (void)state;
+  uint64_t rng = 913;
+  enum { N = 9, H = 32, F = 64 };
+  float *dy = rand_array(N * H, 0.02f, &rng), *w2 = rand_array(H * F, 0.08f, &rng);
+  float *a = rand_array(N * F, 2.0f, &rng), *w1 = rand_array(F * H, 0.05f, &rng);
+  for (int j = 0; j < F; j += 3) a[j] = (j % 2) ? 1.41421356f : -1.41421356f;
+  for (int k = 0; k < H; k++) dy[5 * H + k] = (k % 2) ? 0.02f : -0.02f;   /* a row along one weight column */
+  float *dg = malloc(sizeof(float) * N * F), *dff = malloc(sizeof(float) * N * F), *bound = malloc(sizeof(float) * N);
+  float *ws = malloc(sizeof(float) * (H * F + N * F));
+  elmo_tf_linear_dgrad_fp8(dy, w2, N, F, H, NULL, dg, 0, ws);
+  elmo_tf_gelu_backward(a, dg, N * F, dff);
+  const float f = elmo_tf_fp8_dff_factor(w2, H, F);
+  assert_true(f > 0.0f && (double)f == (double)(float)(1.25 * 1.13 * elmo_tf_fp8_col_norm_max(w2, H, F)));
+  double tightest = 0.0;
+  for (int n = 0; n < N; n++) {
+    double ss = 0.0;
+    for (int k = 0; k < H; k++) {
+      const double v = elmo_bf16_to_f32(elmo_f32_to_bf16(dy[n * H + k]));
+      ss += v * v;
+    }
+    bound[n] = (float)sqrt(ss) * f;
+    const double lim = 448.0 / elmo_tf_fp8_pow2_scale(bound[n]);
+    for (int j = 0; j < F; j++) {
+      const double v = fabs((double)elmo_bf16_to_f32(elmo_f32_to_bf16(dff[n * F + j])));
+      if (!(v <= lim)) fail_msg("dff[%d, %d] = %g above its row's E4M3 range %g", n, j, v, lim);
+      tightest = fmax(tightest, v * 1.25 / bound[n]);
+    }
+  }
+  print_message("dff bound: largest |dff| / (bound / margin) %.3f\n", tightest);
+  assert_true(tightest > 0.05 && tightest <= 1.0);
+  /* the dgrad with these row bounds; accumulate = the product added to what dx held */
+  float *dx = malloc(sizeof(float) * N * H), *dx2 = malloc(sizeof(float) * N * H);
+  elmo_tf_linear_dgrad_fp8(dff, w1, N, H, F, bound, dx, 0, ws);
+  for (int i = 0; i < N * H; i++) dx2[i] = 0.5f * (float)i;
+  elmo_tf_linear_dgrad_fp8(dff, w1, N, H, F, bound, dx2, 1, ws);
+  for (int i = 0; i < N * H; i++) assert_true(dx2[i] == 0.5f * (float)i + dx[i]);
+  const float sw = (float)(448.0 / ref_amax(w1, F * H));
+  for (int n = 0; n < N; n++) {
+    const double sn = elmo_tf_fp8_pow2_scale(bound[n]);
+    for (int c = 0; c < H; c++) {
+      double acc = 0.0, b = 0.0;
+      for (int k = 0; k < F; k++) {
+        const double pr = ref_e4m3(elmo_bf16_to_f32(elmo_f32_to_bf16(dff[n * F + k])) * sn) * ref_e4m3(w1[k * H + c] * sw);
+        acc += pr;
+        b += fabs(pr);
+      }
+      const double ref = acc / sn / sw;
+      if (!(fabs(dx[n * H + c] - ref) <= 1e-6 * b / sn / sw + 1e-12))
+        fail_msg("fp8 dgrad with row bounds dx[%d, %d] = %.9g, reference %.9g", n, c, (double)dx[n * H + c], ref);
+    }
+  }
+  free(dy); free(w2); free(a); free(w1); free(dg); free(dff); free(bound); free(ws); free(dx); free(dx2);
 }
 
 static double rel_l2(const float *a, const float *b, int64_t n) {
@@ -1065,6 +1124,7 @@ int main(void) {
       cmocka_unit_test(test_fp8_quantize),
       cmocka_unit_test(test_fp8_linear),
       cmocka_unit_test(test_fp8_dgrad),
+      cmocka_unit_test(test_fp8_dff_bound),
       cmocka_unit_test(test_fp8_model),
     cmocka_unit_test(test_fp8_bounds),
   };
