@@ -347,7 +347,7 @@ struct elmo_cuda_tf {
   float *f8ones;             /* fp8 forward: [M] 1.0f, the row scales of the GEMMs that take f8vec */
   h16 *f8bqkv;               /* fp8 forward, fused path: the cast layer's q, k, v biases [3 H] (f8_wcast_kernel) */
   int f8_colscale;           /* fp8 forward: GEMMs with f8vec (0: one GEMM a weight, ELMO_FP8_COLSCALE=0) */
-  int f8_dgrad;              /* fp8: the input gradients of o and ff2 on E4M3 (0: BF16, ELMO_FP8_DGRAD=0) */
+  int f8_dgrad;              /* fp8: the input gradients of o, ff2 and ff1 on E4M3 (0: BF16, ELMO_FP8_DGRAD=0) */
   uint8_t *f8dq;             /* f8_dgrad: [M, H] the LayerNorm backward's gradient rows in E4M3 */
   float *f8dq_inv;           /* f8_dgrad: [M] their 1 / scale */
   float *f8bs, *f8bs_inv;    /* f8_dgrad: [M] the intermediate gradient's row scales (from a bound) and 1 / them */
@@ -1043,7 +1043,7 @@ static const float *f8_vec(const elmo_cuda_tf *t, int i) {
   return t->f8vec + (int64_t)i * f8_vec_len(t->cfg.hidden, t->cfg.ffn);
 }
 
-/* ---- the FP8 input gradients of o and ff2 (elmo_tf_linear_dgrad_fp8): dx = dy w with dy's rows in E4M3 by
+/* ---- the FP8 input gradients of o, ff2 and ff1 (elmo_tf_linear_dgrad_fp8; ff1's rows by bound scales): dx = dy w with dy's rows in E4M3 by
  * their own powers of two (written by the LayerNorm backward into f8dq, f8dq_inv) and w^T in E4M3 by its
  * forward scale, so cuBLASLt takes w^T as the K-major operand and scales rows and columns. ---- */
 
