@@ -56,6 +56,7 @@ struct elmo_cuda_tf_gemm {
   cublasLtHandle_t lt;
   void *ws;
   size_t ws_bytes;
+  int splitk_wgrad;          /* ELMO_WGRAD_SPLITK=1: weight gradients take the heuristic's first choice (see plan_build) */
   int n_plans, next_evict;
   mm_plan plans[MM_CACHE];
 };
@@ -127,9 +128,14 @@ static cublasLtMatmulDesc_t desc_create(const mm_key *k, int fast_accum) {
   return d;
 }
 
-static cublasLtMatmulPreference_t pref_create(const elmo_cuda_tf_gemm *g, const mm_key *k) {
+static cublasLtMatmulPreference_t pref_create(const elmo_cuda_tf_gemm *g, const mm_key *k, int no_splitk) {
   cublasLtMatmulPreference_t pref;
   ELMO_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  if (no_splitk) {
+    const uint32_t mask = CUBLASLT_REDUCTION_SCHEME_NONE;
+    ELMO_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &mask,
+                                                           sizeof mask));
+  }
   const uint64_t ws = g->ws_bytes;
   ELMO_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
                                                          sizeof ws));
@@ -173,15 +179,22 @@ static void plan_build(elmo_cuda_tf_gemm *g, const mm_key *k, const mm_ptrs *ptr
   pl->la = make_layout(in_type, k->tb ? k->k : k->n, k->tb ? k->n : k->k, k->ldb, k->batch, k->sb);
   pl->lb = make_layout(in_type, k->ta ? k->m : k->k, k->ta ? k->k : k->m, k->lda, k->batch, k->sa);
   pl->lc = make_layout(k->c_f32 ? CUDA_R_32F : CUDA_R_16BF, k->n, k->m, k->ldc, k->batch, k->sc);
-  cublasLtMatmulPreference_t pref = pref_create(g, k);
+  /* A weight gradient (BF16, FP32 accumulator, dy^T x) with a large output asks first for a form without
+   * split-K: for the FFN weights (3,072 x 768 outputs, K 16,384 tokens) the heuristic's first choice splits K
+   * in two and sums the halves in a second kernel, 111 / 117 us where the unsplit form takes 108 (H200,
+   * scripts/probe_wgrad_gemm.c); the 768 x 768 output needs the split (44 against 88 us). */
+  const int no_splitk_first = !g->splitk_wgrad && !k->fp8 && k->c_f32 && k->ta && k->m * k->n >= (1 << 20);
   int ok = 0;
-  for (int fast = k->fp8; fast >= 0 && !ok; fast--) {
-    pl->desc = desc_create(k, fast);
-    desc_set_ptrs(pl->desc, k, ptrs);   /* (the heuristic offers nothing for scale modes without their pointers) */
-    ok = pick_algo(g, pl, pref, k->fp8) || (k->vec_scales && pick_algo(g, pl, pref, 0));
-    if (!ok && fast) cublasLtMatmulDescDestroy(pl->desc);
+  for (int ns = no_splitk_first; ns >= 0 && !ok; ns--) {
+    cublasLtMatmulPreference_t pref = pref_create(g, k, ns);
+    for (int fast = k->fp8; fast >= 0 && !ok; fast--) {
+      pl->desc = desc_create(k, fast);
+      desc_set_ptrs(pl->desc, k, ptrs);   /* (the heuristic offers nothing for scale modes without their pointers) */
+      ok = pick_algo(g, pl, pref, k->fp8) || (k->vec_scales && pick_algo(g, pl, pref, 0));
+      if (!ok && (fast || ns)) cublasLtMatmulDescDestroy(pl->desc);   /* the last one stays, for plan_release */
+    }
+    ELMO_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
   }
-  ELMO_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
   pl->ok = ok;
   if (!ok && k->vec_scales) {   /* the caller has another way (gemm_try) */
     fprintf(stderr, "elmo: note: cuBLASLt offers no FP8 GEMM with row and column scales for %lldx%lldx%lld (%s "
@@ -225,6 +238,8 @@ extern "C" elmo_cuda_tf_gemm *elmo_cuda_tf_gemm_create(void *workspace, size_t w
   ELMO_CUBLAS_CHECK(cublasLtCreate(&g->lt));
   g->ws = workspace;
   g->ws_bytes = workspace ? ws_bytes : 0;
+  const char *e = getenv("ELMO_WGRAD_SPLITK");   /* 1: the heuristic's first choice for weight gradients too */
+  g->splitk_wgrad = e && strcmp(e, "1") == 0;
   return g;
 }
 
