@@ -7,7 +7,9 @@
  * forward's q, k and v, each with its own weight scale, be one [M, 3 H] GEMM as in the BF16 path: compare
  * "qkv fused" against three "qkv-part"). A measurement
  * tool, not a test: status 0 = ran (the value checks the scaling), 2015 = cublasLtMatmul answered
- * NOT_SUPPORTED. Build: gcc -O2 -std=c11 -I$CUDA_HOME/include scripts/probe_fp8_gemm.c
+ * NOT_SUPPORTED. PROBE_ALL=1: only the trainer's forms (alpha on the device + bias, FP32 out with alpha on the
+ * device, row/column vectors + bias, FP32 out with row/column vectors), every algorithm the heuristic offers
+ * (up to 32) timed, listed before the first's line. Build: gcc -O2 -std=c11 -I$CUDA_HOME/include scripts/probe_fp8_gemm.c
  *   -L$CUDA_HOME/lib64 -lcudart -lcublasLt -o probe_fp8_gemm */
 #include <cublasLt.h>
 #include <cuda_runtime_api.h>
@@ -62,9 +64,13 @@ static float run(const variant *v, int64_t M, int64_t N, int64_t K, int64_t ldc,
   cublasLtMatmulPreferenceCreate(&pref);
   uint64_t wsb = WS;
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof wsb);
-  cublasLtMatmulHeuristicResult_t res[8];
+  const int all = getenv("PROBE_ALL") != NULL;
+  cublasLtMatmulHeuristicResult_t res[32];
   int found = 0;
-  cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt, desc, la, lb, lc, lc, pref, 8, res, &found);
+  cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt, desc, la, lb, lc, lc, pref, all ? 32 : 8, res, &found);
+  char line[2048];
+  int len = 0;
+  line[0] = 0;
   float best = -1.0f;
   *status = st != CUBLAS_STATUS_SUCCESS ? 1000 + (int)st : found == 0 ? 999 : 0;
   static const float one = 1.0f, zero = 0.0f;
@@ -86,8 +92,10 @@ static float run(const variant *v, int64_t M, int64_t N, int64_t K, int64_t ldc,
     ms = ms / 20 * 1000;
     if (i == 0) best = ms;   /* the heuristic's first */
     cudaEventDestroy(e0); cudaEventDestroy(e1);
-    break;
+    if (!all) break;
+    if (len < (int)sizeof line - 32) len += snprintf(line + len, sizeof line - len, " #%d %.1f", i, ms);
   }
+  if (all && len) printf("    all %d algorithms (us):%s\n", found, line);
   cublasLtMatmulPreferenceDestroy(pref);
   cublasLtMatrixLayoutDestroy(la); cublasLtMatrixLayoutDestroy(lb); cublasLtMatrixLayoutDestroy(lc);
   cublasLtMatmulDescDestroy(desc);
@@ -146,6 +154,7 @@ int main(void) {
   for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
     printf("%s\n", shapes[s].name);
     for (size_t v = 0; v < sizeof vars / sizeof vars[0]; v++) {
+      if (getenv("PROBE_ALL") && v != 4 && v != 5 && v != 8 && v != 9) continue;
       int status = 0;
       CK(cudaMemset(d, 0, M * 3072 * 4));
       const int vec = vars[v].mode_w || vars[v].mode_x;
