@@ -10,6 +10,7 @@
 #include "cuda/gelu.h"
 #include "cuda/check.h"
 #include "cuda/transformer.h"
+#include "cuda/bf16x8.cuh"
 #include "cuda/e4m3.cuh"
 
 typedef __nv_bfloat16 bf16;
@@ -118,10 +119,6 @@ enum { VP_ROWS = 64 };
  * elmo_tf_linear_dgrad_fp8. */
 static __device__ __forceinline__ float row_scale_of(unsigned amax_bits) {
   return elmo_tf_fp8_pow2_scale((double)__uint_as_float(amax_bits << 16));
-}
-static __device__ __forceinline__ unsigned bf16x4_abs_max(uint2 v) {
-  const unsigned a = max(v.x & 0x7FFFu, (v.x >> 16) & 0x7FFFu), b = max(v.y & 0x7FFFu, (v.y >> 16) & 0x7FFFu);
-  return max(a, b);
 }
 /* Lane 0 of row r's warp, ss = the warp's sum of the row's squared bf16 values: the bound scale of q. */
 static __device__ __forceinline__ void ln_q_bound(const elmo_cuda_ln_q &q, int64_t r, float ss) {
@@ -252,14 +249,8 @@ static __global__ void ln_rowcast_kernel(const bf16 *x16, int64_t M, int H, elmo
   float ss = 0.0f;
   for (int c = lane; c < H / 8; c += 32) {
     const uint4 v = row[c];
-    am = max(am, max(bf16x4_abs_max(make_uint2(v.x, v.y)), bf16x4_abs_max(make_uint2(v.z, v.w))));
-    const unsigned u[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-      const float lo = __uint_as_float(u[k] << 16), hi = __uint_as_float(u[k] & 0xFFFF0000u);
-      ss = fmaf(lo, lo, ss);
-      ss = fmaf(hi, hi, ss);
-    }
+    am = max(am, bf16x8_abs_max(v));
+    ss = bf16x8_sumsq(v, ss);
   }
   if (q.dq) {
     for (int o = 16; o > 0; o >>= 1) am = max(am, __shfl_xor_sync(0xFFFFFFFFu, am, o));

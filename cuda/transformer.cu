@@ -17,6 +17,7 @@
 #include "cuda/pooling.h"
 #include "cuda/check.h"
 #include "cuda/transformer.h"
+#include "cuda/bf16x8.cuh"
 #include "cuda/e4m3.cuh"
 
 typedef __nv_bfloat16 bf16;
@@ -701,21 +702,13 @@ typedef struct fp8_job {
   int n;
 } fp8_job;
 
-static __device__ unsigned bf16_abs_max8(uint4 v) {
-  const unsigned w[4] = {v.x, v.y, v.z, v.w};
-  unsigned m = 0;
-#pragma unroll
-  for (int j = 0; j < 4; j++) m = max(m, max(w[j] & 0x7FFFu, (w[j] >> 16) & 0x7FFFu));
-  return m;
-}
-
 static __global__ void fp8_amax_kernel(fp8_job job, unsigned *amax) {
   const fp8_seg sg = job.seg[blockIdx.y];
   const int64_t chunks = sg.rows * sg.cols / 8;   /* 8 bf16 = 16 bytes, never across a row */
   unsigned m = 0;
   for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < chunks; c += (int64_t)gridDim.x * blockDim.x) {
     if (sg.row_mask && !sg.row_mask[c * 8 / sg.cols]) continue;
-    m = max(m, bf16_abs_max8(((const uint4 *)sg.x)[c]));
+    m = max(m, bf16x8_abs_max(((const uint4 *)sg.x)[c]));
   }
   for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(0xFFFFFFFFu, m, o));
   __shared__ unsigned warp_max[FP8_THREADS / 32];
@@ -867,15 +860,8 @@ static __global__ void f8_stats_kernel(const h16 *P, const int64_t *offs, int H,
     float ss = 0.0f;
     for (int c = lane; c < C8; c += 32) {
       const uint4 v = row[c];
-      am = max(am, bf16_abs_max8(v));
-      if (!norms) continue;
-      const unsigned u[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-      for (int k = 0; k < 4; k++) {
-        const float lo = __uint_as_float(u[k] << 16), hi = __uint_as_float(u[k] & 0xFFFF0000u);
-        ss = fmaf(lo, lo, ss);
-        ss = fmaf(hi, hi, ss);
-      }
+      am = max(am, bf16x8_abs_max(v));
+      if (norms) ss = bf16x8_sumsq(v, ss);
     }
     if (!norms) continue;
     ss = f8_warp_sum(ss);

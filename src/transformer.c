@@ -504,14 +504,19 @@ double elmo_tf_fp8_ln_norm(const float *w, const float *b, int H) {
   return sqrt((double)H) * mw + sqrt(sb);
 }
 
-double elmo_tf_fp8_row_norm_max(const float *w, int64_t rows, int cols) {
+/* The largest Euclidean norm of n vectors of len elements: vector v's element e at w[v vs + e es]. */
+static double norm_max(const float *w, int64_t n, int64_t len, int64_t vs, int64_t es) {
   double m = 0.0;
-  for (int64_t r = 0; r < rows; r++) {
+  for (int64_t v = 0; v < n; v++) {
     double ss = 0.0;
-    for (int k = 0; k < cols; k++) ss += (double)w[r * cols + k] * (double)w[r * cols + k];
+    for (int64_t e = 0; e < len; e++) ss += (double)w[v * vs + e * es] * (double)w[v * vs + e * es];
     m = nan_max(m, sqrt(ss));
   }
   return m;
+}
+
+double elmo_tf_fp8_row_norm_max(const float *w, int64_t rows, int cols) {
+  return norm_max(w, rows, cols, cols, 1);
 }
 
 double elmo_tf_fp8_abs_max(const float *b, int64_t n) {
@@ -546,13 +551,7 @@ void elmo_tf_linear_forward_fp8_scaled(const float *x, const float *w, const flo
 }
 
 double elmo_tf_fp8_col_norm_max(const float *w, int64_t rows, int cols) {
-  double m = 0.0;
-  for (int c = 0; c < cols; c++) {
-    double ss = 0.0;
-    for (int64_t r = 0; r < rows; r++) ss += (double)w[r * cols + c] * (double)w[r * cols + c];
-    m = nan_max(m, sqrt(ss));
-  }
-  return m;
+  return norm_max(w, cols, rows, 1, cols);
 }
 
 float elmo_tf_fp8_dff_factor(const float *ff2_w, int H, int F) {
