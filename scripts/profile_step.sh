@@ -10,8 +10,8 @@
 #   ELMO_BIN=dir    prebuilt elmo-train (required; e.g. .dev/gpu/bin from scripts/gpu_run.sh)
 #   ENCODER=fp8     the encoder's dtype (default fp8; bf16 for the BF16 encoder)
 #   S=3             steps of the shorter ncu run; TOP=25 kernels listed; NCU=path to ncu
-#   EST_TBS=2.6     also read each kernel's DRAM bytes and estimate the step on a card with the same SMs and
-#                   clocks but this memory bandwidth (TB/s it sustains; e.g. an H100 SXM's ~2.6 when this is an
+#   EST_TBS=2.88    also read each kernel's DRAM bytes and estimate the step on a card with the same SMs and
+#                   clocks but this memory bandwidth (TB/s it sustains; e.g. 2.88, issue #5's measured H100 copy rate, when this is an
 #                   H200): each kernel takes max(its time here, its bytes / EST_TBS); the wall step moves by the
 #                   kernels' sum. A first-order model (same L2, same latencies), not a measurement.
 # Needs ncu (Nsight Compute, with access to the GPU's counters) and python3 (to read ncu's CSV).
