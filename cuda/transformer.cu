@@ -239,8 +239,13 @@ extern "C" elmo_cuda_tf_gemm *elmo_cuda_tf_gemm_create(void *workspace, size_t w
   ELMO_CUBLAS_CHECK(cublasLtCreate(&g->lt));
   g->ws = workspace;
   g->ws_bytes = workspace ? ws_bytes : 0;
+  /* the unsplit weight gradients were measured on compute capability 9 (H200); elsewhere the heuristic
+   * chooses, as with ELMO_WGRAD_SPLITK=1 */
+  int dev = 0, major = 0;
+  ELMO_CUDA_CHECK(cudaGetDevice(&dev));
+  ELMO_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   const char *e = getenv("ELMO_WGRAD_SPLITK");   /* 1: the heuristic's first choice for weight gradients too */
-  g->splitk_wgrad = e && strcmp(e, "1") == 0;
+  g->splitk_wgrad = (e && strcmp(e, "1") == 0) || major != 9;
   return g;
 }
 
