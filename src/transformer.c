@@ -558,6 +558,17 @@ float elmo_tf_fp8_dff_factor(const float *ff2_w, int H, int F) {
   return (float)(ELMO_TF_FP8_BOUND_MARGIN * ELMO_TF_FP8_GELU_GRAD_MAX * elmo_tf_fp8_col_norm_max(ff2_w, H, F));
 }
 
+void elmo_tf_fp8_dff_bounds(const float *dy, int64_t N, int H, float f, float *bound) {
+  for (int64_t n = 0; n < N; n++) {
+    double ss = 0.0;
+    for (int j = 0; j < H; j++) {
+      const double v = elmo_bf16_to_f32(elmo_f32_to_bf16(dy[n * H + j]));
+      ss += v * v;
+    }
+    bound[n] = (float)sqrt(ss) * f;
+  }
+}
+
 void elmo_tf_linear_dgrad_fp8(const float *dy, const float *w, int64_t N, int in, int out, const float *row_bound,
                               float *dx, int accumulate, float *ws) {
   const int64_t nw = (int64_t)in * out;
@@ -988,16 +999,8 @@ static void layer_backward(const elmo_tf_config *cfg, const elmo_tf_layer *w, el
   float *bound = NULL;   /* fp8: the intermediate gradient's row bounds (elmo_tf_fp8_dff_factor) */
   if (fp8) {
     elmo_tf_linear_dgrad_fp8(dx, w->ff2_w, N, F, H, NULL, c->d_f, 0, c->ws);
-    const float f = elmo_tf_fp8_dff_factor(w->ff2_w, H, F);
     bound = (float *)elmo_malloc(sizeof(float) * (size_t)(N > 0 ? N : 1));
-    for (int64_t n = 0; n < N; n++) {
-      double ss = 0.0;
-      for (int j = 0; j < H; j++) {
-        const double v = elmo_bf16_to_f32(elmo_f32_to_bf16(dx[n * H + j]));
-        ss += v * v;
-      }
-      bound[n] = (float)sqrt(ss) * f;
-    }
+    elmo_tf_fp8_dff_bounds(dx, N, H, elmo_tf_fp8_dff_factor(w->ff2_w, H, F), bound);
   }
   elmo_tf_gelu_backward(lc->ff, c->d_f, N * F, c->d_f);
   elmo_tf_linear_backward(lc->h1, w->ff1_w, c->d_f, N, H, F, fp8 ? NULL : dx, 1, g->ff1_w, g->ff1_b, c->ws);

@@ -299,6 +299,8 @@ double elmo_tf_fp8_col_norm_max(const float *w, int64_t rows, int cols);
  * ELMO_TF_FP8_BOUND_MARGIN * 1.13 * max_j ||ff2_w[:, j]||_2 (the margin covers the E4M3 and bf16 roundings
  * of the operands). */
 float elmo_tf_fp8_dff_factor(const float *ff2_w, int H, int F);
+/* bound[n] = (float)||bf16(dy[n])||_2 * f for the N rows of dy [N, H] (f: elmo_tf_fp8_dff_factor). */
+void elmo_tf_fp8_dff_bounds(const float *dy, int64_t N, int H, float f, float *bound);
 
 /* dw[out, in] += dy^T x, db[out] += column sums of dy (db may be NULL); dx[N, in] = dy w, or
  * dx += dy w when accumulate_dx (dx may be NULL). ws: [out * N]. */
