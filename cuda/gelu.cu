@@ -395,7 +395,7 @@ static __global__ void gelu_backward_colsum8_kernel(const uint4 *pre, const uint
   for (int e = 0; e < 8; e++) acc[e] = 0.0f;
   for (int64_t r = r0; r < r1; r += U) {
     uint4 xp[U], gp[U];
-    float sc[U];   /* the row scales loaded with the rows: after the stores below they could not be hoisted */
+    float sc[U];   /* the row scales, loaded with the rows (timed the same as loading them at the cast) */
 #pragma unroll
     for (int u = 0; u < U; u++)
       if (r + u < r1) {
